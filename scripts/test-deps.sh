@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite needs, when they are missing.  Idempotent: a second run
+# only checks.  Needs root (CI runs as root) or password-less sudo for the install step.
+#
+#   ZooKeeper 3.8 (Debian's `zookeeper`, which pulls in Java): the registry tests start a real server with
+#   java -cp "/usr/share/java/*:/etc/zookeeper/conf_example" org.apache.zookeeper.server.quorum.QuorumPeerMain
+set -euo pipefail
+
+ZK_JAR=/usr/share/java/zookeeper.jar          # from libzookeeper-java, a dependency of `zookeeper`
+ZK_CONF=/etc/zookeeper/conf_example           # from `zookeeper` (log4j config on the classpath)
+
+missing=()
+if [[ ! -f $ZK_JAR || ! -d $ZK_CONF ]] || ! command -v java >/dev/null 2>&1; then
+    missing+=(zookeeper)
+fi
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)); nothing to install"
+    exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO=(sudo -n)
+else
+    echo "test-deps: missing ${missing[*]}; run as root: apt-get update && apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "test-deps: installing ${missing[*]} (apt-get update && apt-get install -y ${missing[*]})"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -q
+"${SUDO[@]}" apt-get install -y -q "${missing[@]}"
+echo "test-deps: installed ${missing[*]}"
