@@ -1,0 +1,190 @@
+"""Dubbo 2 frames: the 16-byte header and an incremental, sans-IO frame parser.
+
+The parser takes bytes in any chunking and returns whole frames. It does no I/O.
+
+Receive buffer, in the manner of h11's: operations are *append* (``feed``) and *take the first n
+bytes* (a frame). Goals: (1) a peer cannot make us spend more than linear time in the bytes it
+sends, whatever the chunking — one-byte writes included; (2) a peer cannot make us buffer a body
+larger than the limit: the header is checked as soon as its 16 bytes are here, before any body
+byte is kept. Taking frames advances an offset instead of deleting from the front of the buffer
+(which would be quadratic when many small frames arrive in one chunk); the consumed prefix is
+dropped once per ``feed`` call, so each byte is copied a bounded number of times.
+
+When the buffer is empty and a chunk holds only whole frames (the common case on a busy
+connection), frames are sliced from the chunk directly and nothing is buffered.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Final
+
+HEADER_LEN: Final = 16
+MAGIC: Final = 0xDABB
+MAGIC_BYTES: Final = b"\xda\xbb"
+
+FLAG_REQUEST: Final = 0x80
+FLAG_TWOWAY: Final = 0x40
+FLAG_EVENT: Final = 0x20
+SERIALIZATION_MASK: Final = 0x1F
+
+HESSIAN2: Final = 2
+DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
+
+_HEADER = struct.Struct(">HBBqI")
+
+
+class Status(IntEnum):
+    OK = 20
+    SERIALIZATION_ERROR = 25
+    CLIENT_TIMEOUT = 30
+    SERVER_TIMEOUT = 31
+    CHANNEL_INACTIVE = 35
+    BAD_REQUEST = 40
+    BAD_RESPONSE = 50
+    SERVICE_NOT_FOUND = 60
+    SERVICE_ERROR = 70
+    SERVER_ERROR = 80
+    CLIENT_ERROR = 90
+    SERVER_THREADPOOL_EXHAUSTED = 100
+
+
+class ProtocolError(Exception):
+    """The byte stream is not Dubbo (bad magic) or breaks a limit. The connection cannot go on.
+
+    ``request_id`` is the id of the offending frame when its header could be read, so the peer can
+    be told which request failed.
+    """
+
+    def __init__(self, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        # Frames that were complete before the bad bytes: the caller still handles them, so a
+        # request that arrived intact is never dropped because garbage followed it.
+        self.frames: list[Frame] = []
+
+
+class Frame:
+    """One Dubbo frame: its raw header and body, with the header fields decoded."""
+
+    __slots__ = ("body", "body_len", "flag", "head", "request_id", "status")
+
+    def __init__(self, head: bytes, body: bytes) -> None:
+        _magic, self.flag, self.status, self.request_id, self.body_len = _HEADER.unpack(head)
+        self.head = head
+        self.body = body
+
+    @property
+    def is_request(self) -> bool:
+        return bool(self.flag & FLAG_REQUEST)
+
+    @property
+    def two_way(self) -> bool:
+        return bool(self.flag & FLAG_TWOWAY)
+
+    @property
+    def is_event(self) -> bool:
+        return bool(self.flag & FLAG_EVENT)
+
+    @property
+    def serialization(self) -> int:
+        return self.flag & SERIALIZATION_MASK
+
+    @property
+    def is_heartbeat(self) -> bool:
+        """An event whose body is hessian2 null (or empty, as some old clients send)."""
+        return bool(self.flag & FLAG_EVENT) and self.body in (b"N", b"")
+
+    def __bytes__(self) -> bytes:
+        return self.head + self.body
+
+    def __repr__(self) -> str:
+        kind = "request" if self.is_request else f"response status={self.status}"
+        return (
+            f"<Frame {kind} id={self.request_id} flag=0x{self.flag:02x} "
+            f"serialization={self.serialization} body={self.body_len}B>"
+        )
+
+
+def _bad_magic(magic: int) -> str:
+    return f"bad magic 0x{magic:04x} (expected 0xdabb): not a Dubbo stream"
+
+
+def pack_header(flag: int, status: int, request_id: int, body_len: int) -> bytes:
+    return _HEADER.pack(MAGIC, flag, status, request_id, body_len)
+
+
+class FrameParser:
+    """Incremental parser: ``feed(bytes) -> list[Frame]``; raises ProtocolError on bad input.
+
+    After a ProtocolError the stream is unusable; further feeds raise the same error again (with
+    no frames). The error carries, in ``frames``, the frames completed before the bad bytes.
+    """
+
+    __slots__ = ("_buf", "_error", "_pos", "max_body")
+
+    def __init__(self, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.max_body = max_body
+        self._buf = bytearray()
+        self._pos = 0
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a returned frame."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._error is not None:
+            self._error.frames = []
+            raise self._error
+        if not self._buf:
+            frames, used = self._parse(data, 0)
+            if used < len(data):
+                self._buf += memoryview(data)[used:]
+            return frames
+        self._buf += data
+        # A view, so that slicing a frame out copies its bytes once (a bytearray slice would copy twice).
+        with memoryview(self._buf) as view:
+            frames, self._pos = self._parse(view, self._pos)
+        # Drop the consumed prefix once per feed; what remains is at most one partial frame.
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        return frames
+
+    def _fail(self, error: ProtocolError, frames: list[Frame]) -> ProtocolError:
+        error.frames = frames
+        self._error = error
+        self._buf = bytearray()
+        self._pos = 0
+        return error
+
+    def _parse(self, buf: bytes | memoryview, pos: int) -> tuple[list[Frame], int]:
+        frames: list[Frame] = []
+        end = len(buf)
+        max_body = self.max_body
+        unpack = _HEADER.unpack_from
+        while end - pos >= HEADER_LEN:
+            magic, _flag, _status, request_id, body_len = unpack(buf, pos)
+            if magic != MAGIC:
+                raise self._fail(ProtocolError(_bad_magic(magic)), frames)
+            if body_len > max_body:
+                raise self._fail(
+                    ProtocolError(
+                        f"frame body of {body_len} bytes exceeds the limit of {max_body} bytes", request_id
+                    ),
+                    frames,
+                )
+            stop = pos + HEADER_LEN + body_len
+            if stop > end:
+                break
+            frames.append(Frame(bytes(buf[pos : pos + HEADER_LEN]), bytes(buf[pos + HEADER_LEN : stop])))
+            pos = stop
+        if end - pos >= 2 and buf[pos : pos + 2] != MAGIC_BYTES:
+            # Fail fast on garbage instead of waiting for a full header that may never come.
+            raise self._fail(ProtocolError(_bad_magic((buf[pos] << 8) | buf[pos + 1])), frames)
+        if end - pos == 1 and buf[pos] != MAGIC_BYTES[0]:
+            raise self._fail(ProtocolError(_bad_magic(buf[pos] << 8)), frames)
+        return frames, pos
