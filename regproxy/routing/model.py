@@ -1,0 +1,171 @@
+"""Value types of the routing layer: service keys, hosts, clusters and routes.
+
+Everything here is immutable so that a routing-table snapshot can be shared by every request
+without copying or locking.  Validation happens at construction (config load, admin API,
+registry event), never per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# Dubbo consumers send "0.0.0" when no version is set; "" and "*" are also seen in the wild.
+NO_VERSION: tuple[str, ...] = ("", "0.0.0", "*")
+_NO_VERSION_SET = frozenset(NO_VERSION)
+
+
+def normalize_version(v: str | None) -> str:
+    """Map every spelling of "no version" (None, "", "0.0.0", "*") to ""."""
+    if v is None or v in _NO_VERSION_SET:
+        return ""
+    return v
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    # Frozen dataclasses only allow assignment through object.__setattr__ (used in __post_init__).
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """A Dubbo service identity; ``str()`` gives Dubbo's ``group/interface:version`` form."""
+
+    interface: str
+    version: str = ""
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.interface or "/" in self.interface or ":" in self.interface:
+            raise ValueError(f"invalid interface name {self.interface!r}")
+        if "/" in self.group:
+            raise ValueError(f"invalid group {self.group!r}: must not contain '/'")
+        _set(self, "version", normalize_version(self.version))
+
+    def __str__(self) -> str:
+        s = self.interface
+        if self.group:
+            s = f"{self.group}/{s}"
+        if self.version:
+            s = f"{s}:{self.version}"
+        return s
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceKey:
+        """Inverse of ``str()``: ``[group/]interface[:version]``."""
+        group, slash, rest = text.partition("/")
+        if not slash:
+            group, rest = "", text
+        interface, _, version = rest.partition(":")
+        return cls(interface, version, group)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split ``"ip:port"`` / ``"[v6]:port"`` into (host, port); ValueError when malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"invalid address {address!r}: expected HOST:PORT")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"invalid address {address!r}: unbalanced brackets")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"invalid address {address!r}: IPv6 hosts must be written as [addr]:port")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"invalid address {address!r}: port must be 1..65535")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One upstream endpoint.  ``weight <= 0`` or ``healthy=False`` keeps it out of load balancing."""
+
+    address: str
+    weight: int = 100
+    healthy: bool = True
+    # Read-only view after construction; excluded from hashing because mappings are unhashable.
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+    _host: str = field(init=False, repr=False, compare=False, hash=False)
+    _port: int = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        host, port = split_address(self.address)
+        _set(self, "_host", host)
+        _set(self, "_port", port)
+        _set(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    def __reduce__(self) -> tuple[type[Host], tuple[str, int, bool, dict[str, str]]]:
+        # mappingproxy cannot be pickled or deep-copied; rebuild from a plain dict instead.
+        return (Host, (self.address, self.weight, self.healthy, dict(self.metadata)))
+
+    @property
+    def host(self) -> str:
+        """IP or hostname, without IPv6 brackets."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A named set of hosts and the load balancer that chooses among them."""
+
+    name: str
+    lb: str = "round_robin"
+    hosts: tuple[Host, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("cluster name must not be empty")
+        hosts = tuple(self.hosts)  # accept any iterable, store a tuple so the snapshot cannot change
+        seen: set[str] = set()
+        for h in hosts:
+            # Balancer state (weighted round robin) and exclusion on retry are keyed by address.
+            if h.address in seen:
+                raise ValueError(f"cluster {self.name!r}: duplicate host address {h.address!r}")
+            seen.add(h.address)
+        _set(self, "hosts", hosts)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Which requests a route takes.  None = any value; "" for version/group = only requests without one."""
+
+    service: str = "*"
+    version: str | None = None
+    group: str | None = None
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.service:
+            raise ValueError("match.service must not be empty (use '*' for any service)")
+        if self.method == "":
+            raise ValueError("match.method must not be empty (use null for any method)")
+        if self.version is not None:
+            _set(self, "version", normalize_version(self.version))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Send matching requests to ``cluster``.
+
+    ``retries`` = extra attempts on another host when connecting fails before the request is written.
+    """
+
+    name: str
+    match: RouteMatch
+    cluster: str
+    timeout_ms: int | None = None
+    retries: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("route name must not be empty")
+        if self.timeout_ms is not None and self.timeout_ms <= 0:
+            raise ValueError(f"route {self.name!r}: timeout_ms must be positive")
+        if self.retries < 0:
+            raise ValueError(f"route {self.name!r}: retries must be >= 0")

@@ -1,0 +1,234 @@
+"""Immutable routing-table snapshots and the holder the data path reads them from.
+
+A new snapshot is built for every change (config reload, admin API, registry event) and swapped in
+whole, so a request sees one consistent table and the data path needs no locks.  All indexing work
+is done at construction; ``match`` is one dict lookup plus a scan over the routes that can apply to
+that service (its exact routes and the ``"*"`` routes, in the original order).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
+from types import MappingProxyType
+from typing import Any
+
+from .balancer import BALANCERS
+from .model import _NO_VERSION_SET, Cluster, Route
+
+log = logging.getLogger(__name__)
+
+WILDCARD = "*"
+
+# Snapshot ids are global so that two tables never share one, even when built by different holders.
+_versions = itertools.count(1)
+
+# (version, group, method, route): the match fields unpacked once, so the scan does no attribute chains.
+_Candidate = tuple[str | None, str | None, str | None, Route]
+
+
+def _compile(routes: Iterable[Route]) -> tuple[_Candidate, ...]:
+    return tuple((r.match.version, r.match.group, r.match.method, r) for r in routes)
+
+
+def _constrains_group(candidates: tuple[_Candidate, ...]) -> bool:
+    return any(c[1] is not None for c in candidates)
+
+
+class RoutingTable:
+    """An immutable snapshot of routes and clusters.  Build once, never mutate."""
+
+    __slots__ = (
+        "_by_service",
+        "_needs_group",
+        "_wildcard",
+        "_wildcard_group",
+        "clusters",
+        "routes",
+        "version",
+    )
+
+    routes: tuple[Route, ...]
+    clusters: Mapping[str, Cluster]
+    version: int
+
+    def __init__(self, routes: Sequence[Route] = (), clusters: Iterable[Cluster] = ()) -> None:
+        routes = tuple(routes)
+        by_name: dict[str, Cluster] = {}
+        for c in clusters:
+            if c.name in by_name:
+                raise ValueError(f"duplicate cluster {c.name!r}")
+            if c.lb not in BALANCERS:
+                choices = ", ".join(sorted(BALANCERS))
+                raise ValueError(
+                    f"cluster {c.name!r}: unknown load balancer {c.lb!r} (choose one of {choices})"
+                )
+            by_name[c.name] = c
+        route_names: set[str] = set()
+        for r in routes:
+            if r.name in route_names:
+                raise ValueError(f"duplicate route {r.name!r}")
+            route_names.add(r.name)
+            if r.cluster not in by_name:
+                raise ValueError(f"route {r.name!r}: unknown cluster {r.cluster!r}")
+
+        # Each service gets its own merged list (its routes plus the wildcard routes, in table order) so a
+        # request never has to interleave two lists.  Building is linear in routes per service, not
+        # services x routes, because registry events rebuild the table often.
+        wild: list[tuple[int, Route]] = []
+        exact: dict[str, list[tuple[int, Route]]] = {}
+        for i, r in enumerate(routes):
+            if r.match.service == WILDCARD:
+                wild.append((i, r))
+            else:
+                exact.setdefault(r.match.service, []).append((i, r))
+        wildcard = _compile(r for _, r in wild)
+        by_service = {
+            s: _compile(r for _, r in heapq.merge(own, wild, key=itemgetter(0))) for s, own in exact.items()
+        }
+
+        _set = object.__setattr__
+        _set(self, "routes", routes)
+        _set(self, "clusters", MappingProxyType(by_name))
+        _set(self, "version", next(_versions))
+        _set(self, "_by_service", by_service)
+        _set(self, "_wildcard", wildcard)
+        _set(self, "_needs_group", {s: _constrains_group(c) for s, c in by_service.items()})
+        _set(self, "_wildcard_group", _constrains_group(wildcard))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"RoutingTable is immutable (cannot set {name!r}); build a new one")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"RoutingTable is immutable (cannot delete {name!r})")
+
+    def __repr__(self) -> str:
+        return f"<RoutingTable v{self.version}: {len(self.routes)} routes, {len(self.clusters)} clusters>"
+
+    def needs_group(self, service: str) -> bool:
+        """True when some route that could match ``service`` constrains the group.
+
+        The group lives in the attachments, after the arguments; the engine skips decoding them
+        unless this says the answer depends on it.
+        """
+        return self._needs_group.get(service, self._wildcard_group)
+
+    def match(self, service: str, version: str, method: str, group: str | None) -> Route | None:
+        """The first route, in table order, whose fields all match; None when no route does.
+
+        ``group=None`` means "not parsed" and is only allowed when ``needs_group(service)`` is
+        False; reaching a group-constrained route without a group raises ValueError.
+        """
+        candidates = self._by_service.get(service, self._wildcard)
+        if version in _NO_VERSION_SET:
+            version = ""
+        for r_version, r_group, r_method, route in candidates:
+            if r_version is not None and r_version != version:
+                continue
+            if r_method is not None and r_method != method:
+                continue
+            if r_group is not None:
+                if group is None:
+                    raise ValueError(
+                        f"route {route.name!r} matches on group but the request group was not parsed "
+                        f"(check needs_group({service!r}) first)"
+                    )
+                if r_group != group:
+                    continue
+            return route
+        return None
+
+    def with_changes(
+        self, routes: Sequence[Route] | None = None, clusters: Iterable[Cluster] | None = None
+    ) -> RoutingTable:
+        """A new snapshot with ``routes`` and/or ``clusters`` replaced (None keeps the current ones)."""
+        return RoutingTable(
+            self.routes if routes is None else routes,
+            self.clusters.values() if clusters is None else clusters,
+        )
+
+    def with_cluster(self, cluster: Cluster) -> RoutingTable:
+        """A new snapshot with ``cluster`` added, or replacing the cluster of the same name."""
+        clusters = dict(self.clusters)
+        clusters[cluster.name] = cluster
+        return RoutingTable(self.routes, clusters.values())
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data (JSON-ready) for admin dumps; same shape as the config file's sections."""
+        return {
+            "version": self.version,
+            "routes": [
+                {
+                    "name": r.name,
+                    "match": {
+                        "service": r.match.service,
+                        "version": r.match.version,
+                        "group": r.match.group,
+                        "method": r.match.method,
+                    },
+                    "cluster": r.cluster,
+                    "timeout_ms": r.timeout_ms,
+                    "retries": r.retries,
+                }
+                for r in self.routes
+            ],
+            "clusters": [
+                {
+                    "name": c.name,
+                    "lb": c.lb,
+                    "hosts": [
+                        {
+                            "address": h.address,
+                            "weight": h.weight,
+                            "healthy": h.healthy,
+                            "metadata": dict(h.metadata),
+                        }
+                        for h in c.hosts
+                    ],
+                }
+                for c in self.clusters.values()
+            ],
+        }
+
+
+Listener = Callable[[RoutingTable, RoutingTable], None]
+
+
+class TableHolder:
+    """Holds the current snapshot.  Reading ``current`` is the atomic snapshot read of the data path.
+
+    Listeners are called as ``listener(new, old)`` after each swap, in registration order; a
+    failing listener is logged and does not stop the others (the swap has already happened).
+    """
+
+    __slots__ = ("_listeners", "current")
+
+    def __init__(self, initial: RoutingTable | None = None) -> None:
+        self.current: RoutingTable = initial if initial is not None else RoutingTable()
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Register ``listener``; returns a function that removes it again."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    def swap(self, new: RoutingTable) -> RoutingTable:
+        """Install ``new`` and return the previous snapshot."""
+        old = self.current
+        self.current = new
+        for listener in tuple(self._listeners):  # a listener may remove itself while being notified
+            try:
+                listener(new, old)
+            except Exception:
+                log.exception(
+                    "routing table listener %r failed (table v%d -> v%d)", listener, old.version, new.version
+                )
+        return old
