@@ -1,0 +1,547 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from regproxy.config import (
+    LB_NAMES,
+    Address,
+    Config,
+    ConfigError,
+    RegistryURL,
+    load_config,
+    parse_address,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "conf" / "regproxy.yaml"
+
+
+def errors_of(data: Any) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(data)
+    return dict(info.value.errors)
+
+
+def one_error(data: Any) -> tuple[str, str]:
+    errors = errors_of(data)
+    assert len(errors) == 1, errors
+    return next(iter(errors.items()))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def minimal_cluster(**host: Any) -> dict[str, Any]:
+    return {"clusters": [{"name": "c", "hosts": [{"address": "127.0.0.1:20880", **host}]}]}
+
+
+# --- the example file and defaults ---------------------------------------------------------------
+
+
+def test_example_config_loads() -> None:
+    c = load_config(EXAMPLE)
+    assert c.egress == Address("127.0.0.1", 20881)
+    assert str(c.ingress) == "0.0.0.0:20882"
+    assert c.app_port == 20880
+    assert c.registries == []
+    assert [cl.name for cl in c.clusters] == ["greetings"]
+    assert str(c.clusters[0].hosts[0].address) == "127.0.0.1:20882"
+    assert c.routes[0].match.service == "org.apache.dubbo.samples.api.GreetingsService"
+    assert c.routes[0].cluster == "greetings"
+
+
+def test_example_file_documents_every_key() -> None:
+    # Every key of the model appears in the example, so the example stays the reference.
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    assert set(raw) == set(Config.model_fields)
+    for section in ("limits", "timeouts", "upstream"):
+        assert set(raw[section]) == set(type(getattr(Config(), section)).model_fields)
+
+
+def test_example_matches_defaults_outside_demo_routes() -> None:
+    c = load_config(EXAMPLE)
+    d = Config()
+    assert c.model_dump(exclude={"clusters", "routes"}) == d.model_dump(exclude={"clusters", "routes"})
+
+
+def test_no_file_gives_defaults() -> None:
+    c = load_config(None)
+    assert c == Config()
+    assert c.limits.max_body_bytes == 8 * 1024 * 1024
+    assert c.timeouts.default_ms == 3000 and c.timeouts.connect_ms == 1000
+    assert c.upstream.connections_per_host == 2
+    assert c.log_level == "info"
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "# nothing\n")) == Config()
+
+
+def test_config_is_frozen() -> None:
+    c = Config()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError
+        c.app_port = 1  # type: ignore[misc]
+
+
+# --- file errors ---------------------------------------------------------------------------------
+
+
+def test_missing_file_names_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_config(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "egress: 127.0.0.1:1\nlimits:\n  max_body_bytes: [1, 2\napp_port: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert str(p) in msg
+    assert "line 4" in msg or "line 3" in msg
+
+
+def test_yaml_tab_error_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "egress: x:1\n\tingress: y\n")
+    with pytest.raises(ConfigError, match=r"line 2"):
+        load_config(p)
+
+
+def test_top_level_must_be_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_errors_carry_the_file_name(tmp_path: Path) -> None:
+    p = write(tmp_path, "app_port: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert str(info.value).startswith(f"{p}: app_port: ")
+    assert info.value.source == str(p)
+
+
+# --- each kind of invalid value names its key ----------------------------------------------------
+
+
+def test_unknown_keys_named_with_full_path() -> None:
+    errors = errors_of({"limits": {"max_bodyy": 1}, "egres": "127.0.0.1:1", **minimal_cluster(wieght=3)})
+    assert errors == {
+        "limits.max_bodyy": "unknown key",
+        "egres": "unknown key",
+        "clusters[0].hosts[0].wieght": "unknown key",
+    }
+
+
+def test_bad_host_port_in_nested_list() -> None:
+    data = {"clusters": [{"name": "c", "hosts": [{"address": "127.0.0.1:1"}, {"address": "x:99999"}]}]}
+    assert one_error(data) == (
+        "clusters[0].hosts[1].address",
+        "'x:99999' is not HOST:PORT (port must be 1-65535)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("127.0.0.1", "missing port"),
+        ("127.0.0.1:", "missing port"),
+        ("127.0.0.1:0", "port must be 1-65535"),
+        ("127.0.0.1:http", "not a number"),
+        ("::1:20881", "needs brackets"),
+        ("[::1", "unbalanced"),
+        ("[127.0.0.1]:1", "only for IPv6"),
+        ("[::g]:1", "bad IPv6"),
+        ("999.1.1.1:1", "bad IPv4"),
+        ("bad host:1", "bad host name"),
+        (":1", "missing host"),
+        ("", "empty"),
+    ],
+)
+def test_listener_address_errors(value: str, reason: str) -> None:
+    key, msg = one_error({"egress": value})
+    assert key == "egress"
+    assert reason in msg
+    assert "is not HOST:PORT" in msg
+
+
+def test_non_string_address() -> None:
+    assert one_error({"api": 8080}) == ("api", "8080 is not HOST:PORT (expected a string)")
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "fragment"),
+    [
+        ({"app_port": 0}, "app_port", "greater than or equal to 1"),
+        ({"app_port": 70000}, "app_port", "less than or equal to 65535"),
+        ({"app_port": True}, "app_port", "not true"),
+        ({"app_port": "x"}, "app_port", "valid integer"),
+        ({"limits": {"max_body_bytes": 1023}}, "limits.max_body_bytes", "1024"),
+        ({"limits": {"max_body_bytes": 2**31}}, "limits.max_body_bytes", "2147483647"),
+        ({"limits": {"max_connections": 0}}, "limits.max_connections", "greater than or equal to 1"),
+        ({"limits": {"idle_timeout_s": 0}}, "limits.idle_timeout_s", "greater than 0"),
+        ({"timeouts": {"default_ms": 0}}, "timeouts.default_ms", "greater than 0"),
+        ({"timeouts": {"connect_ms": -5}}, "timeouts.connect_ms", "greater than 0"),
+        ({"upstream": {"connections_per_host": 0}}, "upstream.connections_per_host", "greater than or equal"),
+        ({"log_level": "loud"}, "log_level", "not a log level"),
+        ({"advertise_ip": "my-host"}, "advertise_ip", "not an IP address"),
+        ({"advertise_ip": "0.0.0.0"}, "advertise_ip", "cannot be advertised"),
+        ({"data_dir": " "}, "data_dir", "must not be empty"),
+        ({"limits": [1]}, "limits", "valid dictionary"),
+        ({"clusters": {"name": "a"}}, "clusters", "valid list"),
+    ],
+)
+def test_scalar_errors_name_their_key(data: dict[str, Any], key: str, fragment: str) -> None:
+    k, msg = one_error(data)
+    assert k == key
+    assert fragment in msg
+
+
+def test_weights_bounds() -> None:
+    assert Config.from_dict(minimal_cluster(weight=0)).clusters[0].hosts[0].weight == 0
+    assert Config.from_dict(minimal_cluster(weight=10000)).clusters[0].hosts[0].weight == 10000
+    key, msg = one_error(minimal_cluster(weight=10001))
+    assert key == "clusters[0].hosts[0].weight" and "10000" in msg
+    key, _ = one_error(minimal_cluster(weight=-1))
+    assert key == "clusters[0].hosts[0].weight"
+
+
+def test_metadata_values_must_be_strings() -> None:
+    key, _ = one_error(minimal_cluster(metadata={"zone": ["a"]}))
+    assert key == "clusters[0].hosts[0].metadata.zone"
+
+
+def test_load_balancer_names() -> None:
+    for lb in LB_NAMES:
+        assert Config.from_dict({"clusters": [{"name": "c", "lb": lb}]}).clusters[0].lb == lb
+    key, msg = one_error({"clusters": [{"name": "c", "lb": "fastest"}]})
+    assert key == "clusters[0].lb"
+    assert "'fastest' is not a load balancer" in msg and "least_request" in msg
+
+
+def test_lb_names_agree_with_routing() -> None:
+    from regproxy.routing.balancer import BALANCERS
+
+    assert set(LB_NAMES) == set(BALANCERS)
+
+
+def test_duplicate_cluster_names() -> None:
+    assert one_error({"clusters": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}) == (
+        "clusters[2].name",
+        "duplicate cluster name 'a' (also clusters[0])",
+    )
+
+
+def test_duplicate_host_in_cluster() -> None:
+    data = {"clusters": [{"name": "a", "hosts": [{"address": "[::1]:1"}, {"address": "[0::1]:1"}]}]}
+    key, msg = one_error(data)
+    assert key == "clusters[0].hosts[1].address" and "duplicate" in msg
+
+
+def test_route_must_name_existing_cluster() -> None:
+    data = {"clusters": [{"name": "a"}], "routes": [{"name": "r", "cluster": "b"}]}
+    assert one_error(data) == ("routes[0].cluster", "no cluster named 'b' (known: a)")
+
+
+def test_duplicate_route_names() -> None:
+    data = {
+        "clusters": [{"name": "a"}],
+        "routes": [{"name": "r", "cluster": "a"}, {"name": "r", "cluster": "a"}],
+    }
+    key, _ = one_error(data)
+    assert key == "routes[1].name"
+
+
+@pytest.mark.parametrize(
+    ("route", "key"),
+    [
+        ({"name": "r"}, "routes[0].cluster"),
+        ({"name": "", "cluster": "a"}, "routes[0].name"),
+        ({"name": "r", "cluster": "a", "timeout_ms": 0}, "routes[0].timeout_ms"),
+        ({"name": "r", "cluster": "a", "retries": -1}, "routes[0].retries"),
+        ({"name": "r", "cluster": "a", "match": {"service": ""}}, "routes[0].match.service"),
+        ({"name": "r", "cluster": "a", "match": {"method": ""}}, "routes[0].match.method"),
+        ({"name": "r", "cluster": "a", "match": {"servce": "x"}}, "routes[0].match.servce"),
+    ],
+)
+def test_route_field_errors(route: dict[str, Any], key: str) -> None:
+    k, _ = one_error({"clusters": [{"name": "a"}], "routes": [route]})
+    assert k == key
+
+
+def test_listener_collisions() -> None:
+    assert one_error({"egress": "0.0.0.0:20882"}) == (
+        "ingress",
+        "0.0.0.0:20882 collides with egress (0.0.0.0:20882)",
+    )
+    key, msg = one_error({"app_port": 20882})
+    assert key == "app_port" and "ingress" in msg
+    # Same port on two distinct specific addresses is fine.
+    Config.from_dict({"api": "127.0.0.1:9000", "admin": "127.0.0.2:9000"})
+
+
+def test_every_error_listed_at_once() -> None:
+    data = {
+        "limits": {"max_bodyy": 1},
+        "app_port": 0,
+        "clusters": [{"name": "a", "lb": "x", "hosts": [{"address": "nope"}]}],
+        "routes": [{"name": "r", "cluster": "missing"}],
+        "registries": ["zk://h"],
+    }
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(data)
+    keys = [k for k, _ in info.value.errors]
+    assert set(keys) == {
+        "limits.max_bodyy",
+        "app_port",
+        "clusters[0].lb",
+        "clusters[0].hosts[0].address",
+        "routes[0].cluster",
+        "registries[0]",
+    }
+    text = str(info.value)
+    assert text.startswith("6 errors\n")
+    for k in keys:
+        assert f"\n  {k}: " in text
+
+
+# --- overrides -----------------------------------------------------------------------------------
+
+
+def test_overrides_replace_file_values(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "egress: 127.0.0.1:1000\nregistries: [zookeeper://a]\nlimits: {max_connections: 5}\n",
+    )
+    c = load_config(
+        p,
+        {
+            "egress": "127.0.0.1:2000",
+            "registries": ["memory://", "nacos://n"],
+            "limits.idle_timeout_s": "2.5",
+            "app_port": "30000",
+        },
+    )
+    assert c.egress.port == 2000
+    assert [r.scheme for r in c.registries] == ["memory", "nacos"]  # replaced, not appended
+    assert c.limits.max_connections == 5 and c.limits.idle_timeout_s == 2.5  # dotted key merges
+    assert c.app_port == 30000
+
+
+def test_override_errors_name_origin(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"ingress": "x"}, origins={"ingress": "--ingress"})
+    assert info.value.errors == [("ingress", "'x' is not HOST:PORT (missing port) (from --ingress)")]
+
+
+def test_dotted_override_into_missing_section() -> None:
+    c = load_config(None, {"timeouts.default_ms": 10})
+    assert c.timeouts.default_ms == 10
+
+
+# --- addresses -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "back"),
+    [
+        ("127.0.0.1:20880", "127.0.0.1", 20880, "127.0.0.1:20880"),
+        ("[::1]:20881", "::1", 20881, "[::1]:20881"),
+        ("[fe80::1%eth0]:1", "fe80::1%eth0", 1, "[fe80::1%eth0]:1"),
+        ("[0:0::1]:2", "::1", 2, "[::1]:2"),
+        ("zk-1.example.internal:2181", "zk-1.example.internal", 2181, "zk-1.example.internal:2181"),
+        ("localhost:65535", "localhost", 65535, "localhost:65535"),
+        (" provider_1:7 ", "provider_1", 7, "provider_1:7"),
+    ],
+)
+def test_address_parse(text: str, host: str, port: int, back: str) -> None:
+    a = Address.parse(text)
+    assert (a.host, a.port) == (host, port)
+    assert str(a) == back
+    assert Address.parse(str(a)) == a
+
+
+def test_address_default_port() -> None:
+    assert parse_address("zk", default_port=2181) == ("zk", 2181)
+    assert parse_address("[::1]", default_port=2181) == ("::1", 2181)
+    with pytest.raises(ValueError, match="missing port"):
+        parse_address("zk")
+
+
+# --- registry URLs -------------------------------------------------------------------------------
+
+
+def test_zookeeper_url() -> None:
+    r = RegistryURL.parse("zookeeper://zk1,zk2:2182,[::1]")
+    assert r.scheme == "zookeeper"
+    assert [str(h) for h in r.hosts] == ["zk1:2181", "zk2:2182", "[::1]:2181"]
+    assert r.hosts_string == "zk1:2181,zk2:2182,[::1]:2181"
+    assert r.params == {}
+    assert r.group is None
+    assert str(r) == "zookeeper://zk1:2181,zk2:2182,[::1]:2181"
+
+
+def test_nacos_url_defaults() -> None:
+    r = RegistryURL.parse("nacos://nacos")
+    assert [str(h) for h in r.hosts] == ["nacos:8848"]
+    assert r.namespace == ""
+    assert r.group == "DEFAULT_GROUP"
+    assert r.username is None and r.password is None
+
+
+def test_nacos_url_params() -> None:
+    r = RegistryURL.parse("NACOS://10.0.0.1:8849/?namespace=dev&group=G1&username=nacos&password=p%40ss%26w")
+    assert r.scheme == "nacos"
+    assert (r.namespace, r.group, r.username, r.password) == ("dev", "G1", "nacos", "p@ss&w")
+    assert r.hosts == (Address("10.0.0.1", 8849),)
+
+
+def test_memory_url() -> None:
+    r = RegistryURL.parse("memory://")
+    assert r.scheme == "memory" and r.hosts == () and str(r) == "memory://"
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("zk://h", "unknown registry scheme 'zk'"),
+        ("h:2181", "not a registry URL"),
+        (
+            "nacos://h?foo=1",
+            "unknown parameter 'foo' for nacos (known: group, namespace, password, username)",
+        ),
+        ("zookeeper://h?namespace=x", "unknown parameter 'namespace' for zookeeper (known: none)"),
+        ("nacos://h?group=a&group=b", "given twice"),
+        ("nacos://h?password=x", "without username"),
+        ("nacos://h?group=", "group must not be empty"),
+        ("nacos://u:p@h", "credentials go in"),
+        ("zookeeper://", "needs at least one HOST"),
+        ("zookeeper://h:99999", "port must be 1-65535"),
+        ("zookeeper://h/dubbo", "takes no path"),
+        ("memory://x", "takes no hosts"),
+        ("nacos://h?novalue", "malformed query"),
+    ],
+)
+def test_registry_url_errors(url: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        RegistryURL.parse(url)
+    key, msg = one_error({"registries": ["memory://", url]})
+    assert key == "registries[1]"
+    assert fragment in msg
+
+
+def test_registry_must_be_string() -> None:
+    assert one_error({"registries": [{"url": "x"}]}) == ("registries[0]", "expected a registry URL string")
+
+
+# --- redaction -----------------------------------------------------------------------------------
+
+
+SECRET = "s3cr3t-pw"
+NACOS = f"nacos://n:8848?namespace=ns&username=u&password={SECRET}"
+
+
+def test_password_hidden_in_str_repr_and_dumps() -> None:
+    r = RegistryURL.parse(NACOS)
+    assert SECRET not in str(r)
+    assert SECRET not in repr(r)
+    assert "password=***" in str(r)
+    assert r.to_url(redact=False) == "nacos://n:8848?namespace=ns&password=s3cr3t-pw&username=u"
+
+    c = Config.from_dict({"registries": [NACOS]})
+    assert c.registries[0].password == SECRET
+    dumped = c.redacted_dict()
+    assert dumped["registries"] == ["nacos://n:8848?namespace=ns&password=***&username=u"]
+    for text in (repr(c), str(c), str(dumped), c.model_dump_json()):
+        assert SECRET not in text
+
+
+def test_secrets_revealed_only_on_request_and_round_trip() -> None:
+    c = Config.from_dict({"registries": [NACOS]})
+    full = c.model_dump(mode="json", context={"reveal_secrets": True})
+    assert SECRET in full["registries"][0]
+    assert Config.from_dict(full) == c
+
+
+def test_password_never_in_error_messages() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({"registries": [f"nacos://h?password={SECRET}&bogus=1"]})
+    assert SECRET not in str(info.value)
+
+
+def test_redacted_dict_is_json_ready() -> None:
+    import json
+
+    d = load_config(EXAMPLE).redacted_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["egress"] == "127.0.0.1:20881"
+    assert d["clusters"][0]["hosts"][0]["address"] == "127.0.0.1:20882"
+
+
+# --- to the routing table ------------------------------------------------------------------------
+
+
+def test_to_routing_table() -> None:
+    from regproxy.routing.model import Cluster, Host, Route, RouteMatch
+
+    c = Config.from_dict(
+        {
+            "clusters": [
+                {
+                    "name": "greet",
+                    "lb": "weighted_round_robin",
+                    "hosts": [
+                        {"address": "127.0.0.1:20882", "weight": 5, "metadata": {"zone": "a"}},
+                        {"address": "[::1]:20882"},
+                    ],
+                },
+                {"name": "other"},
+            ],
+            "routes": [
+                {
+                    "name": "g",
+                    "match": {"service": "com.x.Greet", "version": "0.0.0", "group": "g", "method": "hi"},
+                    "cluster": "greet",
+                    "timeout_ms": 500,
+                    "retries": 0,
+                },
+                {"name": "rest", "cluster": "other"},
+            ],
+        }
+    )
+    table = c.to_routing_table()
+    assert table.routes == (
+        Route(
+            name="g",
+            match=RouteMatch(service="com.x.Greet", version="", group="g", method="hi"),
+            cluster="greet",
+            timeout_ms=500,
+            retries=0,
+        ),
+        Route(name="rest", match=RouteMatch(), cluster="other", timeout_ms=None, retries=1),
+    )
+    greet = table.clusters["greet"]
+    assert isinstance(greet, Cluster)
+    assert greet.lb == "weighted_round_robin"
+    assert greet.hosts == (
+        Host(address="127.0.0.1:20882", weight=5, metadata={"zone": "a"}),
+        Host(address="[::1]:20882", weight=100),
+    )
+    assert dict(greet.hosts[0].metadata) == {"zone": "a"}
+    assert table.clusters["other"].hosts == ()
+    assert table.match("com.x.Greet", "0.0.0", "hi", "g") == table.routes[0]
+    assert table.match("com.y.Other", "", "m", None) == table.routes[1]
+
+
+def test_example_to_routing_table() -> None:
+    table = load_config(EXAMPLE).to_routing_table()
+    route = table.match("org.apache.dubbo.samples.api.GreetingsService", "0.0.0", "greet", None)
+    assert route is not None and route.cluster == "greetings"
+    assert [h.address for h in table.clusters["greetings"].hosts] == ["127.0.0.1:20882"]
