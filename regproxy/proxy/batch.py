@@ -1,0 +1,58 @@
+"""Write batching: everything queued for a connection while the loop handles one round of events
+goes out in a single ``transport.write``.
+
+System calls dominate the cost of a hop at low concurrency, so a frame must not cost a write of
+its own: a connection that gets its first chunk in a round registers itself once, and one
+callback scheduled with ``call_soon`` writes every dirty connection's chunks, joined, at the end of
+the round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Batcher:
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[BatchedWriter] = []
+        self._scheduled = False
+
+    def mark(self, writer: BatchedWriter) -> None:
+        self._dirty.append(writer)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for writer in dirty:
+            writer.flush()
+
+
+class BatchedWriter:
+    """Mixin for a protocol with a transport: ``queue`` chunks, they are written at the round's end."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+    _out: list[bytes]
+    _batcher: Batcher
+
+    def queue(self, *chunks: bytes) -> None:
+        if self.transport is None:
+            return  # closed: the peer is gone, nobody can read the answer
+        if not self._out:
+            self._batcher.mark(self)
+        self._out.extend(chunks)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))

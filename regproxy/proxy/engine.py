@@ -1,0 +1,133 @@
+"""The forwarding engine: the egress and ingress listeners, their upstream pools, their tables.
+
+Egress routes consumer requests by the routing table (static routes from the config, dynamic
+ones from subscriptions) to provider sidecars. Ingress hands requests from peer sidecars to the
+local application; its table starts with one catch-all route to ``127.0.0.1:app_port`` and
+publications add per-service routes to the application's real port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from regproxy.proxy.batch import Batcher
+from regproxy.proxy.forwarder import Forwarder
+from regproxy.proxy.listener import DownstreamConnection
+from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+
+log = logging.getLogger(__name__)
+
+LOCAL_APP_CLUSTER = "local-app"
+
+
+def local_app_table(app_host: str, app_port: int) -> RoutingTable:
+    """Ingress's starting table: every service goes to the application's default port."""
+    cluster = Cluster(
+        name=LOCAL_APP_CLUSTER, lb="round_robin", hosts=(Host(address=f"{app_host}:{app_port}"),)
+    )
+    route = Route(name=LOCAL_APP_CLUSTER, match=RouteMatch(service="*"), cluster=LOCAL_APP_CLUSTER, retries=0)
+    return RoutingTable(routes=[route], clusters=[cluster])
+
+
+@dataclass(slots=True)
+class ListenerSettings:
+    host: str
+    port: int
+    max_body: int
+    default_timeout_ms: int
+    connect_timeout_ms: int
+    connections_per_host: int
+    max_connections: int = 10000
+    idle_timeout_s: float = 300.0
+
+
+class Listener:
+    """One listening socket with its forwarder and upstream pool."""
+
+    def __init__(self, name: str, settings: ListenerSettings, table: TableHolder) -> None:
+        self.name = name
+        self.settings = settings
+        self.table = table
+        self.server: asyncio.AbstractServer | None = None
+        self.forwarder: Forwarder | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (the real port when 0 was asked for)."""
+        assert self.server is not None
+        sock = self.server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(loop)
+        s = self.settings
+
+        def make_pool(events: UpstreamEvents) -> UpstreamPool:
+            return UpstreamPool(
+                loop,
+                batcher,
+                events,
+                per_host=s.connections_per_host,
+                connect_timeout_s=s.connect_timeout_ms / 1000,
+                max_body=s.max_body,
+            )
+
+        fwd = Forwarder(
+            self.name,
+            loop,
+            self.table,
+            batcher,
+            make_pool,
+            default_timeout_ms=s.default_timeout_ms,
+            max_connections=s.max_connections,
+        )
+        self.forwarder = fwd
+        try:
+            self.server = await loop.create_server(
+                lambda: DownstreamConnection(fwd, s.max_body),
+                s.host,
+                s.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{self.name}: cannot listen on {s.host}:{s.port}: {exc.strerror}"
+            ) from exc
+        log.info("%s listening on %s:%d", self.name, *self.address)
+        self._sweeper = loop.create_task(self._close_idle(s.idle_timeout_s))
+
+    async def _close_idle(self, idle_s: float) -> None:
+        """Close client connections with nothing in flight and no bytes for ``idle_s`` seconds.
+
+        A sweep every quarter of the idle time costs one pass over the connections, instead of a
+        timer reset on every frame.
+        """
+        loop = asyncio.get_running_loop()
+        fwd = self.forwarder
+        assert fwd is not None
+        while True:
+            await asyncio.sleep(max(0.05, min(idle_s / 4, 5.0)))
+            cutoff = loop.time() - idle_s
+            for down in list(fwd.downstreams):
+                if down.in_flight <= 0 and down.last_active < cutoff and down.transport is not None:
+                    log.info("%s: closing idle connection from %s", self.name, down.peer)
+                    down.transport.close()
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.server is not None:
+            self.server.close()
+        if self.forwarder is not None:
+            for down in list(self.forwarder.downstreams):
+                if down.transport is not None:
+                    down.transport.close()
+            await self.forwarder.pool.close()
+        if self.server is not None:
+            await self.server.wait_closed()

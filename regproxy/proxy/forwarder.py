@@ -1,0 +1,248 @@
+"""The per-request logic shared by the egress and ingress listeners: route, pick a host, forward,
+enforce the deadline, retry a request that was never written, and answer with a Dubbo error that
+names the cause when nothing else can."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from regproxy.dubbo.encode import encode_error, heartbeat_reply, with_request_id
+from regproxy.dubbo.frame import FLAG_EVENT, FLAG_TWOWAY, HESSIAN2, SERIALIZATION_MASK, Frame, Status
+from regproxy.dubbo.hessian2 import Hessian2Error
+from regproxy.dubbo.request import RequestBody
+from regproxy.proxy.batch import Batcher
+from regproxy.proxy.exchange import Exchange
+from regproxy.proxy.listener import DownstreamConnection
+from regproxy.proxy.stats import ListenerStats
+from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
+from regproxy.routing import Host, LoadBalancer, TableHolder, make_balancer
+
+log = logging.getLogger(__name__)
+
+SERIALIZATION_NAMES = {
+    2: "hessian2",
+    3: "java",
+    4: "compactedjava",
+    6: "fastjson",
+    7: "nativejava",
+    8: "kryo",
+    9: "fst",
+    21: "protostuff",
+    22: "protobuf",
+    23: "fastjson2",
+    25: "gson",
+}
+
+
+def service_label(path: str, version: str, group: str | None) -> str:
+    """Dubbo's service key form: ``group/interface:version``, empty parts left out."""
+    label = path
+    if group:
+        label = f"{group}/{label}"
+    if version and version not in ("0.0.0", "*"):
+        label = f"{label}:{version}"
+    return label
+
+
+class Forwarder(UpstreamEvents):
+    def __init__(
+        self,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        table: TableHolder,
+        batcher: Batcher,
+        pool_factory: Callable[[UpstreamEvents], UpstreamPool],
+        *,
+        default_timeout_ms: int,
+        max_connections: int = 10000,
+        stats: ListenerStats | None = None,
+    ) -> None:
+        self.name = name  # "egress" or "ingress", in messages so an operator knows which hop spoke
+        self.loop = loop
+        self.table = table
+        self.batcher = batcher
+        self.pool = pool_factory(self)
+        self.downstreams: set[DownstreamConnection] = set()
+        self.default_timeout_ms = default_timeout_ms
+        self.max_connections = max_connections
+        self.stats = stats or ListenerStats()
+        self._balancers: dict[str, tuple[str, LoadBalancer]] = {}
+
+    # --- from the downstream side -------------------------------------------------------------
+
+    def connection_opened(self, down: DownstreamConnection) -> bool:
+        """Admit a client connection, unless the listener is at its connection limit."""
+        if len(self.downstreams) >= self.max_connections:
+            self.stats.rejected_connections += 1
+            log.warning(
+                "%s: refusing connection from %s: %d connections open (limits.max_connections)",
+                self.name,
+                down.peer,
+                len(self.downstreams),
+            )
+            return False
+        self.downstreams.add(down)
+        self.stats.downstream_connections += 1
+        return True
+
+    def connection_closed(self, down: DownstreamConnection) -> None:
+        if down in self.downstreams:
+            self.downstreams.discard(down)
+            self.stats.downstream_connections -= 1
+
+    def handle_frame(self, down: DownstreamConnection, frame: Frame) -> None:
+        flag = frame.flag
+        if not flag & 0x80:
+            return  # a response from a consumer: only replies to our heartbeats, nothing to do
+        if flag & FLAG_EVENT:
+            self.stats.heartbeats += 1
+            if flag & FLAG_TWOWAY:
+                down.queue(heartbeat_reply(frame.request_id))
+            return
+        stats = self.stats
+        stats.requests += 1
+        if flag & SERIALIZATION_MASK != HESSIAN2:
+            sid = flag & SERIALIZATION_MASK
+            name = SERIALIZATION_NAMES.get(sid, "unknown")
+            self.reply_error(
+                down,
+                frame,
+                Status.BAD_REQUEST,
+                f"serialization id {sid} ({name}) is not supported; regproxy reads hessian2 (2)",
+            )
+            return
+        try:
+            body = RequestBody(frame.body)
+            table = self.table.current
+            group = body.group if table.needs_group(body.path) else None
+            route = table.match(body.path, body.version, body.method, group)
+            if route is None:
+                label = service_label(body.path, body.version, body.group)
+                self.reply_error(
+                    down, frame, Status.SERVICE_NOT_FOUND, f"no route for {label} method {body.method}"
+                )
+                return
+            timeout_ms = route.timeout_ms or body.timeout_ms() or self.default_timeout_ms
+            if group is None:
+                # For the label only: free when the attachments were read for the timeout anyway.
+                group = body.group if body.attachments_read else ""
+        except Hessian2Error as exc:
+            self.reply_error(down, frame, Status.BAD_REQUEST, f"malformed request body: {exc}")
+            return
+        cluster = table.clusters[route.cluster]
+        label = service_label(body.path, body.version, group) + "." + body.method
+        stats.per_service[label] += 1
+        if not frame.two_way:
+            stats.oneway += 1
+        exch = Exchange(
+            down,
+            frame,
+            label,
+            cluster.hosts,
+            self._balancer(cluster.name, cluster.lb),
+            route.retries,
+            timeout_ms,
+        )
+        if frame.two_way:
+            down.in_flight += 1
+            exch.timer = self.loop.call_later(timeout_ms / 1000, self._on_timeout, exch)
+        self._dispatch(exch, None)
+
+    def _balancer(self, cluster: str, lb: str) -> LoadBalancer:
+        entry = self._balancers.get(cluster)
+        if entry is None or entry[0] != lb:
+            entry = (lb, make_balancer(lb, active=self.pool.active))
+            self._balancers[cluster] = entry
+        return entry[1]
+
+    def _pick(self, exch: Exchange) -> Host | None:
+        pool = self.pool
+        failing = [h.address for h in exch.hosts if pool.is_failing(h.address)]
+        if failing:
+            host = exch.balancer.pick(exch.hosts, set(exch.tried).union(failing))
+            if host is not None:
+                return host
+        return exch.balancer.pick(exch.hosts, exch.tried)
+
+    def _dispatch(self, exch: Exchange, last_error: str | None) -> None:
+        host = self._pick(exch) if not self.pool.closed else None
+        if host is None:
+            if last_error is not None:
+                self._fail(
+                    exch,
+                    Status.SERVER_ERROR,
+                    f"{last_error}; tried {len(exch.tried)} host(s) for {exch.label}",
+                )
+            elif self.pool.closed:
+                self._fail(exch, Status.SERVER_ERROR, f"regproxy {self.name} is shutting down")
+            else:
+                self._fail(
+                    exch,
+                    Status.SERVICE_NOT_FOUND,
+                    f"no provider for {exch.label.rpartition('.')[0]} (cluster has no healthy host)",
+                )
+            return
+        exch.tried.append(host.address)
+        self.pool.connection(host.address).submit(exch)
+
+    def _on_timeout(self, exch: Exchange) -> None:
+        exch.timer = None
+        if exch.upstream is not None:
+            exch.upstream.forget(exch)
+        self.stats.timeouts += 1
+        where = exch.tried[-1] if exch.tried else "no host"
+        self._fail(
+            exch,
+            Status.CLIENT_TIMEOUT,
+            f"timeout after {exch.timeout_ms} ms waiting for {where} for {exch.label}",
+        )
+
+    # --- from the upstream side ---------------------------------------------------------------
+
+    def on_response(self, exch: Exchange, head: bytes, body: bytes) -> None:
+        if exch.timer is not None:
+            exch.timer.cancel()
+        self.stats.responses[head[3]] += 1
+        down = exch.downstream
+        down.queue(with_request_id(head, exch.downstream_id), body)
+        down.answered()
+
+    def on_not_written(self, exch: Exchange, reason: str) -> None:
+        self.stats.connect_failures += 1
+        if exch.two_way and exch.timer is None:
+            return  # already answered (deadline passed)
+        if exch.retries_left > 0:
+            exch.retries_left -= 1
+            self.stats.retries += 1
+            self._dispatch(exch, reason)
+        else:
+            self._fail(
+                exch, Status.SERVER_ERROR, f"{reason}; tried {len(exch.tried)} host(s) for {exch.label}"
+            )
+
+    def on_lost(self, exch: Exchange, reason: str) -> None:
+        # Written, so it may have run: retrying could call the provider twice. Report it instead.
+        # SERVER_ERROR, not CHANNEL_INACTIVE: Java consumers treat both alike, and clients with a
+        # short status table (dubbo-python) hang on 35 instead of failing the call.
+        self._fail(exch, Status.SERVER_ERROR, f"{reason} ({exch.label})")
+
+    # --- answers made here --------------------------------------------------------------------
+
+    def _fail(self, exch: Exchange, status: int, message: str) -> None:
+        if exch.timer is not None:
+            exch.timer.cancel()
+            exch.timer = None
+        if not exch.two_way:
+            log.warning("%s: one-way request dropped: %s", self.name, message)
+            return
+        self.reply_error(exch.downstream, exch.frame, status, message)
+        exch.downstream.answered()
+
+    def reply_error(self, down: DownstreamConnection, frame: Frame, status: int, message: str) -> None:
+        self.stats.responses[status] += 1
+        if frame.two_way:
+            down.queue(encode_error(frame.request_id, status, f"regproxy {self.name}: {message}"))
+        else:
+            log.warning("%s: one-way request not forwarded: %s", self.name, message)

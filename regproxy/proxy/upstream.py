@@ -1,0 +1,265 @@
+"""Pooled, multiplexed connections to upstream hosts (a provider's ingress, or the local app).
+
+Many downstream connections share a few upstream connections: each request gets a fresh request
+id on the upstream connection, and the response is mapped back to the downstream connection and
+its original id. A connection is CONNECTING, OPEN or CLOSED; requests that arrive while it is
+connecting wait in ``waiting`` and have not been written, so a failed connect can retry them on
+another host without any risk of a duplicate call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, cast
+
+from regproxy.dubbo.encode import heartbeat_reply, with_request_id
+from regproxy.dubbo.frame import FrameParser, ProtocolError
+from regproxy.proxy.batch import BatchedWriter, Batcher
+
+if TYPE_CHECKING:
+    from regproxy.proxy.exchange import Exchange
+
+log = logging.getLogger(__name__)
+
+_MAX_ID = 2**63 - 1
+
+
+class ConnState(Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class UpstreamEvents:
+    """What the pool reports back to the forwarder (which owns responses to downstream)."""
+
+    def on_response(self, exch: Exchange, head: bytes, body: bytes) -> None: ...
+    def on_not_written(self, exch: Exchange, reason: str) -> None: ...
+    def on_lost(self, exch: Exchange, reason: str) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol, BatchedWriter):
+    __slots__ = (
+        "_batcher",
+        "_next_id",
+        "_out",
+        "_parser",
+        "_pool",
+        "address",
+        "pending",
+        "readonly",
+        "state",
+        "transport",
+        "waiting",
+    )
+
+    def __init__(self, pool: UpstreamPool, address: str) -> None:
+        self._pool = pool
+        self._batcher = pool.batcher
+        self._out: list[bytes] = []
+        self._parser = FrameParser(pool.max_body)
+        self._next_id = 0
+        self.address = address
+        self.state = ConnState.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, Exchange] = {}
+        self.waiting: list[Exchange] = []
+        self.readonly = False  # the provider announced shutdown: no new requests
+
+    @property
+    def load(self) -> int:
+        return len(self.pending) + len(self.waiting)
+
+    def submit(self, exch: Exchange) -> None:
+        exch.upstream = self
+        if self.state is ConnState.OPEN:
+            self._write(exch)
+        else:
+            self.waiting.append(exch)
+
+    def _write(self, exch: Exchange) -> None:
+        self._next_id = upstream_id = self._next_id + 1 if self._next_id < _MAX_ID else 1
+        frame = exch.frame
+        exch.upstream_id = upstream_id
+        if frame.two_way:
+            self.pending[upstream_id] = exch
+        self.queue(with_request_id(frame.head, upstream_id), frame.body)
+
+    def forget(self, exch: Exchange) -> None:
+        """Drop a request whose deadline passed; a late response will find nothing and be dropped."""
+        if not exch.upstream_id or self.pending.pop(exch.upstream_id, None) is None:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(exch)
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.state = ConnState.OPEN
+        self._pool.connected(self)
+        waiting, self.waiting = self.waiting, []
+        for exch in waiting:
+            self._write(exch)
+
+    def connect_failed(self, reason: str) -> None:
+        self.state = ConnState.CLOSED
+        self._pool.discard(self, failed=True)
+        waiting, self.waiting = self.waiting, []
+        events = self._pool.events
+        for exch in waiting:
+            events.on_not_written(exch, reason)
+
+    def data_received(self, data: bytes) -> None:
+        error: ProtocolError | None = None
+        try:
+            frames = self._parser.feed(data)
+        except ProtocolError as exc:
+            frames, error = exc.frames, exc
+        events = self._pool.events
+        pending = self.pending
+        for frame in frames:
+            if frame.flag & 0x80:  # a request from the provider: only events are legitimate
+                if frame.is_event:
+                    if frame.two_way:
+                        self.queue(heartbeat_reply(frame.request_id))
+                    elif frame.body[-1:] == b"R":
+                        self.readonly = True
+                        self._pool.discard(self)
+                continue
+            if frame.flag & 0x20:  # a heartbeat reply
+                continue
+            exch = pending.pop(frame.request_id, None)
+            if exch is not None:  # None: the deadline passed, the answer is dropped
+                events.on_response(exch, frame.head, frame.body)
+        if error is not None:
+            self._fail_all(f"provider {self.address} sent a malformed stream: {error}")
+            if self.transport is not None:
+                self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = ConnState.CLOSED
+        self.transport = None
+        self._pool.discard(self)
+        why = f"connection to {self.address} closed" + (f" ({exc})" if exc else "")
+        self._fail_all(why + " with the request in flight")
+
+    def _fail_all(self, reason: str) -> None:
+        pending, self.pending = self.pending, {}
+        events = self._pool.events
+        for exch in pending.values():
+            events.on_lost(exch, reason)
+        waiting, self.waiting = self.waiting, []
+        for exch in waiting:
+            events.on_not_written(exch, reason)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamPool:
+    """Up to ``per_host`` connections per address, made on first use, shared by all requests."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batcher: Batcher,
+        events: UpstreamEvents,
+        *,
+        per_host: int = 1,
+        connect_timeout_s: float = 1.0,
+        max_body: int,
+        backoff_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.loop = loop
+        self.batcher = batcher
+        self.events = events
+        self.per_host = per_host
+        self.connect_timeout_s = connect_timeout_s
+        self.max_body = max_body
+        self.backoff_s = backoff_s
+        self._clock = clock
+        self._conns: dict[str, list[UpstreamConnection]] = {}
+        self._next: dict[str, int] = {}
+        self._failed_until: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def connection(self, address: str) -> UpstreamConnection:
+        conns = self._conns.get(address)
+        if conns is None:
+            conns = self._conns[address] = []
+        if len(conns) < self.per_host:
+            conn = UpstreamConnection(self, address)
+            conns.append(conn)
+            self._connect(conn)
+            return conn
+        i = self._next.get(address, 0) + 1
+        self._next[address] = i
+        return conns[i % len(conns)]
+
+    def is_failing(self, address: str) -> bool:
+        """Connecting to it failed recently: pick another host first."""
+        until = self._failed_until.get(address)
+        return until is not None and until > self._clock()
+
+    def active(self, address: str) -> int:
+        """Requests in flight to an address (the least-request balancer reads this)."""
+        conns = self._conns.get(address)
+        return sum(c.load for c in conns) if conns else 0
+
+    def connected(self, conn: UpstreamConnection) -> None:
+        self._failed_until.pop(conn.address, None)
+
+    def discard(self, conn: UpstreamConnection, *, failed: bool = False) -> None:
+        conns = self._conns.get(conn.address)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._conns[conn.address]
+        if failed:
+            self._failed_until[conn.address] = self._clock() + self.backoff_s
+
+    def _connect(self, conn: UpstreamConnection) -> None:
+        task = self.loop.create_task(self._open(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, conn: UpstreamConnection) -> None:
+        host, _, port = conn.address.rpartition(":")
+        host = host.strip("[]")
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: conn, host, int(port)), self.connect_timeout_s
+            )
+        except (TimeoutError, OSError, ValueError) as exc:
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
+            log.warning("cannot connect to %s: %s", conn.address, reason)
+            conn.connect_failed(f"cannot connect to {conn.address}: {reason}")
+        except asyncio.CancelledError:
+            conn.connect_failed(f"connecting to {conn.address} was cancelled (shutting down)")
+            raise
+        self.batcher.flush()
+
+    def describe(self) -> dict[str, list[dict[str, object]]]:
+        return {
+            address: [{"state": c.state.value, "in_flight": c.load, "readonly": c.readonly} for c in conns]
+            for address, conns in self._conns.items()
+        }
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for conns in list(self._conns.values()):
+            for conn in list(conns):
+                conn.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
