@@ -1,0 +1,563 @@
+"""``zookeeper://``: the Dubbo interface-level layout in ZooKeeper, over kazoo.
+
+Layout: ``/dubbo/{interface}/{providers|consumers}/{java_url_encode(url)}``; the parents are
+persistent, the leaves ephemeral (they go with our session).
+
+Threads: kazoo runs its own connection and callback threads.  Nothing here blocks the event loop
+and nothing runs our logic on kazoo's threads: every kazoo result, state change and watch event is
+handed to the loop with ``loop.call_soon_threadsafe`` (kazoo also forbids blocking calls inside
+its listeners).  Requests use kazoo's ``*_async`` calls bridged to asyncio futures, each bounded
+by ``op_timeout_s``.
+
+Sessions (what kazoo does, and what we do about it):
+
+* connection dropped -> kazoo reports SUSPENDED and *drops every watch client-side* (it fires them
+  with a NONE event and, unlike the Java client, does not re-send them after a reconnect).  We keep
+  the last provider lists as they are.
+* reconnected within the session timeout -> CONNECTED, same session: ephemeral nodes are still
+  there.  We re-arm every watch by re-reading its path (changes made meanwhile are delivered), check
+  our nodes exist, and delete the nodes of registrations withdrawn while we were away.
+* session expired -> LOST, then kazoo connects with a *new* session -> CONNECTED.  Our ephemeral
+  nodes are gone: we re-create every one (a leftover owned by another session is deleted and
+  created again) and re-read every watched path, delivering the lists.
+
+Our state is "connected" only once that recovery is done, so "connected" means "our nodes are in
+ZooKeeper and our watches are armed".  While not connected, register/subscribe raise
+RegistryUnavailable at once (no request is queued behind a dead connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.protocol.states import EventType, KazooState, WatchedEvent
+from kazoo.retry import KazooRetry
+
+from regproxy.config import RegistryURL
+from regproxy.registry.base import (
+    CONNECTED,
+    LOST,
+    STOPPED,
+    SUSPENDED,
+    ProvidersListener,
+    Registry,
+    RegistryError,
+    RegistryUnavailable,
+)
+from regproxy.registry.url import CONSUMERS, PROVIDERS, DubboURL, Subscription, java_url_decode
+
+__all__ = ["ROOT", "ZooKeeperRegistry", "node_path", "providers_path"]
+
+log = logging.getLogger(__name__)
+
+ROOT = "/dubbo"
+_CATEGORIES = frozenset({PROVIDERS, CONSUMERS})
+# kazoo errors that mean "no usable connection/session right now", as opposed to a refused request.
+_UNAVAILABLE = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)  # ConnectionClosedError too
+_Binding = tuple[Subscription, ProvidersListener]
+_RECOVERY_ATTEMPTS = 3  # while connected, steps that timed out are tried again (0.5 s apart)
+
+
+def _segment(value: str, what: str) -> str:
+    # Defence in depth: the API validates names, but nothing may ever escape its ZooKeeper folder.
+    if not value or "/" in value or value in (".", "..") or any(ord(c) < 0x20 for c in value):
+        raise ValueError(f"invalid {what} {value!r} for a ZooKeeper path")
+    return value
+
+
+def providers_path(interface: str) -> str:
+    return f"{ROOT}/{_segment(interface, 'interface')}/{PROVIDERS}"
+
+
+def node_path(url: DubboURL) -> str:
+    """Where ``url`` is registered: ``/dubbo/{interface}/{category}/{encoded url}``."""
+    category = url.category
+    if category not in _CATEGORIES:
+        raise ValueError(f"cannot register a URL of category {category!r} (providers or consumers only)")
+    return f"{ROOT}/{_segment(url.interface, 'interface')}/{category}/{url.encoded()}"
+
+
+@dataclass(eq=False)
+class _Watch:
+    """The one children watch of an interface's providers path, shared by its subscriptions."""
+
+    interface: str
+    path: str
+    bindings: list[_Binding] = field(default_factory=list)
+    pending: int = 0  # subscribe() calls still listing: the watch must outlive them
+    leaves: frozenset[str] | None = None  # last listed leaf names; None = never read
+    providers: list[DubboURL] = field(default_factory=list)
+    bad_leaves: set[str] = field(default_factory=set)  # warned about once
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one listing at a time
+    task: asyncio.Task[None] | None = None  # the pending event-driven refresh
+    dirty: bool = False  # an event arrived while the refresh ran: list again
+    # The kazoo watch callback.  Always the same object, so kazoo's per-path watcher set holds it
+    # once however often the path is re-listed.
+    watcher: Callable[[WatchedEvent], None] | None = None
+
+
+class ZooKeeperRegistry(Registry):
+    """A Dubbo ZooKeeper registry.  All public methods are called on the event loop."""
+
+    def __init__(
+        self,
+        url: RegistryURL,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        session_timeout_s: float = 10.0,
+        op_timeout_s: float = 5.0,
+        reconnect_max_delay_s: float = 2.0,
+        coalesce_s: float = 0.05,
+    ) -> None:
+        if url.scheme != "zookeeper":
+            raise ValueError(f"not a zookeeper registry URL: {url}")
+        super().__init__(str(url))
+        self.url = url
+        self._loop = loop
+        self._session_timeout_s = session_timeout_s
+        self._op_timeout_s = op_timeout_s
+        self._reconnect_max_delay_s = reconnect_max_delay_s
+        # A weight change made by hand is a delete and a create: wait this long after an event so
+        # both usually land in one delivery instead of a list briefly missing the provider.
+        self._coalesce_s = coalesce_s
+        self._client: KazooClient | None = None
+        self._registered: dict[str, DubboURL] = {}  # node path -> url: re-created after a session loss
+        # Paths to delete once connected again: unregistered (or failed to register) while away.
+        self._stale: set[str] = set()
+        self._watches: dict[str, _Watch] = {}  # interface -> watch
+        self._session_lost = False  # the next CONNECTED is a new session: re-create everything
+        self._ever_connected = False
+        self._recovery: asyncio.Task[None] | None = None
+        self._state_changes = 0  # kazoo state events seen: a recovery reports only if none came since
+        self._stopping = False
+        self._last_error = ""
+
+    # -- introspection ----------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> int | None:
+        cid = self._client.client_id if self._client is not None else None
+        return cid[0] if cid else None
+
+    @property
+    def session_credentials(self) -> tuple[int, bytes] | None:
+        """``(session id, password)`` of the current session; for expiry drills in tests."""
+        cid = self._client.client_id if self._client is not None else None
+        return (cid[0], cid[1]) if cid else None
+
+    def describe(self) -> dict[str, Any]:
+        sid = self.session_id
+        return {
+            "name": self.name,
+            "state": self.state,
+            "session_id": f"0x{sid:x}" if sid else None,
+            "registered": sorted(str(url) for url in self._registered.values()),
+            "pending_deletes": len(self._stale),
+            "watched": {
+                iface: {"subscriptions": len(w.bindings), "providers": len(w.providers)}
+                for iface, w in sorted(self._watches.items())
+            },
+            "last_error": self._last_error,
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._stopping:
+            raise RegistryError(f"registry {self.name} was stopped; create a new one")
+        if self._client is not None:
+            return
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        client = KazooClient(
+            hosts=self.url.hosts_string,
+            timeout=self._session_timeout_s,
+            # Reconnect forever in the background; the backoff cap bounds how long after ZooKeeper
+            # comes back we notice.
+            connection_retry=KazooRetry(
+                max_tries=-1, delay=0.1, backoff=2, max_delay=self._reconnect_max_delay_s
+            ),
+            # Only kazoo's own recipes use this (we do not): keep it bounded all the same.
+            command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
+        )
+        client.add_listener(self._kazoo_state_listener)
+        self._client = client
+        client.start_async()  # only starts kazoo's threads: never waits for a server
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for task in [self._recovery, *(w.task for w in self._watches.values())]:
+            if task is not None:
+                task.cancel()
+        client, self._client = self._client, None
+        if client is not None and client.connected:
+            paths = list(self._registered)
+            if paths:
+                # Closing the session would remove them too; deleting first makes consumers see the
+                # provider go at once, even if the close request is lost.
+                deletes = [asyncio.ensure_future(self._delete(p, client)) for p in paths]
+                _, late = await asyncio.wait(deletes, timeout=self._op_timeout_s)
+                for task in late:
+                    task.cancel()
+                for task in deletes:
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        log.warning("registry %s: on stop: %s", self.name, task.exception())
+        self._registered.clear()
+        self._stale.clear()
+        self._watches.clear()
+        if client is not None:
+            # kazoo's stop() joins its threads (up to 10 s when a reconnect is in progress): off-loop.
+            closing = asyncio.ensure_future(asyncio.to_thread(_close_client, client))
+            done, _ = await asyncio.wait([closing], timeout=max(self._op_timeout_s, 1.0))
+            if not done:
+                log.warning("registry %s: kazoo did not stop in time; leaving it to finish", self.name)
+        self._set_state(STOPPED)
+
+    # -- registrations ----------------------------------------------------------------------------
+
+    async def register(self, url: DubboURL) -> None:
+        path = node_path(url)
+        self._require_connected(f"register {url.interface}")
+        try:
+            await self._create_ephemeral(path)
+        except RegistryUnavailable:
+            # The create may still reach the server (a reply lost with the connection): make sure a
+            # node we do not remember is removed once we are connected again.
+            if path not in self._registered:
+                self._stale.add(path)
+            raise
+        self._stale.discard(path)
+        self._registered[path] = url
+
+    async def unregister(self, url: DubboURL) -> None:
+        path = node_path(url)
+        self._registered.pop(path, None)
+        if not self.connected:
+            # Deleted after the reconnect if the session survived; gone with the session otherwise.
+            self._stale.add(path)
+            return
+        try:
+            await self._delete(path)
+        except RegistryError as exc:
+            log.warning("registry %s: %s; will delete it after reconnecting", self.name, exc)
+            self._stale.add(path)
+
+    # -- subscriptions ----------------------------------------------------------------------------
+
+    async def subscribe(self, sub: Subscription, listener: ProvidersListener) -> list[DubboURL]:
+        path = providers_path(sub.interface)
+        self._require_connected(f"subscribe to {sub.interface}")
+        w = self._watches.get(sub.interface)
+        if w is None:
+            w = _Watch(sub.interface, path)
+            w.watcher = self._make_watcher(w)
+            self._watches[sub.interface] = w
+        w.pending += 1
+        try:
+            # Every subscribe lists again: cheap, and the caller gets what ZooKeeper has now.
+            await self._refresh(w)
+        except BaseException:
+            if not w.bindings and w.pending == 1:
+                self._drop_watch(w)
+            raise
+        finally:
+            w.pending -= 1
+        if self._watches.get(sub.interface) is not w:  # stopped meanwhile
+            raise RegistryUnavailable(f"registry {self.name}: subscription to {sub.interface} was cancelled")
+        w.bindings.append((sub, listener))
+        return list(w.providers)
+
+    async def unsubscribe(self, sub: Subscription, listener: ProvidersListener) -> None:
+        w = self._watches.get(sub.interface)
+        if w is None:
+            return
+        for i, (s, cb) in enumerate(w.bindings):
+            if s == sub and cb == listener:
+                del w.bindings[i]
+                break
+        if not w.bindings and not w.pending:
+            # kazoo cannot remove a server-side watch; it fires once more and is ignored.
+            self._drop_watch(w)
+
+    def _drop_watch(self, w: _Watch) -> None:
+        if self._watches.get(w.interface) is w:
+            del self._watches[w.interface]
+        if w.task is not None:
+            w.task.cancel()
+
+    def _make_watcher(self, w: _Watch) -> Callable[[WatchedEvent], None]:
+        def watcher(event: WatchedEvent) -> None:  # on kazoo's callback thread
+            # NONE events are kazoo dropping its watches on a disconnect; the reconnect re-lists.
+            if event.type != EventType.NONE:
+                self._to_loop(self._on_watch_event, w)
+
+        return watcher
+
+    def _on_watch_event(self, w: _Watch) -> None:
+        if self._watches.get(w.interface) is not w:
+            return  # unsubscribed: a leftover one-shot watch
+        if w.task is not None and not w.task.done():
+            w.dirty = True  # coalesce: the running refresh lists once more
+            return
+        w.task = asyncio.ensure_future(self._refresh_on_events(w))
+
+    async def _refresh_on_events(self, w: _Watch) -> None:
+        while True:
+            if self._coalesce_s:
+                await asyncio.sleep(self._coalesce_s)
+            w.dirty = False
+            try:
+                await self._refresh(w)
+            except RegistryError as exc:
+                self._last_error = str(exc)
+                log.warning("registry %s: %s", self.name, exc)
+                client = self._client
+                if client is None or not client.connected:
+                    return  # the reconnect re-lists (and re-arms) every watched path
+                # Still connected (a timeout): the watch may not be armed; list again shortly.
+                await asyncio.sleep(1.0)
+                w.dirty = True
+            if not w.dirty or self._watches.get(w.interface) is not w:
+                return
+
+    async def _refresh(self, w: _Watch, *, force: bool = False) -> None:
+        """List the providers path with the watch set; deliver the list when it changed (or ``force``)."""
+        assert w.watcher is not None
+        async with w.lock:
+            try:
+                leaves = await self._op(
+                    "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
+                )
+            except NoNodeError:
+                # A service nobody has registered yet (or its folder was removed): create the folder
+                # so the watch can be set and fires when the first provider comes.
+                with contextlib.suppress(NodeExistsError):
+                    await self._op("create", w.path, lambda c: c.ensure_path_async(w.path))
+                try:
+                    leaves = await self._op(
+                        "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
+                    )
+                except NoNodeError:
+                    raise RegistryError(
+                        f"registry {self.name}: {w.path} was deleted as it was created"
+                    ) from None
+            current = frozenset(leaves)
+            if current == w.leaves and not force:
+                return
+            w.leaves = current
+            w.providers = self._parse_leaves(w, sorted(current))
+            if self._watches.get(w.interface) is not w:
+                return
+            snapshot = w.providers
+            for _, listener in list(w.bindings):
+                try:
+                    listener(list(snapshot))
+                except Exception:
+                    log.exception("registry %s: providers listener of %s failed", self.name, w.interface)
+
+    def _parse_leaves(self, w: _Watch, leaves: list[str]) -> list[DubboURL]:
+        urls: list[DubboURL] = []
+        for leaf in leaves:
+            try:
+                urls.append(DubboURL.parse(java_url_decode(leaf)))
+            except ValueError as exc:
+                if leaf not in w.bad_leaves:
+                    w.bad_leaves.add(leaf)
+                    log.warning(
+                        "registry %s: skipping unparseable provider %s/%s: %s", self.name, w.path, leaf, exc
+                    )
+        w.bad_leaves.intersection_update(leaves)  # forget leaves that are gone
+        return urls
+
+    # -- connection state -------------------------------------------------------------------------
+
+    def _kazoo_state_listener(self, state: str) -> None:  # on kazoo's connection thread: never block
+        self._to_loop(self._on_kazoo_state, state)
+
+    def _on_kazoo_state(self, state: str) -> None:
+        if self._stopping:
+            return
+        self._state_changes += 1
+        # Whatever happened, a recovery still running was for a connection that is gone.
+        if self._recovery is not None:
+            self._recovery.cancel()
+            self._recovery = None
+        if state == KazooState.CONNECTED:
+            self._recovery = asyncio.ensure_future(self._recover(new_session=self._session_lost))
+        elif state == KazooState.SUSPENDED:
+            self._set_state(SUSPENDED)
+        elif state == KazooState.LOST:
+            self._session_lost = True
+            self._set_state(LOST)
+
+    async def _recover(self, *, new_session: bool) -> None:
+        """Bring ZooKeeper back in line with what we own and watch, then report "connected"."""
+        changes = self._state_changes
+        kind = "new session" if new_session else "same session" if self._ever_connected else "first session"
+        log.info(
+            "registry %s: connected (%s 0x%x): %d nodes to check, %d paths to re-read",
+            self.name,
+            kind,
+            self.session_id or 0,
+            len(self._registered),
+            len(self._watches),
+        )
+        steps: list[Callable[[], Awaitable[None]]] = [
+            *(functools.partial(self._create_ephemeral, p) for p in list(self._registered)),
+            *(functools.partial(self._delete_stale, p) for p in list(self._stale)),
+            *(functools.partial(self._refresh, w, force=new_session) for w in list(self._watches.values())),
+        ]
+        for attempt in range(_RECOVERY_ATTEMPTS):
+            results = await asyncio.gather(*(step() for step in steps), return_exceptions=True)
+            failed = [
+                (step, r) for step, r in zip(steps, results, strict=True) if isinstance(r, BaseException)
+            ]
+            for _, exc in failed:
+                log.warning("registry %s: recovery step failed: %s", self.name, exc)
+            client = self._client
+            if changes != self._state_changes or client is None or not client.connected:
+                return  # disconnected again meanwhile: the next CONNECTED recovers
+            # Still connected: a timeout is worth another try; a refusal (e.g. NoAuth) is not.
+            steps = [step for step, exc in failed if isinstance(exc, RegistryUnavailable)]
+            if failed:
+                self._last_error = str(failed[0][1])
+            if not steps or attempt == _RECOVERY_ATTEMPTS - 1:
+                break
+            await asyncio.sleep(0.5)
+        # Nodes are re-created, watches re-armed: the new session is fully ours now.  (What still
+        # failed is logged and shown by describe().)
+        self._session_lost = False
+        self._ever_connected = True
+        self._recovery = None
+        self._set_state(CONNECTED)
+
+    async def _delete_stale(self, path: str) -> None:
+        if path in self._registered:
+            self._stale.discard(path)
+            return
+        await self._delete(path)
+        self._stale.discard(path)
+
+    # -- node operations --------------------------------------------------------------------------
+
+    async def _create_ephemeral(self, path: str) -> None:
+        """Create our ephemeral node at ``path`` (parents persistent).
+
+        A node already there that our session owns is fine (a retried create, a same-session
+        reconnect).  One owned by another session (ours before an expiry, not yet reaped) is deleted
+        and created again, as Dubbo does.
+        """
+        for _ in range(3):
+            try:
+                await self._op(
+                    "create", path, lambda c: c.create_async(path, b"", ephemeral=True, makepath=True)
+                )
+                return
+            except NodeExistsError:
+                pass
+            stat = await self._op("check", path, lambda c: c.exists_async(path))
+            if stat is None:
+                continue  # removed meanwhile: create again
+            if stat.ephemeralOwner and stat.ephemeralOwner == self.session_id:
+                return
+            log.info(
+                "registry %s: %s exists (owner 0x%x): deleting and creating it again",
+                self.name,
+                path,
+                stat.ephemeralOwner,
+            )
+            await self._delete(path)
+        raise RegistryError(
+            f"registry {self.name}: cannot create {path}: it keeps being re-created by others"
+        )
+
+    async def _delete(self, path: str, client: KazooClient | None = None) -> None:
+        with contextlib.suppress(NoNodeError):
+            await self._op("delete", path, lambda c: c.delete_async(path), client=client)
+
+    async def _op(
+        self,
+        what: str,
+        path: str,
+        call: Callable[[KazooClient], Any],
+        *,
+        client: KazooClient | None = None,
+    ) -> Any:
+        """Run one kazoo ``*_async`` request and await its result, bounded by ``op_timeout_s``.
+
+        NoNodeError and NodeExistsError pass through for the caller to handle; a lost connection or
+        a timeout raises RegistryUnavailable, any other refusal RegistryError; both name the registry
+        and the path.
+        """
+        client = client or self._client
+        if client is None:
+            raise RegistryUnavailable(f"registry {self.name} is {self._state}: cannot {what} {path}")
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def completed(result: Any) -> None:  # on kazoo's completion thread
+            self._to_loop(_settle, fut, result)
+
+        try:
+            call(client).rawlink(completed)
+        except (TypeError, ValueError) as exc:
+            raise RegistryError(f"registry {self.name}: cannot {what} {path}: {exc}") from exc
+        try:
+            return await asyncio.wait_for(fut, self._op_timeout_s)
+        except TimeoutError:
+            raise RegistryUnavailable(
+                f"registry {self.name}: {what} {path}: no answer within {self._op_timeout_s:g} s"
+            ) from None
+        except (NoNodeError, NodeExistsError):
+            raise
+        except _UNAVAILABLE as exc:
+            raise RegistryUnavailable(
+                f"registry {self.name}: {what} {path}: connection lost ({type(exc).__name__})"
+            ) from exc
+        except KazooException as exc:
+            raise RegistryError(
+                f"registry {self.name}: {what} {path} failed: {type(exc).__name__} {exc}"
+            ) from exc
+
+    def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Hand a call from a kazoo thread to the event loop (dropped once the loop is closed)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+            loop.call_soon_threadsafe(fn, *args)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any) -> None:
+    if fut.done():  # timed out (cancelled) already
+        return
+    exc = result.exception
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result.value)
+
+
+def _close_client(client: KazooClient) -> None:
+    try:
+        client.stop()
+    finally:
+        client.close()
