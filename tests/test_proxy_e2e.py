@@ -15,9 +15,10 @@ import pytest
 
 from regproxy.demo.client import DubboCallError, DubboClient
 from regproxy.demo.provider import ServiceRegistry, default_services, serve
+from regproxy.discovery import ingress_table
 from regproxy.dubbo.encode import encode_request, heartbeat_request
 from regproxy.dubbo.frame import FrameParser, pack_header
-from regproxy.proxy.engine import Listener, ListenerSettings, local_app_table
+from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
@@ -96,7 +97,7 @@ class Stack:
 async def start_stack(services: ServiceRegistry | None = None) -> Stack:
     provider = await serve("127.0.0.1", 0, services=services)
     pport = provider.sockets[0].getsockname()[1]
-    ingress = Listener("ingress", settings(), TableHolder(local_app_table("127.0.0.1", pport)))
+    ingress = Listener("ingress", settings(), TableHolder(ingress_table(pport)))
     await ingress.start()
     holder = TableHolder(egress_table(f"127.0.0.1:{ingress.address[1]}"))
     egress = Listener("egress", settings(), holder)

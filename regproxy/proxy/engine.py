@@ -2,8 +2,8 @@
 
 Egress routes consumer requests by the routing table (static routes from the config, dynamic
 ones from subscriptions) to provider sidecars. Ingress hands requests from peer sidecars to the
-local application; its table starts with one catch-all route to ``127.0.0.1:app_port`` and
-publications add per-service routes to the application's real port.
+local application by its own table (see ``regproxy.discovery.ingress_table``). The engine only
+reads tables; it never talks to a registry.
 """
 
 from __future__ import annotations
@@ -16,20 +16,9 @@ from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
-from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+from regproxy.routing import TableHolder
 
 log = logging.getLogger(__name__)
-
-LOCAL_APP_CLUSTER = "local-app"
-
-
-def local_app_table(app_host: str, app_port: int) -> RoutingTable:
-    """Ingress's starting table: every service goes to the application's default port."""
-    cluster = Cluster(
-        name=LOCAL_APP_CLUSTER, lb="round_robin", hosts=(Host(address=f"{app_host}:{app_port}"),)
-    )
-    route = Route(name=LOCAL_APP_CLUSTER, match=RouteMatch(service="*"), cluster=LOCAL_APP_CLUSTER, retries=0)
-    return RoutingTable(routes=[route], clusters=[cluster])
 
 
 @dataclass(slots=True)

@@ -1,0 +1,557 @@
+"""Publications and subscriptions: what the HTTP API asks for, carried out on the registries, and
+the routing tables kept in step with what the registries report.
+
+Flow is one way: registry events → provider lists per (subscription, registry) → a new egress
+table snapshot, swapped atomically. Publications → registry nodes with this sidecar's advertise
+IP and ingress port (the port rewrite) → an ingress table that sends each published service to the
+application's real port.
+
+Nothing is lost on faults: a publication or subscription is kept as desired state and carried
+out again whenever a registry (re)connects; a registry that is down leaves the last known
+providers in place; the state file brings all of it back after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from regproxy.config import RegistryURL
+from regproxy.registry.base import CONNECTED, Registry, RegistryError, RegistryUnavailable
+from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+from regproxy.state import SavedState, StateStore
+
+log = logging.getLogger(__name__)
+
+LOCAL_APP_CLUSTER = "local-app"
+DYNAMIC_LB = "weighted_round_robin"  # honours provider weights; equal weights give plain round robin
+CONNECT_WAIT_S = 3.0  # how long a request naming a new registry waits for it to connect
+CACHE_SAVE_DELAY_S = 0.5  # provider cache writes are coalesced: registries can be chatty
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    interface: str
+    port: int
+    methods: tuple[str, ...] = ()
+    version: str = ""
+    group: str = ""
+    application: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return Subscription(self.interface, self.version, self.group).cluster_name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["methods"] = list(self.methods)
+        d["params"] = dict(self.params)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PublishSpec:
+        return cls(
+            interface=d["interface"],
+            port=int(d["port"]),
+            methods=tuple(d.get("methods") or ()),
+            version=d.get("version") or "",
+            group=d.get("group") or "",
+            application=d.get("application") or "",
+            params=dict(d.get("params") or {}),
+        )
+
+
+def ingress_table(app_port: int, published: Iterable[PublishSpec] = ()) -> RoutingTable:
+    """Ingress routes: each published service to the application's real port, and everything else
+    to the default application port (for providers that never call /pub)."""
+    routes: list[Route] = []
+    clusters: dict[str, Cluster] = {}
+    for spec in sorted(published, key=lambda p: p.key):
+        cname = f"app:{spec.port}"
+        if cname not in clusters:
+            clusters[cname] = Cluster(name=cname, hosts=(Host(address=f"127.0.0.1:{spec.port}"),))
+        match = RouteMatch(service=spec.interface, version=spec.version, group=spec.group)
+        routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0))
+    default = Cluster(name=LOCAL_APP_CLUSTER, hosts=(Host(address=f"127.0.0.1:{app_port}"),))
+    clusters.setdefault(default.name, default)
+    routes.append(
+        Route(name=LOCAL_APP_CLUSTER, match=RouteMatch(service="*"), cluster=default.name, retries=0)
+    )
+    return RoutingTable(routes=routes, clusters=list(clusters.values()))
+
+
+class NotFound(LookupError):
+    """Unpublish or unsubscribe of something this sidecar does not have (the API answers 404)."""
+
+
+@dataclass
+class Publication:
+    spec: PublishSpec
+    url: DubboURL
+    registries: list[str]  # registry keys
+    registered: set[str] = field(default_factory=set)  # keys where the node was created
+
+
+@dataclass
+class SubscriptionState:
+    sub: Subscription
+    registries: list[str]
+    consumer: DubboURL
+    providers: dict[str, list[DubboURL]] = field(default_factory=dict)  # registry key -> all URLs
+    watching: set[str] = field(default_factory=set)
+    listeners: dict[str, Callable[[list[DubboURL]], None]] = field(default_factory=dict)
+
+
+RegistryFactory = Callable[[RegistryURL], Registry]
+
+
+class Discovery:
+    def __init__(
+        self,
+        *,
+        registry_urls: Sequence[RegistryURL],
+        factory: RegistryFactory,
+        egress: TableHolder,
+        ingress: TableHolder,
+        static_table: RoutingTable,
+        advertise_ip: str,
+        ingress_port: int,
+        app_port: int,
+        application: str = "regproxy",
+        store: StateStore | None = None,
+    ) -> None:
+        self._factory = factory
+        self._configured = [u.to_url(redact=False) for u in registry_urls]
+        self._registry_urls: dict[str, RegistryURL] = {u.to_url(redact=False): u for u in registry_urls}
+        self.registries: dict[str, Registry] = {}
+        self.egress = egress
+        self.ingress = ingress
+        self.static_table = static_table
+        self.advertise_ip = advertise_ip
+        self.ingress_port = ingress_port
+        self.app_port = app_port
+        self.application = application
+        self.store = store
+        self.publications: dict[str, Publication] = {}
+        self.subscriptions: dict[str, SubscriptionState] = {}
+        self.restored = False
+        self.from_cache: set[str] = set()  # subscriptions serving providers read from the state file
+        self._save_handle: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()  # API calls change shared state in steps with awaits between
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for key in self._configured:
+            await self._registry(key)
+        if self.store is not None:
+            await self._restore(self.store.load())
+        self.restored = True
+
+    async def stop(self) -> None:
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+            self._save_now()
+        for task in list(self._tasks):
+            task.cancel()
+        for reg in list(self.registries.values()):
+            try:
+                await reg.stop()
+            except Exception:
+                log.exception("stopping registry %s", reg.name)
+
+    async def _registry(self, key: str) -> Registry:
+        reg = self.registries.get(key)
+        if reg is None:
+            reg = self._factory(self._registry_urls[key])
+            self.registries[key] = reg
+            reg.add_state_listener(lambda state, key=key: self._on_state(key, state))
+            await reg.start()
+        return reg
+
+    def _targets(self, registry: RegistryURL | None) -> list[str]:
+        if registry is None:
+            if not self._configured:
+                raise ValueError(
+                    "registry: none is configured; name one in the request or start regproxy with --registry"
+                )
+            return list(self._configured)
+        key = registry.to_url(redact=False)
+        self._registry_urls.setdefault(key, registry)
+        return [key]
+
+    async def _connected(self, key: str) -> Registry:
+        """The registry, waiting briefly for a registry first named by this request to connect."""
+        reg = await self._registry(key)
+        if not reg.connected and key not in self._configured:
+            deadline = time.monotonic() + CONNECT_WAIT_S
+            while not reg.connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return reg
+
+    def _on_state(self, key: str, state: str) -> None:
+        if state != CONNECTED:
+            return  # suspended or lost: keep routing on what we know
+        # (Re)connected: carry out whatever desired state this registry has not got yet. The
+        # adapter re-creates its own nodes after a session loss; this covers what never made it.
+        task = asyncio.get_running_loop().create_task(self._catch_up(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up(self, key: str) -> None:
+        reg = self.registries.get(key)
+        if reg is None:
+            return
+        async with self._lock:
+            for pub in list(self.publications.values()):
+                if key in pub.registries and key not in pub.registered:
+                    try:
+                        await reg.register(pub.url)
+                        pub.registered.add(key)
+                        log.info("published %s to %s", pub.spec.key, reg.name)
+                    except RegistryError as exc:
+                        log.warning("publishing %s to %s: %s", pub.spec.key, reg.name, exc)
+            watched = False
+            for st in list(self.subscriptions.values()):
+                if key in st.registries and key not in st.watching:
+                    try:
+                        await self._watch(st, key, reg)
+                        watched = True
+                    except RegistryError as exc:
+                        log.warning("subscribing %s on %s: %s", st.sub.cluster_name, reg.name, exc)
+            if watched:
+                self._rebuild_egress()
+                self._save_soon(CACHE_SAVE_DELAY_S)
+
+    # --- publish ------------------------------------------------------------------------------
+
+    async def publish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> str:
+        async with self._lock:
+            return await self._publish(spec, self._targets(registry))
+
+    async def _publish(self, spec: PublishSpec, targets: list[str]) -> str:
+        existing = self.publications.get(spec.key)
+        if existing is not None and existing.spec == spec and set(targets) <= existing.registered:
+            return str(existing.url)  # idempotent: the same URL, nothing re-registered
+        url = (
+            existing.url
+            if existing is not None and existing.spec == spec
+            else provider_url(
+                interface=spec.interface,
+                ip=self.advertise_ip,
+                port=self.ingress_port,
+                methods=spec.methods,
+                version=spec.version,
+                group=spec.group,
+                application=spec.application or self.application,
+                params=spec.params,
+            )
+        )
+        pub = Publication(spec, url, sorted(set(targets) | set(existing.registries if existing else ())))
+        if existing is not None and existing.url == url:
+            pub.registered = set(existing.registered)
+        done: list[str] = []
+        for key in targets:
+            if key in pub.registered:
+                continue
+            reg = await self._connected(key)
+            try:
+                await reg.register(url)
+            except RegistryError:
+                # All or nothing for the caller: undo what this request did, report the cause.
+                for k in done:
+                    await self._quietly(self.registries[k].unregister(url))
+                raise
+            done.append(key)
+            pub.registered.add(key)
+        if existing is not None and existing.url != url:
+            for key in existing.registered:
+                await self._quietly(self.registries[key].unregister(existing.url))
+        self.publications[spec.key] = pub
+        self._rebuild_ingress()
+        self._save_soon(0)
+        log.info("published %s as %s (app port %d)", spec.key, url, spec.port)
+        return str(url)
+
+    async def unpublish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> None:
+        async with self._lock:
+            pub = self.publications.get(spec.key)
+            if pub is None:
+                raise NotFound(f"service {spec.key} is not published by this sidecar")
+            keys = pub.registries if registry is None else [registry.to_url(redact=False)]
+            if not set(keys) & set(pub.registries):
+                raise NotFound(f"service {spec.key} is not published to {registry}")
+            for key in keys:
+                reg = self.registries.get(key)
+                if reg is not None:
+                    await self._quietly(reg.unregister(pub.url))
+                pub.registered.discard(key)
+            pub.registries = [k for k in pub.registries if k not in keys]
+            if not pub.registries:
+                del self.publications[spec.key]
+            self._rebuild_ingress()
+            self._save_soon(0)
+
+    # --- subscribe ----------------------------------------------------------------------------
+
+    async def subscribe(
+        self, sub: Subscription, registry: RegistryURL | None = None
+    ) -> tuple[str, list[dict[str, Any]]]:
+        async with self._lock:
+            targets = self._targets(registry)
+            st = self.subscriptions.get(sub.cluster_name)
+            created = st is None
+            if st is None:
+                st = SubscriptionState(sub, [], self._consumer_url(sub))
+                self.subscriptions[sub.cluster_name] = st
+            try:
+                for key in targets:
+                    if key not in st.registries:
+                        st.registries.append(key)
+                    if key not in st.watching:
+                        await self._watch(st, key, await self._connected(key))
+            except RegistryError:
+                if created:
+                    await self._drop_subscription(st)
+                else:
+                    st.registries = [k for k in st.registries if k in st.watching]
+                raise
+            self._rebuild_egress()
+            self._save_soon(0)
+            return sub.cluster_name, self._provider_view(st)
+
+    async def _watch(self, st: SubscriptionState, key: str, reg: Registry) -> None:
+        listener = st.listeners.get(key)
+        if listener is None:
+            listener = st.listeners[key] = lambda urls, st=st, key=key: self._on_providers(st, key, urls)
+        urls = await reg.subscribe(st.sub, listener)
+        try:
+            await reg.register(st.consumer)
+        except RegistryError:
+            await self._quietly(reg.unsubscribe(st.sub, listener))
+            raise
+        st.watching.add(key)
+        st.providers[key] = list(urls)
+        self.from_cache.discard(st.sub.cluster_name)
+
+    async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None:
+        async with self._lock:
+            st = self.subscriptions.get(sub.cluster_name)
+            if st is None:
+                raise NotFound(f"service {sub.cluster_name} is not subscribed by this sidecar")
+            if registry is not None:
+                key = registry.to_url(redact=False)
+                if key not in st.registries:
+                    raise NotFound(f"service {sub.cluster_name} is not subscribed on {registry}")
+                await self._unwatch(st, key)
+                st.registries.remove(key)
+                st.providers.pop(key, None)
+                if st.registries:
+                    self._rebuild_egress()
+                    self._save_soon(0)
+                    return
+            await self._drop_subscription(st)
+            self._rebuild_egress()
+            self._save_soon(0)
+
+    async def _unwatch(self, st: SubscriptionState, key: str) -> None:
+        reg = self.registries.get(key)
+        listener = st.listeners.pop(key, None)
+        if reg is not None and key in st.watching:
+            if listener is not None:
+                await self._quietly(reg.unsubscribe(st.sub, listener))
+            await self._quietly(reg.unregister(st.consumer))
+        st.watching.discard(key)
+
+    async def _drop_subscription(self, st: SubscriptionState) -> None:
+        for key in list(st.watching):
+            await self._unwatch(st, key)
+        self.subscriptions.pop(st.sub.cluster_name, None)
+        self.from_cache.discard(st.sub.cluster_name)
+
+    def _on_providers(self, st: SubscriptionState, key: str, urls: list[DubboURL]) -> None:
+        if self.subscriptions.get(st.sub.cluster_name) is not st:
+            return  # a late event for a subscription that is gone
+        st.providers[key] = list(urls)
+        self.from_cache.discard(st.sub.cluster_name)
+        self._rebuild_egress()
+        self._save_soon(CACHE_SAVE_DELAY_S)
+
+    def _consumer_url(self, sub: Subscription) -> DubboURL:
+        return consumer_url(
+            interface=sub.interface,
+            ip=self.advertise_ip,
+            version=sub.version,
+            group=sub.group,
+            application=self.application,
+        )
+
+    # --- tables -------------------------------------------------------------------------------
+
+    def hosts_of(self, st: SubscriptionState) -> tuple[Host, ...]:
+        """Providers from every registry of the subscription, filtered by Dubbo's rules; a provider
+        seen in two registries is one host."""
+        hosts: dict[str, Host] = {}
+        for key in st.registries:
+            for url in st.providers.get(key, ()):
+                if url.address in hosts:
+                    continue
+                if not matches(st.sub, url):
+                    if url.protocol != "dubbo":
+                        log.debug("ignoring %s provider %s", url.protocol, url)
+                    continue
+                hosts[url.address] = Host(address=url.address, weight=url.weight, metadata=dict(url.params))
+        return tuple(hosts.values())
+
+    def _provider_view(self, st: SubscriptionState) -> list[dict[str, Any]]:
+        return [
+            {"address": h.address, "weight": h.weight, "metadata": dict(h.metadata)}
+            for h in self.hosts_of(st)
+        ]
+
+    def _rebuild_egress(self) -> None:
+        static = self.static_table
+        routes: list[Route] = list(static.routes)
+        clusters: list[Cluster] = list(static.clusters.values())
+        # Exact versions and groups before wildcards, so "*" never shadows a precise subscription.
+        ordered = sorted(
+            self.subscriptions.values(),
+            key=lambda s: (
+                s.sub.version == "*",
+                s.sub.group == "*" or "," in s.sub.group,
+                s.sub.cluster_name,
+            ),
+        )
+        for st in ordered:
+            name = st.sub.cluster_name
+            if name in static.clusters:
+                log.warning("subscription %s shadowed by a static cluster of the same name", name)
+                continue
+            clusters.append(Cluster(name=name, lb=DYNAMIC_LB, hosts=self.hosts_of(st)))
+            routes.append(Route(name=name, match=st.sub.route_match(), cluster=name))
+        self.egress.swap(RoutingTable(routes=routes, clusters=clusters))
+
+    def _rebuild_ingress(self) -> None:
+        self.ingress.swap(ingress_table(self.app_port, [p.spec for p in self.publications.values()]))
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def snapshot(self) -> SavedState:
+        return SavedState(
+            publications=[
+                {"spec": p.spec.to_dict(), "url": str(p.url), "registries": p.registries}
+                for p in self.publications.values()
+            ],
+            subscriptions=[
+                {
+                    "interface": s.sub.interface,
+                    "version": s.sub.version,
+                    "group": s.sub.group,
+                    "registries": s.registries,
+                }
+                for s in self.subscriptions.values()
+            ],
+            providers={
+                name: {k: [str(u) for u in urls] for k, urls in s.providers.items()}
+                for name, s in self.subscriptions.items()
+            },
+        )
+
+    def _save_soon(self, delay: float) -> None:
+        if self.store is None:
+            return
+        if delay <= 0:
+            if self._save_handle is not None:
+                self._save_handle.cancel()
+                self._save_handle = None
+            self._save_now()
+        elif self._save_handle is None:
+            self._save_handle = asyncio.get_running_loop().call_later(delay, self._save_now)
+
+    def _save_now(self) -> None:
+        self._save_handle = None
+        if self.store is None:
+            return
+        try:
+            self.store.save(self.snapshot())
+        except OSError as exc:
+            log.error("cannot save state to %s: %s", self.store.path, exc)
+
+    async def _restore(self, saved: SavedState) -> None:
+        """Bring back what a previous run had: routes from the provider cache at once, registry
+        work as each registry connects (now, or later through _on_state)."""
+        for item in saved.subscriptions:
+            try:
+                sub = Subscription(item["interface"], item.get("version", ""), item.get("group", ""))
+                keys = [self._remember(k) for k in item.get("registries", [])]
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("state file: skipping subscription %r: %s", item, exc)
+                continue
+            st = SubscriptionState(sub, keys, self._consumer_url(sub))
+            cached = saved.providers.get(sub.cluster_name, {})
+            for key, urls in cached.items():
+                st.providers[key] = [u for u in (self._parse(x) for x in urls) if u is not None]
+            self.subscriptions[sub.cluster_name] = st
+            if any(st.providers.values()):
+                self.from_cache.add(sub.cluster_name)
+        for item in saved.publications:
+            try:
+                spec = PublishSpec.from_dict(item["spec"])
+                keys = [self._remember(k) for k in item.get("registries", [])]
+                url = DubboURL.parse(item["url"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("state file: skipping publication %r: %s", item, exc)
+                continue
+            if url.host != self.advertise_ip or url.port != self.ingress_port:
+                url = provider_url(
+                    interface=spec.interface, ip=self.advertise_ip, port=self.ingress_port,
+                    methods=spec.methods, version=spec.version, group=spec.group,
+                    application=spec.application or self.application, params=spec.params,
+                )  # fmt: skip
+            self.publications[spec.key] = Publication(spec, url, keys)
+        self._rebuild_egress()
+        self._rebuild_ingress()
+        if saved.publications or saved.subscriptions:
+            log.info(
+                "restored %d publication(s) and %d subscription(s) from %s",
+                len(self.publications), len(self.subscriptions), self.store.path if self.store else "?",
+            )  # fmt: skip
+        for key in {k for p in self.publications.values() for k in p.registries} | {
+            k for s in self.subscriptions.values() for k in s.registries
+        }:
+            reg = await self._registry(key)
+            if reg.connected:
+                await self._catch_up(key)
+
+    def _remember(self, key: str) -> str:
+        if key not in self._registry_urls:
+            self._registry_urls[key] = RegistryURL.parse(key)
+        return key
+
+    @staticmethod
+    def _parse(text: str) -> DubboURL | None:
+        try:
+            return DubboURL.parse(text)
+        except ValueError:
+            return None
+
+    @staticmethod
+    async def _quietly(op: Any) -> None:
+        try:
+            await op
+        except RegistryUnavailable as exc:
+            log.warning("%s", exc)
+        except RegistryError as exc:
+            log.warning("%s", exc)
+
+    # --- views for the API and admin ----------------------------------------------------------
+
+    def registry_states(self) -> dict[str, str]:
+        return {reg.name: reg.state for reg in self.registries.values()}
