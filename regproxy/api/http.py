@@ -1,0 +1,333 @@
+"""The localhost pub/sub HTTP API (aiohttp): POST /pub, /unpub, /sub, /unsub, GET /openapi.json.
+
+Every reply is JSON ``{"err_no": N, "err_msg": "..."}`` (plus ``url`` / ``cluster`` and
+``providers`` on success) with a matching HTTP status, so both SDKs that look only at ``err_no``
+and HTTP clients that look only at the status see errors. aiohttp's own errors (unknown path,
+wrong method) are turned into the same shape by one middleware; an unexpected exception is logged
+with its traceback and answered with a generic 500, never with internals.
+
+Bodies are read with a cap: a Content-Length over the limit is refused before a byte is read, and
+a chunked body stops being read as soon as it passes the limit. The content type is not checked:
+SDKs of this kind often send none, and the body is parsed as JSON whatever it says.
+
+The API never touches the data path; it validates (``regproxy.api.models``) and calls Discovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from regproxy.api.models import ErrNo, PubRequest, RegistryRef, SubRequest, describe_errors
+from regproxy.api.openapi import build_openapi
+from regproxy.config import RegistryURL
+from regproxy.discovery import NotFound, PublishSpec
+from regproxy.registry.base import RegistryError, RegistryUnavailable
+from regproxy.registry.url import Subscription
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "ApiError",
+    "DiscoveryAPI",
+    "build_app",
+    "publish_spec",
+    "resolve_registry",
+    "start_api",
+    "stop_api",
+    "subscription",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 64 * 1024
+JSON_TYPE = "application/json"
+ENDPOINTS: dict[str, str] = {
+    "/pub": "publish a service (provider)",
+    "/unpub": "unpublish a service",
+    "/sub": "subscribe to a service (consumer)",
+    "/unsub": "unsubscribe",
+}
+
+
+class DiscoveryAPI(Protocol):
+    """What the API needs of regproxy.discovery.Discovery (tests pass a fake)."""
+
+    async def publish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> str: ...
+
+    async def unpublish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> None: ...
+
+    async def subscribe(
+        self, sub: Subscription, registry: RegistryURL | None = None
+    ) -> tuple[str, list[dict[str, Any]]]: ...
+
+    async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None: ...
+
+
+class ApiError(Exception):
+    """An error reply: HTTP status, err_no and a message safe to show the caller."""
+
+    def __init__(self, status: int, err_no: ErrNo, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.err_no = err_no
+        self.message = message
+        self.close = close  # drop the connection after replying (the body was not read)
+
+
+def _json(status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type=JSON_TYPE, headers=headers)
+
+
+def _error(
+    status: int, err_no: ErrNo, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return _json(status, {"err_no": int(err_no), "err_msg": message}, headers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Request -> Discovery arguments
+
+
+def publish_spec(req: PubRequest, app_port: int) -> PublishSpec:
+    s = req.service
+    return PublishSpec(
+        interface=s.interface,
+        port=s.port if s.port is not None else app_port,
+        methods=tuple(s.methods),
+        version=s.version,
+        group=s.group,
+        application=s.application,
+        params=dict(s.params),
+    )
+
+
+def subscription(req: SubRequest) -> Subscription:
+    s = req.service
+    return Subscription(s.interface, s.version, s.group)
+
+
+def resolve_registry(ref: RegistryRef | None, configured: Sequence[RegistryURL]) -> RegistryURL | None:
+    """The registry a request names, as a RegistryURL (None: the configured ones).
+
+    SDKs name a registry by type and address only. When that is a configured registry (same
+    scheme, same hosts in any order) and the request gives no settings of its own, the configured
+    URL is used with its settings (a nacos namespace and credentials), so the request reaches the
+    same registry connection instead of opening a second one without them.
+    """
+    if ref is None:
+        return None
+    url = ref.url
+    if not url.params:
+        for candidate in configured:
+            if candidate.scheme == url.scheme and set(candidate.hosts) == set(url.hosts):
+                return candidate
+    return url
+
+
+# --------------------------------------------------------------------------------------------------
+# The app
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _Api:
+    def __init__(
+        self, discovery: DiscoveryAPI, app_port: int, registries: Sequence[RegistryURL], max_body: int
+    ) -> None:
+        self.discovery = discovery
+        self.app_port = app_port
+        self.registries = tuple(registries)
+        self.max_body = max_body
+        self.openapi = orjson.dumps(build_openapi(max_body=max_body))
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self.max_body
+        length = request.content_length
+        if length is not None and length > limit:
+            raise ApiError(
+                413,
+                ErrNo.TOO_LARGE,
+                f"request body of {length} bytes is over the {limit} byte limit",
+                close=True,
+            )
+        buf = bytearray()
+        while True:
+            chunk = await request.content.read(limit + 1 - len(buf))
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > limit:
+                raise ApiError(
+                    413, ErrNo.TOO_LARGE, f"request body is over the {limit} byte limit", close=True
+                )
+
+    async def _parse(self, request: web.Request, model: type[_M]) -> _M:
+        body = await self._body(request)
+        if not body.strip():
+            raise ApiError(400, ErrNo.BAD_REQUEST, "request body: empty (expected a JSON object)")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, ErrNo.BAD_REQUEST, f"request body: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, ErrNo.BAD_REQUEST, "request body: must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            raise ApiError(400, ErrNo.BAD_REQUEST, describe_errors(e)) from None
+
+    async def _call(self, what: str, op: Awaitable[Any]) -> Any:
+        # Only errors raised by Discovery are the caller's fault or the registry's; a ValueError
+        # from anywhere else would be a regproxy bug and must stay a 500.
+        try:
+            return await op
+        except NotFound as e:
+            raise ApiError(404, ErrNo.NOT_FOUND, str(e) or "not found") from None
+        except RegistryUnavailable as e:
+            raise ApiError(503, ErrNo.REGISTRY_UNAVAILABLE, f"{what}: {e}") from None
+        except RegistryError as e:
+            raise ApiError(502, ErrNo.REGISTRY_ERROR, f"{what}: {e}") from None
+        except ValueError as e:
+            raise ApiError(400, ErrNo.BAD_REQUEST, str(e)) from None
+
+    async def pub(self, request: web.Request) -> web.Response:
+        req = await self._parse(request, PubRequest)
+        spec = publish_spec(req, self.app_port)
+        registry = resolve_registry(req.registry, self.registries)
+        url = await self._call(f"publish {spec.interface}", self.discovery.publish(spec, registry))
+        return _json(200, {"err_no": 0, "err_msg": "publish success", "url": str(url)})
+
+    async def unpub(self, request: web.Request) -> web.Response:
+        req = await self._parse(request, PubRequest)
+        spec = publish_spec(req, self.app_port)
+        registry = resolve_registry(req.registry, self.registries)
+        await self._call(f"unpublish {spec.interface}", self.discovery.unpublish(spec, registry))
+        return _json(200, {"err_no": 0, "err_msg": "unpub success"})
+
+    async def sub(self, request: web.Request) -> web.Response:
+        req = await self._parse(request, SubRequest)
+        sub = subscription(req)
+        registry = resolve_registry(req.registry, self.registries)
+        cluster, providers = await self._call(
+            f"subscribe {sub.cluster_name}", self.discovery.subscribe(sub, registry)
+        )
+        return _json(
+            200, {"err_no": 0, "err_msg": "subscribe success", "cluster": cluster, "providers": providers}
+        )
+
+    async def unsub(self, request: web.Request) -> web.Response:
+        req = await self._parse(request, SubRequest)
+        sub = subscription(req)
+        registry = resolve_registry(req.registry, self.registries)
+        await self._call(f"unsubscribe {sub.cluster_name}", self.discovery.unsubscribe(sub, registry))
+        return _json(200, {"err_no": 0, "err_msg": "unsub success"})
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi, content_type=JSON_TYPE)
+
+    async def index(self, request: web.Request) -> web.Response:
+        return _json(
+            200,
+            {
+                "err_no": 0,
+                "err_msg": "regproxy pub/sub API",
+                "endpoints": [{"method": "POST", "path": p, "summary": s} for p, s in ENDPOINTS.items()],
+                "openapi": "/openapi.json",
+            },
+        )
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        level = logging.WARNING if e.status >= 500 else logging.INFO
+        log.log(level, "HTTP API: %s %s -> %d %s", request.method, request.path, e.status, e.message)
+        resp = _error(e.status, e.err_no, e.message)
+        if e.close:
+            resp.force_close()
+        return resp
+    except web.HTTPException as e:
+        # aiohttp's router raises these for unknown paths and wrong methods.
+        headers: dict[str, str] = {}
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(e.allowed_methods))
+            headers["Allow"] = allowed
+            return _error(
+                405,
+                ErrNo.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on this path (use {allowed})",
+                headers,
+            )
+        if e.status == 404:
+            return _error(404, ErrNo.NOT_FOUND, "no such endpoint (see GET / or /openapi.json)")
+        if e.status == 413:
+            return _error(413, ErrNo.TOO_LARGE, e.reason)
+        if e.status < 400:
+            raise
+        err_no = ErrNo.INTERNAL if e.status >= 500 else ErrNo.BAD_REQUEST
+        return _error(e.status, err_no, e.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("HTTP API: unexpected error in %s %s", request.method, request.path)
+        return _error(500, ErrNo.INTERNAL, "internal error in regproxy (details in its log)")
+
+
+def build_app(
+    discovery: DiscoveryAPI,
+    *,
+    app_port: int,
+    registries: Sequence[RegistryURL] = (),
+    max_body: int = DEFAULT_MAX_BODY,
+) -> web.Application:
+    """The pub/sub API as an aiohttp app.
+
+    ``app_port``: the application's port when a /pub names none. ``registries``: the configured
+    registries, so a request naming one of them by type and address reuses its settings (see
+    :func:`resolve_registry`). ``max_body``: largest request body, in bytes.
+    """
+    api = _Api(discovery, app_port, registries, max_body)
+    # client_max_size backs up our own cap should anything call request.read().
+    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app.router.add_post("/pub", api.pub)
+    app.router.add_post("/unpub", api.unpub)
+    app.router.add_post("/sub", api.sub)
+    app.router.add_post("/unsub", api.unsub)
+    app.router.add_get("/openapi.json", api.openapi_json)
+    app.router.add_get("/", api.index)
+    return app
+
+
+async def start_api(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on host:port (port 0: any free port; see ``runner.addresses``)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("HTTP API listening on %s", ", ".join(_fmt(a) for a in runner.addresses))
+    return runner
+
+
+async def stop_api(runner: web.AppRunner) -> None:
+    await runner.cleanup()
+
+
+def _fmt(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr)
