@@ -1,0 +1,104 @@
+"""Sidecars as separate processes, the way users run them: `regproxy run` with flags."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.zkserver import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SidecarProc:
+    """One `regproxy run` process on free loopback ports, its log in ``data_dir/regproxy.log``."""
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: Path,
+        *,
+        registries: list[str],
+        app_port: int,
+        advertise_ip: str = "127.0.0.1",
+        extra: list[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.registries = registries
+        self.app_port = app_port
+        self.advertise_ip = advertise_ip
+        self.extra = extra or []
+        self.egress = free_port()
+        self.ingress = free_port()
+        self.api = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log_path = data_dir / "regproxy.log"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api}"
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "regproxy", "run", "--data-dir", str(self.data_dir),
+                "--egress", f"127.0.0.1:{self.egress}", "--ingress", f"127.0.0.1:{self.ingress}",
+                "--api", f"127.0.0.1:{self.api}", "--admin", f"127.0.0.1:{free_port()}",
+                "--app-port", str(self.app_port), "--advertise-ip", self.advertise_ip,
+                "--log-level", "debug"]  # fmt: skip
+        for reg in self.registries:
+            args += ["--registry", reg]
+        args += self.extra
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *args, stdout=log, stderr=log, cwd=str(ROOT), env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
+        finally:
+            log.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self.proc.returncode is not None:
+                raise AssertionError(
+                    f"sidecar {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                _r, w = await asyncio.open_connection("127.0.0.1", self.api)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"sidecar {self.name} did not start:\n{self.log_tail()}")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(f"sidecar {self.name} did not stop on {sig}:\n{self.log_tail()}") from None
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def post(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession() as http, http.post(self.api_url + path, json=body) as resp:
+            return resp.status, await resp.json(content_type=None)

@@ -1,0 +1,276 @@
+"""The registry proxy end to end: a real ZooKeeper, sidecars as separate processes, demo apps,
+dubbo-python as an independent consumer and a plain kazoo/urllib reader as an independent check
+of what is written in ZooKeeper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
+
+import pytest
+from kazoo.client import KazooClient
+
+from regproxy.demo.client import DubboClient, DubboError
+from regproxy.demo.provider import Provider, default_services
+from tests.sidecars import SidecarProc
+from tests.zkserver import ZooKeeperServer
+
+GREET = "org.apache.dubbo.samples.api.GreetingsService"
+VERSION = "1.0.0"  # dubbo-python's default
+PROVIDERS = f"/dubbo/{GREET}/providers"
+
+
+def pub_body(app_port: int, **service: object) -> dict[str, object]:
+    return {"service": {"interface": GREET, "methods": ["sayHi"], "version": VERSION, "group": "",
+                        "port": app_port, "application": "demo-provider", **service}}  # fmt: skip
+
+
+def leaves(zk: KazooClient) -> list[tuple[str, dict[str, list[str]]]]:
+    """Provider nodes as an independent reader sees them: (host:port, query params)."""
+    out = []
+    for leaf in zk.get_children(PROVIDERS) if zk.exists(PROVIDERS) else []:
+        parts = urlsplit(unquote_plus(leaf))
+        out.append((parts.netloc, parse_qs(parts.query)))
+    return out
+
+
+async def wait_for(pred, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await asyncio.to_thread(pred):
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Traffic:
+    """Steady calls through the consumer sidecar's egress, counting every failure."""
+
+    port: int
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        client = await DubboClient.connect("127.0.0.1", self.port)
+        try:
+            while True:
+                try:
+                    await client.call(GREET, "sayHi", ["t"], version=VERSION, timeout=5)
+                    self.ok += 1
+                except DubboError as exc:
+                    self.failures.append(str(exc))
+                await asyncio.sleep(0.01)
+        finally:
+            client.close()
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self.run())
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@dataclass
+class World:
+    zk_server: ZooKeeperServer
+    apps: list[Provider]
+    provider_sidecars: list[SidecarProc]
+    consumer: SidecarProc
+
+
+@pytest.fixture
+async def world(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterator[World]:
+    registry = f"zookeeper://{zk_server.hosts}"
+    apps: list[Provider] = []
+    sidecars: list[SidecarProc] = []
+    for name in ("b", "c"):
+        app = Provider(default_services(greetings_version=VERSION), name=f"app-{name}")
+        await app.start("127.0.0.1", 0)
+        apps.append(app)
+        sidecars.append(SidecarProc(name, tmp_path / name, registries=[registry], app_port=app.port))
+    consumer = SidecarProc("a", tmp_path / "a", registries=[registry], app_port=1)
+    await asyncio.gather(consumer.start(), sidecars[0].start())
+    w = World(zk_server, apps, sidecars, consumer)
+    try:
+        yield w
+    finally:
+        if not zk_server.running:
+            zk_server.start()
+        for sc in [consumer, *sidecars]:
+            await sc.kill()
+        for app in apps:
+            await app.close(grace=0.1)
+
+
+async def test_publish_subscribe_call_spread_and_weights(world: World, zk: KazooClient) -> None:
+    b, c = world.provider_sidecars
+    app_b, app_c = world.apps
+    a = world.consumer
+
+    # Provider sidecar publishes with its own address and ingress port (the port rewrite).
+    status, body = await b.post("/pub", pub_body(app_b.port))
+    assert status == 200 and body["err_no"] == 0 and body["err_msg"] == "publish success", body
+    assert body["url"].startswith(f"dubbo://127.0.0.1:{b.ingress}/{GREET}?")
+    (netloc, params), = leaves(zk)  # fmt: skip
+    assert netloc == f"127.0.0.1:{b.ingress}"
+    assert (
+        params["interface"] == [GREET] and params["version"] == [VERSION] and params["side"] == ["provider"]
+    )
+    assert params["methods"] == ["sayHi"] and params["dubbo"] == ["2.0.2"] and "group" not in params
+    assert params["application"] == ["demo-provider"] and params["dynamic"] == ["true"]
+    # The same publication again is idempotent.
+    status, again = await b.post("/pub", pub_body(app_b.port))
+    assert status == 200 and again["url"] == body["url"] and len(leaves(zk)) == 1
+
+    # Consumer sidecar subscribes; dubbo-python's client calls its egress and reaches the app.
+    status, sub = await a.post(
+        "/sub", {"service": {"interface": GREET, "version": VERSION, "methods": ["x"]}}
+    )
+    assert status == 200 and sub["err_msg"] == "subscribe success" and sub["cluster"] == f"{GREET}:{VERSION}"
+    assert [p["address"] for p in sub["providers"]] == [f"127.0.0.1:{b.ingress}"]
+    assert zk.get_children(f"/dubbo/{GREET}/consumers")
+    out = await run_dubbo_python(a.egress)
+    assert out == {"sayHi": "hi, bob"}
+    assert app_b.services.count("sayHi") == 1
+
+    # A second provider: traffic spreads to it within 2 s.
+    traffic = Traffic(a.egress)
+    traffic.start()
+    try:
+        await c.start()
+        status, _ = await c.post("/pub", pub_body(app_c.port))
+        assert status == 200
+        await wait_for(lambda: app_c.services.count("sayHi") > 0, 2.0, "traffic on the second provider")
+
+        # Weight changed in ZooKeeper by hand (delete + create, as operators' tools do): the split follows.
+        await set_weight_by_hand(zk, c.ingress, 300)
+        await asyncio.sleep(0.5)
+        before = Counter(b=app_b.services.count("sayHi"), c=app_c.services.count("sayHi"))
+        await asyncio.sleep(2.0)
+        got = Counter(b=app_b.services.count("sayHi"), c=app_c.services.count("sayHi"))
+        got.subtract(before)
+        assert got["c"] > 2 * got["b"] > 0, got  # 300:100 -> 3:1
+
+        # One unpublished: after 2 s no request goes to it and none fails.
+        status, un = await b.post("/unpub", pub_body(app_b.port))
+        assert status == 200 and un == {"err_no": 0, "err_msg": "unpub success"}
+        await asyncio.sleep(2.0)
+        failures_then, count_b = len(traffic.failures), app_b.services.count("sayHi")
+        await asyncio.sleep(1.0)
+        assert app_b.services.count("sayHi") == count_b
+        assert len(traffic.failures) == failures_then
+    finally:
+        await traffic.stop()
+    assert traffic.failures == [] and traffic.ok > 100
+    status, err = await b.post("/unpub", pub_body(app_b.port))
+    assert status == 404 and err["err_no"] != 0
+
+    # Unsubscribing removes the route: the egress answers "no route".
+    status, _ = await a.post("/unsub", {"service": {"interface": GREET, "version": VERSION}})
+    assert status == 200
+    client = await DubboClient.connect("127.0.0.1", a.egress)
+    try:
+        with pytest.raises(DubboError, match="no route"):
+            await client.call(GREET, "sayHi", ["x"], version=VERSION)
+    finally:
+        client.close()
+
+
+async def test_zookeeper_down_under_traffic_loses_nothing(world: World, zk: KazooClient) -> None:
+    b = world.provider_sidecars[0]
+    a = world.consumer
+    assert (await b.post("/pub", pub_body(world.apps[0].port)))[0] == 200
+    assert (await a.post("/sub", {"service": {"interface": GREET, "version": VERSION}}))[0] == 200
+    traffic = Traffic(a.egress)
+    traffic.start()
+    try:
+        await asyncio.sleep(0.5)
+        zk.stop()
+        await asyncio.to_thread(world.zk_server.stop)
+        # While the registry is down: the last known providers keep serving, /pub answers 503.
+        await asyncio.sleep(3)
+        status, body = await world.provider_sidecars[0].post("/pub", pub_body(1234, version="9.9.9"))
+        assert status == 503 and "zookeeper" in body["err_msg"], body
+        await asyncio.sleep(7)
+        ok_during = traffic.ok
+        await asyncio.to_thread(world.zk_server.start)
+        zk.start(timeout=15)
+        await wait_for(lambda: len(leaves(zk)) == 1, 5.0, "the provider node after the restart")
+        await asyncio.sleep(1)
+    finally:
+        await traffic.stop()
+    assert traffic.failures == [] and ok_during > 200
+
+
+async def test_restarted_provider_sidecar_restores_publications(world: World, zk: KazooClient) -> None:
+    b = world.provider_sidecars[0]
+    assert (await b.post("/pub", pub_body(world.apps[0].port)))[0] == 200
+    assert await b.stop() == 0  # a clean stop takes its nodes away...
+    await wait_for(lambda: leaves(zk) == [], 5.0, "the node to go on stop")
+    state = json.loads((b.data_dir / "regproxy-state.json").read_text())
+    assert [p["spec"]["interface"] for p in state["publications"]] == [GREET]
+    await b.start()  # ...and the restarted one brings them back without a /pub
+    await wait_for(lambda: len(leaves(zk)) == 1, 5.0, "the restored node")
+    assert leaves(zk)[0][0] == f"127.0.0.1:{b.ingress}"
+
+
+async def test_bad_input_is_4xx_and_sidecar_keeps_serving(world: World) -> None:
+    b = world.provider_sidecars[0]
+    for body, field_name in [
+        ({"service": {"interface": "com/x/Evil", "port": 1}}, "service.interface"),
+        ({"service": {"interface": "com.x.Svc", "version": "1.0&x=1", "port": 1}}, "service.version"),
+        ({"service": {"interface": "com.x.Svc", "group": "a b", "port": 1}}, "service.group"),
+        ({"service": {"interface": "com..x", "port": 1}}, "service.interface"),
+        ({"service": {"interface": "com.x.Svc", "port": 70000}}, "service.port"),
+        ({"service": {"version": "1"}}, "service.interface"),
+    ]:
+        status, reply = await b.post("/pub", body)
+        assert status == 400 and reply["err_no"] != 0 and field_name in reply["err_msg"], (body, reply)
+    status, _ = await b.post("/pub", pub_body(world.apps[0].port))
+    assert status == 200
+
+
+async def run_dubbo_python(egress_port: int) -> dict[str, object]:
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from dubbo.client import DubboClient
+        client = DubboClient("org.apache.dubbo.samples.api.GreetingsService", host="127.0.0.1:" + sys.argv[1])
+        print(json.dumps({"sayHi": client.call("sayHi", "bob", timeout=5)}))
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        str(egress_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 50)
+    assert proc.returncode == 0, stderr.decode()
+    return json.loads(stdout)
+
+
+async def set_weight_by_hand(zk: KazooClient, ingress_port: int, weight: int) -> None:
+    def edit() -> None:
+        for leaf in zk.get_children(PROVIDERS):
+            url = unquote_plus(leaf)
+            if f"127.0.0.1:{ingress_port}/" in url:
+                new = url + f"&weight={weight}" if "weight=" not in url else url
+                zk.delete(f"{PROVIDERS}/{leaf}")
+                zk.create(f"{PROVIDERS}/{quote_plus(new, safe='*')}", ephemeral=True)
+
+    await asyncio.to_thread(edit)
