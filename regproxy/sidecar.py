@@ -14,6 +14,7 @@ from regproxy.config import Config
 from regproxy.discovery import Discovery, ingress_table
 from regproxy.netutil import detect_advertise_ip
 from regproxy.proxy.engine import Listener, ListenerSettings
+from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
 from regproxy.routing import TableHolder
 from regproxy.state import StateStore
@@ -109,6 +110,9 @@ async def _main(config: Config) -> int:
         await sidecar.start()
     except OSError as exc:
         log.error("%s", exc.strerror or exc)
+        return 1
+    except RegistryError as exc:
+        log.error("%s", exc)
         return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -101,3 +101,14 @@ async def test_run_reports_busy_port(tmp_path: Path) -> None:
         assert f"egress: cannot listen on 127.0.0.1:{port}" in stderr
     finally:
         busy.close()
+
+
+async def test_run_refuses_registry_without_adapter(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "regproxy", "run", "--registry", "nacos://127.0.0.1:8848",
+        "--egress", f"127.0.0.1:{free_port()}", "--ingress", f"127.0.0.1:{free_port()}",
+        "--api", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path), stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    code = await asyncio.wait_for(proc.wait(), 20)
+    stderr = (await proc.stderr.read()).decode()
+    assert code == 1 and "the nacos adapter is not available" in stderr, stderr
