@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -144,6 +145,8 @@ class Discovery:
         self.from_cache: set[str] = set()  # subscriptions serving providers read from the state file
         self._save_handle: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()  # API calls change shared state in steps with awaits between
+        self.withdrawn = False  # draining: nodes taken out of the registries, no new publications
+        self.events: Counter[str] = Counter()  # provider_events, state_changes (for /metrics)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -197,6 +200,7 @@ class Discovery:
         return reg
 
     def _on_state(self, key: str, state: str) -> None:
+        self.events["state_changes"] += 1
         if state != CONNECTED:
             return  # suspended or lost: keep routing on what we know
         # (Re)connected: carry out whatever desired state this registry has not got yet. The
@@ -211,7 +215,7 @@ class Discovery:
             return
         async with self._lock:
             for pub in list(self.publications.values()):
-                if key in pub.registries and key not in pub.registered:
+                if key in pub.registries and key not in pub.registered and not self.withdrawn:
                     try:
                         await reg.register(pub.url)
                         pub.registered.add(key)
@@ -233,6 +237,8 @@ class Discovery:
     # --- publish ------------------------------------------------------------------------------
 
     async def publish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> str:
+        if self.withdrawn:
+            raise RegistryUnavailable("this sidecar is draining: it publishes nothing new")
         async with self._lock:
             return await self._publish(spec, self._targets(registry))
 
@@ -298,6 +304,19 @@ class Discovery:
                 del self.publications[spec.key]
             self._rebuild_ingress()
             self._save_soon(0)
+
+    async def withdraw_all(self) -> None:
+        """Take every publication out of every registry (drain), keeping them in the state file so
+        a restarted sidecar publishes them again."""
+        async with self._lock:
+            self.withdrawn = True
+            for pub in self.publications.values():
+                for key in list(pub.registered):
+                    reg = self.registries.get(key)
+                    if reg is not None:
+                        await self._quietly(reg.unregister(pub.url))
+                    pub.registered.discard(key)
+            log.info("withdrew %d publication(s) from the registries", len(self.publications))
 
     # --- subscribe ----------------------------------------------------------------------------
 
@@ -379,6 +398,7 @@ class Discovery:
     def _on_providers(self, st: SubscriptionState, key: str, urls: list[DubboURL]) -> None:
         if self.subscriptions.get(st.sub.cluster_name) is not st:
             return  # a late event for a subscription that is gone
+        self.events["provider_events"] += 1
         st.providers[key] = list(urls)
         self.from_cache.discard(st.sub.cluster_name)
         self._rebuild_egress()
@@ -415,6 +435,11 @@ class Discovery:
             {"address": h.address, "weight": h.weight, "metadata": dict(h.metadata)}
             for h in self.hosts_of(st)
         ]
+
+    def set_static_table(self, table: RoutingTable) -> None:
+        """A reloaded config's static routes and clusters, merged with the subscriptions' ones."""
+        self.static_table = table
+        self._rebuild_egress()
 
     def _rebuild_egress(self) -> None:
         static = self.static_table

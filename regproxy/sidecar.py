@@ -1,4 +1,4 @@
-"""Wires the parts together and owns the lifecycle: start, run until a signal, stop."""
+"""Wires the parts together and owns the lifecycle: start, reload, drain, stop."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -21,10 +24,24 @@ from regproxy.state import StateStore
 
 log = logging.getLogger("regproxy")
 
+# Keys a reload cannot change in a running process: sockets are bound, registries connected.
+_RESTART_KEYS = ("egress", "ingress", "api", "admin", "app_port", "advertise_ip", "data_dir", "registries")
+# After the read-only event, the time for requests already on the wire to arrive before we count
+# what is in flight (one loopback or LAN round trip is far less).
+_READONLY_SETTLE_S = 0.2
+
 
 class Sidecar:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        loader: Callable[[], Config] | None = None,
+        config_path: str | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
+        self._loader = loader
         self.static_table = config.to_routing_table()
         self.egress_table = TableHolder(self.static_table)
         self.ingress_table = TableHolder(ingress_table(config.app_port))
@@ -35,9 +52,13 @@ class Sidecar:
         self.ingress = Listener(
             "ingress", self._settings(config.ingress.host, config.ingress.port), self.ingress_table
         )
-        self._stopped = asyncio.Event()
         self.discovery: Discovery | None = None
+        self.started_at = time.time()
+        self.draining = False
+        self._stopped = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
         self._api: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
 
     def _settings(self, host: str, port: int) -> ListenerSettings:
         c = self.config
@@ -52,7 +73,11 @@ class Sidecar:
             idle_timeout_s=c.limits.idle_timeout_s,
         )
 
+    # --- lifecycle ----------------------------------------------------------------------------
+
     async def start(self) -> None:
+        from regproxy.api.admin import build_admin_app, start_admin
+
         c = self.config
         await self.ingress.start()
         try:
@@ -72,18 +97,18 @@ class Sidecar:
             )
             await self.discovery.start()
             app = build_app(self.discovery, app_port=c.app_port, registries=c.registries)
-            try:
-                self._api = await start_api(app, c.api.host, c.api.port)
-            except OSError as exc:
-                raise OSError(exc.errno, f"api: cannot listen on {c.api}: {exc.strerror}") from exc
+            self._api = await _listen("api", start_api(app, c.api.host, c.api.port), str(c.api))
+            admin = build_admin_app(self)
+            self._admin = await _listen("admin", start_admin(admin, c.admin.host, c.admin.port), str(c.admin))
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
-        if self._api is not None:
-            await stop_api(self._api)
-            self._api = None
+        for runner in (self._api, self._admin):
+            if runner is not None:
+                await stop_api(runner)
+        self._api = self._admin = None
         await self.egress.stop()
         await self.ingress.stop()
         if self.discovery is not None:
@@ -96,6 +121,122 @@ class Sidecar:
     async def run_until_stopped(self) -> None:
         await self._stopped.wait()
 
+    # --- drain --------------------------------------------------------------------------------
+
+    def start_drain(self) -> asyncio.Task[None]:
+        """Begin draining (idempotent); the task ends when the sidecar may exit."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drain())
+        return self._drain_task
+
+    async def drain(self) -> None:
+        """Leave without losing a request: out of the registries first, then keep serving while
+        consumers see the change, then refuse new connections, tell open ones we are read-only,
+        let what is in flight finish (bounded), and stop."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.config.drain.grace_s
+        log.info("draining: withdrawing publications, serving %.1f s more", grace)
+        if self.discovery is not None:
+            await self.discovery.withdraw_all()
+        await asyncio.sleep(grace)
+        listeners = (self.ingress, self.egress)
+        for lst in listeners:
+            lst.stop_accepting()
+            lst.announce_readonly()
+        await asyncio.sleep(_READONLY_SETTLE_S)
+        timeout = self.config.drain.timeout_s
+        idle = await asyncio.gather(*(lst.forwarder.wait_idle(timeout) for lst in listeners if lst.forwarder))
+        if not all(idle):
+            log.warning("draining: requests still in flight after %.1f s; stopping anyway", timeout)
+        log.info("drained")
+        self.request_stop()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        d = self.discovery
+        states = d.registry_states() if d is not None else {}
+        restored = d is not None and d.restored
+        detail: dict[str, Any] = {
+            "registries": states,
+            "restored": restored,
+            "draining": self.draining,
+            "serving_from_cache": sorted(d.from_cache) if d is not None else [],
+        }
+        ready = restored and not self.draining and all(s == "connected" for s in states.values())
+        return ready, detail
+
+    # --- reload and knobs ---------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config (the same file and flags); apply what a running sidecar can change.
+
+        Raises ConfigError, leaving everything as it was."""
+        if self._loader is None:
+            return {
+                "reloaded": False,
+                "changes": [],
+                "needs_restart": [],
+                "reason": "no config file to re-read",
+            }
+        new = self._loader()
+        old = self.config
+        changes: list[str] = []
+        needs_restart = [k for k in _RESTART_KEYS if getattr(new, k) != getattr(old, k)]
+        table = new.to_routing_table()  # built before anything changes: a bad table changes nothing
+        if new.clusters != old.clusters or new.routes != old.routes:
+            self.static_table = table
+            if self.discovery is not None:
+                self.discovery.set_static_table(table)
+            else:
+                self.egress_table.swap(table)
+            changes.append("static routes and clusters")
+        if new.timeouts.default_ms != old.timeouts.default_ms:
+            for lst in (self.egress, self.ingress):
+                if lst.forwarder is not None:
+                    lst.forwarder.default_timeout_ms = new.timeouts.default_ms
+            changes.append("timeouts.default_ms")
+        if new.log_level != old.log_level:
+            self.set_log_level(new.log_level)
+            changes.append("log_level")
+        # Read from self.config on use, so swapping the config below applies them.
+        changes += [k for k in ("admin_token", "drain") if getattr(new, k) != getattr(old, k)]
+        self.config = new.model_copy(update={k: getattr(old, k) for k in needs_restart})
+        log.info("reloaded config: %s", ", ".join(changes) or "no change")
+        if needs_restart:
+            log.warning("reload: %s changed; takes effect after a restart", ", ".join(needs_restart))
+        return {"reloaded": True, "changes": changes, "needs_restart": needs_restart}
+
+    @property
+    def log_level(self) -> str:
+        return logging.getLevelName(logging.getLogger().level).lower()
+
+    def set_log_level(self, level: str) -> None:
+        value = logging.getLevelName(level.upper())
+        if not isinstance(value, int):
+            raise ValueError(f"unknown log level {level!r} (debug, info, warning, error or critical)")
+        logging.getLogger().setLevel(value)
+
+    def stats(self) -> dict[str, Any]:
+        d = self.discovery
+        return {
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "draining": self.draining,
+            "egress": self.egress.forwarder.stats.snapshot() if self.egress.forwarder else {},
+            "ingress": self.ingress.forwarder.stats.snapshot() if self.ingress.forwarder else {},
+            "registry": {
+                "states": d.registry_states() if d is not None else {},
+                "events": dict(d.events) if d is not None else {},
+            },
+        }
+
+
+async def _listen(name: str, starting: Any, where: str) -> web.AppRunner:
+    try:
+        return await starting
+    except OSError as exc:
+        raise OSError(exc.errno, f"{name}: cannot listen on {where}: {exc.strerror}") from exc
+
 
 def _install_uvloop() -> None:
     with contextlib.suppress(ImportError):
@@ -104,8 +245,8 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _main(config: Config) -> int:
-    sidecar = Sidecar(config)
+async def _main(config: Config, loader: Callable[[], Config] | None, config_path: str | None) -> int:
+    sidecar = Sidecar(config, loader=loader, config_path=config_path)
     try:
         await sidecar.start()
     except OSError as exc:
@@ -115,11 +256,18 @@ async def _main(config: Config) -> int:
         log.error("%s", exc)
         return 1
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, sidecar.request_stop)
+
+    def on_sigterm() -> None:
+        if sidecar.draining:  # a second SIGTERM: stop now
+            sidecar.request_stop()
+        else:
+            sidecar.start_drain()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, sidecar.request_stop)
     log.info(
-        "regproxy running (egress %s, ingress %s, api %s, advertise ip %s)",
-        config.egress, config.ingress, config.api, sidecar.advertise_ip,
+        "regproxy running (egress %s, ingress %s, api %s, admin %s, advertise ip %s)",
+        config.egress, config.ingress, config.api, config.admin, sidecar.advertise_ip,
     )  # fmt: skip
     await sidecar.run_until_stopped()
     log.info("stopping")
@@ -127,10 +275,10 @@ async def _main(config: Config) -> int:
     return 0
 
 
-def run(config: Config) -> int:
-    """Run the sidecar until SIGINT or SIGTERM; the process exit code."""
+def run(config: Config, *, loader: Callable[[], Config] | None = None, config_path: str | None = None) -> int:
+    """Run the sidecar until SIGINT (stop now) or SIGTERM (drain, then stop); the exit code."""
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_uvloop()
-    return asyncio.run(_main(config))
+    return asyncio.run(_main(config, loader, config_path))

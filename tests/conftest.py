@@ -12,6 +12,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.retry import KazooRetry
 
+from tests.topology import world  # noqa: F401  (a fixture, shared by the end-to-end tests)
 from tests.zkserver import ZooKeeperNotInstalled, ZooKeeperServer
 
 

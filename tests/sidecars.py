@@ -38,6 +38,7 @@ class SidecarProc:
         self.egress = free_port()
         self.ingress = free_port()
         self.api = free_port()
+        self.admin = free_port()
         self.proc: asyncio.subprocess.Process | None = None
         self.log_path = data_dir / "regproxy.log"
 
@@ -45,11 +46,15 @@ class SidecarProc:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api}"
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin}"
+
     async def start(self, timeout: float = 20.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "regproxy", "run", "--data-dir", str(self.data_dir),
                 "--egress", f"127.0.0.1:{self.egress}", "--ingress", f"127.0.0.1:{self.ingress}",
-                "--api", f"127.0.0.1:{self.api}", "--admin", f"127.0.0.1:{free_port()}",
+                "--api", f"127.0.0.1:{self.api}", "--admin", f"127.0.0.1:{self.admin}",
                 "--app-port", str(self.app_port), "--advertise-ip", self.advertise_ip,
                 "--log-level", "debug"]  # fmt: skip
         for reg in self.registries:

@@ -9,109 +9,13 @@ import json
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
+from urllib.parse import quote_plus, unquote_plus
 
 import pytest
 from kazoo.client import KazooClient
 
 from regproxy.demo.client import DubboClient, DubboError
-from regproxy.demo.provider import Provider, default_services
-from tests.sidecars import SidecarProc
-from tests.zkserver import ZooKeeperServer
-
-GREET = "org.apache.dubbo.samples.api.GreetingsService"
-VERSION = "1.0.0"  # dubbo-python's default
-PROVIDERS = f"/dubbo/{GREET}/providers"
-
-
-def pub_body(app_port: int, **service: object) -> dict[str, object]:
-    return {"service": {"interface": GREET, "methods": ["sayHi"], "version": VERSION, "group": "",
-                        "port": app_port, "application": "demo-provider", **service}}  # fmt: skip
-
-
-def leaves(zk: KazooClient) -> list[tuple[str, dict[str, list[str]]]]:
-    """Provider nodes as an independent reader sees them: (host:port, query params)."""
-    out = []
-    for leaf in zk.get_children(PROVIDERS) if zk.exists(PROVIDERS) else []:
-        parts = urlsplit(unquote_plus(leaf))
-        out.append((parts.netloc, parse_qs(parts.query)))
-    return out
-
-
-async def wait_for(pred, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await asyncio.to_thread(pred):
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@dataclass
-class Traffic:
-    """Steady calls through the consumer sidecar's egress, counting every failure."""
-
-    port: int
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        client = await DubboClient.connect("127.0.0.1", self.port)
-        try:
-            while True:
-                try:
-                    await client.call(GREET, "sayHi", ["t"], version=VERSION, timeout=5)
-                    self.ok += 1
-                except DubboError as exc:
-                    self.failures.append(str(exc))
-                await asyncio.sleep(0.01)
-        finally:
-            client.close()
-
-    def start(self) -> None:
-        self.task = asyncio.ensure_future(self.run())
-
-    async def stop(self) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
-@dataclass
-class World:
-    zk_server: ZooKeeperServer
-    apps: list[Provider]
-    provider_sidecars: list[SidecarProc]
-    consumer: SidecarProc
-
-
-@pytest.fixture
-async def world(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterator[World]:
-    registry = f"zookeeper://{zk_server.hosts}"
-    apps: list[Provider] = []
-    sidecars: list[SidecarProc] = []
-    for name in ("b", "c"):
-        app = Provider(default_services(greetings_version=VERSION), name=f"app-{name}")
-        await app.start("127.0.0.1", 0)
-        apps.append(app)
-        sidecars.append(SidecarProc(name, tmp_path / name, registries=[registry], app_port=app.port))
-    consumer = SidecarProc("a", tmp_path / "a", registries=[registry], app_port=1)
-    await asyncio.gather(consumer.start(), sidecars[0].start())
-    w = World(zk_server, apps, sidecars, consumer)
-    try:
-        yield w
-    finally:
-        if not zk_server.running:
-            zk_server.start()
-        for sc in [consumer, *sidecars]:
-            await sc.kill()
-        for app in apps:
-            await app.close(grace=0.1)
+from tests.topology import GREET, PROVIDERS, VERSION, Traffic, World, leaves, pub_body, wait_for
 
 
 async def test_publish_subscribe_call_spread_and_weights(world: World, zk: KazooClient) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from regproxy.dubbo.encode import readonly_event
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
@@ -107,6 +108,18 @@ class Listener:
                 if down.in_flight <= 0 and down.last_active < cutoff and down.transport is not None:
                     log.info("%s: closing idle connection from %s", self.name, down.peer)
                     down.transport.close()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; connections already open keep being served."""
+        if self.server is not None:
+            self.server.close()
+
+    def announce_readonly(self) -> None:
+        """Dubbo's read-only event on every client connection: send no new requests here."""
+        if self.forwarder is not None:
+            for i, down in enumerate(list(self.forwarder.downstreams)):
+                down.queue(readonly_event(i + 1))
+                down.flush()
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -21,8 +21,10 @@ class Exchange:
         "downstream_id",
         "frame",
         "hosts",
-        "label",
+        "method",
         "retries_left",
+        "service",
+        "started",
         "timeout_ms",
         "timer",
         "tried",
@@ -34,16 +36,20 @@ class Exchange:
         self,
         downstream: DownstreamConnection,
         frame: Frame,
-        label: str,
+        service: str,
+        method: str,
         hosts: Sequence[Host],
         balancer: LoadBalancer,
         retries: int,
         timeout_ms: int,
+        started: float,
     ) -> None:
         self.downstream = downstream
         self.downstream_id = frame.request_id
         self.frame = frame
-        self.label = label  # "group/interface:version.method", for messages and counters
+        self.service = service  # "group/interface:version", for messages and counters
+        self.method = method
+        self.started = started  # perf_counter() when the request arrived
         # The hosts and balancer of the snapshot the request started on: a retry stays on it even
         # if the routing table is swapped meanwhile.
         self.hosts = hosts
@@ -54,6 +60,10 @@ class Exchange:
         self.timer: asyncio.TimerHandle | None = None
         self.upstream: UpstreamConnection | None = None
         self.upstream_id = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.service}.{self.method}"
 
     @property
     def two_way(self) -> bool:

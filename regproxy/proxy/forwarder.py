@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from collections.abc import Callable
 
 from regproxy.dubbo.encode import encode_error, heartbeat_reply, with_request_id
@@ -67,6 +68,8 @@ class Forwarder(UpstreamEvents):
         self.downstreams: set[DownstreamConnection] = set()
         self.default_timeout_ms = default_timeout_ms
         self.max_connections = max_connections
+        self.in_flight = 0  # two-way requests forwarded and not answered, over all connections
+        self._idle: asyncio.Event | None = None  # set when in_flight drops to zero (drain waits)
         self.stats = stats or ListenerStats()
         self._balancers: dict[str, tuple[str, LoadBalancer]] = {}
 
@@ -132,22 +135,26 @@ class Forwarder(UpstreamEvents):
             self.reply_error(down, frame, Status.BAD_REQUEST, f"malformed request body: {exc}")
             return
         cluster = table.clusters[route.cluster]
-        label = service_label(body.path, body.version, group) + "." + body.method
-        stats.per_service[label] += 1
+        service = service_label(body.path, body.version, group)
+        stats.per_service[f"{service}.{body.method}"] += 1
         if not frame.two_way:
             stats.oneway += 1
+        loop = self.loop
         exch = Exchange(
             down,
             frame,
-            label,
+            service,
+            body.method,
             cluster.hosts,
             self._balancer(cluster.name, cluster.lb),
             route.retries,
             timeout_ms,
+            perf_counter(),  # not loop.time(): uvloop's is cached per loop pass, in whole ms
         )
         if frame.two_way:
             down.in_flight += 1
-            exch.timer = self.loop.call_later(timeout_ms / 1000, self._on_timeout, exch)
+            self.in_flight += 1
+            exch.timer = loop.call_later(timeout_ms / 1000, self._on_timeout, exch)
         self._dispatch(exch, None)
 
     def _balancer(self, cluster: str, lb: str) -> LoadBalancer:
@@ -185,6 +192,7 @@ class Forwarder(UpstreamEvents):
                 )
             return
         exch.tried.append(host.address)
+        self.stats.upstream_requests[host.address] += 1
         self.pool.connection(host.address).submit(exch)
 
     def _on_timeout(self, exch: Exchange) -> None:
@@ -204,10 +212,12 @@ class Forwarder(UpstreamEvents):
     def on_response(self, exch: Exchange, head: bytes, body: bytes) -> None:
         if exch.timer is not None:
             exch.timer.cancel()
-        self.stats.responses[head[3]] += 1
+        stats = self.stats
+        stats.responses[head[3]] += 1
+        stats.observe(exch.service, exch.method, perf_counter() - exch.started)
         down = exch.downstream
         down.queue(with_request_id(head, exch.downstream_id), body)
-        down.answered()
+        self._answered(down)
 
     def on_not_written(self, exch: Exchange, reason: str) -> None:
         self.stats.connect_failures += 1
@@ -238,7 +248,27 @@ class Forwarder(UpstreamEvents):
             log.warning("%s: one-way request dropped: %s", self.name, message)
             return
         self.reply_error(exch.downstream, exch.frame, status, message)
-        exch.downstream.answered()
+        self.stats.observe(exch.service, exch.method, perf_counter() - exch.started)
+        self._answered(exch.downstream)
+
+    def _answered(self, down: DownstreamConnection) -> None:
+        down.answered()
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no two-way request is in flight; False when ``timeout`` passed first."""
+        if self.in_flight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
 
     def reply_error(self, down: DownstreamConnection, frame: Frame, status: int, message: str) -> None:
         self.stats.responses[status] += 1

@@ -1,9 +1,57 @@
-"""Counters kept by the forwarding engine; the admin endpoint exports them."""
+"""Counters kept by the forwarding engine; the admin endpoint and /metrics read them.
+
+Plain ints and lists, updated on the request path at the cost of an add; turning them into
+Prometheus metric families happens at scrape time (regproxy/api/metrics.py).
+"""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+
+# Upper bounds in seconds; a sidecar hop is sub-millisecond, consumer timeouts are seconds.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """Per-bucket counts (not cumulative), the last one for +Inf, with sum and count."""
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (an estimate, as Prometheus gives)."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                return self.buckets[i] if i < len(self.buckets) else float("inf")
+        return float("inf")
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "count": self.count,
+            "sum": round(self.sum, 6),
+            "p50": self.quantile(0.5),
+            "p99": self.quantile(0.99),
+            "buckets": dict(zip([*map(str, self.buckets), "+Inf"], self.counts, strict=True)),
+        }
 
 
 @dataclass(slots=True)
@@ -12,13 +60,23 @@ class ListenerStats:
     oneway: int = 0
     heartbeats: int = 0
     responses: Counter[int] = field(default_factory=Counter)  # by Dubbo status, including our own errors
-    per_service: Counter[str] = field(default_factory=Counter)  # by "group/interface:version"
+    per_service: Counter[str] = field(default_factory=Counter)  # by "group/interface:version.method"
+    # (service "group/interface:version", method) -> time from request to response, errors included
+    latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    upstream_requests: Counter[str] = field(default_factory=Counter)  # by upstream address
     timeouts: int = 0
     retries: int = 0
     connect_failures: int = 0
     protocol_errors: int = 0
+    ejections: int = 0  # hosts taken out by health checking (none until that lands)
     downstream_connections: int = 0
     rejected_connections: int = 0
+
+    def observe(self, service: str, method: str, seconds: float) -> None:
+        hist = self.latency.get((service, method))
+        if hist is None:
+            hist = self.latency[(service, method)] = Histogram()
+        hist.observe(seconds)
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -27,10 +85,13 @@ class ListenerStats:
             "heartbeats": self.heartbeats,
             "responses": {str(k): v for k, v in sorted(self.responses.items())},
             "per_service": dict(self.per_service),
+            "latency": {f"{svc}.{m}": h.snapshot() for (svc, m), h in self.latency.items()},
+            "upstream_requests": dict(self.upstream_requests),
             "timeouts": self.timeouts,
             "retries": self.retries,
             "connect_failures": self.connect_failures,
             "protocol_errors": self.protocol_errors,
+            "ejections": self.ejections,
             "downstream_connections": self.downstream_connections,
             "rejected_connections": self.rejected_connections,
         }
