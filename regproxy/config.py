@@ -28,6 +28,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     SerializationInfo,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "DrainConfig",
     "HostConfig",
     "LimitsConfig",
     "RegistryURL",
@@ -376,6 +378,30 @@ class UpstreamConfig(_Model):
     connections_per_host: Int = Field(2, ge=1, le=1024)
 
 
+class DrainConfig(_Model):
+    grace_s: Float = Field(
+        3.0, ge=0, le=300, description="keep serving this long after unpublishing, so consumers see it"
+    )
+    timeout_s: Float = Field(15.0, ge=0.1, le=600, description="longest wait for requests in flight")
+
+
+def _check_token(value: Any) -> Any:
+    """An admin bearer token: visible ASCII, no spaces.  Messages never echo the value."""
+    if value is None:
+        return value
+    if not isinstance(value, str):
+        # YAML reads `admin_token: 12345` as a number; say so without showing it.
+        raise PydanticCustomError(
+            "token", f"expected a string, not {type(value).__name__} (quote the token in YAML)"
+        )
+    if not value:
+        raise PydanticCustomError("token", "must not be empty (null = no token)")
+    if not all("!" <= ch <= "~" for ch in value):
+        # It travels in an Authorization header: spaces and control characters cannot.
+        raise PydanticCustomError("token", "must be visible ASCII characters without spaces")
+    return value
+
+
 class HostConfig(_Model):
     address: Address
     weight: Int = Field(100, ge=0, le=MAX_WEIGHT)
@@ -506,6 +532,8 @@ class Config(_Model):
     ingress: Address = Field(default_factory=lambda: Address("0.0.0.0", 20882))
     api: Address = Field(default_factory=lambda: Address("127.0.0.1", 22222))
     admin: Address = Field(default_factory=lambda: Address("127.0.0.1", 34901))
+    # Hidden from repr() and every dump, like registry passwords (see _redact_token).
+    admin_token: Annotated[str | None, BeforeValidator(_check_token)] = Field(None, repr=False)
     app_port: Int = Field(20880, ge=1, le=65535)
     advertise_ip: str | None = None
     data_dir: str = "."
@@ -513,6 +541,7 @@ class Config(_Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    drain: DrainConfig = Field(default_factory=DrainConfig)
     log_level: str = "info"
     clusters: list[ClusterConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
@@ -531,6 +560,13 @@ class Config(_Model):
         if ip.is_unspecified:
             raise PydanticCustomError("ip", f"{v!r} cannot be advertised to other hosts (null = detect)")
         return str(ip)
+
+    @field_serializer("admin_token")
+    def _redact_token(self, value: str | None, info: SerializationInfo) -> str | None:
+        ctx = info.context if isinstance(info.context, dict) else {}
+        if value is None or ctx.get("reveal_secrets", False):
+            return value
+        return _REDACTED
 
     @field_validator("data_dir")
     @classmethod
@@ -604,7 +640,7 @@ class Config(_Model):
             raise ConfigError(_with_origins(e.errors, origins), source) from None
 
     def redacted_dict(self) -> dict[str, Any]:
-        """JSON-ready dict for dumps and the admin API; registry passwords replaced by ***."""
+        """JSON-ready dict for dumps and the admin API; registry passwords and admin_token replaced by ***."""
         return self.model_dump(mode="json")
 
     def to_routing_table(self) -> RoutingTable:
@@ -665,7 +701,7 @@ def _short(value: Any) -> str:
 
 # Our own validators raise PydanticCustomError with complete messages; these built-in types get
 # friendlier wording.
-_CUSTOM_TYPES = {"bool_number", "address", "registry_url", "empty", "lb", "ip", "log_level"}
+_CUSTOM_TYPES = {"bool_number", "address", "registry_url", "empty", "lb", "ip", "log_level", "token"}
 
 
 def _describe(err: Mapping[str, Any]) -> tuple[str, str]:

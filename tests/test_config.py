@@ -61,7 +61,7 @@ def test_example_file_documents_every_key() -> None:
     # Every key of the model appears in the example, so the example stays the reference.
     raw = yaml.safe_load(EXAMPLE.read_text())
     assert set(raw) == set(Config.model_fields)
-    for section in ("limits", "timeouts", "upstream"):
+    for section in ("limits", "timeouts", "upstream", "drain"):
         assert set(raw[section]) == set(type(getattr(Config(), section)).model_fields)
 
 
@@ -78,6 +78,8 @@ def test_no_file_gives_defaults() -> None:
     assert c.timeouts.default_ms == 3000 and c.timeouts.connect_ms == 1000
     assert c.upstream.connections_per_host == 2
     assert c.log_level == "info"
+    assert c.admin_token is None
+    assert (c.drain.grace_s, c.drain.timeout_s) == (3.0, 15.0)
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
@@ -194,6 +196,15 @@ def test_non_string_address() -> None:
         ({"advertise_ip": "my-host"}, "advertise_ip", "not an IP address"),
         ({"advertise_ip": "0.0.0.0"}, "advertise_ip", "cannot be advertised"),
         ({"data_dir": " "}, "data_dir", "must not be empty"),
+        ({"drain": {"grace_s": -1}}, "drain.grace_s", "greater than or equal to 0"),
+        ({"drain": {"grace_s": 301}}, "drain.grace_s", "less than or equal to 300"),
+        ({"drain": {"timeout_s": 0}}, "drain.timeout_s", "greater than or equal to 0.1"),
+        ({"drain": {"timeout_s": 601}}, "drain.timeout_s", "less than or equal to 600"),
+        ({"drain": {"grace_s": True}}, "drain.grace_s", "not true"),
+        ({"drain": {"grace": 1}}, "drain.grace", "unknown key"),
+        ({"admin_token": ""}, "admin_token", "must not be empty"),
+        ({"admin_token": 12345}, "admin_token", "expected a string, not int"),
+        ({"admin_token": "two words"}, "admin_token", "without spaces"),
         ({"limits": [1]}, "limits", "valid dictionary"),
         ({"clusters": {"name": "a"}}, "clusters", "valid list"),
     ],
@@ -474,6 +485,39 @@ def test_password_never_in_error_messages() -> None:
     with pytest.raises(ConfigError) as info:
         Config.from_dict({"registries": [f"nacos://h?password={SECRET}&bogus=1"]})
     assert SECRET not in str(info.value)
+
+
+TOKEN = "adm1n-t0ken_~+/="
+
+
+def test_admin_token_hidden_in_str_repr_and_dumps() -> None:
+    c = Config.from_dict({"admin_token": TOKEN})
+    assert c.admin_token == TOKEN
+    dumped = c.redacted_dict()
+    assert dumped["admin_token"] == "***"
+    for text in (repr(c), str(c), str(dumped), c.model_dump_json(), str(c.model_dump())):
+        assert TOKEN not in text
+    full = c.model_dump(mode="json", context={"reveal_secrets": True})
+    assert full["admin_token"] == TOKEN
+    assert Config.from_dict(full) == c
+    # No token stays null in dumps (not "***": nothing is hidden).
+    assert Config().redacted_dict()["admin_token"] is None
+
+
+@pytest.mark.parametrize("bad", [f"{TOKEN} x", f"{TOKEN}\n", f"{TOKEN}\u00e9"])
+def test_admin_token_never_in_error_messages(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({"admin_token": bad})
+    assert info.value.errors[0][0] == "admin_token"
+    assert TOKEN not in str(info.value)
+
+
+def test_drain_settings_from_file(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, "drain: {grace_s: 0, timeout_s: 0.5}\nadmin_token: 'abc'\n"))
+    assert (c.drain.grace_s, c.drain.timeout_s) == (0.0, 0.5)
+    assert c.admin_token == "abc"
+    c = load_config(None, {"drain.grace_s": "1.5"})
+    assert c.drain.grace_s == 1.5 and c.drain.timeout_s == 15.0
 
 
 def test_redacted_dict_is_json_ready() -> None:

@@ -1,0 +1,684 @@
+"""The admin HTTP API (aiohttp, default 127.0.0.1:34901): what the sidecar is doing, and a few controls.
+
+Reading (GET, anyone who can reach the port):
+
+* ``/healthz`` (alive), ``/readyz`` (200 ready / 503 not, with the reasons);
+* ``/api/v1/config_dump`` with ``?allrouters ?allclusters ?alllisteners ?router=NAME ?cluster=NAME
+  ?listener=NAME`` (the query names operators of Envoy- and MOSN-style sidecars already script
+  against; several may be combined);
+* ``/api/v1/clusters``, ``/api/v1/publications``, ``/api/v1/subscriptions``, ``/api/v1/stats``;
+* ``/metrics`` (Prometheus text), ``/api/v1/loglevel``.
+
+Changing (POST): ``/api/v1/loglevel``, ``/api/v1/drain``, ``/api/v1/reload``.  Without ``admin_token``
+only loopback callers may use them, and not from a web browser (see :func:`check_caller`); with a
+token every caller must send ``Authorization: Bearer TOKEN``.  The check runs in a middleware for
+every method but GET/HEAD/OPTIONS, before a body is read, so a new POST route cannot forget it.
+
+Replies are JSON; errors have the pub/sub API's shape ``{"err_no": N, "err_msg": "..."}`` with a
+matching HTTP status.  Credentials never appear: the config is dumped redacted, registries are
+shown by their redacted names, and secret-looking Dubbo URL parameters (a provider's ``token``) are
+replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from regproxy.api.http import stop_api
+from regproxy.api.metrics import metrics_registry
+from regproxy.api.models import ErrNo
+from regproxy.config import LOG_LEVELS, ConfigError, RegistryURL
+from regproxy.registry.base import CONNECTED
+from regproxy.registry.url import DubboURL, matches
+
+if TYPE_CHECKING:
+    from regproxy.discovery import Discovery
+    from regproxy.proxy.engine import Listener
+    from regproxy.routing import RoutingTable, TableHolder
+    from regproxy.sidecar import Sidecar
+
+__all__ = [
+    "AdminErrNo",
+    "build_admin_app",
+    "check_caller",
+    "is_loopback",
+    "start_admin",
+    "stop_admin",
+]
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+MAX_BODY = 16 * 1024  # the only bodies are {"level": "..."}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REDACTED = "***"
+# Dubbo URL parameters whose values are credentials (a provider's `token` authenticates consumers).
+SECRET_PARAMS = frozenset(
+    {"password", "token", "secret", "secretkey", "secret_key", "accesskey", "access_key"}
+)
+LISTENERS = ("egress", "ingress")
+CONFIG_DUMP_QUERY = ("allrouters", "allclusters", "alllisteners", "router", "cluster", "listener")
+
+ENDPOINTS: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/healthz", "alive"),
+    ("GET", "/readyz", "ready: registries connected, state restored, not draining (503 otherwise)"),
+    ("GET", "/api/v1/config_dump", "effective config and live tables; ?allrouters ?router=NAME ..."),
+    ("GET", "/api/v1/clusters", "clusters and hosts with weight, health, requests"),
+    ("GET", "/api/v1/publications", "services published, per registry"),
+    ("GET", "/api/v1/subscriptions", "services subscribed and their providers, per registry"),
+    ("GET", "/api/v1/stats", "counters as JSON"),
+    ("GET", "/metrics", "Prometheus metrics"),
+    ("GET", "/api/v1/loglevel", "current log level"),
+    ("POST", "/api/v1/loglevel", 'set the log level: {"level": "debug"} or ?level=debug'),
+    ("POST", "/api/v1/drain", "unpublish, finish requests in flight, exit"),
+    ("POST", "/api/v1/reload", "re-read the config file (routes, clusters, timeouts, log level)"),
+)
+
+
+class AdminErrNo(IntEnum):
+    """err_no values the pub/sub API does not have (it has no authentication); 1-7 are ErrNo's."""
+
+    UNAUTHORIZED = 8  # 401: a token is configured and the request carries none
+    FORBIDDEN = 9  # 403: wrong token, or a caller that may not change anything
+
+
+class AdminError(Exception):
+    def __init__(
+        self,
+        status: int,
+        err_no: int,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.err_no = int(err_no)
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    # Indented: operators read these with curl more often than programs do.
+    body = orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    return web.Response(status=status, body=body, content_type=JSON_TYPE, headers=headers)
+
+
+def _error(status: int, err_no: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json(status, {"err_no": int(err_no), "err_msg": message}, headers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Who may change things
+
+
+def is_loopback(remote: str | None) -> bool:
+    """Whether ``remote`` (aiohttp's ``request.remote``) is 127.0.0.0/8 or ::1 (IPv4-mapped too)."""
+    if not remote:
+        return False  # unknown peer: never trusted
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _digest(text: str) -> bytes:
+    # Comparing digests keeps the comparison constant-time whatever the lengths and characters.
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
+def check_caller(
+    *, remote: str | None, authorization: str | None, origin: str | None, token: str | None
+) -> AdminError | None:
+    """Why a changing request must be refused, or None when it may go ahead.
+
+    * With a token: ``Authorization: Bearer TOKEN`` from any caller, loopback included; none or
+      another scheme -> 401, a wrong token -> 403.
+    * Without: loopback callers only (403 otherwise).  A request carrying ``Origin`` comes from a
+      web browser, and a page on any site can make the browser POST to 127.0.0.1 (or rebind a DNS
+      name to it): refused too, since nothing else authenticates it.  curl, ``regproxy ctl`` and
+      other programs send no Origin.
+
+    ``X-Forwarded-For`` is ignored on purpose: behind a local reverse proxy every caller would look
+    like loopback, so such a setup needs the token.
+    """
+    if token is not None:
+        challenge = {"WWW-Authenticate": 'Bearer realm="regproxy admin"'}
+        if not authorization:
+            return AdminError(
+                401,
+                AdminErrNo.UNAUTHORIZED,
+                "this admin API needs a token: send Authorization: Bearer TOKEN (admin_token)",
+                headers=challenge,
+            )
+        scheme, _, given = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return AdminError(
+                401,
+                AdminErrNo.UNAUTHORIZED,
+                "expected Authorization: Bearer TOKEN",
+                headers=challenge,
+            )
+        if not hmac.compare_digest(_digest(given.strip()), _digest(token)):
+            return AdminError(403, AdminErrNo.FORBIDDEN, "wrong admin token")
+        return None
+    if not is_loopback(remote):
+        return AdminError(
+            403,
+            AdminErrNo.FORBIDDEN,
+            f"only loopback callers may change this sidecar (caller {remote or 'unknown'}); "
+            "set admin_token to allow others",
+        )
+    if origin is not None:
+        return AdminError(
+            403,
+            AdminErrNo.FORBIDDEN,
+            "requests from a web browser (Origin header) may not change this sidecar "
+            "unless admin_token is set",
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Views: plain data built from the running sidecar
+
+
+def _redact_params(params: Mapping[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
+
+
+def _redact_url(url: DubboURL) -> str:
+    if not SECRET_PARAMS.intersection(k.lower() for k in url.params):
+        return str(url)
+    return str(replace(url, params=_redact_params(url.params)))
+
+
+def _tables(sc: Sidecar) -> dict[str, TableHolder]:
+    return {"egress": sc.egress_table, "ingress": sc.ingress_table}
+
+
+def _listener(sc: Sidecar, name: str) -> Listener:
+    return sc.egress if name == "egress" else sc.ingress
+
+
+def _router(table: RoutingTable) -> dict[str, Any]:
+    d = table.describe()
+    return {"version": d["version"], "routes": d["routes"]}
+
+
+def _cluster_source(sc: Sidecar, table_name: str, cluster: str) -> str:
+    if table_name == "ingress":
+        return "local"  # the application on this host, one cluster per published app port
+    return "config" if any(c.name == cluster for c in sc.config.clusters) else "registry"
+
+
+def _config_clusters(sc: Sidecar) -> list[dict[str, Any]]:
+    """The clusters of both tables as configured/discovered (no live counters)."""
+    out: list[dict[str, Any]] = []
+    for table_name, holder in _tables(sc).items():
+        for c in holder.current.describe()["clusters"]:
+            for h in c["hosts"]:
+                h["metadata"] = _redact_params(h["metadata"])
+            out.append({"listener": table_name, "source": _cluster_source(sc, table_name, c["name"]), **c})
+    return out
+
+
+def live_clusters(sc: Sidecar) -> list[dict[str, Any]]:
+    """Every cluster with its hosts and what the forwarder knows of them right now."""
+    out: list[dict[str, Any]] = []
+    for table_name, holder in _tables(sc).items():
+        fwd = _listener(sc, table_name).forwarder
+        pool = fwd.pool if fwd is not None else None
+        conns = pool.describe() if pool is not None else {}
+        sent = getattr(fwd.stats, "upstream_requests", {}) if fwd is not None else {}
+        for cluster in holder.current.clusters.values():
+            hosts = [
+                {
+                    "address": h.address,
+                    "weight": h.weight,
+                    "healthy": h.healthy,
+                    "ejected": False,  # no health checking yet; the field is here for scripts
+                    "active_requests": pool.active(h.address) if pool is not None else 0,
+                    "total_requests": sent.get(h.address, 0),
+                    "connections": conns.get(h.address, []),
+                    "metadata": _redact_params(h.metadata),
+                }
+                for h in cluster.hosts
+            ]
+            out.append(
+                {
+                    "name": cluster.name,
+                    "listener": table_name,
+                    "source": _cluster_source(sc, table_name, cluster.name),
+                    "lb": cluster.lb,
+                    "hosts": hosts,
+                }
+            )
+    return out
+
+
+def _listeners(sc: Sidecar) -> list[dict[str, Any]]:
+    out = []
+    for name in LISTENERS:
+        lst = _listener(sc, name)
+        fwd = lst.forwarder
+        server = lst.server
+        accepting = server is not None and bool(server.sockets)
+        if accepting:
+            host, port = lst.address
+        else:  # not started, or no longer accepting (draining): the configured address
+            host, port = lst.settings.host, lst.settings.port
+        out.append(
+            {
+                "name": name,
+                "address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "accepting": accepting,
+                "connections": len(fwd.downstreams) if fwd is not None else 0,
+                "in_flight": getattr(fwd, "in_flight", 0) if fwd is not None else 0,
+                "table_version": _tables(sc)[name].current.version,
+            }
+        )
+    return out
+
+
+def _registry_name(disc: Discovery, key: str) -> str:
+    reg = disc.registries.get(key)
+    if reg is not None:
+        return reg.name  # the adapter's redacted name
+    try:
+        return RegistryURL.parse(key).to_url(redact=True)
+    except ValueError:
+        return "(unparsable registry)"  # never echo a key that may hold a password
+
+
+def _registry_keys(disc: Discovery, extra: Iterable[str]) -> list[str]:
+    keys = dict.fromkeys(disc.registries)
+    keys.update(dict.fromkeys(extra))
+    return sorted(keys, key=lambda k: _registry_name(disc, k))
+
+
+def _registry_state(disc: Discovery, key: str) -> str:
+    reg = disc.registries.get(key)
+    return reg.state if reg is not None else "unknown"
+
+
+def publications_view(disc: Discovery | None) -> dict[str, Any]:
+    if disc is None:
+        return {"withdrawn": False, "registries": []}
+    pubs = sorted(disc.publications.values(), key=lambda p: p.spec.key)
+    registries = []
+    for key in _registry_keys(disc, (k for p in pubs for k in p.registries)):
+        registries.append(
+            {
+                "registry": _registry_name(disc, key),
+                "state": _registry_state(disc, key),
+                "publications": [
+                    {
+                        "service": p.spec.key,
+                        "interface": p.spec.interface,
+                        "version": p.spec.version,
+                        "group": p.spec.group,
+                        "methods": list(p.spec.methods),
+                        "application": p.spec.application,
+                        "app_port": p.spec.port,
+                        "url": _redact_url(p.url),
+                        "registered": key in p.registered,
+                    }
+                    for p in pubs
+                    if key in p.registries
+                ],
+            }
+        )
+    return {"withdrawn": bool(getattr(disc, "withdrawn", False)), "registries": registries}
+
+
+def subscriptions_view(disc: Discovery | None) -> dict[str, Any]:
+    if disc is None:
+        return {"registries": []}
+    subs = sorted(disc.subscriptions.values(), key=lambda s: s.sub.cluster_name)
+    registries = []
+    for key in _registry_keys(disc, (k for s in subs for k in s.registries)):
+        registries.append(
+            {
+                "registry": _registry_name(disc, key),
+                "state": _registry_state(disc, key),
+                "subscriptions": [
+                    {
+                        "cluster": s.sub.cluster_name,
+                        "interface": s.sub.interface,
+                        "version": s.sub.version,
+                        "group": s.sub.group,
+                        "watching": key in s.watching,
+                        # Providers read from the state file at start, not yet confirmed by a registry.
+                        "from_cache": s.sub.cluster_name in disc.from_cache,
+                        "providers": [
+                            {"address": u.address, "weight": u.weight}
+                            for u in s.providers.get(key, ())
+                            if matches(s.sub, u)
+                        ],
+                    }
+                    for s in subs
+                    if key in s.registries
+                ],
+            }
+        )
+    return {"registries": registries}
+
+
+def config_dump(sc: Sidecar, query: Mapping[str, str]) -> dict[str, Any]:
+    """The config dump, whole or cut down by the query (AdminError 400/404 on a bad query)."""
+    unknown = sorted(set(query) - set(CONFIG_DUMP_QUERY))
+    if unknown:
+        raise AdminError(
+            400,
+            ErrNo.BAD_REQUEST,
+            f"unknown query parameter(s) {', '.join(unknown)} (known: {', '.join(CONFIG_DUMP_QUERY)})",
+        )
+    for name in ("router", "cluster", "listener"):
+        if name in query and not query[name]:
+            raise AdminError(400, ErrNo.BAD_REQUEST, f"{name}: give a name, e.g. ?{name}=egress")
+    if not query:
+        return {
+            "sidecar": {
+                "config_path": sc.config_path,
+                "advertise_ip": sc.advertise_ip,
+                "started_at": sc.started_at,
+                "uptime_s": round(time.time() - sc.started_at, 3),
+                "draining": sc.draining,
+                "log_level": sc.log_level,
+            },
+            "config": sc.config.redacted_dict(),
+            "routers": {name: _router(holder.current) for name, holder in _tables(sc).items()},
+            "clusters": _config_clusters(sc),
+            "listeners": _listeners(sc),
+            "publications": publications_view(sc.discovery),
+            "subscriptions": subscriptions_view(sc.discovery),
+        }
+    out: dict[str, Any] = {}
+    if "allrouters" in query or "router" in query:
+        routers = {name: _router(holder.current) for name, holder in _tables(sc).items()}
+        if "router" in query:
+            name = query["router"]
+            if name not in routers:
+                raise AdminError(
+                    404, ErrNo.NOT_FOUND, f"no router named {name!r} (routers: {', '.join(routers)})"
+                )
+            routers = {name: routers[name]}
+        out["routers"] = routers
+    if "allclusters" in query or "cluster" in query:
+        clusters = _config_clusters(sc)
+        if "cluster" in query:
+            name = query["cluster"]
+            clusters = [c for c in clusters if c["name"] == name]
+            if not clusters:
+                raise AdminError(404, ErrNo.NOT_FOUND, f"no cluster named {name!r} (see ?allclusters)")
+        out["clusters"] = clusters
+    if "alllisteners" in query or "listener" in query:
+        listeners = _listeners(sc)
+        if "listener" in query:
+            name = query["listener"]
+            listeners = [entry for entry in listeners if entry["name"] == name]
+            if not listeners:
+                raise AdminError(
+                    404, ErrNo.NOT_FOUND, f"no listener named {name!r} (listeners: {', '.join(LISTENERS)})"
+                )
+        out["listeners"] = listeners
+    return out
+
+
+def readiness_view(sc: Sidecar) -> tuple[bool, dict[str, Any]]:
+    ready, detail = sc.readiness()
+    reasons: list[str] = []
+    if not ready:
+        # Spelled out for people and probes' logs; the detail below is for programs.
+        for name, state in sorted(dict(detail.get("registries") or {}).items()):
+            if state != CONNECTED:
+                reasons.append(f"registry {name} is {state}")
+        if detail.get("restored") is False:
+            reasons.append("saved state not restored yet")
+        if detail.get("draining"):
+            reasons.append("draining")
+    return ready, {
+        "status": "ready" if ready else "not ready",
+        "ready": ready,
+        "reasons": reasons,
+        "detail": detail,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The app
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Admin:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sc = sidecar
+        self.registry = metrics_registry(sidecar)
+        self._reload_lock = asyncio.Lock()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        return _json(
+            200,
+            {
+                "name": "regproxy admin API",
+                "endpoints": [{"method": m, "path": p, "summary": s} for m, p, s in ENDPOINTS],
+            },
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json(200, {"status": "alive", "uptime_s": round(time.time() - self.sc.started_at, 3)})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, body = readiness_view(self.sc)
+        return _json(200 if ready else 503, body)
+
+    async def config_dump(self, request: web.Request) -> web.Response:
+        return _json(200, config_dump(self.sc, request.query))
+
+    async def clusters(self, request: web.Request) -> web.Response:
+        return _json(200, {"clusters": live_clusters(self.sc)})
+
+    async def publications(self, request: web.Request) -> web.Response:
+        return _json(200, publications_view(self.sc.discovery))
+
+    async def subscriptions(self, request: web.Request) -> web.Response:
+        return _json(200, subscriptions_view(self.sc.discovery))
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(200, self.sc.stats())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        # A few hundred lines at most, built from in-memory counters: cheaper than a thread hop.
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def get_loglevel(self, request: web.Request) -> web.Response:
+        return _json(200, {"level": self.sc.log_level})
+
+    # --- changing (the middleware has checked the caller) -------------------------------------
+
+    async def set_loglevel(self, request: web.Request) -> web.Response:
+        level: Any = request.query.get("level")
+        if level is None:
+            body = await _read_json(request)
+            level = body.get("level") if isinstance(body, dict) else None
+        if not isinstance(level, str) or level.strip().lower() not in LOG_LEVELS:
+            shown = "missing" if level is None else repr(level)[:40]
+            raise AdminError(
+                400,
+                ErrNo.BAD_REQUEST,
+                f"level: {shown} is not a log level (one of {', '.join(LOG_LEVELS)}); "
+                'send {"level": "debug"} or ?level=debug',
+            )
+        level = level.strip().lower()
+        previous = self.sc.log_level
+        self.sc.set_log_level(level)
+        log.warning("admin: log level %s -> %s (from %s)", previous, level, request.remote)
+        return _json(200, {"err_no": 0, "err_msg": "log level set", "level": level, "previous": previous})
+
+    async def drain(self, request: web.Request) -> web.Response:
+        cfg = self.sc.config.drain
+        started = not self.sc.draining
+        if started:
+            log.warning("admin: drain requested by %s", request.remote)
+        # The sidecar owns the task (SIGTERM starts the same one); it outlives this request and,
+        # at its end, the admin server itself.
+        self.sc.start_drain()
+        return _json(
+            202,
+            {
+                "err_no": 0,
+                "err_msg": "draining" if started else "already draining",
+                "draining": True,
+                "grace_s": cfg.grace_s,
+                "timeout_s": cfg.timeout_s,
+            },
+        )
+
+    async def reload(self, request: web.Request) -> web.Response:
+        async with self._reload_lock:  # two reloads at once would interleave their table swaps
+            try:
+                result = await self.sc.reload()
+            except ConfigError as e:
+                log.warning("admin: reload from %s refused: %s", request.remote, e)
+                raise AdminError(
+                    400,
+                    ErrNo.BAD_REQUEST,
+                    str(e),
+                    extra={"errors": [{"key": k, "problem": p} for k, p in e.errors]},
+                ) from None
+        log.warning("admin: config reload requested by %s: %s", request.remote, result)
+        message = "reloaded" if result.get("reloaded", True) else str(result.get("reason") or "not reloaded")
+        return _json(200, {"err_no": 0, "err_msg": message, **result})
+
+
+async def _read_json(request: web.Request) -> Any:
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        raise AdminError(413, ErrNo.TOO_LARGE, f"request body over the {MAX_BODY} byte limit")
+    body = await request.read()  # client_max_size backs the limit for chunked bodies
+    if not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise AdminError(400, ErrNo.BAD_REQUEST, f"request body: not valid JSON ({e})") from None
+
+
+def _middleware(sc: Sidecar) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def admin_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        try:
+            if request.method not in SAFE_METHODS:
+                refusal = check_caller(
+                    remote=request.remote,
+                    authorization=request.headers.get("Authorization"),
+                    origin=request.headers.get("Origin"),
+                    token=sc.config.admin_token,
+                )
+                if refusal is not None:
+                    log.warning(
+                        "admin: refused %s %s from %s: %s",
+                        request.method, request.path, request.remote, refusal.message,
+                    )  # fmt: skip
+                    raise refusal
+            return await handler(request)
+        except AdminError as e:
+            if e.status >= 500:
+                log.warning("admin: %s %s -> %d %s", request.method, request.path, e.status, e.message)
+            return _json(e.status, {"err_no": e.err_no, "err_msg": e.message, **e.extra}, e.headers)
+        except web.HTTPException as e:
+            if isinstance(e, web.HTTPMethodNotAllowed):
+                allowed = ", ".join(sorted(e.allowed_methods))
+                return _error(
+                    405,
+                    ErrNo.METHOD_NOT_ALLOWED,
+                    f"{request.method} is not allowed on this path (use {allowed})",
+                    {"Allow": allowed},
+                )
+            if e.status == 404:
+                return _error(404, ErrNo.NOT_FOUND, "no such endpoint (see GET /)")
+            if e.status == 413:
+                return _error(413, ErrNo.TOO_LARGE, f"request body over the {MAX_BODY} byte limit")
+            if e.status < 400:
+                raise
+            return _error(e.status, ErrNo.INTERNAL if e.status >= 500 else ErrNo.BAD_REQUEST, e.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("admin: unexpected error in %s %s", request.method, request.path)
+            return _error(500, ErrNo.INTERNAL, "internal error in regproxy (details in its log)")
+
+    return admin_middleware
+
+
+ADMIN_KEY = web.AppKey("regproxy_admin", _Admin)
+
+
+def build_admin_app(sidecar: Sidecar) -> web.Application:
+    """The admin API for ``sidecar`` as an aiohttp app (serve it with :func:`start_admin`)."""
+    admin = _Admin(sidecar)
+    app = web.Application(middlewares=[_middleware(sidecar)], client_max_size=MAX_BODY)
+    app[ADMIN_KEY] = admin
+    r = app.router
+    r.add_get("/", admin.index)
+    r.add_get("/healthz", admin.healthz)
+    r.add_get("/readyz", admin.readyz)
+    r.add_get("/metrics", admin.metrics)
+    r.add_get("/api/v1/config_dump", admin.config_dump)
+    r.add_get("/api/v1/clusters", admin.clusters)
+    r.add_get("/api/v1/publications", admin.publications)
+    r.add_get("/api/v1/subscriptions", admin.subscriptions)
+    r.add_get("/api/v1/stats", admin.stats)
+    r.add_get("/api/v1/loglevel", admin.get_loglevel)
+    r.add_post("/api/v1/loglevel", admin.set_loglevel)
+    r.add_post("/api/v1/drain", admin.drain)
+    r.add_post("/api/v1/reload", admin.reload)
+    return app
+
+
+async def start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve the admin app on host:port (port 0: any free port; see ``runner.addresses``)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("admin API listening on %s", ", ".join(_fmt(a) for a in runner.addresses))
+    return runner
+
+
+stop_admin = stop_api
+
+
+def _fmt(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr)

@@ -1,0 +1,248 @@
+"""Prometheus metrics for ``GET /metrics``: a collector that reads the sidecar's counters at scrape time.
+
+The data path never touches prometheus_client: it adds to plain ints, Counters and our own
+Histogram (regproxy/proxy/stats.py), which costs an add per request.  A scrape walks those once and
+builds metric families from them, so the work is paid by the scraper, every 15 s or so, not by
+each request.  Counters are read without a lock: everything runs on the event loop, and the scrape
+handler runs there too.
+
+Families (all prefixed ``regproxy_``; ``listener`` is ``egress`` or ``ingress``):
+
+* requests, one-way requests, heartbeats, responses by Dubbo status, request duration histogram
+  per service and method, timeouts, retries, connect failures, protocol errors, ejections;
+* client (downstream) connections open and refused; requests in flight;
+* upstream connections per address and state, requests in flight and sent per upstream address;
+* registry state (one gauge per registry and state, 1 for the current one), registry events,
+  publications, subscriptions, subscriptions served from the state file's cache;
+* readiness, draining, start time, routing table versions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from regproxy.dubbo.frame import Status
+from regproxy.proxy.stats import Histogram
+from regproxy.registry.base import CONNECTED, CONNECTING, LOST, STOPPED, SUSPENDED
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from regproxy.proxy.engine import Listener
+    from regproxy.sidecar import Sidecar
+
+__all__ = ["REGISTRY_STATES", "SidecarCollector", "histogram_buckets", "metrics_registry"]
+
+PREFIX = "regproxy"
+# Every state a registry adapter reports (regproxy.registry.base), so each registry always has the
+# full set of series and an alert can use `regproxy_registry_state{state="connected"} == 0`.
+REGISTRY_STATES: tuple[str, ...] = (CONNECTING, CONNECTED, SUSPENDED, LOST, STOPPED)
+
+# Scalar ListenerStats fields exported as counters: (attribute, family name, help).
+_LISTENER_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("requests", "requests", "Dubbo requests received (heartbeats excluded), one-way included."),
+    ("oneway", "oneway_requests", "One-way requests received."),
+    ("heartbeats", "heartbeats", "Heartbeat events received from clients."),
+    ("timeouts", "timeouts", "Requests answered with a timeout by regproxy."),
+    ("retries", "retries", "Requests retried on another host after a connect failure."),
+    ("connect_failures", "upstream_connect_failures", "Requests whose upstream connection failed."),
+    ("protocol_errors", "protocol_errors", "Client connections closed for a malformed Dubbo stream."),
+    ("ejections", "ejections", "Upstream hosts ejected by health checking."),
+    ("rejected_connections", "rejected_connections", "Client connections refused (limits.max_connections)."),
+)
+
+
+def _name(short: str) -> str:
+    return f"{PREFIX}_{short}"
+
+
+def _status_name(code: int) -> str:
+    try:
+        return Status(code).name
+    except ValueError:
+        return "UNKNOWN"
+
+
+def _le(bound: float) -> str:
+    # The text format's own float spelling, so "le" labels match what clients expect ("0.001").
+    return repr(float(bound))
+
+
+def histogram_buckets(hist: Histogram) -> list[tuple[str, float]]:
+    """Our per-bucket counts as Prometheus's cumulative (le, count) pairs, ending with +Inf."""
+    out: list[tuple[str, float]] = []
+    total = 0
+    for bound, n in zip(hist.buckets, hist.counts, strict=False):
+        total += n
+        out.append((_le(bound), total))
+    total += sum(hist.counts[len(hist.buckets) :])
+    out.append(("+Inf", total))
+    return out
+
+
+class SidecarCollector(Collector):
+    """Builds the metric families from a running Sidecar's counters on every ``collect()``."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+
+    def collect(self) -> Iterator[Metric]:
+        sc = self.sidecar
+        listeners = [lst for lst in (sc.egress, sc.ingress) if lst.forwarder is not None]
+        yield from self._listener_families(listeners)
+        yield from self._upstream_families(listeners)
+        yield from self._discovery_families()
+        yield from self._sidecar_families()
+
+    # --- the forwarding engine ----------------------------------------------------------------
+
+    def _listener_families(self, listeners: list[Listener]) -> Iterator[Metric]:
+        counters = {
+            attr: CounterMetricFamily(_name(name), doc, labels=["listener"])
+            for attr, name, doc in _LISTENER_COUNTERS
+        }
+        responses = CounterMetricFamily(
+            _name("responses"),
+            "Responses sent to clients by Dubbo status, regproxy's own error responses included.",
+            labels=["listener", "status", "status_name"],
+        )
+        duration = HistogramMetricFamily(
+            _name("request_duration_seconds"),
+            "Time from a request's arrival to its response (errors and timeouts included).",
+            labels=["listener", "service", "method"],
+        )
+        downstream = GaugeMetricFamily(
+            _name("downstream_connections"), "Client connections open.", labels=["listener"]
+        )
+        in_flight = GaugeMetricFamily(
+            _name("requests_in_flight"),
+            "Two-way requests forwarded and not yet answered.",
+            labels=["listener"],
+        )
+        for lst in listeners:
+            fwd = lst.forwarder
+            assert fwd is not None
+            stats = fwd.stats
+            name = lst.name
+            for attr, family in counters.items():
+                family.add_metric([name], getattr(stats, attr, 0))
+            for code, n in sorted(stats.responses.items()):
+                responses.add_metric([name, str(code), _status_name(code)], n)
+            for (service, method), hist in sorted(stats.latency.items()):
+                duration.add_metric([name, service, method], histogram_buckets(hist), hist.sum)
+            downstream.add_metric([name], stats.downstream_connections)
+            in_flight.add_metric([name], getattr(fwd, "in_flight", 0))
+        yield from counters.values()
+        yield from (responses, duration, downstream, in_flight)
+
+    def _upstream_families(self, listeners: list[Listener]) -> Iterator[Metric]:
+        conns = GaugeMetricFamily(
+            _name("upstream_connections"),
+            "Connections to upstream hosts by state (connecting, open; readonly: the host is shutting down).",
+            labels=["listener", "address", "state"],
+        )
+        pending = GaugeMetricFamily(
+            _name("upstream_requests_in_flight"),
+            "Requests written or waiting on connections to an upstream host.",
+            labels=["listener", "address"],
+        )
+        sent = CounterMetricFamily(
+            _name("upstream_requests"),
+            "Requests sent to an upstream host (each retry counts for the host it went to).",
+            labels=["listener", "address"],
+        )
+        for lst in listeners:
+            fwd = lst.forwarder
+            assert fwd is not None
+            for address, described in sorted(fwd.pool.describe().items()):
+                by_state: Counter[str] = Counter()
+                load = 0
+                for c in described:
+                    by_state["readonly" if c.get("readonly") else str(c.get("state"))] += 1
+                    load += int(str(c.get("in_flight") or 0))
+                for state, n in sorted(by_state.items()):
+                    conns.add_metric([lst.name, address, state], n)
+                pending.add_metric([lst.name, address], load)
+            for address, n in sorted(getattr(fwd.stats, "upstream_requests", {}).items()):
+                sent.add_metric([lst.name, address], n)
+        yield from (conns, pending, sent)
+
+    # --- registries ---------------------------------------------------------------------------
+
+    def _discovery_families(self) -> Iterator[Metric]:
+        disc = self.sidecar.discovery
+        state = GaugeMetricFamily(
+            _name("registry_state"),
+            "1 for the registry's current connection state, 0 for the others.",
+            labels=["registry", "state"],
+        )
+        events = CounterMetricFamily(
+            _name("registry_events"),
+            "Registry notifications handled: provider list changes and connection state changes.",
+            labels=["event"],
+        )
+        pubs = GaugeMetricFamily(_name("publications"), "Services this sidecar publishes.")
+        subs = GaugeMetricFamily(_name("subscriptions"), "Services this sidecar subscribes to.")
+        cached = GaugeMetricFamily(
+            _name("subscriptions_from_cache"),
+            "Subscriptions routed on providers read from the state file, not yet confirmed by a registry.",
+        )
+        if disc is not None:
+            seen: set[str] = set()
+            for reg in sorted(disc.registries.values(), key=lambda r: r.name):
+                if reg.name in seen:
+                    continue  # two URLs differing only in a redacted password: one series set
+                seen.add(reg.name)
+                current = reg.state
+                for s in REGISTRY_STATES if current in REGISTRY_STATES else (*REGISTRY_STATES, current):
+                    state.add_metric([reg.name, s], 1 if s == current else 0)
+            for kind in ("provider_events", "state_changes"):
+                events.add_metric([kind], getattr(disc, "events", Counter()).get(kind, 0))
+            pubs.add_metric([], len(disc.publications))
+            subs.add_metric([], len(disc.subscriptions))
+            cached.add_metric([], len(disc.from_cache))
+        yield from (state, events, pubs, subs, cached)
+
+    # --- the sidecar as a whole ---------------------------------------------------------------
+
+    def _sidecar_families(self) -> Iterator[Metric]:
+        sc = self.sidecar
+        ready, _detail = sc.readiness()
+        yield GaugeMetricFamily(_name("ready"), "1 when /readyz answers 200.", value=1 if ready else 0)
+        yield GaugeMetricFamily(
+            _name("draining"), "1 while the sidecar drains before exiting.", value=1 if sc.draining else 0
+        )
+        yield GaugeMetricFamily(
+            _name("start_time_seconds"), "When the sidecar started (Unix time).", value=sc.started_at
+        )
+        version = GaugeMetricFamily(
+            _name("routing_table_version"),
+            "Version of the routing table in use; it changes on every swap.",
+            labels=["listener"],
+        )
+        hosts = GaugeMetricFamily(
+            _name("cluster_hosts"), "Hosts in a cluster of the routing table.", labels=["listener", "cluster"]
+        )
+        for name, holder in (("egress", sc.egress_table), ("ingress", sc.ingress_table)):
+            table = holder.current
+            version.add_metric([name], table.version)
+            for cname, cluster in sorted(table.clusters.items()):
+                hosts.add_metric([name, cname], len(cluster.hosts))
+        yield from (version, hosts)
+
+
+def metrics_registry(sidecar: Sidecar, *, process: bool = True) -> CollectorRegistry:
+    """A registry of its own (not prometheus_client's global one) with the sidecar's collector, and the
+    process and platform collectors (memory, CPU, open files, Python version)."""
+    registry = CollectorRegistry()
+    registry.register(SidecarCollector(sidecar))
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    return registry
