@@ -745,7 +745,9 @@ _valid_ish = {
     "group": _names,
     "port": st.integers(min_value=-1, max_value=70000) | st.from_regex(r"\A[0-9]{0,6}\Z"),
     "application": _names,
-    "params": st.dictionaries(_names, _names | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.booleans(), max_size=3),
+    "params": st.dictionaries(
+        _names, _names | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.booleans(), max_size=3
+    ),
 }
 _registry = _json | st.dictionaries(
     st.sampled_from(["type", "addr", "namespace", "group", "username", "password"]),

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 
 from regproxy.dubbo.encode import encode_error, heartbeat_reply, with_request_id
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_TWOWAY, HESSIAN2, SERIALIZATION_MASK, Frame, Status
