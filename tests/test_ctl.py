@@ -1,0 +1,513 @@
+"""`regproxy ctl`: every subcommand's tables and --json against a real sidecar (`regproxy run`,
+memory://), its errors, and the formatting against a fake admin endpoint that nests its JSON
+differently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from regproxy import cli, ctl
+from regproxy.sdk import AsyncRegproxyClient
+from tests.sidecars import ROOT, SidecarProc
+from tests.zkserver import free_port
+
+GREET = "org.apache.dubbo.samples.api.GreetingsService"
+ECHO = "org.apache.dubbo.samples.api.EchoService"
+TOKEN = "t0ken-for-tests"
+
+CONFIG = f"""
+admin_token: "{TOKEN}"
+drain: {{grace_s: 1.0, timeout_s: 2.0}}
+clusters:
+  - name: static-echo
+    lb: round_robin
+    hosts: [{{address: "127.0.0.1:1", weight: 7}}]
+routes:
+  - name: static-echo
+    match: {{service: "{ECHO}"}}
+    cluster: static-echo
+    timeout_ms: 1500
+    retries: 2
+"""
+
+
+async def regproxy_ctl(*args: str, token: str | None = None) -> tuple[int, str, str]:
+    """`python -m regproxy ctl ARGS` as an operator runs it: (exit code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != ctl.TOKEN_ENV}
+    if token is not None:
+        env[ctl.TOKEN_ENV] = token
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "regproxy", "ctl", *args,
+        cwd=str(ROOT), env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def row(text: str, *cells: str) -> str:
+    """The table line holding every one of ``cells`` as a whole column value."""
+    for line in text.splitlines():
+        words = line.split()
+        if all(c in words for c in cells):
+            return line
+    raise AssertionError(f"no line with {cells} in:\n{text}")
+
+
+def find(data: Any, key: str, value: Any) -> list[dict[str, Any]]:
+    """Every object in ``data`` whose ``key`` is ``value``, however the JSON nests it."""
+    found: list[dict[str, Any]] = []
+    if isinstance(data, dict):
+        if data.get(key) == value:
+            found.append(data)
+        for v in data.values():
+            found += find(v, key, value)
+    elif isinstance(data, list):
+        for v in data:
+            found += find(v, key, value)
+    return found
+
+
+# -- against a real sidecar ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarProc]:
+    config = tmp_path / "regproxy.yaml"
+    config.write_text(CONFIG)
+    sc = SidecarProc(
+        "ctl",
+        tmp_path / "sc",
+        registries=["memory://"],
+        app_port=free_port(),
+        extra=["--config", str(config)],
+    )
+    await sc.start()
+    try:
+        async with AsyncRegproxyClient(sc.api_url) as rp:
+            await rp.publish(GREET, port=sc.app_port, methods=["sayHi"], version="1.0.0", application="app")
+            await rp.subscribe(GREET, version="1.0.0")
+        yield sc
+    finally:
+        await sc.kill()
+
+
+def admin(sc: SidecarProc) -> list[str]:
+    return ["--admin", f"127.0.0.1:{sc.admin}"]
+
+
+async def test_status(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("status", *admin(sidecar))
+    assert code == 0, err
+    assert out.splitlines()[0] == f"regproxy at http://127.0.0.1:{sidecar.admin}: READY"
+    assert "state restored: yes" in out and "draining: no" in out and "serving from cache: nothing" in out
+    row(out, "memory://", "connected")
+    row(out, "LISTENER", "REQUESTS")
+    row(out, "egress", "0")
+    row(out, "ingress", "0")
+
+    code, out, err = await regproxy_ctl("--json", "status", *admin(sidecar))  # flags before or after
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["ready"] is True and data["readyz"]["ready"] is True
+    readyz = data["readyz"]
+    assert readyz.get("detail", readyz)["registries"] == {"memory://": "connected"}
+    assert data["stats"]["egress"]["requests"] == 0
+
+
+async def test_clusters(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("clusters", *admin(sidecar))
+    assert code == 0, err
+    header = out.splitlines()[0].split()
+    assert header[:4] == ["LISTENER", "SOURCE", "CLUSTER", "LB"] and "EJECTED" in header
+    line = row(out, "egress", "config", "static-echo", "round_robin", "127.0.0.1:1")
+    assert " 7 " in line and "healthy" in line
+    line = row(out, "egress", "registry", f"{GREET}:1.0.0", f"127.0.0.1:{sidecar.ingress}")
+    assert "application=app version=1.0.0" in line
+    row(out, "ingress", "local", f"127.0.0.1:{sidecar.app_port}")
+
+    code, out, err = await regproxy_ctl("clusters", "--json", *admin(sidecar))
+    assert code == 0, err
+    (static,) = find(json.loads(out), "name", "static-echo")
+    assert static["hosts"][0]["address"] == "127.0.0.1:1" and static["hosts"][0]["weight"] == 7
+
+
+async def test_routes(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("routes", *admin(sidecar))
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:3] == ["LISTENER", "#", "ROUTE"]
+    assert row(out, "egress", "1", "static-echo", ECHO, "1500ms").split()[-1] == "2"  # in config order
+    row(out, "egress", "2", f"{GREET}:1.0.0", GREET, "1.0.0", "default")
+    row(out, "ingress", f"pub:{GREET}:1.0.0", f"app:{sidecar.app_port}")
+
+    code, out, err = await regproxy_ctl("routes", "--json", *admin(sidecar))
+    assert code == 0, err
+    (route,) = find(json.loads(out), "name", "static-echo")
+    assert route["timeout_ms"] == 1500 and route["cluster"] == "static-echo"
+
+
+async def test_publications(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("publications", *admin(sidecar))
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:3] == ["SERVICE", "APP", "PORT"]
+    row(
+        out,
+        f"{GREET}:1.0.0",
+        str(sidecar.app_port),
+        "memory://",
+        "connected",
+        "yes",
+        f"127.0.0.1:{sidecar.ingress}",
+    )
+
+    code, out, err = await regproxy_ctl("publications", "--json", *admin(sidecar))
+    assert code == 0, err
+    (pub,) = find(json.loads(out), "interface", GREET)
+    assert pub["url"].startswith(f"dubbo://127.0.0.1:{sidecar.ingress}/{GREET}?")
+
+
+async def test_subscriptions(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("subscriptions", *admin(sidecar))
+    assert code == 0, err
+    assert out.splitlines()[0].split() == ["SERVICE", "REGISTRY", "STATE", "PROVIDERS", "FROM", "CACHE"]
+    row(out, f"{GREET}:1.0.0", "memory://", "connected", "1", "no")
+
+    code, out, err = await regproxy_ctl("subscriptions", "--json", *admin(sidecar))
+    assert code == 0, err
+    (sub,) = find(json.loads(out), "interface", GREET)
+    assert [p["address"] for p in sub["providers"]] == [f"127.0.0.1:{sidecar.ingress}"]
+
+
+async def test_loglevel(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("loglevel", *admin(sidecar))
+    assert (code, out) == (0, "log level: debug\n"), err  # SidecarProc runs with --log-level debug
+    code, out, err = await regproxy_ctl("loglevel", "WARNING", *admin(sidecar), token=TOKEN)
+    assert (code, out) == (0, "log level: warning (was debug)\n"), err
+    code, out, err = await regproxy_ctl("loglevel", "--json", *admin(sidecar))
+    assert code == 0 and json.loads(out) == {"level": "warning"}
+    code, out, err = await regproxy_ctl("loglevel", "info", "--json", *admin(sidecar), token=TOKEN)
+    assert code == 0 and json.loads(out)["level"] == "info" and json.loads(out)["previous"] == "warning"
+    code, out, err = await regproxy_ctl("loglevel", "loud", *admin(sidecar))
+    assert code == 2 and "invalid choice" in err
+
+
+async def test_reload(sidecar: SidecarProc, tmp_path: Path) -> None:
+    config = tmp_path / "regproxy.yaml"
+    config.write_text(CONFIG.replace("timeout_ms: 1500", "timeout_ms: 2500"))
+    code, out, err = await regproxy_ctl("reload", *admin(sidecar), token=TOKEN)
+    assert (code, out) == (0, "reloaded: static routes and clusters\n"), err
+    code, out, err = await regproxy_ctl("routes", *admin(sidecar))
+    row(out, "static-echo", "2500ms")
+
+    code, out, err = await regproxy_ctl("reload", "--json", *admin(sidecar), token=TOKEN)
+    assert code == 0 and json.loads(out)["changes"] == [], err
+
+    # A broken file is refused with the config error, and nothing changes.
+    config.write_text(CONFIG + "limits: {max_bodyy: 5}\n")
+    code, out, err = await regproxy_ctl("reload", *admin(sidecar), token=TOKEN)
+    assert code == 1 and out == ""
+    assert err.startswith("regproxy ctl: POST /api/v1/reload: HTTP 400: ")
+    assert "limits.max_bodyy: unknown key" in err and "Traceback" not in err
+    code, out, err = await regproxy_ctl("routes", *admin(sidecar))
+    row(out, "static-echo", "2500ms")
+
+
+async def test_changes_need_the_token(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("drain", *admin(sidecar))
+    assert code == 1 and out == ""
+    assert err == (
+        "regproxy ctl: POST /api/v1/drain: HTTP 401: this admin API needs a token: "
+        "send Authorization: Bearer TOKEN (admin_token)\n"
+    )
+    code, out, err = await regproxy_ctl("drain", "--token", "wrong", *admin(sidecar), token=TOKEN)
+    assert code == 1 and err == "regproxy ctl: POST /api/v1/drain: HTTP 403: wrong admin token\n"
+    code, out, err = await regproxy_ctl("status", *admin(sidecar))
+    assert code == 0 and "READY" in out.splitlines()[0]  # still running, not draining
+
+
+async def test_drain_then_unreachable(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("drain", "--json", *admin(sidecar), token=TOKEN)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["draining"] is True and data["grace_s"] == 1.0
+    code, out, err = await regproxy_ctl("drain", *admin(sidecar), token=TOKEN)
+    assert (code, out) == (0, f"http://127.0.0.1:{sidecar.admin} is already draining\n"), err
+    assert sidecar.proc is not None
+    assert await asyncio.wait_for(sidecar.proc.wait(), 20) == 0, sidecar.log_tail()
+
+    code, out, err = await regproxy_ctl("status", *admin(sidecar))
+    assert code == 1 and out == ""
+    assert err == (
+        f"regproxy ctl: cannot connect to the admin endpoint at http://127.0.0.1:{sidecar.admin}: "
+        "connection refused (is regproxy running, with this --admin?)\n"
+    )
+
+
+async def test_drain_text(sidecar: SidecarProc) -> None:
+    code, out, err = await regproxy_ctl("drain", *admin(sidecar), token=TOKEN)
+    assert code == 0, err
+    assert out == (
+        f"draining http://127.0.0.1:{sidecar.admin}: publications withdrawn; it keeps serving 1 s so "
+        "consumers see it, then finishes the requests in flight (at most 2 s) and exits\n"
+    )
+    assert sidecar.proc is not None
+    assert await asyncio.wait_for(sidecar.proc.wait(), 20) == 0
+
+
+async def test_default_admin_address_and_bad_address() -> None:
+    code, out, err = await regproxy_ctl("--admin", f"127.0.0.1:{free_port()}", "clusters")
+    assert code == 1 and out == "" and "connection refused" in err and len(err.splitlines()) == 1
+    code, _out, err = await regproxy_ctl("status", "--admin", "nohostport")
+    assert code == 2 and "--admin: 'nohostport' is not HOST:PORT" in err
+    parser = ctl.build_parser()
+    assert parser.parse_args(["status"]).admin == ctl.DEFAULT_ADMIN == "127.0.0.1:34901"
+
+
+def test_cli_delegates_to_ctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(ctl, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["ctl", "--admin", "h:1", "status", "--json"]) == 0
+    assert seen == [["--admin", "h:1", "status", "--json"]]
+
+
+# -- formatting, against a fake admin endpoint -----------------------------------------------------
+
+# Shapes deliberately unlike the real endpoint's (grouped by listener and by registry, keyed by
+# name, a "detail" object): the tables must come out the same.
+FAKE: dict[str, Any] = {
+    "/readyz": (
+        503,
+        {"ready": False, "detail": {"registries": {"zookeeper://zk:2181": "suspended"}, "restored": True,
+                                    "draining": False, "serving_from_cache": ["g/com.x.A:1"]}},
+    ),
+    "/api/v1/stats": (
+        200,
+        {"uptime_s": 3725.5,
+         "egress": {"requests": 1200, "oneway": 3, "responses": {"20": 1190, "31": 4, "70": 6},
+                    "timeouts": 4, "retries": 2, "connect_failures": 1, "downstream_connections": 5,
+                    "rejected_connections": 0,
+                    "latency": {"g/com.x.A:1.m": {"count": 1200, "p50": 0.001, "p99": 0.025},
+                                "g/com.x.A:1.n": {"count": 3, "p50": 0.0005, "p99": float("inf")}}},
+         "ingress": {"requests": 0, "responses": {}}},
+    ),
+    "/api/v1/clusters": (
+        200,
+        {"egress": {"g/com.x.A:1": {"lb": "least_request", "hosts": [
+            {"address": "10.0.0.5:20882", "weight": 100, "healthy": True, "ejection": {"ejected": False},
+             "active": 2, "requests": 700, "metadata": {"application": "a", "side": "provider"}},
+            {"address": "10.0.0.6:20882", "weight": 50, "healthy": False, "ejection": {"ejected": True},
+             "active": 0, "requests": 500, "metadata": {}}]},
+            "empty": {"lb": "random", "hosts": []}}},
+    ),
+    "/api/v1/config_dump": (
+        200,
+        {"routes": [{"name": "r1", "cluster": "g/com.x.A:1", "timeout_ms": 800, "retries": 1,
+                     "match": {"service": "com.x.A", "version": "1", "group": "g", "method": None}},
+                    {"name": "fallback", "match": {"service": "*"}, "cluster": "c2", "timeout_ms": None,
+                     "retries": 0}]},
+    ),
+    "/api/v1/publications": (
+        200,
+        {"publications": [{"spec": {"interface": "com.x.P", "version": "2", "group": "", "port": 20880},
+                           "url": "dubbo://10.0.0.9:20882/com.x.P?version=2",
+                           "registries": {"zookeeper://zk:2181": {"state": "connected", "registered": True},
+                                          "nacos://n:8848": {"state": "connecting", "registered": False}}}]},
+    ),
+    "/api/v1/subscriptions": (
+        200,
+        {"serving_from_cache": ["g/com.x.A:1"],
+         "registries": {"zookeeper://zk:2181": {"state": "suspended", "subscriptions": {
+             "g/com.x.A:1": {"providers": [{"address": "10.0.0.5:20882"}, {"address": "10.0.0.6:20882"}]}}}}},
+    ),
+    "/api/v1/loglevel": (200, {"log_level": "info"}),
+}  # fmt: skip
+
+
+class FakeAdmin:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str | None, bytes]] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((request.method, request.path_qs, request.headers.get("Authorization"), body))
+        if request.method == "POST":
+            if request.headers.get("Authorization") != "Bearer sekret":
+                return web.json_response({"err_no": 9, "err_msg": "wrong admin token"}, status=403)
+            if request.path == "/api/v1/reload":
+                return web.json_response({"reloaded": False, "reason": "no config file to re-read"})
+            if request.path == "/api/v1/loglevel":
+                return web.json_response({"level": json.loads(body)["level"]})
+            return web.json_response({"err_no": 5, "err_msg": "internal error in regproxy"}, status=500)
+        if request.path == "/broken":
+            return web.Response(text="<html>oops</html>", status=200)
+        status, payload = FAKE[request.path]
+        return web.Response(status=status, text=json.dumps(payload), content_type="application/json")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAdmin]:
+    f = FakeAdmin()
+    await f.start()
+    yield f
+    assert f.runner is not None
+    await f.runner.cleanup()
+
+
+@pytest.fixture
+def no_token_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(ctl.TOKEN_ENV, raising=False)
+    yield
+
+
+async def run_inproc(fake: FakeAdmin, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    # ctl blocks (urllib): in a thread, so the fake admin on this loop can answer.
+    code = await asyncio.to_thread(ctl.main, ["--admin", f"127.0.0.1:{fake.port}", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_fake_status_not_ready(
+    fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None
+) -> None:
+    code, out, err = await run_inproc(fake, capsys, "status")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert (
+        lines[0]
+        == f"regproxy at http://127.0.0.1:{fake.port}: NOT READY (registry zookeeper://zk:2181 is suspended)"
+    )
+    assert lines[1] == "uptime 1h2m5s, state restored: yes, draining: no, serving from cache: g/com.x.A:1"
+    row(out, "zookeeper://zk:2181", "suspended")
+    line = row(out, "egress", "1200")
+    assert line.split()[1:] == ["1200", "3", "10", "4", "2", "1", "5", "0"]  # errors: every status but 20
+    assert row(out, "egress", "g/com.x.A:1.m").split()[2:] == ["1200", "<=1ms", "<=25ms"]
+    assert row(out, "egress", "g/com.x.A:1.n").split()[2:] == ["3", "<=0.5ms", ">", "max", "bucket"]
+    code, out, err = await run_inproc(fake, capsys, "status", "--json")
+    data = json.loads(out)
+    assert data["ready"] is False and data["readyz"] == FAKE["/readyz"][1]
+
+
+async def test_fake_clusters(fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None) -> None:
+    code, out, err = await run_inproc(fake, capsys, "clusters")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["LISTENER", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED", "ACTIVE",
+                                "TOTAL", "METADATA"]  # fmt: skip
+    assert row(out, "10.0.0.5:20882").split() == [
+        "egress", "g/com.x.A:1", "least_request", "10.0.0.5:20882", "100", "healthy", "no", "2", "700",
+        "application=a", "+1",
+    ]  # fmt: skip
+    assert row(out, "10.0.0.6:20882").split() == [
+        "egress", "g/com.x.A:1", "least_request", "10.0.0.6:20882", "50", "unhealthy", "yes", "0", "500", "-",
+    ]  # fmt: skip
+    assert row(out, "empty").split()[:4] == ["egress", "empty", "random", "(no"]
+    # Numbers are right-aligned: the weight column ends where its header does.
+    weight_end = lines[0].index("WEIGHT") + len("WEIGHT")
+    assert lines[1][weight_end - 3 : weight_end] == "100" and lines[2][weight_end - 2 : weight_end] == "50"
+
+
+async def test_fake_routes(fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None) -> None:
+    code, out, err = await run_inproc(fake, capsys, "routes")
+    assert code == 0, err
+    assert ("GET", "/api/v1/config_dump?allrouters", None, b"") in fake.requests
+    assert row(out, "r1").split() == ["1", "r1", "com.x.A", "1", "g", "-", "g/com.x.A:1", "800ms", "1"]
+    assert row(out, "fallback").split() == ["2", "fallback", "*", "-", "-", "-", "c2", "default", "0"]
+
+
+async def test_fake_publications_and_subscriptions(
+    fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None
+) -> None:
+    code, out, err = await run_inproc(fake, capsys, "publications")
+    assert code == 0, err
+    assert row(out, "zookeeper://zk:2181").split() == [
+        "com.x.P:2", "20880", "zookeeper://zk:2181", "connected", "yes", "10.0.0.9:20882"]  # fmt: skip
+    assert row(out, "nacos://n:8848").split() == [
+        "com.x.P:2", "20880", "nacos://n:8848", "connecting", "no", "10.0.0.9:20882"]  # fmt: skip
+    code, out, err = await run_inproc(fake, capsys, "subscriptions")
+    assert code == 0, err
+    assert row(out, "g/com.x.A:1").split() == ["g/com.x.A:1", "zookeeper://zk:2181", "suspended", "2", "yes"]
+
+
+async def test_fake_token_from_env_and_flag(
+    fake: FakeAdmin, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ctl.TOKEN_ENV, "sekret")
+    code, out, err = await run_inproc(fake, capsys, "loglevel", "debug")
+    assert (code, out) == (0, "log level: debug\n"), err
+    method, path, auth, body = fake.requests[-1]
+    assert (method, path, auth, json.loads(body)) == ("POST", "/api/v1/loglevel?level=debug", "Bearer sekret",
+                                                      {"level": "debug"})  # fmt: skip
+    code, out, err = await run_inproc(fake, capsys, "loglevel")
+    assert (code, out) == (0, "log level: info\n")
+    assert fake.requests[-1][2] == "Bearer sekret"  # sent on reads too: harmless, and a proxy may want it
+    code, out, err = await run_inproc(fake, capsys, "reload", "--token", "wrong")  # the flag wins
+    assert code == 1 and err == "regproxy ctl: POST /api/v1/reload: HTTP 403: wrong admin token\n"
+
+
+async def test_fake_errors(
+    fake: FakeAdmin, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ctl.TOKEN_ENV, "sekret")
+    code, out, err = await run_inproc(fake, capsys, "drain")
+    assert (code, out) == (1, "")
+    assert err == "regproxy ctl: POST /api/v1/drain: HTTP 500: internal error in regproxy\n"
+    code, out, err = await run_inproc(fake, capsys, "reload")
+    assert (code, out) == (1, "not reloaded: no config file to re-read\n")
+    client = ctl.AdminClient(f"http://127.0.0.1:{fake.port}")
+    with pytest.raises(ctl.CtlError, match="reply is not JSON"):
+        await asyncio.to_thread(client.get, "/broken")
+
+
+def test_format_table() -> None:
+    text = ctl.format_table(
+        ["NAME", "N", "OK", "TAGS"],
+        [["a", 1, True, ["x", "y"]], ["longer", 100, False, None], ["c", None, None, ""]],
+    )
+    assert text.splitlines() == [
+        "NAME      N  OK   TAGS",
+        "a         1  yes  x,y",
+        "longer  100  no   -",
+        "c         -  -    -",
+    ]
+    assert ctl.format_table(["A", "B"], []) == "A  B"
+
+
+def test_admin_address_forms() -> None:
+    assert ctl.admin_base_url("127.0.0.1:34901") == "http://127.0.0.1:34901"
+    assert ctl.admin_base_url("34901") == "http://127.0.0.1:34901"
+    assert ctl.admin_base_url("[::1]:34901") == "http://[::1]:34901"
+    assert ctl.admin_base_url("https://admin.example:8443/") == "https://admin.example:8443"
+    for bad in ("host", "host:", "host:99999", "ftp://h:1"):
+        with pytest.raises(ValueError):
+            ctl.admin_base_url(bad)
+
+
+def test_status_uses_the_reasons_the_endpoint_gives() -> None:
+    detail = {"registries": {"zookeeper://zk:2181": "lost"}, "restored": True, "draining": True}
+    body = {"ready": False, "reasons": ["draining", "registry zookeeper://zk:2181 is lost"], "detail": detail}
+    text = ctl.render_status("http://a:1", False, body, {"uptime_s": 59})
+    assert text.splitlines()[:2] == [
+        "regproxy at http://a:1: NOT READY (draining; registry zookeeper://zk:2181 is lost)",
+        "uptime 59s, state restored: yes, draining: yes, serving from cache: nothing",
+    ]
+    row(text, "zookeeper://zk:2181", "lost")
