@@ -372,10 +372,15 @@ class LimitsConfig(_Model):
 class TimeoutsConfig(_Model):
     default_ms: Int = Field(3000, gt=0, description="request timeout when neither route nor request sets one")
     connect_ms: Int = Field(1000, gt=0, description="upstream connect timeout")
+    ingress_ms: Int = Field(
+        60000,
+        gt=0,
+        description="longest the ingress waits for the local application (consumers' egress enforces theirs)",
+    )
 
 
 class UpstreamConfig(_Model):
-    connections_per_host: Int = Field(2, ge=1, le=1024)
+    connections_per_host: Int = Field(1, ge=1, le=1024)
 
 
 class DrainConfig(_Model):

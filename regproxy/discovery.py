@@ -24,7 +24,7 @@ from typing import Any
 from regproxy.config import RegistryURL
 from regproxy.registry.base import CONNECTED, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
-from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder, normalize_version
 from regproxy.state import SavedState, StateStore
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,20 @@ def ingress_table(app_port: int, published: Iterable[PublishSpec] = ()) -> Routi
     to the default application port (for providers that never call /pub)."""
     routes: list[Route] = []
     clusters: dict[str, Cluster] = {}
-    for spec in sorted(published, key=lambda p: p.key):
+    specs = sorted(published, key=lambda p: p.key)
+    # The group lives in the attachments, after every argument: match on it only where two
+    # publications of one interface and version differ by group, so other requests skip that parse.
+    groups: dict[tuple[str, str], set[str]] = {}
+    for spec in specs:
+        groups.setdefault((spec.interface, normalize_version(spec.version)), set()).add(spec.group)
+    for spec in specs:
         cname = f"app:{spec.port}"
         if cname not in clusters:
             clusters[cname] = Cluster(name=cname, hosts=(Host(address=f"127.0.0.1:{spec.port}"),))
-        match = RouteMatch(service=spec.interface, version=spec.version, group=spec.group)
+        ambiguous = len(groups[(spec.interface, normalize_version(spec.version))]) > 1
+        match = RouteMatch(
+            service=spec.interface, version=spec.version, group=spec.group if ambiguous else None
+        )
         routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0))
     default = Cluster(name=LOCAL_APP_CLUSTER, hosts=(Host(address=f"127.0.0.1:{app_port}"),))
     clusters.setdefault(default.name, default)

@@ -191,11 +191,12 @@ class Sidecar:
             else:
                 self.egress_table.swap(table)
             changes.append("static routes and clusters")
-        if new.timeouts.default_ms != old.timeouts.default_ms:
-            for lst in (self.egress, self.ingress):
-                if lst.forwarder is not None:
-                    lst.forwarder.default_timeout_ms = new.timeouts.default_ms
+        if new.timeouts.default_ms != old.timeouts.default_ms and self.egress.forwarder is not None:
+            self.egress.forwarder.default_timeout_ms = new.timeouts.default_ms
             changes.append("timeouts.default_ms")
+        if new.timeouts.ingress_ms != old.timeouts.ingress_ms and self.ingress.forwarder is not None:
+            self.ingress.forwarder.default_timeout_ms = new.timeouts.ingress_ms
+            changes.append("timeouts.ingress_ms")
         if new.log_level != old.log_level:
             self.set_log_level(new.log_level)
             changes.append("log_level")

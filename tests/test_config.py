@@ -76,7 +76,7 @@ def test_no_file_gives_defaults() -> None:
     assert c == Config()
     assert c.limits.max_body_bytes == 8 * 1024 * 1024
     assert c.timeouts.default_ms == 3000 and c.timeouts.connect_ms == 1000
-    assert c.upstream.connections_per_host == 2
+    assert c.upstream.connections_per_host == 1 and c.timeouts.ingress_ms == 60000
     assert c.log_level == "info"
     assert c.admin_token is None
     assert (c.drain.grace_s, c.drain.timeout_s) == (3.0, 15.0)

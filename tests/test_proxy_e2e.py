@@ -491,3 +491,23 @@ async def test_connection_limit() -> None:
     finally:
         await egress.stop()
         await stop_stack(st)
+
+
+async def test_ingress_bounds_the_app_without_reading_attachments() -> None:
+    provider = await serve("127.0.0.1", 0)
+    pport = provider.sockets[0].getsockname()[1]
+    s = settings(default_timeout_ms=200)
+    s.timeout_from_attachment = False
+    ingress = Listener("ingress", s, TableHolder(ingress_table(pport)))
+    await ingress.start()
+    client = await DubboClient.connect("127.0.0.1", ingress.address[1])
+    try:
+        # The consumer allows 5 s; the ingress's own bound (200 ms) answers first, as a server timeout.
+        with pytest.raises(DubboCallError) as err:
+            await client.call(ECHO, "sleep", [1000], attachments={"timeout": "5000"}, timeout=5)
+        assert err.value.status == 31 and "timeout after 200 ms" in err.value.message
+        assert await client.call(GREET, "sayHi", ["x"]) == "hi, x"
+    finally:
+        client.close()
+        await ingress.stop()
+        provider.close()

@@ -32,6 +32,9 @@ class ListenerSettings:
     connections_per_host: int
     max_connections: int = 10000
     idle_timeout_s: float = 300.0
+    # Egress honours each request's `timeout` attachment. Ingress does not read it (the egress
+    # already enforces it): its default_timeout_ms is only an upper bound against a hung app.
+    timeout_from_attachment: bool = True
 
 
 class Listener:
@@ -74,6 +77,7 @@ class Listener:
             batcher,
             make_pool,
             default_timeout_ms=s.default_timeout_ms,
+            timeout_from_attachment=s.timeout_from_attachment,
             max_connections=s.max_connections,
         )
         self.forwarder = fwd

@@ -57,6 +57,7 @@ class Forwarder(UpstreamEvents):
         pool_factory: Callable[[UpstreamEvents], UpstreamPool],
         *,
         default_timeout_ms: int,
+        timeout_from_attachment: bool = True,
         max_connections: int = 10000,
         stats: ListenerStats | None = None,
     ) -> None:
@@ -67,6 +68,10 @@ class Forwarder(UpstreamEvents):
         self.pool = pool_factory(self)
         self.downstreams: set[DownstreamConnection] = set()
         self.default_timeout_ms = default_timeout_ms
+        self.timeout_from_attachment = timeout_from_attachment
+        # What a deadline passing means here: the consumer's timeout (egress), or the app being
+        # too slow for the ingress's bound.
+        self.timeout_status = Status.CLIENT_TIMEOUT if timeout_from_attachment else Status.SERVER_TIMEOUT
         self.max_connections = max_connections
         self.in_flight = 0  # two-way requests forwarded and not answered, over all connections
         self._idle: asyncio.Event | None = None  # set when in_flight drops to zero (drain waits)
@@ -127,7 +132,11 @@ class Forwarder(UpstreamEvents):
                     down, frame, Status.SERVICE_NOT_FOUND, f"no route for {label} method {body.method}"
                 )
                 return
-            timeout_ms = route.timeout_ms or body.timeout_ms() or self.default_timeout_ms
+            timeout_ms = (
+                route.timeout_ms
+                or (self.timeout_from_attachment and body.timeout_ms())
+                or self.default_timeout_ms
+            )
             if group is None:
                 # For the label only: free when the attachments were read for the timeout anyway.
                 group = body.group if body.attachments_read else ""
@@ -203,7 +212,7 @@ class Forwarder(UpstreamEvents):
         where = exch.tried[-1] if exch.tried else "no host"
         self._fail(
             exch,
-            Status.CLIENT_TIMEOUT,
+            self.timeout_status,
             f"timeout after {exch.timeout_ms} ms waiting for {where} for {exch.label}",
         )
 
