@@ -17,7 +17,7 @@ help:
 	@echo "make venv     create $(VENV) and install regproxy with its test extras"
 	@echo "make test     system test deps, ruff, pytest (what CI runs)"
 	@echo "make lint     ruff only"
-	@echo "make demo     run the demo (not yet available)"
+	@echo "make demo     run regproxy demo: providers, a consumer and their sidecars (Ctrl-C stops)"
 	@echo "make bench    run the benchmarks (not yet available)"
 	@echo "make clean    remove caches and build output; distclean also removes $(VENV)"
 
@@ -38,14 +38,17 @@ $(STAMP): pyproject.toml Makefile
 
 test: venv
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
-	$(VENV)/bin/ruff check regproxy tests
+	$(VENV)/bin/ruff check regproxy tests examples benchmarks
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check regproxy tests
+	$(VENV)/bin/ruff check regproxy tests examples benchmarks
 
-demo:
-	@echo "The demo (provider + consumer through two sidecars) lands with the operations issue; nothing to run yet."
+# Two providers, a consumer and their three sidecars in one process, on the in-process memory://
+# registry; Ctrl-C stops it.  Options go in DEMO_ARGS, e.g.
+#   make demo DEMO_ARGS="--registry zookeeper://127.0.0.1:2181 --rate 50 --duration 30"
+demo: venv
+	$(VENV)/bin/regproxy demo $(DEMO_ARGS)
 
 bench:
 	@echo "benchmark lands with the performance issue"

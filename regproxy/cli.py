@@ -1,4 +1,5 @@
-"""Command line: ``regproxy run`` starts the sidecar; ``demo-provider``/``demo-consumer`` run the demo apps.
+"""Command line: ``regproxy run`` starts the sidecar; ``ctl`` talks to a running one's admin endpoint;
+``demo`` runs the whole demo in one process, ``demo-provider``/``demo-consumer`` its apps.
 
 Heavy modules (the sidecar, uvloop, the demo apps) are imported only by the subcommand that needs
 them, so ``--help`` and config errors are instant.
@@ -19,6 +20,8 @@ PROG = "regproxy"
 _PASSTHROUGH: dict[str, tuple[str, str]] = {
     "demo-provider": ("regproxy.demo.provider", "run the demo GreetingsService provider (a Dubbo server)"),
     "demo-consumer": ("regproxy.demo.consumer", "run the demo consumer (calls GreetingsService)"),
+    "demo": ("regproxy.demo.embedded", "run the whole demo in one process: providers, consumer, sidecars"),
+    "ctl": ("regproxy.ctl", "query and control a running sidecar: status, clusters, routes, drain, ..."),
 }
 
 # `run` flag -> config key; the flag value replaces the file's value.
@@ -114,7 +117,12 @@ def _run(args: argparse.Namespace) -> int:
             raise
         print(f"{PROG}: this build has no sidecar yet (regproxy/sidecar.py is missing)", file=sys.stderr)
         return 1
-    return int(sidecar.run(config))
+
+    # Reload re-reads the same file with the same flags on top: flags keep winning over the file.
+    def loader() -> Any:
+        return load_config(args.config, overrides, origins=_RUN_FLAGS)
+
+    return int(sidecar.run(config, loader=loader, config_path=args.config))
 
 
 def _passthrough(command: str, argv: list[str]) -> int:

@@ -4,6 +4,8 @@
 #
 #   ZooKeeper 3.8 (Debian's `zookeeper`, which pulls in Java): the registry tests start a real server with
 #   java -cp "/usr/share/java/*:/etc/zookeeper/conf_example" org.apache.zookeeper.server.quorum.QuorumPeerMain
+#   docker-compose (Debian's `docker-compose`, 1.29): tests/test_compose.py validates docker-compose.yml
+#   with `docker-compose config -q` (no Docker daemon needed)
 set -euo pipefail
 
 ZK_JAR=/usr/share/java/zookeeper.jar          # from libzookeeper-java, a dependency of `zookeeper`
@@ -14,8 +16,13 @@ if [[ ! -f $ZK_JAR || ! -d $ZK_CONF ]] || ! command -v java >/dev/null 2>&1; the
     missing+=(zookeeper)
 fi
 
+if ! command -v docker-compose >/dev/null 2>&1; then
+    missing+=(docker-compose)
+fi
+
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)); nothing to install"
+    echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)), docker-compose present" \
+        "($(command -v docker-compose)); nothing to install"
     exit 0
 fi
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +43,9 @@ def regproxy(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
 def test_top_level_help_lists_subcommands() -> None:
     r = regproxy("--help")
     assert r.returncode == 0
-    for word in ("run", "demo-provider", "demo-consumer", "--version"):
+    for word in ("run", "demo-provider", "demo-consumer", "ctl", "--version"):
         assert word in r.stdout
+    assert re.search(r"^\s+demo\s+run the whole demo", r.stdout, re.M), r.stdout
 
 
 def test_run_help_lists_every_flag_with_help_text() -> None:
@@ -129,8 +131,10 @@ def test_run_hands_config_to_sidecar(monkeypatch: pytest.MonkeyPatch) -> None:
 
     class FakeSidecar:
         @staticmethod
-        def run(config: object) -> int:
+        def run(config: object, *, loader: object = None, config_path: object = None) -> int:
             seen.append(config)
+            # Reload re-reads the same file with the same flags on top.
+            assert config_path == str(EXAMPLE) and callable(loader) and loader() == config
             return 7
 
     monkeypatch.setattr(cli, "import_module", lambda name: FakeSidecar)
@@ -157,8 +161,9 @@ def test_demo_subcommands_pass_arguments_through(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(cli, "import_module", fake_import)
     assert cli.main(["demo-provider", "--port", "20880", "--help"]) == 0
     assert cli.main(["demo-consumer", "-n", "3"]) == 0
-    assert imported == ["regproxy.demo.provider", "regproxy.demo.consumer"]
-    assert calls == [["--port", "20880", "--help"], ["-n", "3"]]
+    assert cli.main(["demo", "--duration", "1"]) == 0
+    assert imported == ["regproxy.demo.provider", "regproxy.demo.consumer", "regproxy.demo.embedded"]
+    assert calls == [["--port", "20880", "--help"], ["-n", "3"], ["--duration", "1"]]
 
 
 def test_module_entry_point() -> None:

@@ -11,18 +11,24 @@ only to consumers whose protocol version is 2.0.2..2.0.99 — dubbo-python says 
 Services live in a ``ServiceRegistry``: (interface, version) → method name → handler. A handler
 takes the decoded arguments and returns the value or an awaitable of it; tests add their own.
 The registry counts calls per method, which is how tests observe load balancing.
+
+With ``--publish URL`` the provider announces itself the way an application beside regproxy does:
+through ``regproxy.sdk`` it publishes each exported service to its sidecar's ``/pub`` (retrying
+while the sidecar starts or its registry is not connected yet) and takes them out with ``/unpub``
+on the way out. ``regproxy demo`` publishes its providers with the same ``publish``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from regproxy.demo.runner import run
 from regproxy.dubbo.encode import (
@@ -36,6 +42,7 @@ from regproxy.dubbo.encode import (
 )
 from regproxy.dubbo.frame import HESSIAN2, Frame, FrameParser, ProtocolError, Status
 from regproxy.dubbo.request import RequestBody
+from regproxy.sdk import DEFAULT_BASE_URL, AsyncRegproxyClient, RegproxyError
 
 log = logging.getLogger("regproxy.demo.provider")
 
@@ -108,10 +115,41 @@ async def _sleep(ms: int) -> int:
     return ms
 
 
-def default_services(*, greetings_version: str = "", echo_version: str = "") -> ServiceRegistry:
-    """GreetingsService.sayHi and EchoService.echo/sum/sleep, as the Dubbo samples define them."""
+DEFAULT_GREETING = "hi, {name}"
+
+
+def check_greeting(template: str) -> str:
+    """``template`` if it formats with {name}, {provider} and {version}; ValueError naming the problem."""
+    try:
+        template.format(name="n", provider="p", version="v")
+    except (KeyError, IndexError, ValueError) as e:
+        placeholders = "{name}, {provider}, {version}"
+        raise ValueError(
+            f"greeting {template!r}: {type(e).__name__}: {e} (placeholders: {placeholders})"
+        ) from None
+    return template
+
+
+def default_services(
+    *,
+    greetings_version: str = "",
+    echo_version: str = "",
+    greeting: str = DEFAULT_GREETING,
+    provider_name: str = "provider",
+) -> ServiceRegistry:
+    """GreetingsService.sayHi and EchoService.echo/sum/sleep, as the Dubbo samples define them.
+
+    sayHi answers ``greeting`` formatted with the caller's name, ``provider_name`` and
+    ``greetings_version``: the demos sign their answers so that a consumer sees which provider
+    answered (the default is the samples' plain ``hi, NAME``).
+    """
+    check_greeting(greeting)
     registry = ServiceRegistry()
-    registry.add(GREETINGS_SERVICE, {"sayHi": lambda name: f"hi, {name}"}, version=greetings_version)
+
+    def say_hi(name: Any) -> str:
+        return greeting.format(name=name, provider=provider_name, version=greetings_version)
+
+    registry.add(GREETINGS_SERVICE, {"sayHi": say_hi}, version=greetings_version)
     registry.add(
         ECHO_SERVICE,
         {"echo": lambda value: value, "sum": lambda *values: sum(values), "sleep": _sleep},
@@ -323,6 +361,80 @@ async def serve(
     return await Provider(services, name=name).start(host, port)
 
 
+# -- talking to the sidecar's HTTP API, through regproxy.sdk as applications do ----------------------
+
+DEFAULT_SIDECAR_API = DEFAULT_BASE_URL
+
+_T = TypeVar("_T")
+
+
+async def until_stopped(aw: Awaitable[_T], stop: asyncio.Event | None) -> _T | None:
+    """``await aw``, unless ``stop`` is set first: then ``aw`` is cancelled and the result is None.
+
+    The SDK keeps retrying while a sidecar starts; a SIGTERM meanwhile must not wait for that.
+    """
+    if stop is None:
+        return await aw
+    task = asyncio.ensure_future(aw)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def publish(
+    api: str,
+    services: ServiceRegistry,
+    *,
+    port: int,
+    application: str,
+    timeout: float = 60.0,
+    stop: asyncio.Event | None = None,
+) -> list[str] | None:
+    """Publish every exported (interface, version) through the sidecar API at ``api``.
+
+    Retries for ``timeout`` seconds while the sidecar is not listening yet or its registry is not
+    connected; raises RegproxyError (which names the problem) otherwise. Returns the URLs the
+    sidecar registered, or None when ``stop`` was set first.
+    """
+    urls: list[str] = []
+    async with AsyncRegproxyClient(api, start_timeout=timeout) as rp:
+        for (interface, version), methods in services.services.items():
+            call = rp.publish(
+                interface, port=port, methods=sorted(methods), version=version, application=application
+            )
+            url = await until_stopped(call, stop)
+            if url is None:
+                return None
+            urls.append(url)
+    return urls
+
+
+async def unpublish(
+    api: str, services: ServiceRegistry, *, port: int, application: str, timeout: float = 3.0
+) -> None:
+    """Best effort: take every exported service out of the registry before the provider goes away.
+
+    No retries: on the way out a sidecar that does not answer is not worth waiting for (when both
+    stop together, its own drain unpublishes everything anyway).
+    """
+    async with AsyncRegproxyClient(api, timeout=timeout, start_timeout=0) as rp:
+        for (interface, version), methods in services.services.items():
+            try:
+                await rp.unpublish(
+                    interface, port=port, methods=sorted(methods), version=version, application=application
+                )
+            except RegproxyError as e:
+                log.warning("unpublishing %s: %s", _service_key(interface, version), e)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="regproxy-demo-provider", description="Demo Dubbo provider.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -330,12 +442,41 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="provider", help="shown in log lines")
     parser.add_argument("--greetings-version", default="", help="version GreetingsService is exported at")
     parser.add_argument("--echo-version", default="", help="version EchoService is exported at")
+    parser.add_argument(
+        "--greeting",
+        default=DEFAULT_GREETING,
+        help="what sayHi answers, with {name} (the argument), {provider} (--name) and {version} "
+        f"(--greetings-version) filled in (default: {DEFAULT_GREETING!r})",
+    )
+    parser.add_argument(
+        "--publish",
+        metavar="URL",
+        help="after starting, publish every service through the regproxy sidecar API at URL "
+        f"(e.g. {DEFAULT_SIDECAR_API}), retrying while it starts; unpublish on shutdown",
+    )
+    parser.add_argument(
+        "--publish-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="give up (exit 1) when publishing has not succeeded after S seconds (default 120)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        check_greeting(args.greeting)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
 
 
 async def _main(args: argparse.Namespace) -> int:
-    services = default_services(greetings_version=args.greetings_version, echo_version=args.echo_version)
+    services = default_services(
+        greetings_version=args.greetings_version,
+        echo_version=args.echo_version,
+        greeting=args.greeting,
+        provider_name=args.name,
+    )
     provider = Provider(services, name=args.name)
     await provider.start(args.host, args.port)
     exported = ", ".join(_service_key(i, v) for i, v in services.services)
@@ -344,8 +485,30 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    published = False
+    if args.publish:
+        try:
+            urls = await publish(
+                args.publish,
+                services,
+                port=provider.port,
+                application=args.name,
+                timeout=args.publish_timeout,
+                stop=stop,
+            )
+        except RegproxyError as e:
+            log.error("%s: publishing through %s failed: %s", args.name, args.publish, e)
+            await provider.close(grace=0)
+            return 1
+        if urls is not None:
+            published = True
+            for url in urls:
+                log.info("%s: published %s", args.name, url)
     await stop.wait()
     log.info("%s: shutting down after %d calls", args.name, services.total_calls)
+    if published:
+        # First out of the registry, so consumers stop choosing this provider, then close.
+        await unpublish(args.publish, services, port=provider.port, application=args.name)
     await provider.close()
     return 0
 

@@ -1,0 +1,184 @@
+"""``regproxy demo`` (and ``make demo``) as a user runs them: a process whose live lines show calls
+answered by both providers, that stops cleanly on Ctrl-C or after --duration and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from regproxy.demo.embedded import GREETING, Window, percentile, who_answered
+from regproxy.demo.provider import GREETINGS_SERVICE, default_services
+
+ROOT = Path(__file__).resolve().parent.parent
+LIVE = re.compile(r"^\s*\d+s\s+calls\s+(\d+)\s+errors\s+(\d+)\s.*answered by (.*)$")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def live_lines(text: str) -> list[tuple[int, int, str]]:
+    """(calls, errors, "answered by" part) of every live line in ``text``."""
+    found = []
+    for line in text.splitlines():
+        m = LIVE.match(line)
+        if m:
+            found.append((int(m[1]), int(m[2]), m[3]))
+    return found
+
+
+async def _read_until_calls(proc: asyncio.subprocess.Process, timeout: float) -> list[str]:
+    """Lines of stdout up to the first live line with calls and no errors (AssertionError if none)."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        try:
+            raw = await asyncio.wait_for(proc.stdout.readline(), max(left, 0.01))
+        except TimeoutError:
+            raise AssertionError("no successful live line in time:\n" + "\n".join(lines)) from None
+        if not raw:
+            raise AssertionError(f"demo exited ({await proc.wait()}) before any call:\n" + "\n".join(lines))
+        line = raw.decode().rstrip("\n")
+        lines.append(line)
+        for calls, errors, _by in live_lines(line):
+            assert errors == 0, "\n".join(lines)
+            if calls > 0:
+                return lines
+
+
+@pytest.mark.timeout(90)
+async def test_demo_shows_calls_from_both_providers_and_stops_on_sigint(tmp_path: Path) -> None:
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    stderr = open(tmp_path / "stderr.log", "wb")  # noqa: SIM115 - the child's, closed below
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "regproxy", "demo", "--rate", "20",
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=workdir, env=_env(),
+        )  # fmt: skip
+    finally:
+        stderr.close()
+    try:
+        head = await _read_until_calls(proc, timeout=45)
+        banner = "\n".join(head)
+        # The URLs to look at are printed up front.
+        assert re.search(r"admin http://127\.0\.0\.1:\d+", banner), banner
+        assert re.search(r"http://127\.0\.0\.1:\d+/api/v1/clusters", banner), banner
+        assert re.search(r"api http://127\.0\.0\.1:\d+", banner), banner
+        assert "provider-1 published" in banner and "provider-2 published" in banner
+        await asyncio.sleep(1.5)  # another live line or two: the spread over both providers
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None
+        rest, _ = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, (tmp_path / "stderr.log").read_text()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = banner + "\n" + rest.decode()
+    lines = live_lines(text)
+    assert lines and all(errors == 0 for _calls, errors, _by in lines), text
+    summary = text.strip().splitlines()[-1]
+    m = re.match(
+        r"stopped after \d+ s: (\d+) calls, 0 errors, answered by provider-1: (\d+), provider-2: (\d+)$",
+        summary,
+    )
+    assert m, text
+    assert int(m[2]) > 0 and int(m[3]) > 0  # round robin over the two provider sidecars
+    assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+    assert list(workdir.iterdir()) == []  # state went to a temporary directory
+
+
+@pytest.mark.timeout(90)
+async def test_demo_against_real_zookeeper(zk: Any, zk_server: Any, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "regproxy", "demo", "--registry", f"zookeeper://{zk_server.hosts}",
+        "--duration", "3", "--rate", "20",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = out.decode()
+    assert proc.returncode == 0, text + err.decode()
+    assert f"registry zookeeper://{zk_server.hosts}" in text
+    lines = live_lines(text)
+    assert lines and any(calls > 0 for calls, _e, _by in lines), text
+    assert all(errors == 0 for _calls, errors, _by in lines), text
+    assert re.search(r"answered by provider-1: [1-9]\d*, provider-2: [1-9]\d*$", text.strip()), text
+    # The providers really went through ZooKeeper, and their ephemeral nodes left with the demo.
+    assert zk.exists(f"/dubbo/{GREETINGS_SERVICE}/providers")
+    assert zk.get_children(f"/dubbo/{GREETINGS_SERVICE}/providers") == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(90)
+def test_make_demo_runs_the_demo(tmp_path: Path) -> None:
+    regproxy = ROOT / ".venv" / "bin" / "regproxy"
+    assert regproxy.exists(), f"{regproxy} is missing: run `make venv` first"
+    # -o: take the venv as it is (CI's `make test` has just built it); only the demo recipe runs.
+    r = subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.stamp", "demo", "DEMO_ARGS=--duration 2 --rate 20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ".venv/bin/regproxy demo --duration 2 --rate 20" in r.stdout
+    lines = live_lines(r.stdout)
+    assert lines and lines[0][0] > 0 and all(errors == 0 for _c, errors, _by in lines), r.stdout
+
+
+def test_demo_rejects_bad_options() -> None:
+    for args, message in (
+        (["--registry", "zk://h"], "unknown registry scheme 'zk'"),
+        (["--rate", "0"], "--rate must be more than 0"),
+        (["--duration", "-1"], "--duration must be 0"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "regproxy", "demo", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=_env(),
+        )  # fmt: skip
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_live_line_numbers() -> None:
+    assert percentile([1.0], 50) == 1.0 and percentile([1.0], 99) == 1.0
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0
+    w = Window()
+    w.ok(0.001, "provider-2")
+    w.ok(0.003, "provider-1")
+    w.failed("status 31 (SERVER_ERROR): nope")
+    line = w.line(7)
+    assert LIVE.match(line), line
+    assert "calls    3  errors   1" in line and "answered by provider-1: 1, provider-2: 1" in line
+    assert "p50   1.00 ms  p99   3.00 ms" in line and "last error: status 31" in line
+    assert LIVE.match(Window().line(1))
+    assert who_answered("hi, demo, from provider-2") == "provider-2"
+    assert who_answered(3).startswith("unexpected answer")
+
+
+def test_demo_provider_checks_its_greeting() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "regproxy", "demo-provider", "--greeting", "hi {nobody}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=_env(),
+    )  # fmt: skip
+    assert r.returncode == 2 and "greeting 'hi {nobody}': KeyError" in r.stderr, r.stderr
+    services = default_services(greetings_version="2.0.0", greeting=GREETING, provider_name="p-9")
+    assert services.lookup(GREETINGS_SERVICE, "2.0.0", "sayHi")("ann") == "hi, ann, from p-9"
+    assert (
+        default_services().lookup(GREETINGS_SERVICE, "", "sayHi")("ann") == "hi, ann"
+    )  # the samples' answer
