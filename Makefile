@@ -38,11 +38,11 @@ $(STAMP): pyproject.toml Makefile
 
 test: venv
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
-	$(VENV)/bin/ruff check regproxy tests examples benchmarks
+	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks)
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check regproxy tests examples benchmarks
+	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks)
 
 # Two providers, a consumer and their three sidecars in one process, on the in-process memory://
 # registry; Ctrl-C stops it.  Options go in DEMO_ARGS, e.g.
