@@ -12,6 +12,10 @@ def make_registry(url: RegistryURL) -> Registry:
         from regproxy.registry.zookeeper import ZooKeeperRegistry
 
         return ZooKeeperRegistry(url)
+    if url.scheme == "nacos":
+        from regproxy.registry.nacos import NacosRegistry
+
+        return NacosRegistry(url)
     if url.scheme == "memory":
         from regproxy.registry.memory import MemoryRegistry
 

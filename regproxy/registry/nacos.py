@@ -1,0 +1,467 @@
+"""The Nacos adapter, over nacos-sdk-python's asyncio naming client (``v2.nacos``, gRPC).
+
+Layout, as Dubbo 2.7/3.x writes it: service ``{category}:{interface}:{version}:{group}`` (empty
+parts keep their colons), in the Nacos group from the registry URL (``DEFAULT_GROUP``; not the
+Dubbo group), instance ``ip:port`` = this sidecar's advertise IP and ingress port, metadata = the
+provider URL's parameters plus ``category``, ``protocol`` and ``path``.
+
+Weights: the Nacos instance weight is what Nacos's console and API edit, so it wins. A Dubbo
+``weight`` of W is registered as Nacos weight W/100 (Dubbo's default 100 is Nacos's default 1.0),
+and a provider read from Nacos gets Dubbo weight round(nacos_weight * 100), whatever its metadata
+says. Unhealthy or disabled instances are delivered with ``enabled=false`` so they are not routed.
+
+Connection: the client reconnects by itself and re-registers its instances and subscriptions (its
+"redo" service); this adapter only reports the state and refuses new work while disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from regproxy.config import RegistryURL
+from regproxy.registry.base import (
+    CONNECTED,
+    CONNECTING,
+    STOPPED,
+    SUSPENDED,
+    ProvidersListener,
+    Registry,
+    RegistryError,
+    RegistryUnavailable,
+)
+from regproxy.registry.url import ANY, PROVIDERS, DubboURL, Subscription
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_WEIGHT = 100
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to create the client while unreachable
+RELIST_S = 10.0  # how often wildcard subscriptions look for new versions or groups
+# The client notices a dead or restarted server only at a keep-alive 5-10 s later, and after a short
+# restart not at all (it counts the new server's "connection unregistered" as healthy). A cheap
+# naming request every second finds out, and makes the client reconnect.
+PROBE_S = 1.0
+# Just after a reconnect, re-subscriptions can answer [] before providers have re-registered:
+# an empty list is applied only if it is still empty this long after the reconnect.
+EMPTY_HOLD_S = 3.0
+_META_KEYS = ("category", "protocol", "path")
+
+
+def service_name(category: str, interface: str, version: str, group: str) -> str:
+    return f"{category}:{interface}:{version}:{group}"
+
+
+def to_nacos_weight(dubbo_weight: int) -> float:
+    return max(0.0, dubbo_weight / DEFAULT_WEIGHT)
+
+
+def from_nacos_weight(nacos_weight: float) -> int:
+    return max(0, round(nacos_weight * DEFAULT_WEIGHT))
+
+
+def instance_metadata(url: DubboURL) -> dict[str, str]:
+    meta = dict(url.params)
+    meta.update(category=url.category, protocol=url.protocol, path=url.path)
+    return meta
+
+
+def instance_to_url(instance: Any, interface: str) -> DubboURL | None:
+    """A Nacos instance as the provider URL Dubbo would have registered; None if it is not one."""
+    meta = {str(k): str(v) for k, v in (instance.metadata or {}).items()}
+    protocol = meta.pop("protocol", "dubbo")
+    path = meta.pop("path", interface)
+    params = {k: v for k, v in meta.items() if k not in _META_KEYS}
+    params.setdefault("interface", interface)
+    params["category"] = meta.get("category", PROVIDERS)
+    params["weight"] = str(from_nacos_weight(instance.weight))
+    if not instance.healthy or not instance.enabled:
+        params["enabled"] = "false"
+    try:
+        return DubboURL(
+            protocol=protocol, host=instance.ip, port=int(instance.port), path=path, params=params
+        )
+    except ValueError as exc:
+        log.warning("nacos: skipping instance %s:%s of %s: %s", instance.ip, instance.port, interface, exc)
+        return None
+
+
+class _Watch:
+    """The Nacos services one interface's subscriptions need, and the providers seen in each."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self.subs: dict[Subscription, list[ProvidersListener]] = {}
+        self.services: dict[str, list[DubboURL]] = {}  # Nacos service name -> providers
+        self.held: dict[str, list[Any]] = {}  # empty lists held back just after a reconnect
+        self.relist: asyncio.Task[None] | None = None
+
+    def providers(self) -> list[DubboURL]:
+        return [u for urls in self.services.values() for u in urls]
+
+
+class NacosRegistry(Registry):
+    def __init__(self, url: RegistryURL, *, op_timeout_s: float = 5.0) -> None:
+        if url.scheme != "nacos":
+            raise ValueError(f"not a nacos registry URL: {url}")
+        super().__init__(str(url))
+        self.url = url
+        self.group = url.group or "DEFAULT_GROUP"
+        self._op_timeout_s = op_timeout_s
+        self._client: Any = None
+        self._starter: asyncio.Task[None] | None = None
+        self._workdir: str | None = None
+        self._registered: dict[tuple[str, str, int], DubboURL] = {}
+        self._watches: dict[str, _Watch] = {}
+        self._callbacks: dict[str, Any] = {}  # Nacos service name -> the callback given to the client
+        self._prober: asyncio.Task[None] | None = None
+        self._reconnected_at = float("-inf")
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._set_state(CONNECTING)
+        self._starter = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        from v2.nacos import ClientConfigBuilder, NacosNamingService
+
+        # The client writes logs and a cache of its own; keep them out of the working directory.
+        self._workdir = tempfile.mkdtemp(prefix="regproxy-nacos-")
+        builder = (
+            ClientConfigBuilder()
+            .server_address(self.url.hosts_string)
+            .namespace_id(self.url.namespace)
+            .log_dir(self._workdir)
+            .cache_dir(self._workdir)
+            .log_level(logging.WARNING)
+            .load_cache_at_start(False)  # a stale list from disk must not become routes
+        )
+        if self.url.username:
+            builder = builder.username(self.url.username).password(self.url.password or "")
+        config = builder.build()
+        # Deliver an empty list too: the last provider going away must reach the routing table.
+        config.set_update_cache_when_empty(True)
+        attempt = 0
+        while True:
+            client = NacosNamingService(config)
+            try:
+                await client.grpc_client_proxy.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await client.shutdown()  # stop the tasks the failed start left running
+                self._drop_client_log()  # each client adds a file handler to a shared logger
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                attempt += 1
+                log.warning("registry %s: cannot connect (%s); retrying in %.1f s", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            break
+        self._client = client
+        await client.grpc_client_proxy.rpc_client.register_connection_listener(_StateBridge(self))
+        self._set_state(CONNECTED)
+        self._prober = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        from v2.nacos import ListServiceParam
+
+        param = ListServiceParam(namespace_id=self.url.namespace, group_name=self.group, page_size=1)
+        while True:
+            await asyncio.sleep(PROBE_S)
+            try:
+                await asyncio.wait_for(self._client.list_services(param), self._op_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._connection_changed(False)
+            else:
+                self._connection_changed(True)
+
+    async def stop(self) -> None:
+        for task in (self._starter, self._prober):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for watch in self._watches.values():
+            if watch.relist is not None:
+                watch.relist.cancel()
+        if self._client is not None:
+            if self.connected:
+                for url in list(self._registered.values()):
+                    with contextlib.suppress(Exception):
+                        await self._deregister(url)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.shutdown(), self._op_timeout_s)
+            self._client = None
+        self._drop_client_log()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        self._set_state(STOPPED)
+
+    def _drop_client_log(self) -> None:
+        if self._workdir is None:
+            return
+        for name in ("naming", "nacos"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(
+                    self._workdir
+                ):
+                    logger.removeHandler(handler)
+                    handler.close()
+
+    def _connection_changed(self, connected: bool) -> None:
+        if self._state == STOPPED or connected == (self._state == CONNECTED):
+            return
+        self._set_state(CONNECTED if connected else SUSPENDED)
+        if connected:
+            self._reconnected_at = asyncio.get_running_loop().time()
+            # The client re-registers and re-subscribes only every 30 s on its own: now, instead.
+            redo = self._client.grpc_client_proxy.redo_service
+            task = asyncio.get_running_loop().create_task(redo.start_redo_task())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _call(self, what: str, op: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(op, self._op_timeout_s)
+        except TimeoutError:
+            raise RegistryUnavailable(
+                f"registry {self.name}: {what} timed out after {self._op_timeout_s:g} s"
+            ) from None
+        except RegistryError:
+            raise
+        except Exception as exc:
+            # The client notices a dead server only at its next health check (seconds later);
+            # a call that could not reach it is "unavailable" (503), not a refusal (502).
+            if "UNAVAILABLE" in str(exc) or (self._client is not None and not self._client_running()):
+                raise RegistryUnavailable(f"registry {self.name}: {what}: server unreachable") from exc
+            raise RegistryError(f"registry {self.name}: {what} failed: {exc}") from exc
+
+    def _client_running(self) -> bool:
+        try:
+            return bool(self._client.grpc_client_proxy.server_health())
+        except Exception:
+            return False
+
+    # --- register -----------------------------------------------------------------------------
+
+    def _service(self, url: DubboURL) -> str:
+        return service_name(url.category, url.interface, url.version, url.group)
+
+    async def register(self, url: DubboURL) -> None:
+        from v2.nacos import RegisterInstanceParam
+
+        self._require_connected(f"register {url.interface}")
+        name = self._service(url)
+        param = RegisterInstanceParam(
+            service_name=name,
+            group_name=self.group,
+            ip=url.host,
+            port=url.port,
+            weight=to_nacos_weight(url.weight),
+            metadata=instance_metadata(url),
+            ephemeral=True,
+        )
+        ok = await self._call(f"register {name}", self._client.register_instance(param))
+        if ok is False:
+            raise RegistryError(f"registry {self.name}: register {name} refused")
+        self._registered[(name, url.host, url.port)] = url
+
+    async def unregister(self, url: DubboURL) -> None:
+        # Never raises: an instance of ours that Nacos still has goes with our connection anyway.
+        self._registered.pop((self._service(url), url.host, url.port), None)
+        if self._client is None or not self.connected:
+            return
+        try:
+            await self._deregister(url)
+        except RegistryError as exc:
+            log.warning("%s", exc)
+
+    async def _deregister(self, url: DubboURL) -> None:
+        from v2.nacos import DeregisterInstanceParam
+
+        name = self._service(url)
+        param = DeregisterInstanceParam(
+            service_name=name, group_name=self.group, ip=url.host, port=url.port, ephemeral=True
+        )
+        await self._call(f"deregister {name}", self._client.deregister_instance(param))
+
+    # --- subscribe ----------------------------------------------------------------------------
+
+    async def subscribe(self, sub: Subscription, listener: ProvidersListener) -> list[DubboURL]:
+        self._require_connected(f"subscribe {sub.interface}")
+        watch = self._watches.get(sub.interface)
+        if watch is None:
+            watch = self._watches[sub.interface] = _Watch(sub.interface)
+        watch.subs.setdefault(sub, []).append(listener)
+        try:
+            await self._sync_services(watch)
+        except RegistryError:
+            await self.unsubscribe(sub, listener)
+            raise
+        if self._wildcard(sub) and watch.relist is None:
+            watch.relist = asyncio.get_running_loop().create_task(self._relist(watch))
+        return watch.providers()
+
+    async def unsubscribe(self, sub: Subscription, listener: ProvidersListener) -> None:
+        watch = self._watches.get(sub.interface)
+        if watch is None:
+            return
+        listeners = watch.subs.get(sub, [])
+        if listener in listeners:
+            listeners.remove(listener)
+        if not listeners:
+            watch.subs.pop(sub, None)
+        if not watch.subs:
+            if watch.relist is not None:
+                watch.relist.cancel()
+            del self._watches[sub.interface]
+            for name in list(watch.services):
+                await self._unsubscribe_service(name)
+        elif self.connected:
+            with contextlib.suppress(RegistryError):
+                await self._sync_services(watch)
+
+    @staticmethod
+    def _wildcard(sub: Subscription) -> bool:
+        return sub.version == ANY or sub.group == ANY or "," in sub.group
+
+    async def _wanted(self, watch: _Watch) -> set[str]:
+        """The Nacos service names the interface's subscriptions cover."""
+        names: set[str] = set()
+        listed: list[str] | None = None
+        for sub in watch.subs:
+            if not self._wildcard(sub):
+                names.add(service_name(PROVIDERS, sub.interface, sub.version, sub.group))
+                continue
+            if listed is None:
+                listed = await self._list_services(f"{PROVIDERS}:{watch.interface}:")
+            names.update(listed)  # filtered by Dubbo's rules later, per subscription
+        return names
+
+    async def _list_services(self, prefix: str) -> list[str]:
+        from v2.nacos import ListServiceParam
+
+        found: list[str] = []
+        page = 1
+        while True:
+            param = ListServiceParam(
+                namespace_id=self.url.namespace, group_name=self.group, page_no=page, page_size=500
+            )
+            result = await self._call("list services", self._client.list_services(param))
+            found += [s for s in result.services if s.startswith(prefix)]
+            if len(result.services) < 500 or page * 500 >= result.count:
+                return found
+            page += 1
+
+    async def _sync_services(self, watch: _Watch) -> None:
+        wanted = await self._wanted(watch)
+        for name in wanted - set(watch.services):
+            await self._subscribe_service(watch, name)
+        for name in set(watch.services) - wanted:
+            await self._unsubscribe_service(name)
+            watch.services.pop(name, None)
+
+    async def _subscribe_service(self, watch: _Watch, name: str) -> None:
+        from v2.nacos import ListInstanceParam, SubscribeServiceParam
+
+        async def changed(instances: list[Any]) -> None:
+            self._deliver(watch, name, instances)
+
+        self._callbacks[name] = changed
+        param = SubscribeServiceParam(service_name=name, group_name=self.group, subscribe_callback=changed)
+        await self._call(f"subscribe {name}", self._client.subscribe(param))
+        listing = ListInstanceParam(
+            service_name=name, group_name=self.group, subscribe=True, healthy_only=None
+        )
+        instances = await self._call(f"list {name}", self._client.list_instances(listing))
+        watch.services[name] = self._urls(watch.interface, instances)
+
+    async def _unsubscribe_service(self, name: str) -> None:
+        from v2.nacos import SubscribeServiceParam
+
+        callback = self._callbacks.pop(name, None)
+        if callback is None or self._client is None or not self.connected:
+            return
+        param = SubscribeServiceParam(service_name=name, group_name=self.group, subscribe_callback=callback)
+        with contextlib.suppress(RegistryError):
+            await self._call(f"unsubscribe {name}", self._client.unsubscribe(param))
+
+    def _urls(self, interface: str, instances: list[Any] | None) -> list[DubboURL]:
+        urls = (instance_to_url(i, interface) for i in instances or ())
+        return [u for u in urls if u is not None]
+
+    def _deliver(self, watch: _Watch, name: str, instances: list[Any]) -> None:
+        if self._watches.get(watch.interface) is not watch or name not in self._callbacks:
+            return  # a late push for a subscription that is gone
+        loop = asyncio.get_running_loop()
+        hold = self._reconnected_at + EMPTY_HOLD_S - loop.time()
+        if not instances and hold > 0 and watch.services.get(name):
+            if name not in watch.held:
+                loop.call_later(hold, self._release, watch, name)
+            watch.held[name] = instances
+            return
+        watch.held.pop(name, None)
+        watch.services[name] = self._urls(watch.interface, instances)
+        providers = watch.providers()
+        for listeners in list(watch.subs.values()):
+            for listener in list(listeners):
+                try:
+                    listener(list(providers))
+                except Exception:
+                    log.exception("registry %s: providers listener failed", self.name)
+
+    def _release(self, watch: _Watch, name: str) -> None:
+        """An empty list held after a reconnect that nothing replaced: apply it now."""
+        if name in watch.held:
+            self._deliver(watch, name, watch.held.pop(name))
+
+    async def _relist(self, watch: _Watch) -> None:
+        """Wildcard subscriptions: pick up versions or groups registered after they started."""
+        while True:
+            await asyncio.sleep(RELIST_S)
+            if not self.connected:
+                continue
+            before = set(watch.services)
+            try:
+                await self._sync_services(watch)
+            except RegistryError as exc:
+                log.warning("%s", exc)
+                continue
+            if set(watch.services) != before:
+                self._deliver_all(watch)
+
+    def _deliver_all(self, watch: _Watch) -> None:
+        providers = watch.providers()
+        for listeners in list(watch.subs.values()):
+            for listener in list(listeners):
+                listener(list(providers))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "namespace": self.url.namespace,
+            "group": self.group,
+            "registered": [str(u) for u in self._registered.values()],
+            "watched": {i: sorted(w.services) for i, w in self._watches.items()},
+        }
+
+
+class _StateBridge:
+    """The client's connection events, turned into this adapter's states."""
+
+    def __init__(self, registry: NacosRegistry) -> None:
+        self._registry = registry
+
+    async def on_connected(self) -> None:
+        self._registry._connection_changed(True)
+
+    async def on_disconnect(self) -> None:
+        self._registry._connection_changed(False)

@@ -1,0 +1,232 @@
+"""One contract for every registry: the same expectations, run against a real ZooKeeper and
+against the Nacos protocol double driven by the official nacos-sdk-python client.
+
+Each test runs a sidecar in-process (its HTTP API, its tables) on the registry under test; the
+registry is changed behind its back the way other processes or operators would change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote_plus, urlsplit
+
+import aiohttp
+import pytest
+from kazoo.client import KazooClient
+
+from regproxy.config import Config
+from regproxy.registry.nacos import instance_metadata, service_name, to_nacos_weight
+from regproxy.registry.url import provider_url
+from regproxy.sidecar import Sidecar
+from tests.peers.nacos.server import NacosDouble
+from tests.zkserver import ZooKeeperServer, free_port
+
+IFACE = "com.x.ContractSvc"
+VERSION = "1.0.0"
+GROUP = "g"
+
+
+class Backend(Protocol):
+    url: str
+    back_within_s: float  # how long a registration may take to come back after a restart
+
+    def add(self, ip: str, port: int, weight: int = 100) -> None: ...
+    def remove(self, ip: str, port: int) -> None: ...
+    def set_weight(self, ip: str, port: int, weight: int) -> None: ...
+    def nodes(self) -> dict[str, dict[str, str]]: ...  # address -> URL parameters, as registered
+    async def restart(self, down_s: float) -> None: ...
+
+
+def _url(ip: str, port: int, weight: int) -> Any:
+    return provider_url(
+        interface=IFACE, ip=ip, port=port, version=VERSION, group=GROUP, params={"weight": str(weight)},
+        pid=1, timestamp_ms=1,
+    )  # fmt: skip
+
+
+class ZooKeeperBackend:
+    path = f"/dubbo/{IFACE}/providers"
+    back_within_s = 5.0
+
+    def __init__(self, server: ZooKeeperServer, zk: KazooClient) -> None:
+        self.server, self.zk = server, zk
+        self.url = f"zookeeper://{server.hosts}"
+        self._leaves: dict[tuple[str, int], str] = {}
+
+    def add(self, ip: str, port: int, weight: int = 100) -> None:
+        leaf = _url(ip, port, weight).encoded()
+        self.zk.ensure_path(self.path)
+        self.zk.create(f"{self.path}/{leaf}", ephemeral=True)
+        self._leaves[(ip, port)] = leaf
+
+    def remove(self, ip: str, port: int) -> None:
+        self.zk.delete(f"{self.path}/{self._leaves.pop((ip, port))}")
+
+    def set_weight(self, ip: str, port: int, weight: int) -> None:
+        self.remove(ip, port)  # a weight edit in ZooKeeper is a delete and a create
+        self.add(ip, port, weight)
+
+    def nodes(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for leaf in self.zk.get_children(self.path) if self.zk.exists(self.path) else []:
+            parts = urlsplit(unquote_plus(leaf))
+            out[parts.netloc] = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        return out
+
+    async def restart(self, down_s: float) -> None:
+        await asyncio.to_thread(self.server.stop)
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self.server.start)
+
+
+class NacosBackend:
+    service = service_name("providers", IFACE, VERSION, GROUP)
+    back_within_s = 5.0
+
+    def __init__(self, double: NacosDouble) -> None:
+        self.double = double
+        self.url = f"nacos://{double.address}"
+
+    def add(self, ip: str, port: int, weight: int = 100) -> None:
+        # Persistent, as a provider kept by another Nacos server would be: it survives the restart.
+        meta = instance_metadata(_url(ip, port, weight))
+        self.double.register_external(
+            self.service, ip, port, weight=to_nacos_weight(weight), metadata=meta, ephemeral=False
+        )
+
+    def remove(self, ip: str, port: int) -> None:
+        assert self.double.deregister_external(self.service, ip, port)
+
+    def set_weight(self, ip: str, port: int, weight: int) -> None:
+        assert self.double.set_weight(self.service, ip, port, to_nacos_weight(weight)) == 1
+
+    def nodes(self) -> dict[str, dict[str, str]]:
+        return {f"{i.ip}:{i.port}": dict(i.metadata) for i in self.double.instances(self.service)}
+
+    async def restart(self, down_s: float) -> None:
+        await self.double.restart(downtime=down_s)
+
+
+@pytest.fixture(params=["zookeeper", "nacos"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "zookeeper":
+        yield ZooKeeperBackend(request.getfixturevalue("zk_server"), request.getfixturevalue("zk"))
+    else:
+        async with NacosDouble() as double:
+            yield NacosBackend(double)
+
+
+def sidecar_config(tmp: Path, registries: list[str]) -> Config:
+    return Config.from_dict({
+        "egress": f"127.0.0.1:{free_port()}", "ingress": f"127.0.0.1:{free_port()}",
+        "api": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}",
+        "advertise_ip": "127.0.0.1", "app_port": 20990, "data_dir": str(tmp), "registries": registries,
+    })  # fmt: skip
+
+
+@pytest.fixture
+async def sidecar(backend: Backend, tmp_path: Path) -> AsyncIterator[Sidecar]:
+    sc = Sidecar(sidecar_config(tmp_path, [backend.url]))
+    await sc.start()
+    try:
+        await until(
+            lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "registry connected"
+        )
+        yield sc
+    finally:
+        await sc.stop()
+
+
+async def api(sc: Sidecar, path: str, body: object) -> tuple[int, dict[str, Any]]:
+    url = f"http://127.0.0.1:{sc.config.api.port}{path}"
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def until(pred: Any, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def hosts(sc: Sidecar) -> dict[str, int]:
+    cluster = sc.egress_table.current.clusters.get(f"{GROUP}/{IFACE}:{VERSION}")
+    return {h.address: h.weight for h in cluster.hosts} if cluster else {}
+
+
+SERVICE = {"interface": IFACE, "version": VERSION, "group": GROUP}
+PUB = {"service": {**SERVICE, "methods": ["b", "a"], "port": 20991, "application": "contract"}}
+
+
+async def test_publish_rewrites_port_and_unpublish_removes(backend: Backend, sidecar: Sidecar) -> None:
+    status, body = await api(sidecar, "/pub", PUB)
+    assert status == 200 and body["err_no"] == 0, body
+    me = f"127.0.0.1:{sidecar.ingress.address[1]}"
+    await until(lambda: me in backend.nodes(), 3, "the registered provider")
+    params = backend.nodes()[me]
+    assert params["interface"] == IFACE and params["version"] == VERSION and params["group"] == GROUP
+    assert params["methods"] == "a,b" and params["side"] == "provider" and params["application"] == "contract"
+    # The ingress sends that service to the application's real port.
+    route = sidecar.ingress_table.current.match(IFACE, VERSION, "a", GROUP)
+    assert route is not None and sidecar.ingress_table.current.clusters[route.cluster].hosts[0].port == 20991
+    assert (await api(sidecar, "/pub", PUB))[0] == 200  # idempotent
+    status, _ = await api(sidecar, "/unpub", PUB)
+    assert status == 200
+    await until(lambda: me not in backend.nodes(), 3, "the provider to go")
+    assert (await api(sidecar, "/unpub", PUB))[0] == 404
+
+
+async def test_subscribe_follows_added_removed_changed(backend: Backend, sidecar: Sidecar) -> None:
+    backend.add("10.1.0.1", 20882)
+    status, body = await api(sidecar, "/sub", {"service": SERVICE})
+    assert status == 200 and body["cluster"] == f"{GROUP}/{IFACE}:{VERSION}"
+    assert [p["address"] for p in body["providers"]] == ["10.1.0.1:20882"]
+    backend.add("10.1.0.2", 20882)
+    await until(lambda: set(hosts(sidecar)) == {"10.1.0.1:20882", "10.1.0.2:20882"}, 2, "the added provider")
+    backend.set_weight("10.1.0.2", 20882, 300)
+    await until(lambda: hosts(sidecar).get("10.1.0.2:20882") == 300, 2, "the weight change")
+    assert hosts(sidecar)["10.1.0.1:20882"] == 100
+    backend.remove("10.1.0.1", 20882)
+    await until(lambda: set(hosts(sidecar)) == {"10.1.0.2:20882"}, 2, "the removed provider")
+    status, _ = await api(sidecar, "/unsub", {"service": SERVICE})
+    assert status == 200 and hosts(sidecar) == {}
+    assert sidecar.egress_table.current.match(IFACE, VERSION, "m", GROUP) is None
+    assert (await api(sidecar, "/unsub", {"service": SERVICE}))[0] == 404
+
+
+async def test_registry_restart_keeps_last_known_providers(backend: Backend, sidecar: Sidecar) -> None:
+    backend.add("10.1.0.1", 20882)
+    assert (await api(sidecar, "/sub", {"service": SERVICE}))[0] == 200
+    assert (await api(sidecar, "/pub", PUB))[0] == 200
+    me = f"127.0.0.1:{sidecar.ingress.address[1]}"
+    restart = asyncio.ensure_future(backend.restart(3.0))
+    await asyncio.sleep(1.5)
+    # Down: routing goes on with what was known; publishing anything new is refused clearly.
+    assert "10.1.0.1:20882" in hosts(sidecar)
+    other = {"service": {**PUB["service"], "version": "9.9.9"}}
+    status, body = await api(sidecar, "/pub", other)
+    assert status == 503 and body["err_no"] != 0, body
+    await restart
+    # Back: this sidecar's publication is registered again; the providers are still routed to.
+    await until(lambda: me in backend.nodes(), backend.back_within_s, "our provider after the restart")
+    assert "10.1.0.1:20882" in hosts(sidecar)
+
+
+async def test_bad_input_writes_nothing(backend: Backend, sidecar: Sidecar) -> None:
+    for service in (
+        {"interface": "com/x/Evil", "port": 1},
+        {"interface": IFACE, "version": "1&x=1", "port": 1},
+        {"interface": IFACE, "group": "a b", "port": 1},
+        {"interface": "com..x", "port": 1},
+        {"interface": IFACE, "port": 0},
+    ):
+        status, body = await api(sidecar, "/pub", {"service": service})
+        assert status == 400 and body["err_no"] != 0 and "service." in body["err_msg"], body
+    assert backend.nodes() == {}
