@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from regproxy.config import RegistryURL
-from regproxy.registry.base import CONNECTED, Registry, RegistryError, RegistryUnavailable
+from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder, normalize_version
 from regproxy.state import SavedState, StateStore
@@ -200,9 +200,10 @@ class Discovery:
         return [key]
 
     async def _connected(self, key: str) -> Registry:
-        """The registry, waiting briefly for a registry first named by this request to connect."""
+        """The registry, waiting briefly if it has not connected yet since it started (a sidecar
+        just started, or a registry first named by this request): not a reason for a 503."""
         reg = await self._registry(key)
-        if not reg.connected and key not in self._configured:
+        if reg.state == CONNECTING:
             deadline = time.monotonic() + CONNECT_WAIT_S
             while not reg.connected and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

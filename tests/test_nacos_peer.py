@@ -434,18 +434,6 @@ async def test_outage_is_noticed_by_the_health_check_and_the_client_reconnects(
     assert len(seen.lists) == calls  # the consumer's callback never saw the outage
 
 
-@pytest.mark.skipif(not os.environ.get("NACOS_SLOW_TESTS"), reason="35 s; set NACOS_SLOW_TESTS=1 to run")
-@pytest.mark.timeout(90)
-async def test_client_registers_again_by_itself(nacos: NacosDouble, clients: Clients) -> None:
-    """Nothing triggered by hand: outage, reconnect, and the SDK's 30-s redo task re-registers."""
-    provider = await clients(nacos)
-    await provider.register_instance(register(SVC, "10.0.0.1", 1))
-    await nacos.stop()
-    await eventually(lambda: negate(provider.server_health()), 12, "outage noticed")
-    await nacos.start()
-    await wait_until(lambda: nacos.instances(SVC), 40, "re-registered by the SDK's redo task")
-
-
 # ---------------------------------------------------------------------------------------------------
 # as a process
 
