@@ -135,3 +135,14 @@ async def test_one_sidecar_on_zookeeper_and_nacos(
         assert len(zk.get_children(f"/dubbo/{IFACE}/providers")) == 2
     finally:
         await a.stop()
+
+
+async def test_oversized_metadata_is_a_clear_502(nacos: NacosDouble, tmp_path: Path) -> None:
+    sc = await in_process(tmp_path, [f"nacos://{nacos.address}"])
+    try:
+        methods = [f"method{i:03d}" for i in range(150)]  # Nacos 2.3+ caps metadata at 1024 characters
+        status, body = await api(sc, "/pub", {"service": {**SERVICE, "port": 20991, "methods": methods}})
+        assert status == 502 and "nacos" in body["err_msg"] and SVC in body["err_msg"], body
+        assert nacos.instances(SVC) == [] and sc.discovery.publications == {}
+    finally:
+        await sc.stop()
