@@ -236,3 +236,32 @@ def test_fuzz_mutated_frames(mutations: list[tuple[int, int]], cuts: list[int]) 
     for pos, value in mutations:
         stream[pos] = value
     _exercise(bytes(stream), cuts)
+
+
+_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
+    st.text(max_size=40), st.text(alphabet=st.characters(max_codepoint=127), max_size=1100),
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(st.one_of(_scalar, st.lists(_scalar, max_size=3)), max_size=4),
+    st.dictionaries(
+        st.text(max_size=12), st.one_of(st.text(max_size=30), st.integers(-(2**63), 2**63 - 1)), max_size=6
+    ),
+)
+def test_fast_attachments_agree_with_the_reader(args: list[object], att: dict[str, object]) -> None:
+    """The fast path answers only where it can, and then exactly as the general reader does."""
+    from regproxy.dubbo.hessian2 import Hessian2Reader
+    from regproxy.dubbo.request import fast_attachments
+
+    raw = encode_request(1, SVC, "m", args, attachments=att)
+    body = RequestBody(frames_of(raw)[0].body)
+    reader = Hessian2Reader(body.body, body._args_end)
+    for _ in range(body.argument_count):
+        reader.skip_value()
+    expected = reader.read_value()
+    fast = fast_attachments(body.body, body._args_end, body.argument_count)
+    assert fast is None or fast == expected
+    assert body.attachments == expected

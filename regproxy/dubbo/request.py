@@ -13,6 +13,7 @@ from typing import Any
 from regproxy.dubbo.hessian2 import Hessian2Error, Hessian2Reader
 
 _PRIMITIVES = frozenset(b"ZBCSIJFD")
+_COUNTS: dict[str, int] = {}  # parameter descriptor -> argument count
 
 
 def count_descriptor(desc: str) -> int:
@@ -60,6 +61,75 @@ def _read_head_string(body: bytes, pos: int) -> tuple[str, int]:
     return value, reader.pos
 
 
+# Bytes a scalar takes after its tag, for the tags the fast path below skips without the reader:
+# null/true/false, compact ints and longs, and the short double forms.
+_FIXED: dict[int, int] = {0x4E: 0, 0x54: 0, 0x46: 0, 0x5B: 0, 0x5C: 0, 0x5D: 1, 0x5E: 2, 0x5F: 4,
+                          0x49: 4, 0x59: 4, 0x4C: 8, 0x44: 8}  # fmt: skip
+for _t in range(0x80, 0xC0):
+    _FIXED[_t] = 0
+for _t in range(0xD8, 0xF0):
+    _FIXED[_t] = 0
+for _t in range(0xC0, 0xD0):
+    _FIXED[_t] = 1
+for _t in range(0xF0, 0x100):
+    _FIXED[_t] = 1
+for _t in range(0xD0, 0xD8):
+    _FIXED[_t] = 2
+for _t in range(0x38, 0x40):
+    _FIXED[_t] = 2
+
+
+def _short_ascii(body: bytes, pos: int) -> tuple[str, int] | None:
+    """A compact string of ASCII at ``pos`` (its bytes are its UTF-16 units), else None."""
+    tag = body[pos]
+    if tag < 0x20:
+        start, n = pos + 1, tag
+    elif 0x30 <= tag <= 0x33 and pos + 1 < len(body):
+        start, n = pos + 2, ((tag - 0x30) << 8) | body[pos + 1]
+    else:
+        return None
+    raw = body[start : start + n]
+    if len(raw) != n or not raw.isascii():
+        return None
+    return raw.decode("ascii"), start + n
+
+
+def fast_attachments(body: bytes, pos: int, nargs: int) -> dict[str, Any] | None:
+    """The attachments map when every argument is a scalar or a short ASCII string and the map
+    holds only short ASCII strings: what most calls carry. None means "use the general reader",
+    which gives the same answer for these bytes (a test checks that), just more slowly."""
+    n = len(body)
+    try:
+        for _ in range(nargs):
+            tag = body[pos]
+            size = _FIXED.get(tag)
+            if size is not None:
+                pos += 1 + size
+                continue
+            got = _short_ascii(body, pos)
+            if got is None:
+                return None
+            pos = got[1]
+        if pos == n:
+            return {}
+        if pos > n or body[pos] != 0x48:  # 'H': an untyped map
+            return None
+        pos += 1
+        out: dict[str, Any] = {}
+        while body[pos] != 0x5A:  # 'Z'
+            key = _short_ascii(body, pos)
+            if key is None:
+                return None
+            value = _short_ascii(body, key[1])
+            if value is None:
+                return None
+            out[key[0]] = value[0]
+            pos = value[1]
+        return out if pos + 1 == n else None
+    except IndexError:
+        return None  # truncated: let the reader name the problem
+
+
 class RequestBody:
     """The fields of a request body; raises Hessian2Error when the head cannot be read."""
 
@@ -88,7 +158,12 @@ class RequestBody:
 
     @property
     def argument_count(self) -> int:
-        return count_descriptor(self.param_types)
+        count = _COUNTS.get(self.param_types)
+        if count is None:
+            count = count_descriptor(self.param_types)
+            if len(_COUNTS) < 4096:  # a consumer uses a handful of signatures; bound what a peer can add
+                _COUNTS[self.param_types] = count
+        return count
 
     def _args_reader(self) -> Hessian2Reader:
         return Hessian2Reader(self.body, self._args_end)
@@ -102,6 +177,8 @@ class RequestBody:
 
     @property
     def attachments(self) -> dict[str, Any]:
+        if self._attachments is None and self._reader is None:
+            self._attachments = fast_attachments(self.body, self._args_end, self.argument_count)
         if self._attachments is None:
             reader = self._reader
             if reader is None:
