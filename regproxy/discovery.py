@@ -155,6 +155,10 @@ class Discovery:
         self._save_handle: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()  # API calls change shared state in steps with awaits between
         self.withdrawn = False  # draining: nodes taken out of the registries, no new publications
+        # Application ports that do not answer heartbeats (regproxy.health.app): their publications
+        # stay desired state but are out of the registries until resume_publications. Independent
+        # of ``withdrawn``: draining wins, a resume while draining registers nothing.
+        self.suspended: dict[int, str] = {}  # app port -> reason
         self.events: Counter[str] = Counter()  # provider_events, state_changes (for /metrics)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -225,7 +229,12 @@ class Discovery:
             return
         async with self._lock:
             for pub in list(self.publications.values()):
-                if key in pub.registries and key not in pub.registered and not self.withdrawn:
+                if (
+                    key in pub.registries
+                    and key not in pub.registered
+                    and not self.withdrawn
+                    and pub.spec.port not in self.suspended
+                ):
                     try:
                         await reg.register(pub.url)
                         pub.registered.add(key)
@@ -274,8 +283,12 @@ class Discovery:
         if existing is not None and existing.url == url:
             pub.registered = set(existing.registered)
         done: list[str] = []
+        suspended = self.suspended.get(spec.port)
+        if suspended is not None:
+            # Kept, not registered: resume_publications registers it once the app answers again.
+            log.warning("publication %s kept but not registered: %s", spec.key, suspended)
         for key in targets:
-            if key in pub.registered:
+            if key in pub.registered or suspended is not None:
                 continue
             reg = await self._connected(key)
             try:
@@ -327,6 +340,63 @@ class Discovery:
                         await self._quietly(reg.unregister(pub.url))
                     pub.registered.discard(key)
             log.info("withdrew %d publication(s) from the registries", len(self.publications))
+
+    def published_ports(self) -> set[int]:
+        """The application ports publications point at (what the app checker heartbeats)."""
+        return {p.spec.port for p in self.publications.values()}
+
+    async def suspend_publications(self, reason: str, *, port: int | None = None) -> int:
+        """Take the publications of application ``port`` (None: every published port) out of every
+        registry because the application does not answer; they stay desired state, and neither a
+        registry reconnect nor a new /pub registers them until ``resume_publications``. Returns
+        how many publications were taken out."""
+        async with self._lock:
+            ports = self.published_ports() if port is None else {port}
+            for p in ports:
+                self.suspended[p] = reason
+            count = 0
+            for pub in self.publications.values():
+                if pub.spec.port not in ports:
+                    continue
+                count += 1
+                for key in list(pub.registered):
+                    reg = self.registries.get(key)
+                    if reg is not None:
+                        await self._quietly(reg.unregister(pub.url))
+                    pub.registered.discard(key)
+            log.warning("unpublished %d publication(s) of app port(s) %s: %s", count, sorted(ports), reason)
+            return count
+
+    async def resume_publications(self, *, port: int | None = None) -> int:
+        """Register the publications of ``port`` (None: every suspended port) again; nothing is
+        registered while draining (withdraw_all wins). Registries that are down get them on
+        reconnect. Returns how many publications were registered somewhere."""
+        async with self._lock:
+            ports = set(self.suspended) if port is None else {port}
+            for p in ports:
+                self.suspended.pop(p, None)
+            if self.withdrawn:
+                log.info("app port(s) %s answer again; draining, so nothing is published", sorted(ports))
+                return 0
+            count = 0
+            for pub in self.publications.values():
+                if pub.spec.port not in ports:
+                    continue
+                registered = False
+                for key in pub.registries:
+                    reg = self.registries.get(key)
+                    if key in pub.registered or reg is None or not reg.connected:
+                        continue
+                    try:
+                        await reg.register(pub.url)
+                    except RegistryError as exc:
+                        log.warning("publishing %s to %s again: %s", pub.spec.key, reg.name, exc)
+                        continue
+                    pub.registered.add(key)
+                    registered = True
+                count += registered
+            log.info("published %d publication(s) of app port(s) %s again", count, sorted(ports))
+            return count
 
     # --- subscribe ----------------------------------------------------------------------------
 

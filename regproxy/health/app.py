@@ -1,0 +1,176 @@
+"""Provider side: heartbeat the local application and keep it out of the registries while it is down.
+
+``AppChecker`` heartbeats one address (``127.0.0.1:PORT``). After ``failures`` failed heartbeats in
+a row it calls ``on_down`` once; when the application answers again it calls ``on_up`` once. A
+read-only event from the application (a Dubbo provider shutting down) counts as down at once.
+
+``AppWatch`` runs one checker per application port that publications point at (``spec.port``; an
+application can publish services on several ports), started and stopped as publications come and
+go, and suspends / resumes the publications of that port in Discovery. It checks nothing while
+nothing is published: there is nothing to take out of the registries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from regproxy.health import AppCheckSettings
+from regproxy.health.active import HeartbeatProbe, failure_reason
+
+if TYPE_CHECKING:
+    from regproxy.discovery import Discovery
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], Awaitable[Any]]
+
+
+class AppChecker:
+    def __init__(self, settings: AppCheckSettings, address: str, on_down: Callback, on_up: Callback) -> None:
+        self.settings = settings
+        self.address = address
+        self.on_down = on_down
+        self.on_up = on_up
+        self.up = True  # assumed until it fails: it just published, or is starting with the sidecar
+        self.failures = 0
+        self.last_error: str | None = None
+        self.checked_at: float | None = None
+        self._readonly = False
+        self._probe = HeartbeatProbe(address, on_readonly=self._on_readonly)
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_readonly(self) -> None:
+        self._readonly = True
+
+    async def check_once(self) -> None:
+        try:
+            await self._probe.check(self.settings.timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = failure_reason(exc)
+        else:
+            self.failures = 0
+            self.last_error = None
+        if self._readonly:  # since the last check it said it is shutting down: down, whatever it answered
+            self._readonly = False
+            self.failures = max(self.failures + 1, self.settings.failures)
+            self.last_error = "the application sent the read-only event (shutting down)"
+        self.checked_at = time.time()
+        if self.up and self.failures >= self.settings.failures:
+            self.up = False
+            log.warning("app check: %s is down (%d failed heartbeats, %s)", self.address, self.failures,
+                        self.last_error)  # fmt: skip
+            await self._call(self.on_down)
+        elif not self.up and self.failures == 0:
+            self.up = True
+            log.info("app check: %s answers heartbeats again", self.address)
+            await self._call(self.on_up)
+
+    async def _call(self, callback: Callback) -> None:
+        try:
+            await callback()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("app check: callback for %s failed", self.address)
+
+    # --- standalone use (AppWatch drives check_once itself) -----------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"app-check {self.address}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self.check_once()
+            await asyncio.sleep(max(0.0, self.settings.interval_s - (loop.time() - started)))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._probe.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "up": self.up,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+            "checked_at": self.checked_at,
+        }
+
+
+class AppWatch:
+    """One AppChecker per published application port, wired to Discovery's suspend / resume."""
+
+    def __init__(self, settings: AppCheckSettings, discovery: Discovery, *, host: str = "127.0.0.1") -> None:
+        self.settings = settings
+        self.discovery = discovery
+        self.host = host
+        self.checkers: dict[int, AppChecker] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None and self.settings.enabled:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="app-watch")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for checker in self.checkers.values():
+            await checker.stop()
+        self.checkers.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.check_once()
+            except Exception:  # a bug here must not end app checking for good
+                log.exception("app check round failed")
+            await asyncio.sleep(max(0.0, self.settings.interval_s - (loop.time() - started)))
+
+    async def check_once(self) -> None:
+        ports = self.discovery.published_ports()
+        for port in [p for p in self.checkers if p not in ports]:
+            await self.checkers.pop(port).stop()
+            if port in self.discovery.suspended:  # nothing left to resume, but forget the suspension
+                await self.discovery.resume_publications(port=port)
+        for port in ports:
+            if port not in self.checkers:
+                self.checkers[port] = self._checker(port)
+        if self.checkers:
+            await asyncio.gather(*(c.check_once() for c in list(self.checkers.values())))
+
+    def _checker(self, port: int) -> AppChecker:
+        address = f"{self.host}:{port}"
+        discovery = self.discovery
+
+        async def down() -> None:
+            await discovery.suspend_publications(
+                f"the application on {address} does not answer heartbeats", port=port
+            )
+
+        async def up() -> None:
+            await discovery.resume_publications(port=port)
+
+        return AppChecker(self.settings, address, down, up)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {str(port): c.describe() for port, c in sorted(self.checkers.items())}
