@@ -12,11 +12,12 @@ registry: registry URLs are only parsed and checked.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlencode
 
 import yaml
@@ -35,6 +36,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 
 if TYPE_CHECKING:
+    from regproxy.routing.rules import RuleSet
     from regproxy.routing.table import RoutingTable
 
 __all__ = [
@@ -437,42 +439,235 @@ class ClusterConfig(_Model):
         return v
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_UNIT_MS = {"ms": 1.0, "s": 1000.0, "m": 60_000.0, None: 1.0}
+
+
+def _duration_ms(value: Any) -> Any:
+    """``"3s"``, ``"250ms"``, ``"1.5s"``, ``"2m"`` or a number of milliseconds -> int ms (> 0)."""
+    if value is None:
+        return value
+    if isinstance(value, bool):
+        raise PydanticCustomError(
+            "duration", f"expected a duration like '3s' or '250ms', not {str(value).lower()}"
+        )
+    if isinstance(value, int | float):
+        ms = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m is None:
+            raise PydanticCustomError(
+                "duration", f"{value!r} is not a duration (use e.g. '3s', '250ms' or a number of ms)"
+            )
+        ms = float(m.group(1)) * _UNIT_MS[m.group(2)]
+    else:
+        raise PydanticCustomError("duration", "expected a duration like '3s' or '250ms'")
+    if ms <= 0:
+        raise PydanticCustomError("duration", f"a duration must be positive (got {value!r})")
+    return max(1, round(ms))
+
+
+DurationMs = Annotated[int, BeforeValidator(_duration_ms)]
+Percent = Annotated[float, BeforeValidator(_reject_bool), Field(ge=0, le=100)]
+
+
+def _one_of(model: BaseModel, kinds: tuple[str, ...]) -> tuple[str, Any]:
+    given = [(k, getattr(model, k)) for k in kinds if getattr(model, k) is not None]
+    if len(given) != 1:
+        raise PydanticCustomError("match", f"give exactly one of {', '.join(kinds)}")
+    kind, value = given[0]
+    if kind == "regex":
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise PydanticCustomError("match", f"bad regex {value!r}: {e}") from None
+    return kind, value
+
+
+class StringMatchConfig(_Model):
+    """``{exact: ..}``, ``{prefix: ..}`` or ``{regex: ..}`` (a full match)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StringMatchConfig:
+        _one_of(self, ("exact", "prefix", "regex"))
+        return self
+
+    def kind_value(self) -> tuple[str, str]:
+        return _one_of(self, ("exact", "prefix", "regex"))
+
+
+def _string_match(value: Any) -> Any:
+    # Validated here rather than as a union member, so a mistake gets one message, not one per member.
+    if isinstance(value, Mapping):
+        try:
+            return StringMatchConfig.model_validate(value)
+        except ValidationError as e:
+            path, problem = _describe(e.errors()[0])
+            raise PydanticCustomError("match", f"{path}: {problem}" if path else problem) from None
+    return value
+
+
+StringOrMatch = Annotated[str | StringMatchConfig, BeforeValidator(_string_match)]
+
+
+class AttachmentMatchConfig(_Model):
+    """An attachment value: ``exact``, ``prefix``, ``regex`` (full match), or ``present: true``."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AttachmentMatchConfig:
+        kind, value = _one_of(self, ("exact", "prefix", "regex", "present"))
+        if kind == "present" and value is not True:
+            raise PydanticCustomError("match", "present must be true (leave the key out to match anything)")
+        return self
+
+    def kind_value(self) -> tuple[str, str]:
+        kind, value = _one_of(self, ("exact", "prefix", "regex", "present"))
+        return kind, "" if kind == "present" else value
+
+
 class RouteMatchConfig(_Model):
     """None matches anything; "" for version/group matches only requests that carry none."""
 
-    service: str = "*"
+    service: StringOrMatch = "*"
     version: str | None = None
     group: str | None = None
-    method: str | None = None
+    method: StringOrMatch | None = None
+    attachments: dict[str, AttachmentMatchConfig] = Field(default_factory=dict)
 
     @field_validator("service")
     @classmethod
-    def _service(cls, v: str) -> str:
-        return _non_blank(v, "service", " (use '*' for any service)")
+    def _service(cls, v: str | StringMatchConfig) -> str | StringMatchConfig:
+        if isinstance(v, str):
+            return _non_blank(v, "service", " (use '*' for any service)")
+        return v
 
     @field_validator("method")
     @classmethod
-    def _method(cls, v: str | None) -> str | None:
-        if v is not None:
+    def _method(cls, v: str | StringMatchConfig | None) -> str | StringMatchConfig | None:
+        if isinstance(v, str):
             _non_blank(v, "method", " (use null for any method)")
         return v
+
+    @property
+    def plain(self) -> bool:
+        """Expressible by the routing table: exact (or '*') service and method, no attachments."""
+        return (
+            isinstance(self.service, str)
+            and not isinstance(self.method, StringMatchConfig)
+            and not self.attachments
+        )
+
+
+class WeightedSubsetConfig(_Model):
+    subset: dict[str, str]
+    weight: Int = Field(1, ge=0, le=MAX_WEIGHT)
+
+
+RETRY_ON_NAMES = ("connect-failure", "reset", "unavailable")
+
+
+class RetryConfig(_Model):
+    """``attempts``: extra attempts after the first.  Connect failures (nothing written) are always
+    retried; ``reset`` (connection lost with the request written) and ``unavailable`` (the upstream
+    answered 35, 60 or 100: it did not run the call) only when listed."""
+
+    attempts: Int = Field(1, ge=0, le=10)
+    on: list[Literal["connect-failure", "reset", "unavailable"]] = Field(
+        default_factory=lambda: ["connect-failure"]
+    )
+
+
+class RouteActionConfig(_Model):
+    cluster: str | None = None
+    weighted_subsets: list[WeightedSubsetConfig] = Field(default_factory=list)
+    timeout: DurationMs | None = None
+    retry: RetryConfig | None = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> RouteActionConfig:
+        if self.weighted_subsets and sum(s.weight for s in self.weighted_subsets) <= 0:
+            raise PydanticCustomError("subsets", "weighted_subsets: the weights must not all be 0")
+        return self
+
+
+class FaultDelayConfig(_Model):
+    fixed: DurationMs
+    percentage: Percent = 100.0
+
+
+class FaultAbortConfig(_Model):
+    status: Int = Field(70, ge=21, le=255, description="the Dubbo status to answer with (not 20 = OK)")
+    message: str = ""
+    percentage: Percent = 100.0
+
+
+class FaultConfig(_Model):
+    delay: FaultDelayConfig | None = None
+    abort: FaultAbortConfig | None = None
+
+
+class RateLimitConfig(_Model):
+    requests_per_second: Float = Field(gt=0)
+    burst: Int | None = Field(None, ge=1, description="bucket size; default: requests_per_second rounded up")
+    per: Literal["service", "method"] = "service"
 
 
 class RouteConfig(_Model):
     name: str
     match: RouteMatchConfig = Field(default_factory=RouteMatchConfig)
-    cluster: str
+    # None: the cluster of the service's subscription (the first table route that matches).
+    cluster: str | None = None
     timeout_ms: Int | None = Field(None, gt=0)
     retries: Int = Field(1, ge=0, le=10)
+    route: RouteActionConfig | None = None
+    fault: FaultConfig | None = None
+    rate_limit: RateLimitConfig | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _non_blank(v, "route name")
 
+    @model_validator(mode="after")
+    def _one_cluster(self) -> RouteConfig:
+        if self.route is not None:
+            if self.cluster is not None and self.route.cluster is not None:
+                raise PydanticCustomError("route", "give cluster or route.cluster, not both")
+            if self.timeout_ms is not None and self.route.timeout is not None:
+                raise PydanticCustomError("route", "give timeout_ms or route.timeout, not both")
+        return self
+
+    @property
+    def target(self) -> str | None:
+        return self.cluster if self.cluster is not None else (self.route.cluster if self.route else None)
+
+    @property
+    def timeout(self) -> int | None:
+        if self.route is not None and self.route.timeout is not None:
+            return self.route.timeout
+        return self.timeout_ms
+
+    @property
+    def attempts(self) -> int:
+        if self.route is not None and self.route.retry is not None:
+            return self.route.retry.attempts
+        return self.retries
+
+
+_ACTION_KEYS = ("route", "fault", "rate_limit")
+
 
 def _cross_check(
-    clusters: list[tuple[int, Any]], routes: list[tuple[int, Any, Any]]
+    clusters: list[tuple[int, Any]], routes: list[tuple[int, Any, Any, bool]]
 ) -> list[tuple[str, str]]:
     """Checks that span list items: unique cluster and route names, routes naming existing clusters.
 
@@ -492,7 +687,15 @@ def _cross_check(
             first[name] = i
     known = ", ".join(sorted(first)) or "none defined"
     seen_routes: dict[str, int] = {}
-    for i, name, cluster in routes:
+    for i, name, cluster, has_action in routes:
+        if cluster is None and not has_action:
+            errors.append(
+                (
+                    f"routes[{i}].cluster",
+                    "required unless the route has route, fault or rate_limit "
+                    "(a rule without a cluster uses the service's subscription)",
+                )
+            )
         if isinstance(name, str):
             if name in seen_routes:
                 errors.append(
@@ -516,10 +719,12 @@ def _raw_cross_check(data: Any) -> list[tuple[str, str]]:
         return [(i, item) for i, item in enumerate(value) if isinstance(item, Mapping)]
 
     clusters = [(i, c.get("name")) for i, c in items("clusters")]
-    routes = [(i, r.get("name"), r.get("cluster")) for i, r in items("routes")]
+    routes = [
+        (i, r.get("name"), r.get("cluster"), any(k in r for k in _ACTION_KEYS)) for i, r in items("routes")
+    ]
     if not isinstance(data.get("clusters", []), list):
         # The cluster list itself is broken; "no cluster named" would only add noise.
-        routes = [(i, name, None) for i, name, _ in routes]
+        routes = [(i, name, None, True) for i, name, _, _ in routes]
     return _cross_check(clusters, routes)
 
 
@@ -550,6 +755,8 @@ class Config(_Model):
     log_level: str = "info"
     clusters: list[ClusterConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
+    # Off by default; true = the process log ("regproxy.access" logger), a string = a file to append to.
+    access_log: bool | str = False
 
     LISTENERS: ClassVar[tuple[str, ...]] = ("egress", "ingress", "api", "admin")
 
@@ -593,7 +800,10 @@ class Config(_Model):
     def _cross_fields(self) -> Config:
         errors = _cross_check(
             [(i, c.name) for i, c in enumerate(self.clusters)],
-            [(i, r.name, r.cluster) for i, r in enumerate(self.routes)],
+            [
+                (i, r.name, r.cluster, any(getattr(r, k) is not None for k in _ACTION_KEYS))
+                for i, r in enumerate(self.routes)
+            ],
         )
         for i, c in enumerate(self.clusters):
             seen: dict[Address, int] = {}
@@ -664,25 +874,107 @@ class Config(_Model):
             )
             for c in self.clusters
         ]
+        static = {c.name for c in self.clusters}
         routes = [
             Route(
                 name=r.name,
                 match=RouteMatch(
-                    service=r.match.service,
+                    service=r.match.service,  # type: ignore[arg-type]  # plain: a str
                     version=r.match.version,
                     group=r.match.group,
-                    method=r.match.method,
+                    method=r.match.method,  # type: ignore[arg-type]
                 ),
-                cluster=r.cluster,
-                timeout_ms=r.timeout_ms,
-                retries=r.retries,
+                cluster=r.target,  # type: ignore[arg-type]
+                timeout_ms=r.timeout,
+                retries=r.attempts,
             )
             for r in self.routes
+            if self._in_table(r, static)
         ]
         return RoutingTable(routes=routes, clusters=clusters)
 
     # The name used in the module contracts (/tmp/plan.md).
     to_table = to_routing_table
+
+    @staticmethod
+    def _in_table(r: RouteConfig, static: set[str]) -> bool:
+        # Routes the table can express go there too, so services without rule work keep the
+        # table's fast path; the others exist only as rules.
+        return r.match.plain and r.target in static
+
+    def to_rule_set(self) -> RuleSet:
+        """Every route as a compiled rule (regproxy.routing.rules), in order."""
+        from regproxy.routing.rules import (
+            RETRY_CONNECT,
+            RETRY_NAMES,
+            Fault,
+            RateLimit,
+            Rule,
+            RuleSet,
+            StringMatch,
+            Subset,
+        )
+
+        static = {c.name for c in self.clusters}
+        rules = []
+        for r in self.routes:
+            m = r.match
+            service = (
+                StringMatch("exact", m.service)
+                if isinstance(m.service, str)
+                else StringMatch(*m.service.kind_value())
+            )
+            method = None
+            if m.method is not None:
+                method = (
+                    StringMatch("exact", m.method)
+                    if isinstance(m.method, str)
+                    else StringMatch(*m.method.kind_value())
+                )
+            action = r.route
+            retry_on = RETRY_CONNECT
+            subsets: tuple[Subset, ...] = ()
+            if action is not None:
+                if action.retry is not None:
+                    for name in action.retry.on:
+                        retry_on |= RETRY_NAMES[name]
+                subsets = tuple(
+                    Subset(tuple(sorted(ws.subset.items())), ws.weight) for ws in action.weighted_subsets
+                )
+            fault = None
+            if r.fault is not None and (r.fault.delay or r.fault.abort):
+                d, a = r.fault.delay, r.fault.abort
+                fault = Fault(
+                    delay_ms=d.fixed if d else 0,
+                    delay_percent=d.percentage if d else 0.0,
+                    abort_status=a.status if a else 0,
+                    abort_message=a.message if a else "",
+                    abort_percent=a.percentage if a else 0.0,
+                )
+            limit = None
+            if r.rate_limit is not None:
+                rl = r.rate_limit
+                burst = rl.burst if rl.burst is not None else max(1, math.ceil(rl.requests_per_second))
+                limit = RateLimit(rl.requests_per_second, burst, rl.per)
+            rules.append(
+                Rule(
+                    name=r.name,
+                    service=service,
+                    version=m.version,
+                    group=m.group,
+                    method=method,
+                    attachments=tuple((k, StringMatch(*v.kind_value())) for k, v in m.attachments.items()),
+                    cluster=r.target,
+                    subsets=subsets,
+                    timeout_ms=r.timeout,
+                    retries=r.attempts,
+                    retry_on=retry_on,
+                    fault=fault,
+                    rate_limit=limit,
+                    in_table=self._in_table(r, static),
+                )
+            )
+        return RuleSet(rules)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -706,7 +998,20 @@ def _short(value: Any) -> str:
 
 # Our own validators raise PydanticCustomError with complete messages; these built-in types get
 # friendlier wording.
-_CUSTOM_TYPES = {"bool_number", "address", "registry_url", "empty", "lb", "ip", "log_level", "token"}
+_CUSTOM_TYPES = {
+    "bool_number",
+    "address",
+    "registry_url",
+    "empty",
+    "lb",
+    "ip",
+    "log_level",
+    "token",
+    "duration",
+    "match",
+    "route",
+    "subsets",
+}
 
 
 def _describe(err: Mapping[str, Any]) -> tuple[str, str]:

@@ -13,10 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from regproxy.api.http import build_app, start_api, stop_api
-from regproxy.config import Config
+from regproxy.config import Config, ConfigError
 from regproxy.discovery import Discovery, ingress_table
 from regproxy.netutil import detect_advertise_ip
 from regproxy.proxy.engine import Listener, ListenerSettings
+from regproxy.proxy.filters import AccessLog
 from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
 from regproxy.routing import TableHolder
@@ -43,6 +44,8 @@ class Sidecar:
         self.config_path = config_path
         self._loader = loader
         self.static_table = config.to_routing_table()
+        self.rules = config.to_rule_set()
+        self._access_log: AccessLog | None = AccessLog(config.access_log) if config.access_log else None
         self.egress_table = TableHolder(self.static_table)
         self.ingress_table = TableHolder(ingress_table(config.app_port))
         self.advertise_ip = config.advertise_ip or detect_advertise_ip()
@@ -82,6 +85,7 @@ class Sidecar:
         await self.ingress.start()
         try:
             await self.egress.start()
+            self._apply_rules()
             # The port other sidecars must dial: the bound one (a config may ask for port 0).
             ingress_port = self.ingress.address[1]
             self.discovery = Discovery(
@@ -103,6 +107,15 @@ class Sidecar:
         except BaseException:
             await self.stop()
             raise
+
+    def _apply_rules(self) -> None:
+        # Rules drive the egress only: the ingress forwards to the local application as it is.
+        fwd = self.egress.forwarder
+        if fwd is not None:
+            fwd.rules = self.rules
+            fwd.access_log = self._access_log
+        if self.ingress.forwarder is not None:
+            self.ingress.forwarder.access_log = self._access_log
 
     async def stop(self) -> None:
         for runner in (self._api, self._admin):
@@ -183,14 +196,29 @@ class Sidecar:
         old = self.config
         changes: list[str] = []
         needs_restart = [k for k in _RESTART_KEYS if getattr(new, k) != getattr(old, k)]
-        table = new.to_routing_table()  # built before anything changes: a bad table changes nothing
+        # Built before anything changes: a bad table or rule set changes nothing.
+        table = new.to_routing_table()
+        rules = new.to_rule_set()
+        access_log = (
+            AccessLog(new.access_log) if new.access_log and new.access_log != old.access_log else None
+        )
         if new.clusters != old.clusters or new.routes != old.routes:
+            # Table and rules are swapped with no await in between, so no request sees one without
+            # the other; requests in flight keep what they derived from the old ones.
             self.static_table = table
+            self.rules = rules
             if self.discovery is not None:
                 self.discovery.set_static_table(table)
             else:
                 self.egress_table.swap(table)
+            self._apply_rules()
             changes.append("static routes and clusters")
+        if new.access_log != old.access_log:
+            if self._access_log is not None:
+                self._access_log.close()
+            self._access_log = access_log
+            self._apply_rules()
+            changes.append("access_log")
         if new.timeouts.default_ms != old.timeouts.default_ms and self.egress.forwarder is not None:
             self.egress.forwarder.default_timeout_ms = new.timeouts.default_ms
             changes.append("timeouts.default_ms")
@@ -239,6 +267,26 @@ async def _listen(name: str, starting: Any, where: str) -> web.AppRunner:
         raise OSError(exc.errno, f"{name}: cannot listen on {where}: {exc.strerror}") from exc
 
 
+_sighup_lock: asyncio.Lock | None = None
+
+
+async def _reload_on_signal(sidecar: Sidecar) -> None:
+    """SIGHUP: the same reload as POST /api/v1/reload; a bad config is refused and the old one stays."""
+    global _sighup_lock
+    if _sighup_lock is None:
+        _sighup_lock = asyncio.Lock()
+    async with _sighup_lock:  # two quick SIGHUPs would interleave their table swaps
+        try:
+            result = await sidecar.reload()
+        except ConfigError as e:
+            log.error("SIGHUP: reload refused, keeping the running config: %s", e)
+            return
+        except Exception:
+            log.exception("SIGHUP: reload failed, keeping the running config")
+            return
+    log.info("SIGHUP: %s", result)
+
+
 def _install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
@@ -265,6 +313,14 @@ async def _main(config: Config, loader: Callable[[], Config] | None, config_path
             sidecar.start_drain()
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload_on_signal(sidecar))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     loop.add_signal_handler(signal.SIGINT, sidecar.request_stop)
     log.info(
         "regproxy running (egress %s, ingress %s, api %s, admin %s, advertise ip %s)",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from regproxy.dubbo.frame import Frame
 
 if TYPE_CHECKING:
+    from regproxy.proxy.filters import StreamFilter
     from regproxy.proxy.listener import DownstreamConnection
     from regproxy.proxy.upstream import UpstreamConnection
     from regproxy.routing import Host, LoadBalancer
@@ -19,10 +20,12 @@ class Exchange:
         "balancer",
         "downstream",
         "downstream_id",
+        "filters",
         "frame",
         "hosts",
         "method",
         "retries_left",
+        "retry_on",
         "service",
         "started",
         "timeout_ms",
@@ -43,6 +46,8 @@ class Exchange:
         retries: int,
         timeout_ms: int,
         started: float,
+        retry_on: int = 1,
+        filters: tuple[StreamFilter, ...] = (),
     ) -> None:
         self.downstream = downstream
         self.downstream_id = frame.request_id
@@ -55,6 +60,10 @@ class Exchange:
         self.hosts = hosts
         self.balancer = balancer
         self.retries_left = retries
+        # RETRY_* flags of regproxy.routing.rules: which failures after writing may be retried
+        # (connect failures before writing always may, while retries_left lasts).
+        self.retry_on = retry_on
+        self.filters = filters  # the rule's stream filters; () for most requests
         self.timeout_ms = timeout_ms
         self.tried: list[str] = []
         self.timer: asyncio.TimerHandle | None = None

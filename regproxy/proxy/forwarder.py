@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from time import perf_counter
 
@@ -15,10 +16,39 @@ from regproxy.dubbo.hessian2 import Hessian2Error
 from regproxy.dubbo.request import RequestBody
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.exchange import Exchange
+from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.stats import ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import Host, LoadBalancer, TableHolder, make_balancer
+from regproxy.routing.rules import (
+    RETRY_CONNECT,
+    RETRY_RESET,
+    RETRY_UNAVAILABLE,
+    UNAVAILABLE_STATUSES,
+    Rule,
+    RuleSet,
+    Subset,
+    TagIndex,
+    subset_hosts,
+)
+
+try:  # host health (active checks, outlier ejection) is another part of issue 7; a no-op until it lands
+    from regproxy.health import HostHealth, NoHealth
+except ImportError:  # pragma: no cover - depends on which parts are present
+    from typing import Protocol
+
+    class HostHealth(Protocol):  # type: ignore[no-redef]
+        def available(self, address: str) -> bool: ...
+        def report(self, address: str, ok: bool) -> None: ...
+
+    class NoHealth:  # type: ignore[no-redef]
+        def available(self, address: str) -> bool:
+            return True
+
+        def report(self, address: str, ok: bool) -> None:
+            return None
+
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +107,14 @@ class Forwarder(UpstreamEvents):
         self._idle: asyncio.Event | None = None  # set when in_flight drops to zero (drain waits)
         self.stats = stats or ListenerStats()
         self._balancers: dict[str, tuple[str, LoadBalancer]] = {}
+        self._rules = RuleSet()
+        self._filters: dict[Rule, tuple[StreamFilter, ...]] = {}
+        self._subsets: dict[tuple[str, Subset], tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
+        self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
+        self.rng = random.Random()  # weighted subset choice
+        self.access_log: AccessLog | None = None  # off by default: no formatting per request
+        self._health: HostHealth = NoHealth()
+        self._health_on = False
 
     # --- from the downstream side -------------------------------------------------------------
 
@@ -124,26 +162,93 @@ class Forwarder(UpstreamEvents):
         try:
             body = RequestBody(frame.body)
             table = self.table.current
-            group = body.group if table.needs_group(body.path) else None
-            route = table.match(body.path, body.version, body.method, group)
-            if route is None:
-                label = service_label(body.path, body.version, body.group)
-                self.reply_error(
-                    down, frame, Status.SERVICE_NOT_FOUND, f"no route for {label} method {body.method}"
-                )
-                return
+            rule = None
+            if self._rules:
+                cands = self._rules.lookup(body.path)
+                if cands is not None:
+                    rule = RuleSet.first_match(cands, body.version, body.method, body)
+            route = None
+            if rule is None or rule.cluster is None:
+                group = body.group if table.needs_group(body.path) else None
+                route = table.match(body.path, body.version, body.method, group)
+                if route is None:
+                    label = service_label(body.path, body.version, body.group)
+                    why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
+                    self.reply_error(
+                        down,
+                        frame,
+                        Status.SERVICE_NOT_FOUND,
+                        f"no route for {label} method {body.method}{why}",
+                    )
+                    return
+            if rule is None:
+                assert route is not None
+                cluster_name = route.cluster
+                rule_timeout = route.timeout_ms
+                retries = route.retries
+                retry_on = RETRY_CONNECT
+                filters: tuple[StreamFilter, ...] = ()
+            else:
+                cluster_name = rule.cluster or route.cluster  # type: ignore[union-attr]
+                rule_timeout = rule.timeout_ms or (route.timeout_ms if route is not None else None)
+                if rule.retries is not None:
+                    retries = rule.retries
+                else:
+                    retries = route.retries if route is not None else 1
+                retry_on = rule.retry_on
+                filters = self._filters_of(rule)
             timeout_ms = (
-                route.timeout_ms
+                rule_timeout
                 or (self.timeout_from_attachment and body.timeout_ms())
                 or self.default_timeout_ms
             )
-            if group is None:
-                # For the label only: free when the attachments were read for the timeout anyway.
-                group = body.group if body.attachments_read else ""
+            cluster = table.clusters.get(cluster_name)
+            if cluster is None:
+                # Only a rule can name a cluster the table lacks (a subscription not made yet).
+                label = service_label(body.path, body.version, body.group)
+                self.reply_error(
+                    down,
+                    frame,
+                    Status.SERVICE_NOT_FOUND,
+                    f"rule {rule.name!r} sends {label} to cluster {cluster_name!r}, "  # type: ignore[union-attr]
+                    "which does not exist (no static cluster or subscription of that name)",
+                )
+                return
+            hosts = cluster.hosts
+            bkey = cluster.name
+            if rule is not None and rule.subsets:
+                subset = rule.choose_subset(self.rng)
+                assert subset is not None
+                hosts = self._subset_hosts(cluster.name, hosts, subset)
+                if not hosts:
+                    label = service_label(body.path, body.version, body.group)
+                    self.reply_error(
+                        down,
+                        frame,
+                        Status.SERVICE_NOT_FOUND,
+                        f"no host in subset {{{subset.label}}} of cluster {cluster.name} for {label} "
+                        f"(rule {rule.name!r})",
+                    )
+                    return
+                bkey = f"{bkey}|{subset.label}"
+            tags = self._tag_index(bkey, hosts)
+            if tags is not None:
+                what, hosts = tags.select(body.attachments)
+                if not hosts:
+                    label = service_label(body.path, body.version, body.group)
+                    self.reply_error(
+                        down,
+                        frame,
+                        Status.SERVICE_NOT_FOUND,
+                        f"no provider for {label} with {what} in cluster {cluster.name} (dubbo tag routing)",
+                    )
+                    return
+                bkey = f"{bkey}|{what}"
+            # For the label only: free when the attachments were read anyway.
+            group = body.group if body.attachments_read else ""
         except Hessian2Error as exc:
             self.reply_error(down, frame, Status.BAD_REQUEST, f"malformed request body: {exc}")
             return
-        cluster = table.clusters[route.cluster]
         service = service_label(body.path, body.version, group)
         stats.per_service[f"{service}.{body.method}"] += 1
         if not frame.two_way:
@@ -154,17 +259,83 @@ class Forwarder(UpstreamEvents):
             frame,
             service,
             body.method,
-            cluster.hosts,
-            self._balancer(cluster.name, cluster.lb),
-            route.retries,
+            hosts,
+            self._balancer(bkey, cluster.lb),
+            retries,
             timeout_ms,
             perf_counter(),  # not loop.time(): uvloop's is cached per loop pass, in whole ms
+            retry_on,
+            filters,
         )
         if frame.two_way:
             down.in_flight += 1
             self.in_flight += 1
             exch.timer = loop.call_later(timeout_ms / 1000, self._on_timeout, exch)
+        if filters:
+            self._run_filters(exch, 0)
+        else:
+            self._dispatch(exch, None)
+
+    # --- rules, subsets, tags, filters --------------------------------------------------------
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        """Swap the rules; requests in flight keep the hosts, policy and filters they started with."""
+        self._rules = rules
+        self._filters = {}
+        self._subsets = {}
+
+    @property
+    def health(self) -> HostHealth:
+        return self._health
+
+    @health.setter
+    def health(self, health: HostHealth) -> None:
+        self._health = health
+        # The no-op costs nothing: skip even the calls.
+        self._health_on = not isinstance(health, NoHealth)
+
+    def _filters_of(self, rule: Rule) -> tuple[StreamFilter, ...]:
+        chain = self._filters.get(rule)
+        if chain is None:
+            chain = self._filters[rule] = build_filters(rule)
+        return chain
+
+    def _subset_hosts(self, cluster: str, hosts: tuple[Host, ...], subset: Subset) -> tuple[Host, ...]:
+        key = (cluster, subset)
+        entry = self._subsets.get(key)
+        if entry is None or entry[0] is not hosts:  # the cluster's host tuple is replaced on change
+            entry = self._subsets[key] = (hosts, subset_hosts(hosts, subset))
+        return entry[1]
+
+    def _tag_index(self, key: str, hosts: tuple[Host, ...]) -> TagIndex | None:
+        entry = self._tags.get(key)
+        if entry is None or entry[0] is not hosts:
+            if len(self._tags) > 4096:
+                self._tags.clear()  # clusters come and go with subscriptions; do not grow forever
+            entry = self._tags[key] = (hosts, TagIndex.build(hosts))
+        return entry[1]
+
+    def _run_filters(self, exch: Exchange, start: int) -> None:
+        filters = exch.filters
+        for i in range(start, len(filters)):
+            if not filters[i].on_request(self, exch, i):
+                return
         self._dispatch(exch, None)
+
+    def resume(self, exch: Exchange, index: int) -> None:
+        """Continue a filter chain a filter stopped (e.g. after an injected delay)."""
+        if exch.two_way and exch.timer is None:
+            return  # answered meanwhile (deadline passed)
+        self._run_filters(exch, index)
+
+    def fail(self, exch: Exchange, status: int, message: str) -> None:
+        """Answer ``exch`` with a Dubbo error made here (filters use this)."""
+        self._fail(exch, status, message)
 
     def _balancer(self, cluster: str, lb: str) -> LoadBalancer:
         entry = self._balancers.get(cluster)
@@ -176,6 +347,10 @@ class Forwarder(UpstreamEvents):
     def _pick(self, exch: Exchange) -> Host | None:
         pool = self.pool
         failing = [h.address for h in exch.hosts if pool.is_failing(h.address)]
+        if self._health_on:
+            # Ejected or failing active checks: avoided, but still used when nothing else is left.
+            available = self._health.available
+            failing += [h.address for h in exch.hosts if not available(h.address)]
         if failing:
             host = exch.balancer.pick(exch.hosts, set(exch.tried).union(failing))
             if host is not None:
@@ -200,14 +375,32 @@ class Forwarder(UpstreamEvents):
                     f"no provider for {exch.label.rpartition('.')[0]} (cluster has no healthy host)",
                 )
             return
+        self._send(exch, host)
+
+    def _send(self, exch: Exchange, host: Host) -> None:
         exch.tried.append(host.address)
+        exch.upstream_id = 0  # a retry after writing: the id belonged to the previous connection
         self.stats.upstream_requests[host.address] += 1
         self.pool.connection(host.address).submit(exch)
+
+    def _retry_written(self, exch: Exchange) -> bool:
+        """Send a written request again on another host; False when there is none (or no budget)."""
+        if exch.retries_left <= 0 or (exch.two_way and exch.timer is None) or self.pool.closed:
+            return False
+        host = self._pick(exch)
+        if host is None:
+            return False
+        exch.retries_left -= 1
+        self.stats.retries += 1
+        self._send(exch, host)
+        return True
 
     def _on_timeout(self, exch: Exchange) -> None:
         exch.timer = None
         if exch.upstream is not None:
             exch.upstream.forget(exch)
+        if self._health_on and exch.tried:
+            self._health.report(exch.tried[-1], False)
         self.stats.timeouts += 1
         where = exch.tried[-1] if exch.tried else "no host"
         self._fail(
@@ -219,17 +412,29 @@ class Forwarder(UpstreamEvents):
     # --- from the upstream side ---------------------------------------------------------------
 
     def on_response(self, exch: Exchange, head: bytes, body: bytes) -> None:
+        status = head[3]
+        if self._health_on:
+            self._health.report(
+                exch.tried[-1], status != Status.CHANNEL_INACTIVE and status != Status.SERVER_ERROR
+            )
+        if exch.retry_on & RETRY_UNAVAILABLE and status in UNAVAILABLE_STATUSES and self._retry_written(exch):
+            return  # the upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying
         if exch.timer is not None:
             exch.timer.cancel()
         stats = self.stats
-        stats.responses[head[3]] += 1
-        stats.observe(exch.service, exch.method, perf_counter() - exch.started)
+        stats.responses[status] += 1
+        elapsed = perf_counter() - exch.started
+        stats.observe(exch.service, exch.method, elapsed)
+        if self.access_log is not None:
+            self.access_log.record(self.name, exch, status, elapsed)
         down = exch.downstream
         down.queue(with_request_id(head, exch.downstream_id), body)
         self._answered(down)
 
     def on_not_written(self, exch: Exchange, reason: str) -> None:
         self.stats.connect_failures += 1
+        if self._health_on and exch.tried:
+            self._health.report(exch.tried[-1], False)
         if exch.two_way and exch.timer is None:
             return  # already answered (deadline passed)
         if exch.retries_left > 0:
@@ -245,6 +450,10 @@ class Forwarder(UpstreamEvents):
         # Written, so it may have run: retrying could call the provider twice. Report it instead.
         # SERVER_ERROR, not CHANNEL_INACTIVE: Java consumers treat both alike, and clients with a
         # short status table (dubbo-python) hang on 35 instead of failing the call.
+        if self._health_on and exch.tried:
+            self._health.report(exch.tried[-1], False)
+        if exch.retry_on & RETRY_RESET and self._retry_written(exch):
+            return  # the route says a second execution is acceptable
         self._fail(exch, Status.SERVER_ERROR, f"{reason} ({exch.label})")
 
     # --- answers made here --------------------------------------------------------------------
@@ -253,6 +462,8 @@ class Forwarder(UpstreamEvents):
         if exch.timer is not None:
             exch.timer.cancel()
             exch.timer = None
+        if self.access_log is not None:
+            self.access_log.record(self.name, exch, status, perf_counter() - exch.started)
         if not exch.two_way:
             log.warning("%s: one-way request dropped: %s", self.name, message)
             return
