@@ -757,6 +757,8 @@ class Config(_Model):
     routes: list[RouteConfig] = Field(default_factory=list)
     # Off by default; true = the process log ("regproxy.access" logger), a string = a file to append to.
     access_log: bool | str = False
+    # Heartbeat checks of upstream hosts, outlier ejection, and the local app (regproxy/health).
+    health: dict[str, Any] = Field(default_factory=dict)
 
     LISTENERS: ClassVar[tuple[str, ...]] = ("egress", "ingress", "api", "admin")
 
@@ -779,6 +781,17 @@ class Config(_Model):
         if value is None or ctx.get("reveal_secrets", False):
             return value
         return _REDACTED
+
+    @field_validator("health")
+    @classmethod
+    def _health(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from regproxy.health import HealthSettings
+
+        try:
+            HealthSettings.from_dict(v, where="")
+        except ValueError as exc:
+            raise PydanticCustomError("health", str(exc).lstrip(".")) from None
+        return v
 
     @field_validator("data_dir")
     @classmethod

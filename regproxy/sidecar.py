@@ -15,6 +15,9 @@ from aiohttp import web
 from regproxy.api.http import build_app, start_api, stop_api
 from regproxy.config import Config, ConfigError
 from regproxy.discovery import Discovery, ingress_table
+from regproxy.health import HealthSettings
+from regproxy.health.app import AppWatch
+from regproxy.health.hosts import Health, egress_view
 from regproxy.netutil import detect_advertise_ip
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.proxy.filters import AccessLog
@@ -26,7 +29,9 @@ from regproxy.state import StateStore
 log = logging.getLogger("regproxy")
 
 # Keys a reload cannot change in a running process: sockets are bound, registries connected.
-_RESTART_KEYS = ("egress", "ingress", "api", "admin", "app_port", "advertise_ip", "data_dir", "registries")
+_RESTART_KEYS = (
+    "egress", "ingress", "api", "admin", "app_port", "advertise_ip", "data_dir", "registries", "health",
+)  # fmt: skip
 # After the read-only event, the time for requests already on the wire to arrive before we count
 # what is in flight (one loopback or LAN round trip is far less).
 _READONLY_SETTLE_S = 0.2
@@ -62,6 +67,8 @@ class Sidecar:
         self._drain_task: asyncio.Task[None] | None = None
         self._api: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
+        self.health: Health | None = None
+        self.app_watch: AppWatch | None = None
 
     def _settings(self, host: str, port: int) -> ListenerSettings:
         c = self.config
@@ -100,6 +107,7 @@ class Sidecar:
                 store=StateStore(c.data_dir),
             )
             await self.discovery.start()
+            await self._start_health()
             app = build_app(self.discovery, app_port=c.app_port, registries=c.registries)
             self._api = await _listen("api", start_api(app, c.api.host, c.api.port), str(c.api))
             admin = build_admin_app(self)
@@ -107,6 +115,23 @@ class Sidecar:
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_health(self) -> None:
+        assert self.discovery is not None
+        hs = HealthSettings.from_dict(self.config.health)
+        if hs.active.enabled or hs.outlier.enabled:
+            hosts, clusters_of = egress_view(self.egress_table)
+            self.health = Health(hs, hosts, clusters_of, on_eject=self._count_ejection)
+            self.health.start()
+            if self.egress.forwarder is not None:
+                self.egress.forwarder.health = self.health  # egress only: ingress has just the local app
+        # Provider side: withdraw the publications of an app port that stops answering heartbeats.
+        self.app_watch = AppWatch(hs.app_check, self.discovery)
+        self.app_watch.start()
+
+    def _count_ejection(self, address: str) -> None:
+        if self.egress.forwarder is not None:
+            self.egress.forwarder.stats.ejections += 1
 
     def _apply_rules(self) -> None:
         # Rules drive the egress only: the ingress forwards to the local application as it is.
@@ -122,6 +147,10 @@ class Sidecar:
             if runner is not None:
                 await stop_api(runner)
         self._api = self._admin = None
+        if self.app_watch is not None:
+            await self.app_watch.stop()
+        if self.health is not None:
+            await self.health.stop()
         await self.egress.stop()
         await self.ingress.stop()
         if self.discovery is not None:
@@ -256,6 +285,11 @@ class Sidecar:
             "registry": {
                 "states": d.registry_states() if d is not None else {},
                 "events": dict(d.events) if d is not None else {},
+            },
+            "health": {
+                "hosts": self.health.describe() if self.health is not None else {},
+                "app_check": self.app_watch.describe() if self.app_watch is not None else {},
+                "suspended_app_ports": {str(k): v for k, v in d.suspended.items()} if d is not None else {},
             },
         }
 

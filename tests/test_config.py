@@ -68,7 +68,13 @@ def test_example_file_documents_every_key() -> None:
 def test_example_matches_defaults_outside_demo_routes() -> None:
     c = load_config(EXAMPLE)
     d = Config()
-    assert c.model_dump(exclude={"clusters", "routes"}) == d.model_dump(exclude={"clusters", "routes"})
+    assert c.model_dump(exclude={"clusters", "routes", "health"}) == d.model_dump(
+        exclude={"clusters", "routes", "health"}
+    )
+    # The example spells the health section out; it must say exactly the defaults.
+    from regproxy.health import HealthSettings
+
+    assert HealthSettings.from_dict(c.health) == HealthSettings.from_dict(d.health)
 
 
 def test_no_file_gives_defaults() -> None:

@@ -178,3 +178,20 @@ async def set_weight_by_hand(zk: KazooClient, ingress_port: int, weight: int) ->
                 zk.create(f"{PROVIDERS}/{quote_plus(new, safe='*')}", ephemeral=True)
 
     await asyncio.to_thread(edit)
+
+
+async def test_dead_app_is_unpublished_and_republished(world: World, zk: KazooClient) -> None:
+    """The provider sidecar heartbeats its application: a crashed app leaves the registry within
+    5 s, and comes back once it answers again, with no /pub from anyone."""
+    b = world.provider_sidecars[0]
+    app = world.apps[0]
+    port = app.port
+    assert (await b.post("/pub", pub_body(port)))[0] == 200
+    await wait_for(lambda: len(leaves(zk)) == 1, 2.0, "the published node")
+    assert app.server is not None
+    app.server.close()  # the application dies: no listener, connections cut
+    app.abort_connections()
+    await wait_for(lambda: leaves(zk) == [], 5.0, "the dead app's node to go")
+    await app.start("127.0.0.1", port)
+    await wait_for(lambda: len(leaves(zk)) == 1, 5.0, "the node back with the app")
+    assert leaves(zk)[0][0] == f"127.0.0.1:{b.ingress}"
