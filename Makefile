@@ -18,7 +18,7 @@ help:
 	@echo "make test     system test deps, ruff, pytest (what CI runs)"
 	@echo "make lint     ruff only"
 	@echo "make demo     run regproxy demo: providers, a consumer and their sidecars (Ctrl-C stops)"
-	@echo "make bench    run the benchmarks (not yet available)"
+	@echo "make bench    benchmarks: regproxy vs HAProxy vs direct, control side at scale (ARGS=--quick: < 1 min)"
 	@echo "make clean    remove caches and build output; distclean also removes $(VENV)"
 
 venv: $(STAMP)
@@ -50,8 +50,13 @@ lint: venv
 demo: venv
 	$(VENV)/bin/regproxy demo $(DEMO_ARGS)
 
-bench:
-	@echo "benchmark lands with the performance issue"
+# The benchmarks (docs/performance.md): HAProxy and ZooKeeper from Debian when missing (root), then
+# the data-path comparison and, without --quick, the demo-provider case and the control side at
+# scale.  A table on stdout, the figures in benchmarks/results/latest.json.
+#   make bench ARGS=--quick      # one short round, memory:// routes: under a minute
+bench: venv
+	bash benchmarks/setup.sh
+	$(PY) -m benchmarks.run $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis .tmp
