@@ -79,6 +79,7 @@ class LoadResult:
     latency_ms: dict[str, float]  # p50, p90, p99, p999, max
     send_lag_ms: dict[str, float]  # open loop: how late requests left against their schedule
     cpu_s: dict[str, float]  # CPU seconds in the window per watched group, "generator" included
+    cpu_system_s: dict[str, float]  # the part of cpu_s spent in the kernel (system calls, TCP)
     machine_busy: float  # CPU busy share of the whole machine during the window (0..1 per core total)
     workers: int
     failures: list[str] = field(default_factory=list)  # connection errors, protocol errors
@@ -448,7 +449,8 @@ class LoadGenerator:
             qps=completed / window,
             latency_ms=percentiles(latencies),
             send_lag_ms=percentiles(lags) if lags else {},
-            cpu_s={k: round(cpu1[k] - cpu0[k], 4) for k in groups},
+            cpu_s={k: round(sum(cpu1[k]) - sum(cpu0[k]), 4) for k in groups},
+            cpu_system_s={k: round(cpu1[k][1] - cpu0[k][1], 4) for k in groups},
             machine_busy=round(min(1.0, max(0.0, busy)), 3),
             workers=len(parts),
             failures=failures,

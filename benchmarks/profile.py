@@ -2,7 +2,8 @@
 ``regproxy`` topology, and a text summary of the hottest frames.
 
     .venv/bin/pip install py-spy      # not a dependency of regproxy; only this script uses it
-    python -m benchmarks.profile [--load rpc|pipelined] [--duration 20] [--out DIR]
+    python -m benchmarks.profile [--load rpc|pipelined] [--duration 20] [--out DIR] [--native]
+    python -m benchmarks.profile --syscalls [--load rpc|pipelined]     # needs perf
 
 The topology is the benchmark's (fast provider, two ``regproxy run`` processes, memory:// routes)
 under the closed-loop load. py-spy samples each sidecar without pausing it (``--nonblocking``)
@@ -11,6 +12,9 @@ flamegraph.pl both read. The summary lists, per sidecar, the functions with the 
 on top of the stack (self) and anywhere in it (total), as shares of all samples. Time spent in C
 (uvloop's loop: epoll and reads; a transport's ``write``: the send system call) is counted to the
 Python frame that called it: ``Runner.run`` for the loop, the caller of ``write`` for writes.
+
+``--syscalls`` counts instead, with ``perf stat`` on the kernel's syscall tracepoints, the system
+calls each proxy process of the ``haproxy`` and ``regproxy`` topologies makes per request.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from typing import TextIO
 
 from benchmarks.loadgen import LoadGenerator, LoadSpec, default_workers
 from benchmarks.run import LOADS
-from benchmarks.topologies import HOST, Provider, RegproxyChain, TopologyError
+from benchmarks.topologies import HOST, HAProxyChain, Provider, RegproxyChain, Topology, TopologyError
 
 RATE_HZ = 250
+# What a relay's data path calls: plain and vectored reads and writes, socket calls, the poller.
+SYSCALLS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+            "splice", "epoll_wait", "epoll_pwait")  # fmt: skip
 
 
 def py_spy() -> str:
@@ -93,13 +100,68 @@ def record(spy: str, pid: int, path: Path, duration: float, native: bool) -> sub
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def count_syscalls(
+    gen: LoadGenerator, topo: Topology, load: str, seconds: float
+) -> dict[str, dict[str, float]]:
+    """System calls per request of each proxy process of ``topo``, counted over ``seconds`` of load."""
+    perf = shutil.which("perf")
+    if perf is None:
+        raise TopologyError("perf is not installed (Debian: linux-perf)")
+    events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+    delay_ms = 1500  # connections made and warm-up over before counting starts
+    counters = {}
+    for name, pid in topo.proxies.items():
+        cmd = [perf, "stat", "-x", ",", "-D", str(delay_ms), "-e", events, "-p", str(pid),
+               "--", "sleep", str(delay_ms / 1000 + seconds)]  # fmt: skip
+        counters[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    conns, depth = LOADS[load]
+    result = gen.run(LoadSpec(HOST, topo.port, conns, depth, duration=seconds + 1.5, warmup=1.0))
+    requests = result.qps * seconds
+    out: dict[str, dict[str, float]] = {}
+    for name, proc in counters.items():
+        _stdout, err = proc.communicate(timeout=60)
+        counts: dict[str, float] = {}
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and "sys_enter_" in fields[2] and fields[0].isdigit():
+                counts[fields[2].split("sys_enter_")[1]] = int(fields[0]) / requests
+        if not counts:
+            raise TopologyError(f"perf stat counted nothing (tracepoints unavailable?): {err.strip()[-300:]}")
+        out[name] = {k: round(v, 2) for k, v in counts.items() if v}
+    return out
+
+
+def syscalls_main(load: str, seconds: float = 4.0) -> None:
+    with tempfile.TemporaryDirectory(prefix="regproxy-syscalls-") as tmp:
+        workdir = Path(tmp)
+        provider = Provider(workdir, "fast")
+        topos: list[Topology] = []
+        try:
+            topos = [HAProxyChain(workdir, provider.port), RegproxyChain(workdir, provider.port)]
+            with LoadGenerator(default_workers()) as gen:
+                for topo in topos:
+                    for name, per in count_syscalls(gen, topo, load, seconds).items():
+                        calls = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
+                        print(
+                            f"{load:9} {name:18} {sum(per.values()):5.2f} system calls per request: {calls}"
+                        )
+        finally:
+            for topo in topos:
+                topo.stop()
+            provider.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load", choices=list(LOADS), default="rpc")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
     parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too (slower)")
+    parser.add_argument("--syscalls", action="store_true", help="count system calls per request (perf)")
     args = parser.parse_args(argv)
+    if args.syscalls:
+        syscalls_main(args.load)
+        return 0
     spy = py_spy()
     args.out.mkdir(parents=True, exist_ok=True)
     conns, depth = LOADS[args.load]

@@ -108,6 +108,14 @@ class Run:
             return 0.0
         return sum(r.cpu_s[p] for p in self.proxies) / r.completed * 1e6
 
+    @property
+    def proxy_kernel_us(self) -> float:
+        """The part of ``proxy_cpu_us`` spent in the kernel: system calls and the TCP stack."""
+        r = self.result
+        if not r.completed:
+            return 0.0
+        return sum(r.cpu_system_s[p] for p in self.proxies) / r.completed * 1e6
+
     def summary(self) -> dict[str, Any]:
         r = self.result
         return {
@@ -118,6 +126,7 @@ class Run:
             "latency_ms": r.latency_ms,
             "send_lag_ms": r.send_lag_ms,
             "cpu_us_per_request": round(self.proxy_cpu_us, 3),
+            "cpu_us_per_request_kernel": round(self.proxy_kernel_us, 3),
             "utilisation": {
                 k: round(r.utilisation(k, r.workers if k == "generator" else 1), 3) for k in r.cpu_s
             },
@@ -302,6 +311,7 @@ def build_report(
     topologies: dict[str, dict[str, Any]] = {name: {} for name in TOPOLOGIES}
     rounds: dict[str, Any] = {}
     cpu_fixed: dict[str, dict[str, float]] = {name: {} for name in TOPOLOGIES}
+    cpu_kernel: dict[str, dict[str, float]] = {name: {} for name in TOPOLOGIES}
     for load, m in measured.items():
         rounds[load] = {"fixed_rate": m["rate"], "max": {}, "fixed": {}}
         for name in TOPOLOGIES:
@@ -315,6 +325,7 @@ def build_report(
                 "cpu_us_per_request": round(median([r.proxy_cpu_us for r in closed]), 3),
             }
             cpu_fixed[name][load] = round(median([r.proxy_cpu_us for r in fixed]), 3)
+            cpu_kernel[name][load] = round(median([r.proxy_kernel_us for r in closed]), 3)
             rounds[load]["max"][name] = [r.summary() for r in closed]
             rounds[load]["fixed"][name] = [r.summary() for r in fixed]
     t = topologies
@@ -392,6 +403,7 @@ def build_report(
                 ),
             },
             "cpu_us_per_request_at_fixed_rate": cpu_fixed,
+            "cpu_us_per_request_in_kernel": cpu_kernel,
             "rounds": rounds,
             **{k: v for k, v in extra.items() if k != "registry"},
         },
@@ -414,7 +426,7 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
     )
     header = (
         f"{'load':10}{'topology':10}{'max req/s':>11}{'at req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'proxy µs/req':>14}{'per hop':>9}  limited by (last round)\n"
+        f"{'proxy µs/req':>14}{'kernel':>8}{'per hop':>9}  limited by (last round)\n"
     )
     w(header)
     w("-" * (len(header) + 10) + "\n")
@@ -425,9 +437,13 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
             cpu = f["cpu_us_per_request"] if name != "direct" else None
             last = rounds[load]["max"][name][-1]["limited_by"] if rounds[load]["max"][name] else ""
             hop = None if cpu is None else cpu / HOPS
+            kernel = (
+                report["details"]["cpu_us_per_request_in_kernel"][name][load] if cpu is not None else None
+            )
             w(
                 f"{load:10}{name:10}{f['max_qps']:>11,.0f}{f['fixed_rate']:>10,}{f['p50_ms']:>9.3f}"
-                f"{f['p99_ms']:>9.3f}{_fmt_num(cpu, '.1f'):>14}{_fmt_num(hop, '.1f'):>9}  {last}\n"
+                f"{f['p99_ms']:>9.3f}{_fmt_num(cpu, '.1f'):>14}{_fmt_num(kernel, '.1f'):>8}"
+                f"{_fmt_num(hop, '.1f'):>9}  {last}\n"
             )
     r = report["ratios"]
     w("\nagainst the issue's targets:\n")
