@@ -475,7 +475,6 @@ class _Admin:
     def __init__(self, sidecar: Sidecar) -> None:
         self.sc = sidecar
         self.registry = metrics_registry(sidecar)
-        self._reload_lock = asyncio.Lock()
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -560,17 +559,17 @@ class _Admin:
         )
 
     async def reload(self, request: web.Request) -> web.Response:
-        async with self._reload_lock:  # two reloads at once would interleave their table swaps
-            try:
-                result = await self.sc.reload()
-            except ConfigError as e:
-                log.warning("admin: reload from %s refused: %s", request.remote, e)
-                raise AdminError(
-                    400,
-                    ErrNo.BAD_REQUEST,
-                    str(e),
-                    extra={"errors": [{"key": k, "problem": p} for k, p in e.errors]},
-                ) from None
+        # No lock: Sidecar.reload() does not await, so two reloads can never interleave.
+        try:
+            result = await self.sc.reload()
+        except ConfigError as e:
+            log.warning("admin: reload from %s refused: %s", request.remote, e)
+            raise AdminError(
+                400,
+                ErrNo.BAD_REQUEST,
+                str(e),
+                extra={"errors": [{"key": k, "problem": p} for k, p in e.errors]},
+            ) from None
         log.warning("admin: config reload requested by %s: %s", request.remote, result)
         message = "reloaded" if result.get("reloaded", True) else str(result.get("reason") or "not reloaded")
         return _json(200, {"err_no": 0, "err_msg": message, **result})

@@ -14,6 +14,7 @@ from regproxy.dubbo.encode import encode_error, heartbeat_reply, with_request_id
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_TWOWAY, HESSIAN2, SERIALIZATION_MASK, Frame, Status
 from regproxy.dubbo.hessian2 import Hessian2Error
 from regproxy.dubbo.request import RequestBody
+from regproxy.health import HostHealth, NoHealth
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.exchange import Exchange
 from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
@@ -32,23 +33,6 @@ from regproxy.routing.rules import (
     TagIndex,
     subset_hosts,
 )
-
-try:  # host health (active checks, outlier ejection) is another part of issue 7; a no-op until it lands
-    from regproxy.health import HostHealth, NoHealth
-except ImportError:  # pragma: no cover - depends on which parts are present
-    from typing import Protocol
-
-    class HostHealth(Protocol):  # type: ignore[no-redef]
-        def available(self, address: str) -> bool: ...
-        def report(self, address: str, ok: bool) -> None: ...
-
-    class NoHealth:  # type: ignore[no-redef]
-        def available(self, address: str) -> bool:
-            return True
-
-        def report(self, address: str, ok: bool) -> None:
-            return None
-
 
 log = logging.getLogger(__name__)
 
