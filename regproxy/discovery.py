@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,14 +26,14 @@ from regproxy.config import RegistryURL
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder, normalize_version
-from regproxy.state import SavedState, StateStore
+from regproxy.state import SavedState, StateStore, StateWriter
 
 log = logging.getLogger(__name__)
 
 LOCAL_APP_CLUSTER = "local-app"
 DYNAMIC_LB = "weighted_round_robin"  # honours provider weights; equal weights give plain round robin
 CONNECT_WAIT_S = 3.0  # how long a request naming a new registry waits for it to connect
-CACHE_SAVE_DELAY_S = 0.5  # provider cache writes are coalesced: registries can be chatty
+CACHE_SAVE_DELAY_S = 1.0  # provider cache writes are coalesced: registries can be chatty
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,12 @@ class SubscriptionState:
     providers: dict[str, list[DubboURL]] = field(default_factory=dict)  # registry key -> all URLs
     watching: set[str] = field(default_factory=set)
     listeners: dict[str, Callable[[list[DubboURL]], None]] = field(default_factory=dict)
+    # Derived from ``providers`` and kept until one of its lists is replaced, so a registry event
+    # rebuilds only its own subscription's cluster and cache text (see Discovery.cluster_of).
+    cluster_memo: tuple[tuple[list[DubboURL] | None, ...], tuple[Host, ...]] | None = None
+    text_memo: dict[str, tuple[list[DubboURL], list[str]]] = field(default_factory=dict)
+    route: Route | None = None  # the subscription's route: fixed by ``sub``, built once
+    cluster: Cluster | None = None  # the last cluster built; reused while its hosts are current
 
 
 RegistryFactory = Callable[[RegistryURL], Registry]
@@ -152,7 +159,7 @@ class Discovery:
         self.subscriptions: dict[str, SubscriptionState] = {}
         self.restored = False
         self.from_cache: set[str] = set()  # subscriptions serving providers read from the state file
-        self._save_handle: asyncio.TimerHandle | None = None
+        self._writer = StateWriter(store, self.snapshot) if store is not None else None
         self._lock = asyncio.Lock()  # API calls change shared state in steps with awaits between
         self.withdrawn = False  # draining: nodes taken out of the registries, no new publications
         # Application ports that do not answer heartbeats (regproxy.health.app): their publications
@@ -172,9 +179,8 @@ class Discovery:
         self.restored = True
 
     async def stop(self) -> None:
-        if self._save_handle is not None:
-            self._save_handle.cancel()
-            self._save_now()
+        if self._writer is not None:
+            await self._writer.flush()
         for task in list(self._tasks):
             task.cancel()
         for reg in list(self.registries.values()):
@@ -251,7 +257,7 @@ class Discovery:
                         log.warning("subscribing %s on %s: %s", st.sub.cluster_name, reg.name, exc)
             if watched:
                 self._rebuild_egress()
-                self._save_soon(CACHE_SAVE_DELAY_S)
+                self._save_soon()
 
     # --- publish ------------------------------------------------------------------------------
 
@@ -259,7 +265,10 @@ class Discovery:
         if self.withdrawn:
             raise RegistryUnavailable("this sidecar is draining: it publishes nothing new")
         async with self._lock:
-            return await self._publish(spec, self._targets(registry))
+            url = await self._publish(spec, self._targets(registry))
+        # Outside the lock, so API calls arriving together share one write (StateWriter).
+        await self._save()
+        return url
 
     async def _publish(self, spec: PublishSpec, targets: list[str]) -> str:
         existing = self.publications.get(spec.key)
@@ -305,7 +314,6 @@ class Discovery:
                 await self._quietly(self.registries[key].unregister(existing.url))
         self.publications[spec.key] = pub
         self._rebuild_ingress()
-        self._save_soon(0)
         log.info("published %s as %s (app port %d)", spec.key, url, spec.port)
         return str(url)
 
@@ -326,7 +334,7 @@ class Discovery:
             if not pub.registries:
                 del self.publications[spec.key]
             self._rebuild_ingress()
-            self._save_soon(0)
+        await self._save()
 
     async def withdraw_all(self) -> None:
         """Take every publication out of every registry (drain), keeping them in the state file so
@@ -423,8 +431,9 @@ class Discovery:
                     st.registries = [k for k in st.registries if k in st.watching]
                 raise
             self._rebuild_egress()
-            self._save_soon(0)
-            return sub.cluster_name, self._provider_view(st)
+            view = self._provider_view(st)
+        await self._save()
+        return sub.cluster_name, view
 
     async def _watch(self, st: SubscriptionState, key: str, reg: Registry) -> None:
         listener = st.listeners.get(key)
@@ -454,11 +463,10 @@ class Discovery:
                 st.providers.pop(key, None)
                 if st.registries:
                     self._rebuild_egress()
-                    self._save_soon(0)
-                    return
-            await self._drop_subscription(st)
-            self._rebuild_egress()
-            self._save_soon(0)
+            if not st.registries or registry is None:
+                await self._drop_subscription(st)
+                self._rebuild_egress()
+        await self._save()
 
     async def _unwatch(self, st: SubscriptionState, key: str) -> None:
         reg = self.registries.get(key)
@@ -481,8 +489,8 @@ class Discovery:
         self.events["provider_events"] += 1
         st.providers[key] = list(urls)
         self.from_cache.discard(st.sub.cluster_name)
-        self._rebuild_egress()
-        self._save_soon(CACHE_SAVE_DELAY_S)
+        self._update_cluster(st)
+        self._save_soon()
 
     def _consumer_url(self, sub: Subscription) -> DubboURL:
         return consumer_url(
@@ -497,7 +505,16 @@ class Discovery:
 
     def hosts_of(self, st: SubscriptionState) -> tuple[Host, ...]:
         """Providers from every registry of the subscription, filtered by Dubbo's rules; a provider
-        seen in two registries is one host."""
+        seen in two registries is one host.  Memoised until a provider list is replaced."""
+        source = tuple(st.providers.get(key) for key in st.registries)
+        memo = st.cluster_memo
+        if memo is not None and len(memo[0]) == len(source) and all(map(operator.is_, memo[0], source)):
+            return memo[1]
+        hosts = self._hosts_from(st)
+        st.cluster_memo = (source, hosts)
+        return hosts
+
+    def _hosts_from(self, st: SubscriptionState) -> tuple[Host, ...]:
         hosts: dict[str, Host] = {}
         for key in st.registries:
             for url in st.providers.get(key, ()):
@@ -521,6 +538,29 @@ class Discovery:
         self.static_table = table
         self._rebuild_egress()
 
+    def _update_cluster(self, st: SubscriptionState) -> None:
+        """Providers of one subscription changed: replace its cluster alone when the table already
+        routes to it (cost independent of the table's size), else rebuild the table."""
+        name = st.sub.cluster_name
+        table = self.egress.current
+        if name in self.static_table.clusters or name not in table.clusters:
+            self._rebuild_egress()
+            return
+        self.egress.swap(table.replacing_cluster(self._cluster_of(st)))
+
+    def _cluster_of(self, st: SubscriptionState) -> Cluster:
+        hosts = self.hosts_of(st)
+        if st.cluster is None or st.cluster.hosts is not hosts:
+            st.cluster = Cluster(name=st.sub.cluster_name, lb=DYNAMIC_LB, hosts=hosts)
+        return st.cluster
+
+    @staticmethod
+    def _route_of(st: SubscriptionState) -> Route:
+        if st.route is None:
+            name = st.sub.cluster_name
+            st.route = Route(name=name, match=st.sub.route_match(), cluster=name)
+        return st.route
+
     def _rebuild_egress(self) -> None:
         static = self.static_table
         routes: list[Route] = list(static.routes)
@@ -539,8 +579,8 @@ class Discovery:
             if name in static.clusters:
                 log.warning("subscription %s shadowed by a static cluster of the same name", name)
                 continue
-            clusters.append(Cluster(name=name, lb=DYNAMIC_LB, hosts=self.hosts_of(st)))
-            routes.append(Route(name=name, match=st.sub.route_match(), cluster=name))
+            clusters.append(self._cluster_of(st))
+            routes.append(self._route_of(st))
         self.egress.swap(RoutingTable(routes=routes, clusters=clusters))
 
     def _rebuild_ingress(self) -> None:
@@ -563,31 +603,34 @@ class Discovery:
                 }
                 for s in self.subscriptions.values()
             ],
-            providers={
-                name: {k: [str(u) for u in urls] for k, urls in s.providers.items()}
-                for name, s in self.subscriptions.items()
-            },
+            providers={name: self._provider_texts(s) for name, s in self.subscriptions.items()},
         )
 
-    def _save_soon(self, delay: float) -> None:
-        if self.store is None:
-            return
-        if delay <= 0:
-            if self._save_handle is not None:
-                self._save_handle.cancel()
-                self._save_handle = None
-            self._save_now()
-        elif self._save_handle is None:
-            self._save_handle = asyncio.get_running_loop().call_later(delay, self._save_now)
+    @staticmethod
+    def _provider_texts(st: SubscriptionState) -> dict[str, list[str]]:
+        """The cache form of a subscription's providers, re-rendered only for lists that changed:
+        the whole state is saved after every event, and rendering 10,000 URLs each time would make
+        one provider's change cost in proportion to every provider known."""
+        out: dict[str, list[str]] = {}
+        memo = st.text_memo
+        for key, urls in st.providers.items():
+            seen = memo.get(key)
+            if seen is None or seen[0] is not urls:
+                seen = memo[key] = (urls, [str(u) for u in urls])
+            out[key] = seen[1]
+        for key in memo.keys() - st.providers.keys():
+            del memo[key]
+        return out
 
-    def _save_now(self) -> None:
-        self._save_handle = None
-        if self.store is None:
-            return
-        try:
-            self.store.save(self.snapshot())
-        except OSError as exc:
-            log.error("cannot save state to %s: %s", self.store.path, exc)
+    async def _save(self) -> None:
+        """Desired state changed (an API call): answer only once it is on disk."""
+        if self._writer is not None:
+            await self._writer.save()
+
+    def _save_soon(self) -> None:
+        """The provider cache changed: it may lag, and bursts of events share one write."""
+        if self._writer is not None:
+            self._writer.save_later(CACHE_SAVE_DELAY_S)
 
     async def _restore(self, saved: SavedState) -> None:
         """Bring back what a previous run had: routes from the provider cache at once, registry

@@ -188,6 +188,35 @@ async def test_wildcards_and_exact_subscriptions_coexist(disc: tuple[Discovery, 
     assert route is not None and route.cluster == "g/com.x.Svc:*"
 
 
+async def test_provider_event_replaces_only_its_cluster(disc: tuple[Discovery, dict]) -> None:
+    """Update cost follows the change, not the table: one service's event leaves every other cluster,
+    the routes and the route index as the very same objects, and re-renders only its own cache text."""
+    d, made = disc
+    reg = made["a"]
+    other_iface = "com.x.Other"
+    reg.set_provider(remote(1))
+    reg.set_provider(DubboURL.parse(str(remote(2)).replace(IFACE, other_iface)))
+    mine, _ = await d.subscribe(Subscription(IFACE, "1.0.0", "g"))
+    other, _ = await d.subscribe(Subscription(other_iface, "1.0.0", "g"))
+    before = d.egress.current
+    texts_before = d.snapshot().providers
+    reg.set_provider(remote(4))
+    await settle()
+    after = d.egress.current
+    assert after.version > before.version
+    assert {h.address for h in after.clusters[mine].hosts} == {"10.9.9.9:1", "10.9.9.9:4"}
+    assert after.clusters[other] is before.clusters[other]
+    assert after.routes is before.routes
+    assert after._by_service is before._by_service  # type: ignore[attr-defined]
+    route = after.match(IFACE, "1.0.0", "m", "g")
+    assert route is not None and route.cluster == mine
+    texts_after = d.snapshot().providers
+    assert texts_after[other]["zookeeper://a:1"] is texts_before[other]["zookeeper://a:1"]
+    assert len(texts_after[mine]["zookeeper://a:1"]) == 2
+    # Nothing changed for the other subscription, so its hosts are not even rebuilt.
+    assert d.hosts_of(d.subscriptions[other]) is after.clusters[other].hosts
+
+
 async def test_unsubscribe_removes_route_cluster_and_consumer(disc: tuple[Discovery, dict]) -> None:
     d, made = disc
     made["a"].set_provider(remote(1))

@@ -385,6 +385,21 @@ def test_with_changes_and_with_cluster() -> None:
     assert set(updated.with_cluster(Cluster("new")).clusters) == {"r", "new"}
 
 
+def test_replacing_cluster_shares_the_route_index() -> None:
+    table = _table(_route("r", service=SVC))
+    bigger = Cluster("r", "weighted_round_robin", (Host("10.0.0.1:1"), Host("10.0.0.2:1")))
+    updated = table.replacing_cluster(bigger)
+    assert updated.clusters["r"] is bigger and len(table.clusters["r"].hosts) == 1
+    assert updated.version > table.version and updated.routes is table.routes
+    assert updated.match(SVC, "", "m", None) is table.match(SVC, "", "m", None)
+    with pytest.raises(KeyError, match="no cluster 'new'"):
+        table.replacing_cluster(Cluster("new"))
+    with pytest.raises(ValueError, match="unknown load balancer"):
+        table.replacing_cluster(Cluster("r", "fastest"))
+    with pytest.raises(AttributeError, match="immutable"):
+        updated.version = 1  # type: ignore[misc]
+
+
 def test_describe_is_plain_data() -> None:
     table = RoutingTable(
         [Route("greet", RouteMatch(service=SVC, version="1.0.0", group=""), "c", timeout_ms=500, retries=0)],

@@ -187,8 +187,10 @@ async def test_subscribe_delivers_adds_removes_and_weight_changes(
     create_other(zk, a50)
     await rec.wait_for(lambda urls: sorted(urls, key=str) == sorted([a50, b], key=str))
     assert {u.address: u.weight for u in rec.last or []} == {a.address: 50, b.address: 100}
-    # Coalesced: the delete and create normally arrive as one list (never more than two).
+    # Coalesced: the delete and create normally arrive as one list (never more than two), and
+    # no list in between lacks the provider (a lost provider is held back for a re-create).
     assert len(rec.lists) - n <= 2
+    assert all(a.address in {u.address for u in urls} for urls in rec.lists[n:])
 
     zk.delete(node_path(b))
     await rec.wait_for(lambda urls: urls == [a50])

@@ -18,6 +18,7 @@ unambiguously, so ``str()`` writes *such values only* through :func:`java_url_en
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import re
@@ -302,8 +303,10 @@ def _split_authority(authority: str) -> tuple[str, int]:
 # Building the URLs regproxy registers
 
 
+@functools.cache
 def regproxy_release() -> str:
-    """regproxy's package version: the ``release`` parameter of the URLs it writes."""
+    """regproxy's package version: the ``release`` parameter of the URLs it writes.  Cached: reading
+    package metadata parses files, and every subscribe builds a consumer URL."""
     try:
         return importlib.metadata.version("regproxy")
     except importlib.metadata.PackageNotFoundError:

@@ -102,6 +102,7 @@ class _Watch:
     pending: int = 0  # subscribe() calls still listing: the watch must outlive them
     leaves: frozenset[str] | None = None  # last listed leaf names; None = never read
     providers: list[DubboURL] = field(default_factory=list)
+    parsed: dict[str, DubboURL] = field(default_factory=dict)  # leaf -> URL of the last listing
     bad_leaves: set[str] = field(default_factory=set)  # warned about once
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one listing at a time
     task: asyncio.Task[None] | None = None  # the pending event-driven refresh
@@ -122,7 +123,7 @@ class ZooKeeperRegistry(Registry):
         session_timeout_s: float = 10.0,
         op_timeout_s: float = 5.0,
         reconnect_max_delay_s: float = 2.0,
-        coalesce_s: float = 0.05,
+        removal_hold_s: float = 0.03,
     ) -> None:
         if url.scheme != "zookeeper":
             raise ValueError(f"not a zookeeper registry URL: {url}")
@@ -132,9 +133,11 @@ class ZooKeeperRegistry(Registry):
         self._session_timeout_s = session_timeout_s
         self._op_timeout_s = op_timeout_s
         self._reconnect_max_delay_s = reconnect_max_delay_s
-        # A weight change made by hand is a delete and a create: wait this long after an event so
-        # both usually land in one delivery instead of a list briefly missing the provider.
-        self._coalesce_s = coalesce_s
+        # A weight change made by hand is a delete and a create: when a listing lost a provider,
+        # wait this long and list again, so both usually land in one delivery instead of a list
+        # briefly missing the provider (with one provider: a window of "no provider" errors).
+        # Additions are delivered at once; events arriving during a listing are coalesced anyway.
+        self._removal_hold_s = removal_hold_s
         self._client: KazooClient | None = None
         self._registered: dict[str, DubboURL] = {}  # node path -> url: re-created after a session loss
         # Paths to delete once connected again: unregistered (or failed to register) while away.
@@ -320,11 +323,9 @@ class ZooKeeperRegistry(Registry):
 
     async def _refresh_on_events(self, w: _Watch) -> None:
         while True:
-            if self._coalesce_s:
-                await asyncio.sleep(self._coalesce_s)
             w.dirty = False
             try:
-                await self._refresh(w)
+                await self._refresh(w, hold_s=self._removal_hold_s)
             except RegistryError as exc:
                 self._last_error = str(exc)
                 log.warning("registry %s: %s", self.name, exc)
@@ -337,14 +338,22 @@ class ZooKeeperRegistry(Registry):
             if not w.dirty or self._watches.get(w.interface) is not w:
                 return
 
-    async def _refresh(self, w: _Watch, *, force: bool = False) -> None:
-        """List the providers path with the watch set; deliver the list when it changed (or ``force``)."""
+    async def _refresh(self, w: _Watch, *, force: bool = False, hold_s: float = 0.0) -> None:
+        """List the providers path with the watch set; deliver the list when it changed (or ``force``).
+
+        ``hold_s``: when the listing lost providers, wait that long and list again before delivering.
+        """
         assert w.watcher is not None
         async with w.lock:
             try:
                 leaves = await self._op(
                     "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
                 )
+                if hold_s and w.leaves is not None and not w.leaves.issubset(leaves):
+                    await asyncio.sleep(hold_s)
+                    leaves = await self._op(
+                        "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
+                    )
             except NoNodeError:
                 # A service nobody has registered yet (or its folder was removed): create the folder
                 # so the watch can be set and fires when the first provider comes.
@@ -373,10 +382,20 @@ class ZooKeeperRegistry(Registry):
                     log.exception("registry %s: providers listener of %s failed", self.name, w.interface)
 
     def _parse_leaves(self, w: _Watch, leaves: list[str]) -> list[DubboURL]:
+        """URLs of ``leaves``; leaves of the last listing are not parsed again, so an event costs in
+        proportion to what changed, not to how many providers the service has."""
         urls: list[DubboURL] = []
+        known, parsed = w.parsed, {}
         for leaf in leaves:
+            url = known.get(leaf)
+            if url is not None:
+                urls.append(url)
+                parsed[leaf] = url
+                continue
             try:
-                urls.append(DubboURL.parse(java_url_decode(leaf)))
+                url = DubboURL.parse(java_url_decode(leaf))
+                urls.append(url)
+                parsed[leaf] = url
             except ValueError as exc:
                 if leaf not in w.bad_leaves:
                     w.bad_leaves.add(leaf)
@@ -384,6 +403,7 @@ class ZooKeeperRegistry(Registry):
                         "registry %s: skipping unparseable provider %s/%s: %s", self.name, w.path, leaf, exc
                     )
         w.bad_leaves.intersection_update(leaves)  # forget leaves that are gone
+        w.parsed = parsed
         return urls
 
     # -- connection state -------------------------------------------------------------------------

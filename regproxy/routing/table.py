@@ -156,6 +156,27 @@ class RoutingTable:
         clusters[cluster.name] = cluster
         return RoutingTable(self.routes, clusters.values())
 
+    def replacing_cluster(self, cluster: Cluster) -> RoutingTable:
+        """A new snapshot where the existing cluster named like ``cluster`` is replaced by it.
+
+        Routes only name clusters, so the route indexes are shared with this snapshot: the cost is
+        one copy of the cluster map, not a rebuild.  A registry event changes one cluster's hosts,
+        and this keeps its cost flat however many services the table holds.
+        """
+        if cluster.name not in self.clusters:
+            raise KeyError(f"no cluster {cluster.name!r} to replace")
+        if cluster.lb not in BALANCERS:
+            raise ValueError(f"cluster {cluster.name!r}: unknown load balancer {cluster.lb!r}")
+        clusters = dict(self.clusters)
+        clusters[cluster.name] = cluster
+        new = object.__new__(RoutingTable)
+        _set = object.__setattr__
+        for name in ("routes", "_by_service", "_wildcard", "_needs_group", "_wildcard_group"):
+            _set(new, name, getattr(self, name))
+        _set(new, "clusters", MappingProxyType(clusters))
+        _set(new, "version", next(_versions))
+        return new
+
     def describe(self) -> dict[str, Any]:
         """Plain data (JSON-ready) for admin dumps; same shape as the config file's sections."""
         return {
