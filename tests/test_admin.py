@@ -553,3 +553,17 @@ def test_check_caller_with_token_applies_to_everyone(remote: str) -> None:
     assert check("Bearer \u00e9t\u00e9") == 403  # non-ASCII is compared, not crashed on
     assert check(f"Bearer {TOKEN}") is None
     assert check(f"bearer   {TOKEN} ") is None
+
+
+async def test_ingress_bounds_the_app_with_ingress_ms_not_the_attachment(tmp_path: Path) -> None:
+    """The sidecar wires its two listeners differently: the egress honours the request's timeout
+    attachment (default timeouts.default_ms), the ingress only bounds the app (timeouts.ingress_ms)."""
+    node = await start_node(tmp_path, "t", free_port(), timeouts={"default_ms": 4000, "ingress_ms": 250})
+    try:
+        egress, ingress = node.sidecar.egress.forwarder, node.sidecar.ingress.forwarder
+        assert egress is not None and ingress is not None
+        assert (egress.default_timeout_ms, egress.timeout_from_attachment) == (4000, True)
+        assert (ingress.default_timeout_ms, ingress.timeout_from_attachment) == (250, False)
+        assert ingress.timeout_status == 31  # SERVER_TIMEOUT: the app was too slow, not the consumer
+    finally:
+        await node.sidecar.stop()
