@@ -265,3 +265,59 @@ def test_fast_attachments_agree_with_the_reader(args: list[object], att: dict[st
     fast = fast_attachments(body.body, body._args_end, body.argument_count)
     assert fast is None or fast == expected
     assert body.attachments == expected
+
+
+_head_text = st.one_of(st.text(max_size=20), st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            _head_text,
+            _head_text,
+            st.lists(_scalar, max_size=3),
+            st.dictionaries(
+                st.sampled_from(["timeout", "_TO", "group", "k"]), st.text(max_size=8), max_size=3
+            ),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_memoised_heads_and_attachments_equal_a_fresh_decode(
+    calls: list[tuple[str, str, list[object], dict[str, str]]],
+) -> None:
+    """Requests decoded after others (memo hits, near-misses, non-ASCII heads whose compact-string
+    guess is wrong) give exactly what decoding each with empty memos gives."""
+    from regproxy.dubbo import request
+
+    bodies = [
+        frames_of(encode_request(1, path or SVC, method or "m", args, attachments=att))[0].body
+        for path, method, args, att in calls
+    ]
+
+    def decode(body: bytes) -> tuple[object, ...]:
+        rb = RequestBody(body)
+        return (rb.dubbo_version, rb.path, rb.version, rb.method, rb.param_types,
+                dict(rb.attachments), rb.timeout_ms(), rb.group)  # fmt: skip
+
+    fresh = []
+    for body in bodies:
+        request._HEADS.clear()
+        request._TAILS.clear()
+        fresh.append(decode(body))
+    for _ in range(2):  # the second pass hits the memos the first filled
+        assert [decode(body) for body in bodies] == fresh
+
+
+def test_memos_are_bounded_and_attachments_read_only() -> None:
+    from regproxy.dubbo import request
+
+    for i in range(request._MEMO_MAX + 10):
+        body = frames_of(encode_request(1, f"com.x.S{i}", "m", [], attachments={"k": str(i)}))[0].body
+        assert RequestBody(body).attachments["k"] == str(i)
+        assert len(request._HEADS) <= request._MEMO_MAX and len(request._TAILS) <= request._MEMO_MAX
+    att = RequestBody(body).attachments
+    with pytest.raises(TypeError):
+        att["timeout"] = "1"  # type: ignore[index]  # shared between requests: must not change

@@ -4,16 +4,30 @@ Routing on service, version and method needs only the five leading strings, whic
 construction (a fast path for the short ASCII strings that real consumers send). The group and the
 timeout live in the attachments, after every argument: reaching them means skipping each
 argument structurally, so that is done only when ``attachments`` is first asked for.
+
+Both are memoised by their bytes: a consumer sends the same head for every call of a method, and
+usually the same attachments (path, interface, version, timeout) after the arguments. A request
+whose head or attachment bytes were seen before costs a slice and a dict lookup instead of a
+decode. Keys are exact byte strings of input that was decoded once, so a hit gives exactly what
+decoding would have.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from regproxy.dubbo.hessian2 import Hessian2Error, Hessian2Reader
 
 _PRIMITIVES = frozenset(b"ZBCSIJFD")
 _COUNTS: dict[str, int] = {}  # parameter descriptor -> argument count
+_MEMO_MAX = 4096  # entries per memo; a peer sending endless new heads only makes it start over
+# Head bytes -> (dubbo version, path, version, method, parameter types).
+_HEADS: dict[bytes, tuple[str, str, str, str, str]] = {}
+# Attachment bytes -> (read-only attachments, their timeout).  Shared between requests.
+_TAILS: dict[bytes, tuple[Mapping[str, Any], int | None]] = {}
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def count_descriptor(desc: str) -> int:
@@ -94,11 +108,27 @@ def _short_ascii(body: bytes, pos: int) -> tuple[str, int] | None:
     return raw.decode("ascii"), start + n
 
 
-def fast_attachments(body: bytes, pos: int, nargs: int) -> dict[str, Any] | None:
-    """The attachments map when every argument is a scalar or a short ASCII string and the map
-    holds only short ASCII strings: what most calls carry. None means "use the general reader",
-    which gives the same answer for these bytes (a test checks that), just more slowly."""
-    n = len(body)
+def _compact_head_end(body: bytes) -> int:
+    """Where the five head strings end if each is a compact string of one byte per character;
+    -1 when a tag is not a compact string.  Only a memo key: a non-ASCII head gives a wrong end,
+    whose bytes then match no memoised head (those are all ASCII heads that ended there)."""
+    try:
+        pos = 0
+        for _ in range(5):
+            tag = body[pos]
+            if tag < 0x20:
+                pos += 1 + tag
+            elif 0x30 <= tag <= 0x33:
+                pos += 2 + (((tag - 0x30) << 8) | body[pos + 1])
+            else:
+                return -1
+        return pos
+    except IndexError:
+        return -1
+
+
+def _skip_scalar_args(body: bytes, pos: int, nargs: int) -> int:
+    """End of ``nargs`` arguments that are scalars or short ASCII strings; -1 for anything else."""
     try:
         for _ in range(nargs):
             tag = body[pos]
@@ -108,8 +138,48 @@ def fast_attachments(body: bytes, pos: int, nargs: int) -> dict[str, Any] | None
                 continue
             got = _short_ascii(body, pos)
             if got is None:
-                return None
+                return -1
             pos = got[1]
+    except IndexError:
+        return -1
+    return pos
+
+
+def _timeout_of(att: Mapping[str, Any]) -> int | None:
+    """The consumer's timeout: `timeout` (ms as a string in 3.x, an int in some clients) or `_TO`."""
+    for key in ("timeout", "_TO"):
+        raw = att.get(key)
+        if raw is None or isinstance(raw, bool):
+            continue
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return None
+
+
+def _remember(memo: dict[bytes, Any], key: bytes, value: Any) -> None:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+
+
+def fast_attachments(body: bytes, pos: int, nargs: int) -> dict[str, Any] | None:
+    """The attachments map when every argument is a scalar or a short ASCII string and the map
+    holds only short ASCII strings: what most calls carry. None means "use the general reader",
+    which gives the same answer for these bytes (a test checks that), just more slowly."""
+    pos = _skip_scalar_args(body, pos, nargs)
+    if pos < 0:
+        return None
+    return _fast_map(body, pos)
+
+
+def _fast_map(body: bytes, pos: int) -> dict[str, Any] | None:
+    """The attachments map at ``pos`` when it holds only short ASCII strings, else None."""
+    n = len(body)
+    try:
         if pos == n:
             return {}
         if pos > n or body[pos] != 0x48:  # 'H': an untyped map
@@ -137,6 +207,7 @@ class RequestBody:
         "_args_end",
         "_attachments",
         "_reader",
+        "_timeout",
         "body",
         "dubbo_version",
         "method",
@@ -147,14 +218,27 @@ class RequestBody:
 
     def __init__(self, body: bytes) -> None:
         self.body = body
-        self.dubbo_version, pos = _read_head_string(body, 0)
-        self.path, pos = _read_head_string(body, pos)
-        self.version, pos = _read_head_string(body, pos)
-        self.method, pos = _read_head_string(body, pos)
-        self.param_types, pos = _read_head_string(body, pos)
+        end = _compact_head_end(body)
+        known = _HEADS.get(body[:end]) if end > 0 else None
+        if known is None:
+            self.dubbo_version, pos = _read_head_string(body, 0)
+            self.path, pos = _read_head_string(body, pos)
+            self.version, pos = _read_head_string(body, pos)
+            self.method, pos = _read_head_string(body, pos)
+            self.param_types, pos = _read_head_string(body, pos)
+            if pos == end and body[:end].isascii():
+                _remember(
+                    _HEADS,
+                    body[:end],
+                    (self.dubbo_version, self.path, self.version, self.method, self.param_types),
+                )
+        else:
+            self.dubbo_version, self.path, self.version, self.method, self.param_types = known
+            pos = end
         self._args_end = pos  # becomes the end of the arguments once they are skipped or read
-        self._attachments: dict[str, Any] | None = None
+        self._attachments: Mapping[str, Any] | None = None
         self._reader: Hessian2Reader | None = None
+        self._timeout: int | None = 0  # 0: not read yet
 
     @property
     def argument_count(self) -> int:
@@ -176,9 +260,10 @@ class RequestBody:
         return args
 
     @property
-    def attachments(self) -> dict[str, Any]:
+    def attachments(self) -> Mapping[str, Any]:
+        """The attachments, read-only (the same mapping may serve many requests)."""
         if self._attachments is None and self._reader is None:
-            self._attachments = fast_attachments(self.body, self._args_end, self.argument_count)
+            self._fast_attachments()
         if self._attachments is None:
             reader = self._reader
             if reader is None:
@@ -186,13 +271,29 @@ class RequestBody:
                 for _ in range(self.argument_count):
                     reader.skip_value()
             if reader.at_end():
-                self._attachments = {}  # Dubbo 2.0.x consumers may send none
+                self._attachments = _EMPTY  # Dubbo 2.0.x consumers may send none
             else:
                 value = reader.read_value()
                 if not isinstance(value, dict):
                     raise Hessian2Error(f"attachments: expected a map, got {type(value).__name__}")
-                self._attachments = value
+                self._attachments = MappingProxyType(value)
         return self._attachments
+
+    def _fast_attachments(self) -> None:
+        body = self.body
+        pos = _skip_scalar_args(body, self._args_end, self.argument_count)
+        if pos < 0:
+            return
+        tail = body[pos:]
+        known = _TAILS.get(tail)
+        if known is None:
+            att = _fast_map(body, pos)
+            if att is None:
+                return
+            known = (MappingProxyType(att), _timeout_of(att))
+            if len(tail) <= 1024:
+                _remember(_TAILS, tail, known)
+        self._attachments, self._timeout = known
 
     @property
     def attachments_read(self) -> bool:
@@ -205,18 +306,9 @@ class RequestBody:
 
     def timeout_ms(self) -> int | None:
         """The consumer's timeout: `timeout` (ms as a string in 3.x, an int in some clients) or `_TO`."""
-        att = self.attachments
-        for key in ("timeout", "_TO"):
-            raw = att.get(key)
-            if raw is None or isinstance(raw, bool):
-                continue
-            try:
-                value = int(raw)
-            except (TypeError, ValueError):
-                continue
-            if value > 0:
-                return value
-        return None
+        if self._timeout == 0:
+            self._timeout = _timeout_of(self.attachments)
+        return self._timeout
 
     def __repr__(self) -> str:
         return f"<RequestBody {self.path}:{self.version} {self.method}({self.param_types})>"

@@ -21,7 +21,7 @@ from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.stats import ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
-from regproxy.routing import Host, LoadBalancer, TableHolder, make_balancer
+from regproxy.routing import Host, LoadBalancer, RoutingTable, TableHolder, make_balancer
 from regproxy.routing.rules import (
     RETRY_CONNECT,
     RETRY_RESET,
@@ -61,6 +61,33 @@ def service_label(path: str, version: str, group: str | None) -> str:
     return label
 
 
+MAX_PLANS = 4096
+
+
+class _Plan:
+    """A memoised routing decision: what every request of one (service, version, method) gets
+    while the table and rules stay the same, and the labels of its counters by request group."""
+
+    __slots__ = ("balancer", "hosts", "labels", "retries", "timeout_ms")
+
+    def __init__(
+        self, timeout_ms: int | None, retries: int, hosts: tuple[Host, ...], balancer: LoadBalancer
+    ) -> None:
+        self.timeout_ms = timeout_ms
+        self.retries = retries
+        self.hosts = hosts
+        self.balancer = balancer
+        self.labels: dict[str, tuple[str, str]] = {}
+
+    def label(self, body: RequestBody) -> tuple[str, str]:
+        group = body.group if body.attachments_read else ""
+        service = service_label(body.path, body.version, group)
+        labels = (service, f"{service}.{body.method}")
+        if len(self.labels) < 64:  # groups are few; a peer sending endless new ones gets no memo
+            self.labels[group] = labels
+        return labels
+
+
 class Forwarder(UpstreamEvents):
     def __init__(
         self,
@@ -95,6 +122,9 @@ class Forwarder(UpstreamEvents):
         self._filters: dict[Rule, tuple[StreamFilter, ...]] = {}
         self._subsets: dict[tuple[str, Subset], tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
         self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
+        # Routing decisions of the common case, for the table they were made on (see _plan).
+        self._plans: dict[tuple[str, str, str], _Plan] = {}
+        self._plans_table: RoutingTable | None = None
         self.rng = random.Random()  # weighted subset choice
         self.access_log: AccessLog | None = None  # off by default: no formatting per request
         self._health: HostHealth = NoHealth()
@@ -146,105 +176,46 @@ class Forwarder(UpstreamEvents):
         try:
             body = RequestBody(frame.body)
             table = self.table.current
-            rule = None
-            if self._rules:
-                cands = self._rules.lookup(body.path)
-                if cands is not None:
-                    rule = RuleSet.first_match(cands, body.version, body.method, body)
-            route = None
-            if rule is None or rule.cluster is None:
-                group = body.group if table.needs_group(body.path) else None
-                route = table.match(body.path, body.version, body.method, group)
-                if route is None:
-                    label = service_label(body.path, body.version, body.group)
-                    why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
-                    self.reply_error(
-                        down,
-                        frame,
-                        Status.SERVICE_NOT_FOUND,
-                        f"no route for {label} method {body.method}{why}",
-                    )
-                    return
-            if rule is None:
-                assert route is not None
-                cluster_name = route.cluster
-                rule_timeout = route.timeout_ms
-                retries = route.retries
-                retry_on = RETRY_CONNECT
-                filters: tuple[StreamFilter, ...] = ()
-            else:
-                cluster_name = rule.cluster or route.cluster  # type: ignore[union-attr]
-                rule_timeout = rule.timeout_ms or (route.timeout_ms if route is not None else None)
-                if rule.retries is not None:
-                    retries = rule.retries
-                else:
-                    retries = route.retries if route is not None else 1
-                retry_on = rule.retry_on
-                filters = self._filters_of(rule)
-            timeout_ms = (
-                rule_timeout
-                or (self.timeout_from_attachment and body.timeout_ms())
-                or self.default_timeout_ms
-            )
-            cluster = table.clusters.get(cluster_name)
-            if cluster is None:
-                # Only a rule can name a cluster the table lacks (a subscription not made yet).
-                label = service_label(body.path, body.version, body.group)
-                self.reply_error(
-                    down,
-                    frame,
-                    Status.SERVICE_NOT_FOUND,
-                    f"rule {rule.name!r} sends {label} to cluster {cluster_name!r}, "  # type: ignore[union-attr]
-                    "which does not exist (no static cluster or subscription of that name)",
+            if table is not self._plans_table:
+                self._plans = {}
+                self._plans_table = table
+            key = (body.path, body.version, body.method)
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plan(key, body, table)
+            if plan is not None:
+                timeout_ms = (
+                    plan.timeout_ms
+                    or (self.timeout_from_attachment and body.timeout_ms())
+                    or self.default_timeout_ms
                 )
-                return
-            hosts = cluster.hosts
-            bkey = cluster.name
-            if rule is not None and rule.subsets:
-                subset = rule.choose_subset(self.rng)
-                assert subset is not None
-                hosts = self._subset_hosts(cluster.name, hosts, subset)
-                if not hosts:
-                    label = service_label(body.path, body.version, body.group)
-                    self.reply_error(
-                        down,
-                        frame,
-                        Status.SERVICE_NOT_FOUND,
-                        f"no host in subset {{{subset.label}}} of cluster {cluster.name} for {label} "
-                        f"(rule {rule.name!r})",
-                    )
-                    return
-                bkey = f"{bkey}|{subset.label}"
-            tags = self._tag_index(bkey, hosts)
-            if tags is not None:
-                what, hosts = tags.select(body.attachments)
-                if not hosts:
-                    label = service_label(body.path, body.version, body.group)
-                    self.reply_error(
-                        down,
-                        frame,
-                        Status.SERVICE_NOT_FOUND,
-                        f"no provider for {label} with {what} in cluster {cluster.name} (dubbo tag routing)",
-                    )
-                    return
-                bkey = f"{bkey}|{what}"
-            # For the label only: free when the attachments were read anyway.
-            group = body.group if body.attachments_read else ""
+                labels = plan.labels.get(body.group if body.attachments_read else "")
+                if labels is None:
+                    labels = plan.label(body)
+                service, counter_key = labels
+                hosts, balancer, retries = plan.hosts, plan.balancer, plan.retries
+                retry_on, filters = RETRY_CONNECT, ()
+            else:
+                routed = self._route(down, frame, body, table)
+                if routed is None:
+                    return  # answered with an error
+                hosts, balancer, retries, timeout_ms, retry_on, filters = routed
+                # For the label only: free when the attachments were read anyway.
+                service = service_label(body.path, body.version, body.group if body.attachments_read else "")
+                counter_key = f"{service}.{body.method}"
         except Hessian2Error as exc:
             self.reply_error(down, frame, Status.BAD_REQUEST, f"malformed request body: {exc}")
             return
-        service = service_label(body.path, body.version, group)
-        stats.per_service[f"{service}.{body.method}"] += 1
+        stats.per_service[counter_key] += 1
         if not frame.two_way:
             stats.oneway += 1
-        loop = self.loop
         exch = Exchange(
             down,
             frame,
             service,
             body.method,
             hosts,
-            self._balancer(bkey, cluster.lb),
+            balancer,
             retries,
             timeout_ms,
             perf_counter(),  # not loop.time(): uvloop's is cached per loop pass, in whole ms
@@ -254,11 +225,120 @@ class Forwarder(UpstreamEvents):
         if frame.two_way:
             down.in_flight += 1
             self.in_flight += 1
-            exch.timer = loop.call_later(timeout_ms / 1000, self._on_timeout, exch)
+            exch.timer = self.loop.call_later(timeout_ms / 1000, self._on_timeout, exch)
         if filters:
             self._run_filters(exch, 0)
         else:
             self._dispatch(exch, None)
+
+    def _plan(self, key: tuple[str, str, str], body: RequestBody, table: RoutingTable) -> _Plan | None:
+        """The routing decision for requests like ``body`` when it depends only on the table and
+        (service, version, method) — no rule for the service, no group or tag routing — memoised
+        until the table or the rules change.  None: every such request takes ``_route``."""
+        path = body.path
+        if self._rules and self._rules.lookup(path) is not None:
+            return None
+        if table.needs_group(path):
+            return None
+        route = table.match(path, body.version, body.method, None)
+        if route is None:
+            return None
+        cluster = table.clusters.get(route.cluster)
+        if cluster is None or self._tag_index(cluster.name, cluster.hosts) is not None:
+            return None
+        plan = _Plan(route.timeout_ms, route.retries, cluster.hosts, self._balancer(cluster.name, cluster.lb))
+        if len(self._plans) < MAX_PLANS:  # a peer inventing services must not grow it without end
+            self._plans[key] = plan
+        return plan
+
+    def _route(
+        self, down: DownstreamConnection, frame: Frame, body: RequestBody, table: RoutingTable
+    ) -> tuple[tuple[Host, ...], LoadBalancer, int, int, int, tuple[StreamFilter, ...]] | None:
+        """Rules, group, subsets and tags: ``(hosts, balancer, retries, timeout_ms, retry_on,
+        filters)``, or None once the request has been answered with an error."""
+        rule = None
+        if self._rules:
+            cands = self._rules.lookup(body.path)
+            if cands is not None:
+                rule = RuleSet.first_match(cands, body.version, body.method, body)
+        route = None
+        if rule is None or rule.cluster is None:
+            group = body.group if table.needs_group(body.path) else None
+            route = table.match(body.path, body.version, body.method, group)
+            if route is None:
+                label = service_label(body.path, body.version, body.group)
+                why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
+                self.reply_error(
+                    down,
+                    frame,
+                    Status.SERVICE_NOT_FOUND,
+                    f"no route for {label} method {body.method}{why}",
+                )
+                return None
+        if rule is None:
+            assert route is not None
+            cluster_name = route.cluster
+            rule_timeout = route.timeout_ms
+            retries = route.retries
+            retry_on = RETRY_CONNECT
+            filters: tuple[StreamFilter, ...] = ()
+        else:
+            cluster_name = rule.cluster or route.cluster  # type: ignore[union-attr]
+            rule_timeout = rule.timeout_ms or (route.timeout_ms if route is not None else None)
+            if rule.retries is not None:
+                retries = rule.retries
+            elif route is not None:
+                retries = route.retries
+            else:
+                retries = 1
+            retry_on = rule.retry_on
+            filters = self._filters_of(rule)
+        timeout_ms = (
+            rule_timeout or (self.timeout_from_attachment and body.timeout_ms()) or self.default_timeout_ms
+        )
+        cluster = table.clusters.get(cluster_name)
+        if cluster is None:
+            # Only a rule can name a cluster the table lacks (a subscription not made yet).
+            label = service_label(body.path, body.version, body.group)
+            self.reply_error(
+                down,
+                frame,
+                Status.SERVICE_NOT_FOUND,
+                f"rule {rule.name!r} sends {label} to cluster {cluster_name!r}, "  # type: ignore[union-attr]
+                "which does not exist (no static cluster or subscription of that name)",
+            )
+            return None
+        hosts = cluster.hosts
+        bkey = cluster.name
+        if rule is not None and rule.subsets:
+            subset = rule.choose_subset(self.rng)
+            assert subset is not None
+            hosts = self._subset_hosts(cluster.name, hosts, subset)
+            if not hosts:
+                label = service_label(body.path, body.version, body.group)
+                self.reply_error(
+                    down,
+                    frame,
+                    Status.SERVICE_NOT_FOUND,
+                    f"no host in subset {{{subset.label}}} of cluster {cluster.name} for {label} "
+                    f"(rule {rule.name!r})",
+                )
+                return None
+            bkey = f"{bkey}|{subset.label}"
+        tags = self._tag_index(bkey, hosts)
+        if tags is not None:
+            what, hosts = tags.select(body.attachments)
+            if not hosts:
+                label = service_label(body.path, body.version, body.group)
+                self.reply_error(
+                    down,
+                    frame,
+                    Status.SERVICE_NOT_FOUND,
+                    f"no provider for {label} with {what} in cluster {cluster.name} (dubbo tag routing)",
+                )
+                return None
+            bkey = f"{bkey}|{what}"
+        return hosts, self._balancer(bkey, cluster.lb), retries, timeout_ms, retry_on, filters
 
     # --- rules, subsets, tags, filters --------------------------------------------------------
 
@@ -272,6 +352,7 @@ class Forwarder(UpstreamEvents):
         self._rules = rules
         self._filters = {}
         self._subsets = {}
+        self._plans = {}
 
     @property
     def health(self) -> HostHealth:

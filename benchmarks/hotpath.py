@@ -1,0 +1,134 @@
+"""The Python cost of one request through one hop, without sockets: a repeatable figure for
+changes to the data path, unlike the end-to-end benchmark whose CPU figures move with the machine.
+
+    python -m benchmarks.hotpath [--requests 100000] [--hop egress|ingress] [--profile]
+
+A real Forwarder (egress: reads the timeout attachment; ingress: does not) gets the benchmark's
+request through ``DownstreamConnection.data_received``; the frame it writes upstream is answered
+through ``UpstreamConnection.data_received``, and the response written downstream is checked.
+Transports are stand-ins that keep the last write, so system calls and the event loop's own work
+are left out: what remains is regproxy's Python per request (parse, route, pick, exchange, timer,
+id mapping, stats, batching). ``--profile`` prints cProfile's hottest functions instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import time
+from typing import Any
+
+from benchmarks.payload import ID, request_template, response_template
+from regproxy.proxy.batch import Batcher
+from regproxy.proxy.forwarder import Forwarder
+from regproxy.proxy.listener import DownstreamConnection
+from regproxy.proxy.upstream import UpstreamConnection, UpstreamEvents, UpstreamPool
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+
+UPSTREAM = "10.0.0.1:20882"
+
+
+class Transport:
+    """Keeps the last write; enough of a transport for the protocols."""
+
+    def __init__(self) -> None:
+        self.last = b""
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def build(hop: str) -> tuple[Forwarder, DownstreamConnection, UpstreamConnection, Transport, Transport, Batcher]:
+    loop = asyncio.get_running_loop()
+    batcher = Batcher(loop)
+    table = RoutingTable(
+        [Route("bench", RouteMatch(service="*"), "bench")],
+        [Cluster("bench", "round_robin", (Host(UPSTREAM),))],
+    )
+
+    def make_pool(events: UpstreamEvents) -> UpstreamPool:
+        return UpstreamPool(loop, batcher, events, max_body=8 << 20)
+
+    fwd = Forwarder(
+        hop,
+        loop,
+        TableHolder(table),
+        batcher,
+        make_pool,
+        default_timeout_ms=3000,
+        timeout_from_attachment=hop == "egress",
+    )
+    # An upstream connection already open, so the pool never dials.
+    up = UpstreamConnection(fwd.pool, UPSTREAM)
+    fwd.pool._conns[UPSTREAM] = [up]  # noqa: SLF001 - a harness reaching into the pool on purpose
+    up_t = Transport()
+    up.connection_made(up_t)  # type: ignore[arg-type]
+    down = DownstreamConnection(fwd, 8 << 20)
+    down_t = Transport()
+    down.connection_made(down_t)  # type: ignore[arg-type]
+    return fwd, down, up, down_t, up_t, batcher
+
+
+async def run(requests: int, hop: str, profile: bool) -> float:
+    fwd, down, up, down_t, up_t, batcher = build(hop)
+    req_head, req_tail = request_template()
+    resp_head, resp_tail = response_template()
+    frames = [req_head + ID.pack(i) + req_tail for i in range(1, 1025)]
+    feed_down, feed_up, flush = down.data_received, up.data_received, batcher.flush
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        prof.enable()
+    start = time.process_time()
+    for i in range(requests):
+        feed_down(frames[i & 1023])
+        flush()
+        sent = up_t.last
+        feed_up(resp_head + sent[4:12] + resp_tail)
+        flush()
+        if i & 1023 == 0:
+            await asyncio.sleep(0)  # let the loop run its cancelled timers' housekeeping
+    elapsed = time.process_time() - start
+    if prof is not None:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    last = down_t.last
+    if last[4:12] != ID.pack(((requests - 1) & 1023) + 1) or last[3] != 20:
+        raise SystemExit(f"wrong last response: {last[:16].hex()}")
+    if fwd.in_flight != 0 or up.pending:
+        raise SystemExit("requests left in flight")
+    return elapsed / requests * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--hop", choices=("egress", "ingress"), default="egress")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    best = min(runner(run(args.requests, args.hop, args.profile)) for _ in range(1 if args.profile else 3))
+    print(f"{args.hop}: {best:.2f} µs of Python per request (best of 3, {args.requests:,} requests)")
+
+
+if __name__ == "__main__":
+    main()
