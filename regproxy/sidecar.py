@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,12 +26,14 @@ from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
 from regproxy.routing import TableHolder
 from regproxy.state import StateStore
+from regproxy.tls import UpstreamTLS, client_context, files_digest, server_context
 
 log = logging.getLogger("regproxy")
 
 # Keys a reload cannot change in a running process: sockets are bound, registries connected.
 _RESTART_KEYS = (
     "egress", "ingress", "api", "admin", "app_port", "advertise_ip", "data_dir", "registries", "health",
+    "tls",  # the SSL contexts are built once, and the ingress's is fixed in its listening server
 )  # fmt: skip
 # After the read-only event, the time for requests already on the wire to arrive before we count
 # what is in flight (one loopback or LAN round trip is far less).
@@ -54,11 +57,27 @@ class Sidecar:
         self.egress_table = TableHolder(self.static_table)
         self.ingress_table = TableHolder(ingress_table(config.app_port))
         self.advertise_ip = config.advertise_ip or detect_advertise_ip()
+        t = config.tls
+        # What the files held at start: a reload tells the operator when they changed on disk.
+        self._tls_digest = files_digest(t) if t.enabled else ""
+        self.upstream_tls: UpstreamTLS | None = None
+        if t.enabled:
+            self.upstream_tls = UpstreamTLS(
+                client_context(t),
+                always=t.egress == "always",
+                table=self.egress_table,
+                handshake_timeout_s=t.handshake_timeout_s,
+            )
+        server_ssl = server_context(t) if t.enabled and t.ingress else None
         self.egress = Listener(
-            "egress", self._settings(config.egress.host, config.egress.port), self.egress_table
+            "egress",
+            self._settings(config.egress.host, config.egress.port, upstream_tls=self.upstream_tls),
+            self.egress_table,
         )
         self.ingress = Listener(
-            "ingress", self._settings(config.ingress.host, config.ingress.port), self.ingress_table
+            "ingress",
+            self._settings(config.ingress.host, config.ingress.port, server_ssl=server_ssl),
+            self.ingress_table,
         )
         self.discovery: Discovery | None = None
         self.started_at = time.time()
@@ -70,7 +89,14 @@ class Sidecar:
         self.health: Health | None = None
         self.app_watch: AppWatch | None = None
 
-    def _settings(self, host: str, port: int) -> ListenerSettings:
+    def _settings(
+        self,
+        host: str,
+        port: int,
+        *,
+        server_ssl: ssl.SSLContext | None = None,
+        upstream_tls: UpstreamTLS | None = None,
+    ) -> ListenerSettings:
         c = self.config
         return ListenerSettings(
             host=host,
@@ -81,6 +107,9 @@ class Sidecar:
             connections_per_host=c.upstream.connections_per_host,
             max_connections=c.limits.max_connections,
             idle_timeout_s=c.limits.idle_timeout_s,
+            server_ssl=server_ssl,
+            handshake_timeout_s=c.tls.handshake_timeout_s,
+            upstream_tls=upstream_tls,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -105,6 +134,7 @@ class Sidecar:
                 ingress_port=ingress_port,
                 app_port=c.app_port,
                 store=StateStore(c.data_dir),
+                ingress_tls=self.ingress.settings.server_ssl is not None,
             )
             await self.discovery.start()
             await self._start_health()
@@ -121,7 +151,7 @@ class Sidecar:
         hs = HealthSettings.from_dict(self.config.health)
         if hs.active.enabled or hs.outlier.enabled:
             hosts, clusters_of = egress_view(self.egress_table)
-            self.health = Health(hs, hosts, clusters_of, on_eject=self._count_ejection)
+            self.health = Health(hs, hosts, clusters_of, on_eject=self._count_ejection, tls=self.upstream_tls)
             self.health.start()
             if self.egress.forwarder is not None:
                 self.egress.forwarder.health = self.health  # egress only: ingress has just the local app
@@ -225,6 +255,9 @@ class Sidecar:
         old = self.config
         changes: list[str] = []
         needs_restart = [k for k in _RESTART_KEYS if getattr(new, k) != getattr(old, k)]
+        if "tls" not in needs_restart and new.tls.enabled and files_digest(new.tls) != self._tls_digest:
+            # Same paths, new contents (a rotated certificate): not re-read by a running sidecar.
+            needs_restart.append("tls (certificate files changed on disk)")
         # Built before anything changes: a bad table or rule set changes nothing.
         table = new.to_routing_table()
         rules = new.to_rule_set()
@@ -259,7 +292,7 @@ class Sidecar:
             changes.append("log_level")
         # Read from self.config on use, so swapping the config below applies them.
         changes += [k for k in ("admin_token", "drain") if getattr(new, k) != getattr(old, k)]
-        self.config = new.model_copy(update={k: getattr(old, k) for k in needs_restart})
+        self.config = new.model_copy(update={k: getattr(old, k) for k in _RESTART_KEYS if k in needs_restart})
         log.info("reloaded config: %s", ", ".join(changes) or "no change")
         if needs_restart:
             log.warning("reload: %s changed; takes effect after a restart", ", ".join(needs_restart))

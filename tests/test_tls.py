@@ -1,0 +1,536 @@
+"""Mutual TLS between sidecars, with certificates made here: a CA, a peer certificate (IP SAN
+127.0.0.1), one from another CA, an expired one, one for another IP.
+
+* egress → ingress over mTLS carries real Dubbo calls (demo client → egress → TLS → ingress → demo
+  provider), and both ends really hold a verified TLS session;
+* the ingress refuses a plaintext client, a TLS client without a certificate, with a certificate
+  of another CA or an expired one — none reaches the application — and keeps serving good peers;
+* an egress that does not trust the ingress (or that the ingress does not trust) answers a Dubbo
+  error naming the cause, quickly; verify_ip checks the IP SAN;
+* two in-process sidecars: the TLS ingress publishes regproxy.tls=true, an ``auto`` egress dials it
+  with TLS and a plaintext provider sidecar without, and its health checks use TLS where needed;
+* config errors name their key; reload refuses TLS changes and says a restart is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from regproxy.api.models import check_param_key
+from regproxy.config import Config, ConfigError, TLSConfig
+from regproxy.demo.client import DubboCallError, DubboClient
+from regproxy.demo.embedded import free_ports
+from regproxy.demo.provider import ServiceRegistry, default_services, serve
+from regproxy.discovery import PublishSpec, ingress_table
+from regproxy.dubbo.encode import encode_request
+from regproxy.dubbo.frame import FrameParser
+from regproxy.proxy.engine import Listener, ListenerSettings
+from regproxy.registry.memory import MemoryRegistry
+from regproxy.registry.url import Subscription
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+from regproxy.sidecar import Sidecar
+from regproxy.tls import TLS_PARAM, UpstreamTLS, client_context, server_context
+
+GREET = "org.apache.dubbo.samples.api.GreetingsService"
+ECHO = "org.apache.dubbo.samples.api.EchoService"
+
+# --------------------------------------------------------------------------------------------------
+# Certificates
+
+
+@dataclass(frozen=True)
+class Pair:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: str  # CA certificate (PEM file)
+    peer: Pair  # signed by ca, IP SAN 127.0.0.1, serverAuth + clientAuth
+    other_ca: str
+    other_peer: Pair  # signed by other_ca, IP SAN 127.0.0.1
+    expired: Pair  # signed by ca, expired yesterday
+    wrong_ip: Pair  # signed by ca, IP SAN 127.0.0.2 only
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write(d: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Pair:
+    cert_path, key_path = d / f"{stem}.crt", d / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return Pair(str(cert_path), str(key_path))
+
+
+def _ca(d: Path, stem: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(stem))
+        .issuer_name(_name(stem))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key, _write(d, stem, cert, key).cert
+
+
+def _leaf(
+    d: Path,
+    stem: str,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey, str],
+    *,
+    ip: str = "127.0.0.1",
+    expired: bool = False,
+) -> Pair:
+    ca_cert, ca_key, _ = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    start, end = (now - dt.timedelta(days=10), now - dt.timedelta(days=1)) if expired else (
+        now - dt.timedelta(days=1), now + dt.timedelta(days=30)
+    )  # fmt: skip
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"sidecar {stem}"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _write(d, stem, cert, key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca = _ca(d, "ca")
+    other = _ca(d, "other-ca")
+    return Pki(
+        ca=ca[2],
+        peer=_leaf(d, "peer", ca),
+        other_ca=other[2],
+        other_peer=_leaf(d, "other-peer", other),
+        expired=_leaf(d, "expired", ca, expired=True),
+        wrong_ip=_leaf(d, "wrong-ip", ca, ip="127.0.0.2"),
+    )
+
+
+def tls_config(pair: Pair, ca: str, **kw: Any) -> TLSConfig:
+    return TLSConfig(enabled=True, cert_file=pair.cert, key_file=pair.key, ca_file=ca, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# An egress and an ingress (engine listeners) with TLS between them
+
+
+def settings(**kw: Any) -> ListenerSettings:
+    base: dict[str, Any] = dict(
+        host="127.0.0.1",
+        port=0,
+        max_body=8 * 1024 * 1024,
+        default_timeout_ms=3000,
+        connect_timeout_ms=1000,
+        connections_per_host=1,
+    )
+    base.update(kw)
+    return ListenerSettings(**base)
+
+
+def egress_table(ingress: str, *, hosts: tuple[str, ...] = ()) -> RoutingTable:
+    return RoutingTable(
+        routes=[
+            Route(name="greet", match=RouteMatch(service=GREET), cluster="demo"),
+            Route(name="echo", match=RouteMatch(service=ECHO), cluster="demo"),
+        ],
+        clusters=[Cluster(name="demo", hosts=tuple(Host(address=a) for a in (ingress, *hosts)))],
+    )
+
+
+@dataclass
+class Stack:
+    services: ServiceRegistry
+    provider: asyncio.AbstractServer
+    ingress: Listener
+    egress: Listener
+
+    @property
+    def ingress_port(self) -> int:
+        return self.ingress.address[1]
+
+    async def client(self) -> DubboClient:
+        return await DubboClient.connect("127.0.0.1", self.egress.address[1])
+
+
+async def start_stack(ingress_tls: TLSConfig, egress_tls: TLSConfig) -> Stack:
+    services = default_services()
+    provider = await serve("127.0.0.1", 0, services=services)
+    pport = provider.sockets[0].getsockname()[1]
+    ingress = Listener(
+        "ingress", settings(server_ssl=server_context(ingress_tls)), TableHolder(ingress_table(pport))
+    )
+    await ingress.start()
+    upstream = UpstreamTLS(client_context(egress_tls), always=True, handshake_timeout_s=2.0)
+    egress = Listener(
+        "egress",
+        settings(upstream_tls=upstream),
+        TableHolder(egress_table(f"127.0.0.1:{ingress.address[1]}")),
+    )
+    await egress.start()
+    return Stack(services, provider, ingress, egress)
+
+
+async def stop_stack(st: Stack) -> None:
+    await st.egress.stop()
+    await st.ingress.stop()
+    st.provider.close()
+    await st.provider.wait_closed()
+
+
+@pytest.fixture
+async def stack(pki: Pki) -> AsyncIterator[Stack]:
+    st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(pki.peer, pki.ca))
+    yield st
+    await stop_stack(st)
+
+
+async def test_dubbo_calls_cross_mutual_tls(stack: Stack) -> None:
+    client = await stack.client()
+    try:
+        assert await client.call(GREET, "sayHi", ["ann"]) == "hi, ann"
+        assert await client.call(ECHO, "sum", [2, 40]) == 42
+        value = {"k": ["a😀b", 1, 2.5, None, True], "long": "x" * 200_000}  # many TLS records
+        assert await client.call(ECHO, "echo", [value]) == value
+    finally:
+        client.close()
+    # Both ends of the egress → ingress hop hold a TLS session, each with the other's certificate.
+    assert stack.egress.forwarder is not None and stack.ingress.forwarder is not None
+    (conn,) = stack.egress.forwarder.pool._conns[f"127.0.0.1:{stack.ingress_port}"]
+    assert conn.transport is not None
+    sslobj = conn.transport.get_extra_info("ssl_object")
+    assert sslobj is not None and sslobj.version() in ("TLSv1.2", "TLSv1.3")
+    assert ("IP Address", "127.0.0.1") in conn.transport.get_extra_info("peercert")["subjectAltName"]
+    (down,) = stack.ingress.forwarder.downstreams
+    assert down.transport is not None
+    client_cert = down.transport.get_extra_info("peercert")
+    assert ("commonName", "sidecar peer") in [kv for rdn in client_cert["subject"] for kv in rdn]
+    assert stack.services.total_calls == 3
+
+
+async def _raw_call(port: int, ctx: ssl.SSLContext | None) -> str:
+    """One Dubbo request on a fresh connection; how it ended: 'answered', 'closed' or 'refused: ...'."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None),
+            5,
+        )
+    except (ssl.SSLError, ConnectionError) as exc:
+        return f"refused: {exc}"
+    try:
+        writer.write(encode_request(7, GREET, "sayHi", ["mallory"]))
+        parser = FrameParser()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+            except (ssl.SSLError, ConnectionError) as exc:
+                return f"refused: {exc}"
+            if not chunk:
+                return "closed"
+            if parser.feed(chunk):
+                return "answered"
+        return "hung"
+    finally:
+        writer.close()
+
+
+def _client_ctx(pki: Pki, pair: Pair | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki.ca)  # the client trusts the ingress: only its own credentials differ
+    if pair is not None:
+        ctx.load_cert_chain(pair.cert, pair.key)
+    return ctx
+
+
+async def test_ingress_refuses_bad_peers_and_keeps_serving(stack: Stack, pki: Pki) -> None:
+    good = await stack.client()
+    try:
+        assert await good.call(GREET, "sayHi", ["ann"]) == "hi, ann"
+        outcomes = {}
+        for name, ctx in [
+            ("plaintext", None),
+            ("no certificate", _client_ctx(pki, None)),
+            ("another CA", _client_ctx(pki, pki.other_peer)),
+            ("expired", _client_ctx(pki, pki.expired)),
+        ]:
+            outcomes[name] = await _raw_call(stack.ingress_port, ctx)
+            # The good peer's kept connection and new good connections both still work.
+            assert await good.call(GREET, "sayHi", [name]) == f"hi, {name}"
+            assert await _raw_call(stack.ingress_port, _client_ctx(pki, pki.peer)) == "answered"
+        print("refused:", outcomes)
+        assert all(o == "closed" or o.startswith("refused") for o in outcomes.values()), outcomes
+        # None of the refused requests reached the application; the good ones all did.
+        assert stack.services.count("sayHi") == 1 + 2 * len(outcomes)
+        assert all(a != ("sayHi", "mallory") for a in stack.services.calls)
+    finally:
+        good.close()
+
+
+async def test_egress_that_does_not_trust_the_ingress_answers_an_error(pki: Pki) -> None:
+    # The egress trusts only the other CA: the ingress's certificate fails verification.
+    st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(pki.other_peer, pki.other_ca))
+    try:
+        client = await st.client()
+        started = time.monotonic()
+        with pytest.raises(DubboCallError) as err:
+            await client.call(GREET, "sayHi", ["ann"], timeout=10)
+        elapsed = time.monotonic() - started
+        client.close()
+        print(f"untrusted ingress: {err.value} after {elapsed * 1000:.0f} ms")
+        assert "CERTIFICATE_VERIFY_FAILED" in str(err.value).upper()
+        assert elapsed < 2.5  # an answer, not the 3 s request timeout
+        assert st.services.total_calls == 0
+    finally:
+        await stop_stack(st)
+
+
+async def test_ingress_that_does_not_trust_the_egress_answers_an_error(pki: Pki) -> None:
+    # The egress trusts the ingress but shows a certificate of another CA: the ingress refuses it.
+    st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(pki.other_peer, pki.ca))
+    try:
+        client = await st.client()
+        started = time.monotonic()
+        with pytest.raises(DubboCallError) as err:
+            await client.call(GREET, "sayHi", ["ann"], timeout=10)
+        elapsed = time.monotonic() - started
+        client.close()
+        print(f"untrusted egress: {err.value} after {elapsed * 1000:.0f} ms")
+        assert f"127.0.0.1:{st.ingress_port}" in str(err.value)
+        assert elapsed < 2.5
+        assert st.services.total_calls == 0
+    finally:
+        await stop_stack(st)
+
+
+async def test_verify_ip_checks_the_ip_san(pki: Pki) -> None:
+    # The ingress's certificate is for 127.0.0.2; it is dialled at 127.0.0.1.
+    for verify_ip, works in ((False, True), (True, False)):
+        st = await start_stack(
+            tls_config(pki.wrong_ip, pki.ca), tls_config(pki.peer, pki.ca, verify_ip=verify_ip)
+        )
+        try:
+            client = await st.client()
+            if works:
+                assert await client.call(GREET, "sayHi", ["ann"]) == "hi, ann"
+            else:
+                with pytest.raises(DubboCallError) as err:
+                    await client.call(GREET, "sayHi", ["ann"])
+                assert "IP address mismatch" in str(err.value)
+            client.close()
+        finally:
+            await stop_stack(st)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sidecars: the published parameter, a mixed fleet, health checks over TLS
+
+
+def sidecar_config(tmp: Path, name: str, app_port: int, tls: dict[str, Any] | None) -> Config:
+    egress, ingress, api, admin = free_ports(4)
+    return Config.from_dict(
+        {
+            "egress": f"127.0.0.1:{egress}",
+            "ingress": f"127.0.0.1:{ingress}",
+            "api": f"127.0.0.1:{api}",
+            "admin": f"127.0.0.1:{admin}",
+            "app_port": app_port,
+            "advertise_ip": "127.0.0.1",
+            "data_dir": str(tmp / name),
+            "registries": ["memory://"],
+            "health": {"active": {"interval_s": 0.2, "timeout_s": 1}},
+            **({"tls": tls} if tls else {}),
+        }
+    )
+
+
+@pytest.fixture
+def fresh_memory() -> Iterator[None]:
+    MemoryRegistry.reset_all()
+    yield
+    MemoryRegistry.reset_all()
+
+
+async def test_mixed_fleet_auto_egress_and_health_checks(
+    pki: Pki, tmp_path: Path, fresh_memory: None
+) -> None:
+    tls = {"enabled": True, "cert_file": pki.peer.cert, "key_file": pki.peer.key, "ca_file": pki.ca}
+    apps = [default_services(provider_name=n) for n in ("tls-app", "plain-app")]
+    servers = [
+        await serve("127.0.0.1", 0, services=s, name=n)
+        for s, n in zip(apps, ("tls-app", "plain-app"), strict=True)
+    ]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    sidecars = [
+        Sidecar(sidecar_config(tmp_path, "tls-provider", ports[0], tls)),
+        Sidecar(sidecar_config(tmp_path, "plain-provider", ports[1], None)),  # not migrated yet
+        Sidecar(sidecar_config(tmp_path, "consumer", 1, {**tls, "ingress": True, "egress": "auto"})),
+    ]
+    try:
+        for s in sidecars:
+            await s.start()
+        tls_side, plain_side, consumer = sidecars
+        for s, port in zip((tls_side, plain_side), ports, strict=True):
+            assert s.discovery is not None
+            await s.discovery.publish(PublishSpec(interface=GREET, port=port, methods=("sayHi",)))
+        tls_addr = f"127.0.0.1:{tls_side.ingress.address[1]}"
+        plain_addr = f"127.0.0.1:{plain_side.ingress.address[1]}"
+        assert consumer.discovery is not None
+        _, providers = await consumer.discovery.subscribe(Subscription(GREET))
+        params = {p["address"]: p["metadata"].get(TLS_PARAM) for p in providers}
+        assert params == {tls_addr: "true", plain_addr: None}
+
+        client = await DubboClient.connect("127.0.0.1", consumer.egress.address[1])
+        try:
+            for i in range(6):
+                assert await client.call(GREET, "sayHi", [f"c{i}"]) == f"hi, c{i}"
+        finally:
+            client.close()
+        assert apps[0].count("sayHi") == 3 and apps[1].count("sayHi") == 3  # round robin over both
+        assert consumer.egress.forwarder is not None
+        pool = consumer.egress.forwarder.pool._conns
+        assert pool[tls_addr][0].transport.get_extra_info("ssl_object") is not None
+        assert pool[plain_addr][0].transport.get_extra_info("ssl_object") is None
+
+        # Health checks: the TLS ingress refuses plaintext, so a check that did not use TLS would
+        # fail and mark it unhealthy after three rounds of 0.2 s.
+        assert consumer.health is not None
+        rounds = consumer.health.active.rounds
+        deadline = time.monotonic() + 10
+        while consumer.health.active.rounds < rounds + 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        view = consumer.health.describe()
+        for addr in (tls_addr, plain_addr):
+            assert view[addr]["healthy"] and view[addr]["checked"] and view[addr]["last_error"] is None, view
+            assert view[addr]["consecutive_check_failures"] == 0, view
+    finally:
+        for s in reversed(sidecars):
+            await s.stop()
+        for srv in servers:
+            srv.close()
+
+
+def test_callers_cannot_set_the_tls_parameter() -> None:
+    with pytest.raises(ValueError, match="regproxy sets it"):
+        check_param_key(TLS_PARAM)
+
+
+# --------------------------------------------------------------------------------------------------
+# Config and reload
+
+
+def _errors(data: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict(data)
+    return dict(err.value.errors)
+
+
+def test_config_errors_name_the_key(pki: Pki, tmp_path: Path) -> None:
+    ok = {"enabled": True, "cert_file": pki.peer.cert, "key_file": pki.peer.key, "ca_file": pki.ca}
+    assert Config.from_dict({"tls": ok}).tls.enabled
+    assert Config.from_dict({"tls": {"enabled": False}}).tls.enabled is False  # no files needed when off
+
+    e = _errors({"tls": {"enabled": True}})
+    assert set(e) == {"tls.cert_file", "tls.key_file", "tls.ca_file"} and "required" in e["tls.cert_file"]
+    e = _errors({"tls": {**ok, "cert_file": str(tmp_path / "missing.crt")}})
+    assert "cannot read" in e["tls.cert_file"] and "missing.crt" in e["tls.cert_file"]
+    e = _errors({"tls": {**ok, "key_file": pki.other_peer.key}})
+    assert set(e) == {"tls.key_file"} and "does not match the certificate" in e["tls.key_file"]
+    e = _errors({"tls": {**ok, "ca_file": pki.peer.key}})
+    assert set(e) == {"tls.ca_file"} and "no PEM certificate" in e["tls.ca_file"]
+    e = _errors({"tls": {**ok, "key_file": pki.peer.cert}})
+    assert "no PEM private key" in e["tls.key_file"]
+    garbled = tmp_path / "garbled.crt"
+    garbled.write_text("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+    e = _errors({"tls": {**ok, "ca_file": str(garbled)}})
+    assert "cannot load CA certificates" in e["tls.ca_file"]
+    assert _errors({"tls": {**ok, "verify_hostname": True}}) == {"tls.verify_hostname": "unknown key"}
+    assert "tls.egress" in _errors({"tls": {**ok, "egress": "sometimes"}})
+    assert "tls.handshake_timeout_s" in _errors({"tls": {**ok, "handshake_timeout_s": 0}})
+
+
+async def test_reload_refuses_tls_changes(pki: Pki, tmp_path: Path) -> None:
+    cert, key = tmp_path / "sidecar.crt", tmp_path / "sidecar.key"
+
+    def install(pair: Pair) -> None:  # what a certificate rotation does: new contents, same paths
+        cert.write_bytes(Path(pair.cert).read_bytes())
+        key.write_bytes(Path(pair.key).read_bytes())
+
+    install(pki.peer)
+    tls = {"enabled": True, "cert_file": str(cert), "key_file": str(key), "ca_file": pki.ca}
+    current: dict[str, Any] = {"tls": tls, "advertise_ip": "127.0.0.1"}
+    sidecar = Sidecar(Config.from_dict(current), loader=lambda: Config.from_dict(current))
+    assert (await sidecar.reload())["needs_restart"] == []
+
+    current = {**current, "tls": {**tls, "verify_ip": True}}
+    assert (await sidecar.reload())["needs_restart"] == ["tls"]
+    assert sidecar.config.tls.verify_ip is False  # the running value stays
+
+    current = {**current, "tls": tls}
+    install(pki.wrong_ip)
+    assert (await sidecar.reload())["needs_restart"] == ["tls (certificate files changed on disk)"]
+
+    cert.write_bytes(Path(pki.peer.cert).read_bytes())  # half a rotation: key and cert disagree
+    with pytest.raises(ConfigError, match=r"tls\.key_file: does not match"):
+        await sidecar.reload()
