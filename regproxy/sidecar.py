@@ -26,14 +26,13 @@ from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
 from regproxy.routing import TableHolder
 from regproxy.state import StateStore
-from regproxy.tls import UpstreamTLS, client_context, files_digest, server_context
+from regproxy.tls import SidecarTLS, UpstreamTLS
 
 log = logging.getLogger("regproxy")
 
 # Keys a reload cannot change in a running process: sockets are bound, registries connected.
 _RESTART_KEYS = (
     "egress", "ingress", "api", "admin", "app_port", "advertise_ip", "data_dir", "registries", "health",
-    "tls",  # the SSL contexts are built once, and the ingress's is fixed in its listening server
 )  # fmt: skip
 # After the read-only event, the time for requests already on the wire to arrive before we count
 # what is in flight (one loopback or LAN round trip is far less).
@@ -57,18 +56,7 @@ class Sidecar:
         self.egress_table = TableHolder(self.static_table)
         self.ingress_table = TableHolder(ingress_table(config.app_port))
         self.advertise_ip = config.advertise_ip or detect_advertise_ip()
-        t = config.tls
-        # What the files held at start: a reload tells the operator when they changed on disk.
-        self._tls_digest = files_digest(t) if t.enabled else ""
-        self.upstream_tls: UpstreamTLS | None = None
-        if t.enabled:
-            self.upstream_tls = UpstreamTLS(
-                client_context(t),
-                always=t.egress == "always",
-                table=self.egress_table,
-                handshake_timeout_s=t.handshake_timeout_s,
-            )
-        server_ssl = server_context(t) if t.enabled and t.ingress else None
+        self.tls = SidecarTLS(config.tls, self.egress_table) if config.tls.enabled else None
         self.egress = Listener(
             "egress",
             self._settings(config.egress.host, config.egress.port, upstream_tls=self.upstream_tls),
@@ -76,7 +64,9 @@ class Sidecar:
         )
         self.ingress = Listener(
             "ingress",
-            self._settings(config.ingress.host, config.ingress.port, server_ssl=server_ssl),
+            self._settings(
+                config.ingress.host, config.ingress.port, server_ssl=self.tls.server_ssl if self.tls else None
+            ),
             self.ingress_table,
         )
         self.discovery: Discovery | None = None
@@ -88,6 +78,10 @@ class Sidecar:
         self._admin: web.AppRunner | None = None
         self.health: Health | None = None
         self.app_watch: AppWatch | None = None
+
+    @property
+    def upstream_tls(self) -> UpstreamTLS | None:
+        return self.tls.upstream if self.tls is not None else None
 
     def _settings(
         self,
@@ -255,12 +249,21 @@ class Sidecar:
         old = self.config
         changes: list[str] = []
         needs_restart = [k for k in _RESTART_KEYS if getattr(new, k) != getattr(old, k)]
-        if "tls" not in needs_restart and new.tls.enabled and files_digest(new.tls) != self._tls_digest:
-            # Same paths, new contents (a rotated certificate): not re-read by a running sidecar.
-            needs_restart.append("tls (certificate files changed on disk)")
+        if self.tls is not None:
+            needs_restart += self.tls.restart_needed(new.tls)
+        elif new.tls.enabled:
+            needs_restart.append("tls.enabled")
+        tls_restart = any(k.startswith("tls.") for k in needs_restart)
         # Built before anything changes: a bad table or rule set changes nothing.
         table = new.to_routing_table()
         rules = new.to_rule_set()
+        # The files are read again (a rotated certificate, key or CA); unusable ones refuse the reload.
+        tls_ready = None
+        if self.tls is not None and not tls_restart:
+            try:
+                tls_ready = self.tls.prepare(new.tls)
+            except OSError as exc:  # ssl.SSLError included; the files changed since load_config read them
+                raise ConfigError([("tls", f"cannot use the certificate files: {exc}")]) from None
         access_log = (
             AccessLog(new.access_log) if new.access_log and new.access_log != old.access_log else None
         )
@@ -287,12 +290,17 @@ class Sidecar:
         if new.timeouts.ingress_ms != old.timeouts.ingress_ms and self.ingress.forwarder is not None:
             self.ingress.forwarder.default_timeout_ms = new.timeouts.ingress_ms
             changes.append("timeouts.ingress_ms")
+        if self.tls is not None and tls_ready is not None and self.tls.apply(new.tls, tls_ready):
+            changes.append("tls (files re-read)")
         if new.log_level != old.log_level:
             self.set_log_level(new.log_level)
             changes.append("log_level")
         # Read from self.config on use, so swapping the config below applies them.
         changes += [k for k in ("admin_token", "drain") if getattr(new, k) != getattr(old, k)]
-        self.config = new.model_copy(update={k: getattr(old, k) for k in _RESTART_KEYS if k in needs_restart})
+        keep = {k: getattr(old, k) for k in needs_restart if k in _RESTART_KEYS}
+        if tls_restart:
+            keep["tls"] = old.tls
+        self.config = new.model_copy(update=keep)
         log.info("reloaded config: %s", ", ".join(changes) or "no change")
         if needs_restart:
             log.warning("reload: %s changed; takes effect after a restart", ", ".join(needs_restart))

@@ -12,9 +12,11 @@
   cluster hosts say it in their ``metadata``), plaintext to the others. ``auto`` is what lets a
   fleet move to TLS one sidecar at a time (docs/operations.md, "TLS between sidecars").
 
-The files are read when the sidecar starts; ``problems()`` runs at config load so a missing file,
-a key that does not match its certificate or a CA file without certificates is a config error
-naming its key.
+The files are read when the sidecar starts and again on every reload (``SidecarTLS``), so a
+rotated certificate, key or CA is taken without a restart by every new connection; connections
+already open keep the session they have. ``problems()`` runs at config load, so a missing file, a
+key that does not match its certificate or a CA file without certificates is a config error
+naming its key (and a reload that would read such files is refused whole).
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ if TYPE_CHECKING:
     from regproxy.config import TLSConfig
     from regproxy.routing import RoutingTable, TableHolder
 
-__all__ = ["TLS_PARAM", "UpstreamTLS", "client_context", "files_digest", "problems", "server_context"]
+__all__ = [
+    "RESTART_FIELDS",
+    "TLS_PARAM",
+    "SidecarTLS",
+    "UpstreamTLS",
+    "client_context",
+    "files_digest",
+    "problems",
+    "server_context",
+]
 
 # The provider URL parameter a sidecar with a TLS ingress publishes (Dubbo ignores unknown ones).
 TLS_PARAM = "regproxy.tls"
@@ -164,3 +175,58 @@ class UpstreamTLS:
             "server_hostname": host,
             "ssl_handshake_timeout": self.handshake_timeout_s,
         }
+
+
+# Settings a reload cannot change: the ingress's listening socket is bound with or without TLS (and
+# the published URLs say which), and its handshake timeout is fixed with it.
+RESTART_FIELDS = ("enabled", "ingress", "handshake_timeout_s")
+
+
+class SidecarTLS:
+    """A sidecar's TLS state: the egress's ``upstream`` policy and the ingress's ``server_ssl``.
+
+    The listening server keeps the context it was created with for good; that context's SNI
+    callback, which OpenSSL runs on every ClientHello (with or without a server name), hands each
+    new connection the current context: certificate, key and trusted CAs. So ``apply`` swaps all
+    three for new connections without touching the listener.
+    """
+
+    def __init__(self, cfg: TLSConfig, table: TableHolder | None) -> None:
+        self.cfg = cfg
+        self.digest = files_digest(cfg)
+        self.upstream = UpstreamTLS(
+            client_context(cfg),
+            always=cfg.egress == "always",
+            table=table,
+            handshake_timeout_s=cfg.handshake_timeout_s,
+        )
+        self.server_ssl: ssl.SSLContext | None = None
+        self._server_current: ssl.SSLContext | None = None
+        if cfg.ingress:
+            self.server_ssl = self._server_current = server_context(cfg)
+            self.server_ssl.sni_callback = self._pick_context
+
+    def _pick_context(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._server_current
+        if current is not None and current is not ctx:
+            sslobj.context = current
+
+    def restart_needed(self, new: TLSConfig) -> list[str]:
+        return [f"tls.{name}" for name in RESTART_FIELDS if getattr(new, name) != getattr(self.cfg, name)]
+
+    def prepare(self, new: TLSConfig) -> tuple[ssl.SSLContext, ssl.SSLContext | None, str]:
+        """Read ``new``'s files into fresh contexts (OSError/ssl.SSLError when they cannot be used);
+        nothing changes until ``apply``."""
+        server = server_context(new) if self.server_ssl is not None else None
+        return client_context(new), server, files_digest(new)
+
+    def apply(self, new: TLSConfig, prepared: tuple[ssl.SSLContext, ssl.SSLContext | None, str]) -> bool:
+        """New connections use ``prepared`` from now on; True when the files or settings changed."""
+        client, server, digest = prepared
+        changed = digest != self.digest or new != self.cfg
+        self.upstream.context = client
+        self.upstream.always = new.egress == "always"
+        if server is not None:
+            self._server_current = server
+        self.cfg, self.digest = new, digest
+        return changed

@@ -43,7 +43,7 @@ from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.url import Subscription
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.sidecar import Sidecar
-from regproxy.tls import TLS_PARAM, UpstreamTLS, client_context, server_context
+from regproxy.tls import TLS_PARAM, SidecarTLS
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 ECHO = "org.apache.dubbo.samples.api.EchoService"
@@ -205,6 +205,8 @@ class Stack:
     provider: asyncio.AbstractServer
     ingress: Listener
     egress: Listener
+    ingress_tls: SidecarTLS
+    egress_tls: SidecarTLS
 
     @property
     def ingress_port(self) -> int:
@@ -214,22 +216,24 @@ class Stack:
         return await DubboClient.connect("127.0.0.1", self.egress.address[1])
 
 
-async def start_stack(ingress_tls: TLSConfig, egress_tls: TLSConfig) -> Stack:
+async def start_stack(ingress_cfg: TLSConfig, egress_cfg: TLSConfig) -> Stack:
+    """demo provider <- ingress (serves mTLS) <- egress (dials every host with TLS)."""
     services = default_services()
     provider = await serve("127.0.0.1", 0, services=services)
     pport = provider.sockets[0].getsockname()[1]
+    ingress_tls = SidecarTLS(ingress_cfg, None)
     ingress = Listener(
-        "ingress", settings(server_ssl=server_context(ingress_tls)), TableHolder(ingress_table(pport))
+        "ingress", settings(server_ssl=ingress_tls.server_ssl), TableHolder(ingress_table(pport))
     )
     await ingress.start()
-    upstream = UpstreamTLS(client_context(egress_tls), always=True, handshake_timeout_s=2.0)
+    egress_tls = SidecarTLS(egress_cfg.model_copy(update={"egress": "always", "ingress": False}), None)
     egress = Listener(
         "egress",
-        settings(upstream_tls=upstream),
+        settings(upstream_tls=egress_tls.upstream),
         TableHolder(egress_table(f"127.0.0.1:{ingress.address[1]}")),
     )
     await egress.start()
-    return Stack(services, provider, ingress, egress)
+    return Stack(services, provider, ingress, egress, ingress_tls, egress_tls)
 
 
 async def stop_stack(st: Stack) -> None:
@@ -296,9 +300,10 @@ async def _raw_call(port: int, ctx: ssl.SSLContext | None) -> str:
         writer.close()
 
 
-def _client_ctx(pki: Pki, pair: Pair | None) -> ssl.SSLContext:
+def _client_ctx(pki: Pki, pair: Pair | None, trust: str | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(pki.ca)  # the client trusts the ingress: only its own credentials differ
+    # The client trusts the ingress: only its own credentials differ.
+    ctx.load_verify_locations(trust or pki.ca)
     if pair is not None:
         ctx.load_cert_chain(pair.cert, pair.key)
     return ctx
@@ -381,6 +386,43 @@ async def test_verify_ip_checks_the_ip_san(pki: Pki) -> None:
             client.close()
         finally:
             await stop_stack(st)
+
+
+async def test_one_side_without_tls_fails_fast_with_an_error(pki: Pki) -> None:
+    """A half-migrated hop: TLS egress → plaintext ingress, plaintext egress → TLS ingress."""
+    cfg = tls_config(pki.peer, pki.ca, egress="always")
+    expected = {
+        (False, True): "WRONG_VERSION_NUMBER",  # the TLS ClientHello is not a Dubbo frame
+        (True, False): "closed with the request in flight",  # the ingress refused a non-TLS stream
+    }
+    for (ingress_on, egress_on), message in expected.items():
+        services = default_services()
+        provider = await serve("127.0.0.1", 0, services=services)
+        tls = SidecarTLS(cfg, None)
+        ingress = Listener(
+            "ingress",
+            settings(server_ssl=tls.server_ssl if ingress_on else None),
+            TableHolder(ingress_table(provider.sockets[0].getsockname()[1])),
+        )
+        await ingress.start()
+        egress = Listener(
+            "egress",
+            settings(upstream_tls=tls.upstream if egress_on else None),
+            TableHolder(egress_table(f"127.0.0.1:{ingress.address[1]}")),
+        )
+        await egress.start()
+        try:
+            client = await DubboClient.connect("127.0.0.1", egress.address[1])
+            started = time.monotonic()
+            with pytest.raises(DubboCallError, match=message):
+                await client.call(GREET, "sayHi", ["ann"], timeout=10)
+            assert time.monotonic() - started < 2.5
+            assert services.total_calls == 0
+            client.close()
+        finally:
+            await egress.stop()
+            await ingress.stop()
+            provider.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,7 +552,7 @@ def test_config_errors_name_the_key(pki: Pki, tmp_path: Path) -> None:
     assert "tls.handshake_timeout_s" in _errors({"tls": {**ok, "handshake_timeout_s": 0}})
 
 
-async def test_reload_refuses_tls_changes(pki: Pki, tmp_path: Path) -> None:
+async def test_reload_rereads_files_and_refuses_restart_only_changes(pki: Pki, tmp_path: Path) -> None:
     cert, key = tmp_path / "sidecar.crt", tmp_path / "sidecar.key"
 
     def install(pair: Pair) -> None:  # what a certificate rotation does: new contents, same paths
@@ -521,16 +563,71 @@ async def test_reload_refuses_tls_changes(pki: Pki, tmp_path: Path) -> None:
     tls = {"enabled": True, "cert_file": str(cert), "key_file": str(key), "ca_file": pki.ca}
     current: dict[str, Any] = {"tls": tls, "advertise_ip": "127.0.0.1"}
     sidecar = Sidecar(Config.from_dict(current), loader=lambda: Config.from_dict(current))
-    assert (await sidecar.reload())["needs_restart"] == []
+    assert sidecar.tls is not None and sidecar.upstream_tls is not None
+    first = sidecar.upstream_tls.context
+    result = await sidecar.reload()
+    assert result["needs_restart"] == [] and "tls (files re-read)" not in result["changes"]
 
-    current = {**current, "tls": {**tls, "verify_ip": True}}
-    assert (await sidecar.reload())["needs_restart"] == ["tls"]
-    assert sidecar.config.tls.verify_ip is False  # the running value stays
+    install(pki.wrong_ip)  # rotated on disk: taken by the reload
+    result = await sidecar.reload()
+    assert result["needs_restart"] == [] and "tls (files re-read)" in result["changes"]
+    assert sidecar.upstream_tls.context is not first
+
+    current = {**current, "tls": {**tls, "verify_ip": True, "egress": "always"}}
+    result = await sidecar.reload()
+    assert "tls (files re-read)" in result["changes"] and sidecar.config.tls.verify_ip is True
+    assert sidecar.upstream_tls.context.check_hostname is True and sidecar.upstream_tls.always is True
+
+    current = {**current, "tls": {**tls, "ingress": False, "handshake_timeout_s": 2}}
+    result = await sidecar.reload()
+    assert result["needs_restart"] == ["tls.ingress", "tls.handshake_timeout_s"]
+    assert sidecar.config.tls.ingress is True and sidecar.config.tls.verify_ip is True  # all kept
 
     current = {**current, "tls": tls}
-    install(pki.wrong_ip)
-    assert (await sidecar.reload())["needs_restart"] == ["tls (certificate files changed on disk)"]
-
     cert.write_bytes(Path(pki.peer.cert).read_bytes())  # half a rotation: key and cert disagree
+    before = sidecar.upstream_tls.context
     with pytest.raises(ConfigError, match=r"tls\.key_file: does not match"):
         await sidecar.reload()
+    assert sidecar.upstream_tls.context is before  # refused whole
+
+
+async def test_rotation_to_a_new_ca_without_restart(pki: Pki, tmp_path: Path) -> None:
+    """Both sides rotate to another CA in place: connections open before keep working, new peers
+    must show the new CA's certificates, peers with the old one are refused."""
+    paths = {s: tmp_path / f"{s}.pem" for s in ("cert", "key", "ca")}
+
+    def install(pair: Pair, ca: str) -> TLSConfig:
+        for name, src in (("cert", pair.cert), ("key", pair.key), ("ca", ca)):
+            paths[name].write_bytes(Path(src).read_bytes())
+        return TLSConfig(
+            enabled=True, cert_file=str(paths["cert"]), key_file=str(paths["key"]), ca_file=str(paths["ca"])
+        )
+
+    cfg = install(pki.peer, pki.ca)
+    st = await start_stack(cfg, cfg)
+    try:
+        client = await st.client()
+        assert await client.call(GREET, "sayHi", ["before"]) == "hi, before"
+        cfg = install(pki.other_peer, pki.other_ca)
+        for side in (st.ingress_tls, st.egress_tls):
+            new = cfg.model_copy(update={"egress": side.cfg.egress, "ingress": side.cfg.ingress})
+            assert side.apply(new, side.prepare(new)) is True
+        assert await client.call(GREET, "sayHi", ["kept"]) == "hi, kept"  # the open session stays
+        # A new peer with a certificate of the old CA is refused; one of the new CA is served.
+        assert await _raw_call(st.ingress_port, _client_ctx(pki, pki.peer, trust=pki.other_ca)) == "closed"
+        assert await _raw_call(st.ingress_port, _client_ctx(pki, pki.other_peer, pki.other_ca)) == "answered"
+        # The egress's next connection uses the new context too.
+        assert st.egress.forwarder is not None
+        pool = st.egress.forwarder.pool
+        for conn in list(pool._conns[f"127.0.0.1:{st.ingress_port}"]):
+            conn.close()
+        t0 = time.monotonic()
+        while pool._conns and time.monotonic() - t0 < 5:  # TLS close: close_notify both ways
+            await asyncio.sleep(0.01)
+        assert await client.call(GREET, "sayHi", ["after"]) == "hi, after"
+        (conn,) = st.egress.forwarder.pool._conns[f"127.0.0.1:{st.ingress_port}"]
+        peer = conn.transport.get_extra_info("peercert")
+        assert ("commonName", "sidecar other-peer") in [kv for rdn in peer["subject"] for kv in rdn]
+        client.close()
+    finally:
+        await stop_stack(st)
