@@ -513,6 +513,37 @@ async def test_mixed_fleet_auto_egress_and_health_checks(
             srv.close()
 
 
+async def test_restart_with_tls_switched_republishes_the_parameter(
+    pki: Pki, tmp_path: Path, fresh_memory: None
+) -> None:
+    """Publications restored from the state file follow the running tls.ingress, both ways, even
+    when the advertised address is unchanged."""
+    app = await serve("127.0.0.1", 0, services=default_services())
+    port = app.sockets[0].getsockname()[1]
+    plain = sidecar_config(tmp_path, "provider", port, None)
+    on = plain.model_copy(update={"tls": tls_config(pki.peer, pki.ca)})
+    spec = PublishSpec(interface=GREET, port=port, methods=("sayHi",))
+    try:
+        first = Sidecar(plain)
+        await first.start()
+        assert first.discovery is not None
+        url = await first.discovery.publish(spec)
+        assert TLS_PARAM not in url
+        await first.stop()
+        for cfg, want in ((on, "true"), (plain, None)):
+            sidecar = Sidecar(cfg)
+            await sidecar.start()
+            try:
+                assert sidecar.discovery is not None
+                (pub,) = sidecar.discovery.publications.values()
+                assert pub.url.params.get(TLS_PARAM) == want and pub.registered
+                assert (pub.url.host, pub.url.port) == ("127.0.0.1", plain.ingress.port)
+            finally:
+                await sidecar.stop()
+    finally:
+        app.close()
+
+
 def test_callers_cannot_set_the_tls_parameter() -> None:
     with pytest.raises(ValueError, match="regproxy sets it"):
         check_param_key(TLS_PARAM)
