@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,10 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from regproxy.api.models import check_param_key
 from regproxy.config import Config, ConfigError, TLSConfig
@@ -44,128 +38,15 @@ from regproxy.registry.url import Subscription
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.sidecar import Sidecar
 from regproxy.tls import TLS_PARAM, SidecarTLS
+from tests.pki import Pair, Pki, make_pki
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 ECHO = "org.apache.dubbo.samples.api.EchoService"
 
-# --------------------------------------------------------------------------------------------------
-# Certificates
-
-
-@dataclass(frozen=True)
-class Pair:
-    cert: str
-    key: str
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: str  # CA certificate (PEM file)
-    peer: Pair  # signed by ca, IP SAN 127.0.0.1, serverAuth + clientAuth
-    other_ca: str
-    other_peer: Pair  # signed by other_ca, IP SAN 127.0.0.1
-    expired: Pair  # signed by ca, expired yesterday
-    wrong_ip: Pair  # signed by ca, IP SAN 127.0.0.2 only
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write(d: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Pair:
-    cert_path, key_path = d / f"{stem}.crt", d / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return Pair(str(cert_path), str(key_path))
-
-
-def _ca(d: Path, stem: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(stem))
-        .issuer_name(_name(stem))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key, _write(d, stem, cert, key).cert
-
-
-def _leaf(
-    d: Path,
-    stem: str,
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey, str],
-    *,
-    ip: str = "127.0.0.1",
-    expired: bool = False,
-) -> Pair:
-    ca_cert, ca_key, _ = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    start, end = (now - dt.timedelta(days=10), now - dt.timedelta(days=1)) if expired else (
-        now - dt.timedelta(days=1), now + dt.timedelta(days=30)
-    )  # fmt: skip
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(f"sidecar {stem}"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return _write(d, stem, cert, key)
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca = _ca(d, "ca")
-    other = _ca(d, "other-ca")
-    return Pki(
-        ca=ca[2],
-        peer=_leaf(d, "peer", ca),
-        other_ca=other[2],
-        other_peer=_leaf(d, "other-peer", other),
-        expired=_leaf(d, "expired", ca, expired=True),
-        wrong_ip=_leaf(d, "wrong-ip", ca, ip="127.0.0.2"),
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def tls_config(pair: Pair, ca: str, **kw: Any) -> TLSConfig:
@@ -331,6 +212,29 @@ async def test_ingress_refuses_bad_peers_and_keeps_serving(stack: Stack, pki: Pk
         assert all(a != ("sayHi", "mallory") for a in stack.services.calls)
     finally:
         good.close()
+
+
+async def test_stalled_handshake_is_dropped_after_the_timeout(pki: Pki) -> None:
+    """A client that connects and never sends a ClientHello (a slowloris on the handshake) is closed
+    after handshake_timeout_s; connections in their handshake never reach the forwarder."""
+    tls = SidecarTLS(tls_config(pki.peer, pki.ca), None)
+    ingress = Listener(
+        "ingress",
+        settings(server_ssl=tls.server_ssl, handshake_timeout_s=0.5),
+        TableHolder(ingress_table(1)),
+    )
+    await ingress.start()
+    try:
+        reader, writer = await asyncio.open_connection(*ingress.address)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(1), 5) == b""
+        elapsed = time.monotonic() - started
+        writer.close()
+        print(f"stalled handshake closed after {elapsed * 1000:.0f} ms")
+        assert 0.4 <= elapsed < 2.0
+        assert ingress.forwarder is not None and not ingress.forwarder.downstreams
+    finally:
+        await ingress.stop()
 
 
 async def test_egress_that_does_not_trust_the_ingress_answers_an_error(pki: Pki) -> None:
