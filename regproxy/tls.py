@@ -45,6 +45,11 @@ TLS_PARAM = "regproxy.tls"
 _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 
 
+def _no_password() -> bytes:
+    # Without a password callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise ValueError("the key is encrypted")
+
+
 def _read(path: str) -> str:
     with open(path, encoding="ascii", errors="replace") as f:
         return f.read()
@@ -69,15 +74,22 @@ def problems(cfg: TLSConfig) -> list[tuple[str, str]]:
         errors.append(("tls.cert_file", f"no PEM certificate in {cfg.cert_file}"))
     if "key_file" in texts and "PRIVATE KEY-----" not in texts["key_file"]:
         errors.append(("tls.key_file", f"no PEM private key in {cfg.key_file}"))
+    elif "key_file" in texts and "ENCRYPTED" in texts["key_file"]:
+        errors.append(
+            (
+                "tls.key_file",
+                f"{cfg.key_file} is encrypted; give an unencrypted PEM key (file permissions protect it)",
+            )
+        )
     if "ca_file" in texts and _PEM_CERT not in texts["ca_file"]:
         errors.append(("tls.ca_file", f"no PEM certificate in {cfg.ca_file}"))
     if errors:
         return errors
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)  # type: ignore[arg-type]
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file, password=_no_password)  # type: ignore[arg-type]
+    except (ssl.SSLError, ValueError) as exc:
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
             errors.append(
                 ("tls.key_file", f"does not match the certificate in tls.cert_file ({cfg.cert_file})")
             )
@@ -94,7 +106,7 @@ def _base(cfg: TLSConfig, protocol: int) -> ssl.SSLContext:
     ctx = ssl.SSLContext(protocol)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)  # type: ignore[arg-type]
+    ctx.load_cert_chain(cfg.cert_file, cfg.key_file, password=_no_password)  # type: ignore[arg-type]
     ctx.load_verify_locations(cafile=cfg.ca_file)
     return ctx
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from regproxy.api.models import check_param_key
 from regproxy.config import Config, ConfigError, TLSConfig
@@ -478,6 +479,17 @@ def test_config_errors_name_the_key(pki: Pki, tmp_path: Path) -> None:
     assert set(e) == {"tls.ca_file"} and "no PEM certificate" in e["tls.ca_file"]
     e = _errors({"tls": {**ok, "key_file": pki.peer.cert}})
     assert "no PEM private key" in e["tls.key_file"]
+    key = serialization.load_pem_private_key(Path(pki.peer.key).read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    e = _errors({"tls": {**ok, "key_file": str(encrypted)}})
+    assert set(e) == {"tls.key_file"} and "is encrypted" in e["tls.key_file"]  # and no prompt
     garbled = tmp_path / "garbled.crt"
     garbled.write_text("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
     e = _errors({"tls": {**ok, "ca_file": str(garbled)}})
