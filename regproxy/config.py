@@ -6,7 +6,8 @@ error per restart.  Unknown keys are errors: a misspelt limit silently falling b
 worse than refusing to start.
 
 The model is frozen; a reload builds a new ``Config``.  Nothing here opens sockets or talks to a
-registry: registry URLs are only parsed and checked.
+registry: registry URLs are only parsed and checked.  The ``tls`` section's certificate files are
+read (regproxy/tls.py), so an unusable one is a config error naming its key.
 """
 
 from __future__ import annotations
