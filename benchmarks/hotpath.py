@@ -53,7 +53,10 @@ class Transport:
     def abort(self) -> None: ...
 
 
-def build(hop: str) -> tuple[Forwarder, DownstreamConnection, UpstreamConnection, Transport, Transport, Batcher]:
+Harness = tuple[Forwarder, DownstreamConnection, UpstreamConnection, Transport, Transport, Batcher]
+
+
+def build(hop: str) -> Harness:
     loop = asyncio.get_running_loop()
     batcher = Batcher(loop)
     table = RoutingTable(
@@ -75,7 +78,7 @@ def build(hop: str) -> tuple[Forwarder, DownstreamConnection, UpstreamConnection
     )
     # An upstream connection already open, so the pool never dials.
     up = UpstreamConnection(fwd.pool, UPSTREAM)
-    fwd.pool._conns[UPSTREAM] = [up]  # noqa: SLF001 - a harness reaching into the pool on purpose
+    fwd.pool._conns[UPSTREAM] = [up]  # a harness reaching into the pool on purpose
     up_t = Transport()
     up.connection_made(up_t)  # type: ignore[arg-type]
     down = DownstreamConnection(fwd, 8 << 20)

@@ -6,7 +6,8 @@ error per restart.  Unknown keys are errors: a misspelt limit silently falling b
 worse than refusing to start.
 
 The model is frozen; a reload builds a new ``Config``.  Nothing here opens sockets or talks to a
-registry: registry URLs are only parsed and checked.
+registry: registry URLs are only parsed and checked.  The ``tls`` section's certificate files are
+read (regproxy/tls.py), so an unusable one is a config error naming its key.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, core_schema
 
+from regproxy.tls import problems as tls_problems
+
 if TYPE_CHECKING:
     from regproxy.routing.rules import RuleSet
     from regproxy.routing.table import RoutingTable
@@ -52,6 +55,7 @@ __all__ = [
     "RegistryURL",
     "RouteConfig",
     "RouteMatchConfig",
+    "TLSConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
     "load_config",
@@ -390,6 +394,21 @@ class DrainConfig(_Model):
         3.0, ge=0, le=300, description="keep serving this long after unpublishing, so consumers see it"
     )
     timeout_s: Float = Field(15.0, ge=0.1, le=600, description="longest wait for requests in flight")
+
+
+class TLSConfig(_Model):
+    """Mutual TLS between sidecars (regproxy/tls.py; docs/operations.md, "TLS between sidecars")."""
+
+    enabled: bool = False
+    cert_file: str | None = Field(None, description="this sidecar's certificate (PEM), shown to peers")
+    key_file: str | None = Field(None, description="its private key (PEM, unencrypted)")
+    ca_file: str | None = Field(None, description="the CA(s) peer certificates must chain to (PEM)")
+    ingress: bool = Field(True, description="serve the ingress over TLS only, client certificate required")
+    egress: Literal["auto", "always"] = Field(
+        "auto", description="auto: TLS to hosts publishing regproxy.tls=true; always: to every host"
+    )
+    verify_ip: bool = Field(False, description="also check the ingress certificate's IP SAN")
+    handshake_timeout_s: Float = Field(5.0, gt=0, le=60)
 
 
 def _check_token(value: Any) -> Any:
@@ -759,6 +778,7 @@ class Config(_Model):
     access_log: bool | str = False
     # Heartbeat checks of upstream hosts, outlier ejection, and the local app (regproxy/health).
     health: dict[str, Any] = Field(default_factory=dict)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
 
     LISTENERS: ClassVar[tuple[str, ...]] = ("egress", "ingress", "api", "admin")
 
@@ -838,6 +858,7 @@ class Config(_Model):
             # The application listens on app_port on this host too; ingress would even forward to itself.
             if getattr(self, name).port == self.app_port:
                 errors.append(("app_port", f"{self.app_port} is also the {name} port"))
+        errors += tls_problems(self.tls)  # the files are read here so that a bad one is a config error
         if errors:
             raise ConfigError(errors)
         return self

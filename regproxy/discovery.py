@@ -27,6 +27,7 @@ from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryErro
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder, normalize_version
 from regproxy.state import SavedState, StateStore, StateWriter
+from regproxy.tls import TLS_PARAM
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,10 @@ class Discovery:
         app_port: int,
         application: str = "regproxy",
         store: StateStore | None = None,
+        ingress_tls: bool = False,
     ) -> None:
         self._factory = factory
+        self.ingress_tls = ingress_tls  # published as regproxy.tls=true: egresses dial us with TLS
         self._configured = [u.to_url(redact=False) for u in registry_urls]
         self._registry_urls: dict[str, RegistryURL] = {u.to_url(redact=False): u for u in registry_urls}
         self.registries: dict[str, Registry] = {}
@@ -285,7 +288,7 @@ class Discovery:
                 version=spec.version,
                 group=spec.group,
                 application=spec.application or self.application,
-                params=spec.params,
+                params=self._url_params(spec),
             )
         )
         pub = Publication(spec, url, sorted(set(targets) | set(existing.registries if existing else ())))
@@ -316,6 +319,14 @@ class Discovery:
         self._rebuild_ingress()
         log.info("published %s as %s (app port %d)", spec.key, url, spec.port)
         return str(url)
+
+    def _url_params(self, spec: PublishSpec) -> dict[str, str]:
+        """The publication's own parameters, and regproxy.tls set by this sidecar alone (the value
+        tells consumers' sidecars how to dial our ingress; a caller cannot choose it)."""
+        params = {k: v for k, v in spec.params.items() if k != TLS_PARAM}
+        if self.ingress_tls:
+            params[TLS_PARAM] = "true"
+        return params
 
     async def unpublish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> None:
         async with self._lock:
@@ -657,11 +668,15 @@ class Discovery:
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("state file: skipping publication %r: %s", item, exc)
                 continue
-            if url.host != self.advertise_ip or url.port != self.ingress_port:
+            if (
+                url.host != self.advertise_ip
+                or url.port != self.ingress_port
+                or url.params.get(TLS_PARAM) != self._url_params(spec).get(TLS_PARAM)
+            ):
                 url = provider_url(
                     interface=spec.interface, ip=self.advertise_ip, port=self.ingress_port,
                     methods=spec.methods, version=spec.version, group=spec.group,
-                    application=spec.application or self.application, params=spec.params,
+                    application=spec.application or self.application, params=self._url_params(spec),
                 )  # fmt: skip
             self.publications[spec.key] = Publication(spec, url, keys)
         self._rebuild_egress()

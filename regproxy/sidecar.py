@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
 from regproxy.routing import TableHolder
 from regproxy.state import StateStore
+from regproxy.tls import SidecarTLS, UpstreamTLS
 
 log = logging.getLogger("regproxy")
 
@@ -54,12 +56,20 @@ class Sidecar:
         self.egress_table = TableHolder(self.static_table)
         self.ingress_table = TableHolder(ingress_table(config.app_port))
         self.advertise_ip = config.advertise_ip or detect_advertise_ip()
+        self.tls = SidecarTLS(config.tls, self.egress_table) if config.tls.enabled else None
         self.egress = Listener(
-            "egress", self._settings(config.egress.host, config.egress.port), self.egress_table
+            "egress",
+            self._settings(config.egress.host, config.egress.port, upstream_tls=self.upstream_tls),
+            self.egress_table,
         )
         self.ingress = Listener(
             "ingress",
-            self._settings(config.ingress.host, config.ingress.port, ingress=True),
+            self._settings(
+                config.ingress.host,
+                config.ingress.port,
+                ingress=True,
+                server_ssl=self.tls.server_ssl if self.tls else None,
+            ),
             self.ingress_table,
         )
         self.discovery: Discovery | None = None
@@ -72,7 +82,19 @@ class Sidecar:
         self.health: Health | None = None
         self.app_watch: AppWatch | None = None
 
-    def _settings(self, host: str, port: int, *, ingress: bool = False) -> ListenerSettings:
+    @property
+    def upstream_tls(self) -> UpstreamTLS | None:
+        return self.tls.upstream if self.tls is not None else None
+
+    def _settings(
+        self,
+        host: str,
+        port: int,
+        *,
+        ingress: bool = False,
+        server_ssl: ssl.SSLContext | None = None,
+        upstream_tls: UpstreamTLS | None = None,
+    ) -> ListenerSettings:
         c = self.config
         return ListenerSettings(
             host=host,
@@ -86,6 +108,9 @@ class Sidecar:
             connections_per_host=c.upstream.connections_per_host,
             max_connections=c.limits.max_connections,
             idle_timeout_s=c.limits.idle_timeout_s,
+            server_ssl=server_ssl,
+            handshake_timeout_s=c.tls.handshake_timeout_s,
+            upstream_tls=upstream_tls,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -110,6 +135,7 @@ class Sidecar:
                 ingress_port=ingress_port,
                 app_port=c.app_port,
                 store=StateStore(c.data_dir),
+                ingress_tls=self.ingress.settings.server_ssl is not None,
             )
             await self.discovery.start()
             await self._start_health()
@@ -126,7 +152,7 @@ class Sidecar:
         hs = HealthSettings.from_dict(self.config.health)
         if hs.active.enabled or hs.outlier.enabled:
             hosts, clusters_of = egress_view(self.egress_table)
-            self.health = Health(hs, hosts, clusters_of, on_eject=self._count_ejection)
+            self.health = Health(hs, hosts, clusters_of, on_eject=self._count_ejection, tls=self.upstream_tls)
             self.health.start()
             if self.egress.forwarder is not None:
                 self.egress.forwarder.health = self.health  # egress only: ingress has just the local app
@@ -230,9 +256,21 @@ class Sidecar:
         old = self.config
         changes: list[str] = []
         needs_restart = [k for k in _RESTART_KEYS if getattr(new, k) != getattr(old, k)]
+        if self.tls is not None:
+            needs_restart += self.tls.restart_needed(new.tls)
+        elif new.tls.enabled:
+            needs_restart.append("tls.enabled")
+        tls_restart = any(k.startswith("tls.") for k in needs_restart)
         # Built before anything changes: a bad table or rule set changes nothing.
         table = new.to_routing_table()
         rules = new.to_rule_set()
+        # The files are read again (a rotated certificate, key or CA); unusable ones refuse the reload.
+        tls_ready = None
+        if self.tls is not None and not tls_restart:
+            try:
+                tls_ready = self.tls.prepare(new.tls)
+            except OSError as exc:  # ssl.SSLError included; the files changed since load_config read them
+                raise ConfigError([("tls", f"cannot use the certificate files: {exc}")]) from None
         access_log = (
             AccessLog(new.access_log) if new.access_log and new.access_log != old.access_log else None
         )
@@ -259,12 +297,17 @@ class Sidecar:
         if new.timeouts.ingress_ms != old.timeouts.ingress_ms and self.ingress.forwarder is not None:
             self.ingress.forwarder.default_timeout_ms = new.timeouts.ingress_ms
             changes.append("timeouts.ingress_ms")
+        if self.tls is not None and tls_ready is not None and self.tls.apply(new.tls, tls_ready):
+            changes.append("tls (files re-read)")
         if new.log_level != old.log_level:
             self.set_log_level(new.log_level)
             changes.append("log_level")
         # Read from self.config on use, so swapping the config below applies them.
         changes += [k for k in ("admin_token", "drain") if getattr(new, k) != getattr(old, k)]
-        self.config = new.model_copy(update={k: getattr(old, k) for k in needs_restart})
+        keep = {k: getattr(old, k) for k in needs_restart if k in _RESTART_KEYS}
+        if tls_restart:
+            keep["tls"] = old.tls
+        self.config = new.model_copy(update=keep)
         log.info("reloaded config: %s", ", ".join(changes) or "no change")
         if needs_restart:
             log.warning("reload: %s changed; takes effect after a restart", ", ".join(needs_restart))

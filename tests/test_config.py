@@ -61,7 +61,7 @@ def test_example_file_documents_every_key() -> None:
     # Every key of the model appears in the example, so the example stays the reference.
     raw = yaml.safe_load(EXAMPLE.read_text())
     assert set(raw) == set(Config.model_fields)
-    for section in ("limits", "timeouts", "upstream", "drain"):
+    for section in ("limits", "timeouts", "upstream", "drain", "tls"):
         assert set(raw[section]) == set(type(getattr(Config(), section)).model_fields)
 
 

@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from regproxy.config import MAX_WEIGHT, RegistryURL
+from regproxy.tls import TLS_PARAM
 
 __all__ = [
     "MAX_APPLICATION",
@@ -129,6 +130,7 @@ _RESERVED_PARAMS: dict[str, str] = {
     "application": "use service.application",
     "side": "regproxy sets it",
     "category": "regproxy sets it",
+    TLS_PARAM: "regproxy sets it from its tls config",
 }
 
 

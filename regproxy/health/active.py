@@ -21,11 +21,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from regproxy.dubbo.encode import heartbeat_reply, heartbeat_request
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FrameParser, ProtocolError, Status
 from regproxy.health import ActiveSettings
+
+if TYPE_CHECKING:
+    from regproxy.tls import UpstreamTLS
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +111,16 @@ class HeartbeatProbe:
     """Heartbeats one ``HOST:PORT`` over a kept connection (made on first use, and again after a
     failure). ``check`` raises (naming the reason) unless the answer came within the timeout."""
 
-    def __init__(self, address: str, *, on_readonly: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        on_readonly: Callable[[], None] | None = None,
+        tls: UpstreamTLS | None = None,
+    ) -> None:
         self.address = address
         self.on_readonly = on_readonly
+        self.tls = tls  # the egress's: a TLS ingress refuses a plaintext heartbeat
         self._conn: _Connection | None = None
         self._next_id = 0
 
@@ -130,8 +140,10 @@ class HeartbeatProbe:
         conn = self._conn
         if conn is None or conn.closed:
             host, _, port = self.address.rpartition(":")
+            host = host.strip("[]")
             conn = self._conn = _Connection(self._readonly)
-            await asyncio.get_running_loop().create_connection(lambda: conn, host.strip("[]"), int(port))
+            tls = self.tls.connect_args(self.address, host) if self.tls is not None else {}
+            await asyncio.get_running_loop().create_connection(lambda: conn, host, int(port), **tls)
         await conn.ping(rid)
 
     def _readonly(self) -> None:
@@ -172,10 +184,12 @@ class ActiveChecker:
         hosts_provider: HostsProvider,
         *,
         on_change: Callable[[str, bool], None] | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
         self.on_change = on_change
+        self.tls = tls
         self.unhealthy: set[str] = set()  # what the data path reads
         self._hosts: dict[str, _HostState] = {}
         self._task: asyncio.Task[None] | None = None
@@ -234,7 +248,7 @@ class ActiveChecker:
         if st is None:
             st = self._hosts[address] = _HostState()
         if st.probe is None:
-            st.probe = HeartbeatProbe(address, on_readonly=lambda: self._readonly(address))
+            st.probe = HeartbeatProbe(address, on_readonly=lambda: self._readonly(address), tls=self.tls)
         try:
             await st.probe.check(self.settings.timeout_s)
         except asyncio.CancelledError:

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regproxy.health import HealthSettings
 from regproxy.health.active import ActiveChecker, HostsProvider
 from regproxy.health.outlier import ClustersOf, OutlierDetector
 from regproxy.routing import RoutingTable, TableHolder
+
+if TYPE_CHECKING:
+    from regproxy.tls import UpstreamTLS
 
 __all__ = ["Health", "egress_view"]
 
@@ -63,10 +66,11 @@ class Health:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_eject: Callable[[str], None] | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
-        self.active = ActiveChecker(settings.active, hosts_provider)
+        self.active = ActiveChecker(settings.active, hosts_provider, tls=tls)
         self.outlier = OutlierDetector(settings.outlier, clock, clusters_of, on_eject)
         # Bound once: the data path calls these per request.
         self._unhealthy = self.active.unhealthy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 
 from regproxy.dubbo.encode import readonly_event
@@ -18,6 +19,7 @@ from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import TableHolder
+from regproxy.tls import UpstreamTLS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class ListenerSettings:
     # Egress honours each request's `timeout` attachment. Ingress does not read it (the egress
     # already enforces it): its default_timeout_ms is only an upper bound against a hung app.
     timeout_from_attachment: bool = True
+    # Mutual TLS (regproxy/tls.py): the ingress serves it, the egress dials it.
+    server_ssl: ssl.SSLContext | None = None
+    handshake_timeout_s: float = 5.0
+    upstream_tls: UpstreamTLS | None = None
 
 
 class Listener:
@@ -68,6 +74,7 @@ class Listener:
                 per_host=s.connections_per_host,
                 connect_timeout_s=s.connect_timeout_ms / 1000,
                 max_body=s.max_body,
+                tls=s.upstream_tls,
             )
 
         fwd = Forwarder(
@@ -88,12 +95,19 @@ class Listener:
                 s.port,
                 reuse_address=True,
                 backlog=1024,
+                # Handshakes that fail (plaintext, no or a foreign certificate) close the connection
+                # before DownstreamConnection exists: such a client is never served.
+                **(
+                    {"ssl": s.server_ssl, "ssl_handshake_timeout": s.handshake_timeout_s}
+                    if s.server_ssl
+                    else {}
+                ),
             )
         except OSError as exc:
             raise OSError(
                 exc.errno, f"{self.name}: cannot listen on {s.host}:{s.port}: {exc.strerror}"
             ) from exc
-        log.info("%s listening on %s:%d", self.name, *self.address)
+        log.info("%s listening on %s:%d%s", self.name, *self.address, " (mutual TLS)" if s.server_ssl else "")
         self._sweeper = loop.create_task(self._close_idle(s.idle_timeout_s))
 
     async def _close_idle(self, idle_s: float) -> None:

@@ -23,6 +23,7 @@ from regproxy.proxy.batch import BatchedWriter, Batcher
 
 if TYPE_CHECKING:
     from regproxy.proxy.exchange import Exchange
+    from regproxy.tls import UpstreamTLS
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,10 @@ class UpstreamPool:
         max_body: int,
         backoff_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.loop = loop
+        self.tls = tls
         self.batcher = batcher
         self.events = events
         self.per_host = per_host
@@ -235,9 +238,13 @@ class UpstreamPool:
     async def _open(self, conn: UpstreamConnection) -> None:
         host, _, port = conn.address.rpartition(":")
         host = host.strip("[]")
+        # TLS handshake included: a peer whose certificate fails verification is a connect failure
+        # (nothing written, the request can go to another host), reported with OpenSSL's reason.
+        tls = self.tls.connect_args(conn.address, host) if self.tls is not None else {}
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: conn, host, int(port)), self.connect_timeout_s
+                self.loop.create_connection(lambda: conn, host, int(port), **tls),
+                self.connect_timeout_s + tls.get("ssl_handshake_timeout", 0),
             )
         except (TimeoutError, OSError, ValueError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
