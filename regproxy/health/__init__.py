@@ -32,6 +32,10 @@ class HostHealth(Protocol):
         """False while the host is ejected (outlier) or failing its active checks."""
         ...
 
+    def any_unavailable(self) -> bool:
+        """False when ``available`` is True for every address: the data path then asks no host."""
+        ...
+
     def report(self, address: str, ok: bool) -> None:
         """One upstream outcome: ok = a response arrived; False = connect failure, reset with the
         request in flight, or timeout."""
@@ -45,6 +49,9 @@ class NoHealth:
 
     def available(self, address: str) -> bool:
         return True
+
+    def any_unavailable(self) -> bool:
+        return False
 
     def report(self, address: str, ok: bool) -> None:
         return None

@@ -86,6 +86,11 @@ class Health:
 
     # --- HostHealth ---------------------------------------------------------------------------
 
+    def any_unavailable(self) -> bool:
+        # An ejection that has run out still counts until ``available`` returns the host: at
+        # worst one more request checks each host, as it always did.
+        return bool(self._unhealthy) or bool(self._ejected)
+
     def available(self, address: str) -> bool:
         if address in self._unhealthy:
             return False

@@ -411,8 +411,9 @@ class Forwarder(UpstreamEvents):
 
     def _pick(self, exch: Exchange) -> Host | None:
         pool = self.pool
-        failing = [h.address for h in exch.hosts if pool.is_failing(h.address)]
-        if self._health_on:
+        # Asking about each host costs a call per host per request: only when some host is down.
+        failing = [h.address for h in exch.hosts if pool.is_failing(h.address)] if pool.any_failing else []
+        if self._health_on and self._health.any_unavailable():
             # Ejected or failing active checks: avoided, but still used when nothing else is left.
             available = self._health.available
             failing += [h.address for h in exch.hosts if not available(h.address)]

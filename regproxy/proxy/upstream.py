@@ -208,6 +208,11 @@ class UpstreamPool:
         self._next[address] = i
         return conns[i % len(conns)]
 
+    @property
+    def any_failing(self) -> bool:
+        """False when no host failed a connect lately: then ``is_failing`` is False for all."""
+        return bool(self._failed_until)
+
     def is_failing(self, address: str) -> bool:
         """Connecting to it failed recently: pick another host first."""
         until = self._failed_until.get(address)
