@@ -107,3 +107,7 @@ class SidecarProc:
     async def post(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:
         async with aiohttp.ClientSession() as http, http.post(self.api_url + path, json=body) as resp:
             return resp.status, await resp.json(content_type=None)
+
+    async def admin_get(self, path: str) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession() as http, http.get(self.admin_url + path) as resp:
+            return resp.status, await resp.json(content_type=None)

@@ -9,13 +9,12 @@ import json
 import sys
 import textwrap
 from collections import Counter
-from urllib.parse import quote_plus, unquote_plus
 
 import pytest
 from kazoo.client import KazooClient
 
 from regproxy.demo.client import DubboClient, DubboError
-from tests.topology import GREET, PROVIDERS, VERSION, Traffic, World, leaves, pub_body, wait_for
+from tests.topology import GREET, VERSION, Traffic, World, leaves, pub_body, set_weight_by_hand, wait_for
 
 
 async def test_publish_subscribe_call_spread_and_weights(world: World, zk: KazooClient) -> None:
@@ -92,32 +91,6 @@ async def test_publish_subscribe_call_spread_and_weights(world: World, zk: Kazoo
         client.close()
 
 
-async def test_zookeeper_down_under_traffic_loses_nothing(world: World, zk: KazooClient) -> None:
-    b = world.provider_sidecars[0]
-    a = world.consumer
-    assert (await b.post("/pub", pub_body(world.apps[0].port)))[0] == 200
-    assert (await a.post("/sub", {"service": {"interface": GREET, "version": VERSION}}))[0] == 200
-    traffic = Traffic(a.egress)
-    traffic.start()
-    try:
-        await asyncio.sleep(0.5)
-        zk.stop()
-        await asyncio.to_thread(world.zk_server.stop)
-        # While the registry is down: the last known providers keep serving, /pub answers 503.
-        await asyncio.sleep(3)
-        status, body = await world.provider_sidecars[0].post("/pub", pub_body(1234, version="9.9.9"))
-        assert status == 503 and "zookeeper" in body["err_msg"], body
-        await asyncio.sleep(7)
-        ok_during = traffic.ok
-        await asyncio.to_thread(world.zk_server.start)
-        zk.start(timeout=15)
-        await wait_for(lambda: len(leaves(zk)) == 1, 5.0, "the provider node after the restart")
-        await asyncio.sleep(1)
-    finally:
-        await traffic.stop()
-    assert traffic.failures == [] and ok_during > 200
-
-
 async def test_restarted_provider_sidecar_restores_publications(world: World, zk: KazooClient) -> None:
     b = world.provider_sidecars[0]
     assert (await b.post("/pub", pub_body(world.apps[0].port)))[0] == 200
@@ -166,18 +139,6 @@ async def run_dubbo_python(egress_port: int) -> dict[str, object]:
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 50)
     assert proc.returncode == 0, stderr.decode()
     return json.loads(stdout)
-
-
-async def set_weight_by_hand(zk: KazooClient, ingress_port: int, weight: int) -> None:
-    def edit() -> None:
-        for leaf in zk.get_children(PROVIDERS):
-            url = unquote_plus(leaf)
-            if f"127.0.0.1:{ingress_port}/" in url:
-                new = url + f"&weight={weight}" if "weight=" not in url else url
-                zk.delete(f"{PROVIDERS}/{leaf}")
-                zk.create(f"{PROVIDERS}/{quote_plus(new, safe='*')}", ephemeral=True)
-
-    await asyncio.to_thread(edit)
 
 
 async def test_dead_app_is_unpublished_and_republished(world: World, zk: KazooClient) -> None:

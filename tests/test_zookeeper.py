@@ -203,7 +203,9 @@ async def test_subscribe_before_any_provider_and_shared_watch(
     assert await registry.subscribe(Subscription(SVC, "1.0.0"), v1) == []  # the path does not exist yet
     assert zk.exists(PROVIDERS) is not None  # created so the watch could be set
     assert await registry.subscribe(Subscription(SVC, "2.0.0", "g"), v2) == []
-    assert registry.describe()["watched"] == {SVC: {"subscriptions": 2, "providers": 0}}
+    assert registry.describe()["watched"] == {
+        SVC: {"subscriptions": 2, "providers": 0, "holding_empty": False}
+    }
 
     a = other_provider("10.0.0.1")
     create_other(zk, a)
@@ -219,6 +221,45 @@ async def test_subscribe_before_any_provider_and_shared_watch(
 
     await registry.unsubscribe(Subscription(SVC, "2.0.0", "g"), v2)
     assert registry.describe()["watched"] == {}
+
+
+async def test_every_provider_gone_is_held_before_delivery(
+    zk: KazooClient, zk_server: ZooKeeperServer
+) -> None:
+    """A provider whose session expired re-creates its node within a second: consumers must not see
+    the empty list meanwhile (every request would fail with "no provider").  One that stays gone is
+    delivered at the end of the hold; a provider arriving is delivered at once."""
+    reg = make_registry(zk_server.hosts, empty_hold_s=1.0)
+    await reg.start()
+    try:
+        await wait_until(lambda: reg.connected, 10, "registry connected")
+        a = other_provider("10.0.0.1")
+        create_other(zk, a)
+        rec = Recorder()
+        assert await reg.subscribe(Subscription(SVC, "1.0.0"), rec) == [a]
+
+        # Gone and back within the hold: no empty list is ever delivered.
+        zk.delete(node_path(a))
+        await wait_until(lambda: reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold")
+        create_other(zk, a)
+        await wait_until(lambda: not reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold to end")
+        await asyncio.sleep(1.2)  # past the end of the first hold: its timer must be gone too
+        assert all(rec.lists), rec.lists
+
+        # Gone for good: delivered once the hold is over, not before.
+        t0 = time.monotonic()
+        zk.delete(node_path(a))
+        await rec.wait_for(lambda urls: urls == [], timeout=5)
+        assert 1.0 <= time.monotonic() - t0 < 3.0
+        assert not reg.describe()["watched"][SVC]["holding_empty"]
+
+        # An addition is never held.
+        t0 = time.monotonic()
+        create_other(zk, a)
+        await rec.wait_for(lambda urls: urls == [a], timeout=2)
+        assert time.monotonic() - t0 < 0.9
+    finally:
+        await reg.stop()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
 
 import pytest
 from kazoo.client import KazooClient
@@ -16,7 +17,7 @@ from kazoo.client import KazooClient
 from regproxy.demo.client import DubboClient, DubboError
 from regproxy.demo.provider import Provider, default_services
 from tests.sidecars import SidecarProc
-from tests.zkserver import ZooKeeperServer
+from tests.zkserver import ZooKeeperEnsemble, ZooKeeperServer
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 VERSION = "1.0.0"  # dubbo-python's default
@@ -47,6 +48,18 @@ async def wait_for(pred, timeout: float, what: str, interval: float = 0.05) -> N
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+async def set_weight_by_hand(zk: KazooClient, ingress_port: int, weight: int) -> None:
+    def edit() -> None:
+        for leaf in zk.get_children(PROVIDERS):
+            url = unquote_plus(leaf)
+            if f"127.0.0.1:{ingress_port}/" in url:
+                new = url + f"&weight={weight}" if "weight=" not in url else url
+                zk.delete(f"{PROVIDERS}/{leaf}")
+                zk.create(f"{PROVIDERS}/{quote_plus(new, safe='*')}", ephemeral=True)
+
+    await asyncio.to_thread(edit)
+
+
 @dataclass
 class Traffic:
     """Steady calls through the consumer sidecar's egress, counting every failure."""
@@ -55,6 +68,10 @@ class Traffic:
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+
+    @property
+    def sent(self) -> int:
+        return self.ok + len(self.failures)
 
     async def run(self) -> None:
         client = await DubboClient.connect("127.0.0.1", self.port)
@@ -80,14 +97,16 @@ class Traffic:
 
 @dataclass
 class World:
-    zk_server: ZooKeeperServer
+    zk_server: ZooKeeperServer | ZooKeeperEnsemble
     apps: list[Provider]
     provider_sidecars: list[SidecarProc]
     consumer: SidecarProc
 
 
-@pytest.fixture
-async def world(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterator[World]:
+@asynccontextmanager
+async def open_world(zk_server: ZooKeeperServer | ZooKeeperEnsemble, tmp_path: Path) -> AsyncIterator[World]:
+    """Consumer sidecar "a" and provider sidecar "b" running, "c" ready to start, all registered with
+    ``zk_server`` (a standalone server or every member of an ensemble)."""
     registry = f"zookeeper://{zk_server.hosts}"
     apps: list[Provider] = []
     sidecars: list[SidecarProc] = []
@@ -97,14 +116,21 @@ async def world(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> 
         apps.append(app)
         sidecars.append(SidecarProc(name, tmp_path / name, registries=[registry], app_port=app.port))
     consumer = SidecarProc("a", tmp_path / "a", registries=[registry], app_port=1)
-    await asyncio.gather(consumer.start(), sidecars[0].start())
-    w = World(zk_server, apps, sidecars, consumer)
     try:
-        yield w
+        await asyncio.gather(consumer.start(), sidecars[0].start())
+        yield World(zk_server, apps, sidecars, consumer)
     finally:
-        if not zk_server.running:
-            zk_server.start()
         for sc in [consumer, *sidecars]:
             await sc.kill()
         for app in apps:
             await app.close(grace=0.1)
+
+
+@pytest.fixture
+async def world(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterator[World]:
+    try:
+        async with open_world(zk_server, tmp_path) as w:
+            yield w
+    finally:
+        if not zk_server.running:  # a drill stopped it and failed before starting it again
+            zk_server.start()

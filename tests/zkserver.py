@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -184,6 +185,9 @@ class ZooKeeperServer:
         self.log_file = self.dir / "zookeeper.log"  # log4j ROLLINGFILE (the server's own log)
         self.out_file = self.dir / "zookeeper.out"  # the JVM's stdout/stderr (SLF4J notices, crashes)
         self._proc: subprocess.Popen[bytes] | None = None
+        # Set by ZooKeeperEnsemble: this member's id and the ``server.N=...`` lines of all members.
+        self.myid: int | None = None
+        self.quorum_config: list[str] = []
 
     @property
     def hosts(self) -> str:
@@ -216,16 +220,26 @@ class ZooKeeperServer:
                     f"clientPort={self.server_port}",
                     "clientPortAddress=127.0.0.1",
                     "admin.enableServer=false",
-                    "4lw.commands.whitelist=ruok,srvr,stat",
+                    "4lw.commands.whitelist=ruok,srvr,stat,cons",
                     "maxClientCnxns=0",
+                    *self.quorum_config,
                     "",
                 ]
             )
         )
+        if self.myid is not None:
+            (self.data_dir / "myid").write_text(f"{self.myid}\n")
         return cfg
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server, wait until it answers ``imok`` to ``ruok`` and serves, then open ``hosts``."""
+        if self.running:
+            return
+        self.launch()
+        self.wait_serving(timeout)
+
+    def launch(self) -> None:
+        """Start the JVM and return at once (an ensemble member serves only once a quorum is up)."""
         self.check_installed()
         if self.running:
             return
@@ -257,6 +271,10 @@ class ZooKeeperServer:
             )
         finally:
             out.close()
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        """Wait until the launched server answers ``imok`` and reports a mode, then open ``hosts``."""
+        assert self._proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -264,9 +282,7 @@ class ZooKeeperServer:
                     f"ZooKeeper exited with {self._proc.returncode} during start:\n{self._tail_logs()}"
                 )
             # "imok" only says the process is up; "srvr" reports a Mode once the database is loaded.
-            if four_letter_word(
-                self.server_port, "ruok", timeout=0.5
-            ) == "imok" and "Mode:" in four_letter_word(self.server_port, "srvr", timeout=0.5):
+            if self.mode() is not None:
                 self._gate.open()
                 return
             time.sleep(0.05)
@@ -274,6 +290,21 @@ class ZooKeeperServer:
         raise RuntimeError(
             f"ZooKeeper did not answer ruok on {self.hosts} within {timeout} s:\n{self._tail_logs()}"
         )
+
+    def mode(self) -> str | None:
+        """``standalone``, ``leader`` or ``follower`` once the server serves; None before (or when down)."""
+        if four_letter_word(self.server_port, "ruok", timeout=0.5) != "imok":
+            return None
+        for line in four_letter_word(self.server_port, "srvr", timeout=0.5).splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def session_ids(self) -> set[int]:
+        """The sessions that have a connection to this server now (``cons``)."""
+        return {
+            int(m, 16) for m in re.findall(r"sid=0x([0-9a-f]+)", four_letter_word(self.server_port, "cons"))
+        }
 
     def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``; ``kill=True`` goes straight to SIGKILL).
@@ -313,17 +344,22 @@ class ZooKeeperServer:
             time.sleep(0.05)
         raise RuntimeError(f"port {self.server_port} still busy {timeout} s after ZooKeeper stopped")
 
-    def expire_session(self, session_id: int, password: bytes, timeout: float = 10.0) -> None:
+    def expire_session(self, session_id: int, password: bytes | None = None, timeout: float = 10.0) -> None:
         """Force the expiry of a client's session, as ZooKeeper's own tests do.
 
         A second client attaches to the same session (the server moves the session to the new
         connection and drops the old one), then closes it: the session ends and its ephemeral nodes
-        go.  The original client learns about it on its next reconnect (SessionExpired).
+        go.  The original client learns about it on its next reconnect (SessionExpired).  Without
+        ``password`` (a session of another process, known by a node's ``ephemeralOwner``), the
+        password is derived as the server does: see :func:`session_password`.
         """
+        if password is None:
+            password = session_password(session_id)
         thief = KazooClient(hosts=self.hosts, client_id=(session_id, password), timeout=10.0)
         try:
             thief.start(timeout=timeout)
             got = thief.client_id
+            # A wrong password or a session already gone: the server hands out a new session instead.
             if got is None or got[0] != session_id:
                 raise RuntimeError(f"could not attach to session 0x{session_id:x} (got {got!r})")
         finally:
@@ -337,3 +373,78 @@ class ZooKeeperServer:
                 text = f.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {f} ---\n" + "\n".join(text))
         return "\n".join(parts) or "(no log written)"
+
+
+# ZooKeeper's server derives a session's password from its id (ZooKeeperServer.generatePasswd): 16
+# bytes from java.util.Random seeded with ``id ^ 0xB3415C00``.  A test can thus take over the
+# session of a sidecar *process* knowing only its id (a node's ephemeralOwner), with no hook in
+# regproxy.  java.util.Random is the 48-bit linear congruential generator its Javadoc specifies.
+_SUPER_SECRET = 0xB3415C00
+_LCG_MULT, _LCG_ADD, _LCG_MASK = 0x5DEECE66D, 0xB, (1 << 48) - 1
+
+
+def session_password(session_id: int) -> bytes:
+    seed = ((session_id ^ _SUPER_SECRET) ^ _LCG_MULT) & _LCG_MASK
+    out = bytearray()
+    while len(out) < 16:
+        seed = (seed * _LCG_MULT + _LCG_ADD) & _LCG_MASK
+        word = seed >> 16  # next(32): the high 32 of the 48 bits
+        for _ in range(min(4, 16 - len(out))):  # nextBytes: low byte first
+            out.append(word & 0xFF)
+            word >>= 8
+    return bytes(out)
+
+
+class ZooKeeperEnsemble:
+    """Three (``size``) ZooKeeper servers forming one ensemble on loopback.
+
+    Each member has its own folder, client port (behind its gate, as a standalone server), quorum
+    port and leader-election port; ``hosts`` lists every member's client address, as a client
+    configured with the whole ensemble is.  ``srvr`` tells each member's role (:meth:`leader`).
+    """
+
+    def __init__(self, tmpdir: str | os.PathLike[str], size: int = 3) -> None:
+        base = Path(tmpdir)
+        self.members = [ZooKeeperServer(base / f"zk{i}") for i in range(1, size + 1)]
+        quorum = [
+            f"server.{i}=127.0.0.1:{free_port()}:{free_port()}" for i in range(1, size + 1)
+        ]  # fmt: skip
+        for i, member in enumerate(self.members, start=1):
+            member.dir.mkdir(parents=True, exist_ok=True)
+            member.myid = i
+            member.quorum_config = quorum
+
+    @property
+    def hosts(self) -> str:
+        return ",".join(m.hosts for m in self.members)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Launch every member, then wait until each serves (as leader or follower)."""
+        ZooKeeperServer.check_installed()
+        for member in self.members:
+            member.launch()
+        deadline = time.monotonic() + timeout
+        try:
+            for member in self.members:
+                member.wait_serving(max(deadline - time.monotonic(), 1.0))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop(kill=True)
+
+    def modes(self) -> dict[int, str | None]:
+        return {m.myid or 0: m.mode() for m in self.members}
+
+    def leader(self) -> ZooKeeperServer | None:
+        """The member that is leader now (None during an election)."""
+        for member in self.members:
+            if member.running and member.mode() == "leader":
+                return member
+        return None
+
+    def serving(self) -> list[ZooKeeperServer]:
+        """Members running and part of a quorum (leader or follower) now."""
+        return [m for m in self.members if m.running and m.mode() in ("leader", "follower")]
