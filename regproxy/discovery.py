@@ -14,6 +14,7 @@ providers in place; the state file brings all of it back after a restart.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import operator
 import time
@@ -163,6 +164,7 @@ class Discovery:
         self.restored = False
         self.from_cache: set[str] = set()  # subscriptions serving providers read from the state file
         self._writer = StateWriter(store, self.snapshot) if store is not None else None
+        self._routed: list[tuple[bool, bool, str]] = []  # see _rebuild_egress
         self._lock = asyncio.Lock()  # API calls change shared state in steps with awaits between
         self.withdrawn = False  # draining: nodes taken out of the registries, no new publications
         # Application ports that do not answer heartbeats (regproxy.health.app): their publications
@@ -441,7 +443,7 @@ class Discovery:
                 else:
                     st.registries = [k for k in st.registries if k in st.watching]
                 raise
-            self._rebuild_egress()
+            self._route_subscription(st)
             view = self._provider_view(st)
         await self._save()
         return sub.cluster_name, view
@@ -473,10 +475,10 @@ class Discovery:
                 st.registries.remove(key)
                 st.providers.pop(key, None)
                 if st.registries:
-                    self._rebuild_egress()
+                    self._update_cluster(st)
             if not st.registries or registry is None:
                 await self._drop_subscription(st)
-                self._rebuild_egress()
+                self._unroute_subscription(st)
         await self._save()
 
     async def _unwatch(self, st: SubscriptionState, key: str) -> None:
@@ -572,27 +574,52 @@ class Discovery:
             st.route = Route(name=name, match=st.sub.route_match(), cluster=name)
         return st.route
 
+    @staticmethod
+    def _order_key(st: SubscriptionState) -> tuple[bool, bool, str]:
+        # Exact versions and groups before wildcards, so "*" never shadows a precise subscription.
+        return (st.sub.version == "*", st.sub.group == "*" or "," in st.sub.group, st.sub.cluster_name)
+
+    def _route_subscription(self, st: SubscriptionState) -> None:
+        """Give a subscription its route and cluster: inserted in its place in a table that keeps
+        everything else (see RoutingTable.inserting), or its cluster replaced when it has one."""
+        name = st.sub.cluster_name
+        table = self.egress.current
+        if name in table.clusters or name in self.static_table.clusters:
+            self._update_cluster(st)
+            return
+        key = self._order_key(st)
+        at = bisect.bisect_left(self._routed, key)
+        index = len(self.static_table.routes) + at
+        self.egress.swap(table.inserting(index, self._route_of(st), self._cluster_of(st)))
+        self._routed.insert(at, key)
+
+    def _unroute_subscription(self, st: SubscriptionState) -> None:
+        name = st.sub.cluster_name
+        table = self.egress.current
+        if name in self.static_table.clusters or name not in table.clusters:
+            self._rebuild_egress()
+            return
+        self.egress.swap(table.removing(name, name))
+        key = self._order_key(st)
+        at = bisect.bisect_left(self._routed, key)
+        if at < len(self._routed) and self._routed[at] == key:
+            del self._routed[at]
+
     def _rebuild_egress(self) -> None:
         static = self.static_table
         routes: list[Route] = list(static.routes)
         clusters: list[Cluster] = list(static.clusters.values())
-        # Exact versions and groups before wildcards, so "*" never shadows a precise subscription.
-        ordered = sorted(
-            self.subscriptions.values(),
-            key=lambda s: (
-                s.sub.version == "*",
-                s.sub.group == "*" or "," in s.sub.group,
-                s.sub.cluster_name,
-            ),
-        )
-        for st in ordered:
+        routed: list[tuple[bool, bool, str]] = []
+        for st in sorted(self.subscriptions.values(), key=self._order_key):
             name = st.sub.cluster_name
             if name in static.clusters:
                 log.warning("subscription %s shadowed by a static cluster of the same name", name)
                 continue
             clusters.append(self._cluster_of(st))
             routes.append(self._route_of(st))
+            routed.append(self._order_key(st))
         self.egress.swap(RoutingTable(routes=routes, clusters=clusters))
+        self._routed = routed  # order keys of the subscription routes, as they follow the static ones
 
     def _rebuild_ingress(self) -> None:
         self.ingress.swap(ingress_table(self.app_port, [p.spec for p in self.publications.values()]))

@@ -17,7 +17,7 @@ from regproxy.discovery import Discovery, NotFound, PublishSpec, ingress_table
 from regproxy.registry.base import RegistryUnavailable
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.url import DubboURL, Subscription, provider_url
-from regproxy.routing import RoutingTable, TableHolder
+from regproxy.routing import Cluster, Host, RoutingTable, TableHolder
 from regproxy.state import StateStore
 
 IFACE = "com.x.Svc"
@@ -215,6 +215,49 @@ async def test_provider_event_replaces_only_its_cluster(disc: tuple[Discovery, d
     assert len(texts_after[mine]["zookeeper://a:1"]) == 2
     # Nothing changed for the other subscription, so its hosts are not even rebuilt.
     assert d.hosts_of(d.subscriptions[other]) is after.clusters[other].hosts
+
+
+async def test_incremental_table_equals_a_full_rebuild(disc: tuple[Discovery, dict]) -> None:
+    """Subscribes and unsubscribes insert and remove one route each; after every step the table
+    must route exactly as one rebuilt from scratch (same routes in the same order, same matches)."""
+    import random
+
+    from regproxy.routing import Route, RouteMatch
+
+    d, made = disc
+    d.set_static_table(
+        RoutingTable(
+            [Route("static-one", RouteMatch(service="com.x.S1", method="only"), "static")],
+            [Cluster("static", "random", (Host("10.0.0.9:1"),))],
+        )
+    )
+    rng = random.Random(7)
+    services = [f"com.x.S{i}" for i in range(6)]
+    versions, groups = ["1.0.0", "2.0.0", "*", ""], ["", "g", "h", "*", "g,h"]
+    for iface in services:
+        made["a"].set_provider(DubboURL.parse(str(remote(1)).replace(IFACE, iface)))
+    live: set[Subscription] = set()
+    for _ in range(150):
+        sub = Subscription(rng.choice(services), rng.choice(versions), rng.choice(groups))
+        if sub in live and rng.random() < 0.6:
+            await d.unsubscribe(sub)
+            live.discard(sub)
+        else:
+            await d.subscribe(sub)
+            live.add(sub)
+        incremental = d.egress.current
+        d._rebuild_egress()
+        full = d.egress.current
+        assert [r.name for r in incremental.routes] == [r.name for r in full.routes]
+        assert set(incremental.clusters) == set(full.clusters)
+        for iface in services:
+            for version in ("1.0.0", "2.0.0", "3.0.0", ""):
+                for group in ("", "g", "h", "z"):
+                    for method in ("only", "m"):
+                        a = incremental.match(iface, version, method, group)
+                        b = full.match(iface, version, method, group)
+                        assert (a and a.name) == (b and b.name), (iface, version, group, method)
+        d.egress.swap(incremental)  # carry on from the incremental table
 
 
 async def test_unsubscribe_removes_route_cluster_and_consumer(disc: tuple[Discovery, dict]) -> None:

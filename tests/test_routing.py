@@ -400,6 +400,33 @@ def test_replacing_cluster_shares_the_route_index() -> None:
         updated.version = 1  # type: ignore[misc]
 
 
+def test_inserting_and_removing_reindex_only_the_route_service() -> None:
+    table = _table(_route("first", service=SVC, version="1"), _route("any", service="*", method="ping"))
+    other_list = table._by_service.get(OTHER)  # type: ignore[attr-defined]
+    added = table.inserting(1, _route("second", service=SVC), Cluster("second"))
+    assert [r.name for r in added.routes] == ["first", "second", "any"]
+    assert added.match(SVC, "1", "m", None).name == "first"  # type: ignore[union-attr]
+    assert added.match(SVC, "2", "m", None).name == "second"  # type: ignore[union-attr]
+    assert added.match(SVC, "2", "ping", None).name == "second"  # table order: before the wildcard
+    assert added._by_service.get(OTHER) is other_list  # type: ignore[attr-defined]
+    assert added.match(OTHER, "", "ping", None).name == "any"  # type: ignore[union-attr]
+    # A wildcard-service route changes every service's list: rebuilt whole, same answers.
+    wild = added.inserting(0, _route("w", service="*", method="m"), Cluster("w"))
+    assert wild.match(SVC, "2", "m", None).name == "w"  # type: ignore[union-attr]
+    assert wild.match(OTHER, "", "m", None).name == "w"  # type: ignore[union-attr]
+    back = wild.removing("w", "w").removing("second", "second")
+    assert [r.name for r in back.routes] == ["first", "any"] and set(back.clusters) == {"first", "any"}
+    assert back.match(SVC, "2", "m", None) is None
+    gone = back.removing("first", "first")
+    assert gone.match(SVC, "1", "m", None) is None and not gone.needs_group(SVC)
+    with pytest.raises(ValueError, match="duplicate route 'first'"):
+        table.inserting(0, _route("first", service=SVC), Cluster("first"))
+    with pytest.raises(KeyError, match="no route 'nope'"):
+        table.removing("nope")
+    with pytest.raises(ValueError, match="still used"):
+        table.removing("any", "first")
+
+
 def test_describe_is_plain_data() -> None:
     table = RoutingTable(
         [Route("greet", RouteMatch(service=SVC, version="1.0.0", group=""), "c", timeout_ms=500, retries=0)],

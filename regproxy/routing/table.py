@@ -156,6 +156,76 @@ class RoutingTable:
         clusters[cluster.name] = cluster
         return RoutingTable(self.routes, clusters.values())
 
+    def inserting(self, index: int, route: Route, cluster: Cluster) -> RoutingTable:
+        """A new snapshot with ``route`` at position ``index`` of the routes and its ``cluster``
+        (new, or replacing the one of that name).  Only the route's own service is re-indexed, so a
+        subscription added to a table of thousands costs little more than one added to an empty one;
+        a wildcard-service route changes every service's list, and builds the table anew."""
+        if route.match.service == WILDCARD:
+            routes = list(self.routes)
+            routes.insert(index, route)
+            return self._rebuilt(routes, cluster)
+        if any(r.name == route.name for r in self.routes):
+            raise ValueError(f"duplicate route {route.name!r}")
+        routes = (*self.routes[:index], route, *self.routes[index:])
+        return self._reindexed(routes, route.match.service, cluster, None)
+
+    def removing(self, route_name: str, cluster_name: str | None = None) -> RoutingTable:
+        """A new snapshot without the route named ``route_name`` (and the cluster ``cluster_name``,
+        which no remaining route may use); as ``inserting``, only that route's service is re-indexed."""
+        gone = [r for r in self.routes if r.name == route_name]
+        if not gone:
+            raise KeyError(f"no route {route_name!r}")
+        routes = tuple(r for r in self.routes if r.name != route_name)
+        if cluster_name is not None and any(r.cluster == cluster_name for r in routes):
+            raise ValueError(f"cluster {cluster_name!r} is still used by a route")
+        if gone[0].match.service == WILDCARD:
+            clusters = dict(self.clusters)
+            if cluster_name is not None:
+                clusters.pop(cluster_name, None)
+            return RoutingTable(routes, clusters.values())
+        return self._reindexed(routes, gone[0].match.service, None, cluster_name)
+
+    def _rebuilt(self, routes: Sequence[Route], cluster: Cluster) -> RoutingTable:
+        clusters = dict(self.clusters)
+        clusters[cluster.name] = cluster
+        return RoutingTable(routes, clusters.values())
+
+    def _reindexed(
+        self, routes: tuple[Route, ...], service: str, add: Cluster | None, drop: str | None
+    ) -> RoutingTable:
+        clusters = dict(self.clusters)
+        if add is not None:
+            if add.lb not in BALANCERS:
+                raise ValueError(f"cluster {add.name!r}: unknown load balancer {add.lb!r}")
+            clusters[add.name] = add
+        if drop is not None:
+            clusters.pop(drop, None)
+        for r in routes:
+            if r.match.service == service and r.cluster not in clusters:
+                raise ValueError(f"route {r.name!r}: unknown cluster {r.cluster!r}")
+        # The service's routes and the wildcard ones, in table order: one pass over the routes and
+        # two map copies (a few µs per thousand routes) instead of re-indexing every service.
+        candidates = _compile(r for r in routes if r.match.service == service or r.match.service == WILDCARD)
+        by_service = dict(self._by_service)
+        needs_group = dict(self._needs_group)
+        if any(c[3].match.service == service for c in candidates):
+            by_service[service] = candidates
+            needs_group[service] = _constrains_group(candidates)
+        else:
+            by_service.pop(service, None)
+            needs_group.pop(service, None)
+        new = object.__new__(RoutingTable)
+        _set = object.__setattr__
+        _set(new, "routes", routes)
+        _set(new, "clusters", MappingProxyType(clusters))
+        _set(new, "version", next(_versions))
+        _set(new, "_by_service", by_service)
+        _set(new, "_wildcard", self._wildcard)
+        _set(new, "_needs_group", needs_group)
+        _set(new, "_wildcard_group", self._wildcard_group)
+        return new
+
     def replacing_cluster(self, cluster: Cluster) -> RoutingTable:
         """A new snapshot where the existing cluster named like ``cluster`` is replaced by it.
 
