@@ -195,6 +195,10 @@ class PodNetwork:
         leaves it (packets are dropped, no reset is sent: as a node or link that dies)."""
         ip("link", "set", self.pods[role].host_veth, "down")
 
+    def reconnect(self, role: str) -> None:
+        """Undo :meth:`cut`: the bridge end up again."""
+        ip("link", "set", self.pods[role].host_veth, "up")
+
     def destroy(self) -> None:
         errors = _remove(self._made_netns, self._made_links)
         self._made_netns, self._made_links = [], []

@@ -348,7 +348,7 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
         taken_out_by = [
             line.split(" ", 3)[3]
             for line in procs["consumer-sidecar"].log_path.read_text(errors="replace").splitlines()
-            if pod_b in line and ("is unhealthy" in line or "ejecting" in line)
+            if pod_b in line and ("is unhealthy" in line or "ejecting" in line or "dropped" in line)
         ]
         statuses = Counter(m.group(0) if (m := STATUS_RE.search(c.error or "")) else c.error for c in failed)
         print(
@@ -371,6 +371,26 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
         assert out_s + 3 <= gone_s, (
             f"pod-b was still sent calls {out_s:.2f} s after the cut, its registration went at {gone_s:.2f} s"
         )
+
+        # --- pod-b reconnected: it registers again (a new session) and gets calls again, no call fails.
+        back_at = time.monotonic()
+        n_before_back = len(consumer.calls)
+        await asyncio.to_thread(net.reconnect, "pod-b")
+        await wait_for(lambda: registered(reader) == expected, 30, f"{PROVIDERS} = {expected} again")
+        registered_s = time.monotonic() - back_at
+
+        def pod_b_answers() -> bool:
+            return sum(answered_by(c.value) == "pod-b" for c in consumer.calls[n_before_back:]) >= 20
+
+        await wait_calls(consumer, procs, pod_b_answers, 30, "20 answers from pod-b after it came back")
+        answering_s = time.monotonic() - back_at
+        since_back = consumer.calls[n_before_back:]
+        failed_back = [c.error for c in since_back if not c.ok]
+        print(
+            f"pods: pod-b reconnected: registered again after {registered_s:.2f} s, 20 answers from it "
+            f"after {answering_s:.2f} s; {len(since_back)} calls meanwhile, {len(failed_back)} failed"
+        )
+        assert not failed_back, f"{len(failed_back)} calls failed after pod-b came back: {failed_back[:5]}"
     finally:
         if gone is not None:
             gone.cancel()
