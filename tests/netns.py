@@ -10,7 +10,9 @@ are free for the taking: nothing else listens there.
 its cleanup is recognised by a pid that is gone; :func:`clean_leftovers` removes what it left
 (killing what still runs in its namespaces).  Interface names stay within the kernel's 15 bytes.
 
-Needs root and iproute2; the caller fails (never skips) when either is missing.
+Needs root and iproute2; the caller fails (never skips) when either is missing.  Pod-to-pod traffic
+crosses the bridge: a host firewall that drops bridged packets (br_netfilter with a FORWARD policy
+of DROP) would cut every pod off.
 """
 
 from __future__ import annotations
