@@ -152,13 +152,24 @@ class Sidecar:
         hs = HealthSettings.from_dict(self.config.health)
         if hs.active.enabled or hs.outlier.enabled:
             hosts, clusters_of = egress_view(self.egress_table)
-            self.health = Health(hs, hosts, clusters_of, on_eject=self._count_ejection, tls=self.upstream_tls)
+            self.health = Health(
+                hs,
+                hosts,
+                clusters_of,
+                on_eject=self._count_ejection,
+                on_unreachable=self._drop_upstream,
+                tls=self.upstream_tls,
+            )
             self.health.start()
             if self.egress.forwarder is not None:
                 self.egress.forwarder.health = self.health  # egress only: ingress has just the local app
         # Provider side: withdraw the publications of an app port that stops answering heartbeats.
         self.app_watch = AppWatch(hs.app_check, self.discovery)
         self.app_watch.start()
+
+    def _drop_upstream(self, address: str) -> None:
+        if self.egress.forwarder is not None and (n := self.egress.forwarder.pool.drop(address)):
+            log.warning("health: %s does not answer: dropped %d connection(s) to it", address, n)
 
     def _count_ejection(self, address: str) -> None:
         if self.egress.forwarder is not None:

@@ -6,6 +6,7 @@
 #   java -cp "/usr/share/java/*:/etc/zookeeper/conf_example" org.apache.zookeeper.server.quorum.QuorumPeerMain
 #   docker-compose (Debian's `docker-compose`, 1.29): tests/test_compose.py validates docker-compose.yml
 #   with `docker-compose config -q` (no Docker daemon needed)
+#   iproute2 (`ip`): tests/test_pods.py builds pods from network namespaces, veth pairs and a bridge
 set -euo pipefail
 
 ZK_JAR=/usr/share/java/zookeeper.jar          # from libzookeeper-java, a dependency of `zookeeper`
@@ -20,9 +21,13 @@ if ! command -v docker-compose >/dev/null 2>&1; then
     missing+=(docker-compose)
 fi
 
+if ! command -v ip >/dev/null 2>&1; then
+    missing+=(iproute2)
+fi
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)), docker-compose present" \
-        "($(command -v docker-compose)); nothing to install"
+        "($(command -v docker-compose)), ip present ($(command -v ip)); nothing to install"
     exit 0
 fi
 

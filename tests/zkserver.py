@@ -22,6 +22,10 @@ ms hit that window now and then, which made restart drills flaky.  So clients ne
 ZooKeeper's own port: they connect to ``hosts``, a small forwarder (:class:`_Gate`) that listens
 only while the server is up *and serving* (``srvr`` reports a mode), and that drops every
 connection when the server is stopped.  For clients it looks exactly like the server's port.
+
+In a network namespace (``netns=``, tests/test_pods.py) the server is started with ``ip netns exec``
+and listens on that namespace's address, without the gate: clients in other namespaces connect to
+it straight, as pods connect to a ZooKeeper service.
 """
 
 from __future__ import annotations
@@ -58,10 +62,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def four_letter_word(port: int, word: str, timeout: float = 1.0) -> str:
+def four_letter_word(port: int, word: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
     """Send a 4lw command (``ruok``, ``srvr``, ``stat``) and return the reply ("" when nobody answers)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(word.encode())
             chunks = []
             while chunk := s.recv(4096):
@@ -176,12 +180,26 @@ def _shut(sock: socket.socket) -> None:
 class ZooKeeperServer:
     """One standalone ZooKeeper server; ``hosts`` is what a client connects to."""
 
-    def __init__(self, tmpdir: str | os.PathLike[str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        tmpdir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        netns: str | None = None,
+        ip: str = "127.0.0.1",
+    ) -> None:
         self.dir = Path(tmpdir)
         self.data_dir = self.dir / "data"
-        self.port = port or free_port()  # what clients use (the gate)
-        self.server_port = free_port()  # ZooKeeper's own client port, behind the gate
-        self._gate = _Gate(self.port, self.server_port)
+        self.netns = netns
+        self.ip = ip
+        self._gate: _Gate | None
+        if netns is None:
+            self.port = port or free_port()  # what clients use (the gate)
+            self.server_port = free_port()  # ZooKeeper's own client port, behind the gate
+            self._gate = _Gate(self.port, self.server_port)
+        else:  # the namespace's own ports: no gate (it could only listen in the test's namespace)
+            self.port = self.server_port = port or 2181
+            self._gate = None
         self.log_file = self.dir / "zookeeper.log"  # log4j ROLLINGFILE (the server's own log)
         self.out_file = self.dir / "zookeeper.out"  # the JVM's stdout/stderr (SLF4J notices, crashes)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -191,7 +209,7 @@ class ZooKeeperServer:
 
     @property
     def hosts(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.ip}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -218,7 +236,7 @@ class ZooKeeperServer:
                     "syncLimit=5",
                     f"dataDir={self.data_dir}",
                     f"clientPort={self.server_port}",
-                    "clientPortAddress=127.0.0.1",
+                    f"clientPortAddress={self.ip}",
                     "admin.enableServer=false",
                     "4lw.commands.whitelist=ruok,srvr,stat,cons",
                     "maxClientCnxns=0",
@@ -245,7 +263,9 @@ class ZooKeeperServer:
             return
         cfg = self._write_config()
         classpath = ":".join(str(p) for p in (ZK_CONF_EXAMPLE, ZK_JAR, *LOG_JARS))
+        netns = ["ip", "netns", "exec", self.netns] if self.netns else []  # execs java: same pid
         cmd = [
+            *netns,
             "java",
             "-Xmx256m",
             "-XX:+UseSerialGC",  # one small heap, no GC threads per core: quicker start on 2 vCPUs
@@ -283,7 +303,8 @@ class ZooKeeperServer:
                 )
             # "imok" only says the process is up; "srvr" reports a Mode once the database is loaded.
             if self.mode() is not None:
-                self._gate.open()
+                if self._gate is not None:
+                    self._gate.open()
                 return
             time.sleep(0.05)
         self.stop()
@@ -293,9 +314,9 @@ class ZooKeeperServer:
 
     def mode(self) -> str | None:
         """``standalone``, ``leader`` or ``follower`` once the server serves; None before (or when down)."""
-        if four_letter_word(self.server_port, "ruok", timeout=0.5) != "imok":
+        if four_letter_word(self.server_port, "ruok", timeout=0.5, host=self.ip) != "imok":
             return None
-        for line in four_letter_word(self.server_port, "srvr", timeout=0.5).splitlines():
+        for line in four_letter_word(self.server_port, "srvr", timeout=0.5, host=self.ip).splitlines():
             if line.startswith("Mode:"):
                 return line.split(":", 1)[1].strip()
         return None
@@ -303,7 +324,10 @@ class ZooKeeperServer:
     def session_ids(self) -> set[int]:
         """The sessions that have a connection to this server now (``cons``)."""
         return {
-            int(m, 16) for m in re.findall(r"sid=0x([0-9a-f]+)", four_letter_word(self.server_port, "cons"))
+            int(m, 16)
+            for m in re.findall(
+                r"sid=0x([0-9a-f]+)", four_letter_word(self.server_port, "cons", host=self.ip)
+            )
         }
 
     def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
@@ -311,7 +335,8 @@ class ZooKeeperServer:
 
         Returns once the process is gone and the client port accepts no more connections.
         """
-        self._gate.close()  # first: no client reaches a server that is shutting down
+        if self._gate is not None:
+            self._gate.close()  # first: no client reaches a server that is shutting down
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -327,7 +352,8 @@ class ZooKeeperServer:
         # Children of the JVM (there are none today) would share the group: make sure none is left.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        self._wait_port_free()
+        if self.netns is None:  # a namespace's port is not visible from here
+            self._wait_port_free()
 
     def restart(self, down_for: float = 0.0, timeout: float = 30.0) -> None:
         """Stop, stay down ``down_for`` seconds, start again with the same dataDir and port."""

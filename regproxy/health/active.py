@@ -11,6 +11,10 @@ Hosts start healthy: a host that just appeared in the table is routed to at once
 health checks, and taken out only when it fails. A host that sends the read-only event (a
 provider or sidecar shutting down) is unhealthy at once. Hosts that left the table are forgotten,
 their connections closed.
+
+A host made unhealthy by failed checks (not one that announced its shutdown: its requests in flight
+still get their answers) is also passed to ``on_unreachable``: the sidecar drops its data-path
+connections to it, see ``UpstreamPool.drop``.
 """
 
 from __future__ import annotations
@@ -185,11 +189,13 @@ class ActiveChecker:
         *,
         on_change: Callable[[str, bool], None] | None = None,
         tls: UpstreamTLS | None = None,
+        on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
         self.on_change = on_change
         self.tls = tls
+        self.on_unreachable = on_unreachable
         self.unhealthy: set[str] = set()  # what the data path reads
         self._hosts: dict[str, _HostState] = {}
         self._task: asyncio.Task[None] | None = None
@@ -276,6 +282,8 @@ class ActiveChecker:
         st.last_error = reason
         if st.healthy and st.failures >= self.settings.unhealthy_threshold:
             self._mark_unhealthy(address, st, f"{st.failures} heartbeats failed, the last: {reason}")
+            if self.on_unreachable is not None:
+                self.on_unreachable(address)
 
     def _mark_unhealthy(self, address: str, st: _HostState, why: str) -> None:
         st.healthy = False

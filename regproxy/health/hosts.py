@@ -55,7 +55,7 @@ class Health:
 
     ``start()`` begins the checks (and a sweep that forgets outlier state of hosts that left the
     table); ``stop()`` ends them. ``ejections`` counts outlier ejections for /metrics; ``on_eject``
-    is called with the address on each one.
+    is called with the address on each one, ``on_unreachable`` when active checks fail a host.
     """
 
     def __init__(
@@ -67,10 +67,11 @@ class Health:
         clock: Callable[[], float] = time.monotonic,
         on_eject: Callable[[str], None] | None = None,
         tls: UpstreamTLS | None = None,
+        on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
-        self.active = ActiveChecker(settings.active, hosts_provider, tls=tls)
+        self.active = ActiveChecker(settings.active, hosts_provider, tls=tls, on_unreachable=on_unreachable)
         self.outlier = OutlierDetector(settings.outlier, clock, clusters_of, on_eject)
         # Bound once: the data path calls these per request.
         self._unhealthy = self.active.unhealthy

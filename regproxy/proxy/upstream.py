@@ -223,6 +223,22 @@ class UpstreamPool:
         conns = self._conns.get(address)
         return sum(c.load for c in conns) if conns else 0
 
+    def drop(self, address: str) -> int:
+        """Abort the open connections to ``address`` (a host that stopped answering heartbeats); how
+        many. A host that vanished without a reset (power, network) leaves connections that look open
+        until TCP gives up, minutes later: requests in flight on them would wait for their deadline, and
+        once the host is back, new requests would queue behind TCP's retransmission backoff. Aborted,
+        the requests in flight fail now (as lost) and the next request connects afresh."""
+        conns = self._conns.get(address, [])
+        open_conns = [c for c in conns if c.state is ConnState.OPEN]
+        for conn in open_conns:
+            conns.remove(conn)  # out of the pool now: nothing new is written on it
+            if conn.transport is not None:
+                conn.transport.abort()  # connection_lost fails what is in flight
+        if not conns:
+            self._conns.pop(address, None)
+        return len(open_conns)
+
     def connected(self, conn: UpstreamConnection) -> None:
         self._failed_until.pop(conn.address, None)
 
