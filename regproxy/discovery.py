@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 LOCAL_APP_CLUSTER = "local-app"
 DYNAMIC_LB = "weighted_round_robin"  # honours provider weights; equal weights give plain round robin
 CONNECT_WAIT_S = 3.0  # how long a request naming a new registry waits for it to connect
-CACHE_SAVE_DELAY_S = 1.0  # provider cache writes are coalesced: registries can be chatty
+CACHE_SAVE_DELAY_S = 3.0  # provider cache writes are coalesced: a write is linear in the table
 
 
 @dataclass(frozen=True)
