@@ -54,6 +54,7 @@ __all__ = [
     "RouteMatchConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
+    "is_loopback_host",
     "load_config",
     "parse_address",
 ]
@@ -728,6 +729,19 @@ def _raw_cross_check(data: Any) -> list[tuple[str, str]]:
     return _cross_check(clusters, routes)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this host only (127.0.0.0/8, ::1, localhost).
+
+    Wildcards (0.0.0.0, ::) and other names are not: a name may resolve to anything.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _listeners_collide(a: Address, b: Address) -> bool:
     if a.port != b.port:
         return False
@@ -743,7 +757,13 @@ class Config(_Model):
     api: Address = Field(default_factory=lambda: Address("127.0.0.1", 22222))
     admin: Address = Field(default_factory=lambda: Address("127.0.0.1", 34901))
     # Hidden from repr() and every dump, like registry passwords (see _redact_token).
+    # auth_token: required by the pub/sub API and the admin API (all but /healthz, /readyz);
+    # admin_token: only for admin changes (POST), and wins over auth_token there.
+    auth_token: Annotated[str | None, BeforeValidator(_check_token)] = Field(None, repr=False)
     admin_token: Annotated[str | None, BeforeValidator(_check_token)] = Field(None, repr=False)
+    # The APIs change what this host publishes and how the sidecar runs: loopback only unless asked.
+    api_allow_remote: bool = False
+    admin_allow_remote: bool = False
     app_port: Int = Field(20880, ge=1, le=65535)
     advertise_ip: str | None = None
     data_dir: str = "."
@@ -775,7 +795,7 @@ class Config(_Model):
             raise PydanticCustomError("ip", f"{v!r} cannot be advertised to other hosts (null = detect)")
         return str(ip)
 
-    @field_serializer("admin_token")
+    @field_serializer("auth_token", "admin_token")
     def _redact_token(self, value: str | None, info: SerializationInfo) -> str | None:
         ctx = info.context if isinstance(info.context, dict) else {}
         if value is None or ctx.get("reveal_secrets", False):
@@ -834,6 +854,16 @@ class Config(_Model):
             for b in self.LISTENERS[i + 1 :]:
                 if _listeners_collide(getattr(self, a), getattr(self, b)):
                     errors.append((b, f"{getattr(self, b)} collides with {a} ({getattr(self, a)})"))
+        for name in ("api", "admin"):
+            address = getattr(self, name)
+            if not getattr(self, f"{name}_allow_remote") and not is_loopback_host(address.host):
+                errors.append(
+                    (
+                        name,
+                        f"{address} is not a loopback address; set {name}_allow_remote: true "
+                        f"(--{name}-allow-remote) to serve other hosts, preferably with auth_token",
+                    )
+                )
         for name in self.LISTENERS:
             # The application listens on app_port on this host too; ingress would even forward to itself.
             if getattr(self, name).port == self.app_port:
