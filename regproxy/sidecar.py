@@ -107,6 +107,7 @@ class Sidecar:
                 app_port=c.app_port,
                 store=StateStore(c.data_dir),
             )
+            self.discovery.unpublish_grace_s = c.drain.grace_s
             await self.discovery.start()
             await self._start_health()
             app = build_app(
