@@ -215,18 +215,23 @@ class _Scheme:
 
 # One place to add a registry kind or a parameter; the registry adapters read the parsed model.
 _SCHEMES: dict[str, _Scheme] = {
-    "zookeeper": _Scheme(2181, frozenset()),
+    "zookeeper": _Scheme(2181, frozenset({"username", "password", "acl"})),
     "nacos": _Scheme(8848, frozenset({"namespace", "group", "username", "password"})),
     "memory": _Scheme(None, frozenset()),
 }
 NACOS_DEFAULT_GROUP = "DEFAULT_GROUP"
+# ACLs regproxy puts on the ZooKeeper nodes it creates when it has digest credentials; the
+# registry adapter turns the name into ACL entries (regproxy/registry/zookeeper.py).
+ZK_ACLS: tuple[str, ...] = ("world-read", "shared", "private", "open")
+ZK_DEFAULT_ACL = "world-read"
 
 
 @dataclass(frozen=True, repr=False, eq=True)
 class RegistryURL:
     """A parsed registry URL.
 
-    * ``zookeeper://h1:2181,h2:2181`` (port defaults to 2181)
+    * ``zookeeper://h1:2181,h2:2181?username=u&password=p&acl=world-read`` (port defaults to 2181;
+      credentials optional: digest auth, and ACLs on the nodes regproxy creates)
     * ``nacos://h:8848?namespace=ns&group=G&username=u&password=p`` (port 8848; group DEFAULT_GROUP)
     * ``memory://`` (in-process registry, for tests and single-host demos)
 
@@ -275,11 +280,20 @@ class RegistryURL:
             if key in params:
                 raise ValueError(f"parameter {key!r} given twice")
             params[key] = value
-        if scheme == "nacos":
-            if "password" in params and not params.get("username"):
-                raise ValueError("nacos password given without username")
-            if "group" in params and not params["group"]:
-                raise ValueError("nacos group must not be empty (omit it for DEFAULT_GROUP)")
+        if "password" in params and not params.get("username"):
+            raise ValueError(f"{scheme} password given without username")
+        if scheme == "zookeeper":
+            if params.get("username") and not params.get("password"):
+                raise ValueError("zookeeper username given without password (digest auth needs both)")
+            if ":" in params.get("username", ""):
+                raise ValueError("zookeeper username must not contain ':' (digest auth is user:password)")
+            if "acl" in params:
+                if params["acl"] not in ZK_ACLS:
+                    raise ValueError(f"unknown zookeeper acl {params['acl']!r} (one of {', '.join(ZK_ACLS)})")
+                if not params.get("username"):
+                    raise ValueError("zookeeper acl needs username and password (the digest user it grants)")
+        if scheme == "nacos" and "group" in params and not params["group"]:
+            raise ValueError("nacos group must not be empty (omit it for DEFAULT_GROUP)")
         return cls(scheme, tuple(hosts), params)
 
     # nacos settings, with their defaults; None/"" for other schemes
@@ -300,6 +314,13 @@ class RegistryURL:
     @property
     def password(self) -> str | None:
         return self.params.get("password")
+
+    @property
+    def acl(self) -> str | None:
+        """ZooKeeper: the ACL profile of the nodes regproxy creates (None: no credentials, open)."""
+        if self.scheme != "zookeeper" or not self.username:
+            return None
+        return self.params.get("acl", ZK_DEFAULT_ACL)
 
     @property
     def hosts_string(self) -> str:

@@ -451,9 +451,11 @@ def readiness_view(sc: Sidecar) -> tuple[bool, dict[str, Any]]:
     reasons: list[str] = []
     if not ready:
         # Spelled out for people and probes' logs; the detail below is for programs.
+        errors = {r.name: r.auth_error for r in sc.discovery.registries.values()} if sc.discovery else {}
         for name, state in sorted(dict(detail.get("registries") or {}).items()):
             if state != CONNECTED:
-                reasons.append(f"registry {name} is {state}")
+                why = errors.get(name)
+                reasons.append(f"registry {name} is {state}" + (f": {why}" if why else ""))
         if detail.get("restored") is False:
             reasons.append("saved state not restored yet")
         if detail.get("draining"):
