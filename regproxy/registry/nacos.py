@@ -224,7 +224,8 @@ class NacosRegistry(Registry):
 
         param = ListServiceParam(namespace_id=self.url.namespace, group_name=self.group, page_size=1)
         while True:
-            await asyncio.sleep(PROBE_S)
+            # While refused, log in no more often than AUTH_RETRY_S.
+            await asyncio.sleep(AUTH_RETRY_S if self._state == AUTH_FAILED else PROBE_S)
             try:
                 await asyncio.wait_for(self._client.list_services(param), self._op_timeout_s)
             except asyncio.CancelledError:
