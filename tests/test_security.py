@@ -510,6 +510,21 @@ async def test_wrong_zookeeper_password_is_a_clear_error(
         await good.stop()
 
 
+async def test_wrong_password_on_a_private_tree(zk_admin: KazooClient, zk_server: ZooKeeperServer) -> None:
+    good = await started(zk_url(zk_server, acl="private"))
+    try:
+        await good.register(provider_url(interface=IFACE, ip="10.0.0.1", port=20882))
+        # The wrong user may not even read the ACL that would show the mismatch: that is the sign.
+        wrong = await started(zk_url(zk_server, password="nope", acl="private"))
+        try:
+            assert wrong.state == AUTH_FAILED
+            assert "may not read /dubbo" in wrong.auth_error and "nope" not in wrong.auth_error
+        finally:
+            await wrong.stop()
+    finally:
+        await good.stop()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Nacos username/password
 

@@ -104,6 +104,7 @@ def node_path(url: DubboURL) -> str:
 
 
 _WORLD = Id("world", "anyone")
+_READ_ACL = "read the ACL of"
 
 
 def acl_profile(name: str, username: str, password: str) -> tuple[list[ACL], list[ACL]]:
@@ -525,7 +526,7 @@ class ZooKeeperRegistry(Registry):
         """
         assert self._digest_id is not None
         try:
-            acls, _stat = await self._op("read the ACL of", path, lambda c: c.get_acls_async(path))
+            acls, _stat = await self._op(_READ_ACL, path, lambda c: c.get_acls_async(path))
         except NoNodeError:
             return
         user = self._digest_id.split(":", 1)[0]
@@ -646,6 +647,13 @@ class ZooKeeperRegistry(Registry):
     async def _refused(self, what: str, path: str, exc: KazooException) -> RegistryError:
         """The error for a request ZooKeeper refused for want of rights, saying why if we can tell."""
         user = self.url.username
+        if self._digest_id is not None and what == _READ_ACL:
+            # Reading an ACL needs READ or ADMIN: not even that (a "private" tree) is as clear a
+            # sign of a wrong password as we can get.  Never checked further up: no recursion.
+            return _AuthMismatch(
+                f"registry {self.name}: ZooKeeper digest auth failed: user {user!r} may not read {path} "
+                "(wrong password, or an ACL that does not grant this user)"
+            )
         if self._digest_id is not None and isinstance(exc, NoAuthError):
             try:
                 await self._check_credentials(_parent(path) or "/")
