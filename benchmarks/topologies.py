@@ -379,12 +379,13 @@ class RegproxyChain:
                     {"name": "bench", "match": {"service": SERVICE}, "cluster": "bench"}
                 ]
             self.consumer_side = self._add("consumer-side", workdir, consumer_cfg)
+            # Published in every mode: the ingress forwards only services published through it.
+            self.provider_side.post(
+                "/pub",
+                {"service": {"interface": SERVICE, "methods": [METHOD], "port": provider_port,
+                             "application": "bench-provider"}},
+            )  # fmt: skip
             if not registry.startswith("memory://"):
-                self.provider_side.post(
-                    "/pub",
-                    {"service": {"interface": SERVICE, "methods": [METHOD], "port": provider_port,
-                                 "application": "bench-provider"}},
-                )  # fmt: skip
                 self.consumer_side.post("/sub", {"service": {"interface": SERVICE}})
             # Dynamic clusters are named like Dubbo service keys: the interface alone here.
             cluster = "bench" if registry.startswith("memory://") else SERVICE

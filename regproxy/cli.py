@@ -35,6 +35,8 @@ _RUN_FLAGS: dict[str, str] = {
     "data_dir": "--data-dir",
     "log_level": "--log-level",
     "registries": "--registry",
+    "api_allow_remote": "--api-allow-remote",
+    "admin_allow_remote": "--admin-allow-remote",
 }
 
 
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ingress", metavar="HOST:PORT", help="listener for calls from other sidecars")
     run.add_argument("--api", metavar="HOST:PORT", help="local HTTP API (publish / subscribe)")
     run.add_argument("--admin", metavar="HOST:PORT", help="admin HTTP API and metrics")
+    for which in ("api", "admin"):
+        run.add_argument(
+            f"--{which}-allow-remote",
+            action="store_const",
+            const=True,
+            default=None,
+            help=f"let --{which} bind a non-loopback address (logs a warning; set auth_token too)",
+        )
     run.add_argument("--app-port", metavar="PORT", help="the application's own Dubbo port on 127.0.0.1")
     run.add_argument(
         "--advertise-ip", metavar="IP", help="address registered for this host (default: detected)"

@@ -58,6 +58,7 @@ __all__ = [
     "TLSConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
+    "is_loopback_host",
     "load_config",
     "parse_address",
 ]
@@ -218,18 +219,23 @@ class _Scheme:
 
 # One place to add a registry kind or a parameter; the registry adapters read the parsed model.
 _SCHEMES: dict[str, _Scheme] = {
-    "zookeeper": _Scheme(2181, frozenset()),
+    "zookeeper": _Scheme(2181, frozenset({"username", "password", "acl"})),
     "nacos": _Scheme(8848, frozenset({"namespace", "group", "username", "password"})),
     "memory": _Scheme(None, frozenset()),
 }
 NACOS_DEFAULT_GROUP = "DEFAULT_GROUP"
+# ACLs regproxy puts on the ZooKeeper nodes it creates when it has digest credentials; the
+# registry adapter turns the name into ACL entries (regproxy/registry/zookeeper.py).
+ZK_ACLS: tuple[str, ...] = ("world-read", "shared", "private", "open")
+ZK_DEFAULT_ACL = "world-read"
 
 
 @dataclass(frozen=True, repr=False, eq=True)
 class RegistryURL:
     """A parsed registry URL.
 
-    * ``zookeeper://h1:2181,h2:2181`` (port defaults to 2181)
+    * ``zookeeper://h1:2181,h2:2181?username=u&password=p&acl=world-read`` (port defaults to 2181;
+      credentials optional: digest auth, and ACLs on the nodes regproxy creates)
     * ``nacos://h:8848?namespace=ns&group=G&username=u&password=p`` (port 8848; group DEFAULT_GROUP)
     * ``memory://`` (in-process registry, for tests and single-host demos)
 
@@ -278,11 +284,20 @@ class RegistryURL:
             if key in params:
                 raise ValueError(f"parameter {key!r} given twice")
             params[key] = value
-        if scheme == "nacos":
-            if "password" in params and not params.get("username"):
-                raise ValueError("nacos password given without username")
-            if "group" in params and not params["group"]:
-                raise ValueError("nacos group must not be empty (omit it for DEFAULT_GROUP)")
+        if "password" in params and not params.get("username"):
+            raise ValueError(f"{scheme} password given without username")
+        if scheme == "zookeeper":
+            if params.get("username") and not params.get("password"):
+                raise ValueError("zookeeper username given without password (digest auth needs both)")
+            if ":" in params.get("username", ""):
+                raise ValueError("zookeeper username must not contain ':' (digest auth is user:password)")
+            if "acl" in params:
+                if params["acl"] not in ZK_ACLS:
+                    raise ValueError(f"unknown zookeeper acl {params['acl']!r} (one of {', '.join(ZK_ACLS)})")
+                if not params.get("username"):
+                    raise ValueError("zookeeper acl needs username and password (the digest user it grants)")
+        if scheme == "nacos" and "group" in params and not params["group"]:
+            raise ValueError("nacos group must not be empty (omit it for DEFAULT_GROUP)")
         return cls(scheme, tuple(hosts), params)
 
     # nacos settings, with their defaults; None/"" for other schemes
@@ -303,6 +318,13 @@ class RegistryURL:
     @property
     def password(self) -> str | None:
         return self.params.get("password")
+
+    @property
+    def acl(self) -> str | None:
+        """ZooKeeper: the ACL profile of the nodes regproxy creates (None: no credentials, open)."""
+        if self.scheme != "zookeeper" or not self.username:
+            return None
+        return self.params.get("acl", ZK_DEFAULT_ACL)
 
     @property
     def hosts_string(self) -> str:
@@ -747,6 +769,19 @@ def _raw_cross_check(data: Any) -> list[tuple[str, str]]:
     return _cross_check(clusters, routes)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this host only (127.0.0.0/8, ::1, localhost).
+
+    Wildcards (0.0.0.0, ::) and other names are not: a name may resolve to anything.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _listeners_collide(a: Address, b: Address) -> bool:
     if a.port != b.port:
         return False
@@ -762,7 +797,13 @@ class Config(_Model):
     api: Address = Field(default_factory=lambda: Address("127.0.0.1", 22222))
     admin: Address = Field(default_factory=lambda: Address("127.0.0.1", 34901))
     # Hidden from repr() and every dump, like registry passwords (see _redact_token).
+    # auth_token: required by the pub/sub API and the admin API (all but /healthz, /readyz);
+    # admin_token: only for admin changes (POST), and wins over auth_token there.
+    auth_token: Annotated[str | None, BeforeValidator(_check_token)] = Field(None, repr=False)
     admin_token: Annotated[str | None, BeforeValidator(_check_token)] = Field(None, repr=False)
+    # The APIs change what this host publishes and how the sidecar runs: loopback only unless asked.
+    api_allow_remote: bool = False
+    admin_allow_remote: bool = False
     app_port: Int = Field(20880, ge=1, le=65535)
     advertise_ip: str | None = None
     data_dir: str = "."
@@ -795,7 +836,7 @@ class Config(_Model):
             raise PydanticCustomError("ip", f"{v!r} cannot be advertised to other hosts (null = detect)")
         return str(ip)
 
-    @field_serializer("admin_token")
+    @field_serializer("auth_token", "admin_token")
     def _redact_token(self, value: str | None, info: SerializationInfo) -> str | None:
         ctx = info.context if isinstance(info.context, dict) else {}
         if value is None or ctx.get("reveal_secrets", False):
@@ -854,6 +895,16 @@ class Config(_Model):
             for b in self.LISTENERS[i + 1 :]:
                 if _listeners_collide(getattr(self, a), getattr(self, b)):
                     errors.append((b, f"{getattr(self, b)} collides with {a} ({getattr(self, a)})"))
+        for name in ("api", "admin"):
+            address = getattr(self, name)
+            if not getattr(self, f"{name}_allow_remote") and not is_loopback_host(address.host):
+                errors.append(
+                    (
+                        name,
+                        f"{address} is not a loopback address; set {name}_allow_remote: true "
+                        f"(--{name}-allow-remote) to serve other hosts, preferably with auth_token",
+                    )
+                )
         for name in self.LISTENERS:
             # The application listens on app_port on this host too; ingress would even forward to itself.
             if getattr(self, name).port == self.app_port:

@@ -7,8 +7,9 @@ plain-text tables; ``--json`` prints the admin endpoint's JSON instead, for scri
 reads two endpoints: ``{"ready": bool, "readyz": <GET /readyz>, "stats": <GET /api/v1/stats>}``).
 A sidecar that is not ready is not an error: ``status`` says why and exits 0. Write commands
 (``drain``, ``reload``, ``loglevel LEVEL``) are accepted from loopback callers, or with the token
-when the sidecar has ``admin_token`` (``--token`` or ``REGPROXY_ADMIN_TOKEN``, sent as
-``Authorization: Bearer``). Failures go to stderr (the endpoint's err_msg) with exit code 1.
+when the sidecar has ``admin_token`` or ``auth_token`` (``--token``, ``REGPROXY_ADMIN_TOKEN`` or
+``REGPROXY_AUTH_TOKEN``, sent as ``Authorization: Bearer`` on every request, reading ones
+included). Failures go to stderr (the endpoint's err_msg) with exit code 1.
 
 Only the standard library is used (urllib), so the command starts instantly and works from a
 minimal image. The tables are built from the JSON by looking for the records (a cluster is an
@@ -35,6 +36,7 @@ __all__ = ["DEFAULT_ADMIN", "TOKEN_ENV", "AdminClient", "CtlError", "format_tabl
 PROG = "regproxy ctl"
 DEFAULT_ADMIN = "127.0.0.1:34901"
 TOKEN_ENV = "REGPROXY_ADMIN_TOKEN"
+AUTH_TOKEN_ENV = "REGPROXY_AUTH_TOKEN"  # the sidecar's auth_token, used when TOKEN_ENV is unset
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LISTENERS = ("egress", "ingress")
 _NO_DESCENT = frozenset({"metadata", "params", "parameters", "attachments"})
@@ -695,8 +697,8 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument(
         "--token",
         default=default(None),
-        help=f"admin token, sent as 'Authorization: Bearer'; prefer the {TOKEN_ENV} environment variable "
-        "(a flag shows in the process list)",
+        help=f"admin_token or auth_token, sent as 'Authorization: Bearer'; prefer the {TOKEN_ENV} "
+        f"(or {AUTH_TOKEN_ENV}) environment variable (a flag shows in the process list)",
     )
     parser.add_argument(
         "--json",
@@ -739,7 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_url = admin_base_url(args.admin)
     except ValueError as e:
         parser.error(f"--admin: {e}")
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    token = args.token
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or os.environ.get(AUTH_TOKEN_ENV) or None
     client = AdminClient(base_url, token=token, timeout=args.timeout)
     command, _help = COMMANDS[args.command]
     try:

@@ -26,13 +26,12 @@ from typing import Any
 from regproxy.config import RegistryURL
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
-from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder, normalize_version
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.state import SavedState, StateStore, StateWriter
 from regproxy.tls import TLS_PARAM
 
 log = logging.getLogger(__name__)
 
-LOCAL_APP_CLUSTER = "local-app"
 DYNAMIC_LB = "weighted_round_robin"  # honours provider weights; equal weights give plain round robin
 CONNECT_WAIT_S = 3.0  # how long a request naming a new registry waits for it to connect
 CACHE_SAVE_DELAY_S = 3.0  # provider cache writes are coalesced: a write is linear in the table
@@ -72,30 +71,24 @@ class PublishSpec:
 
 
 def ingress_table(app_port: int, published: Iterable[PublishSpec] = ()) -> RoutingTable:
-    """Ingress routes: each published service to the application's real port, and everything else
-    to the default application port (for providers that never call /pub)."""
+    """Ingress routes: each service published through this sidecar (interface, version and group) to
+    the application port it was published with, and nothing else.
+
+    There is no catch-all: the ingress is reachable from other hosts, and forwarding whatever
+    arrives would let anyone reach any service of the local application (or, with a crafted
+    publication elsewhere, its ports) without it being published. Others get SERVICE_NOT_FOUND.
+    ``app_port`` is unused now and kept for callers' signatures.
+    """
     routes: list[Route] = []
     clusters: dict[str, Cluster] = {}
-    specs = sorted(published, key=lambda p: p.key)
-    # The group lives in the attachments, after every argument: match on it only where two
-    # publications of one interface and version differ by group, so other requests skip that parse.
-    groups: dict[tuple[str, str], set[str]] = {}
-    for spec in specs:
-        groups.setdefault((spec.interface, normalize_version(spec.version)), set()).add(spec.group)
-    for spec in specs:
+    for spec in sorted(published, key=lambda p: p.key):
         cname = f"app:{spec.port}"
         if cname not in clusters:
             clusters[cname] = Cluster(name=cname, hosts=(Host(address=f"127.0.0.1:{spec.port}"),))
-        ambiguous = len(groups[(spec.interface, normalize_version(spec.version))]) > 1
-        match = RouteMatch(
-            service=spec.interface, version=spec.version, group=spec.group if ambiguous else None
-        )
+        # The group is always matched, though it costs decoding the attachments of every request:
+        # a group not published here must not reach the application either.
+        match = RouteMatch(service=spec.interface, version=spec.version, group=spec.group)
         routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0))
-    default = Cluster(name=LOCAL_APP_CLUSTER, hosts=(Host(address=f"127.0.0.1:{app_port}"),))
-    clusters.setdefault(default.name, default)
-    routes.append(
-        Route(name=LOCAL_APP_CLUSTER, match=RouteMatch(service="*"), cluster=default.name, retries=0)
-    )
     return RoutingTable(routes=routes, clusters=list(clusters.values()))
 
 
@@ -173,6 +166,10 @@ class Discovery:
         self.suspended: dict[int, str] = {}  # app port -> reason
         self.events: Counter[str] = Counter()  # provider_events, state_changes (for /metrics)
         self._tasks: set[asyncio.Task[None]] = set()
+        # An unpublished service keeps its ingress route this long (drain.grace_s): consumers learn of
+        # the removal through the registry a moment later and their requests meanwhile must not fail.
+        self.unpublish_grace_s = 3.0
+        self._lingering: dict[str, tuple[PublishSpec, float]] = {}  # key -> (spec, loop time to drop)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -346,6 +343,7 @@ class Discovery:
             pub.registries = [k for k in pub.registries if k not in keys]
             if not pub.registries:
                 del self.publications[spec.key]
+                self._linger(pub.spec)
             self._rebuild_ingress()
         await self._save()
 
@@ -621,8 +619,23 @@ class Discovery:
         self.egress.swap(RoutingTable(routes=routes, clusters=clusters))
         self._routed = routed  # order keys of the subscription routes, as they follow the static ones
 
+    def _linger(self, spec: PublishSpec) -> None:
+        if self.unpublish_grace_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._lingering[spec.key] = (spec, loop.time() + self.unpublish_grace_s)
+        loop.call_later(self.unpublish_grace_s + 0.01, self._rebuild_ingress)
+
     def _rebuild_ingress(self) -> None:
-        self.ingress.swap(ingress_table(self.app_port, [p.spec for p in self.publications.values()]))
+        specs = {key: p.spec for key, p in self.publications.items()}
+        if self._lingering:
+            now = asyncio.get_running_loop().time()
+            for key, (spec, until) in list(self._lingering.items()):
+                if until <= now or key in specs:
+                    del self._lingering[key]
+                else:
+                    specs[key] = spec
+        self.ingress.swap(ingress_table(self.app_port, specs.values()))
 
     # --- persistence --------------------------------------------------------------------------
 

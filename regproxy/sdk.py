@@ -19,6 +19,9 @@ HTTP status. A sidecar started together with its application may not be listenin
 still be connecting to its registry: a refused connection and a 503 (registry unavailable) are
 retried with backoff until ``start_timeout`` seconds have passed since the call began. Nothing
 else is retried — a reply that was lost may have been acted on.
+
+When the sidecar has ``auth_token``, pass ``token=`` (or set ``REGPROXY_AUTH_TOKEN``): it is sent as
+``Authorization: Bearer TOKEN``; a missing or wrong one is a RegproxyError with err_no 8 or 9.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BASE_URL",
     "ERR_BAD_REQUEST",
+    "ERR_FORBIDDEN",
     "ERR_INTERNAL",
     "ERR_METHOD_NOT_ALLOWED",
     "ERR_NOT_FOUND",
@@ -47,6 +52,8 @@ __all__ = [
     "ERR_REGISTRY",
     "ERR_REGISTRY_UNAVAILABLE",
     "ERR_TOO_LARGE",
+    "ERR_UNAUTHORIZED",
+    "TOKEN_ENV",
     "AsyncRegproxyClient",
     "Provider",
     "RegistrySpec",
@@ -67,6 +74,8 @@ ERR_REGISTRY = 4  # 502: the registry refused or failed the operation
 ERR_INTERNAL = 5  # 500
 ERR_TOO_LARGE = 6  # 413
 ERR_METHOD_NOT_ALLOWED = 7  # 405
+ERR_UNAUTHORIZED = 8  # 401: the sidecar has auth_token and no token was sent
+ERR_FORBIDDEN = 9  # 403: a wrong token
 ERR_NO_REPLY = -1  # the SDK's own: no usable reply (unreachable, timed out, not the regproxy API)
 
 _FIRST_DELAY = 0.05  # first retry after 50 ms, doubling: a sidecar usually starts within a second
@@ -286,6 +295,18 @@ def _check_base_url(base_url: str) -> str:
 # Clients
 
 
+TOKEN_ENV = "REGPROXY_AUTH_TOKEN"
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    """Request headers; the token (argument, else $REGPROXY_AUTH_TOKEN) as a bearer credential."""
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
 class RegproxyClient:
     """Blocking client (standard library only); safe to share between threads.
 
@@ -294,11 +315,17 @@ class RegproxyClient:
     """
 
     def __init__(
-        self, base_url: str = DEFAULT_BASE_URL, *, timeout: float = 5.0, start_timeout: float = 10.0
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout: float = 5.0,
+        start_timeout: float = 10.0,
+        token: str | None = None,
     ) -> None:
         self.base_url = _check_base_url(base_url)
         self.timeout = timeout
         self.start_timeout = start_timeout
+        self._headers = _headers(token)
         # No proxy: an http_proxy in the environment must not carry a loopback call elsewhere.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -368,9 +395,7 @@ class RegproxyClient:
             time.sleep(delay)
 
     def _send(self, url: str, data: bytes) -> tuple[int, bytes]:
-        req = urllib.request.Request(
-            url, data=data, method="POST", headers={"Content-Type": "application/json"}
-        )
+        req = urllib.request.Request(url, data=data, method="POST", headers=self._headers)
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
                 return resp.status, resp.read()
@@ -393,6 +418,7 @@ class AsyncRegproxyClient:
         timeout: float = 5.0,
         start_timeout: float = 10.0,
         session: aiohttp.ClientSession | None = None,
+        token: str | None = None,
     ) -> None:
         import aiohttp  # here, so the blocking client never needs it
 
@@ -400,6 +426,7 @@ class AsyncRegproxyClient:
         self.base_url = _check_base_url(base_url)
         self.timeout = timeout
         self.start_timeout = start_timeout
+        self._headers = _headers(token)
         self._session = session
         self._own_session = session is None
 
@@ -467,7 +494,7 @@ class AsyncRegproxyClient:
         url = self.base_url + path
         backoff = _Backoff(self.start_timeout)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        headers = {"Content-Type": "application/json"}
+        headers = self._headers
         while True:
             try:
                 async with self._http().post(url, data=data, headers=headers, timeout=timeout) as resp:

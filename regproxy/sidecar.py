@@ -33,6 +33,7 @@ log = logging.getLogger("regproxy")
 # Keys a reload cannot change in a running process: sockets are bound, registries connected.
 _RESTART_KEYS = (
     "egress", "ingress", "api", "admin", "app_port", "advertise_ip", "data_dir", "registries", "health",
+    "api_allow_remote", "admin_allow_remote",
 )  # fmt: skip
 # After the read-only event, the time for requests already on the wire to arrive before we count
 # what is in flight (one loopback or LAN round trip is far less).
@@ -137,12 +138,23 @@ class Sidecar:
                 store=StateStore(c.data_dir),
                 ingress_tls=self.ingress.settings.server_ssl is not None,
             )
+            self.discovery.unpublish_grace_s = c.drain.grace_s
             await self.discovery.start()
             await self._start_health()
-            app = build_app(self.discovery, app_port=c.app_port, registries=c.registries)
-            self._api = await _listen("api", start_api(app, c.api.host, c.api.port), str(c.api))
+            app = build_app(
+                self.discovery,
+                app_port=c.app_port,
+                registries=c.registries,
+                token=lambda: self.config.auth_token,  # read on use: a reload changes it
+            )
+            tok = c.auth_token is not None
+            self._api = await _listen(
+                "api", start_api(app, c.api.host, c.api.port, has_token=tok), str(c.api)
+            )
             admin = build_admin_app(self)
-            self._admin = await _listen("admin", start_admin(admin, c.admin.host, c.admin.port), str(c.admin))
+            self._admin = await _listen(
+                "admin", start_admin(admin, c.admin.host, c.admin.port, has_token=tok), str(c.admin)
+            )
         except BaseException:
             await self.stop()
             raise
@@ -314,7 +326,7 @@ class Sidecar:
             self.set_log_level(new.log_level)
             changes.append("log_level")
         # Read from self.config on use, so swapping the config below applies them.
-        changes += [k for k in ("admin_token", "drain") if getattr(new, k) != getattr(old, k)]
+        changes += [k for k in ("auth_token", "admin_token", "drain") if getattr(new, k) != getattr(old, k)]
         keep = {k: getattr(old, k) for k in needs_restart if k in _RESTART_KEYS}
         if tls_restart:
             keep["tls"] = old.tls

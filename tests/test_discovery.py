@@ -99,8 +99,10 @@ async def test_publish_rewrites_address_and_routes_ingress(disc: tuple[Discovery
     table = d.ingress.current
     route = table.match(IFACE, "1.0.0", "a", "g")
     assert route is not None and table.clusters[route.cluster].hosts[0].address == "127.0.0.1:20990"
-    other = table.match("com.y.Other", "", "m", "")
-    assert other is not None and table.clusters[other.cluster].hosts[0].address == "127.0.0.1:20880"
+    # Nothing else reaches the application: another service, version or group has no route.
+    assert table.match("com.y.Other", "", "m", "") is None
+    assert table.match(IFACE, "2.0.0", "a", "g") is None
+    assert table.match(IFACE, "1.0.0", "a", "other") is None
     # Idempotent: the same URL, one node.
     assert await d.publish(SPEC) == url
     assert len(made["a"].nodes(IFACE)) == 1
@@ -131,11 +133,14 @@ async def test_unpublish(disc: tuple[Discovery, dict]) -> None:
     d, made = disc
     with pytest.raises(NotFound):
         await d.unpublish(SPEC)
+    d.unpublish_grace_s = 0.2
     await d.publish(SPEC)
     await d.unpublish(SPEC)
     assert made["a"].nodes(IFACE) == []
-    route = d.ingress.current.match(IFACE, "1.0.0", "a", "g")
-    assert route is not None and route.cluster == "local-app"
+    # Consumers still on their old list are served for the grace period, then nothing is forwarded.
+    assert d.ingress.current.match(IFACE, "1.0.0", "a", "g") is not None
+    await asyncio.sleep(0.35)
+    assert d.ingress.current.match(IFACE, "1.0.0", "a", "g") is None
 
 
 async def test_changed_publication_replaces_node(disc: tuple[Discovery, dict]) -> None:

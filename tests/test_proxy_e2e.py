@@ -15,11 +15,20 @@ import pytest
 
 from regproxy.demo.client import DubboCallError, DubboClient
 from regproxy.demo.provider import ServiceRegistry, default_services, serve
-from regproxy.discovery import ingress_table
 from regproxy.dubbo.encode import encode_request, heartbeat_request
 from regproxy.dubbo.frame import FrameParser, pack_header
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+
+
+def app_table(port: int) -> RoutingTable:
+    """An ingress table that sends every service to the app on ``port``: these tests exercise the
+    proxy engine, not which services the ingress admits (tests/test_security.py does that)."""
+    app = Cluster(name="app", hosts=(Host(address=f"127.0.0.1:{port}"),))
+    return RoutingTable(
+        routes=[Route(name="app", match=RouteMatch(service="*"), cluster="app", retries=0)], clusters=[app]
+    )
+
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 ECHO = "org.apache.dubbo.samples.api.EchoService"
@@ -97,7 +106,7 @@ class Stack:
 async def start_stack(services: ServiceRegistry | None = None) -> Stack:
     provider = await serve("127.0.0.1", 0, services=services)
     pport = provider.sockets[0].getsockname()[1]
-    ingress = Listener("ingress", settings(), TableHolder(ingress_table(pport)))
+    ingress = Listener("ingress", settings(), TableHolder(app_table(pport)))
     await ingress.start()
     holder = TableHolder(egress_table(f"127.0.0.1:{ingress.address[1]}"))
     egress = Listener("egress", settings(), holder)
@@ -498,7 +507,7 @@ async def test_ingress_bounds_the_app_without_reading_attachments() -> None:
     pport = provider.sockets[0].getsockname()[1]
     s = settings(default_timeout_ms=200)
     s.timeout_from_attachment = False
-    ingress = Listener("ingress", s, TableHolder(ingress_table(pport)))
+    ingress = Listener("ingress", s, TableHolder(app_table(pport)))
     await ingress.start()
     client = await DubboClient.connect("127.0.0.1", ingress.address[1])
     try:

@@ -35,7 +35,7 @@ async def _wait_listening(port: int, proc: asyncio.subprocess.Process, seconds: 
 async def test_run_serves_and_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
     provider = await serve("127.0.0.1", 0)
     app_port = provider.sockets[0].getsockname()[1]
-    egress, ingress = free_port(), free_port()
+    egress, ingress, api = free_port(), free_port(), free_port()
     config = tmp_path / "regproxy.yaml"
     config.write_text(
         f"""
@@ -59,6 +59,12 @@ routes:
         f"127.0.0.1:{egress}",
         "--ingress",
         f"127.0.0.1:{ingress}",
+        "--api",
+        f"127.0.0.1:{api}",
+        "--registry",
+        "memory://",
+        "--data-dir",
+        str(tmp_path),
         "--app-port",
         str(app_port),
         "--log-level",
@@ -66,7 +72,13 @@ routes:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await _wait_listening(egress, proc)
+        await _wait_listening(api, proc)
+        # The ingress forwards only what was published through it.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{api}/pub", json={"service": {"interface": GREET}}) as r,
+        ):
+            assert r.status == 200, await r.text()
         client = await DubboClient.connect("127.0.0.1", egress)
         assert await client.call(GREET, "sayHi", ["cli"]) == "hi, cli"
         client.close()

@@ -21,12 +21,21 @@ import yaml
 from regproxy.config import Config, ConfigError, load_config
 from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import serve
-from regproxy.discovery import ingress_table
 from regproxy.dubbo.frame import Status
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.registry.memory import MemoryRegistry
-from regproxy.routing import TableHolder
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.sidecar import Sidecar, _reload_on_signal
+
+
+def app_table(port: int) -> RoutingTable:
+    """An ingress table that sends every service to the app on ``port``: these tests exercise the
+    proxy engine, not which services the ingress admits (tests/test_security.py does that)."""
+    app = Cluster(name="app", hosts=(Host(address=f"127.0.0.1:{port}"),))
+    return RoutingTable(
+        routes=[Route(name="app", match=RouteMatch(service="*"), cluster="app", retries=0)], clusters=[app]
+    )
+
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 
@@ -91,7 +100,7 @@ async def fleet() -> AsyncIterator[Fleet]:
     for _ in range(2):
         p = await serve("127.0.0.1", 0)
         f.providers.append(p)
-        ing = Listener("ingress", settings(), TableHolder(ingress_table(p.sockets[0].getsockname()[1])))
+        ing = Listener("ingress", settings(), TableHolder(app_table(p.sockets[0].getsockname()[1])))
         await ing.start()
         f.ingresses.append(ing)
     yield f

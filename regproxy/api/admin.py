@@ -1,6 +1,6 @@
 """The admin HTTP API (aiohttp, default 127.0.0.1:34901): what the sidecar is doing, and a few controls.
 
-Reading (GET, anyone who can reach the port):
+Reading (GET; with ``auth_token`` set, every path but the probes needs ``Authorization: Bearer TOKEN``):
 
 * ``/healthz`` (alive), ``/readyz`` (200 ready / 503 not, with the reasons);
 * ``/api/v1/config_dump`` with ``?allrouters ?allclusters ?alllisteners ?router=NAME ?cluster=NAME
@@ -9,10 +9,10 @@ Reading (GET, anyone who can reach the port):
 * ``/api/v1/clusters``, ``/api/v1/publications``, ``/api/v1/subscriptions``, ``/api/v1/stats``;
 * ``/metrics`` (Prometheus text), ``/api/v1/loglevel``.
 
-Changing (POST): ``/api/v1/loglevel``, ``/api/v1/drain``, ``/api/v1/reload``.  Without ``admin_token``
-only loopback callers may use them, and not from a web browser (see :func:`check_caller`); with a
-token every caller must send ``Authorization: Bearer TOKEN``.  The check runs in a middleware for
-every method but GET/HEAD/OPTIONS, before a body is read, so a new POST route cannot forget it.
+Changing (POST): ``/api/v1/loglevel``, ``/api/v1/drain``, ``/api/v1/reload``.  Without a token
+(``admin_token``, else ``auth_token``) only loopback callers may use them, and not from a web browser
+(see :func:`check_caller`); with one every caller must send ``Authorization: Bearer TOKEN``.  The
+checks run in a middleware before a body is read, so a new route cannot forget them.
 
 Replies are JSON; errors have the pub/sub API's shape ``{"err_no": N, "err_msg": "..."}`` with a
 matching HTTP status.  Credentials never appear: the config is dumped redacted, registries are
@@ -23,9 +23,6 @@ replaced by ``***``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -37,6 +34,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from regproxy.api.auth import check_bearer, is_loopback, warn_if_remote
 from regproxy.api.http import stop_api
 from regproxy.api.metrics import metrics_registry
 from regproxy.api.models import ErrNo
@@ -64,6 +62,8 @@ log = logging.getLogger(__name__)
 JSON_TYPE = "application/json"
 MAX_BODY = 16 * 1024  # the only bodies are {"level": "..."}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Open even with auth_token: liveness/readiness probes (kubelet) carry no credentials.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 REDACTED = "***"
 # Dubbo URL parameters whose values are credentials (a provider's `token` authenticates consumers).
 SECRET_PARAMS = frozenset(
@@ -127,31 +127,18 @@ def _error(status: int, err_no: int, message: str, headers: Mapping[str, str] | 
 # Who may change things
 
 
-def is_loopback(remote: str | None) -> bool:
-    """Whether ``remote`` (aiohttp's ``request.remote``) is 127.0.0.0/8 or ::1 (IPv4-mapped too)."""
-    if not remote:
-        return False  # unknown peer: never trusted
-    try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def _digest(text: str) -> bytes:
-    # Comparing digests keeps the comparison constant-time whatever the lengths and characters.
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
-
-
 def check_caller(
-    *, remote: str | None, authorization: str | None, origin: str | None, token: str | None
+    *,
+    remote: str | None,
+    authorization: str | None,
+    origin: str | None,
+    token: str | None,
+    key: str = "admin_token",
 ) -> AdminError | None:
     """Why a changing request must be refused, or None when it may go ahead.
 
-    * With a token: ``Authorization: Bearer TOKEN`` from any caller, loopback included; none or
-      another scheme -> 401, a wrong token -> 403.
+    * With a token (``admin_token``, else ``auth_token``): ``Authorization: Bearer TOKEN`` from any
+      caller, loopback included; none or another scheme -> 401, a wrong token -> 403.
     * Without: loopback callers only (403 otherwise).  A request carrying ``Origin`` comes from a
       web browser, and a page on any site can make the browser POST to 127.0.0.1 (or rebind a DNS
       name to it): refused too, since nothing else authenticates it.  curl, ``regproxy ctl`` and
@@ -161,39 +148,54 @@ def check_caller(
     like loopback, so such a setup needs the token.
     """
     if token is not None:
-        challenge = {"WWW-Authenticate": 'Bearer realm="regproxy admin"'}
-        if not authorization:
-            return AdminError(
-                401,
-                AdminErrNo.UNAUTHORIZED,
-                "this admin API needs a token: send Authorization: Bearer TOKEN (admin_token)",
-                headers=challenge,
-            )
-        scheme, _, given = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return AdminError(
-                401,
-                AdminErrNo.UNAUTHORIZED,
-                "expected Authorization: Bearer TOKEN",
-                headers=challenge,
-            )
-        if not hmac.compare_digest(_digest(given.strip()), _digest(token)):
-            return AdminError(403, AdminErrNo.FORBIDDEN, "wrong admin token")
-        return None
+        refusal = check_bearer(authorization, token, key=key, api="admin")
+        if refusal is None:
+            return None
+        return AdminError(refusal.status, refusal.err_no, refusal.message, headers=refusal.headers)
     if not is_loopback(remote):
         return AdminError(
             403,
             AdminErrNo.FORBIDDEN,
             f"only loopback callers may change this sidecar (caller {remote or 'unknown'}); "
-            "set admin_token to allow others",
+            "set admin_token or auth_token to allow others",
         )
     if origin is not None:
         return AdminError(
             403,
             AdminErrNo.FORBIDDEN,
             "requests from a web browser (Origin header) may not change this sidecar "
-            "unless admin_token is set",
+            "unless admin_token or auth_token is set",
         )
+    return None
+
+
+def _refusal(sc: Sidecar, request: web.Request) -> AdminError | None:
+    """Why ``request`` may not go ahead.  auth_token guards every path but the probes; admin_token
+    (or auth_token when it is unset) guards the changing ones."""
+    cfg = sc.config
+    headers = request.headers
+    if request.method not in SAFE_METHODS:
+        key = "admin_token" if cfg.admin_token is not None else "auth_token"
+        return check_caller(
+            remote=request.remote,
+            authorization=headers.get("Authorization"),
+            origin=headers.get("Origin"),
+            token=cfg.admin_token if cfg.admin_token is not None else cfg.auth_token,
+            key=key,
+        )
+    if cfg.auth_token is not None and request.path not in PROBE_PATHS:
+        auth = headers.get("Authorization")
+        refusal = check_bearer(auth, cfg.auth_token, key="auth_token", api="admin")
+        # admin_token may do more than auth_token here, so it may read too (one token for ctl).
+        if (
+            refusal is not None
+            and refusal.status == 403
+            and cfg.admin_token is not None
+            and check_bearer(auth, cfg.admin_token, key="admin_token", api="admin") is None
+        ):
+            return None
+        if refusal is not None:
+            return AdminError(refusal.status, refusal.err_no, refusal.message, headers=refusal.headers)
     return None
 
 
@@ -449,9 +451,11 @@ def readiness_view(sc: Sidecar) -> tuple[bool, dict[str, Any]]:
     reasons: list[str] = []
     if not ready:
         # Spelled out for people and probes' logs; the detail below is for programs.
+        errors = {r.name: r.auth_error for r in sc.discovery.registries.values()} if sc.discovery else {}
         for name, state in sorted(dict(detail.get("registries") or {}).items()):
             if state != CONNECTED:
-                reasons.append(f"registry {name} is {state}")
+                why = errors.get(name)
+                reasons.append(f"registry {name} is {state}" + (f": {why}" if why else ""))
         if detail.get("restored") is False:
             reasons.append("saved state not restored yet")
         if detail.get("draining"):
@@ -592,19 +596,13 @@ def _middleware(sc: Sidecar) -> Callable[[web.Request, _Handler], Awaitable[web.
     @web.middleware
     async def admin_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         try:
-            if request.method not in SAFE_METHODS:
-                refusal = check_caller(
-                    remote=request.remote,
-                    authorization=request.headers.get("Authorization"),
-                    origin=request.headers.get("Origin"),
-                    token=sc.config.admin_token,
-                )
-                if refusal is not None:
-                    log.warning(
-                        "admin: refused %s %s from %s: %s",
-                        request.method, request.path, request.remote, refusal.message,
-                    )  # fmt: skip
-                    raise refusal
+            refusal = _refusal(sc, request)
+            if refusal is not None:
+                log.warning(
+                    "admin: refused %s %s from %s: %s",
+                    request.method, request.path, request.remote, refusal.message,
+                )  # fmt: skip
+                raise refusal
             return await handler(request)
         except AdminError as e:
             if e.status >= 500:
@@ -660,8 +658,11 @@ def build_admin_app(sidecar: Sidecar) -> web.Application:
     return app
 
 
-async def start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def start_admin(
+    app: web.Application, host: str, port: int, *, has_token: bool = False
+) -> web.AppRunner:
     """Serve the admin app on host:port (port 0: any free port; see ``runner.addresses``)."""
+    warn_if_remote("admin", host, has_token=has_token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

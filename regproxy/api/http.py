@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from regproxy.api.auth import check_bearer, warn_if_remote
 from regproxy.api.models import ErrNo, PubRequest, RegistryRef, SubRequest, describe_errors
 from regproxy.api.openapi import build_openapi
 from regproxy.config import RegistryURL
@@ -72,12 +73,21 @@ class DiscoveryAPI(Protocol):
 class ApiError(Exception):
     """An error reply: HTTP status, err_no and a message safe to show the caller."""
 
-    def __init__(self, status: int, err_no: ErrNo, message: str, *, close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        err_no: ErrNo,
+        message: str,
+        *,
+        close: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.err_no = err_no
         self.message = message
         self.close = close  # drop the connection after replying (the body was not read)
+        self.headers = dict(headers or {})
 
 
 def _json(status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
@@ -253,7 +263,7 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     except ApiError as e:
         level = logging.WARNING if e.status >= 500 else logging.INFO
         log.log(level, "HTTP API: %s %s -> %d %s", request.method, request.path, e.status, e.message)
-        resp = _error(e.status, e.err_no, e.message)
+        resp = _error(e.status, e.err_no, e.message, e.headers)
         if e.close:
             resp.force_close()
         return resp
@@ -284,22 +294,63 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         return _error(500, ErrNo.INTERNAL, "internal error in regproxy (details in its log)")
 
 
+# Read-only documents that hold nothing about this host: served without a token.
+_OPEN_PATHS = frozenset({"/", "/openapi.json"})
+TokenSource = Callable[[], str | None] | str | None
+
+
+def _auth_middleware(token: TokenSource) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+    get_token = token if callable(token) else (lambda: token)
+
+    @web.middleware
+    async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        # Runs before any body is read, for every route (a new one cannot forget it).
+        if not (request.method in ("GET", "HEAD") and request.path in _OPEN_PATHS):
+            secret = get_token()
+            if secret is not None:
+                refusal = check_bearer(
+                    request.headers.get("Authorization"), secret, key="auth_token", api="pub/sub"
+                )
+                if refusal is not None:
+                    log.warning(
+                        "HTTP API: refused %s %s from %s: %s",
+                        request.method, request.path, request.remote, refusal.message,
+                    )  # fmt: skip
+                    raise ApiError(
+                        refusal.status, ErrNo(refusal.err_no), refusal.message, headers=refusal.headers
+                    )
+            elif "Origin" in request.headers:
+                # Any web page can make a browser POST here (a "simple" text/plain request needs no
+                # preflight, and the body is parsed whatever its type); SDKs send no Origin.
+                raise ApiError(
+                    403,
+                    ErrNo.FORBIDDEN,
+                    "requests from a web browser (Origin header) are refused unless auth_token is set",
+                )
+        return await handler(request)
+
+    return auth
+
+
 def build_app(
     discovery: DiscoveryAPI,
     *,
     app_port: int,
     registries: Sequence[RegistryURL] = (),
     max_body: int = DEFAULT_MAX_BODY,
+    token: TokenSource = None,
 ) -> web.Application:
     """The pub/sub API as an aiohttp app.
 
     ``app_port``: the application's port when a /pub names none. ``registries``: the configured
     registries, so a request naming one of them by type and address reuses its settings (see
-    :func:`resolve_registry`). ``max_body``: largest request body, in bytes.
+    :func:`resolve_registry`). ``max_body``: largest request body, in bytes. ``token``: the bearer
+    token every request but ``GET /`` and ``/openapi.json`` must carry (``auth_token``), or a
+    function returning it (read per request, so a reload applies); None: no token.
     """
     api = _Api(discovery, app_port, registries, max_body)
     # client_max_size backs up our own cap should anything call request.read().
-    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app = web.Application(middlewares=[_errors, _auth_middleware(token)], client_max_size=max_body)
     app.router.add_post("/pub", api.pub)
     app.router.add_post("/unpub", api.unpub)
     app.router.add_post("/sub", api.sub)
@@ -309,8 +360,9 @@ def build_app(
     return app
 
 
-async def start_api(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def start_api(app: web.Application, host: str, port: int, *, has_token: bool = False) -> web.AppRunner:
     """Serve ``app`` on host:port (port 0: any free port; see ``runner.addresses``)."""
+    warn_if_remote("api", host, has_token=has_token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

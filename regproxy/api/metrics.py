@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from regproxy.dubbo.frame import Status
 from regproxy.proxy.stats import Histogram
-from regproxy.registry.base import CONNECTED, CONNECTING, LOST, STOPPED, SUSPENDED
+from regproxy.registry.base import AUTH_FAILED, CONNECTED, CONNECTING, LOST, STOPPED, SUSPENDED
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -42,7 +42,7 @@ __all__ = ["REGISTRY_STATES", "SidecarCollector", "histogram_buckets", "metrics_
 PREFIX = "regproxy"
 # Every state a registry adapter reports (regproxy.registry.base), so each registry always has the
 # full set of series and an alert can use `regproxy_registry_state{state="connected"} == 0`.
-REGISTRY_STATES: tuple[str, ...] = (CONNECTING, CONNECTED, SUSPENDED, LOST, STOPPED)
+REGISTRY_STATES: tuple[str, ...] = (CONNECTING, CONNECTED, SUSPENDED, LOST, STOPPED, AUTH_FAILED)
 
 # Scalar ListenerStats fields exported as counters: (attribute, family name, help).
 _LISTENER_COUNTERS: tuple[tuple[str, str, str], ...] = (

@@ -82,6 +82,8 @@ class ErrNo(IntEnum):
     INTERNAL = 5  # 500: a bug in regproxy (details only in its log)
     TOO_LARGE = 6  # 413: request body over the limit (64 KiB)
     METHOD_NOT_ALLOWED = 7  # 405: e.g. GET /pub
+    UNAUTHORIZED = 8  # 401: auth_token is set and the request carries no token
+    FORBIDDEN = 9  # 403: a wrong token, or a web browser's request (Origin) without auth_token
 
 
 ERR_NO_DOC: dict[ErrNo, str] = {
@@ -93,6 +95,8 @@ ERR_NO_DOC: dict[ErrNo, str] = {
     ErrNo.INTERNAL: "unexpected error inside regproxy; details in its log (HTTP 500)",
     ErrNo.TOO_LARGE: "request body larger than the limit (HTTP 413)",
     ErrNo.METHOD_NOT_ALLOWED: "HTTP method not allowed on this path (HTTP 405)",
+    ErrNo.UNAUTHORIZED: "auth_token is set: send Authorization: Bearer TOKEN (HTTP 401)",
+    ErrNo.FORBIDDEN: "wrong token, or a web browser's request without auth_token (HTTP 403)",
 }
 
 # --------------------------------------------------------------------------------------------------

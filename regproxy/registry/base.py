@@ -24,6 +24,8 @@ CONNECTED = "connected"
 SUSPENDED = "suspended"  # connection lost, session may still be alive: keep serving what we know
 LOST = "lost"  # session expired: ephemeral nodes are gone until we re-create them
 STOPPED = "stopped"
+# Connected, but the registry refuses our credentials (a wrong password): not ready, nothing written.
+AUTH_FAILED = "auth_failed"
 
 
 class RegistryError(Exception):
@@ -41,6 +43,7 @@ class Registry(ABC):
         self.name = name  # redacted URL: safe to show
         self._state = CONNECTING
         self._state_listeners: list[StateListener] = []
+        self.auth_error = ""  # why the state is AUTH_FAILED (no secret in it), for readiness and logs
 
     @property
     def state(self) -> str:
@@ -65,6 +68,9 @@ class Registry(ABC):
                 log.exception("registry %s: state listener failed", self.name)
 
     def _require_connected(self, what: str) -> None:
+        if self._state == AUTH_FAILED:
+            # Not "unavailable": retrying will not help until the credentials are fixed.
+            raise RegistryError(f"cannot {what}: {self.auth_error or 'registry authentication failed'}")
         if not self.connected:
             raise RegistryUnavailable(f"registry {self.name} is {self._state}: cannot {what} now")
 

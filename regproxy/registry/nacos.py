@@ -10,6 +10,14 @@ Weights: the Nacos instance weight is what Nacos's console and API edit, so it w
 and a provider read from Nacos gets Dubbo weight round(nacos_weight * 100), whatever its metadata
 says. Unhealthy or disabled instances are delivered with ``enabled=false`` so they are not routed.
 
+Credentials (``?username=u&password=p``): the client logs in over HTTP (``POST
+/nacos/v1/auth/users/login``, username and password as parameters) and sends the ``accessToken`` it
+gets with each gRPC request. It never says a login was *refused*: a wrong password only shows later
+as "get access token failed", the same as an unreachable server. So before starting the client, and
+whenever a probe fails that way, this adapter logs in itself: a 401/403 answer is state
+``auth_failed`` (not ready, the reason in the log and /readyz, never the password), retried every
+``AUTH_RETRY_S`` in case the user is fixed on the server.
+
 Connection: the client reconnects by itself and re-registers its instances and subscriptions (its
 "redo" service); this adapter only reports the state and refuses new work while disconnected.
 """
@@ -26,6 +34,7 @@ from typing import Any, TypeVar
 
 from regproxy.config import RegistryURL
 from regproxy.registry.base import (
+    AUTH_FAILED,
     CONNECTED,
     CONNECTING,
     STOPPED,
@@ -52,6 +61,8 @@ PROBE_S = 1.0
 # an empty list is applied only if it is still empty this long after the reconnect.
 EMPTY_HOLD_S = 3.0
 _META_KEYS = ("category", "protocol", "path")
+AUTH_RETRY_S = 5.0  # while the server refuses our credentials, log in again this often
+LOGIN_PATH = "/nacos/v1/auth/users/login"
 
 
 def service_name(category: str, interface: str, version: str, group: str) -> str:
@@ -145,6 +156,10 @@ class NacosRegistry(Registry):
         )
         if self.url.username:
             builder = builder.username(self.url.username).password(self.url.password or "")
+            while (refused := await self._login_refused()) is not None:
+                self._auth_refused(refused)
+                await asyncio.sleep(AUTH_RETRY_S)
+            self.auth_error = ""
         config = builder.build()
         # Deliver an empty list too: the last provider going away must reach the routing table.
         config.set_update_cache_when_empty(True)
@@ -168,19 +183,62 @@ class NacosRegistry(Registry):
         self._set_state(CONNECTED)
         self._prober = asyncio.get_running_loop().create_task(self._probe())
 
+    async def _login_refused(self) -> str | None:
+        """Log in as the client would; why the server refused our credentials, or None.
+
+        Anything but a refusal (unreachable, a server without auth, a 5xx) is None: the client's
+        own connection handling deals with those.
+        """
+        import aiohttp
+
+        form = {"username": self.url.username or "", "password": self.url.password or ""}
+        timeout = aiohttp.ClientTimeout(total=self._op_timeout_s)
+        for host in self.url.hosts:
+            url = f"http://{host}{LOGIN_PATH}"
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as http,
+                    http.post(url, data=form) as resp,
+                ):
+                    if resp.status in (401, 403):
+                        text = (await resp.text())[:200].strip()
+                        return f"HTTP {resp.status} {text!r}" if text else f"HTTP {resp.status}"
+                    if resp.status == 200:
+                        return None
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        return None
+
+    def _auth_refused(self, reason: str) -> None:
+        message = (
+            f"registry {self.name}: Nacos login refused for user {self.url.username!r} ({reason}): "
+            "wrong username or password"
+        )
+        if self.auth_error != message:
+            log.error("%s; retrying every %g s", message, AUTH_RETRY_S)
+        self.auth_error = message
+        self._set_state(AUTH_FAILED)
+
     async def _probe(self) -> None:
         from v2.nacos import ListServiceParam
 
         param = ListServiceParam(namespace_id=self.url.namespace, group_name=self.group, page_size=1)
         while True:
-            await asyncio.sleep(PROBE_S)
+            # While refused, log in no more often than AUTH_RETRY_S.
+            await asyncio.sleep(AUTH_RETRY_S if self._state == AUTH_FAILED else PROBE_S)
             try:
                 await asyncio.wait_for(self._client.list_services(param), self._op_timeout_s)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if self.url.username and "access token" in str(exc):
+                    refused = await self._login_refused()
+                    if refused is not None:
+                        self._auth_refused(refused)
+                        continue
                 self._connection_changed(False)
             else:
+                self.auth_error = ""
                 self._connection_changed(True)
 
     async def stop(self) -> None:
@@ -220,6 +278,8 @@ class NacosRegistry(Registry):
     def _connection_changed(self, connected: bool) -> None:
         if self._state == STOPPED or connected == (self._state == CONNECTED):
             return
+        if connected and self.auth_error:
+            return  # the transport is up, but the server refuses our credentials: still not ready
         self._set_state(CONNECTED if connected else SUSPENDED)
         if connected:
             self._reconnected_at = asyncio.get_running_loop().time()

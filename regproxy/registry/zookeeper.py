@@ -21,6 +21,13 @@ Sessions (what kazoo does, and what we do about it):
   nodes are gone: we re-create every one (a leftover owned by another session is deleted and
   created again) and re-read every watched path, delivering the lists.
 
+Credentials (``?username=u&password=p``): kazoo sends them as ``digest`` auth, and the nodes we
+create get the ACL the URL's ``acl`` names (see :func:`acl_profile`).  ZooKeeper's digest scheme
+accepts any password at login (it only names an identity), so a wrong password shows only against
+ACLs already written: on connect we compare our digest with the ``/dubbo`` node's ACL, and a create
+refused with NoAuth is looked at the same way.  A mismatch is state ``auth_failed`` (not ready),
+with the reason in the log and in /readyz; the password itself is never shown.
+
 Our state is "connected" only once that recovery is done, so "connected" means "our nodes are in
 ZooKeeper and our watches are armed".  While not connected, register/subscribe raise
 RegistryUnavailable at once (no request is queued behind a dead connection).
@@ -38,8 +45,10 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
+    AuthFailedError,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     OperationTimeoutError,
@@ -47,9 +56,11 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions, make_digest_acl_credential
 
 from regproxy.config import RegistryURL
 from regproxy.registry.base import (
+    AUTH_FAILED,
     CONNECTED,
     LOST,
     STOPPED,
@@ -61,7 +72,7 @@ from regproxy.registry.base import (
 )
 from regproxy.registry.url import CONSUMERS, PROVIDERS, DubboURL, Subscription, java_url_decode
 
-__all__ = ["ROOT", "ZooKeeperRegistry", "node_path", "providers_path"]
+__all__ = ["ROOT", "ZooKeeperRegistry", "acl_profile", "node_path", "providers_path"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +101,44 @@ def node_path(url: DubboURL) -> str:
     if category not in _CATEGORIES:
         raise ValueError(f"cannot register a URL of category {category!r} (providers or consumers only)")
     return f"{ROOT}/{_segment(url.interface, 'interface')}/{category}/{url.encoded()}"
+
+
+_WORLD = Id("world", "anyone")
+_READ_ACL = "read the ACL of"
+
+
+def acl_profile(name: str, username: str, password: str) -> tuple[list[ACL], list[ACL]]:
+    """(ACL of our ephemeral provider/consumer nodes, ACL of the persistent parents we create).
+
+    The digest user always has every right.  Besides it:
+
+    * ``world-read`` (default): anyone may read, so Dubbo apps without credentials still discover
+      providers; nobody else may add, change or delete nodes under what we created.
+    * ``shared``: as world-read, and anyone may *create* children under the parents we create, so
+      Dubbo apps without credentials can still register next to us (ZooKeeper checks a delete against
+      the parent's DELETE right, which stays ours: they cannot remove our nodes).
+    * ``private``: nobody else, not even to read.
+    * ``open``: anyone may do anything (ZooKeeper's own default); the credentials only authenticate.
+    """
+    mine = ACL(Permissions.ALL, Id("digest", make_digest_acl_credential(username, password)))
+    if name == "open":
+        return list(OPEN_ACL_UNSAFE), list(OPEN_ACL_UNSAFE)
+    if name == "private":
+        return [mine], [mine]
+    read = ACL(Permissions.READ, _WORLD)
+    if name == "shared":
+        return [mine, read], [mine, ACL(Permissions.READ | Permissions.CREATE, _WORLD)]
+    if name == "world-read":
+        return [mine, read], [mine, read]
+    raise ValueError(f"unknown zookeeper acl {name!r}")
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0]
+
+
+class _AuthMismatch(RegistryError):
+    """Our digest credentials do not match the ACL of a node we must write under."""
 
 
 @dataclass(eq=False)
@@ -159,6 +208,15 @@ class ZooKeeperRegistry(Registry):
         self._state_changes = 0  # kazoo state events seen: a recovery reports only if none came since
         self._stopping = False
         self._last_error = ""
+        self._auth: list[tuple[str, str]] = []
+        self._leaf_acl: list[ACL] | None = None  # None: kazoo's default (open), as without credentials
+        self._parent_acl: list[ACL] | None = None
+        self._digest_id: str | None = None  # "user:base64(sha1(user:password))", as ACLs hold it
+        if url.username and url.acl is not None:
+            password = url.password or ""
+            self._auth = [("digest", f"{url.username}:{password}")]
+            self._leaf_acl, self._parent_acl = acl_profile(url.acl, url.username, password)
+            self._digest_id = make_digest_acl_credential(url.username, password)
 
     # -- introspection ----------------------------------------------------------------------------
 
@@ -211,6 +269,7 @@ class ZooKeeperRegistry(Registry):
             ),
             # Only kazoo's own recipes use this (we do not): keep it bounded all the same.
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
+            auth_data=self._auth or None,
         )
         client.add_listener(self._kazoo_state_listener)
         self._client = client
@@ -374,8 +433,7 @@ class ZooKeeperRegistry(Registry):
             except NoNodeError:
                 # A service nobody has registered yet (or its folder was removed): create the folder
                 # so the watch can be set and fires when the first provider comes.
-                with contextlib.suppress(NodeExistsError):
-                    await self._op("create", w.path, lambda c: c.ensure_path_async(w.path))
+                await self._ensure_path(w.path)
                 try:
                     leaves = await self._op(
                         "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
@@ -472,6 +530,7 @@ class ZooKeeperRegistry(Registry):
             self._recovery.cancel()
             self._recovery = None
         if state == KazooState.CONNECTED:
+            self.auth_error = ""  # checked again by the recovery
             self._recovery = asyncio.ensure_future(self._recover(new_session=self._session_lost))
         elif state == KazooState.SUSPENDED:
             self._set_state(SUSPENDED)
@@ -491,6 +550,15 @@ class ZooKeeperRegistry(Registry):
             len(self._registered),
             len(self._watches),
         )
+        if self._digest_id is not None:
+            try:
+                await self._check_credentials(ROOT)
+            except _AuthMismatch as exc:
+                self._auth_failed(str(exc))
+                self._recovery = None
+                return
+            except RegistryError as exc:
+                log.warning("registry %s: could not check credentials: %s", self.name, exc)
         steps: list[Callable[[], Awaitable[None]]] = [
             *(functools.partial(self._create_ephemeral, p) for p in list(self._registered)),
             *(functools.partial(self._delete_stale, p) for p in list(self._stale)),
@@ -513,12 +581,39 @@ class ZooKeeperRegistry(Registry):
             if not steps or attempt == _RECOVERY_ATTEMPTS - 1:
                 break
             await asyncio.sleep(0.5)
+        if self._state == AUTH_FAILED:
+            self._recovery = None
+            return  # a step found our password wrong: stay not ready
         # Nodes are re-created, watches re-armed: the new session is fully ours now.  (What still
         # failed is logged and shown by describe().)
         self._session_lost = False
         self._ever_connected = True
         self._recovery = None
         self._set_state(CONNECTED)
+
+    async def _check_credentials(self, path: str) -> None:
+        """Raise _AuthMismatch when ``path``'s ACL grants our digest user a different password.
+
+        Nothing to compare (no node, no digest entry for our user): nothing is raised.
+        """
+        assert self._digest_id is not None
+        try:
+            acls, _stat = await self._op(_READ_ACL, path, lambda c: c.get_acls_async(path))
+        except NoNodeError:
+            return
+        user = self._digest_id.split(":", 1)[0]
+        ours = [a.id.id for a in acls if a.id.scheme == "digest" and a.id.id.split(":", 1)[0] == user]
+        if ours and self._digest_id not in ours:
+            raise _AuthMismatch(
+                f"registry {self.name}: ZooKeeper digest auth failed: the password for user {user!r} "
+                f"does not match the one {path} was created with (its ACL holds another digest)"
+            )
+
+    def _auth_failed(self, message: str) -> None:
+        self.auth_error = message
+        self._last_error = message
+        log.error("%s; not ready until restarted with the right password", message)
+        self._set_state(AUTH_FAILED)
 
     async def _delete_stale(self, path: str) -> None:
         if path in self._registered:
@@ -539,9 +634,14 @@ class ZooKeeperRegistry(Registry):
         for _ in range(3):
             try:
                 await self._op(
-                    "create", path, lambda c: c.create_async(path, b"", ephemeral=True, makepath=True)
+                    "create",
+                    path,
+                    lambda c: c.create_async(path, b"", acl=self._leaf_acl, ephemeral=True),
                 )
                 return
+            except NoNodeError:
+                await self._ensure_path(_parent(path))
+                continue
             except NodeExistsError:
                 pass
             stat = await self._op("check", path, lambda c: c.exists_async(path))
@@ -559,6 +659,11 @@ class ZooKeeperRegistry(Registry):
         raise RegistryError(
             f"registry {self.name}: cannot create {path}: it keeps being re-created by others"
         )
+
+    async def _ensure_path(self, path: str) -> None:
+        """Create ``path`` and its missing parents as persistent nodes with the parents' ACL."""
+        with contextlib.suppress(NodeExistsError):
+            await self._op("create", path, lambda c: c.ensure_path_async(path, acl=self._parent_acl))
 
     async def _delete(self, path: str, client: KazooClient | None = None) -> None:
         with contextlib.suppress(NoNodeError):
@@ -604,10 +709,36 @@ class ZooKeeperRegistry(Registry):
             raise RegistryUnavailable(
                 f"registry {self.name}: {what} {path}: connection lost ({type(exc).__name__})"
             ) from exc
+        except (NoAuthError, AuthFailedError) as exc:
+            raise await self._refused(what, path, exc) from exc
         except KazooException as exc:
             raise RegistryError(
                 f"registry {self.name}: {what} {path} failed: {type(exc).__name__} {exc}"
             ) from exc
+
+    async def _refused(self, what: str, path: str, exc: KazooException) -> RegistryError:
+        """The error for a request ZooKeeper refused for want of rights, saying why if we can tell."""
+        user = self.url.username
+        if self._digest_id is not None and what == _READ_ACL:
+            # Reading an ACL needs READ or ADMIN: not even that (a "private" tree) is as clear a
+            # sign of a wrong password as we can get.  Never checked further up: no recursion.
+            return _AuthMismatch(
+                f"registry {self.name}: ZooKeeper digest auth failed: user {user!r} may not read {path} "
+                "(wrong password, or an ACL that does not grant this user)"
+            )
+        if self._digest_id is not None and isinstance(exc, NoAuthError):
+            try:
+                await self._check_credentials(_parent(path) or "/")
+            except _AuthMismatch as mismatch:
+                self._auth_failed(str(mismatch))
+                return mismatch
+            except RegistryError:
+                pass
+        who = f"digest user {user!r}" if user else "no credentials (add ?username=...&password=...)"
+        return RegistryError(
+            f"registry {self.name}: {what} {path}: ZooKeeper refused it ({type(exc).__name__}, "
+            f"authenticated as {who}): the ACL there does not grant it"
+        )
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         """Hand a call from a kazoo thread to the event loop (dropped once the loop is closed)."""
