@@ -3,9 +3,10 @@ changes to the data path, unlike the end-to-end benchmark whose CPU figures move
 
     python -m benchmarks.hotpath [--requests 100000] [--hop egress|ingress] [--profile]
 
-A real Forwarder (egress: reads the timeout attachment; ingress: does not) gets the benchmark's
-request through ``DownstreamConnection.data_received``; the frame it writes upstream is answered
-through ``UpstreamConnection.data_received``, and the response written downstream is checked.
+A real Forwarder with the table a sidecar builds for that hop (egress: a subscription's route, and
+the timeout attachment read; ingress: the publication's route, matched on the group) gets the
+benchmark's request through ``DownstreamConnection.data_received``; the frame it writes upstream
+is answered through ``UpstreamConnection.data_received``, and the response written downstream is checked.
 Transports are stand-ins that keep the last write, so system calls and the event loop's own work
 are left out: what remains is regproxy's Python per request (parse, route, pick, exchange, timer,
 id mapping, stats, batching). ``--profile`` prints cProfile's hottest functions instead.
@@ -20,7 +21,8 @@ import pstats
 import time
 from typing import Any
 
-from benchmarks.payload import ID, request_template, response_template
+from benchmarks.payload import ID, METHOD, SERVICE, request_template, response_template
+from regproxy.discovery import PublishSpec, ingress_table
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
@@ -59,10 +61,15 @@ Harness = tuple[Forwarder, DownstreamConnection, UpstreamConnection, Transport, 
 def build(hop: str) -> Harness:
     loop = asyncio.get_running_loop()
     batcher = Batcher(loop)
-    table = RoutingTable(
-        [Route("bench", RouteMatch(service="*"), "bench")],
-        [Cluster("bench", "round_robin", (Host(UPSTREAM),))],
-    )
+    if hop == "egress":  # as a subscription makes it: one route to the providers' sidecars
+        table = RoutingTable(
+            [Route("bench", RouteMatch(service=SERVICE, version=""), "bench")],
+            [Cluster("bench", "weighted_round_robin", (Host(UPSTREAM),))],
+        )
+        upstream = UPSTREAM
+    else:  # as a publication makes it: the published service (group matched) to the app
+        table = ingress_table(20880, [PublishSpec(SERVICE, 20880, (METHOD,))])
+        upstream = "127.0.0.1:20880"
 
     def make_pool(events: UpstreamEvents) -> UpstreamPool:
         return UpstreamPool(loop, batcher, events, max_body=8 << 20)
@@ -77,8 +84,8 @@ def build(hop: str) -> Harness:
         timeout_from_attachment=hop == "egress",
     )
     # An upstream connection already open, so the pool never dials.
-    up = UpstreamConnection(fwd.pool, UPSTREAM)
-    fwd.pool._conns[UPSTREAM] = [up]  # a harness reaching into the pool on purpose
+    up = UpstreamConnection(fwd.pool, upstream)
+    fwd.pool._conns[upstream] = [up]  # a harness reaching into the pool on purpose
     up_t = Transport()
     up.connection_made(up_t)  # type: ignore[arg-type]
     down = DownstreamConnection(fwd, 8 << 20)

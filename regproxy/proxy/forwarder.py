@@ -123,7 +123,7 @@ class Forwarder(UpstreamEvents):
         self._subsets: dict[tuple[str, Subset], tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
         self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
         # Routing decisions of the common case, for the table they were made on (see _plan).
-        self._plans: dict[tuple[str, str, str], _Plan] = {}
+        self._plans: dict[tuple[str, str, str, str | None], _Plan] = {}
         self._plans_table: RoutingTable | None = None
         self.rng = random.Random()  # weighted subset choice
         self.access_log: AccessLog | None = None  # off by default: no formatting per request
@@ -179,7 +179,9 @@ class Forwarder(UpstreamEvents):
             if table is not self._plans_table:
                 self._plans = {}
                 self._plans_table = table
-            key = (body.path, body.version, body.method)
+            path = body.path
+            # The group is read (from the attachments) only where a route depends on it.
+            key = (path, body.version, body.method, body.group if table.needs_group(path) else None)
             plan = self._plans.get(key)
             if plan is None:
                 plan = self._plan(key, body, table)
@@ -231,16 +233,17 @@ class Forwarder(UpstreamEvents):
         else:
             self._dispatch(exch, None)
 
-    def _plan(self, key: tuple[str, str, str], body: RequestBody, table: RoutingTable) -> _Plan | None:
+    def _plan(
+        self, key: tuple[str, str, str, str | None], body: RequestBody, table: RoutingTable
+    ) -> _Plan | None:
         """The routing decision for requests like ``body`` when it depends only on the table and
-        (service, version, method) — no rule for the service, no group or tag routing — memoised
-        until the table or the rules change.  None: every such request takes ``_route``."""
+        ``key`` (service, version, method, and the group where the table matches on it) — no rule
+        for the service, no tag routing — memoised until the table or the rules change.  None:
+        every such request takes ``_route``."""
         path = body.path
         if self._rules and self._rules.lookup(path) is not None:
             return None
-        if table.needs_group(path):
-            return None
-        route = table.match(path, body.version, body.method, None)
+        route = table.match(path, body.version, body.method, key[3])
         if route is None:
             return None
         cluster = table.clusters.get(route.cluster)
