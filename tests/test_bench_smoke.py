@@ -92,3 +92,12 @@ def test_regproxy_topology_quick_and_report(gen: LoadGenerator, provider: Provid
     out = io.StringIO()
     bench.print_report({**report, "machine": bench.machine_info()}, out)
     assert "regproxy" in out.getvalue()
+
+
+async def test_in_process_cost_benchmarks_run() -> None:
+    from benchmarks import changecost, hotpath
+
+    cost = await changecost.measure(20, 10)
+    assert cost["services"] == 20 and cost["change_ms"] > 0 and cost["save_ms"] > 0
+    for hop in ("egress", "ingress"):
+        assert await hotpath.run(2000, hop, False) > 0  # it checks every response on its own
