@@ -271,10 +271,9 @@ class Forwarder(UpstreamEvents):
             if route is None:
                 label = service_label(body.path, body.version, body.group)
                 why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
-                self.reply_error(
+                self._not_found(
                     down,
                     frame,
-                    Status.SERVICE_NOT_FOUND,
                     f"no route for {label} method {body.method}{why}",
                 )
                 return None
@@ -303,10 +302,9 @@ class Forwarder(UpstreamEvents):
         if cluster is None:
             # Only a rule can name a cluster the table lacks (a subscription not made yet).
             label = service_label(body.path, body.version, body.group)
-            self.reply_error(
+            self._not_found(
                 down,
                 frame,
-                Status.SERVICE_NOT_FOUND,
                 f"rule {rule.name!r} sends {label} to cluster {cluster_name!r}, "  # type: ignore[union-attr]
                 "which does not exist (no static cluster or subscription of that name)",
             )
@@ -319,10 +317,9 @@ class Forwarder(UpstreamEvents):
             hosts = self._subset_hosts(cluster.name, hosts, subset)
             if not hosts:
                 label = service_label(body.path, body.version, body.group)
-                self.reply_error(
+                self._not_found(
                     down,
                     frame,
-                    Status.SERVICE_NOT_FOUND,
                     f"no host in subset {{{subset.label}}} of cluster {cluster.name} for {label} "
                     f"(rule {rule.name!r})",
                 )
@@ -333,10 +330,9 @@ class Forwarder(UpstreamEvents):
             what, hosts = tags.select(body.attachments)
             if not hosts:
                 label = service_label(body.path, body.version, body.group)
-                self.reply_error(
+                self._not_found(
                     down,
                     frame,
-                    Status.SERVICE_NOT_FOUND,
                     f"no provider for {label} with {what} in cluster {cluster.name} (dubbo tag routing)",
                 )
                 return None
@@ -558,6 +554,9 @@ class Forwarder(UpstreamEvents):
             return False
         finally:
             self._idle = None
+
+    def _not_found(self, down: DownstreamConnection, frame: Frame, message: str) -> None:
+        self.reply_error(down, frame, Status.SERVICE_NOT_FOUND, message)
 
     def reply_error(self, down: DownstreamConnection, frame: Frame, status: int, message: str) -> None:
         self.stats.responses[status] += 1
