@@ -57,9 +57,12 @@ class Sidecar:
         self.egress = Listener(
             "egress", self._settings(config.egress.host, config.egress.port), self.egress_table
         )
-        self.ingress = Listener(
-            "ingress", self._settings(config.ingress.host, config.ingress.port), self.ingress_table
-        )
+        # The consumer's egress enforces the caller's deadline: the ingress reads no timeout
+        # attachment and bounds the local app by timeouts.ingress_ms (answering 31) instead.
+        ingress_settings = self._settings(config.ingress.host, config.ingress.port)
+        ingress_settings.default_timeout_ms = config.timeouts.ingress_ms
+        ingress_settings.timeout_from_attachment = False
+        self.ingress = Listener("ingress", ingress_settings, self.ingress_table)
         self.discovery: Discovery | None = None
         self.started_at = time.time()
         self.draining = False
