@@ -36,7 +36,7 @@ from regproxy.proxy.engine import Listener
 from regproxy.routing import TableHolder
 from tests.sidecars import ROOT, SidecarProc
 from tests.test_proxy_e2e import ECHO, egress_table, settings
-from tests.topology import GREET, PROVIDERS, VERSION, leaves, pub_body, wait_for
+from tests.topology import GREET, PROVIDERS, VERSION, pub_body, wait_for
 from tests.zkserver import ZooKeeperServer, free_port
 
 CLUSTER = f"{GREET}:{VERSION}"  # the egress cluster a subscription to GREET 1.0.0 makes
@@ -293,7 +293,7 @@ async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
         assert not load.failed, load.failed[:3]
         t_kill = time.monotonic()
         await d.apps[0].kill()
-        await wait_for(lambda: [n for n, _ in leaves(zk)] == [alive], 5.0, "the dead app's node to go")
+        await wait_for(lambda: list(provider_nodes(zk)) == [alive], 5.0, "the dead app's node to go")
         withdrawn_s = time.monotonic() - t_kill
         routed_s = await wait_async(lambda: _has_hosts(d.consumer, {alive}), 5.0, "the consumer to drop it")
         routed_s += withdrawn_s
@@ -324,15 +324,19 @@ async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
 # Drill 2: the provider sidecar killed with kill -9, then restarted on the same data directory
 
 
-def node_owners(zk: KazooClient, address: str) -> list[int]:
-    """The ZooKeeper sessions owning the provider nodes of ``address``, one per node."""
-    owners = []
-    for leaf in zk.get_children(PROVIDERS) if zk.exists(PROVIDERS) else []:
-        if urlsplit(unquote_plus(leaf)).netloc == address:
-            stat = zk.exists(f"{PROVIDERS}/{leaf}")
-            if stat is not None:
-                owners.append(stat.ephemeralOwner)
-    return owners
+def provider_nodes(zk: KazooClient) -> dict[str, list[int]]:
+    """Provider nodes in ZooKeeper: address -> the sessions owning its nodes (one per node).
+
+    Every read is bounded: a kazoo call that never returns would otherwise block the thread the
+    drill waits on, and the drill would hang instead of failing."""
+    out: dict[str, list[int]] = {}
+    if not zk.exists_async(PROVIDERS).get(timeout=5):
+        return out
+    for leaf in zk.get_children_async(PROVIDERS).get(timeout=5):
+        stat = zk.exists_async(f"{PROVIDERS}/{leaf}").get(timeout=5)
+        if stat is not None:
+            out.setdefault(urlsplit(unquote_plus(leaf)).netloc, []).append(stat.ephemeralOwner)
+    return out
 
 
 @pytest.mark.parametrize("drill", [1, 2], indirect=True, ids=["alone", "with-peer"])
@@ -353,7 +357,7 @@ async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: Kaz
     try:
         await asyncio.sleep(1.0)
         assert not load.failed and len(load.ok) > 50, load.failed[:3]
-        (old_owner,) = await asyncio.to_thread(node_owners, zk, address)
+        (old_owner,) = (await asyncio.to_thread(provider_nodes, zk))[address]
         before = await egress_stats(d.consumer)
         t_kill = time.monotonic()
         await p.kill()
@@ -364,7 +368,7 @@ async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: Kaz
         def restored() -> bool:
             # One node, owned by the new session: the leftover of the killed one (its session lives
             # on until it times out) was replaced, so that session's expiry cannot take it away.
-            owners = node_owners(zk, address)
+            owners = provider_nodes(zk).get(address, [])
             return len(owners) == 1 and owners[0] != old_owner
 
         await wait_for(restored, 5.0, "the publication re-created by the restarted sidecar")
