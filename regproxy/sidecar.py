@@ -57,12 +57,11 @@ class Sidecar:
         self.egress = Listener(
             "egress", self._settings(config.egress.host, config.egress.port), self.egress_table
         )
-        # The consumer's egress enforces the caller's deadline: the ingress reads no timeout
-        # attachment and bounds the local app by timeouts.ingress_ms (answering 31) instead.
-        ingress_settings = self._settings(config.ingress.host, config.ingress.port)
-        ingress_settings.default_timeout_ms = config.timeouts.ingress_ms
-        ingress_settings.timeout_from_attachment = False
-        self.ingress = Listener("ingress", ingress_settings, self.ingress_table)
+        self.ingress = Listener(
+            "ingress",
+            self._settings(config.ingress.host, config.ingress.port, ingress=True),
+            self.ingress_table,
+        )
         self.discovery: Discovery | None = None
         self.started_at = time.time()
         self.draining = False
@@ -73,13 +72,16 @@ class Sidecar:
         self.health: Health | None = None
         self.app_watch: AppWatch | None = None
 
-    def _settings(self, host: str, port: int) -> ListenerSettings:
+    def _settings(self, host: str, port: int, *, ingress: bool = False) -> ListenerSettings:
         c = self.config
         return ListenerSettings(
             host=host,
             port=port,
             max_body=c.limits.max_body_bytes,
-            default_timeout_ms=c.timeouts.default_ms,
+            # The consumer's egress enforces the request's deadline; the ingress only bounds a hung
+            # app, and so skips reading the timeout attachment (the arguments before it) per request.
+            default_timeout_ms=c.timeouts.ingress_ms if ingress else c.timeouts.default_ms,
+            timeout_from_attachment=not ingress,
             connect_timeout_ms=c.timeouts.connect_ms,
             connections_per_host=c.upstream.connections_per_host,
             max_connections=c.limits.max_connections,
