@@ -716,10 +716,10 @@ async def test_ingress_with_its_app_down_answers_not_served_and_egress_retries(t
 
 
 async def test_sidecar_ingress_bounds_the_app_by_ingress_ms_not_the_attachment(tmp_path: Path) -> None:
-    """Found by the slow-provider drill: a running sidecar's ingress read each request's timeout
-    attachment and used timeouts.default_ms, and ignored timeouts.ingress_ms (only a reload set
-    it).  The consumer's egress enforces the caller's deadline; the ingress bounds the app by
-    ingress_ms and answers 31 (server timeout)."""
+    """The slow-provider drill hit it too (fixed on main by 2f97167 meanwhile): a running sidecar's
+    ingress read each request's timeout attachment, used timeouts.default_ms and ignored
+    timeouts.ingress_ms.  The behaviour over real sockets: the consumer's egress enforces the
+    caller's deadline; the ingress bounds the app by ingress_ms and answers 31 (server timeout)."""
     from regproxy.config import Config
     from regproxy.sidecar import Sidecar
 
