@@ -29,7 +29,7 @@ from kazoo.client import KazooClient
 
 from regproxy.demo.client import DubboClient, DubboError
 from regproxy.demo.provider import Provider, default_services
-from regproxy.discovery import ingress_table
+from regproxy.discovery import PublishSpec, ingress_table
 from regproxy.dubbo.encode import encode_response
 from regproxy.dubbo.frame import FrameParser, Status
 from regproxy.proxy.engine import Listener
@@ -416,9 +416,11 @@ async def _true(value: bool) -> bool:
 
 
 def ingress_listener(app_port: int) -> Listener:
+    """An ingress as a sidecar runs it, with GreetingsService and EchoService published."""
     s = settings(default_timeout_ms=60_000)  # timeouts.ingress_ms's default
-    s.timeout_from_attachment = False  # as the sidecar runs it: the egress enforces deadlines
-    return Listener("ingress", s, TableHolder(ingress_table(app_port)))
+    s.timeout_from_attachment = False  # the consumer's egress enforces deadlines
+    published = [PublishSpec(GREET, app_port), PublishSpec(ECHO, app_port)]
+    return Listener("ingress", s, TableHolder(ingress_table(app_port, published)))
 
 
 def upstream_idle(lst: Listener) -> bool:
@@ -668,8 +670,6 @@ async def test_ingress_with_its_app_down_answers_not_served_and_egress_retries(t
     answers 60 now, which `retry.on: unavailable` retries on another provider, and which counts
     as a failure for outlier detection as 80 did."""
     from regproxy.config import Config
-    from regproxy.health import OutlierSettings
-    from regproxy.health.outlier import OutlierDetector
 
     dead_app = free_port()
     ingress = ingress_listener(dead_app)
@@ -698,11 +698,17 @@ async def test_ingress_with_its_app_down_answers_not_served_and_egress_retries(t
         egress.forwarder.rules = cfg.to_rule_set()
         reports: list[tuple[str, bool]] = []
 
-        class Recorder(OutlierDetector):
+        class Recorder:  # what outlier detection is told (HostHealth)
+            def available(self, address: str) -> bool:
+                return True
+
+            def any_unavailable(self) -> bool:
+                return False
+
             def report(self, address: str, ok: bool) -> None:
                 reports.append((address, ok))
 
-        egress.forwarder.health = Recorder(OutlierSettings())  # type: ignore[assignment]
+        egress.forwarder.health = Recorder()
         client = await DubboClient.connect("127.0.0.1", egress.address[1])
         replies = [await client.invoke(GREET, "sayHi", [f"n{i}"]) for i in range(10)]
     finally:
@@ -735,6 +741,10 @@ async def test_sidecar_ingress_bounds_the_app_by_ingress_ms_not_the_attachment(t
     )  # fmt: skip
     sc = Sidecar(cfg)
     await sc.start()
+    pub = {"service": {"interface": ECHO, "port": app.port, "methods": ["sleep"]}}
+    url = f"http://127.0.0.1:{cfg.api.port}/pub"
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http, http.post(url, json=pub) as resp:
+        assert resp.status == 200, await resp.text()
     client = await DubboClient.connect("127.0.0.1", cfg.ingress.port)
     try:
         # A 50 ms attachment and a 300 ms call: the ingress waits for the app (its bound is 600 ms).
