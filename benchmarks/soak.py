@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -93,9 +94,31 @@ def _egress_answers(admin_url: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in stats["egress"]["responses"].items()}
 
 
+def _loadavg() -> float | None:
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """Where and on what the soak ran: the figures mean little without the machine's load."""
+    commit = None
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT, timeout=5).stdout.strip() or None  # fmt: skip
+    return {
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit,
+        "cpus": os.cpu_count(),
+        "loadavg_1m_at_start": _loadavg(),
+        "python": sys.version.split()[0],
+    }
+
+
 def run(s: SoakSettings, workdir: Path, registry: str | None = None) -> dict[str, Any]:
     """Run one soak; the report (``passed`` and the reasons it did not).  ``registry``: a running
     ZooKeeper to use (``zookeeper://host:port``); by default one is started in ``workdir``."""
+    where = machine()
     with contextlib.ExitStack() as stack:
         if registry is None:
             from tests.zkserver import ZooKeeperServer
@@ -164,7 +187,9 @@ def run(s: SoakSettings, workdir: Path, registry: str | None = None) -> dict[str
     for name, t in trend.items():
         if t["rss_growth_pct"] >= s.max_rss_growth * 100:
             problems.append(f"{name}: RSS grew {t['rss_growth_pct']} % after the warm-up")
+    where["loadavg_1m_at_end"] = _loadavg()
     report: dict[str, Any] = {
+        "machine": where,
         "settings": asdict(s),
         "registry": "ZooKeeper (/pub and /sub)",
         "elapsed_s": round(elapsed, 1),
@@ -175,7 +200,8 @@ def run(s: SoakSettings, workdir: Path, registry: str | None = None) -> dict[str
             "achieved_rate": round(result.qps, 1) if result else None,
             "latency_ms": result.latency_ms if result else None,
             "send_lag_ms": result.send_lag_ms if result else None,
-            "sidecar_cpu_share": round(result.utilisation("sidecars"), 3) if result else None,
+            # CPU seconds of both sidecars together per second of the window (1.0 = one core).
+            "sidecars_cpu_cores": round(result.utilisation("sidecars"), 3) if result else None,
         },
         "consumer_egress_statuses": answers,
         "sidecars": trend,
@@ -194,7 +220,8 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"soak: {report['elapsed_s']} s at {s['rate']:g} req/s over {s['connections']} connections, "
           f"ZooKeeper routes: {r['answered']} answered, {r['errors']} errors, {r['unanswered']} unanswered, "
           f"p50 {r['latency_ms']['p50'] if r['latency_ms'] else '-'} ms, "
-          f"p99 {r['latency_ms']['p99'] if r['latency_ms'] else '-'} ms")  # fmt: skip
+          f"p99 {r['latency_ms']['p99'] if r['latency_ms'] else '-'} ms, "
+          f"both sidecars {r['sidecars_cpu_cores']} of a core")  # fmt: skip
     for name, t in report["sidecars"].items():
         print(f"  {name}: RSS {t['rss_start_mib']} MiB at start, {t['rss_after_warmup_mib']} MiB after the "
               f"warm-up, {t['rss_end_mib']} MiB at the end (max {t['rss_max_mib']}): "
