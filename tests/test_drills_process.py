@@ -58,7 +58,6 @@ DRILL_CONFIG: dict[str, Any] = {
         "app_check": {"interval_s": 1, "timeout_s": 0.5, "failures": 2},
         "outlier": {"base_ejection_s": 2},
     },
-    "drain": {"grace_s": 0.1, "timeout_s": 1},
 }
 
 
@@ -82,20 +81,8 @@ class AppProc:
 
     async def start(self, timeout: float = 20.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        args = [
-            sys.executable,
-            "-m",
-            "regproxy",
-            "demo-provider",
-            "--port",
-            str(self.port),
-            "--name",
-            self.name,
-            "--greetings-version",
-            VERSION,
-            "--log-level",
-            "warning",
-        ]
+        args = [sys.executable, "-m", "regproxy", "demo-provider", "--port", str(self.port),
+                "--name", self.name, "--greetings-version", VERSION, "--log-level", "warning"]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log, cwd=str(ROOT))
         loop = asyncio.get_running_loop()
@@ -219,7 +206,7 @@ class Drill:
         return f"127.0.0.1:{self.providers[i].ingress}"
 
 
-async def make_drill(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path, n: int) -> Drill:
+def build_drill(zk_server: ZooKeeperServer, tmp_path: Path, n: int) -> Drill:
     cfg = tmp_path / "drill.yaml"
     cfg.write_text(yaml.safe_dump(DRILL_CONFIG))
     registry = f"zookeeper://{zk_server.hosts}"
@@ -237,16 +224,19 @@ async def make_drill(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path
     consumer = SidecarProc(
         "a", tmp_path / "a", registries=[registry], app_port=1, extra=["--config", str(cfg)]
     )
-    drill = Drill(zk_server, apps, providers, consumer)
-    await asyncio.gather(*(x.start() for x in (*apps, *providers, consumer)))
-    for app, p in zip(apps, providers, strict=True):
+    return Drill(zk_server, apps, providers, consumer)
+
+
+async def start_drill(d: Drill) -> None:
+    """Everything up, every app published through its sidecar, the consumer routing to them all."""
+    await asyncio.gather(*(x.start() for x in (*d.apps, *d.providers, d.consumer)))
+    for app, p in zip(d.apps, d.providers, strict=True):
         status, body = await p.post("/pub", pub_body(app.port))
         assert status == 200, body
-    status, body = await consumer.post("/sub", {"service": {"interface": GREET, "version": VERSION}})
+    status, body = await d.consumer.post("/sub", {"service": {"interface": GREET, "version": VERSION}})
     assert status == 200 and body["cluster"] == CLUSTER, body
-    want = {drill.ingress(i) for i in range(n)}
-    await wait_async(lambda: _has_hosts(consumer, want), 10, f"the consumer routing to {want}")
-    return drill
+    want = {d.ingress(i) for i in range(len(d.providers))}
+    await wait_async(lambda: _has_hosts(d.consumer, want), 10, f"the consumer routing to {want}")
 
 
 async def _has_hosts(consumer: SidecarProc, want: set[str]) -> bool:
@@ -264,9 +254,11 @@ async def stop_drill(d: Drill) -> None:
 async def drill(
     request: pytest.FixtureRequest, zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path
 ) -> AsyncIterator[Drill]:
-    """The world with ``request.param`` providers (parametrize with indirect=True)."""
-    d = await make_drill(zk, zk_server, tmp_path, request.param)
+    """The world with ``request.param`` providers (parametrize with indirect=True); ``zk`` has
+    emptied /dubbo."""
+    d = build_drill(zk_server, tmp_path, request.param)
     try:
+        await start_drill(d)
         yield d
     finally:
         await stop_drill(d)
@@ -276,7 +268,7 @@ async def drill(
 # Drill 1: a provider application killed with kill -9
 
 
-@pytest.mark.parametrize("drill", [2], indirect=True)
+@pytest.mark.parametrize("drill", [2], indirect=True, ids=["two-providers"])
 async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
     """Two providers, each app behind its own sidecar; one app is SIGKILLed under traffic.
 
