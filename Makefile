@@ -11,7 +11,7 @@ BOOT_PY := $(shell for p in python3.11 python3; do \
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; \
 	then echo $$p; break; fi; done)
 
-.PHONY: help venv test lint demo bench clean distclean
+.PHONY: help venv test lint demo bench soak clean distclean
 
 help:
 	@echo "make venv     create $(VENV) and install regproxy with its test extras"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint     ruff only"
 	@echo "make demo     run regproxy demo: providers, a consumer and their sidecars (Ctrl-C stops)"
 	@echo "make bench    benchmarks: regproxy vs HAProxy vs direct, control side at scale (ARGS=--quick: < 1 min)"
+	@echo "make soak     10-minute soak at a steady rate through two sidecars and ZooKeeper (SOAK_S=30: shorter)"
 	@echo "make clean    remove caches and build output; distclean also removes $(VENV)"
 
 venv: $(STAMP)
@@ -57,6 +58,15 @@ demo: venv
 bench: venv
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.run $(ARGS)
+
+# The soak (docs/reliability.md): SOAK_S seconds (default 600) of steady traffic, consumer sidecar ->
+# provider sidecar -> fast provider, routes from a real ZooKeeper; fails on any error or on either
+# sidecar's RSS growing 5 % or more after the warm-up.  Figures in benchmarks/results/soak.json.
+#   make soak SOAK_S=30 ARGS="--rate 1000"
+SOAK_S ?= 600
+soak: venv
+	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
+	$(PY) -m benchmarks.soak --duration $(SOAK_S) $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis .tmp

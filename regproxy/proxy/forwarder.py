@@ -36,6 +36,10 @@ from regproxy.routing.rules import (
 
 log = logging.getLogger(__name__)
 
+# Answers that say the host could not serve the call, for outlier detection: its channel inactive,
+# a server error, or the service not there (a provider sidecar whose application is down says 60).
+_HOST_FAILURES = frozenset({Status.CHANNEL_INACTIVE, Status.SERVICE_NOT_FOUND, Status.SERVER_ERROR})
+
 SERIALIZATION_NAMES = {
     2: "hessian2",
     3: "java",
@@ -113,6 +117,11 @@ class Forwarder(UpstreamEvents):
         # What a deadline passing means here: the consumer's timeout (egress), or the app being
         # too slow for the ingress's bound.
         self.timeout_status = Status.CLIENT_TIMEOUT if timeout_from_attachment else Status.SERVER_TIMEOUT
+        # What "no upstream could be reached, nothing was sent" is answered with.  The ingress's only
+        # upstream is its application: while that is down the service is not served here (60, which
+        # the consumer's egress may retry elsewhere: `retry.on: unavailable`). A server error (80)
+        # would be final: the egress cannot tell it from a call that ran and failed.
+        self.not_written_status = Status.SERVER_ERROR if timeout_from_attachment else Status.SERVICE_NOT_FOUND
         self.max_connections = max_connections
         self.in_flight = 0  # two-way requests forwarded and not answered, over all connections
         self._idle: asyncio.Event | None = None  # set when in_flight drops to zero (drain waits)
@@ -428,7 +437,7 @@ class Forwarder(UpstreamEvents):
             if last_error is not None:
                 self._fail(
                     exch,
-                    Status.SERVER_ERROR,
+                    self.not_written_status,
                     f"{last_error}; tried {len(exch.tried)} host(s) for {exch.label}",
                 )
             elif self.pool.closed:
@@ -479,9 +488,7 @@ class Forwarder(UpstreamEvents):
     def on_response(self, exch: Exchange, head: bytes, body: bytes) -> None:
         status = head[3]
         if self._health_on:
-            self._health.report(
-                exch.tried[-1], status != Status.CHANNEL_INACTIVE and status != Status.SERVER_ERROR
-            )
+            self._health.report(exch.tried[-1], status not in _HOST_FAILURES)
         if exch.retry_on & RETRY_UNAVAILABLE and status in UNAVAILABLE_STATUSES and self._retry_written(exch):
             return  # the upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying
         if exch.timer is not None:
@@ -508,7 +515,7 @@ class Forwarder(UpstreamEvents):
             self._dispatch(exch, reason)
         else:
             self._fail(
-                exch, Status.SERVER_ERROR, f"{reason}; tried {len(exch.tried)} host(s) for {exch.label}"
+                exch, self.not_written_status, f"{reason}; tried {len(exch.tried)} host(s) for {exch.label}"
             )
 
     def on_lost(self, exch: Exchange, reason: str) -> None:
