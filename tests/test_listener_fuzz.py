@@ -81,6 +81,7 @@ class FakeTransport:
         self.written = bytearray()
         self.on_write: Callable[[bytes], None] | None = None
         self.closed = False
+        self.eof = False  # write_eof() was called
         self.paused = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -91,6 +92,7 @@ class FakeTransport:
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
+        assert not self.eof, "write after write_eof"
         assert isinstance(data, (bytes, bytearray)) and data, "empty or non-bytes write"
         self.written += data
         if self.on_write is not None:
@@ -106,6 +108,19 @@ class FakeTransport:
 
     def abort(self) -> None:
         self.close()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        assert not self.eof and not self.closed
+        self.eof = True
+        # The peer reads to the end and closes its side; the protocol hears it as eof_received.
+        self.loop.call_soon(self._peer_closed)
+
+    def _peer_closed(self) -> None:
+        if not self.closed and not self.protocol.eof_received():
+            self.close()
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -519,7 +534,7 @@ def check_answers(world: World, transport: FakeTransport, segments: list[Segment
         assert len(got) == 1 and got[0].status == Status.BAD_REQUEST, got
         message = decode_value(got[0].body)
         assert f"regproxy {name}:" in message and ("bad magic" in message or "exceeds the limit" in message)
-        assert transport.closed, "a broken stream must be closed"
+        assert transport.eof and transport.closed, "a broken stream must be half-closed, then closed"
     assert set(by_id) == set(due), (sorted(by_id), sorted(due))
     for rid, got in by_id.items():
         assert len(got) == 1, f"request {rid} answered {len(got)} times"
