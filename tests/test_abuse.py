@@ -79,6 +79,9 @@ async def world(tmp_path: Path, **limits: Any) -> AsyncIterator[World]:
     )
     await sc.start()
     try:
+        # Published through the sidecar, so its ingress forwards the service to the provider.
+        status, reply = await sc.post("/pub", {"service": {"interface": GREET, "port": app_port}})
+        assert status == 200, reply
         yield World(sc, provider)
     finally:
         await sc.stop()

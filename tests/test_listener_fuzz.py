@@ -38,7 +38,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regproxy.discovery import ingress_table
+from regproxy.discovery import PublishSpec, ingress_table
 from regproxy.dubbo.encode import encode_request, readonly_event
 from regproxy.dubbo.frame import Frame, FrameParser, Status, pack_header
 from regproxy.dubbo.hessian2 import decode_value
@@ -66,6 +66,7 @@ ROUTED = ("com.example.Greeter", "com.example.Echo")
 UNROUTED = "com.example.Nowhere"
 PROVIDERS = ("10.0.0.1:20882", "10.0.0.2:20882")
 APP_PORT = 20880
+GREET = "org.apache.dubbo.samples.api.GreetingsService"
 
 
 # --- transports and far ends ---------------------------------------------------------------------
@@ -252,6 +253,11 @@ def egress_routes() -> RoutingTable:
     )
 
 
+def published(app_port: int, services: tuple[str, ...] = ROUTED) -> RoutingTable:
+    """The ingress table of a sidecar through which ``services`` were published (no group, no version)."""
+    return ingress_table(app_port, [PublishSpec(interface=s, port=app_port) for s in services])
+
+
 @dataclass
 class World:
     loop: asyncio.AbstractEventLoop
@@ -312,7 +318,7 @@ def make_world(
     errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
     batcher = Batcher(loop)
-    holder = TableHolder(ingress_table(APP_PORT) if listener == "ingress" else egress_routes())
+    holder = TableHolder(published(APP_PORT) if listener == "ingress" else egress_routes())
     pools: list[DoublePool] = []
 
     def make_pool(events: UpstreamEvents) -> UpstreamPool:
@@ -694,7 +700,9 @@ def test_listeners_fuzz_over_real_sockets() -> None:
     async def start() -> tuple[asyncio.AbstractServer, Listener, Listener]:
         provider = await serve("127.0.0.1", 0)
         ingress = Listener(
-            "ingress", settings_(MAX_BODY), TableHolder(ingress_table(provider.sockets[0].getsockname()[1]))
+            "ingress",
+            settings_(MAX_BODY),
+            TableHolder(published(provider.sockets[0].getsockname()[1], (*ROUTED, GREET))),
         )
         await ingress.start()
         hosts = (Host(address=f"127.0.0.1:{ingress.address[1]}"),)
@@ -729,10 +737,7 @@ def test_listeners_fuzz_over_real_sockets() -> None:
             # Served afterwards, and nothing left over once the connection is gone.
             client = await DubboClient.connect("127.0.0.1", egress.address[1])
             try:
-                assert (
-                    await client.call("org.apache.dubbo.samples.api.GreetingsService", "sayHi", ["z"])
-                    == "hi, z"
-                )
+                assert await client.call(GREET, "sayHi", ["z"]) == "hi, z"
             finally:
                 client.close()
             for _ in range(400):
