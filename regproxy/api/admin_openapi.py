@@ -31,8 +31,11 @@ def _object(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": props}
 
 
-def _get(op_id: str, summary: str, ok: dict[str, Any], **more: Any) -> dict[str, Any]:
+def _get(op_id: str, summary: str, ok: dict[str, Any], *, probe: bool = False, **more: Any) -> dict[str, Any]:
     responses = {"200": ok, "405": _error("wrong HTTP method (err_no 7)")}
+    if not probe:  # probes answer without a token, so orchestrators need none
+        responses["401"] = _error("a token is configured and the request carries none (err_no 8)")
+        responses["403"] = _error("a wrong token (err_no 9)")
     responses.update(more.pop("responses", {}))
     return {"get": {"operationId": op_id, "summary": summary, "responses": responses, **more}}
 
@@ -80,11 +83,13 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
                     "the process is serving",
                     _object(["status", "uptime_s"], status={"const": "alive"}, uptime_s={"type": "number"}),
                 ),
+                probe=True,
             ),
             "/readyz": _get(
                 "readyz",
                 "ready: registries connected, state restored, not draining",
                 _reply("ready", {"$ref": "#/components/schemas/Readiness"}),
+                probe=True,
                 responses={
                     "503": _reply("not ready (reasons says why)", {"$ref": "#/components/schemas/Readiness"})
                 },
