@@ -17,7 +17,7 @@ help:
 	@echo "make venv     create $(VENV) and install regproxy with its test extras"
 	@echo "make test     system test deps, ruff, pytest (what CI runs)"
 	@echo "make lint     ruff only"
-	@echo "make fuzz     long fuzzing of the Dubbo listeners (FUZZ_EXAMPLES=200000 per property, ~25 min)"
+	@echo "make fuzz     long fuzzing of the Dubbo listeners (FUZZ_EXAMPLES=200000 per property, ~21 min)"
 	@echo "make demo     run regproxy demo: providers, a consumer and their sidecars (Ctrl-C stops)"
 	@echo "make bench    benchmarks: regproxy vs HAProxy vs direct, control side at scale (ARGS=--quick: < 1 min)"
 	@echo "make clean    remove caches and build output; distclean also removes $(VENV)"
