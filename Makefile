@@ -11,12 +11,13 @@ BOOT_PY := $(shell for p in python3.11 python3; do \
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; \
 	then echo $$p; break; fi; done)
 
-.PHONY: help venv test lint demo bench soak clean distclean
+.PHONY: help venv test lint fuzz demo bench soak clean distclean
 
 help:
 	@echo "make venv     create $(VENV) and install regproxy with its test extras"
 	@echo "make test     system test deps, ruff, pytest (what CI runs)"
 	@echo "make lint     ruff only"
+	@echo "make fuzz     long fuzzing of the Dubbo listeners (FUZZ_EXAMPLES=200000 per property, ~21 min)"
 	@echo "make demo     run regproxy demo: providers, a consumer and their sidecars (Ctrl-C stops)"
 	@echo "make bench    benchmarks: regproxy vs HAProxy vs direct, control side at scale (ARGS=--quick: < 1 min)"
 	@echo "make soak     10-minute soak at a steady rate through two sidecars and ZooKeeper (SOAK_S=30: shorter)"
@@ -44,6 +45,14 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks)
+
+# The listener properties of tests/test_listener_fuzz.py with many more examples, random rather than
+# derandomized; failures are saved in .hypothesis/ and replayed first on the next run.
+#   make fuzz FUZZ_EXAMPLES=20000     # a shorter run
+FUZZ_EXAMPLES ?= 200000
+fuzz: venv
+	REGPROXY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -o timeout=0 \
+		--hypothesis-show-statistics tests/test_listener_fuzz.py
 
 # Two providers, a consumer and their three sidecars in one process, on the in-process memory://
 # registry; Ctrl-C stops it.  Options go in DEMO_ARGS, e.g.

@@ -382,6 +382,11 @@ def _reject_bool(value: Any) -> Any:
     return value
 
 
+def _nested(sub: str, problem: str) -> PydanticCustomError:
+    """A problem with ``sub`` inside the value being validated: listed under the key path + sub."""
+    return PydanticCustomError("nested", "{sub}: {problem}", {"sub": sub, "problem": problem})
+
+
 # Numbers also accept numeric strings, because command-line overrides arrive as text.
 Int = Annotated[int, BeforeValidator(_reject_bool)]
 Float = Annotated[float, BeforeValidator(_reject_bool)]
@@ -548,7 +553,10 @@ def _string_match(value: Any) -> Any:
             return StringMatchConfig.model_validate(value)
         except ValidationError as e:
             path, problem = _describe(e.errors()[0])
-            raise PydanticCustomError("match", f"{path}: {problem}" if path else problem) from None
+            raise (_nested(path, problem) if path else PydanticCustomError("match", problem)) from None
+    if not isinstance(value, str | StringMatchConfig):
+        # Else pydantic reports one error per union member, under member names as keys.
+        raise PydanticCustomError("match", f"expected a name or {{exact|prefix|regex: ...}}, not {value!r}")
     return value
 
 
@@ -633,10 +641,15 @@ class RouteActionConfig(_Model):
     timeout: DurationMs | None = None
     retry: RetryConfig | None = None
 
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v: str | None) -> str | None:
+        return v if v is None else _non_blank(v, "cluster name")
+
     @model_validator(mode="after")
     def _weights(self) -> RouteActionConfig:
         if self.weighted_subsets and sum(s.weight for s in self.weighted_subsets) <= 0:
-            raise PydanticCustomError("subsets", "weighted_subsets: the weights must not all be 0")
+            raise _nested("weighted_subsets", "the weights must not all be 0")
         return self
 
 
@@ -789,6 +802,12 @@ def _listeners_collide(a: Address, b: Address) -> bool:
     return a.host == b.host or a.host in wildcard or b.host in wildcard
 
 
+def _access_log(value: Any) -> Any:
+    if not isinstance(value, bool | str):  # one message instead of one per union member
+        raise PydanticCustomError("access_log", f"expected true, false or a file path, not {value!r}")
+    return value
+
+
 class Config(_Model):
     """The whole config file.  Field order is the order of the example file (conf/regproxy.yaml)."""
 
@@ -816,7 +835,7 @@ class Config(_Model):
     clusters: list[ClusterConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     # Off by default; true = the process log ("regproxy.access" logger), a string = a file to append to.
-    access_log: bool | str = False
+    access_log: Annotated[bool | str, BeforeValidator(_access_log)] = False
     # Heartbeat checks of upstream hosts, outlier ejection, and the local app (regproxy/health).
     health: dict[str, Any] = Field(default_factory=dict)
     tls: TLSConfig = Field(default_factory=TLSConfig)
@@ -851,7 +870,8 @@ class Config(_Model):
         try:
             HealthSettings.from_dict(v, where="")
         except ValueError as exc:
-            raise PydanticCustomError("health", str(exc).lstrip(".")) from None
+            sub, sep, problem = str(exc).lstrip(".").partition(": ")
+            raise (_nested(sub, problem) if sep else PydanticCustomError("health", sub)) from None
         return v
 
     @field_validator("data_dir")
@@ -1096,12 +1116,17 @@ _CUSTOM_TYPES = {
     "match",
     "route",
     "subsets",
+    "access_log",
+    "health",
 }
 
 
 def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
     kind = err["type"]
     path = _path(tuple(err["loc"]))
+    if kind == "nested":
+        sub = err["ctx"]["sub"]
+        return (f"{path}{sub}" if sub.startswith("[") or not path else f"{path}.{sub}"), err["ctx"]["problem"]
     if kind == "extra_forbidden":
         return path, "unknown key"
     if kind == "missing":

@@ -24,6 +24,7 @@ from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.proxy.filters import AccessLog
 from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
+from regproxy.rlimits import raise_open_files_limit
 from regproxy.routing import TableHolder
 from regproxy.state import StateStore
 from regproxy.tls import SidecarTLS, UpstreamTLS
@@ -438,4 +439,5 @@ def run(config: Config, *, loader: Callable[[], Config] | None = None, config_pa
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_uvloop()
+    raise_open_files_limit(config.limits.max_connections)
     return asyncio.run(_main(config, loader, config_path))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -603,3 +604,221 @@ def test_example_to_routing_table() -> None:
     route = table.match("org.apache.dubbo.samples.api.GreetingsService", "0.0.0", "greet", None)
     assert route is not None and route.cluster == "greetings"
     assert [h.address for h in table.clusters["greetings"].hosts] == ["127.0.0.1:20882"]
+
+
+# --- every invalid value names its key -----------------------------------------------------------
+# A valid config with every section and key filled in; each test below breaks one key of it and
+# expects an error listed under exactly that key. The keys come from walking this config, so a new
+# section added here is covered by the type checks without another line.
+
+FULL: dict[str, Any] = {
+    "egress": "127.0.0.1:20881",
+    "ingress": "0.0.0.0:20882",
+    "api": "127.0.0.1:22222",
+    "admin": "127.0.0.1:34901",
+    "admin_token": "s3cret-token",
+    "app_port": 20880,
+    "advertise_ip": "10.0.0.7",
+    "data_dir": "/var/lib/regproxy",
+    "registries": ["zookeeper://zk1:2181,zk2", "nacos://n1:8848?namespace=dev&username=u&password=p"],
+    "limits": {"max_body_bytes": 8388608, "max_connections": 10000, "idle_timeout_s": 300},
+    "timeouts": {"default_ms": 3000, "connect_ms": 1000, "ingress_ms": 60000},
+    "upstream": {"connections_per_host": 1},
+    "drain": {"grace_s": 3.0, "timeout_s": 15.0},
+    "log_level": "info",
+    "clusters": [
+        {"name": "c", "lb": "round_robin",
+         "hosts": [{"address": "10.0.0.1:20882", "weight": 100, "metadata": {"env": "gray"}}]}
+    ],
+    "routes": [
+        {"name": "plain", "match": {"service": "com.x.A", "version": "1.0", "group": "g", "method": "m"},
+         "cluster": "c", "timeout_ms": 500, "retries": 1},
+        {
+            "name": "rule",
+            "match": {"service": {"prefix": "com.x."}, "method": {"regex": "say.*"},
+                      "attachments": {"x-env": {"exact": "gray"}, "x-id": {"present": True}}},
+            "route": {"cluster": "c", "weighted_subsets": [{"subset": {"env": "gray"}, "weight": 20}],
+                      "timeout": "3s", "retry": {"attempts": 2, "on": ["connect-failure", "reset"]}},
+            "fault": {"delay": {"fixed": "100ms", "percentage": 10},
+                      "abort": {"status": 70, "message": "drill", "percentage": 5}},
+            "rate_limit": {"requests_per_second": 100, "burst": 200, "per": "method"},
+        },
+    ],
+    "access_log": "/var/log/regproxy-access.log",
+    "health": {
+        "active": {"interval_s": 5, "timeout_s": 1, "unhealthy_threshold": 3, "healthy_threshold": 2,
+                   "enabled": True},
+        "outlier": {"consecutive_failures": 5, "base_ejection_s": 10, "max_ejection_s": 300,
+                    "max_ejection_percent": 50, "enabled": True},
+        "app_check": {"interval_s": 2, "timeout_s": 1, "failures": 2, "enabled": True},
+    },
+}  # fmt: skip
+
+
+def _leaves(node: Any, path: str = "") -> list[tuple[str, tuple[str | int, ...], Any]]:
+    """(key path as errors spell it, location in FULL, value) for every scalar, list and mapping."""
+    out: list[tuple[str, tuple[str | int, ...], Any]] = []
+
+    def walk(value: Any, shown: str, loc: tuple[str | int, ...]) -> None:
+        if loc:
+            out.append((shown, loc, value))
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{shown}.{k}" if shown else k, (*loc, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{shown}[{i}]", (*loc, i))
+
+    walk(node, path, ())
+    return out
+
+
+# Values of the wrong type for a key of each type: wrong for every key of that type.
+_WRONG_TYPE: dict[type, list[Any]] = {
+    bool: ["yes please", 2, [True], {"a": 1}],
+    int: ["many", True, [1], {"a": 1}, 1.5],
+    float: ["long", True, [1.0], {"a": 1}],
+    str: [5, [1], {"a": 1}, True],
+    list: ["x", 5, {"a": 1}],
+    dict: ["x", 5, [1]],
+}
+# Keys whose type admits some of those values (a number for a duration, a list for a string
+# match's mapping form...) and what of the list above they take.
+_TAKES: dict[str, tuple[Any, ...]] = {
+    "routes[1].route.timeout": (1.5, 5),  # a number is a duration in ms
+    "routes[1].fault.delay.fixed": (5,),
+    "routes[1].match.service": ("x",),  # a name, or a {prefix: ...} mapping
+    "routes[1].match.method": ("x",),
+    "access_log": (True,),  # true = the process log
+}
+
+
+def _with(loc: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    import copy
+
+    data = copy.deepcopy(FULL)
+    node: Any = data
+    for part in loc[:-1]:
+        node = node[part]
+    node[loc[-1]] = value
+    return data
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for shown, loc, value in _leaves(FULL):
+        kind = type(value)
+        if kind is int and (
+            shown.startswith(("health.", "limits.idle", "drain.", "routes[1].rate_limit.req"))
+            or shown.endswith("percentage")
+        ):
+            kind = float  # seconds, rates and percentages take fractions too
+        for bad in _WRONG_TYPE[kind]:
+            if any(bad == ok and type(bad) is type(ok) for ok in _TAKES.get(shown, ())):
+                continue
+            cases.append(pytest.param(loc, bad, shown, id=f"{shown}={bad!r}"))
+    return cases
+
+
+def _named(errors: dict[str, str], key: str) -> list[str]:
+    """The errors listed under ``key`` or a key inside it (``metadata.env`` names ``metadata``)."""
+    return [k for k in errors if k == key or k.startswith((f"{key}.", f"{key}["))]
+
+
+def test_full_config_is_valid() -> None:
+    Config.from_dict(FULL)
+
+
+@pytest.mark.parametrize(("loc", "bad", "key"), _cases())
+def test_every_wrong_type_names_its_key(loc: tuple[str | int, ...], bad: Any, key: str) -> None:
+    errors = errors_of(_with(loc, bad))
+    named = _named(errors, key)
+    assert named, f"{key}={bad!r}: errors name {sorted(errors)}"
+    for k in named:
+        assert errors[k] and "function-" not in k + errors[k], (k, errors[k])
+
+
+# Values of the right type that break a key's own rule, for every key that has one.
+_OUT_OF_RANGE: list[tuple[str, list[Any]]] = [
+    ("egress", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "host name:1", "[::1:1", ""]),
+    ("ingress", ["0.0.0.0:x", ":20882"]),
+    ("api", ["999.1.1.1:1"]),
+    ("admin", ["[fe80::zz]:1"]),
+    ("admin_token", ["", "has space", "tab\tin", "\u00e9t\u00e9"]),
+    ("app_port", [0, -1, 65536]),
+    ("advertise_ip", ["not-an-ip", "0.0.0.0", "::", "300.1.1.1"]),
+    ("data_dir", ["", "   "]),
+    (
+        "registries[0]",
+        ["zk://h", "zookeeper://", "zookeeper://h:0", "nacos://h?colour=red", "memory://h", ""],
+    ),
+    ("limits.max_body_bytes", [0, 1023, 2**31]),
+    ("limits.max_connections", [0, -5]),
+    ("limits.idle_timeout_s", [0, -1]),
+    ("timeouts.default_ms", [0, -1]),
+    ("timeouts.connect_ms", [0]),
+    ("timeouts.ingress_ms", [0]),
+    ("upstream.connections_per_host", [0, 1025]),
+    ("drain.grace_s", [-0.1, 301]),
+    ("drain.timeout_s", [0, 0.05, 601]),
+    ("log_level", ["loud", ""]),
+    ("clusters[0].name", ["", " "]),
+    ("clusters[0].lb", ["fastest", ""]),
+    ("clusters[0].hosts[0].address", ["10.0.0.1", "10.0.0.1:0", "x y:1"]),
+    ("clusters[0].hosts[0].weight", [-1, 10001]),
+    ("clusters[0].hosts[0].metadata", [{"env": 5}, {"env": None}]),
+    ("routes[0].name", ["", " "]),
+    ("routes[0].match.service", ["", {"exact": "a", "prefix": "b"}, {}, {"regex": "("}, {"glob": "*"}]),
+    ("routes[0].match.method", ["", {"regex": "[z-a]"}]),
+    ("routes[0].cluster", ["nowhere"]),
+    ("routes[0].timeout_ms", [0, -1]),
+    ("routes[0].retries", [-1, 11]),
+    (
+        "routes[1].match.attachments",
+        [{"k": {}}, {"k": {"present": False}}, {"k": {"exact": "a", "regex": "b"}}],
+    ),
+    ("routes[1].route.cluster", ["", 5]),  # another name may be a subscription's cluster: not checked
+    ("routes[1].route.weighted_subsets", [[{"subset": {"env": "a"}, "weight": 0}]]),
+    ("routes[1].route.weighted_subsets[0].weight", [-1, 10001]),
+    ("routes[1].route.timeout", ["soon", "0s", -5, "3h", "1.5.s"]),
+    ("routes[1].route.retry.attempts", [-1, 11]),
+    ("routes[1].route.retry.on", [["sometimes"], ["reset", "never"]]),
+    ("routes[1].fault.delay.fixed", ["0ms", "later", -1]),
+    ("routes[1].fault.delay.percentage", [-1, 100.5]),
+    ("routes[1].fault.abort.status", [20, 0, 256]),
+    ("routes[1].fault.abort.percentage", [101]),
+    ("routes[1].rate_limit.requests_per_second", [0, -1]),
+    ("routes[1].rate_limit.burst", [0]),
+    ("routes[1].rate_limit.per", ["host"]),
+    ("health.active.interval_s", [0, -1]),
+    ("health.active.unhealthy_threshold", [0, 1.5]),
+    ("health.outlier.max_ejection_percent", [101, 0]),
+    ("health.outlier.consecutive_failures", [0]),
+    ("health.app_check.failures", [0, 2.5]),
+    ("health.app_check.enabled", ["yes", 1]),
+]
+
+
+def _range_cases() -> list[Any]:
+    locs = {shown: loc for shown, loc, _ in _leaves(FULL)}
+    return [
+        pytest.param(locs[key], bad, key, id=f"{key}={bad!r}")
+        for key, values in _OUT_OF_RANGE
+        for bad in values
+    ]
+
+
+def test_range_table_covers_every_section() -> None:
+    sections = {re.split(r"[.\[]", key)[0] for key, _ in _OUT_OF_RANGE}
+    assert sections == set(FULL) - {"access_log"}, set(FULL) - sections  # access_log: any path or a bool
+
+
+@pytest.mark.parametrize(("loc", "bad", "key"), _range_cases())
+def test_every_invalid_value_names_its_key(loc: tuple[str | int, ...], bad: Any, key: str) -> None:
+    errors = errors_of(_with(loc, bad))
+    named = _named(errors, key)
+    assert named, f"{key}={bad!r}: errors name {sorted(errors)}"
+    for k in named:
+        assert errors[k] and "function-" not in k + errors[k], (k, errors[k])
+    if key in ("admin_token", "registries[1]"):
+        assert "s3cret" not in str(errors) and "=p" not in str(errors)  # secrets never in a message

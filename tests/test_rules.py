@@ -100,7 +100,7 @@ def test_durations(value: Any, ms: int) -> None:
         ({"name": "r", "cluster": "demo", "route": {"cluster": "demo"}}, "routes[0]", "not both"),
         (
             {"name": "r", "route": {"weighted_subsets": [{"subset": {"a": "b"}, "weight": 0}]}},
-            "routes[0].route",
+            "routes[0].route.weighted_subsets",
             "all be 0",
         ),
         (

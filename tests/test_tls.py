@@ -98,6 +98,11 @@ class Stack:
         return await DubboClient.connect("127.0.0.1", self.egress.address[1])
 
 
+def published_table(app_port: int) -> RoutingTable:
+    """The ingress table of a sidecar that published both demo services (it forwards nothing else)."""
+    return ingress_table(app_port, [PublishSpec(GREET, app_port), PublishSpec(ECHO, app_port)])
+
+
 async def start_stack(ingress_cfg: TLSConfig, egress_cfg: TLSConfig) -> Stack:
     """demo provider <- ingress (serves mTLS) <- egress (dials every host with TLS)."""
     services = default_services()
@@ -105,7 +110,7 @@ async def start_stack(ingress_cfg: TLSConfig, egress_cfg: TLSConfig) -> Stack:
     pport = provider.sockets[0].getsockname()[1]
     ingress_tls = SidecarTLS(ingress_cfg, None)
     ingress = Listener(
-        "ingress", settings(server_ssl=ingress_tls.server_ssl), TableHolder(ingress_table(pport))
+        "ingress", settings(server_ssl=ingress_tls.server_ssl), TableHolder(published_table(pport))
     )
     await ingress.start()
     egress_tls = SidecarTLS(egress_cfg.model_copy(update={"egress": "always", "ingress": False}), None)
@@ -307,7 +312,7 @@ async def test_one_side_without_tls_fails_fast_with_an_error(pki: Pki) -> None:
         ingress = Listener(
             "ingress",
             settings(server_ssl=tls.server_ssl if ingress_on else None),
-            TableHolder(ingress_table(provider.sockets[0].getsockname()[1])),
+            TableHolder(published_table(provider.sockets[0].getsockname()[1])),
         )
         await ingress.start()
         egress = Listener(

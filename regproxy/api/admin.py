@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from regproxy.api.admin_openapi import build_admin_openapi
 from regproxy.api.auth import check_bearer, is_loopback, warn_if_remote
 from regproxy.api.http import stop_api
 from regproxy.api.metrics import metrics_registry
@@ -81,6 +82,7 @@ ENDPOINTS: tuple[tuple[str, str, str], ...] = (
     ("GET", "/api/v1/subscriptions", "services subscribed and their providers, per registry"),
     ("GET", "/api/v1/stats", "counters as JSON"),
     ("GET", "/metrics", "Prometheus metrics"),
+    ("GET", "/openapi.json", "this API as an OpenAPI 3.1 document"),
     ("GET", "/api/v1/loglevel", "current log level"),
     ("POST", "/api/v1/loglevel", 'set the log level: {"level": "debug"} or ?level=debug'),
     ("POST", "/api/v1/drain", "unpublish, finish requests in flight, exit"),
@@ -479,6 +481,7 @@ class _Admin:
     def __init__(self, sidecar: Sidecar) -> None:
         self.sc = sidecar
         self.registry = metrics_registry(sidecar)
+        self.openapi = orjson.dumps(build_admin_openapi(max_body=MAX_BODY))
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -518,6 +521,9 @@ class _Admin:
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi, content_type="application/json")
 
     async def get_loglevel(self, request: web.Request) -> web.Response:
         return _json(200, {"level": self.sc.log_level})
@@ -646,6 +652,7 @@ def build_admin_app(sidecar: Sidecar) -> web.Application:
     r.add_get("/healthz", admin.healthz)
     r.add_get("/readyz", admin.readyz)
     r.add_get("/metrics", admin.metrics)
+    r.add_get("/openapi.json", admin.openapi_json)
     r.add_get("/api/v1/config_dump", admin.config_dump)
     r.add_get("/api/v1/clusters", admin.clusters)
     r.add_get("/api/v1/publications", admin.publications)

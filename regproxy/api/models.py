@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -120,6 +121,13 @@ _TOKEN = r"[A-Za-z0-9._-]+"
 _TOKEN_RE = re.compile(rf"{_TOKEN}\Z")
 _IDENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$")
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# The same rules as JSON-schema patterns for the OpenAPI document, so a client generating requests
+# from it (or schemathesis) finds no request the schema allows and the API refuses. A token here
+# is [A-Za-z0-9._-]+ without "..": runs of the other characters joined by single dots.
+_TOKEN_PATTERN = r"(?:\.?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\.)"
+_IDENT_PATTERN = r"[A-Za-z_$][A-Za-z0-9_$]{0,254}"  # a method name, MAX_NAME characters at most
+_PORT_PATTERN = r"0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_NO_CONTROL_PATTERN = "^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 # C0, DEL and C1 controls, plus the Unicode line/paragraph separators that some readers treat as
 # newlines: none belongs in a URL parameter, and a newline would forge a line in logs.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -301,7 +309,7 @@ def _methods_in(value: Any) -> Any:
 def _methods_out(value: list[str]) -> tuple[str, ...]:
     if len(value) > MAX_METHODS:
         raise PydanticCustomError("name", f"more than {MAX_METHODS} methods")
-    if "*" in value and len(value) > 1:
+    if "*" in value and len(set(value)) > 1:  # ["*", "*"] is still just "*"
         raise PydanticCustomError("name", "'*' cannot be combined with method names")
     # One spelling per method set, so the same service published twice is the same publication.
     return tuple(sorted(set(value)))
@@ -310,6 +318,8 @@ def _methods_out(value: list[str]) -> tuple[str, ...]:
 def _port(value: Any) -> Any:
     if value is None or value == "":
         return None  # the application's default port (--app-port)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 20880.0 is the integer 20880 in JSON (and in the OpenAPI schema)
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise PydanticCustomError("port", "must be a whole number 1-65535 (or a string of digits)")
     if isinstance(value, str):
@@ -334,6 +344,8 @@ def _params(value: Any) -> Any:
             check_param_key(key)
             if isinstance(raw, bool):
                 text = "true" if raw else "false"  # as Java would print it
+            elif isinstance(raw, float) and raw.is_integer() and abs(raw) < 2**53:
+                text = str(int(raw))  # 5.0 is the integer 5 in JSON; Java's parseInt refuses "5.0"
             elif isinstance(raw, int | float):
                 text = str(raw)
             elif isinstance(raw, str):
@@ -362,36 +374,60 @@ PubVersion = Annotated[
     str,
     BeforeValidator(_none_to_empty),
     _rule(check_version, allow_any=False),
-    Field(
-        description='service version; "" or null for none',
-        json_schema_extra={"pattern": "^[A-Za-z0-9._-]*$", "maxLength": MAX_VERSION},
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": f"^{_TOKEN_PATTERN}?$", "maxLength": MAX_VERSION},
+                {"type": "null"},
+            ],
+            "description": 'service version; "" or null for none',
+        }
     ),
 ]
 SubVersion = Annotated[
     str,
     BeforeValidator(_none_to_empty),
     _rule(check_version, allow_any=True),
-    Field(
-        description='version to match; "" (or "0.0.0") for none, "*" for any',
-        json_schema_extra={"pattern": "^(\\*|[A-Za-z0-9._-]*)$", "maxLength": MAX_VERSION},
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": f"^(?:\\*|{_TOKEN_PATTERN})?$", "maxLength": MAX_VERSION},
+                {"type": "null"},
+            ],
+            "description": 'version to match; "" (or "0.0.0") or null for none, "*" for any',
+        }
     ),
 ]
 PubGroup = Annotated[
     str,
     BeforeValidator(_none_to_empty),
     _rule(check_group, allow_many=False),
-    Field(
-        description='Dubbo group; "" or null for none',
-        json_schema_extra={"pattern": "^[A-Za-z0-9._-]*$", "maxLength": MAX_GROUP},
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": f"^{_TOKEN_PATTERN}?$", "maxLength": MAX_GROUP},
+                {"type": "null"},
+            ],
+            "description": 'Dubbo group; "" or null for none',
+        }
     ),
 ]
 SubGroup = Annotated[
     str,
     BeforeValidator(_none_to_empty),
     _rule(check_group, allow_many=True),
-    Field(
-        description='group to match; "" for none, "*" for any, or a comma list such as "a,b"',
-        json_schema_extra={"pattern": "^(\\*|[A-Za-z0-9._,-]*)$", "maxLength": MAX_GROUP},
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "pattern": f"^(?:\\*|{_TOKEN_PATTERN}(?:,{_TOKEN_PATTERN})*)?$",
+                    "maxLength": MAX_GROUP,
+                },
+                {"type": "null"},
+            ],
+            "description": 'group to match; "" or null for none, "*" for any, or a comma list such as "a,b"',
+        }
     ),
 ]
 Methods = Annotated[
@@ -401,11 +437,17 @@ Methods = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "array", "items": {"type": "string", "pattern": f"^(\\*|{_JAVA_IDENT})?$"}},
-                {"type": "string", "description": "comma-separated method names"},
+                {"type": "array", "items": {"type": "string", "pattern": f"^(?:{_IDENT_PATTERN})?$"}},
+                {"type": "array", "items": {"type": "string", "enum": ["*", ""]}},
+                {
+                    "type": "string",
+                    "description": "comma-separated method names",
+                    "pattern": f"^(?:(?:{_IDENT_PATTERN})?(?:,(?:{_IDENT_PATTERN})?)*|\\*?(?:,\\*?)*)$",
+                },
                 {"type": "null"},
             ],
-            "description": 'method names (Java identifiers) or ["*"]; empty names are dropped',
+            "description": f'method names (Java identifiers, at most {MAX_METHODS}) or ["*"]; empty names '
+            "are dropped",
         }
     ),
 ]
@@ -416,7 +458,7 @@ Port = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "minimum": 1, "maximum": 65535},
-                {"type": "string", "pattern": "^[0-9]{1,5}$"},
+                {"type": "string", "pattern": f"^(?:{_PORT_PATTERN})?$", "maxLength": 5},
                 {"type": "null"},
             ],
             "description": 'the application\'s real Dubbo port; absent, null or "" means --app-port',
@@ -427,21 +469,58 @@ Application = Annotated[
     str,
     BeforeValidator(_none_to_empty),
     _rule(check_application),
-    Field(
-        description="application name shown in the registry; regproxy's own when empty",
-        json_schema_extra={"pattern": "^[A-Za-z0-9._-]*$", "maxLength": MAX_APPLICATION},
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": f"^{_TOKEN_PATTERN}?$", "maxLength": MAX_APPLICATION},
+                {"type": "null"},
+            ],
+            "description": "application name shown in the registry; regproxy's own when empty or null",
+        }
     ),
 ]
 Params = Annotated[
     dict[str, str],
     BeforeValidator(_params),
-    Field(
-        description=(
-            "extra provider URL parameters (e.g. weight, timeout); numbers and booleans become strings; "
-            "names match [A-Za-z0-9._-]+; interface, version, group, methods, application, side and "
-            "category are refused"
-        ),
-        json_schema_extra={"maxProperties": MAX_PARAMS},
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "maxProperties": MAX_PARAMS,
+                    "propertyNames": {
+                        "pattern": f"^{_TOKEN_PATTERN}$",
+                        "maxLength": MAX_PARAM_KEY,
+                        "not": {"enum": sorted(_RESERVED_PARAMS)},
+                    },
+                    "properties": {
+                        "weight": {
+                            "anyOf": [
+                                {
+                                    "type": "string",
+                                    "pattern": f"^0*(?:{MAX_WEIGHT}|[0-9]{{1,{len(str(MAX_WEIGHT)) - 1}}})$",
+                                },
+                                {"type": "integer", "minimum": 0, "maximum": MAX_WEIGHT},
+                            ]
+                        }
+                    },
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"type": "string", "maxLength": MAX_PARAM_VALUE, "pattern": _NO_CONTROL_PATTERN},
+                            {"type": "boolean"},
+                            # Any JSON number that is a finite double (larger integers become doubles).
+                            {"type": "number", "minimum": -sys.float_info.max, "maximum": sys.float_info.max},
+                        ]
+                    },
+                },
+                {"type": "null"},
+            ],
+            "description": (
+                "extra provider URL parameters (e.g. weight, timeout); numbers and booleans become strings; "
+                "names match [A-Za-z0-9._-]+; interface, version, group, methods, application, side and "
+                "category are refused"
+            ),
+        }
     ),
 ]
 
@@ -466,19 +545,69 @@ class _Lenient(BaseModel):
 
 _ADDR_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.:[],_-")
 _NACOS_ONLY = ("namespace", "group", "username", "password")
+_ABSENT = {"enum": ["", None]}
+_HOST_PATTERN = r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*|\[[0-9A-Fa-f:.]+\])"
+_ADDR_PATTERN = rf"^{_HOST_PATTERN}(?::{_PORT_PATTERN})?(?:,{_HOST_PATTERN}(?::{_PORT_PATTERN})?)*$"
+# What the validator below enforces across fields, in the OpenAPI document: nacos settings only
+# for nacos (a password only with a username), hosts for zookeeper and nacos, none for memory.
+_REGISTRY_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "if": {"properties": {"type": {"const": "nacos"}}},
+            "then": {
+                "properties": {
+                    k: {
+                        "anyOf": [
+                            {"type": "string", "maxLength": 1024, "pattern": _NO_CONTROL_PATTERN},
+                            _ABSENT,
+                        ]
+                    }
+                    for k in _NACOS_ONLY
+                },
+                "if": {
+                    "properties": {"password": {"type": "string", "minLength": 1}},
+                    "required": ["password"],
+                },
+                "then": {
+                    "properties": {"username": {"type": "string", "minLength": 1}},
+                    "required": ["username"],
+                },
+            },
+            "else": {"properties": {k: _ABSENT for k in _NACOS_ONLY}},
+        },
+        {
+            "if": {"properties": {"type": {"const": "memory"}}},
+            "then": {"properties": {"addr": _ABSENT}},
+            "else": {
+                "properties": {"addr": {"type": "string", "maxLength": 1024, "pattern": _ADDR_PATTERN}},
+                "required": ["addr"],
+            },
+        },
+    ]
+}
 
 
 class RegistryRef(_Lenient):
     """``registry`` of a request: which registry to use instead of the configured ones."""
 
+    model_config = ConfigDict(json_schema_extra=_REGISTRY_RULES)
+
     type: Annotated[Literal["zookeeper", "nacos", "memory"], BeforeValidator(_lower)] = Field(
         description="registry kind"
     )
-    addr: Annotated[str, BeforeValidator(_none_to_empty)] = Field(
-        "",
-        description='HOST:PORT[,HOST:PORT...] (port defaults to 2181 / 8848); "" for memory',
-        json_schema_extra={"pattern": "^[A-Za-z0-9.:\\[\\],_-]*$", "maxLength": 1024},
-    )
+    addr: Annotated[
+        str,
+        BeforeValidator(_none_to_empty),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": "^[A-Za-z0-9.:\\[\\],_-]*$", "maxLength": 1024},
+                    {"type": "null"},
+                ],
+                "description": 'HOST:PORT[,HOST:PORT...] (port defaults to 2181 / 8848); "" for memory',
+            }
+        ),
+    ] = ""
     namespace: str | None = Field(None, description="nacos only: namespace id")
     group: str | None = Field(None, description="nacos only: nacos group (not the Dubbo group)")
     username: str | None = Field(None, description="nacos only")
@@ -529,7 +658,20 @@ def _empty_registry(value: Any) -> Any:
 OptionalRegistry = Annotated[
     RegistryRef | None,
     BeforeValidator(_empty_registry),
-    Field(description="registry to use; absent or null: the registries regproxy is configured with"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"$ref": "#/components/schemas/RegistryRef"},
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "description": "no registry named (every field empty or null): same as null",
+                    "properties": {k: _ABSENT for k in ("type", "addr", *_NACOS_ONLY)},
+                },
+            ],
+            "description": "registry to use; absent or null: the registries regproxy is configured with",
+        }
+    ),
 ]
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from regproxy.api.models import (
     OkReply,
     PubReply,
     PubRequest,
+    RegistryRef,
     SubReply,
     SubRequest,
 )
@@ -84,9 +85,11 @@ def _operation(
 
 
 def build_openapi(*, max_body: int = 64 * 1024) -> dict[str, Any]:
-    models: list[type[BaseModel]] = [PubRequest, SubRequest, PubReply, SubReply, OkReply, ErrorReply]
+    # RegistryRef by name: the requests refer to it from a hand-written schema (see OptionalRegistry).
+    requests = (PubRequest, SubRequest, RegistryRef)
+    models: list[type[BaseModel]] = [*requests, PubReply, SubReply, OkReply, ErrorReply]
     _, top = models_json_schema(
-        [(m, "validation" if m in (PubRequest, SubRequest) else "serialization") for m in models],
+        [(m, "validation" if m in requests else "serialization") for m in models],
         ref_template=_REF,
     )
     schemas = top.get("$defs", {})

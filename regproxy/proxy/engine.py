@@ -124,7 +124,14 @@ class Listener:
             cutoff = loop.time() - idle_s
             for down in list(fwd.downstreams):
                 if down.in_flight <= 0 and down.last_active < cutoff and down.transport is not None:
-                    log.info("%s: closing idle connection from %s", self.name, down.peer)
+                    partial = down.partial_bytes
+                    if partial:
+                        log.warning(
+                            "%s: closing connection from %s: %d bytes of a frame and no whole frame "
+                            "in %.0f s (limits.idle_timeout_s)", self.name, down.peer, partial, idle_s,
+                        )  # fmt: skip
+                    else:
+                        log.info("%s: closing idle connection from %s", self.name, down.peer)
                     down.transport.close()
 
     def stop_accepting(self) -> None:
@@ -136,6 +143,8 @@ class Listener:
         """Dubbo's read-only event on every client connection: send no new requests here."""
         if self.forwarder is not None:
             for i, down in enumerate(list(self.forwarder.downstreams)):
+                if down.closing:
+                    continue  # half-closed after a broken stream: nothing more may be written
                 down.queue(readonly_event(i + 1))
                 down.flush()
 

@@ -17,12 +17,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# After the error response to a broken stream: how long the client has to read it and close.
+_LINGER_S = 2.0
+
+
+class _Discard:
+    """Stands in for the parser once a stream is broken: the bytes still arriving are dropped."""
+
+    __slots__ = ()
+    buffered = 0
+
+    def feed(self, data: bytes) -> list:
+        return []
+
+
+_DISCARD = _Discard()
+
 
 class DownstreamConnection(asyncio.Protocol, BatchedWriter):
     __slots__ = (
         "_batcher",
         "_closing",
         "_forwarder",
+        "_linger",
         "_loop",
         "_out",
         "_parser",
@@ -41,6 +58,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         self.peer = "?"
         self.in_flight = 0  # two-way requests forwarded and not yet answered
         self._closing = False
+        self._linger: asyncio.TimerHandle | None = None
         self._loop = forwarder.loop
         self.last_active = self._loop.time()  # for the idle sweep
 
@@ -54,14 +72,17 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self._loop.time()
         try:
             frames = self._parser.feed(data)
         except ProtocolError as exc:
             self._handle(exc.frames)
             self._protocol_error(exc)
             return
-        self._handle(frames)
+        if frames:
+            # Activity is a whole frame, not a byte: a sender trickling a frame one byte at a time
+            # (slowloris) stays idle, and the idle sweep closes it.
+            self.last_active = self._loop.time()
+            self._handle(frames)
 
     def _handle(self, frames: list) -> None:
         handle = self._forwarder.handle_frame
@@ -79,12 +100,18 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         self.queue(
             encode_error(request_id, Status.BAD_REQUEST, f"regproxy {fwd.name}: {exc}; closing connection")
         )
-        # Read no more, but let the requests that arrived intact before the bad bytes be answered
-        # (each is bounded by its deadline) before closing.
+        # Parse no more, but let the requests that arrived intact before the bad bytes be answered
+        # (each is bounded by its deadline) before closing. What still arrives is read and dropped:
+        # closing a socket with unread bytes makes the kernel send a reset, which destroys the error
+        # response (and the answers before it) before the client can read them.
         self._closing = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._parser = _DISCARD  # type: ignore[assignment]
         self._close_if_done()
+
+    @property
+    def partial_bytes(self) -> int:
+        """Bytes of a frame received but not yet whole (for the idle sweep's log line)."""
+        return self._parser.buffered
 
     def answered(self) -> None:
         """One forwarded request got its response (or an error made here)."""
@@ -93,12 +120,28 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         if self._closing:
             self._close_if_done()
 
+    @property
+    def closing(self) -> bool:
+        """The stream broke: the connection is answering what it had, then closing."""
+        return self._closing
+
     def _close_if_done(self) -> None:
-        if self.in_flight <= 0 and self.transport is not None:
+        transport = self.transport
+        if self.in_flight <= 0 and transport is not None and self._linger is None:
             self.flush()
-            self.transport.close()
+            if transport.is_closing():
+                return  # closed meanwhile (the client left, the sweep, a stop): write_eof would raise
+            if transport.can_write_eof():
+                # Half-close: the answers go out, then FIN. The client reads them and closes its side
+                # (eof_received closes ours), or the timer closes the connection.
+                transport.write_eof()
+                self._linger = self._loop.call_later(_LINGER_S, transport.close)
+            else:
+                transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
         self.transport = None
         self._out = []
         self._forwarder.connection_closed(self)

@@ -1,0 +1,224 @@
+"""The OpenAPI 3.1 document of the admin API, served at its GET /openapi.json.
+
+Written by hand (the admin replies are plain dicts, not models), and checked against the running
+API by schemathesis in tests/test_api_schema.py: a status, content type or body the document does
+not describe fails that test. The large read-only views (config dump, clusters, stats) are
+described as objects with their top-level keys; their insides are documented in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from regproxy.api.models import ERR_NO_DOC, ErrNo
+from regproxy.config import LOG_LEVELS
+
+__all__ = ["build_admin_openapi"]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_JSON = "application/json"
+
+
+def _reply(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _reply(description, _ERROR)
+
+
+def _object(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+def _get(op_id: str, summary: str, ok: dict[str, Any], *, probe: bool = False, **more: Any) -> dict[str, Any]:
+    responses = {"200": ok, "405": _error("wrong HTTP method (err_no 7)")}
+    if not probe:  # probes answer without a token, so orchestrators need none
+        responses["401"] = _error("a token is configured and the request carries none (err_no 8)")
+        responses["403"] = _error("a wrong token (err_no 9)")
+    responses.update(more.pop("responses", {}))
+    return {"get": {"operationId": op_id, "summary": summary, "responses": responses, **more}}
+
+
+# Who may change things: loopback callers without admin_token (not from a web browser), every
+# caller with the token.
+_CHANGING = {
+    "401": _error("a token is configured and the request carries none (err_no 8)"),
+    "403": _error("wrong token, or a caller that may not change anything (err_no 9)"),
+    "405": _error("wrong HTTP method (err_no 7)"),
+}
+# "debug", " INFO " and "Warning" alike: the level is stripped and lower-cased.
+_LEVEL_PATTERN = (
+    "^\\s*(?:" + "|".join("".join(f"[{c.upper()}{c}]" for c in level) for level in LOG_LEVELS) + ")\\s*$"
+)
+
+
+def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
+    name_query = {"type": "string", "minLength": 1}
+    flag = {"type": "string", "description": "a flag: present (any value, or none) or absent"}
+    dump_params = [
+        {"name": n, "in": "query", "required": False, "allowEmptyValue": True, "schema": flag}
+        for n in ("allrouters", "allclusters", "alllisteners")
+    ] + [
+        {"name": n, "in": "query", "required": False, "schema": name_query, "description": f"one {n} by name"}
+        for n in ("router", "cluster", "listener")
+    ]
+    any_object = {"type": "object"}
+    codes = "\n".join(f"* `{int(code)}` {code.name}: {doc}" for code, doc in ERR_NO_DOC.items())
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "regproxy admin API",
+            "version": "1",
+            "description": "What the sidecar is doing, and a few controls. Errors are JSON `err_no` and "
+            "`err_msg` with a matching HTTP status:\n" + codes + "\n* `8` UNAUTHORIZED, `9` FORBIDDEN",
+        },
+        "paths": {
+            "/": _get("index", "the endpoints", _reply("names and endpoints", any_object)),
+            "/openapi.json": _get("openapi", "this document", _reply("OpenAPI 3.1", any_object)),
+            "/healthz": _get(
+                "healthz",
+                "alive",
+                _reply(
+                    "the process is serving",
+                    _object(["status", "uptime_s"], status={"const": "alive"}, uptime_s={"type": "number"}),
+                ),
+                probe=True,
+            ),
+            "/readyz": _get(
+                "readyz",
+                "ready: registries connected, state restored, not draining",
+                _reply("ready", {"$ref": "#/components/schemas/Readiness"}),
+                probe=True,
+                responses={
+                    "503": _reply("not ready (reasons says why)", {"$ref": "#/components/schemas/Readiness"})
+                },
+            ),
+            "/metrics": _get(
+                "metrics",
+                "Prometheus metrics",
+                {
+                    "description": "the text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+            ),
+            "/api/v1/config_dump": _get(
+                "config_dump",
+                "effective config and live tables, whole or cut down by the query",
+                _reply(
+                    "the dump (only the parts the query asks for, when it asks)",
+                    {
+                        "type": "object",
+                        "properties": {
+                            k: any_object
+                            for k in ("sidecar", "config", "routers", "publications", "subscriptions")
+                        }
+                        | {"clusters": {"type": "array"}, "listeners": {"type": "array"}},
+                    },
+                ),
+                parameters=dump_params,
+                responses={
+                    "400": _error("an unknown query parameter, or a name left empty (err_no 1)"),
+                    "404": _error("no router, cluster or listener of that name (err_no 2)"),
+                },
+            ),
+            "/api/v1/clusters": _get(
+                "clusters",
+                "clusters and hosts with weight, health, requests",
+                _reply("the clusters", _object(["clusters"], clusters={"type": "array"})),
+            ),
+            "/api/v1/publications": _get(
+                "publications", "services published, per registry", _reply("the publications", any_object)
+            ),
+            "/api/v1/subscriptions": _get(
+                "subscriptions",
+                "services subscribed and their providers, per registry",
+                _reply("the subscriptions", any_object),
+            ),
+            "/api/v1/stats": _get("stats", "counters as JSON", _reply("the counters", any_object)),
+            "/api/v1/loglevel": {
+                **_get(
+                    "get_loglevel",
+                    "current log level",
+                    _reply("the level", _object(["level"], level={"enum": list(LOG_LEVELS)})),
+                ),
+                "post": {
+                    "operationId": "set_loglevel",
+                    "summary": "set the log level (also accepted as ?level=NAME, which wins over the body)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            _JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["level"],
+                                    "properties": {"level": {"type": "string", "pattern": _LEVEL_PATTERN}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _reply(
+                            "set",
+                            _object(
+                                ["err_no", "err_msg", "level", "previous"],
+                                err_no={"const": 0},
+                                err_msg={"type": "string"},
+                                level={"enum": list(LOG_LEVELS)},
+                                previous={"enum": list(LOG_LEVELS)},
+                            ),
+                        ),
+                        "400": _error("not JSON, or not a log level (err_no 1)"),
+                        "413": _error(f"body over {max_body} bytes (err_no 6)"),
+                        **_CHANGING,
+                    },
+                },
+            },
+            "/api/v1/drain": {
+                "post": {
+                    "operationId": "drain",
+                    "summary": "unpublish, keep serving for drain.grace_s, finish requests in flight, exit 0",
+                    "responses": {
+                        "202": _reply(
+                            "draining (or already)",
+                            _object(
+                                ["err_no", "err_msg", "draining"],
+                                err_no={"const": 0},
+                                draining={"const": True},
+                            ),
+                        ),
+                        **_CHANGING,
+                    },
+                }
+            },
+            "/api/v1/reload": {
+                "post": {
+                    "operationId": "reload",
+                    "summary": "re-read the config file (routes, clusters, timeouts, log level)",
+                    "responses": {
+                        "200": _reply(
+                            "reloaded, or why not", _object(["err_no", "err_msg"], err_no={"const": 0})
+                        ),
+                        "400": _error("the new config is invalid; errors names each key (err_no 1)"),
+                        **_CHANGING,
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": _object(
+                    ["err_no", "err_msg"],
+                    err_no={"type": "integer", "enum": sorted({int(c) for c in ErrNo if c} | {8, 9})},
+                    err_msg={"type": "string"},
+                ),
+                "Readiness": _object(
+                    ["status", "ready", "reasons", "detail"],
+                    status={"enum": ["ready", "not ready"]},
+                    ready={"type": "boolean"},
+                    reasons={"type": "array", "items": {"type": "string"}},
+                    detail={"type": "object"},
+                ),
+            }
+        },
+    }
