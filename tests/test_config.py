@@ -617,6 +617,9 @@ FULL: dict[str, Any] = {
     "api": "127.0.0.1:22222",
     "admin": "127.0.0.1:34901",
     "admin_token": "s3cret-token",
+    "auth_token": "another-s3cret",
+    "api_allow_remote": False,
+    "admin_allow_remote": False,
     "app_port": 20880,
     "advertise_ip": "10.0.0.7",
     "data_dir": "/var/lib/regproxy",
@@ -742,9 +745,10 @@ def test_every_wrong_type_names_its_key(loc: tuple[str | int, ...], bad: Any, ke
 _OUT_OF_RANGE: list[tuple[str, list[Any]]] = [
     ("egress", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "host name:1", "[::1:1", ""]),
     ("ingress", ["0.0.0.0:x", ":20882"]),
-    ("api", ["999.1.1.1:1"]),
-    ("admin", ["[fe80::zz]:1"]),
+    ("api", ["999.1.1.1:1", "10.0.0.1:22222"]),  # the second: remote without api_allow_remote
+    ("admin", ["[fe80::zz]:1", "0.0.0.0:34901"]),
     ("admin_token", ["", "has space", "tab\tin", "\u00e9t\u00e9"]),
+    ("auth_token", ["", "has space", "\u00e9t\u00e9"]),
     ("app_port", [0, -1, 65536]),
     ("advertise_ip", ["not-an-ip", "0.0.0.0", "::", "300.1.1.1"]),
     ("data_dir", ["", "   "]),
@@ -810,7 +814,10 @@ def _range_cases() -> list[Any]:
 
 def test_range_table_covers_every_section() -> None:
     sections = {re.split(r"[.\[]", key)[0] for key, _ in _OUT_OF_RANGE}
-    assert sections == set(FULL) - {"access_log"}, set(FULL) - sections  # access_log: any path or a bool
+    # access_log: any path or a bool; the *_allow_remote booleans: any bool (their rule is the
+    # remote api/admin address above).
+    free = {"access_log", "api_allow_remote", "admin_allow_remote"}
+    assert sections == set(FULL) - free, set(FULL) - sections
 
 
 @pytest.mark.parametrize(("loc", "bad", "key"), _range_cases())
