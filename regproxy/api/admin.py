@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regproxy.api.admin_openapi import build_admin_openapi
 from regproxy.api.auth import check_bearer, is_loopback, warn_if_remote
-from regproxy.api.http import stop_api
+from regproxy.api.http import serve, stop_api
 from regproxy.api.metrics import metrics_registry
 from regproxy.api.models import ErrNo
 from regproxy.config import LOG_LEVELS, ConfigError, RegistryURL
@@ -670,22 +670,7 @@ async def start_admin(
 ) -> web.AppRunner:
     """Serve the admin app on host:port (port 0: any free port; see ``runner.addresses``)."""
     warn_if_remote("admin", host, has_token=has_token)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    log.info("admin API listening on %s", ", ".join(_fmt(a) for a in runner.addresses))
-    return runner
+    return await serve(app, host, port, "admin API")
 
 
 stop_admin = stop_api
-
-
-def _fmt(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(addr)

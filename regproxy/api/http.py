@@ -363,6 +363,11 @@ def build_app(
 async def start_api(app: web.Application, host: str, port: int, *, has_token: bool = False) -> web.AppRunner:
     """Serve ``app`` on host:port (port 0: any free port; see ``runner.addresses``)."""
     warn_if_remote("api", host, has_token=has_token)
+    return await serve(app, host, port, "HTTP API")
+
+
+async def serve(app: web.Application, host: str, port: int, what: str) -> web.AppRunner:
+    """Serve an aiohttp app on host:port (also the admin API's); logs where ``what`` listens."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -370,7 +375,7 @@ async def start_api(app: web.Application, host: str, port: int, *, has_token: bo
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("HTTP API listening on %s", ", ".join(_fmt(a) for a in runner.addresses))
+    log.info("%s listening on %s", what, ", ".join(_fmt(a) for a in runner.addresses))
     return runner
 
 
