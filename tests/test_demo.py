@@ -21,6 +21,7 @@ from regproxy.demo.provider import ECHO_SERVICE, GREETINGS_SERVICE, Provider, de
 from regproxy.dubbo.encode import (
     decode_response,
     encode_request,
+    encode_response,
     heartbeat_reply,
     heartbeat_request,
     with_request_id,
@@ -238,8 +239,6 @@ async def test_timeout_is_sent_as_attachment(provider: Provider, client: DubboCl
 
 def _recording_handler(seen: list[dict[str, Any]]) -> Any:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from regproxy.dubbo.encode import encode_response
-
         parser = FrameParser()
         while data := await reader.read(65536):
             for frame in parser.feed(data):
@@ -525,3 +524,24 @@ def test_client_and_provider_on_both_event_loops(loop_name: str) -> None:
 
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(scenario())
+
+
+async def test_a_cancelled_call_is_cancelled_even_when_its_answer_arrived() -> None:
+    """The answer and the caller's cancellation in the same loop pass: the call must end cancelled.
+    (With asyncio.wait_for, Python 3.11 returned the answer instead, and a call loop stopped by
+    cancelling it went on for ever.)"""
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    client = await DubboClient.connect("127.0.0.1", port)
+    try:
+        task = asyncio.ensure_future(client.call(GREETINGS_SERVICE, "sayHi", ["x"], timeout=5))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the request is written; the call waits for its answer
+        (request_id,) = client._pending
+        client.data_received(encode_response(request_id, "hi, x"))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        client.close()
+        silent.close()

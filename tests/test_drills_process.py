@@ -155,6 +155,7 @@ class Load:
     ok: list[float] = field(default_factory=list)  # monotonic time of each success
     failed: list[tuple[float, float, str]] = field(default_factory=list)  # (time, latency, why)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: bool = False
 
     @property
     def sent(self) -> int:
@@ -163,7 +164,7 @@ class Load:
     async def _caller(self, i: int) -> None:
         client = await DubboClient.connect("127.0.0.1", self.port)
         try:
-            while True:
+            while not self.stopping:
                 t0 = time.monotonic()
                 try:
                     await client.call(GREET, "sayHi", [f"c{i}"], version=VERSION, timeout=self.timeout_s)
@@ -181,9 +182,10 @@ class Load:
         self.tasks = [asyncio.ensure_future(self._caller(i)) for i in range(self.connections)]
 
     async def stop(self) -> None:
+        self.stopping = True  # as well as the cancel: a drill must end even if a cancel got lost
         for t in self.tasks:
             t.cancel()
-        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        results = await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 15)
         errors = [r for r in results if not isinstance(r, asyncio.CancelledError)]
         assert not errors, errors  # a caller that died would hide failures
 

@@ -302,7 +302,10 @@ class DubboClient(asyncio.Protocol):
         try:
             if timeout is None:
                 return await future
-            return await asyncio.wait_for(future, timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns the result when the response
+            # and a cancellation of the caller arrive together, so a cancelled call loop goes on.
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             raise CallTimeout(
                 f"{what} to {self.peer} got no response within {timeout:g} s (request id {request_id})"
