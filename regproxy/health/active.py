@@ -135,7 +135,8 @@ class HeartbeatProbe:
     async def check(self, timeout_s: float) -> None:
         self._next_id = rid = self._next_id + 1 if self._next_id < _MAX_ID else 1
         try:
-            await asyncio.wait_for(self._ping(rid), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can swallow a cancellation (3.11)
+                await self._ping(rid)
         except BaseException:
             self.close()  # its state is unknown (a late answer, half a frame): start again next time
             raise

@@ -290,7 +290,8 @@ class NacosRegistry(Registry):
 
     async def _call(self, what: str, op: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(op, self._op_timeout_s)
+            async with asyncio.timeout(self._op_timeout_s):  # wait_for can swallow a cancellation (3.11)
+                return await op
         except TimeoutError:
             raise RegistryUnavailable(
                 f"registry {self.name}: {what} timed out after {self._op_timeout_s:g} s"

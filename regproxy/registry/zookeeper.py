@@ -698,7 +698,8 @@ class ZooKeeperRegistry(Registry):
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"registry {self.name}: cannot {what} {path}: {exc}") from exc
         try:
-            return await asyncio.wait_for(fut, self._op_timeout_s)
+            async with asyncio.timeout(self._op_timeout_s):  # wait_for can swallow a cancellation (3.11)
+                return await fut
         except TimeoutError:
             raise RegistryUnavailable(
                 f"registry {self.name}: {what} {path}: no answer within {self._op_timeout_s:g} s"
