@@ -370,66 +370,51 @@ Interface = Annotated[
         json_schema_extra={"pattern": _JAVA_QNAME_PATTERN, "maxLength": MAX_INTERFACE},
     ),
 ]
-PubVersion = Annotated[
-    str,
-    BeforeValidator(_none_to_empty),
+
+
+def _optional_text(rule: AfterValidator, pattern: str, max_length: int, description: str) -> Any:
+    """A name the SDKs may send as null or "" (meaning none), validated by ``rule``; the schema
+    says the same as the rule, so schema-driven clients and fuzzers see what the API accepts."""
+    return Annotated[
+        str,
+        BeforeValidator(_none_to_empty),
+        rule,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": f"^{pattern}$", "maxLength": max_length},
+                    {"type": "null"},
+                ],
+                "description": description,
+            }
+        ),
+    ]
+
+
+PubVersion = _optional_text(
     _rule(check_version, allow_any=False),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": f"^{_TOKEN_PATTERN}?$", "maxLength": MAX_VERSION},
-                {"type": "null"},
-            ],
-            "description": 'service version; "" or null for none',
-        }
-    ),
-]
-SubVersion = Annotated[
-    str,
-    BeforeValidator(_none_to_empty),
+    f"{_TOKEN_PATTERN}?",
+    MAX_VERSION,
+    'service version; "" or null for none',
+)
+SubVersion = _optional_text(
     _rule(check_version, allow_any=True),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": f"^(?:\\*|{_TOKEN_PATTERN})?$", "maxLength": MAX_VERSION},
-                {"type": "null"},
-            ],
-            "description": 'version to match; "" (or "0.0.0") or null for none, "*" for any',
-        }
-    ),
-]
-PubGroup = Annotated[
-    str,
-    BeforeValidator(_none_to_empty),
+    f"(?:\\*|{_TOKEN_PATTERN})?",
+    MAX_VERSION,
+    'version to match; "" (or "0.0.0") or null for none, "*" for any',
+)
+PubGroup = _optional_text(
     _rule(check_group, allow_many=False),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": f"^{_TOKEN_PATTERN}?$", "maxLength": MAX_GROUP},
-                {"type": "null"},
-            ],
-            "description": 'Dubbo group; "" or null for none',
-        }
-    ),
-]
-SubGroup = Annotated[
-    str,
-    BeforeValidator(_none_to_empty),
+    f"{_TOKEN_PATTERN}?",
+    MAX_GROUP,
+    'Dubbo group; "" or null for none',
+)
+SubGroup = _optional_text(
     _rule(check_group, allow_many=True),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {
-                    "type": "string",
-                    "pattern": f"^(?:\\*|{_TOKEN_PATTERN}(?:,{_TOKEN_PATTERN})*)?$",
-                    "maxLength": MAX_GROUP,
-                },
-                {"type": "null"},
-            ],
-            "description": 'group to match; "" or null for none, "*" for any, or a comma list such as "a,b"',
-        }
-    ),
-]
+    f"(?:\\*|{_TOKEN_PATTERN}(?:,{_TOKEN_PATTERN})*)?",
+    MAX_GROUP,
+    'group to match; "" or null for none, "*" for any, or a comma list such as "a,b"',
+)
 Methods = Annotated[
     list[Annotated[str, _rule(check_method)]],
     BeforeValidator(_methods_in),
