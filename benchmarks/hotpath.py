@@ -115,7 +115,7 @@ async def run(requests: int, hop: str, profile: bool) -> float:
     elapsed = time.process_time() - start
     if prof is not None:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(int(__import__("os").environ.get("ROWS", "18")))
     last = down_t.last
     if last[4:12] != ID.pack(((requests - 1) & 1023) + 1) or last[3] != 20:
         raise SystemExit(f"wrong last response: {last[:16].hex()}")

@@ -73,3 +73,30 @@ async def test_plans_follow_table_swaps_rules_and_groups() -> None:
     h.holder.swap(table(A, group="g"))
     missing = f"status {Status.SERVICE_NOT_FOUND}"
     assert [h.send("g"), h.send("g"), h.send("h"), h.send(""), h.send("g")] == [A, A, missing, missing, A]
+
+
+async def test_each_request_keeps_its_own_timeout_when_its_plan_is_memoised() -> None:
+    """At the egress the consumer's timeout is read late, per request, not memoised with the
+    routing decision: three requests of one method, three deadlines."""
+    loop = asyncio.get_running_loop()
+    h = Harness(table(A))
+    answers: list[tuple[float, bytes]] = []
+    h.down_t.write = lambda data: answers.append((loop.time(), bytes(data)))  # type: ignore[method-assign]
+    start = loop.time()
+    for request_id, timeout_ms in ((1, 2000), (2, 80), (3, 250)):
+        h.down.data_received(
+            encode_request(request_id, SVC, "m", ["x"], attachments={"timeout": str(timeout_ms)})
+        )
+        h.batcher.flush()
+    assert len(h.fwd._heads) == 1  # requests 2 and 3 took the memoised plan
+    await asyncio.sleep(0.4)
+    got = {}
+    for when, data in answers:
+        frame = FrameParser().feed(data)[0]
+        got[frame.request_id] = (when - start, frame.status, frame.body)
+    assert sorted(got) == [2, 3]  # request 1 is still waiting for its 2 s
+    for request_id, timeout_ms in ((2, 80), (3, 250)):
+        elapsed, status, body = got[request_id]
+        assert status == Status.CLIENT_TIMEOUT
+        assert f"timeout after {timeout_ms} ms".encode() in body
+        assert timeout_ms / 1000 - 0.002 <= elapsed <= timeout_ms / 1000 + 0.06, (request_id, elapsed)

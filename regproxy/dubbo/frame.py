@@ -33,6 +33,7 @@ HESSIAN2: Final = 2
 DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 
 _HEADER = struct.Struct(">HBBqI")
+_MAGIC_AND_LEN = struct.Struct(">H10xI")
 
 
 class Status(IntEnum):
@@ -61,7 +62,9 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.request_id = request_id
         # Frames that were complete before the bad bytes: the caller still handles them, so a
-        # request that arrived intact is never dropped because garbage followed it.
+        # request that arrived intact is never dropped because garbage followed it. ``raw_frames``
+        # from ``feed_raw``, ``frames`` from ``feed``.
+        self.raw_frames: list[bytes] = []
         self.frames: list[Frame] = []
 
 
@@ -74,6 +77,11 @@ class Frame:
         _magic, self.flag, self.status, self.request_id, self.body_len = _HEADER.unpack(head)
         self.head = head
         self.body = body
+
+    @classmethod
+    def of(cls, raw: bytes) -> Frame:
+        """The frame whose header and body are ``raw`` (as ``FrameParser.feed_raw`` returns them)."""
+        return cls(raw[:HEADER_LEN], raw[HEADER_LEN:])
 
     @property
     def is_request(self) -> bool:
@@ -118,8 +126,13 @@ def pack_header(flag: int, status: int, request_id: int, body_len: int) -> bytes
 class FrameParser:
     """Incremental parser: ``feed(bytes) -> list[Frame]``; raises ProtocolError on bad input.
 
+    ``feed_raw`` returns each frame as one bytes object, header and body together, without making
+    Frame objects: the proxy's data path reads the few header bytes it needs in place, and a chunk
+    that is exactly one frame is returned as it is, without a copy.
+
     After a ProtocolError the stream is unusable; further feeds raise the same error again (with
-    no frames). The error carries, in ``frames``, the frames completed before the bad bytes.
+    no frames). The error carries, in ``raw_frames`` (and ``frames`` from ``feed``), the frames
+    completed before the bad bytes.
     """
 
     __slots__ = ("_buf", "_error", "_pos", "max_body")
@@ -136,10 +149,23 @@ class FrameParser:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[Frame]:
+        of = Frame.of
+        try:
+            return [of(raw) for raw in self.feed_raw(data)]
+        except ProtocolError as exc:
+            exc.frames = [of(raw) for raw in exc.raw_frames]
+            raise
+
+    def feed_raw(self, data: bytes) -> list[bytes]:
         if self._error is not None:
-            self._error.frames = []
+            self._error.raw_frames = []
             raise self._error
         if not self._buf:
+            if len(data) >= HEADER_LEN:
+                # The most common chunk on a connection with one request in flight: one whole frame.
+                magic, body_len = _MAGIC_AND_LEN.unpack_from(data)
+                if magic == MAGIC and len(data) == HEADER_LEN + body_len and body_len <= self.max_body:
+                    return [bytes(data)]
             frames, used = self._parse(data, 0)
             if used < len(data):
                 self._buf += memoryview(data)[used:]
@@ -154,15 +180,15 @@ class FrameParser:
             self._pos = 0
         return frames
 
-    def _fail(self, error: ProtocolError, frames: list[Frame]) -> ProtocolError:
-        error.frames = frames
+    def _fail(self, error: ProtocolError, frames: list[bytes]) -> ProtocolError:
+        error.raw_frames = frames
         self._error = error
         self._buf = bytearray()
         self._pos = 0
         return error
 
-    def _parse(self, buf: bytes | memoryview, pos: int) -> tuple[list[Frame], int]:
-        frames: list[Frame] = []
+    def _parse(self, buf: bytes | memoryview, pos: int) -> tuple[list[bytes], int]:
+        frames: list[bytes] = []
         end = len(buf)
         max_body = self.max_body
         unpack = _HEADER.unpack_from
@@ -180,7 +206,8 @@ class FrameParser:
             stop = pos + HEADER_LEN + body_len
             if stop > end:
                 break
-            frames.append(Frame(bytes(buf[pos : pos + HEADER_LEN]), bytes(buf[pos + HEADER_LEN : stop])))
+            # bytes(bytes) is the same object, and slicing all of a bytes object copies nothing.
+            frames.append(bytes(buf[pos:stop]))
             pos = stop
         if end - pos >= 2 and buf[pos : pos + 2] != MAGIC_BYTES:
             # Fail fast on garbage instead of waiting for a full header that may never come.

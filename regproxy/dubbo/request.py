@@ -25,8 +25,8 @@ _COUNTS: dict[str, int] = {}  # parameter descriptor -> argument count
 _MEMO_MAX = 4096  # entries per memo; a peer sending endless new heads only makes it start over
 # Head bytes -> (dubbo version, path, version, method, parameter types).
 _HEADS: dict[bytes, tuple[str, str, str, str, str]] = {}
-# Attachment bytes -> (read-only attachments, their timeout).  Shared between requests.
-_TAILS: dict[bytes, tuple[Mapping[str, Any], int | None]] = {}
+# Attachment bytes -> (read-only attachments, their timeout, their group).  Shared between requests.
+_TAILS: dict[bytes, tuple[Mapping[str, Any], int | None, str]] = {}
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -108,12 +108,14 @@ def _short_ascii(body: bytes, pos: int) -> tuple[str, int] | None:
     return raw.decode("ascii"), start + n
 
 
-def _compact_head_end(body: bytes) -> int:
-    """Where the five head strings end if each is a compact string of one byte per character;
-    -1 when a tag is not a compact string.  Only a memo key: a non-ASCII head gives a wrong end,
-    whose bytes then match no memoised head (those are all ASCII heads that ended there)."""
+def compact_head_end(body: bytes, start: int = 0) -> int:
+    """Where the five head strings from ``start`` end if each is a compact string of one byte per
+    character; -1 when a tag is not a compact string.  Only a memo key: a non-ASCII head gives a
+    wrong end, whose bytes then match no memoised head (those are all ASCII heads that ended there).
+    Hessian strings carry their length, so bytes that parse as five whole strings are exactly the
+    head of whatever follows them."""
     try:
-        pos = 0
+        pos = start
         for _ in range(5):
             tag = body[pos]
             if tag < 0x20:
@@ -127,7 +129,7 @@ def _compact_head_end(body: bytes) -> int:
         return -1
 
 
-def _skip_scalar_args(body: bytes, pos: int, nargs: int) -> int:
+def skip_scalar_args(body: bytes, pos: int, nargs: int) -> int:
     """End of ``nargs`` arguments that are scalars or short ASCII strings; -1 for anything else."""
     try:
         for _ in range(nargs):
@@ -170,10 +172,25 @@ def fast_attachments(body: bytes, pos: int, nargs: int) -> dict[str, Any] | None
     """The attachments map when every argument is a scalar or a short ASCII string and the map
     holds only short ASCII strings: what most calls carry. None means "use the general reader",
     which gives the same answer for these bytes (a test checks that), just more slowly."""
-    pos = _skip_scalar_args(body, pos, nargs)
+    pos = skip_scalar_args(body, pos, nargs)
     if pos < 0:
         return None
     return _fast_map(body, pos)
+
+
+def memoised_group(body: bytes, args_start: int, nargs: int) -> str | None:
+    """The group of a request whose ``nargs`` arguments from ``args_start`` are scalars or short
+    ASCII strings and whose attachment bytes were decoded before; None means "decode it"."""
+    pos = skip_scalar_args(body, args_start, nargs)
+    if pos < 0:
+        return None
+    known = _TAILS.get(body[pos:])
+    return None if known is None else known[2]
+
+
+def _group_of(att: Mapping[str, Any]) -> str:
+    group = att.get("group")
+    return group if isinstance(group, str) else ""
 
 
 def _fast_map(body: bytes, pos: int) -> dict[str, Any] | None:
@@ -210,31 +227,35 @@ class RequestBody:
         "_timeout",
         "body",
         "dubbo_version",
+        "head_end",
         "method",
         "param_types",
         "path",
         "version",
     )
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, start: int = 0) -> None:
+        """``body`` from ``start``: a frame's body, or a whole frame with ``start=16``."""
         self.body = body
-        end = _compact_head_end(body)
-        known = _HEADS.get(body[:end]) if end > 0 else None
+        end = compact_head_end(body, start)
+        known = _HEADS.get(body[start:end]) if end > 0 else None
+        self.head_end = -1  # where the head ends when its bytes are a memo key (see head_key)
         if known is None:
-            self.dubbo_version, pos = _read_head_string(body, 0)
+            self.dubbo_version, pos = _read_head_string(body, start)
             self.path, pos = _read_head_string(body, pos)
             self.version, pos = _read_head_string(body, pos)
             self.method, pos = _read_head_string(body, pos)
             self.param_types, pos = _read_head_string(body, pos)
-            if pos == end and body[:end].isascii():
+            if pos == end and body[start:end].isascii():
                 _remember(
                     _HEADS,
-                    body[:end],
+                    body[start:end],
                     (self.dubbo_version, self.path, self.version, self.method, self.param_types),
                 )
+                self.head_end = end
         else:
             self.dubbo_version, self.path, self.version, self.method, self.param_types = known
-            pos = end
+            pos = self.head_end = end
         self._args_end = pos  # becomes the end of the arguments once they are skipped or read
         self._attachments: Mapping[str, Any] | None = None
         self._reader: Hessian2Reader | None = None
@@ -281,7 +302,7 @@ class RequestBody:
 
     def _fast_attachments(self) -> None:
         body = self.body
-        pos = _skip_scalar_args(body, self._args_end, self.argument_count)
+        pos = skip_scalar_args(body, self._args_end, self.argument_count)
         if pos < 0:
             return
         tail = body[pos:]
@@ -290,10 +311,10 @@ class RequestBody:
             att = _fast_map(body, pos)
             if att is None:
                 return
-            known = (MappingProxyType(att), _timeout_of(att))
+            known = (MappingProxyType(att), _timeout_of(att), _group_of(att))
             if len(tail) <= 1024:
                 _remember(_TAILS, tail, known)
-        self._attachments, self._timeout = known
+        self._attachments, self._timeout, _group = known
 
     @property
     def attachments_read(self) -> bool:
@@ -301,8 +322,7 @@ class RequestBody:
 
     @property
     def group(self) -> str:
-        group = self.attachments.get("group")
-        return group if isinstance(group, str) else ""
+        return _group_of(self.attachments)
 
     def timeout_ms(self) -> int | None:
         """The consumer's timeout: `timeout` (ms as a string in 3.x, an int in some clients) or `_TO`."""

@@ -38,15 +38,16 @@ class BatchedWriter:
 
     __slots__ = ()
     transport: asyncio.Transport | None
-    _out: list[bytes]
+    _out: list[bytes | bytearray]
     _batcher: Batcher
 
-    def queue(self, *chunks: bytes) -> None:
+    def queue(self, chunk: bytes | bytearray) -> None:
         if self.transport is None:
             return  # closed: the peer is gone, nobody can read the answer
-        if not self._out:
+        out = self._out
+        if not out:
             self._batcher.mark(self)
-        self._out.extend(chunks)
+        out.append(chunk)
 
     def flush(self) -> None:
         out = self._out

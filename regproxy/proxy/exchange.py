@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from regproxy.dubbo.frame import Frame
+from regproxy.dubbo.frame import FLAG_TWOWAY, Frame
+from regproxy.proxy.stats import Histogram
 
 if TYPE_CHECKING:
     from regproxy.proxy.filters import StreamFilter
@@ -21,16 +21,18 @@ class Exchange:
         "downstream",
         "downstream_id",
         "filters",
-        "frame",
+        "hist",
         "hosts",
         "method",
+        "raw",
         "retries_left",
         "retry_on",
         "service",
+        "slot",
         "started",
         "timeout_ms",
-        "timer",
         "tried",
+        "two_way",
         "upstream",
         "upstream_id",
     )
@@ -38,7 +40,8 @@ class Exchange:
     def __init__(
         self,
         downstream: DownstreamConnection,
-        frame: Frame,
+        raw: bytes,
+        request_id: int,
         service: str,
         method: str,
         hosts: Sequence[Host],
@@ -46,15 +49,18 @@ class Exchange:
         retries: int,
         timeout_ms: int,
         started: float,
+        hist: Histogram,
         retry_on: int = 1,
         filters: tuple[StreamFilter, ...] = (),
     ) -> None:
         self.downstream = downstream
-        self.downstream_id = frame.request_id
-        self.frame = frame
+        self.raw = raw  # the request as received, header and body: forwarded with its id replaced
+        self.downstream_id = request_id
+        self.two_way = bool(raw[2] & FLAG_TWOWAY)
         self.service = service  # "group/interface:version", for messages and counters
         self.method = method
         self.started = started  # perf_counter() when the request arrived
+        self.hist = hist  # the latency histogram of (service, method)
         # The hosts and balancer of the snapshot the request started on: a retry stays on it even
         # if the routing table is swapped meanwhile.
         self.hosts = hosts
@@ -64,9 +70,11 @@ class Exchange:
         # (connect failures before writing always may, while retries_left lasts).
         self.retry_on = retry_on
         self.filters = filters  # the rule's stream filters; () for most requests
+        # 0 at the egress until the deadline wheel first asks: the consumer's timeout is read from
+        # the attachments only for requests still in flight then (see Forwarder._on_deadline).
         self.timeout_ms = timeout_ms
         self.tried: list[str] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.slot = 0  # the deadline's bucket in the wheel; 0: none (answered, or one-way)
         self.upstream: UpstreamConnection | None = None
         self.upstream_id = 0
 
@@ -75,5 +83,5 @@ class Exchange:
         return f"{self.service}.{self.method}"
 
     @property
-    def two_way(self) -> bool:
-        return self.frame.two_way
+    def frame(self) -> Frame:
+        return Frame.of(self.raw)

@@ -7,19 +7,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 from collections.abc import Callable
 from time import perf_counter
 
-from regproxy.dubbo.encode import encode_error, heartbeat_reply, with_request_id
-from regproxy.dubbo.frame import FLAG_EVENT, FLAG_TWOWAY, HESSIAN2, SERIALIZATION_MASK, Frame, Status
+from regproxy.dubbo.encode import encode_error, heartbeat_reply
+from regproxy.dubbo.frame import FLAG_EVENT, FLAG_TWOWAY, HESSIAN2, SERIALIZATION_MASK, Status
 from regproxy.dubbo.hessian2 import Hessian2Error
-from regproxy.dubbo.request import RequestBody
+from regproxy.dubbo.request import RequestBody, compact_head_end, memoised_group
 from regproxy.health import HostHealth, NoHealth
 from regproxy.proxy.batch import Batcher
+from regproxy.proxy.deadlines import DeadlineWheel
 from regproxy.proxy.exchange import Exchange
 from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
 from regproxy.proxy.listener import DownstreamConnection
-from regproxy.proxy.stats import ListenerStats
+from regproxy.proxy.stats import Histogram, ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import Host, LoadBalancer, RoutingTable, TableHolder, make_balancer
 from regproxy.routing.rules import (
@@ -67,29 +69,68 @@ def service_label(path: str, version: str, group: str | None) -> str:
 
 MAX_PLANS = 4096
 
+_ID = struct.Struct(">q")
+_request_id = _ID.unpack_from  # the request id: bytes 4..12 of a frame
+_set_id = _ID.pack_into
+
+# The third header byte of a two-way hessian2 request that is not an event: the common case.
+_TWOWAY_HESSIAN2_REQUEST = 0x80 | FLAG_TWOWAY | HESSIAN2
+
+# At the egress the consumer's timeout is in the attachments, after every argument. Most requests
+# are answered long before any timeout: their deadline is first looked at after this delay, and
+# only requests still in flight then have their attachments read (see _on_deadline).
+_TIMEOUT_PROBE_S = 0.01
+
 
 class _Plan:
-    """A memoised routing decision: what every request of one (service, version, method) gets
-    while the table and rules stay the same, and the labels of its counters by request group."""
+    """A memoised routing decision: what every request of one (service, version, method, and
+    group where the table matches on it) gets while the table and rules stay the same, with the
+    labels and latency histogram of its counters."""
 
-    __slots__ = ("balancer", "hosts", "labels", "retries", "timeout_ms")
+    __slots__ = (
+        "balancer",
+        "counter_key",
+        "hist",
+        "hosts",
+        "method",
+        "only",
+        "retries",
+        "service",
+        "timeout_ms",
+    )
 
     def __init__(
-        self, timeout_ms: int | None, retries: int, hosts: tuple[Host, ...], balancer: LoadBalancer
+        self,
+        timeout_ms: int,
+        retries: int,
+        hosts: tuple[Host, ...],
+        balancer: LoadBalancer,
+        service: str,
+        method: str,
+        hist: Histogram,
     ) -> None:
-        self.timeout_ms = timeout_ms
+        self.timeout_ms = timeout_ms  # 0: the consumer's, read late (egress)
         self.retries = retries
         self.hosts = hosts
         self.balancer = balancer
-        self.labels: dict[str, tuple[str, str]] = {}
+        self.service = service
+        self.method = method
+        self.counter_key = f"{service}.{method}"
+        self.hist = hist
+        # A cluster of one usable host: while no host is failing, every balancer would pick it.
+        only = hosts[0] if len(hosts) == 1 else None
+        self.only = only if only is not None and only.healthy and only.weight > 0 else None
 
-    def label(self, body: RequestBody) -> tuple[str, str]:
-        group = body.group if body.attachments_read else ""
-        service = service_label(body.path, body.version, group)
-        labels = (service, f"{service}.{body.method}")
-        if len(self.labels) < 64:  # groups are few; a peer sending endless new ones gets no memo
-            self.labels[group] = labels
-        return labels
+
+class _GroupPlans:
+    """The plans of one request head where the table matches on the group: by group, with the
+    head's argument count, so that the group can be found in memoised attachment bytes."""
+
+    __slots__ = ("by_group", "nargs")
+
+    def __init__(self, nargs: int) -> None:
+        self.nargs = nargs
+        self.by_group: dict[str, _Plan] = {}
 
 
 class Forwarder(UpstreamEvents):
@@ -131,9 +172,12 @@ class Forwarder(UpstreamEvents):
         self._filters: dict[Rule, tuple[StreamFilter, ...]] = {}
         self._subsets: dict[tuple[str, Subset], tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
         self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
-        # Routing decisions of the common case, for the table they were made on (see _plan).
+        # Routing decisions of the common case, for the table they were made on (see _plan), by
+        # (service, version, method, group or None) and by the exact bytes of the request head.
         self._plans: dict[tuple[str, str, str, str | None], _Plan] = {}
+        self._heads: dict[bytes, _Plan | _GroupPlans] = {}
         self._plans_table: RoutingTable | None = None
+        self.deadlines = DeadlineWheel(loop, self._on_deadline)  # type: ignore[arg-type]
         self.rng = random.Random()  # weighted subset choice
         self.access_log: AccessLog | None = None  # off by default: no formatting per request
         self._health: HostHealth = NoHealth()
@@ -161,14 +205,71 @@ class Forwarder(UpstreamEvents):
             self.downstreams.discard(down)
             self.stats.downstream_connections -= 1
 
-    def handle_frame(self, down: DownstreamConnection, frame: Frame) -> None:
-        flag = frame.flag
+    def handle(self, down: DownstreamConnection, raw: bytes) -> None:
+        """One frame from a downstream connection, header and body in ``raw``."""
+        # The common case first, with nothing decoded: a two-way hessian2 request whose head bytes
+        # (and, where the table matches on the group, attachment bytes) were seen before on this
+        # table and rules. Anything else takes _handle_general, which also makes the plans.
+        if raw[2] == _TWOWAY_HESSIAN2_REQUEST:
+            if self.table.current is not self._plans_table:
+                self._reset_plans()
+            end = compact_head_end(raw, 16)
+            entry = self._heads.get(raw[16:end]) if end > 0 else None
+            if entry is not None:
+                if entry.__class__ is _GroupPlans:
+                    group = memoised_group(raw, end, entry.nargs)  # type: ignore[union-attr]
+                    plan = entry.by_group.get(group) if group is not None else None  # type: ignore[union-attr]
+                else:
+                    plan = entry  # type: ignore[assignment]
+                if plan is not None:
+                    stats = self.stats
+                    stats.requests += 1
+                    stats.per_service[plan.counter_key] += 1
+                    exch = Exchange(
+                        down,
+                        raw,
+                        _request_id(raw, 4)[0],
+                        plan.service,
+                        plan.method,
+                        plan.hosts,
+                        plan.balancer,
+                        plan.retries,
+                        plan.timeout_ms,
+                        perf_counter(),  # not loop.time(): uvloop's is cached per loop pass, in whole ms
+                        plan.hist,
+                    )
+                    down.in_flight += 1
+                    self.in_flight += 1
+                    self.deadlines.add(exch, plan.timeout_ms / 1000 if plan.timeout_ms else _TIMEOUT_PROBE_S)
+                    pool = self.pool
+                    host = plan.only
+                    if (
+                        host is None
+                        or pool.any_failing
+                        or pool.closed
+                        or (self._health_on and self._health.any_unavailable())
+                    ):
+                        self._dispatch(exch, None)
+                    else:
+                        self._send(exch, host)
+                    return
+        self._handle_general(down, raw)
+
+    def _reset_plans(self) -> None:
+        self._plans = {}
+        self._heads = {}
+        self._plans_table = self.table.current
+
+    def _handle_general(self, down: DownstreamConnection, raw: bytes) -> None:
+        flag = raw[2]
+        request_id = _request_id(raw, 4)[0]
+        two_way = bool(flag & FLAG_TWOWAY)
         if not flag & 0x80:
             return  # a response from a consumer: only replies to our heartbeats, nothing to do
         if flag & FLAG_EVENT:
             self.stats.heartbeats += 1
-            if flag & FLAG_TWOWAY:
-                down.queue(heartbeat_reply(frame.request_id))
+            if two_way:
+                down.queue(heartbeat_reply(request_id))
             return
         stats = self.stats
         stats.requests += 1
@@ -177,17 +278,17 @@ class Forwarder(UpstreamEvents):
             name = SERIALIZATION_NAMES.get(sid, "unknown")
             self.reply_error(
                 down,
-                frame,
+                request_id,
+                two_way,
                 Status.BAD_REQUEST,
                 f"serialization id {sid} ({name}) is not supported; regproxy reads hessian2 (2)",
             )
             return
         try:
-            body = RequestBody(frame.body)
+            body = RequestBody(raw, 16)
+            if self.table.current is not self._plans_table:
+                self._reset_plans()
             table = self.table.current
-            if table is not self._plans_table:
-                self._plans = {}
-                self._plans_table = table
             path = body.path
             # The group is read (from the attachments) only where a route depends on it.
             key = (path, body.version, body.method, body.group if table.needs_group(path) else None)
@@ -195,52 +296,67 @@ class Forwarder(UpstreamEvents):
             if plan is None:
                 plan = self._plan(key, body, table)
             if plan is not None:
-                timeout_ms = (
-                    plan.timeout_ms
-                    or (self.timeout_from_attachment and body.timeout_ms())
-                    or self.default_timeout_ms
+                self._remember_head(raw, body, key[3], plan)
+                timeout_ms = plan.timeout_ms or (
+                    (self.timeout_from_attachment and body.timeout_ms()) or self.default_timeout_ms
                 )
-                labels = plan.labels.get(body.group if body.attachments_read else "")
-                if labels is None:
-                    labels = plan.label(body)
-                service, counter_key = labels
+                service, method, hist = plan.service, plan.method, plan.hist
+                counter_key = plan.counter_key
                 hosts, balancer, retries = plan.hosts, plan.balancer, plan.retries
                 retry_on, filters = RETRY_CONNECT, ()
             else:
-                routed = self._route(down, frame, body, table)
+                routed = self._route(down, request_id, two_way, body, table)
                 if routed is None:
                     return  # answered with an error
                 hosts, balancer, retries, timeout_ms, retry_on, filters = routed
                 # For the label only: free when the attachments were read anyway.
                 service = service_label(body.path, body.version, body.group if body.attachments_read else "")
-                counter_key = f"{service}.{body.method}"
+                method = body.method
+                counter_key = f"{service}.{method}"
+                hist = stats.histogram(service, method)
         except Hessian2Error as exc:
-            self.reply_error(down, frame, Status.BAD_REQUEST, f"malformed request body: {exc}")
+            self.reply_error(down, request_id, two_way, Status.BAD_REQUEST, f"malformed request body: {exc}")
             return
         stats.per_service[counter_key] += 1
-        if not frame.two_way:
+        if not two_way:
             stats.oneway += 1
         exch = Exchange(
             down,
-            frame,
+            raw,
+            request_id,
             service,
-            body.method,
+            method,
             hosts,
             balancer,
             retries,
             timeout_ms,
-            perf_counter(),  # not loop.time(): uvloop's is cached per loop pass, in whole ms
+            perf_counter(),
+            hist,
             retry_on,
             filters,
         )
-        if frame.two_way:
+        if two_way:
             down.in_flight += 1
             self.in_flight += 1
-            exch.timer = self.loop.call_later(timeout_ms / 1000, self._on_timeout, exch)
+            self.deadlines.add(exch, timeout_ms / 1000)
         if filters:
             self._run_filters(exch, 0)
         else:
             self._dispatch(exch, None)
+
+    def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: _Plan) -> None:
+        """Let requests with these head bytes (and this group) find ``plan`` without decoding."""
+        if body.head_end < 0 or len(self._heads) >= MAX_PLANS:
+            return
+        head = raw[16 : body.head_end]
+        if group is None:
+            self._heads[head] = plan
+            return
+        entry = self._heads.get(head)
+        if not isinstance(entry, _GroupPlans):
+            entry = self._heads[head] = _GroupPlans(body.argument_count)
+        if len(entry.by_group) < 64:  # groups are few; a peer sending endless new ones gets no memo
+            entry.by_group[group] = plan
 
     def _plan(
         self, key: tuple[str, str, str, str | None], body: RequestBody, table: RoutingTable
@@ -258,13 +374,29 @@ class Forwarder(UpstreamEvents):
         cluster = table.clusters.get(route.cluster)
         if cluster is None or self._tag_index(cluster.name, cluster.hosts) is not None:
             return None
-        plan = _Plan(route.timeout_ms, route.retries, cluster.hosts, self._balancer(cluster.name, cluster.lb))
+        # Requests with a plan are labelled by the group only where the route matches on it.
+        service = service_label(path, body.version, key[3])
+        timeout_ms = route.timeout_ms or (0 if self.timeout_from_attachment else self.default_timeout_ms)
+        plan = _Plan(
+            timeout_ms,
+            route.retries,
+            cluster.hosts,
+            self._balancer(cluster.name, cluster.lb),
+            service,
+            body.method,
+            self.stats.histogram(service, body.method),
+        )
         if len(self._plans) < MAX_PLANS:  # a peer inventing services must not grow it without end
             self._plans[key] = plan
         return plan
 
     def _route(
-        self, down: DownstreamConnection, frame: Frame, body: RequestBody, table: RoutingTable
+        self,
+        down: DownstreamConnection,
+        request_id: int,
+        two_way: bool,
+        body: RequestBody,
+        table: RoutingTable,
     ) -> tuple[tuple[Host, ...], LoadBalancer, int, int, int, tuple[StreamFilter, ...]] | None:
         """Rules, group, subsets and tags: ``(hosts, balancer, retries, timeout_ms, retry_on,
         filters)``, or None once the request has been answered with an error."""
@@ -282,7 +414,8 @@ class Forwarder(UpstreamEvents):
                 why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
                 self._not_found(
                     down,
-                    frame,
+                    request_id,
+                    two_way,
                     f"no route for {label} method {body.method}{why}",
                 )
                 return None
@@ -313,7 +446,8 @@ class Forwarder(UpstreamEvents):
             label = service_label(body.path, body.version, body.group)
             self._not_found(
                 down,
-                frame,
+                request_id,
+                two_way,
                 f"rule {rule.name!r} sends {label} to cluster {cluster_name!r}, "  # type: ignore[union-attr]
                 "which does not exist (no static cluster or subscription of that name)",
             )
@@ -328,7 +462,8 @@ class Forwarder(UpstreamEvents):
                 label = service_label(body.path, body.version, body.group)
                 self._not_found(
                     down,
-                    frame,
+                    request_id,
+                    two_way,
                     f"no host in subset {{{subset.label}}} of cluster {cluster.name} for {label} "
                     f"(rule {rule.name!r})",
                 )
@@ -341,7 +476,8 @@ class Forwarder(UpstreamEvents):
                 label = service_label(body.path, body.version, body.group)
                 self._not_found(
                     down,
-                    frame,
+                    request_id,
+                    two_way,
                     f"no provider for {label} with {what} in cluster {cluster.name} (dubbo tag routing)",
                 )
                 return None
@@ -361,6 +497,7 @@ class Forwarder(UpstreamEvents):
         self._filters = {}
         self._subsets = {}
         self._plans = {}
+        self._heads = {}
 
     @property
     def health(self) -> HostHealth:
@@ -402,7 +539,7 @@ class Forwarder(UpstreamEvents):
 
     def resume(self, exch: Exchange, index: int) -> None:
         """Continue a filter chain a filter stopped (e.g. after an injected delay)."""
-        if exch.two_way and exch.timer is None:
+        if exch.two_way and not exch.slot:
             return  # answered meanwhile (deadline passed)
         self._run_filters(exch, index)
 
@@ -459,7 +596,7 @@ class Forwarder(UpstreamEvents):
 
     def _retry_written(self, exch: Exchange) -> bool:
         """Send a written request again on another host; False when there is none (or no budget)."""
-        if exch.retries_left <= 0 or (exch.two_way and exch.timer is None) or self.pool.closed:
+        if exch.retries_left <= 0 or (exch.two_way and not exch.slot) or self.pool.closed:
             return False
         host = self._pick(exch)
         if host is None:
@@ -469,8 +606,21 @@ class Forwarder(UpstreamEvents):
         self._send(exch, host)
         return True
 
+    def _on_deadline(self, exch: Exchange) -> None:
+        if not exch.timeout_ms:
+            # The first look at a request whose timeout is the consumer's: read it now.
+            try:
+                timeout_ms = RequestBody(exch.raw, 16).timeout_ms()
+            except Hessian2Error:
+                timeout_ms = None  # the provider will say what is wrong with the body
+            exch.timeout_ms = timeout_ms or self.default_timeout_ms
+            remaining = exch.timeout_ms / 1000 - (perf_counter() - exch.started)
+            if remaining > 0:
+                self.deadlines.add(exch, remaining)
+                return
+        self._on_timeout(exch)
+
     def _on_timeout(self, exch: Exchange) -> None:
-        exch.timer = None
         if exch.upstream is not None:
             exch.upstream.forget(exch)
         if self._health_on and exch.tried:
@@ -485,29 +635,31 @@ class Forwarder(UpstreamEvents):
 
     # --- from the upstream side ---------------------------------------------------------------
 
-    def on_response(self, exch: Exchange, head: bytes, body: bytes) -> None:
-        status = head[3]
+    def on_response(self, exch: Exchange, raw: bytes) -> None:
+        status = raw[3]
         if self._health_on:
             self._health.report(exch.tried[-1], status not in _HOST_FAILURES)
         if exch.retry_on & RETRY_UNAVAILABLE and status in UNAVAILABLE_STATUSES and self._retry_written(exch):
             return  # the upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying
-        if exch.timer is not None:
-            exch.timer.cancel()
-        stats = self.stats
-        stats.responses[status] += 1
+        if exch.slot:
+            self.deadlines.discard(exch)
+        self.stats.responses[status] += 1
         elapsed = perf_counter() - exch.started
-        stats.observe(exch.service, exch.method, elapsed)
+        exch.hist.observe(elapsed)
         if self.access_log is not None:
             self.access_log.record(self.name, exch, status, elapsed)
+        # The response as it came, with the consumer's request id: one copy, no re-encoding.
+        out = bytearray(raw)
+        _set_id(out, 4, exch.downstream_id)
         down = exch.downstream
-        down.queue(with_request_id(head, exch.downstream_id), body)
+        down.queue(out)
         self._answered(down)
 
     def on_not_written(self, exch: Exchange, reason: str) -> None:
         self.stats.connect_failures += 1
         if self._health_on and exch.tried:
             self._health.report(exch.tried[-1], False)
-        if exch.two_way and exch.timer is None:
+        if exch.two_way and not exch.slot:
             return  # already answered (deadline passed)
         if exch.retries_left > 0:
             exch.retries_left -= 1
@@ -531,16 +683,15 @@ class Forwarder(UpstreamEvents):
     # --- answers made here --------------------------------------------------------------------
 
     def _fail(self, exch: Exchange, status: int, message: str) -> None:
-        if exch.timer is not None:
-            exch.timer.cancel()
-            exch.timer = None
+        if exch.slot:
+            self.deadlines.discard(exch)
         if self.access_log is not None:
             self.access_log.record(self.name, exch, status, perf_counter() - exch.started)
         if not exch.two_way:
             log.warning("%s: one-way request dropped: %s", self.name, message)
             return
-        self.reply_error(exch.downstream, exch.frame, status, message)
-        self.stats.observe(exch.service, exch.method, perf_counter() - exch.started)
+        self.reply_error(exch.downstream, exch.downstream_id, True, status, message)
+        exch.hist.observe(perf_counter() - exch.started)
         self._answered(exch.downstream)
 
     def _answered(self, down: DownstreamConnection) -> None:
@@ -562,12 +713,14 @@ class Forwarder(UpstreamEvents):
         finally:
             self._idle = None
 
-    def _not_found(self, down: DownstreamConnection, frame: Frame, message: str) -> None:
-        self.reply_error(down, frame, Status.SERVICE_NOT_FOUND, message)
+    def _not_found(self, down: DownstreamConnection, request_id: int, two_way: bool, message: str) -> None:
+        self.reply_error(down, request_id, two_way, Status.SERVICE_NOT_FOUND, message)
 
-    def reply_error(self, down: DownstreamConnection, frame: Frame, status: int, message: str) -> None:
+    def reply_error(
+        self, down: DownstreamConnection, request_id: int, two_way: bool, status: int, message: str
+    ) -> None:
         self.stats.responses[status] += 1
-        if frame.two_way:
-            down.queue(encode_error(frame.request_id, status, f"regproxy {self.name}: {message}"))
+        if two_way:
+            down.queue(encode_error(request_id, status, f"regproxy {self.name}: {message}"))
         else:
             log.warning("%s: one-way request not forwarded: %s", self.name, message)

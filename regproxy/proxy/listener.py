@@ -27,7 +27,7 @@ class _Discard:
     __slots__ = ()
     buffered = 0
 
-    def feed(self, data: bytes) -> list:
+    def feed_raw(self, data: bytes) -> list[bytes]:
         return []
 
 
@@ -53,7 +53,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         self._forwarder = forwarder
         self._batcher = forwarder.batcher
         self._parser = FrameParser(max_body)
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.in_flight = 0  # two-way requests forwarded and not yet answered
@@ -73,21 +73,23 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames = self._parser.feed(data)
+            frames = self._parser.feed_raw(data)
         except ProtocolError as exc:
-            self._handle(exc.frames)
+            self._handle(exc.raw_frames)
             self._protocol_error(exc)
             return
         if frames:
             # Activity is a whole frame, not a byte: a sender trickling a frame one byte at a time
             # (slowloris) stays idle, and the idle sweep closes it.
             self.last_active = self._loop.time()
-            self._handle(frames)
+            handle = self._forwarder.handle
+            for raw in frames:
+                handle(self, raw)
 
-    def _handle(self, frames: list) -> None:
-        handle = self._forwarder.handle_frame
-        for frame in frames:
-            handle(self, frame)
+    def _handle(self, frames: list[bytes]) -> None:
+        handle = self._forwarder.handle
+        for raw in frames:
+            handle(self, raw)
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         fwd = self._forwarder

@@ -72,11 +72,12 @@ class ListenerStats:
     downstream_connections: int = 0
     rejected_connections: int = 0
 
-    def observe(self, service: str, method: str, seconds: float) -> None:
+    def histogram(self, service: str, method: str) -> Histogram:
+        """The latency histogram of (service, method); the forwarder keeps it with its plan."""
         hist = self.latency.get((service, method))
         if hist is None:
             hist = self.latency[(service, method)] = Histogram()
-        hist.observe(seconds)
+        return hist
 
     def snapshot(self) -> dict[str, object]:
         return {

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, cast
 
-from regproxy.dubbo.encode import heartbeat_reply, with_request_id
-from regproxy.dubbo.frame import FrameParser, ProtocolError
+from regproxy.dubbo.encode import heartbeat_reply
+from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FLAG_TWOWAY, FrameParser, ProtocolError
 from regproxy.proxy.batch import BatchedWriter, Batcher
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_ID = 2**63 - 1
+_ID = struct.Struct(">q")
+_request_id = _ID.unpack_from  # the request id: bytes 4..12 of a frame
+_set_id = _ID.pack_into
 
 
 class ConnState(Enum):
@@ -39,7 +43,7 @@ class ConnState(Enum):
 class UpstreamEvents:
     """What the pool reports back to the forwarder (which owns responses to downstream)."""
 
-    def on_response(self, exch: Exchange, head: bytes, body: bytes) -> None: ...
+    def on_response(self, exch: Exchange, raw: bytes) -> None: ...
     def on_not_written(self, exch: Exchange, reason: str) -> None: ...
     def on_lost(self, exch: Exchange, reason: str) -> None: ...
 
@@ -62,7 +66,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
     def __init__(self, pool: UpstreamPool, address: str) -> None:
         self._pool = pool
         self._batcher = pool.batcher
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self._parser = FrameParser(pool.max_body)
         self._next_id = 0
         self.address = address
@@ -85,11 +89,13 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
 
     def _write(self, exch: Exchange) -> None:
         self._next_id = upstream_id = self._next_id + 1 if self._next_id < _MAX_ID else 1
-        frame = exch.frame
         exch.upstream_id = upstream_id
-        if frame.two_way:
+        if exch.two_way:
             self.pending[upstream_id] = exch
-        self.queue(with_request_id(frame.head, upstream_id), frame.body)
+        # The request as it came, with this connection's id: one copy, no re-encoding.
+        out = bytearray(exch.raw)
+        _set_id(out, 4, upstream_id)
+        self.queue(out)
 
     def forget(self, exch: Exchange) -> None:
         """Drop a request whose deadline passed; a late response will find nothing and be dropped."""
@@ -119,25 +125,26 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
     def data_received(self, data: bytes) -> None:
         error: ProtocolError | None = None
         try:
-            frames = self._parser.feed(data)
+            frames = self._parser.feed_raw(data)
         except ProtocolError as exc:
-            frames, error = exc.frames, exc
+            frames, error = exc.raw_frames, exc
         events = self._pool.events
         pending = self.pending
-        for frame in frames:
-            if frame.flag & 0x80:  # a request from the provider: only events are legitimate
-                if frame.is_event:
-                    if frame.two_way:
-                        self.queue(heartbeat_reply(frame.request_id))
-                    elif frame.body[-1:] == b"R":
+        for raw in frames:
+            flag = raw[2]
+            if flag & FLAG_REQUEST:  # a request from the provider: only events are legitimate
+                if flag & FLAG_EVENT:
+                    if flag & FLAG_TWOWAY:
+                        self.queue(heartbeat_reply(_request_id(raw, 4)[0]))
+                    elif raw[-1:] == b"R" and len(raw) > 16:
                         self.readonly = True
                         self._pool.discard(self)
                 continue
-            if frame.flag & 0x20:  # a heartbeat reply
+            if flag & FLAG_EVENT:  # a heartbeat reply
                 continue
-            exch = pending.pop(frame.request_id, None)
+            exch = pending.pop(_request_id(raw, 4)[0], None)
             if exch is not None:  # None: the deadline passed, the answer is dropped
-                events.on_response(exch, frame.head, frame.body)
+                events.on_response(exch, raw)
         if error is not None:
             self._fail_all(f"provider {self.address} sent a malformed stream: {error}")
             if self.transport is not None:
@@ -197,6 +204,8 @@ class UpstreamPool:
 
     def connection(self, address: str) -> UpstreamConnection:
         conns = self._conns.get(address)
+        if conns and self.per_host == 1:
+            return conns[0]  # the default: one connection per host, every request multiplexed on it
         if conns is None:
             conns = self._conns[address] = []
         if len(conns) < self.per_host:

@@ -1,0 +1,78 @@
+"""The deadline wheel: never early, at most a tick late, discarded entries never fire, and one
+failing handler does not hold up the others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from regproxy.proxy.deadlines import TICK_S, DeadlineWheel
+
+
+class Entry:
+    __slots__ = ("due", "name", "slot")
+
+    def __init__(self, name: str, due: float) -> None:
+        self.name = name
+        self.due = due
+        self.slot = 0
+
+
+async def test_entries_fire_in_time_order_never_early_and_once() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, float]] = []
+    wheel = DeadlineWheel(loop, lambda e: fired.append((e.name, loop.time())))  # type: ignore[attr-defined]
+    start = loop.time()
+    # Added out of order: a later deadline first, then an earlier one re-arms the timer.
+    delays = {"late": 0.12, "early": 0.02, "mid": 0.06, "mid2": 0.06}
+    entries = {name: Entry(name, start + d) for name, d in delays.items()}
+    for name, delay in delays.items():
+        wheel.add(entries[name], delay)
+    assert all(e.slot for e in entries.values())
+    await asyncio.sleep(0.2)
+    assert [name for name, _ in fired] in (["early", "mid", "mid2", "late"], ["early", "mid2", "mid", "late"])
+    for name, when in fired:
+        due = entries[name].due
+        # loop.time() is cached per loop pass in whole ms under uvloop: allow that much early.
+        assert when >= due - 0.002, f"{name} fired {due - when:.4f} s early"
+        assert when <= due + TICK_S + 0.05, f"{name} fired {when - due:.4f} s late"
+    assert all(e.slot == 0 for e in entries.values())
+    assert len(wheel) == 0
+
+
+async def test_discarded_entries_never_fire_and_the_timer_stops() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[Entry] = []
+    wheel = DeadlineWheel(loop, fired.append)  # type: ignore[arg-type]
+    entries = [Entry(str(i), 0) for i in range(1000)]
+    for i, e in enumerate(entries):
+        wheel.add(e, 0.01 + (i % 10) * 0.005)
+    keep = entries[::100]
+    for e in entries:
+        if e not in keep:
+            wheel.discard(e)
+            assert e.slot == 0
+    assert len(wheel) == len(keep)
+    await asyncio.sleep(0.15)
+    assert sorted(fired, key=id) == sorted(keep, key=id)
+    assert wheel._timer is None and not wheel._heap and not wheel._buckets and not wheel._queued
+
+
+async def test_a_failing_handler_does_not_hold_up_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+
+    def handler(e: Entry) -> None:
+        if e.name == "bad":
+            raise RuntimeError("boom")
+        fired.append(e.name)
+
+    wheel = DeadlineWheel(loop, handler)  # type: ignore[arg-type]
+    for name in ("a", "bad", "b"):
+        wheel.add(Entry(name, 0), 0.01)
+    with caplog.at_level(logging.ERROR):
+        await asyncio.sleep(0.05)
+    assert sorted(fired) == ["a", "b"]
+    assert "deadline handler failed" in caplog.text
