@@ -87,7 +87,7 @@ class Fleet:
     def served(self) -> list[int]:
         assert self.egress is not None and self.egress.forwarder is not None
         ups = self.egress.forwarder.stats.upstream_requests
-        return [ups[a] for a in self.addresses]
+        return [ups.get(a, 0) for a in self.addresses]
 
     async def client(self) -> DubboClient:
         assert self.egress is not None

@@ -5,11 +5,18 @@ System calls dominate the cost of a hop at low concurrency, so a frame must not 
 its own: a connection that gets its first chunk in a round registers itself once, and one
 callback scheduled with ``call_soon`` writes every dirty connection's chunks, joined, at the end of
 the round.
+
+A read that brought many frames is written out at once instead (``EARLY_FLUSH_FRAMES``): under
+pipelined load one round handles the reads of many connections, and holding all their frames to
+the round's end would move every request through the chain in one wave, each process idle while
+the one before it works. Written after each large read, the next hop starts on them at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+
+EARLY_FLUSH_FRAMES = 8
 
 
 class Batcher:

@@ -1,8 +1,8 @@
-"""One request in flight through a listener: where it came from, where it may go, its deadline."""
+"""One request in flight through a listener (``Exchange``) and the routing decision it follows
+(``Plan``): where it came from, where it may go, its deadline."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from regproxy.dubbo.frame import FLAG_TWOWAY, Frame
@@ -14,20 +14,72 @@ if TYPE_CHECKING:
     from regproxy.proxy.upstream import UpstreamConnection
     from regproxy.routing import Host, LoadBalancer
 
+# At the egress the consumer's timeout is in the attachments, after every argument. Most requests
+# are answered long before any timeout: their deadline is first looked at after this delay, and
+# only requests still in flight then have their attachments read (Forwarder._on_deadline).
+TIMEOUT_PROBE_S = 0.01
 
-class Exchange:
+
+class Plan:
+    """A routing decision: the hosts, balancer and policy a request gets, with the labels and
+    latency histogram of its counters. The forwarder memoises one per (service, version, method,
+    and group where the table matches on it) while the table and rules stay the same; a request
+    routed by a rule gets its own."""
+
     __slots__ = (
         "balancer",
-        "downstream",
-        "downstream_id",
+        "counter_key",
         "filters",
+        "first_look_s",
         "hist",
         "hosts",
         "method",
-        "raw",
-        "retries_left",
+        "only",
+        "retries",
         "retry_on",
         "service",
+        "timeout_ms",
+    )
+
+    def __init__(
+        self,
+        timeout_ms: int,
+        retries: int,
+        hosts: tuple[Host, ...],
+        balancer: LoadBalancer,
+        service: str,
+        method: str,
+        hist: Histogram,
+        retry_on: int = 1,
+        filters: tuple[StreamFilter, ...] = (),
+    ) -> None:
+        self.timeout_ms = timeout_ms  # 0: the consumer's, read late (egress)
+        self.first_look_s = timeout_ms / 1000 if timeout_ms else TIMEOUT_PROBE_S
+        self.retries = retries
+        # The hosts and balancer of the table the request started on: a retry stays on them even
+        # if the routing table is swapped meanwhile.
+        self.hosts = hosts
+        self.balancer = balancer
+        self.service = service  # "group/interface:version", for messages and counters
+        self.method = method
+        self.counter_key = f"{service}.{method}"
+        self.hist = hist  # the latency histogram of (service, method)
+        # RETRY_* flags of regproxy.routing.rules: which failures after writing may be retried
+        # (connect failures before writing always may, while retries last).
+        self.retry_on = retry_on
+        self.filters = filters  # the rule's stream filters; () for most requests
+        # A cluster of one usable host: while no host is failing, every balancer would pick it.
+        only = hosts[0] if len(hosts) == 1 else None
+        self.only = only if only is not None and only.healthy and only.weight > 0 else None
+
+
+class Exchange:
+    __slots__ = (
+        "downstream",
+        "downstream_id",
+        "plan",
+        "raw",
+        "retries_left",
         "slot",
         "started",
         "timeout_ms",
@@ -38,49 +90,34 @@ class Exchange:
     )
 
     def __init__(
-        self,
-        downstream: DownstreamConnection,
-        raw: bytes,
-        request_id: int,
-        service: str,
-        method: str,
-        hosts: Sequence[Host],
-        balancer: LoadBalancer,
-        retries: int,
-        timeout_ms: int,
-        started: float,
-        hist: Histogram,
-        retry_on: int = 1,
-        filters: tuple[StreamFilter, ...] = (),
+        self, downstream: DownstreamConnection, raw: bytes, request_id: int, plan: Plan, started: float
     ) -> None:
         self.downstream = downstream
         self.raw = raw  # the request as received, header and body: forwarded with its id replaced
         self.downstream_id = request_id
         self.two_way = bool(raw[2] & FLAG_TWOWAY)
-        self.service = service  # "group/interface:version", for messages and counters
-        self.method = method
+        self.plan = plan
         self.started = started  # perf_counter() when the request arrived
-        self.hist = hist  # the latency histogram of (service, method)
-        # The hosts and balancer of the snapshot the request started on: a retry stays on it even
-        # if the routing table is swapped meanwhile.
-        self.hosts = hosts
-        self.balancer = balancer
-        self.retries_left = retries
-        # RETRY_* flags of regproxy.routing.rules: which failures after writing may be retried
-        # (connect failures before writing always may, while retries_left lasts).
-        self.retry_on = retry_on
-        self.filters = filters  # the rule's stream filters; () for most requests
+        self.retries_left = plan.retries
         # 0 at the egress until the deadline wheel first asks: the consumer's timeout is read from
         # the attachments only for requests still in flight then (see Forwarder._on_deadline).
-        self.timeout_ms = timeout_ms
+        self.timeout_ms = plan.timeout_ms
         self.tried: list[str] = []
         self.slot = 0  # the deadline's bucket in the wheel; 0: none (answered, or one-way)
         self.upstream: UpstreamConnection | None = None
         self.upstream_id = 0
 
     @property
+    def service(self) -> str:
+        return self.plan.service
+
+    @property
+    def method(self) -> str:
+        return self.plan.method
+
+    @property
     def label(self) -> str:
-        return f"{self.service}.{self.method}"
+        return self.plan.counter_key
 
     @property
     def frame(self) -> Frame:

@@ -18,10 +18,10 @@ from regproxy.dubbo.request import RequestBody, compact_head_end, memoised_group
 from regproxy.health import HostHealth, NoHealth
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.deadlines import DeadlineWheel
-from regproxy.proxy.exchange import Exchange
+from regproxy.proxy.exchange import Exchange, Plan
 from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
 from regproxy.proxy.listener import DownstreamConnection
-from regproxy.proxy.stats import Histogram, ListenerStats
+from regproxy.proxy.stats import ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import Host, LoadBalancer, RoutingTable, TableHolder, make_balancer
 from regproxy.routing.rules import (
@@ -76,51 +76,6 @@ _set_id = _ID.pack_into
 # The third header byte of a two-way hessian2 request that is not an event: the common case.
 _TWOWAY_HESSIAN2_REQUEST = 0x80 | FLAG_TWOWAY | HESSIAN2
 
-# At the egress the consumer's timeout is in the attachments, after every argument. Most requests
-# are answered long before any timeout: their deadline is first looked at after this delay, and
-# only requests still in flight then have their attachments read (see _on_deadline).
-_TIMEOUT_PROBE_S = 0.01
-
-
-class _Plan:
-    """A memoised routing decision: what every request of one (service, version, method, and
-    group where the table matches on it) gets while the table and rules stay the same, with the
-    labels and latency histogram of its counters."""
-
-    __slots__ = (
-        "balancer",
-        "counter_key",
-        "hist",
-        "hosts",
-        "method",
-        "only",
-        "retries",
-        "service",
-        "timeout_ms",
-    )
-
-    def __init__(
-        self,
-        timeout_ms: int,
-        retries: int,
-        hosts: tuple[Host, ...],
-        balancer: LoadBalancer,
-        service: str,
-        method: str,
-        hist: Histogram,
-    ) -> None:
-        self.timeout_ms = timeout_ms  # 0: the consumer's, read late (egress)
-        self.retries = retries
-        self.hosts = hosts
-        self.balancer = balancer
-        self.service = service
-        self.method = method
-        self.counter_key = f"{service}.{method}"
-        self.hist = hist
-        # A cluster of one usable host: while no host is failing, every balancer would pick it.
-        only = hosts[0] if len(hosts) == 1 else None
-        self.only = only if only is not None and only.healthy and only.weight > 0 else None
-
 
 class _GroupPlans:
     """The plans of one request head where the table matches on the group: by group, with the
@@ -130,7 +85,7 @@ class _GroupPlans:
 
     def __init__(self, nargs: int) -> None:
         self.nargs = nargs
-        self.by_group: dict[str, _Plan] = {}
+        self.by_group: dict[str, Plan] = {}
 
 
 class Forwarder(UpstreamEvents):
@@ -174,8 +129,8 @@ class Forwarder(UpstreamEvents):
         self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
         # Routing decisions of the common case, for the table they were made on (see _plan), by
         # (service, version, method, group or None) and by the exact bytes of the request head.
-        self._plans: dict[tuple[str, str, str, str | None], _Plan] = {}
-        self._heads: dict[bytes, _Plan | _GroupPlans] = {}
+        self._plans: dict[tuple[str, str, str, str | None], Plan] = {}
+        self._heads: dict[bytes, Plan | _GroupPlans] = {}
         self._plans_table: RoutingTable | None = None
         self.deadlines = DeadlineWheel(loop, self._on_deadline)  # type: ignore[arg-type]
         self.rng = random.Random()  # weighted subset choice
@@ -205,55 +160,47 @@ class Forwarder(UpstreamEvents):
             self.downstreams.discard(down)
             self.stats.downstream_connections -= 1
 
-    def handle(self, down: DownstreamConnection, raw: bytes) -> None:
-        """One frame from a downstream connection, header and body in ``raw``."""
+    def handle(self, down: DownstreamConnection, frames: list[bytes]) -> None:
+        """The frames one read brought from a downstream connection, each header and body in one
+        bytes object."""
         # The common case first, with nothing decoded: a two-way hessian2 request whose head bytes
         # (and, where the table matches on the group, attachment bytes) were seen before on this
         # table and rules. Anything else takes _handle_general, which also makes the plans.
-        if raw[2] == _TWOWAY_HESSIAN2_REQUEST:
-            if self.table.current is not self._plans_table:
-                self._reset_plans()
-            end = compact_head_end(raw, 16)
-            entry = self._heads.get(raw[16:end]) if end > 0 else None
-            if entry is not None:
-                if entry.__class__ is _GroupPlans:
-                    group = memoised_group(raw, end, entry.nargs)  # type: ignore[union-attr]
-                    plan = entry.by_group.get(group) if group is not None else None  # type: ignore[union-attr]
-                else:
-                    plan = entry  # type: ignore[assignment]
-                if plan is not None:
-                    stats = self.stats
-                    stats.requests += 1
-                    stats.per_service[plan.counter_key] += 1
-                    exch = Exchange(
-                        down,
-                        raw,
-                        _request_id(raw, 4)[0],
-                        plan.service,
-                        plan.method,
-                        plan.hosts,
-                        plan.balancer,
-                        plan.retries,
-                        plan.timeout_ms,
-                        perf_counter(),  # not loop.time(): uvloop's is cached per loop pass, in whole ms
-                        plan.hist,
-                    )
-                    down.in_flight += 1
-                    self.in_flight += 1
-                    self.deadlines.add(exch, plan.timeout_ms / 1000 if plan.timeout_ms else _TIMEOUT_PROBE_S)
-                    pool = self.pool
-                    host = plan.only
-                    if (
-                        host is None
-                        or pool.any_failing
-                        or pool.closed
-                        or (self._health_on and self._health.any_unavailable())
-                    ):
-                        self._dispatch(exch, None)
+        # What does not change within one read is looked up once for all its frames.
+        if self.table.current is not self._plans_table:
+            self._reset_plans()
+        heads = self._heads
+        stats = self.stats
+        per_service = stats.per_service
+        add_deadline = self.deadlines.add
+        pool = self.pool
+        # While no host is failing or unavailable, a cluster of one usable host needs no pick.
+        direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
+        started = perf_counter()  # not loop.time(): uvloop's is cached per loop pass, in whole ms
+        for raw in frames:
+            if raw[2] == _TWOWAY_HESSIAN2_REQUEST:
+                end = compact_head_end(raw, 16)
+                entry = heads.get(raw[16:end]) if end > 0 else None
+                if entry is not None:
+                    if entry.__class__ is _GroupPlans:
+                        group = memoised_group(raw, end, entry.nargs)  # type: ignore[union-attr]
+                        plan = entry.by_group.get(group) if group is not None else None  # type: ignore[union-attr]
                     else:
-                        self._send(exch, host)
-                    return
-        self._handle_general(down, raw)
+                        plan = entry  # type: ignore[assignment]
+                    if plan is not None:
+                        stats.requests += 1
+                        per_service[plan.counter_key] += 1  # the key is there: _plan put it
+                        exch = Exchange(down, raw, _request_id(raw, 4)[0], plan, started)
+                        down.in_flight += 1
+                        self.in_flight += 1
+                        add_deadline(exch, plan.first_look_s)
+                        host = plan.only
+                        if direct and host is not None:
+                            self._send(exch, host)
+                        else:
+                            self._dispatch(exch, None)
+                        continue
+            self._handle_general(down, raw)
 
     def _reset_plans(self) -> None:
         self._plans = {}
@@ -297,54 +244,32 @@ class Forwarder(UpstreamEvents):
                 plan = self._plan(key, body, table)
             if plan is not None:
                 self._remember_head(raw, body, key[3], plan)
-                timeout_ms = plan.timeout_ms or (
-                    (self.timeout_from_attachment and body.timeout_ms()) or self.default_timeout_ms
-                )
-                service, method, hist = plan.service, plan.method, plan.hist
-                counter_key = plan.counter_key
-                hosts, balancer, retries = plan.hosts, plan.balancer, plan.retries
-                retry_on, filters = RETRY_CONNECT, ()
             else:
-                routed = self._route(down, request_id, two_way, body, table)
-                if routed is None:
+                plan = self._route(down, request_id, two_way, body, table)
+                if plan is None:
                     return  # answered with an error
-                hosts, balancer, retries, timeout_ms, retry_on, filters = routed
-                # For the label only: free when the attachments were read anyway.
-                service = service_label(body.path, body.version, body.group if body.attachments_read else "")
-                method = body.method
-                counter_key = f"{service}.{method}"
-                hist = stats.histogram(service, method)
+            if not plan.timeout_ms:  # the consumer's timeout: the body is decoded anyway, read it now
+                timeout_ms = (self.timeout_from_attachment and body.timeout_ms()) or self.default_timeout_ms
+            else:
+                timeout_ms = plan.timeout_ms
         except Hessian2Error as exc:
             self.reply_error(down, request_id, two_way, Status.BAD_REQUEST, f"malformed request body: {exc}")
             return
-        stats.per_service[counter_key] += 1
+        stats.per_service[plan.counter_key] = stats.per_service.get(plan.counter_key, 0) + 1
         if not two_way:
             stats.oneway += 1
-        exch = Exchange(
-            down,
-            raw,
-            request_id,
-            service,
-            method,
-            hosts,
-            balancer,
-            retries,
-            timeout_ms,
-            perf_counter(),
-            hist,
-            retry_on,
-            filters,
-        )
+        exch = Exchange(down, raw, request_id, plan, perf_counter())
+        exch.timeout_ms = timeout_ms
         if two_way:
             down.in_flight += 1
             self.in_flight += 1
             self.deadlines.add(exch, timeout_ms / 1000)
-        if filters:
+        if plan.filters:
             self._run_filters(exch, 0)
         else:
             self._dispatch(exch, None)
 
-    def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: _Plan) -> None:
+    def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: Plan) -> None:
         """Let requests with these head bytes (and this group) find ``plan`` without decoding."""
         if body.head_end < 0 or len(self._heads) >= MAX_PLANS:
             return
@@ -360,7 +285,7 @@ class Forwarder(UpstreamEvents):
 
     def _plan(
         self, key: tuple[str, str, str, str | None], body: RequestBody, table: RoutingTable
-    ) -> _Plan | None:
+    ) -> Plan | None:
         """The routing decision for requests like ``body`` when it depends only on the table and
         ``key`` (service, version, method, and the group where the table matches on it) — no rule
         for the service, no tag routing — memoised until the table or the rules change.  None:
@@ -377,7 +302,7 @@ class Forwarder(UpstreamEvents):
         # Requests with a plan are labelled by the group only where the route matches on it.
         service = service_label(path, body.version, key[3])
         timeout_ms = route.timeout_ms or (0 if self.timeout_from_attachment else self.default_timeout_ms)
-        plan = _Plan(
+        plan = Plan(
             timeout_ms,
             route.retries,
             cluster.hosts,
@@ -386,6 +311,7 @@ class Forwarder(UpstreamEvents):
             body.method,
             self.stats.histogram(service, body.method),
         )
+        self.stats.per_service.setdefault(plan.counter_key, 0)  # handle() only adds to it
         if len(self._plans) < MAX_PLANS:  # a peer inventing services must not grow it without end
             self._plans[key] = plan
         return plan
@@ -397,9 +323,9 @@ class Forwarder(UpstreamEvents):
         two_way: bool,
         body: RequestBody,
         table: RoutingTable,
-    ) -> tuple[tuple[Host, ...], LoadBalancer, int, int, int, tuple[StreamFilter, ...]] | None:
-        """Rules, group, subsets and tags: ``(hosts, balancer, retries, timeout_ms, retry_on,
-        filters)``, or None once the request has been answered with an error."""
+    ) -> Plan | None:
+        """Rules, group, subsets and tags: the plan of this one request, or None once the request
+        has been answered with an error."""
         rule = None
         if self._rules:
             cands = self._rules.lookup(body.path)
@@ -437,9 +363,6 @@ class Forwarder(UpstreamEvents):
                 retries = 1
             retry_on = rule.retry_on
             filters = self._filters_of(rule)
-        timeout_ms = (
-            rule_timeout or (self.timeout_from_attachment and body.timeout_ms()) or self.default_timeout_ms
-        )
         cluster = table.clusters.get(cluster_name)
         if cluster is None:
             # Only a rule can name a cluster the table lacks (a subscription not made yet).
@@ -482,7 +405,19 @@ class Forwarder(UpstreamEvents):
                 )
                 return None
             bkey = f"{bkey}|{what}"
-        return hosts, self._balancer(bkey, cluster.lb), retries, timeout_ms, retry_on, filters
+        # For the label only: free when the attachments were read anyway.
+        service = service_label(body.path, body.version, body.group if body.attachments_read else "")
+        return Plan(
+            rule_timeout or 0,
+            retries,
+            hosts,
+            self._balancer(bkey, cluster.lb),
+            service,
+            body.method,
+            self.stats.histogram(service, body.method),
+            retry_on,
+            filters,
+        )
 
     # --- rules, subsets, tags, filters --------------------------------------------------------
 
@@ -531,7 +466,7 @@ class Forwarder(UpstreamEvents):
         return entry[1]
 
     def _run_filters(self, exch: Exchange, start: int) -> None:
-        filters = exch.filters
+        filters = exch.plan.filters
         for i in range(start, len(filters)):
             if not filters[i].on_request(self, exch, i):
                 return
@@ -557,16 +492,18 @@ class Forwarder(UpstreamEvents):
     def _pick(self, exch: Exchange) -> Host | None:
         pool = self.pool
         # Asking about each host costs a call per host per request: only when some host is down.
-        failing = [h.address for h in exch.hosts if pool.is_failing(h.address)] if pool.any_failing else []
+        plan = exch.plan
+        hosts = plan.hosts
+        failing = [h.address for h in hosts if pool.is_failing(h.address)] if pool.any_failing else []
         if self._health_on and self._health.any_unavailable():
             # Ejected or failing active checks: avoided, but still used when nothing else is left.
             available = self._health.available
-            failing += [h.address for h in exch.hosts if not available(h.address)]
+            failing += [h.address for h in hosts if not available(h.address)]
         if failing:
-            host = exch.balancer.pick(exch.hosts, set(exch.tried).union(failing))
+            host = plan.balancer.pick(hosts, set(exch.tried).union(failing))
             if host is not None:
                 return host
-        return exch.balancer.pick(exch.hosts, exch.tried)
+        return plan.balancer.pick(hosts, exch.tried)
 
     def _dispatch(self, exch: Exchange, last_error: str | None) -> None:
         host = self._pick(exch) if not self.pool.closed else None
@@ -591,7 +528,8 @@ class Forwarder(UpstreamEvents):
     def _send(self, exch: Exchange, host: Host) -> None:
         exch.tried.append(host.address)
         exch.upstream_id = 0  # a retry after writing: the id belonged to the previous connection
-        self.stats.upstream_requests[host.address] += 1
+        sent = self.stats.upstream_requests
+        sent[host.address] = sent.get(host.address, 0) + 1
         self.pool.connection(host.address).submit(exch)
 
     def _retry_written(self, exch: Exchange) -> bool:
@@ -635,25 +573,40 @@ class Forwarder(UpstreamEvents):
 
     # --- from the upstream side ---------------------------------------------------------------
 
-    def on_response(self, exch: Exchange, raw: bytes) -> None:
-        status = raw[3]
-        if self._health_on:
-            self._health.report(exch.tried[-1], status not in _HOST_FAILURES)
-        if exch.retry_on & RETRY_UNAVAILABLE and status in UNAVAILABLE_STATUSES and self._retry_written(exch):
-            return  # the upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying
-        if exch.slot:
-            self.deadlines.discard(exch)
-        self.stats.responses[status] += 1
-        elapsed = perf_counter() - exch.started
-        exch.hist.observe(elapsed)
-        if self.access_log is not None:
-            self.access_log.record(self.name, exch, status, elapsed)
-        # The response as it came, with the consumer's request id: one copy, no re-encoding.
-        out = bytearray(raw)
-        _set_id(out, 4, exch.downstream_id)
-        down = exch.downstream
-        down.queue(out)
-        self._answered(down)
+    def on_responses(self, answered: list[tuple[Exchange, bytes]]) -> None:
+        # What does not change within one read is looked up once for all its responses.
+        health = self._health if self._health_on else None
+        responses = self.stats.responses
+        discard = self.deadlines.discard
+        access_log = self.access_log
+        now = perf_counter()  # they all arrived in this read
+        for exch, raw in answered:
+            status = raw[3]
+            if health is not None:
+                health.report(exch.tried[-1], status not in _HOST_FAILURES)
+            plan = exch.plan
+            if (
+                plan.retry_on & RETRY_UNAVAILABLE
+                and status in UNAVAILABLE_STATUSES
+                and self._retry_written(exch)
+            ):
+                continue  # the upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying
+            if exch.slot:
+                discard(exch)
+            responses[status] = responses.get(status, 0) + 1
+            elapsed = now - exch.started
+            plan.hist.observe(elapsed)
+            if access_log is not None:
+                access_log.record(self.name, exch, status, elapsed)
+            # The response as it came, with the consumer's request id: one copy, no re-encoding.
+            out = bytearray(raw)
+            _set_id(out, 4, exch.downstream_id)
+            down = exch.downstream
+            down.queue(out)
+            down.answered()
+            self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
 
     def on_not_written(self, exch: Exchange, reason: str) -> None:
         self.stats.connect_failures += 1
@@ -676,7 +629,7 @@ class Forwarder(UpstreamEvents):
         # short status table (dubbo-python) hang on 35 instead of failing the call.
         if self._health_on and exch.tried:
             self._health.report(exch.tried[-1], False)
-        if exch.retry_on & RETRY_RESET and self._retry_written(exch):
+        if exch.plan.retry_on & RETRY_RESET and self._retry_written(exch):
             return  # the route says a second execution is acceptable
         self._fail(exch, Status.SERVER_ERROR, f"{reason} ({exch.label})")
 
@@ -691,7 +644,7 @@ class Forwarder(UpstreamEvents):
             log.warning("%s: one-way request dropped: %s", self.name, message)
             return
         self.reply_error(exch.downstream, exch.downstream_id, True, status, message)
-        exch.hist.observe(perf_counter() - exch.started)
+        exch.plan.hist.observe(perf_counter() - exch.started)
         self._answered(exch.downstream)
 
     def _answered(self, down: DownstreamConnection) -> None:
@@ -719,7 +672,7 @@ class Forwarder(UpstreamEvents):
     def reply_error(
         self, down: DownstreamConnection, request_id: int, two_way: bool, status: int, message: str
     ) -> None:
-        self.stats.responses[status] += 1
+        self.stats.answered(status)
         if two_way:
             down.queue(encode_error(request_id, status, f"regproxy {self.name}: {message}"))
         else:

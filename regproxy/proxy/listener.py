@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 from regproxy.dubbo.encode import encode_error
 from regproxy.dubbo.frame import FrameParser, ProtocolError, Status
-from regproxy.proxy.batch import BatchedWriter
+from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter
 
 if TYPE_CHECKING:
     from regproxy.proxy.forwarder import Forwarder
@@ -75,26 +75,22 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         try:
             frames = self._parser.feed_raw(data)
         except ProtocolError as exc:
-            self._handle(exc.raw_frames)
+            if exc.raw_frames:
+                self._forwarder.handle(self, exc.raw_frames)
             self._protocol_error(exc)
             return
         if frames:
             # Activity is a whole frame, not a byte: a sender trickling a frame one byte at a time
             # (slowloris) stays idle, and the idle sweep closes it.
             self.last_active = self._loop.time()
-            handle = self._forwarder.handle
-            for raw in frames:
-                handle(self, raw)
-
-    def _handle(self, frames: list[bytes]) -> None:
-        handle = self._forwarder.handle
-        for raw in frames:
-            handle(self, raw)
+            self._forwarder.handle(self, frames)
+            if len(frames) >= EARLY_FLUSH_FRAMES:
+                self._batcher.flush()
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         fwd = self._forwarder
         fwd.stats.protocol_errors += 1
-        fwd.stats.responses[Status.BAD_REQUEST] += 1
+        fwd.stats.answered(Status.BAD_REQUEST)
         log.warning("%s: closing connection from %s: %s", fwd.name, self.peer, exc)
         # The request id is known when the header was readable (e.g. an oversized body): the
         # consumer learns which call failed. Garbage gets id 0: still a readable Dubbo error.

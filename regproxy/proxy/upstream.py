@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 from regproxy.dubbo.encode import heartbeat_reply
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FLAG_TWOWAY, FrameParser, ProtocolError
-from regproxy.proxy.batch import BatchedWriter, Batcher
+from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
 
 if TYPE_CHECKING:
     from regproxy.proxy.exchange import Exchange
@@ -43,7 +43,9 @@ class ConnState(Enum):
 class UpstreamEvents:
     """What the pool reports back to the forwarder (which owns responses to downstream)."""
 
-    def on_response(self, exch: Exchange, raw: bytes) -> None: ...
+    def on_responses(self, answered: list[tuple[Exchange, bytes]]) -> None:
+        """The responses one read brought, each with its exchange (no longer pending)."""
+
     def on_not_written(self, exch: Exchange, reason: str) -> None: ...
     def on_lost(self, exch: Exchange, reason: str) -> None: ...
 
@@ -130,6 +132,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             frames, error = exc.raw_frames, exc
         events = self._pool.events
         pending = self.pending
+        answered = []
         for raw in frames:
             flag = raw[2]
             if flag & FLAG_REQUEST:  # a request from the provider: only events are legitimate
@@ -144,7 +147,11 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
                 continue
             exch = pending.pop(_request_id(raw, 4)[0], None)
             if exch is not None:  # None: the deadline passed, the answer is dropped
-                events.on_response(exch, raw)
+                answered.append((exch, raw))
+        if answered:
+            events.on_responses(answered)
+            if len(answered) >= EARLY_FLUSH_FRAMES:
+                self._batcher.flush()
         if error is not None:
             self._fail_all(f"provider {self.address} sent a malformed stream: {error}")
             if self.transport is not None:
