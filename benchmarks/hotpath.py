@@ -1,7 +1,7 @@
 """The Python cost of one request through one hop, without sockets: a repeatable figure for
 changes to the data path, unlike the end-to-end benchmark whose CPU figures move with the machine.
 
-    python -m benchmarks.hotpath [--requests 100000] [--hop egress|ingress] [--profile]
+    python -m benchmarks.hotpath [--requests 100000] [--hop egress|ingress] [--depth N] [--profile]
 
 A real Forwarder with the table a sidecar builds for that hop (egress: a subscription's route, and
 the timeout attachment read; ingress: the publication's route, matched on the group) gets the
@@ -9,7 +9,9 @@ benchmark's request through ``DownstreamConnection.data_received``; the frame it
 is answered through ``UpstreamConnection.data_received``, and the response written downstream is checked.
 Transports are stand-ins that keep the last write, so system calls and the event loop's own work
 are left out: what remains is regproxy's Python per request (parse, route, pick, exchange, timer,
-id mapping, stats, batching). ``--profile`` prints cProfile's hottest functions instead.
+id mapping, stats, batching). ``--depth 16`` sends the requests 16 to a chunk and answers them 16 to
+a chunk, as at the benchmark's ``pipelined`` load. ``--profile`` prints cProfile's hottest functions
+instead (``--rows N`` of them).
 """
 
 from __future__ import annotations
@@ -94,41 +96,57 @@ def build(hop: str) -> Harness:
     return fwd, down, up, down_t, up_t, batcher
 
 
-async def run(requests: int, hop: str, profile: bool) -> float:
+async def run(requests: int, hop: str, depth: int, profile: bool, rows: int) -> float:
     fwd, down, up, down_t, up_t, batcher = build(hop)
     req_head, req_tail = request_template()
     resp_head, resp_tail = response_template()
-    frames = [req_head + ID.pack(i) + req_tail for i in range(1, 1025)]
+    request_len, response_len = len(req_head) + 8 + len(req_tail), len(resp_head) + 8 + len(resp_tail)
+    # Chunks of ``depth`` requests, ids 1..1024 in turn.
+    ids = [(i % 1024) + 1 for i in range(1024 * depth)]
+    chunks = [
+        b"".join(req_head + ID.pack(i) + req_tail for i in ids[k : k + depth])
+        for k in range(0, 1024 * depth, depth)
+    ]
     feed_down, feed_up, flush = down.data_received, up.data_received, batcher.flush
+    rounds = max(1, requests // depth)
     prof = cProfile.Profile() if profile else None
     if prof is not None:
         prof.enable()
     start = time.process_time()
-    for i in range(requests):
-        feed_down(frames[i & 1023])
+    for i in range(rounds):
+        feed_down(chunks[i & 1023])
         flush()
         sent = up_t.last
-        feed_up(resp_head + sent[4:12] + resp_tail)
+        feed_up(
+            b"".join(
+                resp_head + sent[pos + 4 : pos + 12] + resp_tail for pos in range(0, len(sent), request_len)
+            )
+        )
         flush()
         if i & 1023 == 0:
-            await asyncio.sleep(0)  # let the loop run its cancelled timers' housekeeping
+            await asyncio.sleep(0)  # let the loop run its timers
     elapsed = time.process_time() - start
     if prof is not None:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(int(__import__("os").environ.get("ROWS", "18")))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
     last = down_t.last
-    if last[4:12] != ID.pack(((requests - 1) & 1023) + 1) or last[3] != 20:
+    if len(last) != depth * response_len or last[-response_len:][3] != 20:
         raise SystemExit(f"wrong last response: {last[:16].hex()}")
+    if last[-response_len:][4:12] != ID.pack(ids[((rounds - 1) & 1023) * depth + depth - 1]):
+        raise SystemExit(f"wrong id in the last response: {last[-response_len:][:16].hex()}")
     if fwd.in_flight != 0 or up.pending:
         raise SystemExit("requests left in flight")
-    return elapsed / requests * 1e6
+    return elapsed / (rounds * depth) * 1e6
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--hop", choices=("egress", "ingress"), default="egress")
+    ap.add_argument("--depth", type=int, default=1, help="requests per chunk (16: the pipelined load)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--rows", type=int, default=18, help="functions --profile prints")
+    ap.add_argument("--once", action="store_true", help="one run, not the best of 3 (for callgrind)")
     args = ap.parse_args()
     try:
         import uvloop
@@ -136,8 +154,14 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    best = min(runner(run(args.requests, args.hop, args.profile)) for _ in range(1 if args.profile else 3))
-    print(f"{args.hop}: {best:.2f} µs of Python per request (best of 3, {args.requests:,} requests)")
+    best = min(
+        runner(run(args.requests, args.hop, args.depth, args.profile, args.rows))
+        for _ in range(1 if args.profile or args.once else 3)
+    )
+    print(
+        f"{args.hop}: {best:.2f} µs of Python per request (best of 3, {args.requests:,} requests, "
+        f"{args.depth} per chunk)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from benchmarks.topologies import (
     HOST,
     ROOT,
     Direct,
+    FloorChain,
     HAProxyChain,
     Provider,
     RegproxyChain,
@@ -53,6 +54,7 @@ from benchmarks.topologies import (
 
 LOADS: dict[str, tuple[int, int]] = {"rpc": (16, 1), "pipelined": (8, 16)}  # connections, in flight each
 TOPOLOGIES = ("direct", "haproxy", "regproxy")
+FLOOR = "pyfloor"  # with --floor: the least a frame-aware Python hop does (benchmarks/floorrelay.py)
 HOPS = 2
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -306,15 +308,19 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def build_report(
-    machine: dict[str, Any], s: Settings, measured: dict[str, dict[str, Any]], extra: dict[str, Any]
+    machine: dict[str, Any],
+    s: Settings,
+    measured: dict[str, dict[str, Any]],
+    extra: dict[str, Any],
+    names: Sequence[str] = TOPOLOGIES,
 ) -> dict[str, Any]:
-    topologies: dict[str, dict[str, Any]] = {name: {} for name in TOPOLOGIES}
+    topologies: dict[str, dict[str, Any]] = {name: {} for name in names}
     rounds: dict[str, Any] = {}
-    cpu_fixed: dict[str, dict[str, float]] = {name: {} for name in TOPOLOGIES}
-    cpu_kernel: dict[str, dict[str, float]] = {name: {} for name in TOPOLOGIES}
+    cpu_fixed: dict[str, dict[str, float]] = {name: {} for name in names}
+    cpu_kernel: dict[str, dict[str, float]] = {name: {} for name in names}
     for load, m in measured.items():
         rounds[load] = {"fixed_rate": m["rate"], "max": {}, "fixed": {}}
-        for name in TOPOLOGIES:
+        for name in names:
             closed: list[Run] = m["closed"].get(name, [])
             fixed: list[Run] = m["fixed"].get(name, [])
             topologies[name][load] = {
@@ -340,6 +346,11 @@ def build_report(
             t["regproxy"][rpc]["cpu_us_per_request"], t["haproxy"][rpc]["cpu_us_per_request"]
         ),
     }
+    if FLOOR in t:
+        ratios[f"{FLOOR}_vs_haproxy_qps"] = _ratio(t[FLOOR][rpc]["max_qps"], t["haproxy"][rpc]["max_qps"])
+        ratios[f"{FLOOR}_vs_haproxy_qps_pipelined"] = _ratio(
+            t[FLOOR]["pipelined"]["max_qps"], t["haproxy"]["pipelined"]["max_qps"]
+        )
     added = round((t["regproxy"][rpc]["p50_ms"] - t["direct"][rpc]["p50_ms"]) / HOPS, 4)
     per_hop = round(t["regproxy"][rpc]["cpu_us_per_request"] / HOPS, 3)
     every = [
@@ -372,7 +383,9 @@ def build_report(
         "added_p50_ms_per_hop": added,
         "cpu_us_per_request_per_hop": per_hop,
         "run": {
-            "command": "python -m benchmarks.run" + (" --quick" if s.quick else ""),
+            "command": "python -m benchmarks.run"
+            + (" --quick" if s.quick else "")
+            + (" --floor" if FLOOR in t else ""),
             "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "settings": {
                 "rounds": s.rounds,
@@ -432,7 +445,7 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
     w("-" * (len(header) + 10) + "\n")
     rounds = report["details"]["rounds"]
     for load in LOADS:
-        for name in TOPOLOGIES:
+        for name in report["topologies"]:
             f = report["topologies"][name][load]
             cpu = f["cpu_us_per_request"] if name != "direct" else None
             last = rounds[load]["max"][name][-1]["limited_by"] if rounds[load]["max"][name] else ""
@@ -458,6 +471,11 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
         ("regproxy / direct throughput, rpc", r["regproxy_vs_direct_qps"], None, ""),
         ("regproxy CPU per request per hop, rpc", report["cpu_us_per_request_per_hop"], None, " µs"),
     ]  # fmt: skip
+    if f"{FLOOR}_vs_haproxy_qps" in r:
+        rows += [
+            (f"{FLOOR} / haproxy throughput, rpc", r[f"{FLOOR}_vs_haproxy_qps"], None, ""),
+            (f"{FLOOR} / haproxy throughput, pipelined", r[f"{FLOOR}_vs_haproxy_qps_pipelined"], None, ""),
+        ]
     for label, value, key, unit in rows:
         target = ""
         if key is not None and value is not None:
@@ -499,6 +517,8 @@ def topologies_for(
                 topos[name] = HAProxyChain(workdir, provider.port)
             elif name == "regproxy":
                 topos[name] = RegproxyChain(workdir, provider.port, registry=registry)
+            elif name == FLOOR:
+                topos[name] = FloorChain(workdir, provider.port)
         yield topos
     finally:
         for topo in topos.values():
@@ -556,7 +576,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="override the window length, s")
     parser.add_argument("--no-scale", action="store_true", help="skip the control-side scale benchmark")
     parser.add_argument("--no-demo-provider", action="store_true", help="skip the demo-provider case")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help=f"also run {FLOOR}: two minimal frame-aware Python relays (benchmarks/floorrelay.py)",
+    )
     args = parser.parse_args(argv)
+    names = (*TOPOLOGIES, FLOOR) if args.floor else TOPOLOGIES
     s = Settings.make(args.quick, args.workers)
     d = args.duration or s.duration
     s = dataclasses.replace(
@@ -587,13 +613,13 @@ def main(argv: list[str] | None = None) -> int:
         provider = Provider(workdir, "fast")
         stack.callback(provider.stop)
         gen = stack.enter_context(LoadGenerator(s.workers))
-        with topologies_for(workdir, provider, registry, TOPOLOGIES) as topos:
+        with topologies_for(workdir, provider, registry, names) as topos:
             measured = measure(gen, topos, provider, s, list(LOADS))
         if s.demo_provider:
             extra["demo_provider"] = optional_case(
                 "demo provider", lambda: demo_provider_case(gen, workdir, s)
             )
-    report = build_report(machine, s, measured, extra)
+    report = build_report(machine, s, measured, extra, names)
     if s.scale:
         from benchmarks import scale
 

@@ -223,13 +223,12 @@ listen hop
 """
 
 
-class HAProxyChain:
-    """generator → haproxy (front) → haproxy (back) → provider."""
+class _TwoRelays:
+    """generator → relay (front) → relay (back) → provider, each relay a process of its own."""
 
-    name = "haproxy"
+    name = ""
 
     def __init__(self, workdir: Path, provider_port: int) -> None:
-        binary = haproxy_binary()
         self.front_port = free_port()
         back_port = free_port()
         self.procs: list[Proc] = []
@@ -238,18 +237,15 @@ class HAProxyChain:
                 ("back", back_port, provider_port),
                 ("front", self.front_port, back_port),
             ):
-                cfg = workdir / f"haproxy-{hop}.cfg"
-                cfg.write_text(haproxy_config(listen, server))
-                check = subprocess.run([binary, "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
-                if check.returncode != 0:
-                    raise TopologyError(f"haproxy rejects {cfg}:\n{check.stdout}{check.stderr}")
-                # -db: stay in the foreground as one process (no master, no daemon), so its pid is the relay.
-                proc = Proc(f"haproxy {hop}", [binary, "-db", "-f", str(cfg)], workdir / f"haproxy-{hop}.log")
+                proc = self._start(workdir, hop, listen, server)
                 self.procs.append(proc)  # before the wait, so that stop() ends it if the wait fails
                 wait_port(listen, proc)
         except BaseException:
             self.stop()
             raise
+
+    def _start(self, workdir: Path, hop: str, listen: int, server: int) -> Proc:
+        raise NotImplementedError
 
     @property
     def port(self) -> int:
@@ -273,6 +269,41 @@ class HAProxyChain:
     def stop(self) -> None:
         for p in self.procs:
             p.stop()
+
+
+class HAProxyChain(_TwoRelays):
+    """generator → haproxy (front) → haproxy (back) → provider."""
+
+    name = "haproxy"
+
+    def _start(self, workdir: Path, hop: str, listen: int, server: int) -> Proc:
+        binary = haproxy_binary()
+        cfg = workdir / f"haproxy-{hop}.cfg"
+        cfg.write_text(haproxy_config(listen, server))
+        check = subprocess.run([binary, "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise TopologyError(f"haproxy rejects {cfg}:\n{check.stdout}{check.stderr}")
+        # -db: stay in the foreground as one process (no master, no daemon), so its pid is the relay.
+        return Proc(f"haproxy {hop}", [binary, "-db", "-f", str(cfg)], workdir / f"haproxy-{hop}.log")
+
+
+class FloorChain(_TwoRelays):
+    """generator → benchmarks.floorrelay (front) → benchmarks.floorrelay (back) → provider: the
+    least per-request work of a frame-aware Python hop (see benchmarks/floorrelay.py)."""
+
+    name = "pyfloor"
+
+    def _start(self, workdir: Path, hop: str, listen: int, server: int) -> Proc:
+        args = [
+            sys.executable,
+            "-m",
+            "benchmarks.floorrelay",
+            "--port",
+            str(listen),
+            "--upstream",
+            str(server),
+        ]
+        return Proc(f"pyfloor {hop}", args, workdir / f"pyfloor-{hop}.log")
 
 
 class Sidecar:

@@ -100,4 +100,5 @@ async def test_in_process_cost_benchmarks_run() -> None:
     cost = await changecost.measure(20, 10)
     assert cost["services"] == 20 and cost["change_ms"] > 0 and cost["save_ms"] > 0
     for hop in ("egress", "ingress"):
-        assert await hotpath.run(2000, hop, False) > 0  # it checks every response on its own
+        for depth in (1, 16):  # it checks the responses on its own
+            assert await hotpath.run(2000, hop, depth, profile=False, rows=0) > 0
