@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import run as bench
 from benchmarks.loadgen import LoadGenerator, LoadSpec
-from benchmarks.topologies import HOST, Direct, Provider, RegproxyChain
+from benchmarks.topologies import HOST, Direct, FloorChain, Provider, RegproxyChain
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,14 +53,17 @@ def test_loadgen_against_fast_provider(gen: LoadGenerator, provider: Provider) -
 def test_regproxy_topology_quick_and_report(gen: LoadGenerator, provider: Provider, workdir: Path) -> None:
     s = bench.Settings(True, 1, 0.4, 0.1, 0.4, 1, demo_provider=False, scale=False)
     chain = RegproxyChain(workdir, provider.port, registry="memory://")
+    floor = FloorChain(workdir, provider.port)
     try:
-        direct = Direct(provider)
-        closed = {name: [bench.run_one(gen, t, provider, "rpc", None, s)] for name, t in
-                  (("direct", direct), ("regproxy", chain))}  # fmt: skip
-        fixed = {name: [bench.run_one(gen, t, provider, "rpc", 500, s)] for name, t in
-                 (("direct", direct), ("regproxy", chain))}  # fmt: skip
+        topos = (("direct", Direct(provider)), ("regproxy", chain), (bench.FLOOR, floor))
+        closed = {name: [bench.run_one(gen, t, provider, "rpc", None, s)] for name, t in topos}
+        fixed = {name: [bench.run_one(gen, t, provider, "rpc", 500, s)] for name, t in topos}
     finally:
         chain.stop()
+        floor.stop()
+    fl = closed[bench.FLOOR][0]
+    assert fl.result.completed > 0 and fl.result.errors == 0 and fixed[bench.FLOOR][0].result.missing == 0
+    assert fl.proxies == ["pyfloor-front", "pyfloor-back"] and fl.proxy_cpu_us > 0
     rp = closed["regproxy"][0]
     assert rp.result.completed > 0 and rp.result.errors == 0
     assert rp.proxies == ["regproxy-egress", "regproxy-ingress"] and rp.proxy_cpu_us > 0
@@ -70,7 +73,8 @@ def test_regproxy_topology_quick_and_report(gen: LoadGenerator, provider: Provid
     # is enough to check the report's shape.
     closed["haproxy"], fixed["haproxy"] = closed["direct"], fixed["direct"]
     measured = {load: {"closed": closed, "rate": 500, "fixed": fixed} for load in bench.LOADS}
-    report = bench.build_report({"nproc": 1}, s, measured, {"registry": "memory://"})
+    names = (*bench.TOPOLOGIES, bench.FLOOR)
+    report = bench.build_report({"nproc": 1}, s, measured, {"registry": "memory://"}, names)
     for key in ("machine", "topologies", "ratios", "added_p50_ms_per_hop", "cpu_us_per_request_per_hop"):
         assert key in report
     assert set(report["ratios"]) == {
@@ -78,8 +82,10 @@ def test_regproxy_topology_quick_and_report(gen: LoadGenerator, provider: Provid
         "regproxy_vs_direct_qps",
         "regproxy_vs_haproxy_qps_pipelined",
         "regproxy_vs_haproxy_cpu_per_request",
+        "pyfloor_vs_haproxy_qps",
+        "pyfloor_vs_haproxy_qps_pipelined",
     }
-    for name in bench.TOPOLOGIES:
+    for name in names:
         for load in bench.LOADS:
             assert set(report["topologies"][name][load]) == {
                 "max_qps",
@@ -91,7 +97,7 @@ def test_regproxy_topology_quick_and_report(gen: LoadGenerator, provider: Provid
     assert report["topologies"]["regproxy"]["rpc"]["max_qps"] > 0
     out = io.StringIO()
     bench.print_report({**report, "machine": bench.machine_info()}, out)
-    assert "regproxy" in out.getvalue()
+    assert "regproxy" in out.getvalue() and "pyfloor / haproxy throughput, pipelined" in out.getvalue()
 
 
 async def test_in_process_cost_benchmarks_run() -> None:
