@@ -76,3 +76,58 @@ async def test_a_failing_handler_does_not_hold_up_the_others(caplog: pytest.LogC
         await asyncio.sleep(0.05)
     assert sorted(fired) == ["a", "b"]
     assert "deadline handler failed" in caplog.text
+
+
+class FakeLoop:
+    """Time that moves only when told to, and the one timer the wheel keeps armed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[tuple[float, object]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback):  # type: ignore[no-untyped-def]
+        loop = self
+
+        class Handle:
+            def cancel(self) -> None:
+                loop.timers.remove(entry)
+
+        entry = (when, callback)
+        self.timers.append(entry)
+        return Handle()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while self.timers and min(self.timers, key=lambda t: t[0])[0] <= self.now:
+            when, callback = min(self.timers, key=lambda t: t[0])
+            self.timers.remove((when, callback))
+            callback()  # type: ignore[operator]
+
+
+def test_long_delays_share_coarse_buckets_and_fire_within_one_percent() -> None:
+    loop = FakeLoop()
+    fired: list[tuple[Entry, float]] = []
+    wheel = DeadlineWheel(loop, lambda e: fired.append((e, loop.now)))  # type: ignore[arg-type]
+    # A minute of steady traffic with the ingress's 60 s bound, every request answered at once:
+    # the queued bucket numbers stay about a hundred, not one per 5 ms tick (12,000).
+    most = 0
+    for _ in range(60_000):
+        e = Entry("answered", 0)
+        wheel.add(e, 60.0)
+        wheel.discard(e)
+        loop.advance(0.001)
+        most = max(most, len(wheel._heap))
+    assert most <= 110, most
+    # Unanswered ones fire never early and at most 1 % of their delay (or a tick) late.
+    waiting = [Entry(str(d), loop.now + d) for d in (0.003, 0.2, 2.0, 60.0)]
+    for e in waiting:
+        wheel.add(e, e.due - loop.now)
+    for _ in range(62_000):
+        loop.advance(0.001)
+    assert sorted(e.name for e, _ in fired) == sorted(e.name for e in waiting)
+    for e, when in fired:
+        delay = float(e.name)
+        assert e.due - 1e-9 <= when <= e.due + max(TICK_S, delay * 0.01) + 0.001, (e.name, when - e.due)
