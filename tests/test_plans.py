@@ -26,7 +26,7 @@ def table(address: str, group: str | None = None) -> RoutingTable:
 
 
 class Harness:
-    def __init__(self, initial: RoutingTable) -> None:
+    def __init__(self, initial: RoutingTable, *, ingress: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.batcher = Batcher(loop)
         self.holder = TableHolder(initial)
@@ -34,7 +34,15 @@ class Harness:
         def make_pool(events: UpstreamEvents) -> UpstreamPool:
             return UpstreamPool(loop, self.batcher, events, max_body=1 << 20)
 
-        self.fwd = Forwarder("egress", loop, self.holder, self.batcher, make_pool, default_timeout_ms=3000)
+        self.fwd = Forwarder(
+            "ingress" if ingress else "egress",
+            loop,
+            self.holder,
+            self.batcher,
+            make_pool,
+            default_timeout_ms=3000,
+            timeout_from_attachment=not ingress,  # the ingress bounds the app by its own default
+        )
         self.up: dict[str, Transport] = {}
         for address in (A, B):
             conn = UpstreamConnection(self.fwd.pool, address)
@@ -100,3 +108,24 @@ async def test_each_request_keeps_its_own_timeout_when_its_plan_is_memoised() ->
         assert status == Status.CLIENT_TIMEOUT
         assert f"timeout after {timeout_ms} ms".encode() in body
         assert timeout_ms / 1000 - 0.002 <= elapsed <= timeout_ms / 1000 + 0.06, (request_id, elapsed)
+
+
+async def test_a_reloaded_default_timeout_reaches_memoised_plans() -> None:
+    """The ingress's plans carry its default timeout; a reload's new one must replace them."""
+    loop = asyncio.get_running_loop()
+    h = Harness(table(A), ingress=True)
+    answers: list[tuple[float, bytes]] = []
+    h.down_t.write = lambda data: answers.append((loop.time(), bytes(data)))  # type: ignore[method-assign]
+    h.down.data_received(encode_request(1, SVC, "m", ["x"]))  # makes the plan, with 3000 ms
+    h.batcher.flush()
+    assert h.fwd._heads
+    h.fwd.default_timeout_ms = 60  # what a reload of timeouts.ingress_ms does
+    start = loop.time()
+    h.down.data_received(encode_request(2, SVC, "m", ["x"]))
+    h.batcher.flush()
+    await asyncio.sleep(0.25)
+    assert len(answers) == 1, answers  # request 1 still has its 3 s
+    when, data = answers[0]
+    frame = FrameParser().feed(data)[0]
+    assert frame.request_id == 2 and frame.status == Status.SERVER_TIMEOUT
+    assert b"timeout after 60 ms" in frame.body and when - start <= 0.15

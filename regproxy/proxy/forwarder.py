@@ -108,7 +108,7 @@ class Forwarder(UpstreamEvents):
         self.batcher = batcher
         self.pool = pool_factory(self)
         self.downstreams: set[DownstreamConnection] = set()
-        self.default_timeout_ms = default_timeout_ms
+        self._default_timeout_ms = default_timeout_ms
         self.timeout_from_attachment = timeout_from_attachment
         # What a deadline passing means here: the consumer's timeout (egress), or the app being
         # too slow for the ingress's bound.
@@ -137,6 +137,17 @@ class Forwarder(UpstreamEvents):
         self.access_log: AccessLog | None = None  # off by default: no formatting per request
         self._health: HostHealth = NoHealth()
         self._health_on = False
+
+    @property
+    def default_timeout_ms(self) -> int:
+        return self._default_timeout_ms
+
+    @default_timeout_ms.setter
+    def default_timeout_ms(self, value: int) -> None:
+        """A reload's new default: plans that carry the old one are made again."""
+        self._default_timeout_ms = value
+        self._plans = {}
+        self._heads = {}
 
     # --- from the downstream side -------------------------------------------------------------
 
