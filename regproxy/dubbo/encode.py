@@ -4,7 +4,6 @@ provider, the demo consumer and the benchmark client. Sans-IO: every function re
 from __future__ import annotations
 
 import datetime
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from regproxy.dubbo.frame import (
     FLAG_TWOWAY,
     HEADER_LEN,
     HESSIAN2,
+    REQUEST_ID,
     Frame,
     Status,
     pack_header,
@@ -42,7 +42,6 @@ _REQ_FLAG = FLAG_REQUEST | FLAG_TWOWAY | HESSIAN2
 _ONEWAY_FLAG = FLAG_REQUEST | HESSIAN2
 _RESP_FLAG = HESSIAN2
 _NULL = b"N"
-_ID = struct.Struct(">q")
 
 
 def heartbeat_request(request_id: int) -> bytes:
@@ -67,7 +66,7 @@ def encode_error(request_id: int, status: int, message: str) -> bytes:
 
 def with_request_id(head: bytes, request_id: int) -> bytes:
     """A frame header with another request id; the body is sent unchanged, not re-encoded."""
-    return head[:4] + _ID.pack(request_id) + head[12:HEADER_LEN]
+    return head[:4] + REQUEST_ID.pack(request_id) + head[12:HEADER_LEN]
 
 
 def _java_descriptor(value: Any) -> str:

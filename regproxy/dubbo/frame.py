@@ -34,6 +34,10 @@ DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 
 _HEADER = struct.Struct(">HBBqI")
 _MAGIC_AND_LEN = struct.Struct(">H10xI")
+# The request id, at bytes 4..12 of a frame: read and patched in place on the proxy's data path.
+REQUEST_ID: Final = struct.Struct(">q")
+read_request_id: Final = REQUEST_ID.unpack_from  # (frame, 4) -> (id,)
+patch_request_id: Final = REQUEST_ID.pack_into  # (bytearray, 4, id)
 
 
 class Status(IntEnum):

@@ -7,12 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 from collections.abc import Callable
 from time import perf_counter
 
 from regproxy.dubbo.encode import encode_error, heartbeat_reply
-from regproxy.dubbo.frame import FLAG_EVENT, FLAG_TWOWAY, HESSIAN2, SERIALIZATION_MASK, Status
+from regproxy.dubbo.frame import (
+    FLAG_EVENT,
+    FLAG_TWOWAY,
+    HESSIAN2,
+    SERIALIZATION_MASK,
+    Status,
+    patch_request_id,
+    read_request_id,
+)
 from regproxy.dubbo.hessian2 import Hessian2Error
 from regproxy.dubbo.request import RequestBody, compact_head_end, memoised_group
 from regproxy.health import HostHealth, NoHealth
@@ -68,10 +75,6 @@ def service_label(path: str, version: str, group: str | None) -> str:
 
 
 MAX_PLANS = 4096
-
-_ID = struct.Struct(">q")
-_request_id = _ID.unpack_from  # the request id: bytes 4..12 of a frame
-_set_id = _ID.pack_into
 
 # The third header byte of a two-way hessian2 request that is not an event: the common case.
 _TWOWAY_HESSIAN2_REQUEST = 0x80 | FLAG_TWOWAY | HESSIAN2
@@ -146,8 +149,7 @@ class Forwarder(UpstreamEvents):
     def default_timeout_ms(self, value: int) -> None:
         """A reload's new default: plans that carry the old one are made again."""
         self._default_timeout_ms = value
-        self._plans = {}
-        self._heads = {}
+        self._forget_plans()
 
     # --- from the downstream side -------------------------------------------------------------
 
@@ -200,8 +202,9 @@ class Forwarder(UpstreamEvents):
                         plan = entry  # type: ignore[assignment]
                     if plan is not None:
                         stats.requests += 1
-                        per_service[plan.counter_key] += 1  # the key is there: _plan put it
-                        exch = Exchange(down, raw, _request_id(raw, 4)[0], plan, started)
+                        key = plan.counter_key
+                        per_service[key] = per_service.get(key, 0) + 1
+                        exch = Exchange(down, raw, read_request_id(raw, 4)[0], plan, started)
                         down.in_flight += 1
                         self.in_flight += 1
                         add_deadline(exch, plan.first_look_s)
@@ -214,13 +217,17 @@ class Forwarder(UpstreamEvents):
             self._handle_general(down, raw)
 
     def _reset_plans(self) -> None:
+        """Plans are for one table: a new one starts without them."""
+        self._forget_plans()
+        self._plans_table = self.table.current
+
+    def _forget_plans(self) -> None:
         self._plans = {}
         self._heads = {}
-        self._plans_table = self.table.current
 
     def _handle_general(self, down: DownstreamConnection, raw: bytes) -> None:
         flag = raw[2]
-        request_id = _request_id(raw, 4)[0]
+        request_id = read_request_id(raw, 4)[0]
         two_way = bool(flag & FLAG_TWOWAY)
         if not flag & 0x80:
             return  # a response from a consumer: only replies to our heartbeats, nothing to do
@@ -322,7 +329,6 @@ class Forwarder(UpstreamEvents):
             body.method,
             self.stats.histogram(service, body.method),
         )
-        self.stats.per_service.setdefault(plan.counter_key, 0)  # handle() only adds to it
         if len(self._plans) < MAX_PLANS:  # a peer inventing services must not grow it without end
             self._plans[key] = plan
         return plan
@@ -442,8 +448,7 @@ class Forwarder(UpstreamEvents):
         self._rules = rules
         self._filters = {}
         self._subsets = {}
-        self._plans = {}
-        self._heads = {}
+        self._forget_plans()
 
     @property
     def health(self) -> HostHealth:
@@ -611,7 +616,7 @@ class Forwarder(UpstreamEvents):
                 access_log.record(self.name, exch, status, elapsed)
             # The response as it came, with the consumer's request id: one copy, no re-encoding.
             out = bytearray(raw)
-            _set_id(out, 4, exch.downstream_id)
+            patch_request_id(out, 4, exch.downstream_id)
             down = exch.downstream
             down.queue(out)
             down.answered()

@@ -12,14 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, cast
 
 from regproxy.dubbo.encode import heartbeat_reply
-from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FLAG_TWOWAY, FrameParser, ProtocolError
+from regproxy.dubbo.frame import (
+    FLAG_EVENT,
+    FLAG_REQUEST,
+    FLAG_TWOWAY,
+    FrameParser,
+    ProtocolError,
+    patch_request_id,
+    read_request_id,
+)
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
 
 if TYPE_CHECKING:
@@ -29,9 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_ID = 2**63 - 1
-_ID = struct.Struct(">q")
-_request_id = _ID.unpack_from  # the request id: bytes 4..12 of a frame
-_set_id = _ID.pack_into
 
 
 class ConnState(Enum):
@@ -96,7 +100,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             self.pending[upstream_id] = exch
         # The request as it came, with this connection's id: one copy, no re-encoding.
         out = bytearray(exch.raw)
-        _set_id(out, 4, upstream_id)
+        patch_request_id(out, 4, upstream_id)
         self.queue(out)
 
     def forget(self, exch: Exchange) -> None:
@@ -138,14 +142,14 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             if flag & FLAG_REQUEST:  # a request from the provider: only events are legitimate
                 if flag & FLAG_EVENT:
                     if flag & FLAG_TWOWAY:
-                        self.queue(heartbeat_reply(_request_id(raw, 4)[0]))
+                        self.queue(heartbeat_reply(read_request_id(raw, 4)[0]))
                     elif raw[-1:] == b"R" and len(raw) > 16:
                         self.readonly = True
                         self._pool.discard(self)
                 continue
             if flag & FLAG_EVENT:  # a heartbeat reply
                 continue
-            exch = pending.pop(_request_id(raw, 4)[0], None)
+            exch = pending.pop(read_request_id(raw, 4)[0], None)
             if exch is not None:  # None: the deadline passed, the answer is dropped
                 answered.append((exch, raw))
         if answered:
