@@ -131,3 +131,17 @@ def test_long_delays_share_coarse_buckets_and_fire_within_one_percent() -> None:
     for e, when in fired:
         delay = float(e.name)
         assert e.due - 1e-9 <= when <= e.due + max(TICK_S, delay * 0.01) + 0.001, (e.name, when - e.due)
+
+
+async def test_add_all_is_add_for_each() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[Entry] = []
+    wheel = DeadlineWheel(loop, fired.append)  # type: ignore[arg-type]
+    entries = [Entry(str(i), 0) for i in range(16)]
+    wheel.add_all(entries, 0.02)
+    assert len({e.slot for e in entries}) == 1 and entries[0].slot > 0 and len(wheel) == 16
+    for e in entries[::2]:
+        wheel.discard(e)
+    await asyncio.sleep(0.06)
+    assert sorted(fired, key=id) == sorted(entries[1::2], key=id)
+    assert len(wheel) == 0 and wheel._timer is None

@@ -129,3 +129,22 @@ async def test_a_reloaded_default_timeout_reaches_memoised_plans() -> None:
     frame = FrameParser().feed(data)[0]
     assert frame.request_id == 2 and frame.status == Status.SERVER_TIMEOUT
     assert b"timeout after 60 ms" in frame.body and when - start <= 0.15
+
+
+async def test_requests_answered_while_a_read_is_sent_leave_no_deadline_behind() -> None:
+    """A read's plan hits get their deadlines before any is sent: one answered on the spot (here
+    the pool is shutting down) takes its deadline out, and is never answered a second time."""
+    h = Harness(table(A))
+    answers: list[bytes] = []
+    h.down_t.write = lambda data: answers.append(bytes(data))  # type: ignore[method-assign]
+    h.down.data_received(encode_request(1, SVC, "m", ["x"]))  # makes the plan
+    h.batcher.flush()
+    h.fwd.pool.closed = True
+    h.down.data_received(b"".join(encode_request(i, SVC, "m", ["x"]) for i in (2, 3, 4)))
+    h.batcher.flush()
+    assert len(h.fwd.deadlines) == 1  # request 1's, still waiting for its answer
+    await asyncio.sleep(0.05)  # past the first look at the deadlines
+    frames = [f for data in answers for f in FrameParser().feed(data)]
+    assert sorted(f.request_id for f in frames) == [2, 3, 4]
+    assert all(f.status == Status.SERVER_ERROR and b"shutting down" in f.body for f in frames)
+    assert h.fwd.in_flight == 1 and h.down.in_flight == 1

@@ -77,6 +77,15 @@ class DeadlineWheel:
         bucket[entry] = None
         entry.slot = slot
 
+    def add_all(self, entries: list[Timed], delay_s: float) -> None:
+        """``add`` for each of ``entries``, with one delay: one bucket lookup for all of them."""
+        self.add(entries[0], delay_s)
+        slot = entries[0].slot
+        bucket = self._buckets[slot]
+        for entry in entries[1:]:
+            bucket[entry] = None
+            entry.slot = slot
+
     def discard(self, entry: Timed) -> None:
         slot = entry.slot
         bucket = self._buckets.get(slot)

@@ -185,11 +185,10 @@ class Forwarder(UpstreamEvents):
         heads = self._heads
         stats = self.stats
         per_service = stats.per_service
-        add_deadline = self.deadlines.add
-        pool = self.pool
-        # While no host is failing or unavailable, a cluster of one usable host needs no pick.
-        direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
         started = perf_counter()  # not loop.time(): uvloop's is cached per loop pass, in whole ms
+        fast: list[Exchange] = []  # the plan hits, sent once all have their deadlines
+        first_look = 0.0
+        same_look = True
         for raw in frames:
             if raw[2] == _TWOWAY_HESSIAN2_REQUEST:
                 end = compact_head_end(raw, 16)
@@ -204,17 +203,35 @@ class Forwarder(UpstreamEvents):
                         stats.requests += 1
                         key = plan.counter_key
                         per_service[key] = per_service.get(key, 0) + 1
-                        exch = Exchange(down, raw, read_request_id(raw, 4)[0], plan, started)
-                        down.in_flight += 1
-                        self.in_flight += 1
-                        add_deadline(exch, plan.first_look_s)
-                        host = plan.only
-                        if direct and host is not None:
-                            self._send(exch, host)
-                        else:
-                            self._dispatch(exch, None)
+                        if not fast:
+                            first_look = plan.first_look_s
+                        elif plan.first_look_s != first_look:
+                            same_look = False
+                        fast.append(Exchange(down, raw, read_request_id(raw, 4)[0], plan, started))
                         continue
             self._handle_general(down, raw)
+        if not fast:
+            return
+        n = len(fast)
+        down.in_flight += n
+        self.in_flight += n
+        # Deadlines first, all at once: a request answered while sending the others (no host, a
+        # connect error) must find its deadline there to take it out.
+        deadlines = self.deadlines
+        if same_look:
+            deadlines.add_all(fast, first_look)
+        else:
+            for exch in fast:
+                deadlines.add(exch, exch.plan.first_look_s)
+        pool = self.pool
+        # While no host is failing or unavailable, a cluster of one usable host needs no pick.
+        direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
+        for exch in fast:
+            host = exch.plan.only
+            if direct and host is not None:
+                self._send(exch, host)
+            else:
+                self._dispatch(exch, None)
 
     def _reset_plans(self) -> None:
         """Plans are for one table: a new one starts without them."""
