@@ -6,7 +6,7 @@ import asyncio
 
 from benchmarks.hotpath import Transport
 from regproxy.config import Config
-from regproxy.dubbo.encode import encode_request
+from regproxy.dubbo.encode import encode_request, encode_response
 from regproxy.dubbo.frame import FrameParser, Status
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
@@ -148,3 +148,27 @@ async def test_requests_answered_while_a_read_is_sent_leave_no_deadline_behind()
     assert sorted(f.request_id for f in frames) == [2, 3, 4]
     assert all(f.status == Status.SERVER_ERROR and b"shutting down" in f.body for f in frames)
     assert h.fwd.in_flight == 1 and h.down.in_flight == 1
+
+
+async def test_a_read_of_responses_counts_each_one_whatever_the_runs() -> None:
+    """Responses of one upstream read are counted per run of equal latency and per run of one
+    client: interleaved clients and reads must still count every response once."""
+    h = Harness(table(A))
+    other = DownstreamConnection(h.fwd, 1 << 20)
+    other_t = Transport()
+    other.connection_made(other_t)  # type: ignore[arg-type]
+    for down in (h.down, other):  # two reads of three requests, one per client
+        down.data_received(b"".join(encode_request(i, SVC, "m", ["x"]) for i in (1, 2, 3)))
+    h.batcher.flush()
+    sent = FrameParser().feed(h.up[A].last)  # both reads, in one write at the round's end
+    assert len(sent) == 6
+    # Answer them interleaved, client by client, in one read.
+    order = [0, 3, 1, 4, 2, 5]
+    h.fwd.pool._conns[A][0].data_received(b"".join(encode_response(sent[i].request_id, "ok") for i in order))
+    h.batcher.flush()
+    hist = h.fwd.stats.latency[(SVC, "m")]
+    assert hist.count == 6 and sum(hist.counts) == 6 and hist.sum > 0
+    assert h.fwd.stats.responses[Status.OK] == 6
+    assert h.down.in_flight == other.in_flight == h.fwd.in_flight == 0
+    for t in (h.down_t, other_t):
+        assert sorted(f.request_id for f in FrameParser().feed(t.last)) == [1, 2, 3]

@@ -28,7 +28,7 @@ from regproxy.proxy.deadlines import DeadlineWheel
 from regproxy.proxy.exchange import Exchange, Plan
 from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
 from regproxy.proxy.listener import DownstreamConnection
-from regproxy.proxy.stats import ListenerStats
+from regproxy.proxy.stats import Histogram, ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import Host, LoadBalancer, RoutingTable, TableHolder, make_balancer
 from regproxy.routing.rules import (
@@ -226,12 +226,24 @@ class Forwarder(UpstreamEvents):
         pool = self.pool
         # While no host is failing or unavailable, a cluster of one usable host needs no pick.
         direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
+        sent = self.stats.upstream_requests
+        last: Host | None = None  # consecutive requests to one host share its lookups
+        conn = None
+        run = 0
         for exch in fast:
             host = exch.plan.only
-            if direct and host is not None:
-                self._send(exch, host)
-            else:
+            if not direct or host is None:
                 self._dispatch(exch, None)
+                continue
+            if host is not last:
+                if last is not None:
+                    sent[last.address] = sent.get(last.address, 0) + run
+                last, conn, run = host, pool.connection(host.address), 0
+            run += 1
+            exch.tried.append(host.address)
+            conn.submit(exch)  # type: ignore[union-attr]
+        if last is not None:
+            sent[last.address] = sent.get(last.address, 0) + run
 
     def _reset_plans(self) -> None:
         """Plans are for one table: a new one starts without them."""
@@ -613,6 +625,14 @@ class Forwarder(UpstreamEvents):
         discard = self.deadlines.discard
         access_log = self.access_log
         now = perf_counter()  # they all arrived in this read
+        # Runs of responses with the same latency (requests that came in one read) and to the same
+        # client are counted once per run.
+        hist: Histogram | None = None
+        latency = 0.0
+        same_latency = 0
+        down: DownstreamConnection | None = None
+        same_down = 0
+        done = 0
         for exch, raw in answered:
             status = raw[3]
             if health is not None:
@@ -628,16 +648,31 @@ class Forwarder(UpstreamEvents):
                 discard(exch)
             responses[status] = responses.get(status, 0) + 1
             elapsed = now - exch.started
-            plan.hist.observe(elapsed)
+            if plan.hist is hist and elapsed == latency:
+                same_latency += 1
+            else:
+                if hist is not None:
+                    hist.observe(latency, same_latency)
+                hist, latency, same_latency = plan.hist, elapsed, 1
             if access_log is not None:
                 access_log.record(self.name, exch, status, elapsed)
             # The response as it came, with the consumer's request id: one copy, no re-encoding.
             out = bytearray(raw)
             patch_request_id(out, 4, exch.downstream_id)
-            down = exch.downstream
-            down.queue(out)
-            down.answered()
-            self.in_flight -= 1
+            to = exch.downstream
+            to.queue(out)
+            if to is down:
+                same_down += 1
+            else:
+                if down is not None:
+                    down.answered(same_down)
+                down, same_down = to, 1
+            done += 1
+        if hist is not None:
+            hist.observe(latency, same_latency)
+        if down is not None:
+            down.answered(same_down)
+        self.in_flight -= done
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
 

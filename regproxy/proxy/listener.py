@@ -111,9 +111,9 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         """Bytes of a frame received but not yet whole (for the idle sweep's log line)."""
         return self._parser.buffered
 
-    def answered(self) -> None:
-        """One forwarded request got its response (or an error made here)."""
-        self.in_flight -= 1
+    def answered(self, count: int = 1) -> None:
+        """Forwarded requests got their responses (or errors made here)."""
+        self.in_flight -= count
         self.last_active = self._loop.time()
         if self._closing:
             self._close_if_done()

@@ -27,10 +27,10 @@ class Histogram:
         self.sum = 0.0
         self.count = 0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
+    def observe(self, seconds: float, times: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += times
+        self.sum += seconds * times
+        self.count += times
 
     def quantile(self, q: float) -> float:
         """Upper bound of the bucket holding the q-quantile (an estimate, as Prometheus gives)."""
