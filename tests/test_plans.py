@@ -172,3 +172,30 @@ async def test_a_read_of_responses_counts_each_one_whatever_the_runs() -> None:
     assert h.down.in_flight == other.in_flight == h.fwd.in_flight == 0
     for t in (h.down_t, other_t):
         assert sorted(f.request_id for f in FrameParser().feed(t.last)) == [1, 2, 3]
+
+
+async def test_a_connections_head_memo_follows_each_request() -> None:
+    """Each client connection remembers its last request head; requests that alternate methods,
+    in one read and across reads, must each still get their own method's route."""
+    h = Harness(
+        RoutingTable(
+            [
+                Route("a", RouteMatch(service=SVC, method="ma"), "ca"),
+                Route("b", RouteMatch(service=SVC, method="mb"), "cb"),
+            ],
+            [Cluster("ca", "round_robin", (Host(A),)), Cluster("cb", "round_robin", (Host(B),))],
+        )
+    )
+    methods = ["ma", "ma", "mb", "ma", "mb", "mb", "ma"]
+    for rounds in range(2):  # the first read makes the plans, the second finds them by head
+        h.down.data_received(b"".join(encode_request(i, SVC, m, ["x"]) for i, m in enumerate(methods)))
+        h.batcher.flush()
+        for address, method in ((A, "ma"), (B, "mb")):
+            got = FrameParser().feed(h.up[address].last)
+            assert len(got) == methods.count(method), (rounds, address)
+    # Another method with the same arguments, then the first again, one request per read.
+    for method, address in (("mb", B), ("ma", A), ("mb", B)):
+        before = h.up[address].writes
+        h.down.data_received(encode_request(99, SVC, method, ["x"]))
+        h.batcher.flush()
+        assert h.up[address].writes == before + 1, method

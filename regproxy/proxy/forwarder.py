@@ -183,16 +183,26 @@ class Forwarder(UpstreamEvents):
         if self.table.current is not self._plans_table:
             self._reset_plans()
         heads = self._heads
-        stats = self.stats
-        per_service = stats.per_service
+        per_service = self.stats.per_service
         started = perf_counter()  # not loop.time(): uvloop's is cached per loop pass, in whole ms
         fast: list[Exchange] = []  # the plan hits, sent once all have their deadlines
         first_look = 0.0
         same_look = True
+        last: Plan | None = None  # consecutive requests of one plan are counted once
+        run = 0
+        # The connection's last head: a client often calls one method many times in a row, and
+        # bytes that start with a head's bytes have that head (hessian strings carry their length).
+        memo_head, memo_entry, memo_of = down.last_head
         for raw in frames:
             if raw[2] == _TWOWAY_HESSIAN2_REQUEST:
-                end = compact_head_end(raw, 16)
-                entry = heads.get(raw[16:end]) if end > 0 else None
+                if memo_of is heads and raw.startswith(memo_head, 16):
+                    entry = memo_entry
+                    end = 16 + len(memo_head)
+                else:
+                    end = compact_head_end(raw, 16)
+                    entry = heads.get(raw[16:end]) if end > 0 else None
+                    if entry is not None:
+                        memo_head, memo_entry, memo_of = raw[16:end], entry, heads
                 if entry is not None:
                     if entry.__class__ is _GroupPlans:
                         group = memoised_group(raw, end, entry.nargs)  # type: ignore[union-attr]
@@ -200,18 +210,23 @@ class Forwarder(UpstreamEvents):
                     else:
                         plan = entry  # type: ignore[assignment]
                     if plan is not None:
-                        stats.requests += 1
-                        key = plan.counter_key
-                        per_service[key] = per_service.get(key, 0) + 1
-                        if not fast:
-                            first_look = plan.first_look_s
-                        elif plan.first_look_s != first_look:
-                            same_look = False
+                        if plan is not last:
+                            if last is None:
+                                first_look = plan.first_look_s
+                            else:
+                                per_service[last.counter_key] = per_service.get(last.counter_key, 0) + run
+                                if plan.first_look_s != first_look:
+                                    same_look = False
+                            last, run = plan, 0
+                        run += 1
                         fast.append(Exchange(down, raw, read_request_id(raw, 4)[0], plan, started))
                         continue
             self._handle_general(down, raw)
-        if not fast:
+        down.last_head = (memo_head, memo_entry, memo_of)
+        if last is None:
             return
+        per_service[last.counter_key] = per_service.get(last.counter_key, 0) + run
+        self.stats.requests += len(fast)
         n = len(fast)
         down.in_flight += n
         self.in_flight += n

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from regproxy.dubbo.encode import encode_error
 from regproxy.dubbo.frame import FrameParser, ProtocolError, Status
@@ -45,6 +45,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         "_parser",
         "in_flight",
         "last_active",
+        "last_head",
         "peer",
         "transport",
     )
@@ -61,6 +62,9 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         self._linger: asyncio.TimerHandle | None = None
         self._loop = forwarder.loop
         self.last_active = self._loop.time()  # for the idle sweep
+        # The forwarder's memo of this connection's last request head: (head bytes, plan entry,
+        # the plan memo it came from).
+        self.last_head: tuple[bytes, Any, Any] = (b"", None, None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
