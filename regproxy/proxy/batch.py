@@ -56,6 +56,14 @@ class BatchedWriter:
             self._batcher.mark(self)
         out.append(chunk)
 
+    def queue_all(self, chunks: list[bytes | bytearray]) -> None:
+        if self.transport is None:
+            return
+        out = self._out
+        if not out:
+            self._batcher.mark(self)
+        out.extend(chunks)
+
     def flush(self) -> None:
         out = self._out
         if not out:

@@ -241,24 +241,27 @@ class Forwarder(UpstreamEvents):
         pool = self.pool
         # While no host is failing or unavailable, a cluster of one usable host needs no pick.
         direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
-        sent = self.stats.upstream_requests
-        last: Host | None = None  # consecutive requests to one host share its lookups
-        conn = None
-        run = 0
+        host_of_run: Host | None = None  # consecutive requests to one host go in one call
+        run: list[Exchange] = []
         for exch in fast:
             host = exch.plan.only
             if not direct or host is None:
                 self._dispatch(exch, None)
                 continue
-            if host is not last:
-                if last is not None:
-                    sent[last.address] = sent.get(last.address, 0) + run
-                last, conn, run = host, pool.connection(host.address), 0
-            run += 1
+            if host is not host_of_run:
+                if run:
+                    self._send_run(host_of_run, run)  # type: ignore[arg-type]
+                host_of_run, run = host, []
             exch.tried.append(host.address)
-            conn.submit(exch)  # type: ignore[union-attr]
-        if last is not None:
-            sent[last.address] = sent.get(last.address, 0) + run
+            run.append(exch)
+        if run:
+            self._send_run(host_of_run, run)  # type: ignore[arg-type]
+
+    def _send_run(self, host: Host, exchs: list[Exchange]) -> None:
+        """``_send`` for requests that already name ``host`` as tried."""
+        sent = self.stats.upstream_requests
+        sent[host.address] = sent.get(host.address, 0) + len(exchs)
+        self.pool.connection(host.address).submit_all(exchs)
 
     def _reset_plans(self) -> None:
         """Plans are for one table: a new one starts without them."""
@@ -641,12 +644,12 @@ class Forwarder(UpstreamEvents):
         access_log = self.access_log
         now = perf_counter()  # they all arrived in this read
         # Runs of responses with the same latency (requests that came in one read) and to the same
-        # client are counted once per run.
+        # client are counted and queued once per run.
         hist: Histogram | None = None
         latency = 0.0
         same_latency = 0
         down: DownstreamConnection | None = None
-        same_down = 0
+        outs: list[bytes | bytearray] = []  # the responses of the run to ``down``
         done = 0
         for exch, raw in answered:
             status = raw[3]
@@ -675,18 +678,18 @@ class Forwarder(UpstreamEvents):
             out = bytearray(raw)
             patch_request_id(out, 4, exch.downstream_id)
             to = exch.downstream
-            to.queue(out)
-            if to is down:
-                same_down += 1
-            else:
+            if to is not down:
                 if down is not None:
-                    down.answered(same_down)
-                down, same_down = to, 1
+                    down.queue_all(outs)
+                    down.answered(len(outs))  # after its answers are queued: it may close then
+                down, outs = to, []
+            outs.append(out)
             done += 1
         if hist is not None:
             hist.observe(latency, same_latency)
         if down is not None:
-            down.answered(same_down)
+            down.queue_all(outs)
+            down.answered(len(outs))
         self.in_flight -= done
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, cast
 
@@ -87,21 +87,30 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         return len(self.pending) + len(self.waiting)
 
     def submit(self, exch: Exchange) -> None:
-        exch.upstream = self
-        if self.state is ConnState.OPEN:
-            self._write(exch)
-        else:
-            self.waiting.append(exch)
+        self.submit_all((exch,))
 
-    def _write(self, exch: Exchange) -> None:
-        self._next_id = upstream_id = self._next_id + 1 if self._next_id < _MAX_ID else 1
-        exch.upstream_id = upstream_id
-        if exch.two_way:
-            self.pending[upstream_id] = exch
-        # The request as it came, with this connection's id: one copy, no re-encoding.
-        out = bytearray(exch.raw)
-        patch_request_id(out, 4, upstream_id)
-        self.queue(out)
+    def submit_all(self, exchs: Sequence[Exchange]) -> None:
+        """Write each request with a fresh id of this connection, or keep it for when it opens."""
+        if self.state is not ConnState.OPEN:
+            for exch in exchs:
+                exch.upstream = self
+            self.waiting.extend(exchs)
+            return
+        pending, out = self.pending, self._out  # open: the transport is there
+        if not out:
+            self._batcher.mark(self)
+        upstream_id = self._next_id
+        for exch in exchs:
+            upstream_id = upstream_id + 1 if upstream_id < _MAX_ID else 1
+            exch.upstream = self
+            exch.upstream_id = upstream_id
+            if exch.two_way:
+                pending[upstream_id] = exch
+            # The request as it came, with this connection's id: one copy, no re-encoding.
+            frame = bytearray(exch.raw)
+            patch_request_id(frame, 4, upstream_id)
+            out.append(frame)
+        self._next_id = upstream_id
 
     def forget(self, exch: Exchange) -> None:
         """Drop a request whose deadline passed; a late response will find nothing and be dropped."""
@@ -117,8 +126,8 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         self.state = ConnState.OPEN
         self._pool.connected(self)
         waiting, self.waiting = self.waiting, []
-        for exch in waiting:
-            self._write(exch)
+        if waiting:
+            self.submit_all(waiting)
 
     def connect_failed(self, reason: str) -> None:
         self.state = ConnState.CLOSED
