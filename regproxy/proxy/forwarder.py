@@ -226,8 +226,8 @@ class Forwarder(UpstreamEvents):
         if last is None:
             return
         per_service[last.counter_key] = per_service.get(last.counter_key, 0) + run
-        self.stats.requests += len(fast)
         n = len(fast)
+        self.stats.requests += n
         down.in_flight += n
         self.in_flight += n
         # Deadlines first, all at once: a request answered while sending the others (no host, a
@@ -241,21 +241,21 @@ class Forwarder(UpstreamEvents):
         pool = self.pool
         # While no host is failing or unavailable, a cluster of one usable host needs no pick.
         direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
-        host_of_run: Host | None = None  # consecutive requests to one host go in one call
-        run: list[Exchange] = []
+        to: Host | None = None  # consecutive requests to one host go in one call
+        batch: list[Exchange] = []
         for exch in fast:
             host = exch.plan.only
             if not direct or host is None:
                 self._dispatch(exch, None)
                 continue
-            if host is not host_of_run:
-                if run:
-                    self._send_run(host_of_run, run)  # type: ignore[arg-type]
-                host_of_run, run = host, []
+            if host is not to:
+                if batch:
+                    self._send_run(to, batch)  # type: ignore[arg-type]
+                to, batch = host, []
             exch.tried.append(host.address)
-            run.append(exch)
-        if run:
-            self._send_run(host_of_run, run)  # type: ignore[arg-type]
+            batch.append(exch)
+        if batch:
+            self._send_run(to, batch)  # type: ignore[arg-type]
 
     def _send_run(self, host: Host, exchs: list[Exchange]) -> None:
         """``_send`` for requests that already name ``host`` as tried."""
