@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -57,3 +58,12 @@ def zk(zk_server: ZooKeeperServer) -> Any:
     finally:
         client.stop()
         client.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_level() -> Iterator[None]:
+    """Tests that reload the log level (the admin API, a sidecar's config) leave it as it was."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,6 @@ CLUSTER = f"{GREET}:{VERSION}"
 CALLS = 7
 TOKEN = "s3cret-admin-token"
 DUBBO_TOKEN = "dubbo-provider-token"
-
-
-@pytest.fixture(autouse=True)
-def _restore_log_level() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    yield
-    root.setLevel(level)
 
 
 def write_config(path: Path, data_dir: Path, app_port: int, **extra: Any) -> dict[str, Any]:

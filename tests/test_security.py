@@ -40,14 +40,6 @@ IFACE = "com.example.SecureService"
 USER, PASSWORD = "regproxy", "zk-s3cret-pw"
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_level() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    yield
-    root.setLevel(level)
-
-
 def config(tmp: Path, registries: list[str], **extra: Any) -> Config:
     data: dict[str, Any] = {
         "egress": f"127.0.0.1:{free_port()}",

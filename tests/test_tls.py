@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from regproxy.api.models import check_param_key
 from regproxy.config import Config, ConfigError, TLSConfig
 from regproxy.demo.client import DubboCallError, DubboClient
-from regproxy.demo.embedded import free_ports
+from regproxy.demo.embedded import sidecar_config as embedded_sidecar_config
 from regproxy.demo.provider import ServiceRegistry, default_services, serve
 from regproxy.discovery import PublishSpec, ingress_table
 from regproxy.dubbo.encode import encode_request
@@ -243,18 +243,24 @@ async def test_stalled_handshake_is_dropped_after_the_timeout(pki: Pki) -> None:
         await ingress.stop()
 
 
+async def failed_call(st: Stack, what: str) -> tuple[str, float]:
+    """A call through the stack that must fail: its error and how long it took."""
+    client = await st.client()
+    started = time.monotonic()
+    with pytest.raises(DubboCallError) as err:
+        await client.call(GREET, "sayHi", ["ann"], timeout=10)
+    elapsed = time.monotonic() - started
+    client.close()
+    print(f"{what}: {err.value} after {elapsed * 1000:.0f} ms")
+    return str(err.value), elapsed
+
+
 async def test_egress_that_does_not_trust_the_ingress_answers_an_error(pki: Pki) -> None:
     # The egress trusts only the other CA: the ingress's certificate fails verification.
     st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(pki.other_peer, pki.other_ca))
     try:
-        client = await st.client()
-        started = time.monotonic()
-        with pytest.raises(DubboCallError) as err:
-            await client.call(GREET, "sayHi", ["ann"], timeout=10)
-        elapsed = time.monotonic() - started
-        client.close()
-        print(f"untrusted ingress: {err.value} after {elapsed * 1000:.0f} ms")
-        assert "CERTIFICATE_VERIFY_FAILED" in str(err.value).upper()
+        error, elapsed = await failed_call(st, "untrusted ingress")
+        assert "CERTIFICATE_VERIFY_FAILED" in error.upper()
         assert elapsed < 2.5  # an answer, not the 3 s request timeout
         assert st.services.total_calls == 0
     finally:
@@ -265,14 +271,8 @@ async def test_ingress_that_does_not_trust_the_egress_answers_an_error(pki: Pki)
     # The egress trusts the ingress but shows a certificate of another CA: the ingress refuses it.
     st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(pki.other_peer, pki.ca))
     try:
-        client = await st.client()
-        started = time.monotonic()
-        with pytest.raises(DubboCallError) as err:
-            await client.call(GREET, "sayHi", ["ann"], timeout=10)
-        elapsed = time.monotonic() - started
-        client.close()
-        print(f"untrusted egress: {err.value} after {elapsed * 1000:.0f} ms")
-        assert f"127.0.0.1:{st.ingress_port}" in str(err.value)
+        error, elapsed = await failed_call(st, "untrusted egress")
+        assert f"127.0.0.1:{st.ingress_port}" in error
         assert elapsed < 2.5
         assert st.services.total_calls == 0
     finally:
@@ -340,20 +340,12 @@ async def test_one_side_without_tls_fails_fast_with_an_error(pki: Pki) -> None:
 
 
 def sidecar_config(tmp: Path, name: str, app_port: int, tls: dict[str, Any] | None) -> Config:
-    egress, ingress, api, admin = free_ports(4)
-    return Config.from_dict(
-        {
-            "egress": f"127.0.0.1:{egress}",
-            "ingress": f"127.0.0.1:{ingress}",
-            "api": f"127.0.0.1:{api}",
-            "admin": f"127.0.0.1:{admin}",
-            "app_port": app_port,
-            "advertise_ip": "127.0.0.1",
-            "data_dir": str(tmp / name),
-            "registries": ["memory://"],
-            "health": {"active": {"interval_s": 0.2, "timeout_s": 1}},
-            **({"tls": tls} if tls else {}),
-        }
+    return embedded_sidecar_config(
+        "memory://",
+        tmp / name,
+        app_port,
+        health={"active": {"interval_s": 0.2, "timeout_s": 1}},
+        **({"tls": tls} if tls else {}),
     )
 
 

@@ -68,8 +68,11 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def sidecar_config(registry: str, data_dir: Path, app_port: int, log_level: str) -> Config:
-    """A sidecar on free loopback ports, advertising 127.0.0.1 (everything runs on this host)."""
+def sidecar_config(
+    registry: str, data_dir: Path, app_port: int, log_level: str = "info", **settings: Any
+) -> Config:
+    """A sidecar on free loopback ports, advertising 127.0.0.1 (everything runs on this host);
+    ``settings`` are further config keys (tests add ``tls``, ``health``)."""
     egress, ingress, api, admin = free_ports(4)
     data_dir.mkdir(parents=True, exist_ok=True)
     return Config.from_dict(
@@ -83,6 +86,7 @@ def sidecar_config(registry: str, data_dir: Path, app_port: int, log_level: str)
             "data_dir": str(data_dir),
             "registries": [registry],
             "log_level": log_level,
+            **settings,
         }
     )
 
