@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.zkserver import free_port
+from regproxy.demo.embedded import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,10 +35,12 @@ class SidecarProc:
         self.app_port = app_port
         self.advertise_ip = advertise_ip
         self.extra = extra or []
-        self.egress = free_port()
-        self.ingress = free_port()
-        self.api = free_port()
-        self.admin = free_port()
+        # Held open together, so the four differ; and none may be the app's (picked before, and
+        # closed since: the kernel can hand it out again).
+        ports = free_ports(4)
+        while app_port in ports:
+            ports = free_ports(4)
+        self.egress, self.ingress, self.api, self.admin = ports
         self.proc: asyncio.subprocess.Process | None = None
         self.log_path = data_dir / "regproxy.log"
 
