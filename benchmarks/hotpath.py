@@ -3,10 +3,11 @@ changes to the data path, unlike the end-to-end benchmark whose CPU figures move
 
     python -m benchmarks.hotpath [--requests 100000] [--hop egress|ingress] [--depth N] [--profile]
 
-A real Forwarder with the table a sidecar builds for that hop (egress: a subscription's route, and
-the timeout attachment read; ingress: the publication's route, matched on the group) gets the
-benchmark's request through ``DownstreamConnection.data_received``; the frame it writes upstream
-is answered through ``UpstreamConnection.data_received``, and the response written downstream is checked.
+A real Forwarder with the table a sidecar builds for that hop (egress: a subscription's route, the
+timeout attachment read, and the default health checking; ingress: the publication's route,
+matched on the group) gets the benchmark's request through ``DownstreamConnection.data_received``;
+the frame it writes upstream is answered through ``UpstreamConnection.data_received``, and the
+response written downstream is checked.
 Transports are stand-ins that keep the last write, so system calls and the event loop's own work
 are left out: what remains is regproxy's Python per request (parse, route, pick, exchange, timer,
 id mapping, stats, batching). ``--depth 16`` sends the requests 16 to a chunk and answers them 16 to
@@ -25,6 +26,8 @@ from typing import Any
 
 from benchmarks.payload import ID, METHOD, SERVICE, request_template, response_template
 from regproxy.discovery import PublishSpec, ingress_table
+from regproxy.health import HealthSettings
+from regproxy.health.hosts import Health, egress_view
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
@@ -76,15 +79,21 @@ def build(hop: str) -> Harness:
     def make_pool(events: UpstreamEvents) -> UpstreamPool:
         return UpstreamPool(loop, batcher, events, max_body=8 << 20)
 
+    holder = TableHolder(table)
     fwd = Forwarder(
         hop,
         loop,
-        TableHolder(table),
+        holder,
         batcher,
         make_pool,
         default_timeout_ms=3000,
         timeout_from_attachment=hop == "egress",
     )
+    if hop == "egress":
+        # Health checking as a sidecar's default config has it at the egress (active checks and
+        # outlier detection): the data path reports every response. Not started: the active checks
+        # would dial the host, and only the per-request cost is measured here.
+        fwd.health = Health(HealthSettings.from_dict({}), *egress_view(holder))
     # An upstream connection already open, so the pool never dials.
     up = UpstreamConnection(fwd.pool, upstream)
     fwd.pool._conns[upstream] = [up]  # a harness reaching into the pool on purpose

@@ -133,15 +133,29 @@ def test_long_delays_share_coarse_buckets_and_fire_within_one_percent() -> None:
         assert e.due - 1e-9 <= when <= e.due + max(TICK_S, delay * 0.01) + 0.001, (e.name, when - e.due)
 
 
-async def test_add_all_is_add_for_each() -> None:
+async def test_add_at_and_discard_all_are_add_and_discard_for_each() -> None:
     loop = asyncio.get_running_loop()
     fired: list[Entry] = []
     wheel = DeadlineWheel(loop, fired.append)  # type: ignore[arg-type]
-    entries = [Entry(str(i), 0) for i in range(16)]
-    wheel.add_all(entries, 0.02)
-    assert len({e.slot for e in entries}) == 1 and entries[0].slot > 0 and len(wheel) == 16
-    for e in entries[::2]:
-        wheel.discard(e)
+    near = [Entry(f"n{i}", 0) for i in range(8)]
+    far = [Entry(f"f{i}", 0) for i in range(8)]
+    for entries, delay in ((near, 0.02), (far, 0.5)):
+        slot = wheel.slot_for(delay)
+        for e in entries:
+            e.slot = slot
+        wheel.add_at(entries, slot)  # type: ignore[arg-type]
+    assert len(wheel) == 16 and len(wheel._buckets) == 2
+    far_slot = far[0].slot
+    # Answers of the two buckets interleaved: every far one and every other near one.
+    answered: list[Entry] = []
+    for i in range(8):
+        answered.append(far[i])
+        if i % 2 == 0:
+            answered.append(near[i])
+    wheel.discard_all(answered)  # type: ignore[arg-type]
+    assert all(e.slot == 0 for e in answered)
+    assert far_slot not in wheel._buckets, "a bucket emptied by answers is dropped"
+    assert len(wheel) == 4
     await asyncio.sleep(0.06)
-    assert sorted(fired, key=id) == sorted(entries[1::2], key=id)
+    assert sorted(fired, key=id) == sorted(near[1::2], key=id)
     assert len(wheel) == 0 and wheel._timer is None

@@ -6,7 +6,7 @@ import asyncio
 
 from benchmarks.hotpath import Transport
 from regproxy.config import Config
-from regproxy.dubbo.encode import encode_request, encode_response
+from regproxy.dubbo.encode import encode_error, encode_request, encode_response
 from regproxy.dubbo.frame import FrameParser, Status
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
@@ -199,3 +199,43 @@ async def test_a_connections_head_memo_follows_each_request() -> None:
         h.down.data_received(encode_request(99, SVC, method, ["x"]))
         h.batcher.flush()
         assert h.up[address].writes == before + 1, method
+
+
+class _Reports:
+    """A HostHealth that records what the data path reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, bool]] = []
+
+    def available(self, address: str) -> bool:
+        return True
+
+    def any_unavailable(self) -> bool:
+        return False
+
+    def report(self, address: str, ok: bool) -> None:
+        self.reports.append((address, ok))
+
+
+async def test_a_run_of_answers_from_one_host_is_one_health_report_in_order() -> None:
+    """Answers from one host in one read are reported once per run of successes, but a failure in
+    between is reported where it came, and the success after it again: outlier detection counts
+    consecutive failures, so an answer after a failure must reset the count."""
+    h = Harness(table(A))
+    health = _Reports()
+    h.fwd.health = health  # type: ignore[assignment]
+    h.down.data_received(b"".join(encode_request(i, SVC, "m", ["x"]) for i in range(1, 7)))
+    h.batcher.flush()
+    sent = FrameParser().feed(h.up[A].last)
+    statuses = [Status.OK, Status.OK, Status.SERVER_ERROR, Status.OK, Status.OK, Status.SERVICE_ERROR]
+    h.fwd.pool._conns[A][0].data_received(
+        b"".join(
+            encode_response(f.request_id, "ok") if s == Status.OK else encode_error(f.request_id, s, "no")
+            for f, s in zip(sent, statuses, strict=True)
+        )
+    )
+    h.batcher.flush()
+    # 70 (the service threw) says nothing bad about the host.
+    assert health.reports == [(A, True), (A, False), (A, True), (A, True)]
+    assert h.fwd.stats.responses == {Status.OK: 4, Status.SERVER_ERROR: 1, Status.SERVICE_ERROR: 1}
+    assert h.fwd.in_flight == 0 and len(h.fwd.deadlines) == 0

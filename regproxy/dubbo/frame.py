@@ -184,6 +184,14 @@ class FrameParser:
             self._pos = 0
         return frames
 
+    def _bad_header(self, buf: bytes | memoryview, pos: int) -> ProtocolError:
+        magic, _flag, _status, request_id, body_len = _HEADER.unpack_from(buf, pos)
+        if magic != MAGIC:
+            return ProtocolError(_bad_magic(magic))
+        return ProtocolError(
+            f"frame body of {body_len} bytes exceeds the limit of {self.max_body} bytes", request_id
+        )
+
     def _fail(self, error: ProtocolError, frames: list[bytes]) -> ProtocolError:
         error.raw_frames = frames
         self._error = error
@@ -195,23 +203,17 @@ class FrameParser:
         frames: list[bytes] = []
         end = len(buf)
         max_body = self.max_body
-        unpack = _HEADER.unpack_from
+        unpack = _MAGIC_AND_LEN.unpack_from
+        # Slicing bytes gives bytes; a slice of the buffer's view is copied out once.
+        view = buf.__class__ is memoryview
         while end - pos >= HEADER_LEN:
-            magic, _flag, _status, request_id, body_len = unpack(buf, pos)
-            if magic != MAGIC:
-                raise self._fail(ProtocolError(_bad_magic(magic)), frames)
-            if body_len > max_body:
-                raise self._fail(
-                    ProtocolError(
-                        f"frame body of {body_len} bytes exceeds the limit of {max_body} bytes", request_id
-                    ),
-                    frames,
-                )
+            magic, body_len = unpack(buf, pos)
+            if magic != MAGIC or body_len > max_body:
+                raise self._fail(self._bad_header(buf, pos), frames)
             stop = pos + HEADER_LEN + body_len
             if stop > end:
                 break
-            # bytes(bytes) is the same object, and slicing all of a bytes object copies nothing.
-            frames.append(bytes(buf[pos:stop]))
+            frames.append(bytes(buf[pos:stop]) if view else buf[pos:stop])  # type: ignore[arg-type]
             pos = stop
         if end - pos >= 2 and buf[pos : pos + 2] != MAGIC_BYTES:
             # Fail fast on garbage instead of waiting for a full header that may never come.

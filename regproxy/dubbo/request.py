@@ -138,10 +138,18 @@ def skip_scalar_args(body: bytes, pos: int, nargs: int) -> int:
             if size is not None:
                 pos += 1 + size
                 continue
-            got = _short_ascii(body, pos)
-            if got is None:
+            # A compact string (as _short_ascii reads it, without decoding): ASCII, so that its
+            # length in UTF-16 units is its length in bytes.
+            if tag < 0x20:
+                start, stop = pos + 1, pos + 1 + tag
+            elif 0x30 <= tag <= 0x33:
+                start = pos + 2
+                stop = start + (((tag - 0x30) << 8) | body[pos + 1])
+            else:
                 return -1
-            pos = got[1]
+            if stop > len(body) or not body[start:stop].isascii():
+                return -1
+            pos = stop
     except IndexError:
         return -1
     return pos

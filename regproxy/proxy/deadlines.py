@@ -61,11 +61,24 @@ class DeadlineWheel:
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
 
-    def add(self, entry: Timed, delay_s: float) -> None:
-        """Fire ``on_expire(entry)`` ``delay_s`` from now, unless ``discard``ed first."""
+    def slot_for(self, delay_s: float) -> int:
+        """The bucket a deadline ``delay_s`` from now goes in (for ``add_at``)."""
         # Rounded up to a bucket of ``ticks`` ticks: a deadline may fire late by that, never early.
         ticks = int(delay_s * self._slack_ticks) or 1
-        slot = (int((self._loop.time() + delay_s) * self._per_s) // ticks + 1) * ticks
+        return (int((self._loop.time() + delay_s) * self._per_s) // ticks + 1) * ticks
+
+    def add(self, entry: Timed, delay_s: float) -> None:
+        """Fire ``on_expire(entry)`` ``delay_s`` from now, unless ``discard``ed first."""
+        slot = self.slot_for(delay_s)
+        self._bucket(slot)[entry] = None
+        entry.slot = slot
+
+    def add_at(self, entries: list[Timed], slot: int) -> None:
+        """``add`` for entries that already carry ``slot``, from ``slot_for`` in the same loop pass:
+        a read's requests are made with their slot and put in its bucket at once."""
+        self._bucket(slot).update(dict.fromkeys(entries))
+
+    def _bucket(self, slot: int) -> dict[Timed, None]:
         bucket = self._buckets.get(slot)
         if bucket is None:
             bucket = self._buckets[slot] = {}
@@ -74,17 +87,7 @@ class DeadlineWheel:
                 heapq.heappush(self._heap, slot)
                 if self._timer is None or slot < self._armed:
                     self._arm(slot)
-        bucket[entry] = None
-        entry.slot = slot
-
-    def add_all(self, entries: list[Timed], delay_s: float) -> None:
-        """``add`` for each of ``entries``, with one delay: one bucket lookup for all of them."""
-        self.add(entries[0], delay_s)
-        slot = entries[0].slot
-        bucket = self._buckets[slot]
-        for entry in entries[1:]:
-            bucket[entry] = None
-            entry.slot = slot
+        return bucket
 
     def discard(self, entry: Timed) -> None:
         slot = entry.slot
@@ -94,6 +97,24 @@ class DeadlineWheel:
             if not bucket:
                 del self._buckets[slot]
         entry.slot = 0
+
+    def discard_all(self, entries: list[Timed]) -> None:
+        """``discard`` for each of ``entries``: answers of one read mostly share a bucket, which is
+        looked up once per run of them."""
+        buckets = self._buckets
+        slot = 0
+        bucket: dict[Timed, None] | None = None
+        for entry in entries:
+            if entry.slot != slot:
+                if bucket is not None and not bucket:
+                    del buckets[slot]
+                slot = entry.slot
+                bucket = buckets.get(slot)
+            if bucket is not None:
+                bucket.pop(entry, None)
+            entry.slot = 0
+        if bucket is not None and not bucket:
+            del buckets[slot]
 
     def _arm(self, slot: int) -> None:
         if self._timer is not None:

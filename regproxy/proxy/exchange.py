@@ -90,7 +90,14 @@ class Exchange:
     )
 
     def __init__(
-        self, downstream: DownstreamConnection, raw: bytes, request_id: int, plan: Plan, started: float
+        self,
+        downstream: DownstreamConnection,
+        raw: bytes,
+        request_id: int,
+        plan: Plan,
+        started: float,
+        slot: int = 0,
+        tried: tuple[str, ...] = (),
     ) -> None:
         self.downstream = downstream
         self.raw = raw  # the request as received, header and body: forwarded with its id replaced
@@ -102,8 +109,12 @@ class Exchange:
         # 0 at the egress until the deadline wheel first asks: the consumer's timeout is read from
         # the attachments only for requests still in flight then (see Forwarder._on_deadline).
         self.timeout_ms = plan.timeout_ms
-        self.tried: list[str] = []
-        self.slot = 0  # the deadline's bucket in the wheel; 0: none (answered, or one-way)
+        # The addresses it was sent to, in order: a tuple, so that the requests of one read to one
+        # host share it; a retry makes a new one.
+        self.tried = tried
+        # The deadline's bucket in the wheel; 0: none (answered, or one-way). Given here when the
+        # caller puts the deadline in the wheel (DeadlineWheel.add_at) right after.
+        self.slot = slot
         self.upstream: UpstreamConnection | None = None
         self.upstream_id = 0
 

@@ -76,6 +76,8 @@ def service_label(path: str, version: str, group: str | None) -> str:
 
 MAX_PLANS = 4096
 
+_OK = int(Status.OK)
+
 # The third header byte of a two-way hessian2 request that is not an event: the common case.
 _TWOWAY_HESSIAN2_REQUEST = 0x80 | FLAG_TWOWAY | HESSIAN2
 
@@ -183,13 +185,20 @@ class Forwarder(UpstreamEvents):
         if self.table.current is not self._plans_table:
             self._reset_plans()
         heads = self._heads
-        per_service = self.stats.per_service
+        deadlines = self.deadlines
         started = perf_counter()  # not loop.time(): uvloop's is cached per loop pass, in whole ms
-        fast: list[Exchange] = []  # the plan hits, sent once all have their deadlines
-        first_look = 0.0
-        same_look = True
-        last: Plan | None = None  # consecutive requests of one plan are counted once
-        run = 0
+        pool = self.pool
+        # While no host is failing or unavailable, a cluster of one usable host needs no pick. Nothing
+        # this call does changes that: failures and health reports come in callbacks of their own.
+        direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
+        # The plan hits, in runs of one plan: a run is counted once, its deadlines go in one bucket,
+        # and its requests to one host in one call once every run has its deadlines.
+        runs: list[tuple[Plan, list[Exchange]]] = []
+        last: Plan | None = None
+        batch: list[Exchange] = []
+        look = -1.0
+        slot = 0
+        tried: tuple[str, ...] = ()
         # The connection's last head: a client often calls one method many times in a row, and
         # bytes that start with a head's bytes have that head (hessian strings carry their length).
         memo_head, memo_entry, memo_of = down.last_head
@@ -211,51 +220,39 @@ class Forwarder(UpstreamEvents):
                         plan = entry  # type: ignore[assignment]
                     if plan is not None:
                         if plan is not last:
-                            if last is None:
-                                first_look = plan.first_look_s
-                            else:
-                                per_service[last.counter_key] = per_service.get(last.counter_key, 0) + run
-                                if plan.first_look_s != first_look:
-                                    same_look = False
-                            last, run = plan, 0
-                        run += 1
-                        fast.append(Exchange(down, raw, read_request_id(raw, 4)[0], plan, started))
+                            last, batch = plan, []
+                            runs.append((plan, batch))
+                            if plan.first_look_s != look:
+                                look = plan.first_look_s
+                                slot = deadlines.slot_for(look)
+                            only = plan.only
+                            # Shared by the run's requests: a retry makes a request a tuple of its own.
+                            tried = (only.address,) if direct and only is not None else ()
+                        batch.append(
+                            Exchange(down, raw, read_request_id(raw, 4)[0], plan, started, slot, tried)
+                        )
                         continue
             self._handle_general(down, raw)
         down.last_head = (memo_head, memo_entry, memo_of)
-        if last is None:
+        if not runs:
             return
-        per_service[last.counter_key] = per_service.get(last.counter_key, 0) + run
-        n = len(fast)
+        # Deadlines first, all of them: a request answered while the others are sent (no host, a
+        # connect error) must find its deadline there to take it out.
+        per_service = self.stats.per_service
+        n = 0
+        for plan, batch in runs:
+            per_service[plan.counter_key] = per_service.get(plan.counter_key, 0) + len(batch)
+            deadlines.add_at(batch, batch[0].slot)  # type: ignore[arg-type]
+            n += len(batch)
         self.stats.requests += n
         down.in_flight += n
         self.in_flight += n
-        # Deadlines first, all at once: a request answered while sending the others (no host, a
-        # connect error) must find its deadline there to take it out.
-        deadlines = self.deadlines
-        if same_look:
-            deadlines.add_all(fast, first_look)
-        else:
-            for exch in fast:
-                deadlines.add(exch, exch.plan.first_look_s)
-        pool = self.pool
-        # While no host is failing or unavailable, a cluster of one usable host needs no pick.
-        direct = not (pool.any_failing or pool.closed or (self._health_on and self._health.any_unavailable()))
-        to: Host | None = None  # consecutive requests to one host go in one call
-        batch: list[Exchange] = []
-        for exch in fast:
-            host = exch.plan.only
-            if not direct or host is None:
-                self._dispatch(exch, None)
-                continue
-            if host is not to:
-                if batch:
-                    self._send_run(to, batch)  # type: ignore[arg-type]
-                to, batch = host, []
-            exch.tried.append(host.address)
-            batch.append(exch)
-        if batch:
-            self._send_run(to, batch)  # type: ignore[arg-type]
+        for plan, batch in runs:
+            if batch[0].tried:
+                self._send_run(plan.only, batch)  # type: ignore[arg-type]
+            else:
+                for exch in batch:
+                    self._dispatch(exch, None)
 
     def _send_run(self, host: Host, exchs: list[Exchange]) -> None:
         """``_send`` for requests that already name ``host`` as tried."""
@@ -589,7 +586,7 @@ class Forwarder(UpstreamEvents):
         self._send(exch, host)
 
     def _send(self, exch: Exchange, host: Host) -> None:
-        exch.tried.append(host.address)
+        exch.tried += (host.address,)
         exch.upstream_id = 0  # a retry after writing: the id belonged to the previous connection
         sent = self.stats.upstream_requests
         sent[host.address] = sent.get(host.address, 0) + 1
@@ -636,61 +633,72 @@ class Forwarder(UpstreamEvents):
 
     # --- from the upstream side ---------------------------------------------------------------
 
-    def on_responses(self, answered: list[tuple[Exchange, bytes]]) -> None:
+    def on_responses(self, exchs: list[Exchange], raws: list[bytes]) -> None:
         # What does not change within one read is looked up once for all its responses.
         health = self._health if self._health_on else None
         responses = self.stats.responses
-        discard = self.deadlines.discard
         access_log = self.access_log
         now = perf_counter()  # they all arrived in this read
+        done: list[Exchange] = []  # answered here: their deadlines go, all at once
+        ok = 0
+        ok_host = None  # the last host reported healthy: a run of its answers is one report
         # Runs of responses with the same latency (requests that came in one read) and to the same
         # client are counted and queued once per run.
         hist: Histogram | None = None
         latency = 0.0
         same_latency = 0
         down: DownstreamConnection | None = None
-        outs: list[bytes | bytearray] = []  # the responses of the run to ``down``
-        done = 0
-        for exch, raw in answered:
+        out = bytearray()  # the responses of the run to ``down``, each with the consumer's id
+        count = 0
+        for exch, raw in zip(exchs, raws, strict=True):
             status = raw[3]
-            if health is not None:
-                health.report(exch.tried[-1], status not in _HOST_FAILURES)
-            plan = exch.plan
-            if (
-                plan.retry_on & RETRY_UNAVAILABLE
-                and status in UNAVAILABLE_STATUSES
-                and self._retry_written(exch)
-            ):
-                continue  # the upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying
-            if exch.slot:
-                discard(exch)
-            responses[status] = responses.get(status, 0) + 1
+            if status == _OK:
+                ok += 1
+                if health is not None and exch.tried[-1] != ok_host:
+                    ok_host = exch.tried[-1]
+                    health.report(ok_host, True)
+            else:
+                if health is not None:
+                    health.report(exch.tried[-1], status not in _HOST_FAILURES)
+                    ok_host = None
+                if (
+                    exch.plan.retry_on & RETRY_UNAVAILABLE
+                    and status in UNAVAILABLE_STATUSES
+                    and self._retry_written(exch)
+                ):
+                    # The upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying.
+                    continue
+                responses[status] = responses.get(status, 0) + 1
+            done.append(exch)
             elapsed = now - exch.started
-            if plan.hist is hist and elapsed == latency:
+            if exch.plan.hist is hist and elapsed == latency:
                 same_latency += 1
             else:
                 if hist is not None:
                     hist.observe(latency, same_latency)
-                hist, latency, same_latency = plan.hist, elapsed, 1
+                hist, latency, same_latency = exch.plan.hist, elapsed, 1
             if access_log is not None:
                 access_log.record(self.name, exch, status, elapsed)
-            # The response as it came, with the consumer's request id: one copy, no re-encoding.
-            out = bytearray(raw)
-            patch_request_id(out, 4, exch.downstream_id)
             to = exch.downstream
             if to is not down:
                 if down is not None:
-                    down.queue_all(outs)
-                    down.answered(len(outs))  # after its answers are queued: it may close then
-                down, outs = to, []
-            outs.append(out)
-            done += 1
+                    down.queue(out)
+                    down.answered(count)  # after its answers are queued: it may close then
+                down, out, count = to, bytearray(), 0
+            # The response as it came, with the consumer's request id: one copy, no re-encoding.
+            at = len(out)
+            out += raw
+            patch_request_id(out, at + 4, exch.downstream_id)
+            count += 1
         if hist is not None:
             hist.observe(latency, same_latency)
         if down is not None:
-            down.queue_all(outs)
-            down.answered(len(outs))
-        self.in_flight -= done
+            down.queue(out)
+            down.answered(count)
+        if ok:
+            responses[_OK] = responses.get(_OK, 0) + ok
+        self.deadlines.discard_all(done)  # type: ignore[arg-type]
+        self.in_flight -= len(done)
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
 

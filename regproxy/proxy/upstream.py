@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_ID = 2**63 - 1
+_REQUEST_OR_EVENT = FLAG_REQUEST | FLAG_EVENT
 
 
 class ConnState(Enum):
@@ -47,8 +48,8 @@ class ConnState(Enum):
 class UpstreamEvents:
     """What the pool reports back to the forwarder (which owns responses to downstream)."""
 
-    def on_responses(self, answered: list[tuple[Exchange, bytes]]) -> None:
-        """The responses one read brought, each with its exchange (no longer pending)."""
+    def on_responses(self, exchs: list[Exchange], raws: list[bytes]) -> None:
+        """The responses one read brought (``raws``), each with its exchange (no longer pending)."""
 
     def on_not_written(self, exch: Exchange, reason: str) -> None: ...
     def on_lost(self, exch: Exchange, reason: str) -> None: ...
@@ -100,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         if not out:
             self._batcher.mark(self)
         upstream_id = self._next_id
+        buf = bytearray()
         for exch in exchs:
             upstream_id = upstream_id + 1 if upstream_id < _MAX_ID else 1
             exch.upstream = self
@@ -107,9 +109,10 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             if exch.two_way:
                 pending[upstream_id] = exch
             # The request as it came, with this connection's id: one copy, no re-encoding.
-            frame = bytearray(exch.raw)
-            patch_request_id(frame, 4, upstream_id)
-            out.append(frame)
+            at = len(buf)
+            buf += exch.raw
+            patch_request_id(buf, at + 4, upstream_id)
+        out.append(buf)
         self._next_id = upstream_id
 
     def forget(self, exch: Exchange) -> None:
@@ -145,25 +148,26 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             frames, error = exc.raw_frames, exc
         events = self._pool.events
         pending = self.pending
-        answered = []
+        exchs: list[Exchange] = []
+        raws: list[bytes] = []
         for raw in frames:
             flag = raw[2]
-            if flag & FLAG_REQUEST:  # a request from the provider: only events are legitimate
-                if flag & FLAG_EVENT:
+            if flag & _REQUEST_OR_EVENT:
+                # A request from the provider (only events are legitimate), or a heartbeat reply.
+                if flag & FLAG_REQUEST and flag & FLAG_EVENT:
                     if flag & FLAG_TWOWAY:
                         self.queue(heartbeat_reply(read_request_id(raw, 4)[0]))
                     elif raw[-1:] == b"R" and len(raw) > 16:
                         self.readonly = True
                         self._pool.discard(self)
                 continue
-            if flag & FLAG_EVENT:  # a heartbeat reply
-                continue
             exch = pending.pop(read_request_id(raw, 4)[0], None)
             if exch is not None:  # None: the deadline passed, the answer is dropped
-                answered.append((exch, raw))
-        if answered:
-            events.on_responses(answered)
-            if len(answered) >= EARLY_FLUSH_FRAMES:
+                exchs.append(exch)
+                raws.append(raw)
+        if exchs:
+            events.on_responses(exchs, raws)
+            if len(exchs) >= EARLY_FLUSH_FRAMES:
                 self._batcher.flush()
         if error is not None:
             self._fail_all(f"provider {self.address} sent a malformed stream: {error}")
