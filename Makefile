@@ -11,10 +11,11 @@ BOOT_PY := $(shell for p in python3.11 python3; do \
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; \
 	then echo $$p; break; fi; done)
 
-.PHONY: help venv test lint fuzz demo bench soak clean distclean
+.PHONY: help venv native test lint fuzz demo bench soak clean distclean
 
 help:
 	@echo "make venv     create $(VENV) and install regproxy with its test extras"
+	@echo "make native   compile the data path with mypyc, when its sources changed (docs/performance.md)"
 	@echo "make test     system test deps, ruff, pytest (what CI runs)"
 	@echo "make lint     ruff only"
 	@echo "make fuzz     long fuzzing of the Dubbo listeners (FUZZ_EXAMPLES=200000 per property, ~21 min)"
@@ -34,11 +35,17 @@ $(STAMP): pyproject.toml Makefile
 	@if [ -z "$(BOOT_PY)" ]; then echo "need Python >= 3.11 (python3.11 or python3)" >&2; exit 1; fi
 	@if [ ! -x $(PY) ]; then echo "creating $(VENV) with $(BOOT_PY)"; $(BOOT_PY) -m venv $(VENV); fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' 'nacos-sdk-python==2.0.11'
+	$(PY) -m pip install --quiet -e '.[test,native]' 'nacos-sdk-python==2.0.11'
 	$(PY) -m pip install --quiet --no-deps 'dubbo-python==0.0.4'
 	@touch $(STAMP)
 
+# The data path compiled in place (regproxy/native.py); a no-op while its sources are unchanged.  A
+# failed build leaves it pure Python, except under `make test`, which must test what runs in production.
+native: venv
+	$(PY) scripts/native.py
+
 test: venv
+	REGPROXY_NATIVE=require $(PY) scripts/native.py
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
 	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks)
 	$(PY) -m pytest
@@ -50,21 +57,21 @@ lint: venv
 # derandomized; failures are saved in .hypothesis/ and replayed first on the next run.
 #   make fuzz FUZZ_EXAMPLES=20000     # a shorter run
 FUZZ_EXAMPLES ?= 200000
-fuzz: venv
+fuzz: native
 	REGPROXY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -o timeout=0 \
 		--hypothesis-show-statistics tests/test_listener_fuzz.py
 
 # Two providers, a consumer and their three sidecars in one process, on the in-process memory://
 # registry; Ctrl-C stops it.  Options go in DEMO_ARGS, e.g.
 #   make demo DEMO_ARGS="--registry zookeeper://127.0.0.1:2181 --rate 50 --duration 30"
-demo: venv
+demo: native
 	$(VENV)/bin/regproxy demo $(DEMO_ARGS)
 
 # The benchmarks (docs/performance.md): HAProxy and ZooKeeper from Debian when missing (root), then
 # the data-path comparison and, without --quick, the demo-provider case and the control side at
 # scale.  A table on stdout, the figures in benchmarks/results/latest.json.
 #   make bench ARGS=--quick      # one short round, memory:// routes: under a minute
-bench: venv
+bench: native
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.run $(ARGS)
 
@@ -73,12 +80,13 @@ bench: venv
 # sidecar's RSS growing 5 % or more after the warm-up.  Figures in benchmarks/results/soak.json.
 #   make soak SOAK_S=30 ARGS="--rate 1000"
 SOAK_S ?= 600
-soak: venv
+soak: native
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
 	$(PY) -m benchmarks.soak --duration $(SOAK_S) $(ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis .tmp
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis .tmp
+	if [ -x $(PY) ]; then $(PY) scripts/native.py --clean; fi
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

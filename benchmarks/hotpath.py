@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from benchmarks.payload import ID, METHOD, SERVICE, request_template, response_template
+from regproxy import native
 from regproxy.discovery import PublishSpec, ingress_table
 from regproxy.health import HealthSettings
 from regproxy.health.hosts import Health, egress_view
@@ -169,7 +170,7 @@ def main() -> None:
     )
     print(
         f"{args.hop}: {best:.2f} µs of Python per request (best of 3, {args.requests:,} requests, "
-        f"{args.depth} per chunk)"
+        f"{args.depth} per chunk; data path {native.describe()})"
     )
 
 

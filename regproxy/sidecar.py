@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from regproxy import native
 from regproxy.api.http import build_app, start_api, stop_api
 from regproxy.config import Config, ConfigError
 from regproxy.discovery import Discovery, ingress_table
@@ -424,8 +425,8 @@ async def _main(config: Config, loader: Callable[[], Config] | None, config_path
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     loop.add_signal_handler(signal.SIGINT, sidecar.request_stop)
     log.info(
-        "regproxy running (egress %s, ingress %s, api %s, admin %s, advertise ip %s)",
-        config.egress, config.ingress, config.api, config.admin, sidecar.advertise_ip,
+        "regproxy running (egress %s, ingress %s, api %s, admin %s, advertise ip %s; data path %s)",
+        config.egress, config.ingress, config.api, config.admin, sidecar.advertise_ip, native.describe(),
     )  # fmt: skip
     await sidecar.run_until_stopped()
     log.info("stopping")

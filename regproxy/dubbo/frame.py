@@ -17,8 +17,10 @@ connection), frames are sliced from the chunk directly and nothing is buffered.
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
 from typing import Final
+
+# Status lives in a module of its own, outside the compiled data path (see regproxy.native).
+from regproxy.dubbo.status import Status as Status
 
 HEADER_LEN: Final = 16
 MAGIC: Final = 0xDABB
@@ -38,21 +40,6 @@ _MAGIC_AND_LEN = struct.Struct(">H10xI")
 REQUEST_ID: Final = struct.Struct(">q")
 read_request_id: Final = REQUEST_ID.unpack_from  # (frame, 4) -> (id,)
 patch_request_id: Final = REQUEST_ID.pack_into  # (bytearray, 4, id)
-
-
-class Status(IntEnum):
-    OK = 20
-    SERIALIZATION_ERROR = 25
-    CLIENT_TIMEOUT = 30
-    SERVER_TIMEOUT = 31
-    CHANNEL_INACTIVE = 35
-    BAD_REQUEST = 40
-    BAD_RESPONSE = 50
-    SERVICE_NOT_FOUND = 60
-    SERVICE_ERROR = 70
-    SERVER_ERROR = 80
-    CLIENT_ERROR = 90
-    SERVER_THREADPOOL_EXHAUSTED = 100
 
 
 class ProtocolError(Exception):

@@ -43,7 +43,7 @@ class Batcher:
 class BatchedWriter:
     """Mixin for a protocol with a transport: ``queue`` chunks, they are written at the round's end."""
 
-    __slots__ = ()
+    __slots__ = ("_batcher", "_out", "transport")
     transport: asyncio.Transport | None
     _out: list[bytes | bytearray]
     _batcher: Batcher

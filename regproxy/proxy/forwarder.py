@@ -641,7 +641,7 @@ class Forwarder(UpstreamEvents):
         now = perf_counter()  # they all arrived in this read
         done: list[Exchange] = []  # answered here: their deadlines go, all at once
         ok = 0
-        ok_host = None  # the last host reported healthy: a run of its answers is one report
+        ok_host: str | None = None  # the last host reported healthy: a run of its answers is one report
         # Runs of responses with the same latency (requests that came in one read) and to the same
         # client are counted and queued once per run.
         hist: Histogram | None = None

@@ -36,24 +36,21 @@ _DISCARD = _Discard()
 
 class DownstreamConnection(asyncio.Protocol, BatchedWriter):
     __slots__ = (
-        "_batcher",
         "_closing",
         "_forwarder",
         "_linger",
         "_loop",
-        "_out",
         "_parser",
         "in_flight",
         "last_active",
         "last_head",
         "peer",
-        "transport",
     )
 
     def __init__(self, forwarder: Forwarder, max_body: int) -> None:
         self._forwarder = forwarder
         self._batcher = forwarder.batcher
-        self._parser = FrameParser(max_body)
+        self._parser: FrameParser | _Discard = FrameParser(max_body)
         self._out: list[bytes | bytearray] = []
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -107,7 +104,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         # closing a socket with unread bytes makes the kernel send a reset, which destroys the error
         # response (and the answers before it) before the client can read them.
         self._closing = True
-        self._parser = _DISCARD  # type: ignore[assignment]
+        self._parser = _DISCARD
         self._close_if_done()
 
     @property

@@ -27,6 +27,7 @@ from regproxy.dubbo.frame import (
     patch_request_id,
     read_request_id,
 )
+from regproxy.native import mypyc_attr
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
 
 if TYPE_CHECKING:
@@ -57,16 +58,13 @@ class UpstreamEvents:
 
 class UpstreamConnection(asyncio.Protocol, BatchedWriter):
     __slots__ = (
-        "_batcher",
         "_next_id",
-        "_out",
         "_parser",
         "_pool",
         "address",
         "pending",
         "readonly",
         "state",
-        "transport",
         "waiting",
     )
 
@@ -195,6 +193,8 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             self.transport.close()
 
 
+# Tests replace how the pool dials (tests/test_listener_fuzz.py): a subclass in plain Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamPool:
     """Up to ``per_host`` connections per address, made on first use, shared by all requests."""
 
@@ -301,7 +301,10 @@ class UpstreamPool:
                 self.connect_timeout_s + tls.get("ssl_handshake_timeout", 0),
             )
         except (TimeoutError, OSError, ValueError) as exc:
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = "timed out"
+            else:
+                reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             log.warning("cannot connect to %s: %s", conn.address, reason)
             conn.connect_failed(f"cannot connect to {conn.address}: {reason}")
         except asyncio.CancelledError:
