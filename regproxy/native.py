@@ -4,7 +4,7 @@ The modules in ``MODULES`` hold regproxy's per-request work: frame splitting, th
 connections, deadlines and counters. They are ordinary typed Python, and run as such; ``make
 native`` (``scripts/native.py``) also compiles them with mypyc (part of mypy), which turns the same
 source into C extension modules that Python imports in place of the ``.py`` files. At the
-benchmark's pipelined load that halves the Python per request (docs/performance.md).
+benchmark's pipelined load that cuts the Python per request by a third (docs/performance.md).
 
 A compiled module left over after its source was edited would silently run the old code. So the
 build records a hash of every compiled source (``STAMP``); on the first import of regproxy,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ def test_compiled_modules_run_only_while_they_match_their_sources(tmp_path: Path
     _tree(tmp_path)
     assert "not compiled" in (native.check(tmp_path, MODULES) or "")
     suffix = native.compiled_paths  # the extension suffixes Python would import
-    ext = native.source_path("pkg.fast", tmp_path).with_suffix(".cpython-311-x86_64-linux-gnu.so")
+    ext = native.source_path("pkg.fast", tmp_path).with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0])
     ext.write_bytes(b"")
     assert suffix("pkg.fast", tmp_path) == [ext]
     assert "cannot tell" in (native.check(tmp_path, MODULES) or "")
