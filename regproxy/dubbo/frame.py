@@ -34,8 +34,8 @@ SERIALIZATION_MASK: Final = 0x1F
 HESSIAN2: Final = 2
 DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 
-_HEADER = struct.Struct(">HBBqI")
-_MAGIC_AND_LEN = struct.Struct(">H10xI")
+_HEADER: Final = struct.Struct(">HBBqI")
+_MAGIC_AND_LEN: Final = struct.Struct(">H10xI")
 # The request id, at bytes 4..12 of a frame: read and patched in place on the proxy's data path.
 REQUEST_ID: Final = struct.Struct(">q")
 read_request_id: Final = REQUEST_ID.unpack_from  # (frame, 4) -> (id,)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from regproxy.dubbo.hessian2 import Hessian2Error, Hessian2Reader
 
@@ -24,9 +24,9 @@ _PRIMITIVES = frozenset(b"ZBCSIJFD")
 _COUNTS: dict[str, int] = {}  # parameter descriptor -> argument count
 _MEMO_MAX = 4096  # entries per memo; a peer sending endless new heads only makes it start over
 # Head bytes -> (dubbo version, path, version, method, parameter types).
-_HEADS: dict[bytes, tuple[str, str, str, str, str]] = {}
+_HEADS: Final[dict[bytes, tuple[str, str, str, str, str]]] = {}
 # Attachment bytes -> (read-only attachments, their timeout, their group).  Shared between requests.
-_TAILS: dict[bytes, tuple[Mapping[str, Any], int | None, str]] = {}
+_TAILS: Final[dict[bytes, tuple[Mapping[str, Any], int | None, str]]] = {}
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -77,7 +77,7 @@ def _read_head_string(body: bytes, pos: int) -> tuple[str, int]:
 
 # Bytes a scalar takes after its tag, for the tags the fast path below skips without the reader:
 # null/true/false, compact ints and longs, and the short double forms.
-_FIXED: dict[int, int] = {0x4E: 0, 0x54: 0, 0x46: 0, 0x5B: 0, 0x5C: 0, 0x5D: 1, 0x5E: 2, 0x5F: 4,
+_FIXED: Final[dict[int, int]] = {0x4E: 0, 0x54: 0, 0x46: 0, 0x5B: 0, 0x5C: 0, 0x5D: 1, 0x5E: 2, 0x5F: 4,
                           0x49: 4, 0x59: 4, 0x4C: 8, 0x44: 8}  # fmt: skip
 for _t in range(0x80, 0xC0):
     _FIXED[_t] = 0
@@ -186,14 +186,36 @@ def fast_attachments(body: bytes, pos: int, nargs: int) -> dict[str, Any] | None
     return _fast_map(body, pos)
 
 
+class _LastTail:
+    """The attachment bytes ``memoised_group`` found last, and their group: consecutive requests
+    mostly carry the same attachments, which a compare finds without slicing and hashing them."""
+
+    __slots__ = ("group", "tail")
+
+    def __init__(self) -> None:
+        self.tail: bytes | None = None
+        self.group = ""
+
+
+_LAST_TAIL: Final = _LastTail()
+
+
 def memoised_group(body: bytes, args_start: int, nargs: int) -> str | None:
     """The group of a request whose ``nargs`` arguments from ``args_start`` are scalars or short
     ASCII strings and whose attachment bytes were decoded before; None means "decode it"."""
     pos = skip_scalar_args(body, args_start, nargs)
     if pos < 0:
         return None
-    known = _TAILS.get(body[pos:])
-    return None if known is None else known[2]
+    last = _LAST_TAIL.tail
+    # The same bytes have the same group, whatever the memo holds since.
+    if last is not None and len(body) - pos == len(last) and body.endswith(last):
+        return _LAST_TAIL.group
+    tail = body[pos:]
+    known = _TAILS.get(tail)
+    if known is None:
+        return None
+    _LAST_TAIL.tail, _LAST_TAIL.group = tail, known[2]
+    return known[2]
 
 
 def _group_of(att: Mapping[str, Any]) -> str:

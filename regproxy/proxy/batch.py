@@ -15,8 +15,9 @@ the one before it works. Written after each large read, the next hop starts on t
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
-EARLY_FLUSH_FRAMES = 8
+EARLY_FLUSH_FRAMES: Final = 8
 
 
 class Batcher:

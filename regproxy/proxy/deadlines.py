@@ -20,12 +20,12 @@ import asyncio
 import heapq
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.005
-_SLACK = 0.01  # a deadline may fire this share of its delay late (when that is more than a tick)
+TICK_S: Final = 0.005
+_SLACK: Final = 0.01  # a deadline may fire this share of its delay late (when that is more than a tick)
 
 
 class Timed(Protocol):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from regproxy.dubbo.frame import FLAG_TWOWAY, Frame
 from regproxy.proxy.stats import Histogram
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # At the egress the consumer's timeout is in the attachments, after every argument. Most requests
 # are answered long before any timeout: their deadline is first looked at after this delay, and
 # only requests still in flight then have their attachments read (Forwarder._on_deadline).
-TIMEOUT_PROBE_S = 0.01
+TIMEOUT_PROBE_S: Final = 0.01
 
 
 class Plan:

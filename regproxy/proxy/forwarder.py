@@ -9,6 +9,7 @@ import logging
 import random
 from collections.abc import Callable
 from time import perf_counter
+from typing import Final
 
 from regproxy.dubbo.encode import encode_error, heartbeat_reply
 from regproxy.dubbo.frame import (
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # Answers that say the host could not serve the call, for outlier detection: its channel inactive,
 # a server error, or the service not there (a provider sidecar whose application is down says 60).
-_HOST_FAILURES = frozenset({Status.CHANNEL_INACTIVE, Status.SERVICE_NOT_FOUND, Status.SERVER_ERROR})
+_HOST_FAILURES: Final = frozenset({Status.CHANNEL_INACTIVE, Status.SERVICE_NOT_FOUND, Status.SERVER_ERROR})
 
 SERIALIZATION_NAMES = {
     2: "hessian2",
@@ -76,10 +77,10 @@ def service_label(path: str, version: str, group: str | None) -> str:
 
 MAX_PLANS = 4096
 
-_OK = int(Status.OK)
+_OK: Final = 20  # Status.OK
 
 # The third header byte of a two-way hessian2 request that is not an event: the common case.
-_TWOWAY_HESSIAN2_REQUEST = 0x80 | FLAG_TWOWAY | HESSIAN2
+_TWOWAY_HESSIAN2_REQUEST: Final = 0x80 | FLAG_TWOWAY | HESSIAN2
 
 
 class _GroupPlans:
@@ -91,6 +92,11 @@ class _GroupPlans:
     def __init__(self, nargs: int) -> None:
         self.nargs = nargs
         self.by_group: dict[str, Plan] = {}
+
+
+# A connection's memo of its last request head (DownstreamConnection.last_head): the head bytes,
+# what they map to, and the memo (Forwarder._heads) that mapping came from.
+HeadMemo = tuple[bytes, "Plan | _GroupPlans | None", "dict[bytes, Plan | _GroupPlans] | None"]
 
 
 class Forwarder(UpstreamEvents):
@@ -201,7 +207,10 @@ class Forwarder(UpstreamEvents):
         tried: tuple[str, ...] = ()
         # The connection's last head: a client often calls one method many times in a row, and
         # bytes that start with a head's bytes have that head (hessian strings carry their length).
-        memo_head, memo_entry, memo_of = down.last_head
+        memo: HeadMemo = down.last_head
+        memo_head, memo_entry, memo_of = memo
+        entry: Plan | _GroupPlans | None
+        plan: Plan | None
         for raw in frames:
             if raw[2] == _TWOWAY_HESSIAN2_REQUEST:
                 if memo_of is heads and raw.startswith(memo_head, 16):
@@ -213,11 +222,11 @@ class Forwarder(UpstreamEvents):
                     if entry is not None:
                         memo_head, memo_entry, memo_of = raw[16:end], entry, heads
                 if entry is not None:
-                    if entry.__class__ is _GroupPlans:
-                        group = memoised_group(raw, end, entry.nargs)  # type: ignore[union-attr]
-                        plan = entry.by_group.get(group) if group is not None else None  # type: ignore[union-attr]
+                    if isinstance(entry, _GroupPlans):
+                        group = memoised_group(raw, end, entry.nargs)
+                        plan = entry.by_group.get(group) if group is not None else None
                     else:
-                        plan = entry  # type: ignore[assignment]
+                        plan = entry
                     if plan is not None:
                         if plan is not last:
                             last, batch = plan, []
@@ -650,7 +659,9 @@ class Forwarder(UpstreamEvents):
         down: DownstreamConnection | None = None
         out = bytearray()  # the responses of the run to ``down``, each with the consumer's id
         count = 0
-        for exch, raw in zip(exchs, raws, strict=True):
+        for i in range(len(exchs)):  # an index, not zip(): a C loop once compiled (regproxy.native)
+            exch = exchs[i]
+            raw = raws[i]
             status = raw[3]
             if status == _OK:
                 ok += 1

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from regproxy.dubbo.encode import encode_error
 from regproxy.dubbo.frame import FrameParser, ProtocolError, Status
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter
 
 if TYPE_CHECKING:
-    from regproxy.proxy.forwarder import Forwarder
+    from regproxy.proxy.forwarder import Forwarder, HeadMemo
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         self.last_active = self._loop.time()  # for the idle sweep
         # The forwarder's memo of this connection's last request head: (head bytes, plan entry,
         # the plan memo it came from).
-        self.last_head: tuple[bytes, Any, Any] = (b"", None, None)
+        self.last_head: HeadMemo = (b"", None, None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from regproxy.dubbo.encode import heartbeat_reply
 from regproxy.dubbo.frame import (
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MAX_ID = 2**63 - 1
-_REQUEST_OR_EVENT = FLAG_REQUEST | FLAG_EVENT
+_MAX_ID: Final = 2**63 - 1
+_REQUEST_OR_EVENT: Final = FLAG_REQUEST | FLAG_EVENT
 
 
 class ConnState(Enum):
