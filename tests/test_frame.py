@@ -20,7 +20,7 @@ from regproxy.dubbo.encode import (
     supports_response_attachments,
     with_request_id,
 )
-from regproxy.dubbo.frame import Frame, FrameParser, ProtocolError, Status, pack_header
+from regproxy.dubbo.frame import Frame, FrameParser, ProtocolError, Status, frame_request_id, pack_header
 from regproxy.dubbo.hessian2 import Hessian2Error, JavaObject, Long, decode_value
 from regproxy.dubbo.request import RequestBody, count_descriptor
 
@@ -321,3 +321,11 @@ def test_memos_are_bounded_and_attachments_read_only() -> None:
     att = RequestBody(body).attachments
     with pytest.raises(TypeError):
         att["timeout"] = "1"  # type: ignore[index]  # shared between requests: must not change
+
+
+def test_frame_request_id_reads_every_signed_long() -> None:
+    """The data path reads ids byte by byte when compiled and with struct when not (both run in the
+    suite: tests/test_native.py repeats this file on the pure path); each must agree with the header."""
+    for value in (0, 1, 255, 256, 2**31 - 1, 2**31, 2**32, 2**62, 2**63 - 1, -1, -2, -(2**31), -(2**63)):
+        frame = pack_header(0xC2, 0, value, 1) + b"N"
+        assert frame_request_id(frame) == value == Frame.of(frame).request_id, value

@@ -17,6 +17,7 @@ connection), frames are sliced from the chunk directly and nothing is buffered.
 from __future__ import annotations
 
 import struct
+import types
 from typing import Final
 
 # Status lives in a module of its own, outside the compiled data path (see regproxy.native).
@@ -40,6 +41,24 @@ _MAGIC_AND_LEN: Final = struct.Struct(">H10xI")
 REQUEST_ID: Final = struct.Struct(">q")
 read_request_id: Final = REQUEST_ID.unpack_from  # (frame, 4) -> (id,)
 patch_request_id: Final = REQUEST_ID.pack_into  # (bytearray, 4, id)
+# This module runs compiled by mypyc (regproxy.native) or as plain Python: some reads are cheapest
+# written differently for each.
+def _probe() -> None:
+    """Compiled, a function of this module is not a Python function object."""
+
+
+_COMPILED: Final = not isinstance(_probe, types.FunctionType)
+
+
+def frame_request_id(frame: bytes) -> int:
+    """The request id of a frame: bytes 4 to 12, a signed big-endian long."""
+    if not _COMPILED:
+        return int(read_request_id(frame, 4)[0])
+    # Compiled, eight byte reads and shifts cost a quarter of struct's call and its tuple.
+    high = (frame[4] << 24) | (frame[5] << 16) | (frame[6] << 8) | frame[7]
+    low = (frame[8] << 24) | (frame[9] << 16) | (frame[10] << 8) | frame[11]
+    value = (high << 32) | low
+    return value - (1 << 64) if high & 0x80000000 else value
 
 
 class ProtocolError(Exception):

@@ -18,8 +18,8 @@ from regproxy.dubbo.frame import (
     HESSIAN2,
     SERIALIZATION_MASK,
     Status,
+    frame_request_id,
     patch_request_id,
-    read_request_id,
 )
 from regproxy.dubbo.hessian2 import Hessian2Error
 from regproxy.dubbo.request import RequestBody, compact_head_end, memoised_group
@@ -237,9 +237,7 @@ class Forwarder(UpstreamEvents):
                             only = plan.only
                             # Shared by the run's requests: a retry makes a request a tuple of its own.
                             tried = (only.address,) if direct and only is not None else ()
-                        batch.append(
-                            Exchange(down, raw, read_request_id(raw, 4)[0], plan, started, slot, tried)
-                        )
+                        batch.append(Exchange(down, raw, frame_request_id(raw), plan, started, slot, tried))
                         continue
             self._handle_general(down, raw)
         down.last_head = (memo_head, memo_entry, memo_of)
@@ -280,7 +278,7 @@ class Forwarder(UpstreamEvents):
 
     def _handle_general(self, down: DownstreamConnection, raw: bytes) -> None:
         flag = raw[2]
-        request_id = read_request_id(raw, 4)[0]
+        request_id = frame_request_id(raw)
         two_way = bool(flag & FLAG_TWOWAY)
         if not flag & 0x80:
             return  # a response from a consumer: only replies to our heartbeats, nothing to do

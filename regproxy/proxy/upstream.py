@@ -24,8 +24,8 @@ from regproxy.dubbo.frame import (
     FLAG_TWOWAY,
     FrameParser,
     ProtocolError,
+    frame_request_id,
     patch_request_id,
-    read_request_id,
 )
 from regproxy.native import mypyc_attr
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
@@ -154,12 +154,12 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
                 # A request from the provider (only events are legitimate), or a heartbeat reply.
                 if flag & FLAG_REQUEST and flag & FLAG_EVENT:
                     if flag & FLAG_TWOWAY:
-                        self.queue(heartbeat_reply(read_request_id(raw, 4)[0]))
+                        self.queue(heartbeat_reply(frame_request_id(raw)))
                     elif raw[-1:] == b"R" and len(raw) > 16:
                         self.readonly = True
                         self._pool.discard(self)
                 continue
-            exch = pending.pop(read_request_id(raw, 4)[0], None)
+            exch = pending.pop(frame_request_id(raw), None)
             if exch is not None:  # None: the deadline passed, the answer is dropped
                 exchs.append(exch)
                 raws.append(raw)
