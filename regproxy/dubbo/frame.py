@@ -53,7 +53,7 @@ _COMPILED: Final = not isinstance(_probe, types.FunctionType)
 def frame_request_id(frame: bytes) -> int:
     """The request id of a frame: bytes 4 to 12, a signed big-endian long."""
     if not _COMPILED:
-        return int(read_request_id(frame, 4)[0])
+        return read_request_id(frame, 4)[0]  # type: ignore[no-any-return]
     # Compiled, eight byte reads and shifts cost a quarter of struct's call and its tuple.
     high = (frame[4] << 24) | (frame[5] << 16) | (frame[6] << 8) | frame[7]
     low = (frame[8] << 24) | (frame[9] << 16) | (frame[10] << 8) | frame[11]
