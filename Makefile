@@ -47,11 +47,11 @@ native: venv
 test: venv
 	REGPROXY_NATIVE=require $(PY) scripts/native.py
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
-	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks)
+	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks scripts)
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks)
+	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks scripts)
 
 # The listener properties of tests/test_listener_fuzz.py with many more examples, random rather than
 # derandomized; failures are saved in .hypothesis/ and replayed first on the next run.

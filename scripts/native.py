@@ -11,6 +11,7 @@ benchmark measures.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -78,10 +79,14 @@ def compile_in_place() -> None:
 
 
 def main() -> int:
-    if "--compile" in sys.argv[1:]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clean", action="store_true", help="remove the compiled modules")
+    ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)  # the build's child process
+    args = ap.parse_args()
+    if args.compile:
         compile_in_place()
         return 0
-    if "--clean" in sys.argv[1:]:
+    if args.clean:
         clean()
         print("native: compiled data path removed; regproxy runs pure Python")
         return 0
