@@ -19,6 +19,7 @@ from regproxy.dubbo.encode import encode_request, heartbeat_request
 from regproxy.dubbo.frame import FrameParser, pack_header
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+from tests.zkserver import free_port
 
 
 def app_table(port: int) -> RoutingTable:
@@ -32,12 +33,6 @@ def app_table(port: int) -> RoutingTable:
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 ECHO = "org.apache.dubbo.samples.api.EchoService"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings(port: int = 0, **kw: int) -> ListenerSettings:

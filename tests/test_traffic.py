@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.sidecar import Sidecar, _reload_on_signal
+from tests.zkserver import free_port
 
 
 def app_table(port: int) -> RoutingTable:
@@ -38,12 +38,6 @@ def app_table(port: int) -> RoutingTable:
 
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings() -> ListenerSettings:

@@ -30,6 +30,7 @@ it straight, as pods connect to a ZooKeeper service.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -56,10 +57,21 @@ class ZooKeeperNotInstalled(RuntimeError):
     """The ZooKeeper jar, its config example or java is missing on this machine."""
 
 
+# Ports handed out lately in this process. A port is free when picked, and closed again at once:
+# a test that picks several for one sidecar, one at a time, could get the same one twice (CI once
+# got a sidecar whose app port was its API port). Remembering them rules that out.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, not one this process was handed lately."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def four_letter_word(port: int, word: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
