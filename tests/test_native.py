@@ -44,6 +44,36 @@ def test_this_process_runs_the_data_path_it_says() -> None:
     assert native.describe().startswith("compiled" if compiled else "pure Python")
 
 
+def test_bytes_built_by_the_data_path_are_released() -> None:
+    """mypyc 1.13's ``bytes + bytes`` never releases its first operand (regproxy/dubbo/frame.py's
+    note): the data path builds bytes with join. Whatever runs here, compiled or pure, the bytes it
+    makes per request (the loop marker added, taken out, a frame re-joined) are freed again."""
+    import tracemalloc
+
+    from regproxy.dubbo.frame import Frame, FrameParser
+    from regproxy.dubbo.request import find_via, strip_via, via_entry
+
+    body = b"\x05hello" * 20 + b"H\x04path\x03a.BZ"
+    raw = b"\xda\xbb\xc2\x00" + bytes(8) + len(body).to_bytes(4, "big") + body
+    marked = b"".join((raw[:-1], via_entry(b"0123abcd 89abcdef"), b"Z"))
+    frame = FrameParser(1 << 20).feed(raw)[0]
+    assert isinstance(frame, Frame) and find_via(marked, 16) is not None
+
+    def work() -> None:
+        for _ in range(20_000):
+            assert strip_via(marked) == raw
+            via_entry(b"0123abcd")
+            bytes(frame)
+
+    work()  # warm-up: caches, interned constants
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    work()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes kept after 20,000 rounds: a leak per call"
+
+
 def _pure_env() -> dict[str, str]:
     return {**os.environ, native.PURE_ENV: "1"}
 
@@ -72,3 +102,35 @@ def test_the_pure_data_path_passes_the_data_path_tests() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout
+
+
+def test_the_build_hint_is_true_where_regproxy_runs_from(tmp_path: Path) -> None:
+    checkout, package = tmp_path / "checkout", tmp_path / "site-packages"
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / "scripts" / "native.py").write_text("")
+    (checkout / "Makefile").write_text("")
+    package.mkdir()
+    assert native.build_hint(checkout) == "make native builds it"
+    (checkout / "Makefile").unlink()
+    assert native.build_hint(checkout) == "python scripts/native.py builds it"
+    hint = native.build_hint(package)  # pip install, the Docker image: no Makefile, no scripts/
+    assert "installed package" in hint and "source checkout" in hint and "builds it" not in hint
+    # The reason alone, so that `make native` itself does not print "(make native builds it)".
+    assert native.check(package, ()) == "not compiled"
+
+
+def test_an_installed_package_does_not_send_its_user_to_a_makefile(tmp_path: Path) -> None:
+    # What a wheel installs (the Docker image's `pip install /src`): the package's .py files only.
+    site = tmp_path / "site-packages"
+    for source in Path(native.ROOT, "regproxy").rglob("*.py"):
+        target = site / source.relative_to(native.ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", "import regproxy.native as n; print(n.__file__); print(n.describe())"],
+        cwd=site, env=env, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[0] == str(site / "regproxy" / "native.py")  # this copy, not the checkout's
+    assert out[1].startswith("pure Python: not compiled (as expected for an installed package"), out
+    assert "make native builds it" not in out[1]

@@ -55,6 +55,7 @@ _LISTENER_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("protocol_errors", "protocol_errors", "Client connections closed for a malformed Dubbo stream."),
     ("ejections", "ejections", "Upstream hosts ejected by health checking."),
     ("rejected_connections", "rejected_connections", "Client connections refused (limits.max_connections)."),
+    ("loops", "loops", "Requests answered with the loop error (they came back to this sidecar)."),
 )
 
 
@@ -184,7 +185,8 @@ class SidecarCollector(Collector):
         )
         events = CounterMetricFamily(
             _name("registry_events"),
-            "Registry notifications handled: provider list changes and connection state changes.",
+            "Registry notifications handled: provider list changes and connection state changes; "
+            "provider URLs ignored because they name this sidecar's own egress, API or admin listener.",
             labels=["event"],
         )
         pubs = GaugeMetricFamily(_name("publications"), "Services this sidecar publishes.")
@@ -202,7 +204,7 @@ class SidecarCollector(Collector):
                 current = reg.state
                 for s in REGISTRY_STATES if current in REGISTRY_STATES else (*REGISTRY_STATES, current):
                     state.add_metric([reg.name, s], 1 if s == current else 0)
-            for kind in ("provider_events", "state_changes"):
+            for kind in ("provider_events", "state_changes", "own_providers_ignored"):
                 events.add_metric([kind], getattr(disc, "events", Counter()).get(kind, 0))
             pubs.add_metric([], len(disc.publications))
             subs.add_metric([], len(disc.subscriptions))

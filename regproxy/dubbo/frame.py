@@ -41,6 +41,13 @@ _MAGIC_AND_LEN: Final = struct.Struct(">H10xI")
 REQUEST_ID: Final = struct.Struct(">q")
 read_request_id: Final = REQUEST_ID.unpack_from  # (frame, 4) -> (id,)
 patch_request_id: Final = REQUEST_ID.pack_into  # (bytearray, 4, id)
+# The request id and the body length after it (bytes 4..16), written at once when a request is sent
+# on: the proxy may have changed the body's length (the loop marker, regproxy.dubbo.request).
+patch_id_and_length: Final = struct.Struct(">qI").pack_into  # (bytearray, 4, id, body length)
+# Compiled code never joins bytes with ``+``: mypyc 1.13 (the pinned build) declares its bytes
+# concatenation to take over its first operand but never releases it, so every ``a + b`` leaked ``a``
+# (the slow-provider drill's memory bound in tests/test_drills_process.py caught it: two request-sized
+# objects per forwarded request).  ``b"".join((a, b))`` costs the same and counts references right.
 # This module runs compiled by mypyc (regproxy.native) or as plain Python: some reads are cheapest
 # written differently for each.
 def _probe() -> None:
@@ -115,7 +122,7 @@ class Frame:
         return bool(self.flag & FLAG_EVENT) and self.body in (b"N", b"")
 
     def __bytes__(self) -> bytes:
-        return self.head + self.body
+        return b"".join((self.head, self.body))  # not +: see the note on bytes_concat below
 
     def __repr__(self) -> str:
         kind = "request" if self.is_request else f"response status={self.status}"

@@ -362,3 +362,67 @@ class RequestBody:
 
     def __repr__(self) -> str:
         return f"<RequestBody {self.path}:{self.version} {self.method}({self.param_types})>"
+
+
+# --- the loop marker ------------------------------------------------------------------------------
+#
+# An egress appends its sidecar's id to the ``regproxy.via`` attachment of every hessian2 request it
+# forwards; a request that arrives at an egress whose id it already carries went round in a loop
+# (through static clusters or provider addresses that lead back to a sidecar's egress) and is
+# answered there with an error instead of being forwarded again.  The entry is always written last,
+# right before the ``Z`` that ends the attachments map (the last value of a request body), so it is
+# found by searching a bounded tail of the body: nothing is decoded.  The ingress takes it out
+# before the application sees the request: Dubbo 2.7 copies the attachments a provider received
+# into the calls it makes (RpcContext), and a marker passed on that way would make a legitimate
+# nested call (A → B → A) look like a loop.
+
+VIA_KEY: Final = "regproxy.via"
+VIA_ID_LEN: Final = 8  # a sidecar's id: 8 hex digits, made at start (regproxy.proxy.loops)
+# Egresses a request may pass without an ingress between them. Only chains of egresses (a static
+# cluster naming another sidecar's egress) add to the marker; 16 is far beyond any real topology.
+VIA_MAX_IDS: Final = 16
+# The key as hessian2 writes it: a compact string (its length byte, then its ASCII).
+VIA_KEY_BYTES: Final = b"\x0cregproxy.via"
+_VIA_MAX_VALUE: Final = VIA_MAX_IDS * (VIA_ID_LEN + 1) - 1  # the ids, separated by spaces
+# The bytes at the end of a body that can hold the marker: key, value tag, value, and the final Z.
+VIA_WINDOW: Final = len(VIA_KEY_BYTES) + 2 + _VIA_MAX_VALUE + 1
+
+
+def via_entry(chain: bytes) -> bytes:
+    """The marker's key and value in hessian2, the value ``chain`` (ids separated by spaces, ASCII,
+    at most 1023 bytes): a compact string up to 31 bytes, the two-byte-length form above."""
+    n = len(chain)
+    tag = bytes((n,)) if n < 32 else bytes((0x30 | (n >> 8), n & 0xFF))
+    return b"".join((VIA_KEY_BYTES, tag, chain))  # not +: regproxy.dubbo.frame's note
+
+
+def find_via(body: bytes, start: int = 0) -> tuple[int, bytes] | None:
+    """The marker at the end of a request body (of a whole frame with ``start=16``): where its key
+    starts and its value (the ids of the egresses passed, separated by spaces). None when the body
+    does not end with one: no ``Z`` last, no key in the tail, or bytes there that only look like it
+    (the value must reach the final ``Z`` and have the shape of ids)."""
+    n = len(body)
+    if n == 0 or body[n - 1] != 0x5A:
+        return None
+    lo = n - VIA_WINDOW
+    at = body.rfind(VIA_KEY_BYTES, lo if lo > start else start)
+    if at < 0:
+        return None
+    pos = at + len(VIA_KEY_BYTES)
+    tag = body[pos]  # at most n - 1: the key ends before the final Z
+    if tag < 0x20:
+        first, size = pos + 1, tag
+    elif 0x30 <= tag <= 0x33:
+        first, size = pos + 2, ((tag - 0x30) << 8) | body[pos + 1]
+    else:
+        return None
+    if first + size != n - 1 or size % (VIA_ID_LEN + 1) != VIA_ID_LEN:
+        return None
+    return at, body[first : n - 1]
+
+
+def strip_via(raw: bytes, start: int = 16) -> bytes:
+    """``raw`` without its marker (the same object when it has none). The header's body length is
+    left as it was: the connection that sends the frame on writes it (UpstreamConnection)."""
+    found = find_via(raw, start)
+    return raw if found is None else b"".join((raw[: found[0]], b"Z"))

@@ -17,6 +17,7 @@ from regproxy.dubbo.encode import readonly_event
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
+from regproxy.proxy.loops import LoopGuard
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import TableHolder
 from regproxy.tls import UpstreamTLS
@@ -46,10 +47,15 @@ class ListenerSettings:
 class Listener:
     """One listening socket with its forwarder and upstream pool."""
 
-    def __init__(self, name: str, settings: ListenerSettings, table: TableHolder) -> None:
+    def __init__(
+        self, name: str, settings: ListenerSettings, table: TableHolder, guard: LoopGuard | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
         self.table = table
+        # Shared by a sidecar's two listeners, so that each recognises the other's connections (a
+        # listener alone still catches loops to itself).
+        self.guard = guard if guard is not None else LoopGuard()
         self.server: asyncio.AbstractServer | None = None
         self.forwarder: Forwarder | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -75,6 +81,8 @@ class Listener:
                 connect_timeout_s=s.connect_timeout_ms / 1000,
                 max_body=s.max_body,
                 tls=s.upstream_tls,
+                guard=self.guard,
+                name=self.name,
             )
 
         fwd = Forwarder(
@@ -86,6 +94,7 @@ class Listener:
             default_timeout_ms=s.default_timeout_ms,
             timeout_from_attachment=s.timeout_from_attachment,
             max_connections=s.max_connections,
+            guard=self.guard,
         )
         self.forwarder = fwd
         try:

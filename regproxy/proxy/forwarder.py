@@ -1,6 +1,8 @@
 """The per-request logic shared by the egress and ingress listeners: route, pick a host, forward,
 enforce the deadline, retry a request that was never written, and answer with a Dubbo error that
-names the cause when nothing else can."""
+names the cause when nothing else can. Also the data path's share of loop detection
+(regproxy.proxy.loops): the egress marks what it forwards, the ingress takes the mark out, and a
+request that comes back to an egress it passed is answered, never forwarded again."""
 
 from __future__ import annotations
 
@@ -22,13 +24,25 @@ from regproxy.dubbo.frame import (
     patch_request_id,
 )
 from regproxy.dubbo.hessian2 import Hessian2Error
-from regproxy.dubbo.request import RequestBody, compact_head_end, memoised_group
+from regproxy.dubbo.request import (
+    VIA_ID_LEN,
+    VIA_KEY_BYTES,
+    VIA_MAX_IDS,
+    VIA_WINDOW,
+    RequestBody,
+    compact_head_end,
+    find_via,
+    memoised_group,
+    strip_via,
+    via_entry,
+)
 from regproxy.health import HostHealth, NoHealth
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.deadlines import DeadlineWheel
 from regproxy.proxy.exchange import Exchange, Plan
 from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
 from regproxy.proxy.listener import DownstreamConnection
+from regproxy.proxy.loops import LoopGuard
 from regproxy.proxy.stats import Histogram, ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import Host, LoadBalancer, RoutingTable, TableHolder, make_balancer
@@ -78,6 +92,13 @@ def service_label(path: str, version: str, group: str | None) -> str:
 MAX_PLANS = 4096
 
 _OK: Final = 20  # Status.OK
+_Z: Final = 0x5A  # the end of a hessian2 map: the last byte of a request body with attachments
+# The loop marker's bytes as the data path looks for them (regproxy.dubbo.request.find_via): its
+# value's last id sits right before the final Z, preceded by the value's length tag when it is the
+# only id, by a space when it ends a chain.
+_ONE_ID: Final = VIA_ID_LEN
+_SPACE: Final = 0x20
+_VIA_ONE_ID: Final = b"".join((VIA_KEY_BYTES, bytes((VIA_ID_LEN,))))  # key and tag: 23 bytes from the end
 
 # The third header byte of a two-way hessian2 request that is not an event: the common case.
 _TWOWAY_HESSIAN2_REQUEST: Final = 0x80 | FLAG_TWOWAY | HESSIAN2
@@ -112,8 +133,15 @@ class Forwarder(UpstreamEvents):
         timeout_from_attachment: bool = True,
         max_connections: int = 10000,
         stats: ListenerStats | None = None,
+        guard: LoopGuard | None = None,
     ) -> None:
         self.name = name  # "egress" or "ingress", in messages so an operator knows which hop spoke
+        # Loop detection (regproxy.proxy.loops), shared with the sidecar's other listener and pools.
+        # The egress writes its id into each request (``via``: what goes before the final Z of an
+        # unmarked one); the ingress takes the marker out before the application sees it.
+        self.guard = guard if guard is not None else LoopGuard()
+        self.via: bytes | None = self.guard.via_suffix if name == "egress" else None
+        self.strip_via = name == "ingress"
         self.loop = loop
         self.table = table
         self.batcher = batcher
@@ -211,8 +239,22 @@ class Forwarder(UpstreamEvents):
         memo_head, memo_entry, memo_of = memo
         entry: Plan | _GroupPlans | None
         plan: Plan | None
+        via = self.via
+        strip = self.strip_via
         for raw in frames:
             if raw[2] == _TWOWAY_HESSIAN2_REQUEST:
+                if strip:
+                    # The ingress: the marker of the egress that sent it is not for the application.
+                    # A byte tells where to look: one id (the common case) has its length tag 10
+                    # bytes from the end, a chain of ids a space; anything else has no marker.
+                    n = len(raw)
+                    c = raw[n - 10]
+                    if c == _ONE_ID:
+                        # Compiled, a slice compare costs a fifth of a startswith() method call.
+                        if raw[n - 1] == _Z and raw[n - 23 : n - 9] == _VIA_ONE_ID:
+                            raw = b"".join((raw[: n - 23], b"Z"))
+                    elif c == _SPACE:
+                        raw = strip_via(raw)
                 if memo_of is heads and raw.startswith(memo_head, 16):
                     entry = memo_entry
                     end = 16 + len(memo_head)
@@ -228,6 +270,19 @@ class Forwarder(UpstreamEvents):
                     else:
                         plan = entry
                     if plan is not None:
+                        if via is not None and raw[len(raw) - 1] == _Z:
+                            # The egress: an unmarked request gets this sidecar's id; one that has a
+                            # marker passed other egresses (or this one: a loop) and is looked at
+                            # in _handle_general. The tail is searched only when the byte before
+                            # the last id's place could belong to a marker (see the ingress above).
+                            n = len(raw)
+                            c = raw[n - 10]
+                            if c in (_ONE_ID, _SPACE):
+                                lo = n - VIA_WINDOW
+                                if raw.rfind(VIA_KEY_BYTES, lo if lo > 16 else 16) >= 0:
+                                    self._handle_general(down, raw)
+                                    continue
+                            raw = b"".join((raw[: n - 1], via))
                         if plan is not last:
                             last, batch = plan, []
                             runs.append((plan, batch))
@@ -300,6 +355,13 @@ class Forwarder(UpstreamEvents):
                 f"serialization id {sid} ({name}) is not supported; regproxy reads hessian2 (2)",
             )
             return
+        if self.strip_via:
+            raw = strip_via(raw)  # none left when handle() took it out already
+        elif self.via is not None and raw[len(raw) - 1] == _Z:
+            marked = self._mark(down, raw, request_id, two_way)
+            if marked is None:
+                return  # a loop: answered
+            raw = marked
         try:
             body = RequestBody(raw, 16)
             if self.table.current is not self._plans_table:
@@ -735,6 +797,87 @@ class Forwarder(UpstreamEvents):
         if exch.plan.retry_on & RETRY_RESET and self._retry_written(exch):
             return  # the route says a second execution is acceptable
         self._fail(exch, Status.SERVER_ERROR, f"{reason} ({exch.label})")
+
+    # --- loops (regproxy.proxy.loops) -----------------------------------------------------------
+
+    def _mark(self, down: DownstreamConnection, raw: bytes, request_id: int, two_way: bool) -> bytes | None:
+        """The egress's marking of a request whose body ends with its attachments map: ``raw`` with
+        this sidecar's id added to the marker, or None when the request looped (or passed too many
+        egresses) and has been answered."""
+        found = find_via(raw, 16)
+        if found is None:
+            via = self.via
+            assert via is not None
+            return b"".join((raw[: len(raw) - 1], via))
+        at, chain = found
+        ids = chain.split(b" ")
+        own = self.guard.id_bytes
+        if own in ids:
+            path = " -> ".join(i.decode("ascii", "replace") for i in (*ids, own))
+            self._refuse(
+                down,
+                request_id,
+                two_way,
+                raw,
+                f"request loop: {{label}} came back to sidecar {self.guard.id}, which it passed already "
+                f"(egresses passed: {path}); not forwarded again. A static cluster or a provider address "
+                "leads back to a sidecar's egress",
+            )
+            return None
+        if len(ids) >= VIA_MAX_IDS:
+            self._refuse(
+                down,
+                request_id,
+                two_way,
+                raw,
+                f"{{label}} already passed {len(ids)} sidecar egresses ({chain.decode('ascii', 'replace')}), "
+                f"the most a request may pass without reaching an ingress ({VIA_MAX_IDS}): refused as a loop",
+            )
+            return None
+        # A chain of egresses (a static cluster naming another sidecar's egress): this one joins it.
+        return b"".join((raw[:at], via_entry(b" ".join((chain, own))), b"Z"))
+
+    def vet(self, down: DownstreamConnection) -> str | None:
+        """Why a new client connection is this sidecar's own, in a loop (see LoopGuard.vet); None
+        for every other connection. Called once, at its first bytes."""
+        return self.guard.vet(down.peer, self.name)
+
+    def refuse_loop(self, down: DownstreamConnection, frames: list[bytes], reason: str) -> None:
+        """Answer every request on a connection found to be a loop, forward none."""
+        for raw in frames:
+            flag = raw[2]
+            if not flag & 0x80:
+                continue
+            request_id = frame_request_id(raw)
+            two_way = bool(flag & FLAG_TWOWAY)
+            if flag & FLAG_EVENT:
+                if two_way:
+                    down.queue(heartbeat_reply(request_id))
+                continue
+            self.stats.requests += 1
+            self._refuse(down, request_id, two_way, raw, f"request loop: {{label}} not forwarded: {reason}")
+
+    def _refuse(
+        self, down: DownstreamConnection, request_id: int, two_way: bool, raw: bytes, message: str
+    ) -> None:
+        """Answer a looped request with SERVER_ERROR naming the loop, count it, log it (once a minute
+        per service). 80: the consumer did nothing wrong (not 40, a bad request), the deployment
+        did; it is final for the consumer, and counts against the host for outlier detection."""
+        self.stats.loops += 1
+        try:
+            body = RequestBody(raw, 16)
+            label = f"{service_label(body.path, body.version, None)}.{body.method}"
+        except Hessian2Error:
+            label = "a request"
+        text = message.replace("{label}", label)  # not format(): the chain is bytes from the wire
+        if two_way:
+            self.stats.answered(Status.SERVER_ERROR)
+            down.queue(encode_error(request_id, Status.SERVER_ERROR, f"regproxy {self.name}: {text}"))
+        self.guard.report(
+            f"{self.name} {label}",
+            f"{self.name}: {text} (from {down.peer}{'' if two_way else '; one-way, dropped'}; "
+            f"counted in regproxy_loops_total)",
+        )
 
     # --- answers made here --------------------------------------------------------------------
 

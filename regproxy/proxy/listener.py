@@ -34,6 +34,56 @@ class _Discard:
 _DISCARD = _Discard()
 
 
+class _Vetting:
+    """Stands in for the parser until a connection's first bytes, when the forwarder looks at where
+    it comes from (Forwarder.vet: is it this sidecar's own connection, in a loop?). Not earlier: the
+    pool that opened it records its local address when it opens on that side, which may come after
+    the accept here, but always before it writes. Once per connection, nothing per request."""
+
+    __slots__ = ("conn", "parser")
+    buffered = 0
+
+    def __init__(self, conn: DownstreamConnection, parser: FrameParser) -> None:
+        self.conn = conn
+        self.parser = parser
+
+    def feed_raw(self, data: bytes) -> list[bytes]:
+        conn = self.conn
+        reason = conn._forwarder.vet(conn)
+        parser: FrameParser | _LoopAnswer = (
+            self.parser if reason is None else _LoopAnswer(conn, self.parser, reason)
+        )
+        conn._parser = parser
+        return parser.feed_raw(data)
+
+
+class _LoopAnswer:
+    """Stands in for the parser on a connection that is a loop: every request on it is answered
+    here with the loop error (Forwarder.refuse_loop), none is handed on."""
+
+    __slots__ = ("conn", "parser", "reason")
+
+    def __init__(self, conn: DownstreamConnection, parser: FrameParser, reason: str) -> None:
+        self.conn = conn
+        self.parser = parser
+        self.reason = reason
+
+    @property
+    def buffered(self) -> int:
+        return self.parser.buffered
+
+    def feed_raw(self, data: bytes) -> list[bytes]:
+        fwd = self.conn._forwarder
+        try:
+            frames = self.parser.feed_raw(data)
+        except ProtocolError as exc:
+            fwd.refuse_loop(self.conn, exc.raw_frames, self.reason)
+            exc.raw_frames = []  # answered: the connection only reports the broken stream
+            raise
+        fwd.refuse_loop(self.conn, frames, self.reason)
+        return []
+
+
 class DownstreamConnection(asyncio.Protocol, BatchedWriter):
     __slots__ = (
         "_closing",
@@ -50,7 +100,8 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
     def __init__(self, forwarder: Forwarder, max_body: int) -> None:
         self._forwarder = forwarder
         self._batcher = forwarder.batcher
-        self._parser: FrameParser | _Discard = FrameParser(max_body)
+        # The parser, behind a stand-in that vets the connection at its first bytes (see _Vetting).
+        self._parser: FrameParser | _Discard | _Vetting | _LoopAnswer = _Vetting(self, FrameParser(max_body))
         self._out: list[bytes | bytearray] = []
         self.transport: asyncio.Transport | None = None
         self.peer = "?"

@@ -71,6 +71,7 @@ class ListenerStats:
     ejections: int = 0  # hosts taken out by health checking (none until that lands)
     downstream_connections: int = 0
     rejected_connections: int = 0
+    loops: int = 0  # requests answered with the loop error (regproxy.proxy.loops)
 
     def answered(self, status: int) -> None:
         responses = self.responses
@@ -99,4 +100,5 @@ class ListenerStats:
             "ejections": self.ejections,
             "downstream_connections": self.downstream_connections,
             "rejected_connections": self.rejected_connections,
+            "loops": self.loops,
         }

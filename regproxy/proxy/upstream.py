@@ -25,13 +25,14 @@ from regproxy.dubbo.frame import (
     FrameParser,
     ProtocolError,
     frame_request_id,
-    patch_request_id,
+    patch_id_and_length,
 )
 from regproxy.native import mypyc_attr
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
 
 if TYPE_CHECKING:
     from regproxy.proxy.exchange import Exchange
+    from regproxy.proxy.loops import LoopGuard
     from regproxy.tls import UpstreamTLS
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         "_parser",
         "_pool",
         "address",
+        "local",
         "pending",
         "readonly",
         "state",
@@ -80,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         self.pending: dict[int, Exchange] = {}
         self.waiting: list[Exchange] = []
         self.readonly = False  # the provider announced shutdown: no new requests
+        self.local: str | None = None  # "ip:port" of our end while open, when the pool has a LoopGuard
 
     @property
     def load(self) -> int:
@@ -106,10 +109,12 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             exch.upstream_id = upstream_id
             if exch.two_way:
                 pending[upstream_id] = exch
-            # The request as it came, with this connection's id: one copy, no re-encoding.
+            # The request as it came, with this connection's id: one copy, no re-encoding. The body
+            # length is written with it: the forwarder may have added or removed the loop marker.
+            raw = exch.raw
             at = len(buf)
-            buf += exch.raw
-            patch_request_id(buf, at + 4, upstream_id)
+            buf += raw
+            patch_id_and_length(buf, at + 4, upstream_id, len(raw) - 16)
         out.append(buf)
         self._next_id = upstream_id
 
@@ -210,9 +215,15 @@ class UpstreamPool:
         backoff_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         tls: UpstreamTLS | None = None,
+        guard: LoopGuard | None = None,
+        name: str = "",
     ) -> None:
         self.loop = loop
         self.tls = tls
+        # The sidecar's loop guard learns the local address of each connection (regproxy.proxy.loops);
+        # ``name`` is the listener whose pool this is.
+        self.guard = guard
+        self.name = name
         self.batcher = batcher
         self.events = events
         self.per_host = per_host
@@ -274,8 +285,14 @@ class UpstreamPool:
 
     def connected(self, conn: UpstreamConnection) -> None:
         self._failed_until.pop(conn.address, None)
+        # Before anything is written on it: the listener that accepts it looks at its first bytes.
+        if self.guard is not None and conn.transport is not None:
+            conn.local = self.guard.opened(conn.transport.get_extra_info("sockname"), self.name, conn.address)
 
     def discard(self, conn: UpstreamConnection, *, failed: bool = False) -> None:
+        if conn.local is not None and self.guard is not None:
+            self.guard.closed(conn.local)
+            conn.local = None
         conns = self._conns.get(conn.address)
         if conns is not None and conn in conns:
             conns.remove(conn)
