@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from regproxy.config import RegistryURL
+from regproxy.config import RegistryURL, is_loopback_host
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
@@ -92,6 +92,27 @@ def ingress_table(app_port: int, published: Iterable[PublishSpec] = ()) -> Routi
     return RoutingTable(routes=routes, clusters=list(clusters.values()))
 
 
+def own_addresses(listeners: Iterable[tuple[str, str, int]], advertise_ip: str) -> dict[str, str]:
+    """The provider addresses (``host:port`` as DubboURL.address writes them, lowercase) at which a
+    sidecar reaches its own listeners, each with what it is ("egress listener 127.0.0.1:20880"), for
+    ``listeners`` given as (name, bound host, port): the bound host; the loopback names when it is
+    bound to a loopback or unspecified address; the advertise IP when that is the bound host or the
+    host is unspecified (a listener on 127.0.0.1 is not reachable at the advertise IP: something
+    else may listen on that port there)."""
+    unspecified = ("", "0.0.0.0", "::")
+    out: dict[str, str] = {}
+    for name, host, port in listeners:
+        what = f"{name} listener {'[' + host + ']' if ':' in host else host or '*'}:{port}"
+        hosts = {host.lower()}
+        if host in unspecified or is_loopback_host(host):
+            hosts.update(("127.0.0.1", "localhost", "::1"))
+        if host in unspecified:
+            hosts.add(advertise_ip.lower())
+        for h in hosts - {""}:
+            out[f"[{h}]:{port}" if ":" in h else f"{h}:{port}"] = what
+    return out
+
+
 class NotFound(LookupError):
     """Unpublish or unsubscribe of something this sidecar does not have (the API answers 404)."""
 
@@ -144,6 +165,10 @@ class Discovery:
         self._configured = [u.to_url(redact=False) for u in registry_urls]
         self._registry_urls: dict[str, RegistryURL] = {u.to_url(redact=False): u for u in registry_urls}
         self.registries: dict[str, Registry] = {}
+        # Registries that reached CONNECTED at least once in this process. One a request brought in
+        # (not configured) counts for readiness only then: a request naming a host that never
+        # answers must not take the sidecar out of service (see ready_states).
+        self._ever_connected: set[str] = set()
         self.egress = egress
         self.ingress = ingress
         self.static_table = static_table
@@ -170,6 +195,10 @@ class Discovery:
         # the removal through the registry a moment later and their requests meanwhile must not fail.
         self.unpublish_grace_s = 3.0
         self._lingering: dict[str, tuple[PublishSpec, float]] = {}  # key -> (spec, loop time to drop)
+        # Provider addresses that are this sidecar's own egress, API or admin listener (see
+        # own_addresses): the egress would forward to itself. Its ingress is not among them.
+        self.own_addresses: dict[str, str] = {}
+        self._ignored_own: set[str] = set()  # provider URLs already reported as ignored
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -213,18 +242,48 @@ class Discovery:
 
     async def _connected(self, key: str) -> Registry:
         """The registry, waiting briefly if it has not connected yet since it started (a sidecar
-        just started, or a registry first named by this request): not a reason for a 503."""
+        just started, or a registry first named by this request): not a reason for a 503. Once a
+        connection attempt has failed (``unreachable_since``) there is nothing to wait for."""
         reg = await self._registry(key)
         if reg.state == CONNECTING:
             deadline = time.monotonic() + CONNECT_WAIT_S
-            while not reg.connected and time.monotonic() < deadline:
+            while not reg.connected and reg.unreachable_since is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         return reg
+
+    def _held(self) -> set[str]:
+        """Keys of the registries some publication or subscription uses."""
+        keys = {k for p in self.publications.values() for k in p.registries}
+        keys.update(k for st in self.subscriptions.values() for k in st.registries)
+        return keys
+
+    async def _release_unused(self, keys: Iterable[str]) -> None:
+        """Close the registries among ``keys`` that a request brought in (not configured) and that
+        nothing uses now: one that never connected, or whose last publication or subscription is
+        gone. Kept, it would retry its connection forever, and it is not the operator's."""
+        held = self._held()
+        for key in dict.fromkeys(keys):
+            if key in self._configured or key in held:
+                continue
+            reg = self.registries.pop(key, None)
+            self._registry_urls.pop(key, None)
+            never = key not in self._ever_connected
+            self._ever_connected.discard(key)
+            if reg is None:
+                continue
+            why = "it never connected" if never else "nothing uses it any more"
+            log.warning("registry %s (named by a request, not configured): closed, %s", reg.name, why)
+            try:
+                await reg.stop()
+            except Exception:
+                log.exception("stopping registry %s", reg.name)
 
     def _on_state(self, key: str, state: str) -> None:
         self.events["state_changes"] += 1
         if state != CONNECTED:
             return  # suspended or lost: keep routing on what we know
+        if key in self.registries:
+            self._ever_connected.add(key)
         # (Re)connected: carry out whatever desired state this registry has not got yet. The
         # adapter re-creates its own nodes after a session loss; this covers what never made it.
         task = asyncio.get_running_loop().create_task(self._catch_up(key))
@@ -267,7 +326,11 @@ class Discovery:
         if self.withdrawn:
             raise RegistryUnavailable("this sidecar is draining: it publishes nothing new")
         async with self._lock:
-            url = await self._publish(spec, self._targets(registry))
+            targets = self._targets(registry)
+            try:
+                url = await self._publish(spec, targets)
+            finally:
+                await self._release_unused(targets)
         # Outside the lock, so API calls arriving together share one write (StateWriter).
         await self._save()
         return url
@@ -345,6 +408,7 @@ class Discovery:
                 del self.publications[spec.key]
                 self._linger(pub.spec)
             self._rebuild_ingress()
+            await self._release_unused(keys)
         await self._save()
 
     async def withdraw_all(self) -> None:
@@ -440,6 +504,7 @@ class Discovery:
                     await self._drop_subscription(st)
                 else:
                     st.registries = [k for k in st.registries if k in st.watching]
+                await self._release_unused(targets)
                 raise
             self._route_subscription(st)
             view = self._provider_view(st)
@@ -474,9 +539,11 @@ class Discovery:
                 st.providers.pop(key, None)
                 if st.registries:
                     self._update_cluster(st)
+            dropped = list(st.registries) if registry is None else [registry.to_url(redact=False)]
             if not st.registries or registry is None:
                 await self._drop_subscription(st)
                 self._unroute_subscription(st)
+            await self._release_unused(dropped)
         await self._save()
 
     async def _unwatch(self, st: SubscriptionState, key: str) -> None:
@@ -527,6 +594,7 @@ class Discovery:
 
     def _hosts_from(self, st: SubscriptionState) -> tuple[Host, ...]:
         hosts: dict[str, Host] = {}
+        own = self.own_addresses
         for key in st.registries:
             for url in st.providers.get(key, ()):
                 if url.address in hosts:
@@ -535,8 +603,41 @@ class Discovery:
                     if url.protocol != "dubbo":
                         log.debug("ignoring %s provider %s", url.protocol, url)
                     continue
+                if own and (what := own.get(url.address.lower())) is not None:
+                    self._ignore_own(st, key, url, what)
+                    continue
                 hosts[url.address] = Host(address=url.address, weight=url.weight, metadata=dict(url.params))
         return tuple(hosts.values())
+
+    def _ignore_own(self, st: SubscriptionState, key: str, url: DubboURL, what: str) -> None:
+        """A provider whose address is one of this sidecar's own listeners: requests sent there
+        would come back into this sidecar (the egress forwarding to itself, forever). Said once per
+        URL, not at every rebuild, and counted."""
+        text = str(url)
+        if text in self._ignored_own:
+            return
+        if len(self._ignored_own) >= 4096:
+            self._ignored_own.clear()
+        self._ignored_own.add(text)
+        self.events["own_providers_ignored"] += 1
+        reg = self.registries.get(key)
+        log.warning(
+            "registry %s: ignoring provider %s of %s: %s is this sidecar's own %s, and requests sent "
+            "there would come back into it in a loop",
+            reg.name if reg is not None else key, text, st.sub.cluster_name, url.address, what,
+        )  # fmt: skip
+
+    def set_own_addresses(self, addresses: Mapping[str, str]) -> None:
+        """This sidecar's own listener addresses (``own_addresses``), once they are known: providers
+        at any of them are left out of every cluster from now on."""
+        addresses = {a.lower(): what for a, what in addresses.items()}
+        if addresses == self.own_addresses:
+            return
+        self.own_addresses = addresses
+        for st in self.subscriptions.values():
+            st.cluster_memo = None
+        if self.subscriptions:
+            self._rebuild_egress()
 
     def _provider_view(self, st: SubscriptionState) -> list[dict[str, Any]]:
         return [
@@ -758,3 +859,14 @@ class Discovery:
 
     def registry_states(self) -> dict[str, str]:
         return {reg.name: reg.state for reg in self.registries.values()}
+
+    def ready_states(self) -> dict[str, str]:
+        """The states readiness counts: every configured registry's, and a registry's a request
+        brought in only once it has connected and while something uses it (one restored from the
+        state file that never connects in this run is no reason to be unready either)."""
+        held = self._held()
+        return {
+            reg.name: reg.state
+            for key, reg in self.registries.items()
+            if key in self._configured or ((key in self._ever_connected or reg.connected) and key in held)
+        }

@@ -119,7 +119,9 @@ class RegproxyConnectionError(RegproxyError):
 
 @dataclass(frozen=True)
 class RegistrySpec:
-    """A registry a request names instead of the sidecar's configured ones."""
+    """A registry a request names instead of all the sidecar's configured ones: one of those (same
+    type and hosts), or any other when the sidecar has ``api_allow_body_registries: true`` (else
+    the request is refused: RegproxyError with err_no 1 listing the configured ones)."""
 
     type: str  # "zookeeper", "nacos" or "memory"
     addr: str = ""  # "h1:2181,h2:2181"; "" for memory

@@ -16,7 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regproxy.api.http import build_app, start_api, stop_api
-from regproxy.api.models import ErrNo, RegistryRef, check_group, check_interface, check_version
+from regproxy.api.models import (
+    MOSN_FIELDS,
+    ErrNo,
+    PubRequest,
+    PubService,
+    RegistryRef,
+    SubRequest,
+    SubService,
+    check_group,
+    check_interface,
+    check_version,
+)
 from regproxy.config import RegistryURL
 from regproxy.discovery import NotFound, PublishSpec
 from regproxy.registry.base import RegistryError, RegistryUnavailable
@@ -29,6 +40,8 @@ PROVIDERS = [{"address": "10.0.0.7:20882", "weight": 100, "metadata": {"side": "
 CONFIGURED = [
     RegistryURL.parse("zookeeper://zk1:2181,zk2:2181"),
     RegistryURL.parse("nacos://nacos1:8848?namespace=ns1&username=u&password=secret-pw"),
+    RegistryURL.parse("zookeeper://127.0.0.1:2181"),  # the one SDK_PUB names
+    RegistryURL.parse("memory://"),
 ]
 
 # The body from issue 3, as SDKs send it.
@@ -96,16 +109,40 @@ class Api:
         return self.fake.calls[-1]
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
+async def _serve(allow_body_registries: bool) -> AsyncIterator[Api]:
     fake = FakeDiscovery()
-    app = build_app(fake, app_port=APP_PORT, registries=CONFIGURED, max_body=LIMIT)
+    app = build_app(
+        fake,
+        app_port=APP_PORT,
+        registries=CONFIGURED,
+        max_body=LIMIT,
+        allow_body_registries=allow_body_registries,
+    )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:
         yield Api(client, fake)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    async for served in _serve(False):
+        yield served
+
+
+@pytest.fixture
+async def open_api() -> AsyncIterator[Api]:
+    """The API of a sidecar with api_allow_body_registries: true."""
+    async for served in _serve(True):
+        yield served
+
+
+@pytest.fixture(params=[False, True], ids=["configured-only", "allow-body-registries"])
+async def either_api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    async for served in _serve(request.param):
+        yield served
 
 
 def with_service(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -127,7 +164,7 @@ def without(base: dict[str, Any], key: str) -> dict[str, Any]:
 async def test_sdk_pub_body_reaches_discovery_exactly(api: Api) -> None:
     status, reply = await api.post("/pub", SDK_PUB)
     assert status == 200
-    assert reply == {"err_no": 0, "err_msg": "publish success", "url": PROVIDER_URL}
+    assert reply == {"err_no": 0, "err_msg": "publish success", "url": PROVIDER_URL, "app_port": 20880}
     op, spec, registry = api.last
     assert op == "publish"
     assert spec == PublishSpec(
@@ -143,18 +180,20 @@ async def test_sdk_pub_body_reaches_discovery_exactly(api: Api) -> None:
 
 
 async def test_pub_defaults(api: Api) -> None:
-    status, _ = await api.post("/pub", {"service": {"interface": "com.x.Svc"}})
+    status, reply = await api.post("/pub", {"service": {"interface": "com.x.Svc"}})
     assert status == 200
     _, spec, registry = api.last
     assert spec == PublishSpec(interface="com.x.Svc", port=APP_PORT)
     assert registry is None
+    assert reply["app_port"] == APP_PORT  # the reply says which port the calls go to
 
 
 @pytest.mark.parametrize("port", [None, ""])
 async def test_pub_port_unset_means_app_port(api: Api, port: Any) -> None:
-    status, _ = await api.post("/pub", with_service(SDK_PUB, port=port))
+    status, reply = await api.post("/pub", with_service(SDK_PUB, port=port))
     assert status == 200
     assert api.last[1].port == APP_PORT
+    assert reply["app_port"] == APP_PORT
 
 
 async def test_pub_port_as_string_and_methods_normalised(api: Api) -> None:
@@ -198,15 +237,72 @@ async def test_null_fields_mean_empty(api: Api) -> None:
     assert api.last[2] is None
 
 
-async def test_unknown_keys_are_accepted_and_logged(api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    body = with_service(SDK_PUB, weight_hint=5)
-    body["sdk_version"] = "1.2"
-    body["registry"] = {**SDK_PUB["registry"], "timeout": 3}
-    with caplog.at_level(logging.DEBUG, logger="regproxy.api.models"):
-        status, _ = await api.post("/pub", body)
-    assert status == 200
-    logged = caplog.text
-    assert "sdk_version" in logged and "weight_hint" in logged and "timeout" in logged
+@pytest.mark.parametrize("path", ["/pub", "/unpub", "/sub", "/unsub"])
+async def test_a_misspelt_key_is_refused_by_name(api: Api, path: str) -> None:
+    # Issue 14: {"interface": "com.t.Svc", "versoin": "1.0.0"} published com.t.Svc with no version.
+    status, reply = await api.post(path, {"service": {"interface": "com.t.Svc", "versoin": "1.0.0"}})
+    assert (status, reply["err_no"]) == (400, ErrNo.BAD_REQUEST), reply
+    assert reply["err_msg"] == "service.versoin: unknown field (did you mean 'version'?)"
+    assert api.fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/pub", {**SDK_PUB, "sdk_version": "1.2"}, "sdk_version: unknown field (known: registry, service)"),
+        ("/sub", {**SDK_SUB, "registy": None}, "registy: unknown field (did you mean 'registry'?)"),
+        ("/pub", with_service(SDK_PUB, weight_hint=5), "service.weight_hint: unknown field (known: "),
+        (
+            "/pub",
+            with_service(SDK_PUB, param={"a": "b"}),
+            "service.param: unknown field (did you mean 'params'?)",
+        ),
+        ("/pub", with_service(SDK_PUB, Port=20880), "service.Port: unknown field (did you mean 'port'?)"),
+        (
+            "/sub",
+            with_service(SDK_SUB, port=20880),
+            "service.port: unknown field (known: interface, version, ",
+        ),
+        ("/pub", {**SDK_PUB, "registry": {**SDK_PUB["registry"], "timeout": 3}}, "registry.timeout: unknown"),
+        (
+            "/sub",
+            {**SDK_SUB, "registry": {"type": "zookeeper", "adr": "h:1"}},
+            "registry.adr: unknown field (did",
+        ),
+        # Not the empty registry of a typed SDK: a key it does not have.
+        ("/sub", {**SDK_SUB, "registry": {"type": "", "addr": "", "x": 1}}, "registry.type: "),
+    ],
+)
+async def test_unknown_keys_are_refused_by_name(
+    api: Api, path: str, body: dict[str, Any], message: str
+) -> None:
+    status, reply = await api.post(path, body)
+    assert status == 400, reply
+    assert reply["err_msg"].startswith(message), reply["err_msg"]
+    assert api.fake.calls == []
+
+
+def test_every_mosn_dubbod_field_is_a_field() -> None:
+    # MOSN_FIELDS is copied from mosn/mosn's dubbod structs (see the comment there); a field of it
+    # that the models did not have would make a body of those SDKs a 400.
+    assert MOSN_FIELDS[""] <= set(PubRequest.model_fields) & set(SubRequest.model_fields)
+    assert MOSN_FIELDS["registry"] <= set(RegistryRef.model_fields)
+    assert MOSN_FIELDS["pub.service"] <= set(PubService.model_fields)
+    assert MOSN_FIELDS["sub.service"] <= set(SubService.model_fields)
+
+
+async def test_a_mosn_dubbod_body_is_accepted(api: Api) -> None:
+    # Every key those SDKs send, with the zero values Go sends for the ones they leave unset.
+    registry = {"username": "", "password": "", "type": "zookeeper", "addr": "127.0.0.1:2181"}
+    service = {"interface": "com.x.Svc", "methods": ["a"], "port": "20880", "group": "", "version": "1.0.0"}
+    status, reply = await api.post("/pub", {"registry": registry, "service": service})
+    assert status == 200, reply
+    assert api.last[1] == PublishSpec(interface="com.x.Svc", port=20880, methods=("a",), version="1.0.0")
+    assert api.last[2] is CONFIGURED[2]
+    sub = {"interface": "com.x.Svc", "methods": ["a"], "group": ""}
+    status, reply = await api.post("/sub", {"registry": registry, "service": sub})
+    assert status == 200, reply
+    assert api.last[1] == Subscription("com.x.Svc")
 
 
 @pytest.mark.parametrize(
@@ -219,21 +315,76 @@ async def test_empty_registry_means_configured(api: Api, registry: Any) -> None:
     assert api.last[2] is None
 
 
-async def test_registry_naming_a_configured_one_reuses_its_settings(api: Api) -> None:
-    # Same scheme and hosts (any order, default port) -> the configured URL with its credentials.
-    await api.post("/pub", {**SDK_PUB, "registry": {"type": "nacos", "addr": "nacos1"}})
-    assert api.last[2] is CONFIGURED[1]
-    await api.post("/sub", {**SDK_SUB, "registry": {"type": "ZooKeeper", "addr": "zk2:2181,zk1"}})
-    assert api.last[2] is CONFIGURED[0]
-    # Settings of its own -> exactly what the request says.
-    await api.post("/pub", {**SDK_PUB, "registry": {"type": "nacos", "addr": "nacos1", "namespace": "other"}})
-    assert api.last[2] == RegistryURL.parse("nacos://nacos1:8848?namespace=other")
-    # Another host -> that registry.
-    await api.post("/pub", {**SDK_PUB, "registry": {"type": "zookeeper", "addr": "zk1:2181"}})
-    assert api.last[2] == RegistryURL.parse("zookeeper://zk1:2181")
+async def test_registry_naming_a_configured_one_reuses_its_settings(either_api: Api) -> None:
+    api = either_api
+    # Same scheme and hosts (any order, default port, spaces, case, localhost for a loopback
+    # address) -> the configured URL with its credentials, allowed or not.
+    for path, registry, configured in [
+        ("/pub", {"type": "nacos", "addr": "nacos1"}, CONFIGURED[1]),
+        (
+            "/pub",
+            {"type": "nacos", "addr": "NACOS1:8848", "namespace": "ns1", "group": "DEFAULT_GROUP"},
+            CONFIGURED[1],
+        ),
+        ("/sub", {"type": "ZooKeeper", "addr": "zk2:2181,zk1"}, CONFIGURED[0]),
+        ("/sub", {"type": "zookeeper", "addr": " zk2 , zk1:2181 "}, CONFIGURED[0]),
+        ("/unsub", {"type": "zookeeper", "addr": "localhost"}, CONFIGURED[2]),
+        (
+            "/unpub",
+            {"type": "zookeeper", "addr": "127.0.0.1:2181", "username": "", "password": ""},
+            CONFIGURED[2],
+        ),
+        ("/pub", {"type": "memory"}, CONFIGURED[3]),
+    ]:
+        base = SDK_PUB if path in ("/pub", "/unpub") else SDK_SUB
+        status, reply = await api.post(path, {**base, "registry": registry})
+        assert status == 200, (registry, reply)
+        assert api.last[2] is configured, registry
 
 
-async def test_nacos_and_memory_registries(api: Api) -> None:
+OTHERS = [
+    # Another host, part of a host list, another port, another namespace or credentials: not configured.
+    ({"type": "zookeeper", "addr": "127.0.0.1:1"}, "zookeeper://127.0.0.1:1"),
+    ({"type": "zookeeper", "addr": "zk1:2181"}, "zookeeper://zk1:2181"),
+    ({"type": "zookeeper", "addr": "zk1,zk2,zk3"}, "zookeeper://zk1:2181,zk2:2181,zk3:2181"),
+    ({"type": "nacos", "addr": "nacos1", "namespace": "other"}, "nacos://nacos1:8848?namespace=other"),
+    (
+        {"type": "nacos", "addr": "nacos1", "namespace": "ns1", "username": "u", "password": "guess"},
+        "nacos://nacos1:8848?namespace=ns1&password=guess&username=u",
+    ),
+]
+
+
+@pytest.mark.parametrize(("registry", "url"), OTHERS)
+@pytest.mark.parametrize("path", ["/pub", "/unpub", "/sub", "/unsub"])
+async def test_a_registry_that_is_not_configured_is_refused(
+    api: Api, path: str, registry: dict[str, Any], url: str
+) -> None:
+    base = SDK_PUB if path in ("/pub", "/unpub") else SDK_SUB
+    status, reply = await api.post(path, {**base, "registry": registry})
+    assert (status, reply["err_no"]) == (400, ErrNo.BAD_REQUEST), reply
+    msg = reply["err_msg"]
+    assert msg.startswith("registry: ") and "not a registry this sidecar is configured with" in msg, msg
+    # It lists the configured ones (passwords hidden) and says how to allow others.
+    for configured in CONFIGURED:
+        assert str(configured) in msg, msg
+    assert "secret-pw" not in msg and "guess" not in msg
+    assert "api_allow_body_registries" in msg
+    assert api.fake.calls == []  # nothing reached Discovery: no connection was opened
+
+
+@pytest.mark.parametrize(("registry", "url"), OTHERS)
+async def test_allowed_body_registries_are_used_as_named(
+    open_api: Api, registry: dict[str, Any], url: str
+) -> None:
+    status, reply = await open_api.post("/sub", {**SDK_SUB, "registry": registry})
+    assert status == 200, reply
+    assert open_api.last[2] == RegistryURL.parse(url)
+    assert open_api.last[2] not in CONFIGURED
+
+
+async def test_nacos_and_memory_registries(open_api: Api) -> None:
+    api = open_api
     registry = {
         "type": "nacos",
         "addr": "10.0.0.1:8848,10.0.0.2",
@@ -450,6 +601,12 @@ async def test_index_and_openapi(api: Api) -> None:
         "params",
     }
     assert schemas["ErrorReply"]["properties"]["err_no"]["enum"] == [int(c) for c in ErrNo if c]
+    # Unknown keys are refused, and the document says so (clients generating requests from it,
+    # and schemathesis in test_api_schema.py, see the same rule as the API).
+    for name in ("PubRequest", "PubService", "SubRequest", "SubService", "RegistryRef"):
+        assert schemas[name]["additionalProperties"] is False, name
+    assert "app_port" in schemas["PubReply"]["required"]
+    assert "--app-port" in doc["paths"]["/pub"]["post"]["description"]
     for code in ErrNo:
         assert f"`{int(code)}` {code.name}" in doc["info"]["description"]
 

@@ -107,6 +107,11 @@ def _sync_named_registry(sc: SidecarProc) -> None:
     with pytest.raises(RegproxyError) as err:
         rp.subscribe(GREET, registry={"type": "etcd", "addr": "h:1"})
     assert err.value.err_no == ERR_BAD_REQUEST and "registry" in err.value.err_msg
+    # A registry the sidecar is not configured with: refused at once (no retry, nothing dialled).
+    with pytest.raises(RegproxyError) as err:
+        rp.subscribe(GREET, registry="zookeeper://127.0.0.1:1")
+    assert err.value.err_no == ERR_BAD_REQUEST and err.value.http_status == 400
+    assert err.value.err_msg.startswith("registry: zookeeper://127.0.0.1:1 is not a registry this sidecar")
 
 
 async def test_sync_registry_argument(sidecar: SidecarProc) -> None:

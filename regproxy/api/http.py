@@ -16,6 +16,8 @@ The API never touches the data path; it validates (``regproxy.api.models``) and 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -27,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from regproxy.api.auth import check_bearer, warn_if_remote
 from regproxy.api.models import ErrNo, PubRequest, RegistryRef, SubRequest, describe_errors
 from regproxy.api.openapi import build_openapi
-from regproxy.config import RegistryURL
+from regproxy.config import RegistryURL, is_loopback_host
 from regproxy.discovery import NotFound, PublishSpec
 from regproxy.registry.base import RegistryError, RegistryUnavailable
 from regproxy.registry.url import Subscription
@@ -39,6 +41,7 @@ __all__ = [
     "build_app",
     "publish_spec",
     "resolve_registry",
+    "same_registry",
     "start_api",
     "stop_api",
     "subscription",
@@ -122,22 +125,69 @@ def subscription(req: SubRequest) -> Subscription:
     return Subscription(s.interface, s.version, s.group)
 
 
-def resolve_registry(ref: RegistryRef | None, configured: Sequence[RegistryURL]) -> RegistryURL | None:
+def _host_key(host: str) -> str:
+    """One spelling per host: case and a trailing dot do not matter, an IP address is compared as
+    an address, and localhost and every loopback address are one host (this one)."""
+    host = host.lower().rstrip(".")
+    if is_loopback_host(host):
+        return "loopback"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def same_registry(ref: RegistryURL, configured: RegistryURL) -> bool:
+    """Whether a request's ``ref`` names the ``configured`` registry: same scheme, the same hosts
+    in any order (see _host_key), and every setting the request gives equal to the configured one
+    (SDKs send type and address only; one that sends another namespace means another registry)."""
+    if ref.scheme != configured.scheme:
+        return False
+    if _hosts(ref) != _hosts(configured):
+        return False
+    return all(
+        hmac.compare_digest(_setting(ref, key).encode(), _setting(configured, key).encode())
+        for key in ref.params
+    )
+
+
+def _hosts(url: RegistryURL) -> set[tuple[str, int]]:
+    return {(_host_key(a.host), a.port) for a in url.hosts}
+
+
+def _setting(url: RegistryURL, key: str) -> str:
+    if key == "group" and url.group is not None:
+        return url.group  # nacos: DEFAULT_GROUP when the URL has none
+    return url.params.get(key, "")
+
+
+def resolve_registry(
+    ref: RegistryRef | None, configured: Sequence[RegistryURL], *, allow_others: bool = False
+) -> RegistryURL | None:
     """The registry a request names, as a RegistryURL (None: the configured ones).
 
-    SDKs name a registry by type and address only. When that is a configured registry (same
-    scheme, same hosts in any order) and the request gives no settings of its own, the configured
-    URL is used with its settings (a nacos namespace and credentials), so the request reaches the
-    same registry connection instead of opening a second one without them.
+    SDKs name a registry by type and address only. When that is a configured registry (see
+    :func:`same_registry`), the configured URL is used with its settings (a nacos namespace and
+    credentials), so the request reaches the same registry connection instead of opening a second
+    one without them. Any other registry is refused (an ApiError naming the configured ones)
+    unless ``allow_others`` (api_allow_body_registries): a request must not make the sidecar dial
+    a host the operator did not choose, nor hold a registry it cannot reach and stay unready.
     """
     if ref is None:
         return None
     url = ref.url
-    if not url.params:
-        for candidate in configured:
-            if candidate.scheme == url.scheme and set(candidate.hosts) == set(url.hosts):
-                return candidate
-    return url
+    for candidate in configured:
+        if same_registry(url, candidate):
+            return candidate
+    if allow_others:
+        return url
+    names = ", ".join(str(c) for c in configured) or "none"
+    raise ApiError(
+        400,
+        ErrNo.BAD_REQUEST,
+        f"registry: {url} is not a registry this sidecar is configured with (configured: {names}); "
+        "name one of those or leave registry out, or set api_allow_body_registries: true to allow others",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,15 +196,32 @@ def resolve_registry(ref: RegistryRef | None, configured: Sequence[RegistryURL])
 _M = TypeVar("_M", bound=BaseModel)
 
 
+Flag = Callable[[], bool] | bool
+
+
 class _Api:
+    # This sidecar's listener ports -> what each is ("ingress listener 127.0.0.1:20881"), read per
+    # request (ports bound as 0 are known only once listening); see _refuse_own_port.
+    own_ports: Callable[[], Mapping[int, str]] | None = None
+
     def __init__(
-        self, discovery: DiscoveryAPI, app_port: int, registries: Sequence[RegistryURL], max_body: int
+        self,
+        discovery: DiscoveryAPI,
+        app_port: int,
+        registries: Sequence[RegistryURL],
+        max_body: int,
+        allow_body_registries: Flag = False,
     ) -> None:
         self.discovery = discovery
         self.app_port = app_port
         self.registries = tuple(registries)
         self.max_body = max_body
         self.openapi = orjson.dumps(build_openapi(max_body=max_body))
+        allow = allow_body_registries
+        self._allow_others: Callable[[], bool] = allow if callable(allow) else (lambda: allow)
+
+    def _registry(self, ref: RegistryRef | None) -> RegistryURL | None:
+        return resolve_registry(ref, self.registries, allow_others=self._allow_others())
 
     async def _body(self, request: web.Request) -> bytes:
         limit = self.max_body
@@ -190,7 +257,7 @@ class _Api:
         try:
             return model.model_validate(data)
         except ValidationError as e:
-            raise ApiError(400, ErrNo.BAD_REQUEST, describe_errors(e)) from None
+            raise ApiError(400, ErrNo.BAD_REQUEST, describe_errors(e, model=model)) from None
 
     async def _call(self, what: str, op: Awaitable[Any]) -> Any:
         # Only errors raised by Discovery are the caller's fault or the registry's; a ValueError
@@ -209,21 +276,37 @@ class _Api:
     async def pub(self, request: web.Request) -> web.Response:
         req = await self._parse(request, PubRequest)
         spec = publish_spec(req, self.app_port)
-        registry = resolve_registry(req.registry, self.registries)
+        self._refuse_own_port(spec, given=req.service.port is not None)
+        registry = self._registry(req.registry)
         url = await self._call(f"publish {spec.interface}", self.discovery.publish(spec, registry))
-        return _json(200, {"err_no": 0, "err_msg": "publish success", "url": str(url)})
+        # app_port: the port calls for it go to, so a caller that left port out sees --app-port's.
+        return _json(200, {"err_no": 0, "err_msg": "publish success", "url": str(url), "app_port": spec.port})
+
+    def _refuse_own_port(self, spec: PublishSpec, *, given: bool) -> None:
+        """A publication's application port must not be one of this sidecar's listeners: the
+        ingress would hand the service's requests to the sidecar itself, round and round."""
+        what = self.own_ports().get(spec.port) if self.own_ports is not None else None
+        if what is None:
+            return
+        source = "" if given else " (not given: the --app-port fallback)"
+        raise ApiError(
+            400,
+            ErrNo.BAD_REQUEST,
+            f"service.port: {spec.port}{source} is this sidecar's own {what}; requests for "
+            f"{spec.key} would be forwarded back into the sidecar in a loop. Give the application's port",
+        )
 
     async def unpub(self, request: web.Request) -> web.Response:
         req = await self._parse(request, PubRequest)
         spec = publish_spec(req, self.app_port)
-        registry = resolve_registry(req.registry, self.registries)
+        registry = self._registry(req.registry)
         await self._call(f"unpublish {spec.interface}", self.discovery.unpublish(spec, registry))
         return _json(200, {"err_no": 0, "err_msg": "unpub success"})
 
     async def sub(self, request: web.Request) -> web.Response:
         req = await self._parse(request, SubRequest)
         sub = subscription(req)
-        registry = resolve_registry(req.registry, self.registries)
+        registry = self._registry(req.registry)
         cluster, providers = await self._call(
             f"subscribe {sub.cluster_name}", self.discovery.subscribe(sub, registry)
         )
@@ -234,7 +317,7 @@ class _Api:
     async def unsub(self, request: web.Request) -> web.Response:
         req = await self._parse(request, SubRequest)
         sub = subscription(req)
-        registry = resolve_registry(req.registry, self.registries)
+        registry = self._registry(req.registry)
         await self._call(f"unsubscribe {sub.cluster_name}", self.discovery.unsubscribe(sub, registry))
         return _json(200, {"err_no": 0, "err_msg": "unsub success"})
 
@@ -339,16 +422,24 @@ def build_app(
     registries: Sequence[RegistryURL] = (),
     max_body: int = DEFAULT_MAX_BODY,
     token: TokenSource = None,
+    allow_body_registries: Flag = False,
+    own_ports: Callable[[], Mapping[int, str]] | None = None,
 ) -> web.Application:
     """The pub/sub API as an aiohttp app.
 
     ``app_port``: the application's port when a /pub names none. ``registries``: the configured
-    registries, so a request naming one of them by type and address reuses its settings (see
-    :func:`resolve_registry`). ``max_body``: largest request body, in bytes. ``token``: the bearer
-    token every request but ``GET /`` and ``/openapi.json`` must carry (``auth_token``), or a
-    function returning it (read per request, so a reload applies); None: no token.
+    registries, so a request naming one of them by type and address reuses its settings, and one
+    naming another is refused (see :func:`resolve_registry`). ``max_body``: largest request body,
+    in bytes. ``token``: the bearer token every request but ``GET /`` and ``/openapi.json`` must
+    carry (``auth_token``), or a function returning it (read per request, so a reload applies);
+    None: no token.
+    ``allow_body_registries``: whether a request may name a registry that is not one of
+    ``registries`` (api_allow_body_registries; a bool or a function read per request).
+    ``own_ports``: a function giving this sidecar's listener ports, each with what it is; a /pub
+    whose application port is one of them is refused (it would make the sidecar forward to itself).
     """
-    api = _Api(discovery, app_port, registries, max_body)
+    api = _Api(discovery, app_port, registries, max_body, allow_body_registries)
+    api.own_ports = own_ports
     # client_max_size backs up our own cap should anything call request.read().
     app = web.Application(middlewares=[_errors, _auth_middleware(token)], client_max_size=max_body)
     app.router.add_post("/pub", api.pub)

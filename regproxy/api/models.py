@@ -8,19 +8,20 @@ real Java services use always fits, and nothing else gets through.
 
 The body shape is the one SDKs already send to sidecars of this kind
 (``{"registry": {"type", "addr"}, "service": {"interface", "methods", ...}}``). Unknown keys are
-accepted and ignored, with a debug log: those SDKs add fields of their own, and refusing them
-would break the drop-in promise. Every rejection names the field (``service.version: ...``).
+refused, naming the key and the nearest known one (``service.versoin: unknown field (did you mean
+'version'?)``): a typo must not publish something else and report success. Every key MOSN's dubbod
+takes is one of ours (see MOSN_FIELDS). Every rejection names the field (``service.version: ...``).
 
 Nothing here does I/O; ``regproxy.api.http`` turns the validated models into Discovery calls.
 """
 
 from __future__ import annotations
 
-import logging
+import difflib
 import re
 import sys
 from enum import IntEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlencode
 
 from pydantic import (
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_PARAMS",
     "MAX_PARAM_VALUE",
     "MAX_VERSION",
+    "MOSN_FIELDS",
     "ErrNo",
     "ErrorReply",
     "OkReply",
@@ -68,8 +70,6 @@ __all__ = [
     "check_version",
     "describe_errors",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class ErrNo(IntEnum):
@@ -510,19 +510,22 @@ Params = Annotated[
 ]
 
 
-class _Lenient(BaseModel):
-    """Unknown keys are ignored (SDKs add their own), and logged at debug so they can be found."""
+# The request fields of MOSN's dubbod (the sidecar the SDKs of this kind were written for), from
+# mosn/mosn pkg/upstream/servicediscovery/dubbod/structs.go (pubReq, subReq; at 707d635, and the
+# older revisions with service.port and unpubReq/unsubReq). Each must stay a field of the models
+# below, or a body those SDKs send would be refused; tests/test_api.py checks it.
+MOSN_FIELDS: dict[str, frozenset[str]] = {
+    "": frozenset({"registry", "service"}),
+    "registry": frozenset({"username", "password", "type", "addr"}),
+    "pub.service": frozenset({"interface", "methods", "port", "group", "version"}),
+    "sub.service": frozenset({"interface", "methods", "group"}),
+}
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _log_unknown(cls, data: Any) -> Any:
-        if isinstance(data, dict) and log.isEnabledFor(logging.DEBUG):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                log.debug("HTTP API: ignoring unknown %s keys %s", cls.__name__, unknown[:20])
-        return data
+class _Strict(BaseModel):
+    """Unknown keys are refused (``extra_forbidden``; describe_errors names them with a hint)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -532,7 +535,8 @@ _ADDR_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _NACOS_ONLY = ("namespace", "group", "username", "password")
 _ABSENT = {"enum": ["", None]}
 _HOST_PATTERN = r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*|\[[0-9A-Fa-f:.]+\])"
-_ADDR_PATTERN = rf"^{_HOST_PATTERN}(?::{_PORT_PATTERN})?(?:,{_HOST_PATTERN}(?::{_PORT_PATTERN})?)*$"
+_ONE_ADDR = rf" *{_HOST_PATTERN}(?::{_PORT_PATTERN})? *"
+_ADDR_PATTERN = rf"^{_ONE_ADDR}(?:,{_ONE_ADDR})*$"  # spaces around a comma are allowed (see _addr_in)
 # What the validator below enforces across fields, in the OpenAPI document: nacos settings only
 # for nacos (a password only with a username), hosts for zookeeper and nacos, none for memory.
 _REGISTRY_RULES: dict[str, Any] = {
@@ -572,7 +576,7 @@ _REGISTRY_RULES: dict[str, Any] = {
 }
 
 
-class RegistryRef(_Lenient):
+class RegistryRef(_Strict):
     """``registry`` of a request: which registry to use instead of the configured ones."""
 
     model_config = ConfigDict(json_schema_extra=_REGISTRY_RULES)
@@ -582,14 +586,16 @@ class RegistryRef(_Lenient):
     )
     addr: Annotated[
         str,
-        BeforeValidator(_none_to_empty),
+        BeforeValidator(_addr_in),
         WithJsonSchema(
             {
                 "anyOf": [
-                    {"type": "string", "pattern": "^[A-Za-z0-9.:\\[\\],_-]*$", "maxLength": 1024},
+                    {"type": "string", "pattern": "^[A-Za-z0-9.:\\[\\],_ -]*$", "maxLength": 1024},
                     {"type": "null"},
                 ],
-                "description": 'HOST:PORT[,HOST:PORT...] (port defaults to 2181 / 8848); "" for memory',
+                "description": 'HOST:PORT[,HOST:PORT...] (port defaults to 2181 / 8848); "" for memory. '
+                "Without api_allow_body_registries it must name a configured registry (same type "
+                "and hosts, in any order; localhost and loopback addresses are one host)",
             }
         ),
     ] = ""
@@ -633,10 +639,29 @@ class RegistryRef(_Lenient):
         return self._url
 
 
+_REGISTRY_KEYS = ("type", "addr", *_NACOS_ONLY)
+
+
 def _empty_registry(value: Any) -> Any:
     # A typed SDK that has no registry to name sends {"type": "", "addr": ""}: treat it as absent.
-    if isinstance(value, dict) and all(value.get(k) in (None, "") for k in ("type", "addr", *_NACOS_ONLY)):
+    # Only when it has no other key: {"type": "", "adr": "h:1"} is a typo, refused by name.
+    if (
+        isinstance(value, dict)
+        and set(value) <= set(_REGISTRY_KEYS)
+        and all(value.get(k) in (None, "") for k in _REGISTRY_KEYS)
+    ):
         return None
+    return value
+
+
+def _addr_in(value: Any) -> Any:
+    # "h1:2181, h2:2181" is the same host list as "h1:2181,h2:2181": spaces around the commas (and
+    # the ends) go; a space inside a host is still refused by the validator below.
+    value = _none_to_empty(value)
+    if isinstance(value, str) and value.strip(" "):
+        if len(value) > 1024:
+            raise PydanticCustomError("registry", "registry.addr: longer than 1024 characters")
+        value = ",".join(part.strip(" ") for part in value.split(","))
     return value
 
 
@@ -651,10 +676,14 @@ OptionalRegistry = Annotated[
                 {
                     "type": "object",
                     "description": "no registry named (every field empty or null): same as null",
-                    "properties": {k: _ABSENT for k in ("type", "addr", *_NACOS_ONLY)},
+                    "properties": {k: _ABSENT for k in _REGISTRY_KEYS},
+                    "additionalProperties": False,
                 },
             ],
-            "description": "registry to use; absent or null: the registries regproxy is configured with",
+            "description": (
+                "registry to use; absent or null: the registries regproxy is configured with. It must "
+                "be one of those (400 otherwise, naming them) unless api_allow_body_registries is true"
+            ),
         }
     ),
 ]
@@ -663,7 +692,7 @@ OptionalRegistry = Annotated[
 # Requests
 
 
-class PubService(_Lenient):
+class PubService(_Strict):
     interface: Interface
     methods: Methods = ()  # the after-validator turns the list into a sorted tuple
     version: PubVersion = ""
@@ -673,21 +702,21 @@ class PubService(_Lenient):
     params: Params = Field(default_factory=dict)
 
 
-class SubService(_Lenient):
+class SubService(_Strict):
     interface: Interface
     version: SubVersion = ""
     group: SubGroup = ""
     methods: Any = Field(None, description="accepted for SDK compatibility and ignored")
 
 
-class PubRequest(_Lenient):
+class PubRequest(_Strict):
     """Body of POST /pub and POST /unpub."""
 
     registry: OptionalRegistry = None
     service: PubService
 
 
-class SubRequest(_Lenient):
+class SubRequest(_Strict):
     """Body of POST /sub and POST /unsub."""
 
     registry: OptionalRegistry = None
@@ -714,6 +743,12 @@ class OkReply(BaseModel):
 
 class PubReply(OkReply):
     url: str = Field(description="the provider URL registered (advertise IP and ingress port)")
+    app_port: int = Field(
+        ge=1,
+        le=65535,
+        description="the application port the ingress forwards this service's calls to: service.port, "
+        "or regproxy's app_port (--app-port) when the request gave none",
+    )
 
 
 class Provider(BaseModel):
@@ -733,28 +768,74 @@ class SubReply(OkReply):
 # Error text
 
 
+def _fields_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """``loc`` without pydantic's names for union branches and validator wrappers."""
+    return tuple(
+        part
+        for part in loc
+        if isinstance(part, int)
+        or not (part.startswith("function-") or part in ("str", "int", "none", "list[str]", "dict[str,str]"))
+    )
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
+    for part in _fields_loc(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith("function-") or part in ("str", "int", "none", "list[str]", "dict[str,str]"):
-            continue  # pydantic's names for union branches and validator wrappers
         else:
             out += f".{part}" if out else part
     return out
 
 
-def describe_errors(exc: ValidationError, limit: int = 5) -> str:
-    """``field: problem`` for each error (the first ``limit``), joined by "; "."""
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (``RegistryRef | None`` -> RegistryRef), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the object at ``loc`` under ``model`` ([] when unknown)."""
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return []
+        model = _model_in(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _unknown_field(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str:
+    """``unknown field`` and, when a known field is spelled much like it, which one was meant."""
+    known = _fields_at(model, loc[:-1])
+    name = loc[-1] if loc else ""
+    text = "unknown field"
+    if isinstance(name, str):
+        close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+        if close:
+            return f"{text} (did you mean {close[0]!r}?)"
+    if known:
+        text += f" (known: {', '.join(known)})"
+    return text
+
+
+def describe_errors(exc: ValidationError, limit: int = 5, model: type[BaseModel] | None = None) -> str:
+    """``field: problem`` for each error (the first ``limit``), joined by "; ". ``model``: the
+    request model that was validated, for the known fields an unknown one is compared with."""
     parts: list[str] = []
     seen: set[str] = set()
     for err in exc.errors(include_url=False):
-        path = _loc(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        path = _loc(loc)
         kind = err["type"]
         msg = str(err["msg"])
         if kind == "missing":
             msg = "required"
+        elif kind == "extra_forbidden":
+            msg = _unknown_field(model, _fields_loc(loc))
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
             msg = "must be a JSON object"
         elif kind == "registry":

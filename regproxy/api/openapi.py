@@ -56,7 +56,10 @@ def _operation(
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": "success (err_no 0)", "content": _json_content(reply)},
-        "400": _error("not JSON, or a missing or illegal field; err_msg names the field (err_no 1)"),
+        "400": _error(
+            "not JSON, a missing, illegal or unknown field, or a registry this sidecar is not "
+            "configured with (unless api_allow_body_registries); err_msg names the field (err_no 1)"
+        ),
     }
     if op_id in ("unpublish", "unsubscribe"):
         responses["404"] = _error("not published / not subscribed by this sidecar (err_no 2)")
@@ -76,7 +79,8 @@ def _operation(
             "description": description,
             "requestBody": {
                 "required": True,
-                "description": "JSON; any Content-Type is accepted. Unknown keys are ignored.",
+                "description": "JSON; any Content-Type is accepted. Unknown keys are refused (400 "
+                "naming the key), so a misspelt field never falls back to a default.",
                 "content": _json_content(request),
             },
             "responses": responses,
@@ -110,7 +114,8 @@ def build_openapi(*, max_body: int = 64 * 1024) -> dict[str, Any]:
                 "publish",
                 "Publish a service",
                 "Registers the provider URL with regproxy's advertise IP and ingress port and "
-                "forwards ingress traffic for it to `service.port`. Idempotent.",
+                "forwards ingress traffic for it to `service.port`, or to regproxy's `app_port` "
+                "(`--app-port`) when the body has none; the reply's `app_port` says which. Idempotent.",
                 PubRequest,
                 PubReply,
                 max_body,
