@@ -386,6 +386,27 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> Result:
     return data, render_status(client.base_url, ready, ready_body, stats), 0
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _restored(done: bool, saved: Any) -> str:
+    """What the start-up restore brought back: ``restored`` only says the step is over, the
+    ``saved_state`` beside it what the state file held (a brand-new sidecar has none)."""
+    if not done:
+        return "not yet"
+    if not isinstance(saved, Mapping):  # a sidecar that does not say (no state store, or older)
+        return "done"
+    pubs, subs = int(saved.get("publications") or 0), int(saved.get("subscriptions") or 0)
+    if pubs or subs:
+        return f"yes ({_plural(pubs, 'publication')}, {_plural(subs, 'subscription')})"
+    if saved.get("error"):
+        return f"no (state file {saved['error']})"
+    if saved.get("found"):
+        return "no (the state file held nothing)"
+    return f"no (a new sidecar: no {saved.get('file') or 'state file'} yet)"
+
+
 def render_status(where: str, ready: bool, ready_body: Any, stats: Any) -> str:
     detail = ready_body.get("detail", ready_body) if isinstance(ready_body, Mapping) else {}
     if not isinstance(detail, Mapping):
@@ -414,7 +435,7 @@ def render_status(where: str, ready: bool, ready_body: Any, stats: Any) -> str:
     if isinstance(stats, Mapping) and isinstance(stats.get("uptime_s"), int | float):
         facts.append(f"uptime {_duration(stats['uptime_s'])}")
     if restored is not None:
-        facts.append(f"state restored: {_cell(bool(restored))}")
+        facts.append(f"state restored: {_restored(bool(restored), detail.get('saved_state'))}")
     if draining is not None:
         facts.append(f"draining: {_cell(bool(draining))}")
     facts.append(f"serving from cache: {', '.join(map(str, cache)) if cache else 'nothing'}")

@@ -10,8 +10,9 @@ A compiled module left over after its source was edited would silently run the o
 build records a hash of every compiled source (``STAMP``); on the first import of regproxy,
 ``install()`` compares them with the sources on disk, and if they differ — or if
 ``REGPROXY_PURE_PYTHON=1`` asks for it — puts an import finder first that loads these modules from
-their ``.py`` files, and says why in ``describe()`` (logged at start). Nothing else changes: the
-compiled and the pure data path are one source, and the tests run both.
+their ``.py`` files, and says why in ``describe()`` (logged at start), with how to compile it
+where regproxy runs (``build_hint()``: a checkout's ``make native``; nothing to do in a package).
+Nothing else changes: the compiled and the pure data path are one source, and the tests run both.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ def source_hashes(root: Path = ROOT, modules: Sequence[str] = MODULES) -> dict[s
 
 def check(root: Path = ROOT, modules: Sequence[str] = MODULES) -> str | None:
     """None when the compiled modules match their sources; else why the pure ones must run.
-    Also a reason when nothing is compiled (the finder is then harmless)."""
+    Also a reason when nothing is compiled (the finder is then harmless). The reason only: how to
+    compile is ``build_hint()``'s, which depends on where regproxy runs from."""
     if not any(compiled_paths(m, root) for m in modules):
-        return "not compiled (make native builds it)"
+        return "not compiled"
     try:
         built = json.loads((root / STAMP).read_text())
     except (OSError, ValueError):
@@ -81,8 +83,22 @@ def check(root: Path = ROOT, modules: Sequence[str] = MODULES) -> str | None:
     current = source_hashes(root, modules)
     changed = sorted(m for m in modules if built.get(m) != current[m])
     if changed:
-        return f"sources changed since the build ({', '.join(changed)}); make native rebuilds it"
+        return f"sources changed since the build ({', '.join(changed)})"
     return None
+
+
+def build_hint(root: Path = ROOT) -> str:
+    """How the data path gets compiled, as true where this regproxy runs from: a source checkout
+    has the Makefile and scripts/native.py; an installed package (``pip install``, the Docker image)
+    has neither, and runs the pure data path, which is complete, by design."""
+    if (root / "scripts" / "native.py").is_file():
+        if (root / "Makefile").is_file():
+            return "make native builds it"
+        return "python scripts/native.py builds it"
+    return (
+        "as expected for an installed package, which ships the data path as Python only; compiling it "
+        "for less CPU per request is done in a source checkout with make native (docs/performance.md)"
+    )
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):
@@ -106,7 +122,7 @@ def install() -> None:
         why: str | None = f"pure Python ({PURE_ENV} is set)"
     else:
         problem = check()
-        why = None if problem is None else f"pure Python: {problem}"
+        why = None if problem is None else f"pure Python: {problem} ({build_hint()})"
     if why is None:
         _state["mode"] = "compiled with mypyc"
         return

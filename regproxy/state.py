@@ -47,13 +47,28 @@ class SavedState:
 class StateStore:
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / STATE_FILE
+        # What the last load() found, for /readyz and `regproxy ctl status`: "restore done" alone
+        # cannot tell a sidecar that came back with its publications from a brand-new one.
+        self.loaded: dict[str, Any] | None = None
 
     def load(self) -> SavedState:
         """The saved state; empty when there is none. A corrupt file is kept aside, not trusted."""
+        state, error = self._read()
+        self.loaded = {
+            "file": str(self.path),
+            "found": error != "missing",
+            "publications": len(state.publications),
+            "subscriptions": len(state.subscriptions),
+            "error": None if error == "missing" else error,
+        }
+        return state
+
+    def _read(self) -> tuple[SavedState, str | None]:
+        """The state and None; or an empty state and "missing", or why the file was unreadable."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return SavedState()
+            return SavedState(), "missing"
         try:
             data = orjson.loads(raw)
             if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
@@ -64,13 +79,13 @@ class StateStore:
                 publications=list(data.get("publications") or []),
                 subscriptions=list(data.get("subscriptions") or []),
                 providers=dict(data.get("providers") or {}),
-            )
+            ), None
         except (ValueError, TypeError) as exc:
             aside = self.path.with_suffix(".corrupt")
             log.error("state file %s is unreadable (%s); moved to %s, starting empty", self.path, exc, aside)
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
-            return SavedState()
+            return SavedState(), f"unreadable ({exc}); moved to {aside}"
 
     def save(self, state: SavedState) -> None:
         data = state.to_json()

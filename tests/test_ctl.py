@@ -110,7 +110,10 @@ async def test_status(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("status", *admin(sidecar))
     assert code == 0, err
     assert out.splitlines()[0] == f"regproxy at http://127.0.0.1:{sidecar.admin}: READY"
-    assert "state restored: yes" in out and "draining: no" in out and "serving from cache: nothing" in out
+    # A brand-new sidecar restored nothing (its publication and subscription came after the start).
+    state_file = sidecar.data_dir / "regproxy-state.json"
+    assert f"state restored: no (a new sidecar: no {state_file} yet)" in out
+    assert "draining: no" in out and "serving from cache: nothing" in out
     row(out, "memory://", "connected")
     row(out, "LISTENER", "REQUESTS")
     row(out, "egress", "0")
@@ -123,6 +126,24 @@ async def test_status(sidecar: SidecarProc) -> None:
     readyz = data["readyz"]
     assert readyz.get("detail", readyz)["registries"] == {"memory://": "connected"}
     assert data["stats"]["egress"]["requests"] == 0
+
+
+async def test_status_after_a_restart_says_what_was_restored(sidecar: SidecarProc) -> None:
+    await sidecar.kill()
+    again = SidecarProc(
+        "ctl-again", sidecar.data_dir,
+        registries=["memory://"], app_port=sidecar.app_port, extra=sidecar.extra,
+    )  # fmt: skip
+    await again.start()
+    try:
+        code, out, err = await regproxy_ctl("status", *admin(again))
+        assert code == 0, err
+        assert "state restored: yes (1 publication, 1 subscription)" in out, out
+        code, out, err = await regproxy_ctl("--json", "status", *admin(again))
+        saved = json.loads(out)["readyz"]["detail"]["saved_state"]
+        assert saved["found"] is True and (saved["publications"], saved["subscriptions"]) == (1, 1)
+    finally:
+        await again.kill()
 
 
 async def test_clusters(sidecar: SidecarProc) -> None:
@@ -288,6 +309,7 @@ FAKE: dict[str, Any] = {
     "/readyz": (
         503,
         {"ready": False, "detail": {"registries": {"zookeeper://zk:2181": "suspended"}, "restored": True,
+                                    "saved_state": {"found": True, "publications": 2, "subscriptions": 1},
                                     "draining": False, "serving_from_cache": ["g/com.x.A:1"]}},
     ),
     "/api/v1/stats": (
@@ -396,7 +418,10 @@ async def test_fake_status_not_ready(
         lines[0]
         == f"regproxy at http://127.0.0.1:{fake.port}: NOT READY (registry zookeeper://zk:2181 is suspended)"
     )
-    assert lines[1] == "uptime 1h2m5s, state restored: yes, draining: no, serving from cache: g/com.x.A:1"
+    assert lines[1] == (
+        "uptime 1h2m5s, state restored: yes (2 publications, 1 subscription), draining: no, "
+        "serving from cache: g/com.x.A:1"
+    )
     row(out, "zookeeper://zk:2181", "suspended")
     line = row(out, "egress", "1200")
     assert line.split()[1:] == ["1200", "3", "10", "4", "2", "1", "5", "0"]  # errors: every status but 20
@@ -508,6 +533,30 @@ def test_status_uses_the_reasons_the_endpoint_gives() -> None:
     text = ctl.render_status("http://a:1", False, body, {"uptime_s": 59})
     assert text.splitlines()[:2] == [
         "regproxy at http://a:1: NOT READY (draining; registry zookeeper://zk:2181 is lost)",
-        "uptime 59s, state restored: yes, draining: yes, serving from cache: nothing",
+        "uptime 59s, state restored: done, draining: yes, serving from cache: nothing",
     ]
     row(text, "zookeeper://zk:2181", "lost")
+
+
+def test_status_says_what_the_restore_found() -> None:
+    def fact(detail: dict[str, Any]) -> str:
+        line = ctl.render_status("http://a:1", True, {"ready": True, "detail": detail}, {}).splitlines()[1]
+        return line.rsplit(", serving from cache", 1)[0]
+
+    saved = {"file": "/d/regproxy-state.json", "found": False, "publications": 0, "subscriptions": 0}
+    assert fact({"restored": False, "saved_state": None}) == "state restored: not yet"
+    assert fact({"restored": True, "saved_state": saved}) == (
+        "state restored: no (a new sidecar: no /d/regproxy-state.json yet)"
+    )
+    assert fact({"restored": True, "saved_state": {**saved, "found": True}}) == (
+        "state restored: no (the state file held nothing)"
+    )
+    corrupt = {**saved, "found": True, "error": "unreadable (bad json); moved to /d/regproxy-state.corrupt"}
+    assert fact({"restored": True, "saved_state": corrupt}) == (
+        "state restored: no (state file unreadable (bad json); moved to /d/regproxy-state.corrupt)"
+    )
+    one = {**saved, "found": True, "publications": 1}
+    assert fact({"restored": True, "saved_state": one}) == (
+        "state restored: yes (1 publication, 0 subscriptions)"
+    )
+    assert fact({"restored": True}) == "state restored: done"  # a sidecar that does not say what

@@ -182,3 +182,68 @@ def test_demo_provider_checks_its_greeting() -> None:
     assert (
         default_services().lookup(GREETINGS_SERVICE, "", "sayHi")("ann") == "hi, ann"
     )  # the samples' answer
+
+
+def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``regproxy demo ARGS`` with stdout a pipe the test reads (and closes), stderr in a file."""
+    err_path = tmp_path / "stderr.log"
+    with open(err_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "regproxy", "demo", "--rate", "20", *args],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=tmp_path, env=_env(), stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    return proc, err_path
+
+
+def _read_to_first_live_line(proc: subprocess.Popen[bytes]) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any(live_lines(line) for line in lines[-1:]):
+        raw = proc.stdout.readline()
+        assert raw, f"demo exited ({proc.wait()}) before its first live line:\n" + "\n".join(lines)
+        lines.append(raw.decode().rstrip("\n"))
+    return lines
+
+
+def _assert_quiet_exit(proc: subprocess.Popen[bytes], err_path: Path, within: float) -> None:
+    try:
+        code = proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"demo still running {within} s later:\n{err_path.read_text()}") from None
+    stderr = err_path.read_text()
+    assert code == 0, stderr
+    for noise in ("Traceback", "BrokenPipeError", "Broken pipe", "Exception ignored", "cannot start"):
+        assert noise not in stderr, stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("after_lines", [1, 12])
+def test_demo_ends_quietly_when_its_reader_goes(tmp_path: Path, after_lines: int) -> None:
+    # `regproxy demo --duration 60 | head`: the reader leaves during the banner (1) or once the calls
+    # have started (12); the demo stops at its next line and exits 0, no traceback, long before 60 s.
+    proc, err_path = _start_demo(tmp_path, "--duration", "60")
+    assert proc.stdout is not None
+    try:
+        for _ in range(after_lines):
+            assert proc.stdout.readline(), err_path.read_text()
+    finally:
+        proc.stdout.close()
+    _assert_quiet_exit(proc, err_path, within=30)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_demo_stops_on_a_signal_after_its_reader_went(tmp_path: Path, sig: signal.Signals) -> None:
+    # `make demo | tee out` then Ctrl-C: tee is gone when the signal arrives, so the demo's "stopping"
+    # line is its first write into the closed pipe. The signal must stop it anyway (it once raised
+    # EPIPE before setting the stop flag, and only SIGKILL ended the demo).
+    proc, err_path = _start_demo(tmp_path)  # no --duration: only the signal ends it
+    assert proc.stdout is not None
+    try:
+        _read_to_first_live_line(proc)
+    finally:
+        proc.stdout.close()
+    proc.send_signal(sig)  # well before the next live line, a second away
+    _assert_quiet_exit(proc, err_path, within=10)

@@ -15,7 +15,8 @@ live line knows who answered.
 
 Every listener binds a free loopback port and the sidecars keep their state in a temporary
 directory, so the demo runs beside anything else and leaves nothing behind. It stops on Ctrl-C
-(SIGINT), SIGTERM or after ``--duration`` seconds, and exits 0 once everything is closed.
+(SIGINT), SIGTERM, after ``--duration`` seconds, or when the reader of its output goes away
+(``regproxy demo | head``; see regproxy.demo.output), and exits 0 once everything is closed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from urllib.parse import urlsplit
 from regproxy.config import Config, ConfigError, RegistryURL
 from regproxy.demo.client import DubboClient, DubboError
 from regproxy.demo.consumer import subscribe
+from regproxy.demo.output import Output
 from regproxy.demo.provider import GREETINGS_SERVICE, Provider, default_services, publish
 from regproxy.demo.runner import run
 from regproxy.registry.base import RegistryError
@@ -307,8 +309,12 @@ def _url(address: Any) -> str:
     return f"http://{address}"
 
 
+# stdout of this process: the banner and the live lines.
+OUTPUT = Output()
+
+
 def say(line: str) -> None:
-    print(line, flush=True)
+    OUTPUT.say(line)
 
 
 # -- command line -------------------------------------------------------------------------------------
@@ -320,7 +326,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run the demo in one process: two GreetingsService providers, each publishing "
         "itself through its own regproxy sidecar, and a consumer subscribing and calling through a "
         "third sidecar. Prints a line a second (calls, errors, latency, which provider answered) and "
-        "the admin URLs to look at; Ctrl-C stops it.",
+        "the admin URLs to look at; Ctrl-C stops it, and so does the end of its reader (`| head`).",
     )
     parser.add_argument(
         "--registry",
@@ -356,14 +362,17 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
+        # Stop first, print after: whatever printing does, the signal has stopped the demo.
         if not stop.is_set():
-            say("stopping (Ctrl-C again to quit at once)")
             stop.set()
+            say("stopping (Ctrl-C again to quit at once)")
         # The default handler is back: a second Ctrl-C interrupts whatever is still closing.
         loop.remove_signal_handler(sig)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    # Nobody reads the live lines any more (`regproxy demo | head`): stop as on Ctrl-C.
+    OUTPUT.on_closed = stop.set
 
     with tempfile.TemporaryDirectory(prefix="regproxy-demo-") as tmp:
         demo = Demo(args, stop, Path(tmp))

@@ -3,11 +3,19 @@
 Adapters deliver plain values on the event loop: the full, unfiltered list of provider URLs of an
 interface each time it changes, and their connection state. Filtering by version and group is the
 caller's (the same Dubbo rules for every registry).
+
+An outage is reported in two lines of regproxy's own, whatever the client library logs meanwhile
+(registry/repeats.py thins that out): a WARNING when the registry becomes unreachable (the
+connection is lost, or a first connection attempt failed) and an INFO when it is connected again,
+with how long it was away. ``unreachable_since`` says it meanwhile: a request that needs the
+registry is then answered 503 at once rather than after waiting for a connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -27,6 +35,10 @@ STOPPED = "stopped"
 # Connected, but the registry refuses our credentials (a wrong password): not ready, nothing written.
 AUTH_FAILED = "auth_failed"
 
+# "Back" is said once a connection has held this long: a client that connects and drops again at
+# once (Nacos's does, right after its server restarts) is still in the same outage, not a new one.
+BACK_SETTLE_S = 1.0
+
 
 class RegistryError(Exception):
     """A registry operation failed; the message names the registry and the cause."""
@@ -44,6 +56,13 @@ class Registry(ABC):
         self._state = CONNECTING
         self._state_listeners: list[StateListener] = []
         self.auth_error = ""  # why the state is AUTH_FAILED (no secret in it), for readiness and logs
+        # time.monotonic() when the registry became unreachable; None while reachable (or not known
+        # to be unreachable yet: a first connection attempt still under way).
+        self.unreachable_since: float | None = None
+        # The last connection failure the adapter saw (its client's words), for the unreachable line.
+        self.connect_error = ""
+        self._back_at = 0.0  # when the connection came back (the outage's end, once it has settled)
+        self._settling: asyncio.TimerHandle | None = None  # saying "back" once the connection holds
 
     @property
     def state(self) -> str:
@@ -61,18 +80,69 @@ class Registry(ABC):
             return
         log.info("registry %s: %s -> %s", self.name, self._state, state)
         self._state = state
+        if state in (SUSPENDED, LOST):
+            self._went_unreachable(self.connect_error or f"connection {state}")
+        elif state in (CONNECTED, AUTH_FAILED):  # auth_failed: reachable, refusing us (logged apart)
+            self._came_back()
+        elif state == STOPPED:
+            self._cancel_settling()
+            self.unreachable_since = None
         for listener in list(self._state_listeners):
             try:
                 listener(state)
             except Exception:
                 log.exception("registry %s: state listener failed", self.name)
 
+    def _went_unreachable(self, why: str) -> None:
+        """Note (and log, once per outage) that the registry cannot be reached. Adapters call it for
+        a failed first connection attempt; lost connections come here through ``_set_state``."""
+        if self._settling is not None:  # it came back a moment ago and left again: the same outage
+            self._cancel_settling()
+            return
+        if self.unreachable_since is not None or self._state == STOPPED:
+            return
+        self.unreachable_since = time.monotonic()
+        log.warning(
+            "registry %s is unreachable (%s); reconnecting in the background: routes keep the providers "
+            "last seen, and new publications and subscriptions on it are answered 503 until it is back",
+            self.name,
+            why,
+        )
+
+    def _came_back(self) -> None:
+        if self.unreachable_since is None or self._settling is not None:
+            return
+        self._back_at = time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven without a loop (a test's direct call): no settling
+            self._say_back()
+            return
+        self._settling = loop.call_later(BACK_SETTLE_S, self._say_back)
+
+    def _say_back(self) -> None:
+        self._settling = None
+        since, self.unreachable_since = self.unreachable_since, None
+        self.connect_error = ""
+        if since is not None:
+            log.info("registry %s is back after %.1f s unreachable", self.name, self._back_at - since)
+
+    def _cancel_settling(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
+
     def _require_connected(self, what: str) -> None:
         if self._state == AUTH_FAILED:
             # Not "unavailable": retrying will not help until the credentials are fixed.
             raise RegistryError(f"cannot {what}: {self.auth_error or 'registry authentication failed'}")
         if not self.connected:
-            raise RegistryUnavailable(f"registry {self.name} is {self._state}: cannot {what} now")
+            why = ""
+            if self.unreachable_since is not None:
+                away = time.monotonic() - self.unreachable_since
+                cause = f": {self.connect_error}" if self.connect_error else ""
+                why = f" (unreachable for {away:.0f} s{cause})"
+            raise RegistryUnavailable(f"registry {self.name} is {self._state}{why}: cannot {what} now")
 
     @abstractmethod
     async def start(self) -> None:

@@ -19,7 +19,9 @@ whenever a probe fails that way, this adapter logs in itself: a 401/403 answer i
 ``AUTH_RETRY_S`` in case the user is fixed on the server.
 
 Connection: the client reconnects by itself and re-registers its instances and subscriptions (its
-"redo" service); this adapter only reports the state and refuses new work while disconnected.
+"redo" service); this adapter only reports the state and refuses new work while disconnected. An
+outage is two lines of ours (registry/base.py): unreachable, with the cause the probe or the first
+failed start saw, and back after N s; the attempts in between are logged at DEBUG only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Awaitable
@@ -174,7 +177,10 @@ class NacosRegistry(Registry):
                 self._drop_client_log()  # each client adds a file handler to a shared logger
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 attempt += 1
-                log.warning("registry %s: cannot connect (%s); retrying in %.1f s", self.name, exc, delay)
+                # The first failure is the one WARNING of this outage; the retries are no news.
+                self.connect_error = f"cannot connect: {_short(exc)}"
+                self._went_unreachable(self.connect_error)
+                log.debug("registry %s: cannot connect (%s); retrying in %.1f s", self.name, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             break
@@ -236,6 +242,8 @@ class NacosRegistry(Registry):
                     if refused is not None:
                         self._auth_refused(refused)
                         continue
+                if self._state == CONNECTED:  # the cause for the unreachable line
+                    self.connect_error = _short(exc)
                 self._connection_changed(False)
             else:
                 self.auth_error = ""
@@ -513,6 +521,16 @@ class NacosRegistry(Registry):
             "registered": [str(u) for u in self._registered.values()],
             "watched": {i: sorted(w.services) for i, w in self._watches.items()},
         }
+
+
+def _short(exc: BaseException) -> str:
+    """One line for an error of the Nacos client, whose gRPC errors span several: their details."""
+    text = str(exc)
+    details = re.search(r'details = "([^"]*)"', text)
+    if details:
+        text = details[1]
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 class _StateBridge:

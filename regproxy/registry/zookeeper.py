@@ -28,6 +28,11 @@ ACLs already written: on connect we compare our digest with the ``/dubbo`` node'
 refused with NoAuth is looked at the same way.  A mismatch is state ``auth_failed`` (not ready),
 with the reason in the log and in /readyz; the password itself is never shown.
 
+Outages: kazoo logs every reconnection attempt (one or two lines each 1-2 s); its logger is a
+:class:`~regproxy.registry.repeats.QuietLog` that lets one of each kind through per
+``KAZOO_REPEAT_S`` and tells us of each failed attempt, so a registry that never connected is known
+to be unreachable after its first attempt (see registry/base.py for the two lines we log).
+
 Our state is "connected" only once that recovery is done, so "connected" means "our nodes are in
 ZooKeeper and our watches are armed".  While not connected, register/subscribe raise
 RegistryUnavailable at once (no request is queued behind a dead connection).
@@ -62,6 +67,7 @@ from regproxy.config import RegistryURL
 from regproxy.registry.base import (
     AUTH_FAILED,
     CONNECTED,
+    CONNECTING,
     LOST,
     STOPPED,
     SUSPENDED,
@@ -70,6 +76,7 @@ from regproxy.registry.base import (
     RegistryError,
     RegistryUnavailable,
 )
+from regproxy.registry.repeats import QuietLog
 from regproxy.registry.url import CONSUMERS, PROVIDERS, DubboURL, Subscription, java_url_decode
 
 __all__ = ["ROOT", "ZooKeeperRegistry", "acl_profile", "node_path", "providers_path"]
@@ -82,6 +89,9 @@ _CATEGORIES = frozenset({PROVIDERS, CONSUMERS})
 _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)  # ConnectionClosedError too
 _Binding = tuple[Subscription, ProvidersListener]
 _RECOVERY_ATTEMPTS = 3  # while connected, steps that timed out are tried again (0.5 s apart)
+KAZOO_REPEAT_S = 60.0  # while reconnecting, each kind of kazoo log line at most once a minute
+# How kazoo's connection handler words a failed connection attempt (kazoo/protocol/connection.py).
+_KAZOO_CONNECT_FAILED = ("Connection dropped: ", "Connection time-out: ", "Cannot resolve ")
 
 
 def _segment(value: str, what: str) -> str:
@@ -198,6 +208,9 @@ class ZooKeeperRegistry(Registry):
         # list still works; a list that stays empty is delivered once the hold is over.
         self._empty_hold_s = empty_hold_s
         self._client: KazooClient | None = None
+        self._kazoo_log = QuietLog(
+            logging.getLogger("kazoo.client"), KAZOO_REPEAT_S, observe=self._kazoo_logged
+        )
         self._registered: dict[str, DubboURL] = {}  # node path -> url: re-created after a session loss
         # Paths to delete once connected again: unregistered (or failed to register) while away.
         self._stale: set[str] = set()
@@ -270,6 +283,7 @@ class ZooKeeperRegistry(Registry):
             # Only kazoo's own recipes use this (we do not): keep it bounded all the same.
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
             auth_data=self._auth or None,
+            logger=self._kazoo_log,
         )
         client.add_listener(self._kazoo_state_listener)
         self._client = client
@@ -301,6 +315,7 @@ class ZooKeeperRegistry(Registry):
             self._end_hold(w)
         self._watches.clear()
         if client is not None:
+            self._kazoo_log.stopping = True
             # kazoo's stop() joins its threads (up to 10 s when a reconnect is in progress): off-loop.
             closing = asyncio.ensure_future(asyncio.to_thread(_close_client, client))
             done, _ = await asyncio.wait([closing], timeout=max(self._op_timeout_s, 1.0))
@@ -520,6 +535,22 @@ class ZooKeeperRegistry(Registry):
 
     def _kazoo_state_listener(self, state: str) -> None:  # on kazoo's connection thread: never block
         self._to_loop(self._on_kazoo_state, state)
+
+    def _kazoo_logged(self, level: int, msg: str, args: tuple[Any, ...]) -> None:  # on a kazoo thread
+        if level >= logging.WARNING and msg.startswith(_KAZOO_CONNECT_FAILED):
+            try:
+                why = msg % args
+            except (TypeError, ValueError):
+                why = msg
+            # Before the SUSPENDED event this same failure causes: the unreachable line gets its cause.
+            self._to_loop(self._connect_failed, why)
+
+    def _connect_failed(self, why: str) -> None:
+        if self._stopping:
+            return
+        self.connect_error = why
+        if self._state == CONNECTING:  # never connected yet: no state event says it, we do
+            self._went_unreachable(why)
 
     def _on_kazoo_state(self, state: str) -> None:
         if self._stopping:
