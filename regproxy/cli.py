@@ -110,15 +110,18 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    # The flags given, and only those: an error in a key the file set names the file, not a flag.
+    origins = {key: _RUN_FLAGS[key] for key in overrides}
     try:
-        config = load_config(args.config, overrides, origins=_RUN_FLAGS)
+        config = load_config(args.config, overrides, origins=origins)
     except ConfigError as e:
         print(f"{PROG}: config error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        import yaml
+        from regproxy import yamlio
 
-        sys.stdout.write(yaml.safe_dump(config.redacted_dict(), sort_keys=False))
+        # Read back by --config as the same values (a string like "on" comes out quoted).
+        sys.stdout.write(yamlio.dump(config.redacted_dict()))
         return 0
     try:
         sidecar = import_module("regproxy.sidecar")
@@ -130,9 +133,9 @@ def _run(args: argparse.Namespace) -> int:
 
     # Reload re-reads the same file with the same flags on top: flags keep winning over the file.
     def loader() -> Any:
-        return load_config(args.config, overrides, origins=_RUN_FLAGS)
+        return load_config(args.config, overrides, origins=origins)
 
-    return int(sidecar.run(config, loader=loader, config_path=args.config))
+    return int(sidecar.run(config, loader=loader, config_path=args.config, origins=origins))
 
 
 def _passthrough(command: str, argv: list[str]) -> int:

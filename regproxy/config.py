@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, core_schema
 
+from regproxy import yamlio
 from regproxy.tls import problems as tls_problems
 
 if TYPE_CHECKING:
@@ -823,6 +824,8 @@ class Config(_Model):
     # The APIs change what this host publishes and how the sidecar runs: loopback only unless asked.
     api_allow_remote: bool = False
     admin_allow_remote: bool = False
+    # A pub/sub request may name only a configured registry unless true (regproxy/api/http.py).
+    api_allow_body_registries: bool = False
     app_port: Int = Field(20880, ge=1, le=65535)
     advertise_ip: str | None = None
     data_dir: str = "."
@@ -925,6 +928,21 @@ class Config(_Model):
                         f"(--{name}-allow-remote) to serve other hosts, preferably with auth_token",
                     )
                 )
+        if (
+            self.advertise_ip is not None
+            and is_loopback_host(self.ingress.host)
+            and not ipaddress.ip_address(self.advertise_ip).is_loopback
+        ):
+            # Registered as advertise_ip:port, the ingress would be unreachable at that address: every
+            # call from another host would fail.  (advertise_ip null advertises the loopback address.)
+            errors.append(
+                (
+                    "advertise_ip",
+                    f"{self.advertise_ip} is registered for the ingress, but ingress ({self.ingress}) "
+                    "listens on loopback only, so nobody could reach it there; give ingress an address "
+                    f"other hosts reach (e.g. 0.0.0.0:{self.ingress.port}), or set advertise_ip to null",
+                )
+            )
         for name in self.LISTENERS:
             # The application listens on app_port on this host too; ingress would even forward to itself.
             if getattr(self, name).port == self.app_port:
@@ -1167,7 +1185,11 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return yamlio.load(text)  # YAML 1.2 scalars: `on: [...]` is the key "on", not True
+    except yamlio.DuplicateKeyError as e:
+        raise ConfigError(
+            f"line {e.line}: duplicate key {e.key!r} (first given on line {e.first_line})", str(path)
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
@@ -1215,4 +1237,8 @@ def load_config(
     data = dict(data)
     for key, value in (overrides or {}).items():
         _apply_override(data, key, value)
+    # Only a key an override actually set is labelled with it: the file's `registries:` is not
+    # "(from --registry)" because the flag exists.
+    given = {key.split(".")[0] for key in overrides or {}}
+    origins = {key: origin for key, origin in (origins or {}).items() if key in given}
     return Config.from_dict(data, source=source, origins=origins)

@@ -48,3 +48,18 @@ def detect_advertise_ip() -> str:
     except OSError:
         pass
     return "127.0.0.1"
+
+
+def loopback_ingress_ip(ingress_host: str) -> str | None:
+    """The address to advertise for an ingress bound to ``ingress_host`` when that is a loopback
+    address (``localhost`` counts as 127.0.0.1); None when it is not loopback.
+
+    Such an ingress is reachable on this host only, at exactly that address: registering a detected
+    interface address instead would send every caller to a port nothing listens on there."""
+    if ingress_host.lower().rstrip(".") == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(ingress_host)
+    except ValueError:
+        return None  # a host name (or wildcard) may resolve to anything
+    return str(ip) if ip.is_loopback else None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
 import ssl
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -16,13 +20,14 @@ from aiohttp import web
 from regproxy import native
 from regproxy.api.http import build_app, start_api, stop_api
 from regproxy.config import Config, ConfigError
-from regproxy.discovery import Discovery, ingress_table
+from regproxy.discovery import Discovery, ingress_table, own_addresses
 from regproxy.health import HealthSettings
 from regproxy.health.app import AppWatch
 from regproxy.health.hosts import Health, egress_view
-from regproxy.netutil import detect_advertise_ip
+from regproxy.netutil import detect_advertise_ip, loopback_ingress_ip
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.proxy.filters import AccessLog
+from regproxy.proxy.loops import LoopGuard
 from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
 from regproxy.rlimits import raise_open_files_limit
@@ -40,6 +45,8 @@ _RESTART_KEYS = (
 # After the read-only event, the time for requests already on the wire to arrive before we count
 # what is in flight (one loopback or LAN round trip is far less).
 _READONLY_SETTLE_S = 0.2
+# Java Dubbo's QoS (telnet) server listens here by default, and so does our API (MOSN's port).
+DUBBO_QOS_PORT = 22222
 
 
 class Sidecar:
@@ -49,21 +56,27 @@ class Sidecar:
         *,
         loader: Callable[[], Config] | None = None,
         config_path: str | None = None,
+        origins: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
+        # Config key -> the flag that set it, to name the right source in start-up errors.
+        self._origins = dict(origins or {})
         self._loader = loader
         self.static_table = config.to_routing_table()
         self.rules = config.to_rule_set()
         self._access_log: AccessLog | None = AccessLog(config.access_log) if config.access_log else None
         self.egress_table = TableHolder(self.static_table)
         self.ingress_table = TableHolder(ingress_table(config.app_port))
-        self.advertise_ip = config.advertise_ip or detect_advertise_ip()
+        self.advertise_ip = _advertise_ip(config)
         self.tls = SidecarTLS(config.tls, self.egress_table) if config.tls.enabled else None
+        # This sidecar's id in the loop marker, and its own connections (regproxy.proxy.loops).
+        self.loop_guard = LoopGuard()
         self.egress = Listener(
             "egress",
             self._settings(config.egress.host, config.egress.port, upstream_tls=self.upstream_tls),
             self.egress_table,
+            self.loop_guard,
         )
         self.ingress = Listener(
             "ingress",
@@ -74,6 +87,7 @@ class Sidecar:
                 server_ssl=self.tls.server_ssl if self.tls else None,
             ),
             self.ingress_table,
+            self.loop_guard,
         )
         self.discovery: Discovery | None = None
         self.started_at = time.time()
@@ -122,6 +136,7 @@ class Sidecar:
         from regproxy.api.admin import build_admin_app, start_admin
 
         c = self.config
+        self._check_start()  # before anything binds or connects
         await self.ingress.start()
         try:
             await self.egress.start()
@@ -141,6 +156,7 @@ class Sidecar:
                 ingress_tls=self.ingress.settings.server_ssl is not None,
             )
             self.discovery.unpublish_grace_s = c.drain.grace_s
+            self._ignore_own_providers()
             await self.discovery.start()
             await self._start_health()
             app = build_app(
@@ -148,18 +164,65 @@ class Sidecar:
                 app_port=c.app_port,
                 registries=c.registries,
                 token=lambda: self.config.auth_token,  # read on use: a reload changes it
+                allow_body_registries=lambda: self.config.api_allow_body_registries,
+                own_ports=lambda: {p: f"{name} listener {host}:{p}" for name, host, p in self.listeners()},
             )
             tok = c.auth_token is not None
             self._api = await _listen(
-                "api", start_api(app, c.api.host, c.api.port, has_token=tok), str(c.api)
+                "api", start_api(app, c.api.host, c.api.port, has_token=tok), str(c.api), c.api.port
             )
             admin = build_admin_app(self)
             self._admin = await _listen(
-                "admin", start_admin(admin, c.admin.host, c.admin.port, has_token=tok), str(c.admin)
+                "admin",
+                start_admin(admin, c.admin.host, c.admin.port, has_token=tok),
+                str(c.admin),
+                c.admin.port,
             )
+            self._ignore_own_providers()  # again, with the API's and admin's ports as bound
         except BaseException:
             await self.stop()
             raise
+
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(name, host, port) of this sidecar's four listeners; a port asked as 0 is the bound one
+        once listening."""
+        c = self.config
+        out = []
+        for name, lst in (("egress", self.egress), ("ingress", self.ingress)):
+            s = lst.settings
+            out.append((name, s.host, lst.address[1] if lst.server is not None else s.port))
+        for name, runner in (("api", self._api), ("admin", self._admin)):
+            where = getattr(c, name)
+            bound = runner.addresses if runner is not None else []
+            out.append((name, where.host, bound[0][1] if bound else where.port))
+        return out
+
+    def _ignore_own_providers(self) -> None:
+        """Providers at the egress, API or admin listener would make the egress forward to this
+        sidecar itself; the ingress is a legitimate provider (a consumer and a provider in one pod)."""
+        if self.discovery is not None:
+            mine = [(n, h, p) for n, h, p in self.listeners() if n != "ingress" and p]
+            self.discovery.set_own_addresses(own_addresses(mine, self.advertise_ip))
+
+    def _check_start(self) -> None:
+        """What the config's validation cannot know without touching this host: ConfigError."""
+        problem = data_dir_problem(self.config.data_dir)
+        if problem is not None:
+            raise self._key_error("data_dir", problem)
+        if not self.config.registries:
+            log.warning(
+                "no registry is configured (registries: in the config file, or --registry URL): "
+                'publications and subscriptions that name no registry fail with "registry: none is '
+                'configured"; static clusters still route'
+            )
+
+    def _key_error(self, key: str, problem: str) -> ConfigError:
+        """A problem with a config key found at start, naming where the value came from."""
+        if key in self._origins:
+            return ConfigError([(key, f"{problem} (from {self._origins[key]})")])
+        if key not in self.config.model_fields_set:
+            return ConfigError([(key, f"{problem} (the default)")])
+        return ConfigError([(key, problem)], self.config_path)
 
     async def _start_health(self) -> None:
         assert self.discovery is not None
@@ -253,11 +316,13 @@ class Sidecar:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         d = self.discovery
-        states = d.registry_states() if d is not None else {}
+        states = d.ready_states() if d is not None else {}
         restored = d is not None and d.restored
         detail: dict[str, Any] = {
             "registries": states,
-            "restored": restored,
+            "restored": restored,  # the restore step is done (a readiness gate), whatever it found
+            # What the state file held: publications and subscriptions restored, or none at all.
+            "saved_state": d.store.loaded if d is not None and d.store is not None else None,
             "draining": self.draining,
             "serving_from_cache": sorted(d.from_cache) if d is not None else [],
         }
@@ -328,7 +393,11 @@ class Sidecar:
             self.set_log_level(new.log_level)
             changes.append("log_level")
         # Read from self.config on use, so swapping the config below applies them.
-        changes += [k for k in ("auth_token", "admin_token", "drain") if getattr(new, k) != getattr(old, k)]
+        changes += [
+            k
+            for k in ("auth_token", "admin_token", "drain", "api_allow_body_registries")
+            if getattr(new, k) != getattr(old, k)
+        ]
         keep = {k: getattr(old, k) for k in needs_restart if k in _RESTART_KEYS}
         if tls_restart:
             keep["tls"] = old.tls
@@ -352,6 +421,7 @@ class Sidecar:
         d = self.discovery
         return {
             "uptime_s": round(time.time() - self.started_at, 3),
+            "id": self.loop_guard.id,  # in the loop marker and the loop errors (regproxy.proxy.loops)
             "draining": self.draining,
             "egress": self.egress.forwarder.stats.snapshot() if self.egress.forwarder else {},
             "ingress": self.ingress.forwarder.stats.snapshot() if self.ingress.forwarder else {},
@@ -367,11 +437,67 @@ class Sidecar:
         }
 
 
-async def _listen(name: str, starting: Any, where: str) -> web.AppRunner:
+def _advertise_ip(config: Config) -> str:
+    if config.advertise_ip is not None:
+        return config.advertise_ip
+    own = loopback_ingress_ip(config.ingress.host)
+    if own is None:
+        return detect_advertise_ip()
+    # A detected interface address would be registered with a port that only loopback serves:
+    # every call from elsewhere would fail.  The loopback address is true, and works on one host.
+    log.warning(
+        "ingress %s listens on loopback only: advertising %s, which only this host can reach; give "
+        "ingress an address other hosts reach (e.g. 0.0.0.0:%d), or set advertise_ip: %s to say it is meant",
+        config.ingress, own, config.ingress.port, own,
+    )  # fmt: skip
+    return own
+
+
+def data_dir_problem(path: str) -> str | None:
+    """Why ``path`` cannot hold the state file (it is created if missing), or None.
+
+    Tried for real, a directory created and a file written and removed: permission bits say
+    nothing for root, and /proc or a read-only mount refuse what os.access() allows."""
+    directory = Path(path)
+    if not directory.is_absolute():
+        path = f"{path} ({directory.absolute()})"  # relative to a working directory the user may not know
+    if directory.exists() and not directory.is_dir():
+        return f"{path} is not a directory"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in directory.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            return f"{path} cannot be created: {blocker} is not a directory"
+        return f"{path} cannot be created ({exc.strerror})"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".regproxy-write-test.", dir=directory)
+    except OSError as exc:
+        return f"{path} is not writable: cannot create a file in it ({exc.strerror})"
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
+
+
+def listen_error(name: str, where: str, port: int, exc: OSError) -> str:
+    """The message for a listener that cannot bind: which listener, where, why, and for the port
+    Java Dubbo's QoS server takes by default, what to do about it."""
+    message = f"{name}: cannot listen on {where}: {exc.strerror}"
+    if exc.errno == errno.EADDRINUSE and port == DUBBO_QOS_PORT:
+        message += (
+            f"; Java Dubbo's QoS server listens on {DUBBO_QOS_PORT} by default: if a Dubbo application "
+            "on this host has it, set dubbo.application.qos-enable=false there (or move it with "
+            f"dubbo.application.qos-port), or move regproxy with --{name} HOST:PORT"
+        )
+    return message
+
+
+async def _listen(name: str, starting: Any, where: str, port: int) -> web.AppRunner:
     try:
         return await starting
     except OSError as exc:
-        raise OSError(exc.errno, f"{name}: cannot listen on {where}: {exc.strerror}") from exc
+        raise OSError(exc.errno, listen_error(name, where, port, exc)) from exc
 
 
 async def _reload_on_signal(sidecar: Sidecar) -> None:
@@ -396,12 +522,21 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _main(config: Config, loader: Callable[[], Config] | None, config_path: str | None) -> int:
-    sidecar = Sidecar(config, loader=loader, config_path=config_path)
+async def _main(
+    config: Config,
+    loader: Callable[[], Config] | None,
+    config_path: str | None,
+    origins: Mapping[str, str] | None = None,
+) -> int:
+    sidecar = Sidecar(config, loader=loader, config_path=config_path, origins=origins)
     try:
         await sidecar.start()
+    except ConfigError as exc:
+        log.error("config error: %s", exc)
+        return 2  # as for the errors load_config finds
     except OSError as exc:
-        log.error("%s", exc.strerror or exc)
+        # A file's error names the file; a listener's strerror is our full message (_listen).
+        log.error("%s", exc if exc.filename else (exc.strerror or exc))
         return 1
     except RegistryError as exc:
         log.error("%s", exc)
@@ -425,8 +560,9 @@ async def _main(config: Config, loader: Callable[[], Config] | None, config_path
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     loop.add_signal_handler(signal.SIGINT, sidecar.request_stop)
     log.info(
-        "regproxy running (egress %s, ingress %s, api %s, admin %s, advertise ip %s; data path %s)",
+        "regproxy running (egress %s, ingress %s, api %s, admin %s, advertise ip %s; data path %s; id %s)",
         config.egress, config.ingress, config.api, config.admin, sidecar.advertise_ip, native.describe(),
+        sidecar.loop_guard.id,
     )  # fmt: skip
     await sidecar.run_until_stopped()
     log.info("stopping")
@@ -434,11 +570,19 @@ async def _main(config: Config, loader: Callable[[], Config] | None, config_path
     return 0
 
 
-def run(config: Config, *, loader: Callable[[], Config] | None = None, config_path: str | None = None) -> int:
-    """Run the sidecar until SIGINT (stop now) or SIGTERM (drain, then stop); the exit code."""
+def run(
+    config: Config,
+    *,
+    loader: Callable[[], Config] | None = None,
+    config_path: str | None = None,
+    origins: Mapping[str, str] | None = None,
+) -> int:
+    """Run the sidecar until SIGINT (stop now) or SIGTERM (drain, then stop); the exit code.
+
+    ``origins`` maps config keys to the flags that set them (for the errors of start-up checks)."""
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_uvloop()
     raise_open_files_limit(config.limits.max_connections)
-    return asyncio.run(_main(config, loader, config_path))
+    return asyncio.run(_main(config, loader, config_path, origins))

@@ -99,6 +99,62 @@ def test_bad_flag_value_exits_2_naming_key_and_flag() -> None:
     assert "registries[0]: unknown registry scheme 'zk'" in r.stderr
 
 
+def test_file_errors_do_not_name_flags_that_were_not_given(tmp_path: Path) -> None:
+    # They said "(from --registry)", "(from --log-level)", "(from --app-port)": every flag was an origin.
+    p = tmp_path / "c.yaml"
+    p.write_text("registries: ['zk://h']\nlog_level: loud\napp_port: 0\n")
+    r = regproxy("run", "--config", str(p))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"regproxy: config error: {p}: 3 errors\n"), r.stderr
+    for key in ("registries[0]: unknown registry scheme 'zk'", "log_level: 'loud'", "app_port: "):
+        assert f"\n  {key}" in r.stderr
+    assert "(from" not in r.stderr
+
+
+def test_flag_and_file_errors_each_name_their_source(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("log_level: loud\n")
+    r = regproxy("run", "--config", str(p), "--registry", "zk://h")
+    assert r.returncode == 2
+    lines = dict(line.strip().split(": ", 1) for line in r.stderr.splitlines()[1:])
+    assert lines["registries[0]"].endswith("(from --registry)")
+    assert "(from" not in lines["log_level"]
+
+
+def test_print_config_reads_back_identically(tmp_path: Path) -> None:
+    # Strings YAML would take for booleans or numbers come out quoted, so the dump is the same config.
+    traps = [
+        "on",
+        "off",
+        "yes",
+        "no",
+        "y",
+        "n",
+        "0o17",
+        "0x1F",
+        "010",
+        "1_000",
+        "1:20",
+        "1e3",
+        "true",
+        "null",
+    ]
+    metadata = ", ".join(f"k{i}: '{w}'" for i, w in enumerate(traps))
+    p = tmp_path / "c.yaml"
+    host = f"{{address: '127.0.0.1:1', metadata: {{{metadata}}}}}"
+    p.write_text(f"access_log: 'yes'\nclusters:\n  - name: 'on'\n    hosts: [{host}]\n")
+    first = regproxy("run", "--config", str(p), "--print-config")
+    assert first.returncode == 0, first.stderr
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(first.stdout)
+    second = regproxy("run", "--config", str(dumped), "--print-config")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    data = yaml.safe_load(first.stdout)  # a YAML 1.1 reader sees the same strings
+    assert data["access_log"] == "yes" and data["clusters"][0]["name"] == "on"
+    assert list(data["clusters"][0]["hosts"][0]["metadata"].values()) == traps
+
+
 def test_print_config_applies_flags_over_file() -> None:
     r = regproxy(
         "run",
@@ -131,10 +187,14 @@ def test_run_hands_config_to_sidecar(monkeypatch: pytest.MonkeyPatch) -> None:
 
     class FakeSidecar:
         @staticmethod
-        def run(config: object, *, loader: object = None, config_path: object = None) -> int:
+        def run(
+            config: object, *, loader: object = None, config_path: object = None, origins: object = None
+        ) -> int:
             seen.append(config)
             # Reload re-reads the same file with the same flags on top.
             assert config_path == str(EXAMPLE) and callable(loader) and loader() == config
+            # Start-up checks name the flags that were given, and only those.
+            assert origins == {"ingress": "--ingress"}
             return 7
 
     monkeypatch.setattr(cli, "import_module", lambda name: FakeSidecar)

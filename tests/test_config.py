@@ -53,7 +53,7 @@ def test_example_config_loads() -> None:
     assert c.app_port == 20880
     assert c.registries == []
     assert [cl.name for cl in c.clusters] == ["greetings"]
-    assert str(c.clusters[0].hosts[0].address) == "127.0.0.1:20882"
+    assert str(c.clusters[0].hosts[0].address) == "greetings-provider.example:20882"
     assert c.routes[0].match.service == "org.apache.dubbo.samples.api.GreetingsService"
     assert c.routes[0].cluster == "greetings"
 
@@ -541,7 +541,7 @@ def test_redacted_dict_is_json_ready() -> None:
     d = load_config(EXAMPLE).redacted_dict()
     assert json.loads(json.dumps(d)) == d
     assert d["egress"] == "127.0.0.1:20881"
-    assert d["clusters"][0]["hosts"][0]["address"] == "127.0.0.1:20882"
+    assert d["clusters"][0]["hosts"][0]["address"] == "greetings-provider.example:20882"
 
 
 # --- to the routing table ------------------------------------------------------------------------
@@ -603,7 +603,7 @@ def test_example_to_routing_table() -> None:
     table = load_config(EXAMPLE).to_routing_table()
     route = table.match("org.apache.dubbo.samples.api.GreetingsService", "0.0.0", "greet", None)
     assert route is not None and route.cluster == "greetings"
-    assert [h.address for h in table.clusters["greetings"].hosts] == ["127.0.0.1:20882"]
+    assert [h.address for h in table.clusters["greetings"].hosts] == ["greetings-provider.example:20882"]
 
 
 # --- every invalid value names its key -----------------------------------------------------------
@@ -829,3 +829,176 @@ def test_every_invalid_value_names_its_key(loc: tuple[str | int, ...], bad: Any,
         assert errors[k] and "function-" not in k + errors[k], (k, errors[k])
     if key in ("admin_token", "registries[1]"):
         assert "s3cret" not in str(errors) and "=p" not in str(errors)  # secrets never in a message
+
+
+# --- YAML 1.2 scalars and duplicate keys (regproxy/yamlio.py), through load_config --------------
+
+
+def fenced_yaml(doc: Path, containing: str) -> str:
+    """The ```yaml block of ``doc`` that contains ``containing``."""
+    blocks = re.findall(r"^```yaml\n(.*?)^```", doc.read_text(), re.M | re.S)
+    (block,) = [b for b in blocks if containing in b]
+    return str(block)
+
+
+RETRY_EXAMPLE = "retry: {attempts: 2, on: [connect-failure, reset, unavailable]}"
+
+
+def assert_retry_example(c: Config, route: str) -> None:
+    (r,) = [r for r in c.routes if r.name == route]
+    assert r.route is not None and r.route.retry is not None
+    assert (r.route.retry.attempts, r.route.retry.on) == (2, ["connect-failure", "reset", "unavailable"])
+
+
+def test_readme_route_rule_example_loads(tmp_path: Path) -> None:
+    # It was refused: YAML 1.1 read `on` as the key True ("Keys should be strings (got True)").
+    block = fenced_yaml(ROOT / "README.md", RETRY_EXAMPLE)
+    assert_retry_example(load_config(write(tmp_path, block)), "greet-canary")
+
+
+def test_reliability_doc_config_loads(tmp_path: Path) -> None:
+    block = fenced_yaml(ROOT / "docs" / "reliability.md", RETRY_EXAMPLE)
+    assert_retry_example(load_config(write(tmp_path, block)), "greet-retry")
+
+
+def test_example_files_commented_rule_loads(tmp_path: Path) -> None:
+    # conf/regproxy.yaml shows the rule commented out, under the file's own routes: uncommented and
+    # added to them, it loads.
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("#  - name: greet-canary")
+    rule = []
+    for line in lines[start:]:
+        if not line.startswith("#  "):
+            break
+        rule.append(line[1:])
+    text = EXAMPLE.read_text().replace("\nroutes:\n", "\nroutes:\n" + "\n".join(rule) + "\n", 1)
+    c = load_config(write(tmp_path, text))
+    assert_retry_example(c, "greet-canary")
+    assert [r.name for r in c.routes] == ["greet-canary", "greetings"]
+
+
+YAML_1_1_TRAPS = ["on", "off", "yes", "no", "y", "n", "On", "OFF", "Yes", "NO", "1_000", "1:20", "0b101"]
+
+
+@pytest.mark.parametrize("word", YAML_1_1_TRAPS)
+def test_yaml_1_1_booleans_and_numbers_stay_strings(tmp_path: Path, word: str) -> None:
+    # YAML 1.1 made these booleans or numbers, and a string field refused them.
+    p = write(
+        tmp_path,
+        f"clusters:\n  - name: c\n    hosts: [{{address: '127.0.0.1:1', metadata: {{m: {word}}}}}]\n"
+        f"routes:\n  - {{name: r, cluster: c, match: {{version: {word}}}}}\n",
+    )
+    c = load_config(p)
+    assert c.clusters[0].hosts[0].metadata == {"m": word}
+    assert c.routes[0].match.version == word
+
+
+@pytest.mark.parametrize(("text", "port"), [("010", 10), ("0o17", 15), ("0x1F", 31), ("20880", 20880)])
+def test_integers_are_yaml_1_2(tmp_path: Path, text: str, port: int) -> None:
+    assert load_config(write(tmp_path, f"app_port: {text}\n")).app_port == port  # 010: not octal 8
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "first"),
+    [
+        ("egress: 127.0.0.1:1\napp_port: 3\negress: 127.0.0.1:2\n", 3, "egress", 1),
+        (
+            "limits:\n  max_connections: 5\n  idle_timeout_s: 1\n  max_connections: 6\n",
+            4,
+            "max_connections",
+            2,
+        ),
+        ("routes:\n  - name: r\n    cluster: c\n    name: s\n", 4, "name", 2),
+        ("tls: {enabled: false, enabled: true}\n", 1, "enabled", 1),
+    ],
+)
+def test_duplicate_keys_name_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str, first: int
+) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert str(info.value) == f"{p}: line {line}: duplicate key {key!r} (first given on line {first})"
+    assert info.value.source == str(p)
+
+
+def test_dumped_config_loads_back_identically(tmp_path: Path) -> None:
+    # What --print-config writes (yamlio.dump of redacted_dict) is the same config read back, strings
+    # that look like booleans or numbers included.
+    from regproxy import yamlio
+
+    traps = {word: word for word in [*YAML_1_1_TRAPS, "0o17", "0x1F", "010", "1e3", "true", "null", ""]}
+    data = {
+        "app_port": 20990,
+        "access_log": "on",
+        "clusters": [{"name": "yes", "hosts": [{"address": "127.0.0.1:1", "metadata": traps}]}],
+        "routes": [
+            {"name": "no", "cluster": "yes", "match": {"service": "on", "version": "1.10", "group": "0o17"}}
+        ],
+    }
+    c = Config.from_dict(data)
+    text = yamlio.dump(c.redacted_dict())
+    assert load_config(write(tmp_path, text)) == c
+    assert "access_log: 'on'" in text
+
+
+# --- where a value came from: a flag only when it was given ---------------------------------------
+
+ALL_FLAGS = {
+    "registries": "--registry",
+    "log_level": "--log-level",
+    "app_port": "--app-port",
+    "egress": "--egress",
+}
+
+
+def test_file_errors_name_the_file_not_a_flag_that_was_not_given(tmp_path: Path) -> None:
+    p = write(tmp_path, "registries: ['zk://h']\nlog_level: loud\napp_port: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, {}, origins=ALL_FLAGS)  # the cli knows every flag; none was given
+    assert info.value.source == str(p)
+    assert "(from" not in str(info.value)
+    assert set(dict(info.value.errors)) == {"registries[0]", "log_level", "app_port"}
+
+
+def test_a_flag_error_names_the_flag_and_file_errors_do_not(tmp_path: Path) -> None:
+    p = write(tmp_path, "log_level: loud\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, {"registries": ["zk://h"]}, origins=ALL_FLAGS)
+    errors = dict(info.value.errors)
+    assert errors["registries[0]"].endswith("(from --registry)")
+    assert "(from" not in errors["log_level"]
+
+
+# --- a loopback ingress with an advertised address -----------------------------------------------
+
+
+@pytest.mark.parametrize("ingress", ["127.0.0.1:20882", "localhost:20882", "[::1]:20882", "127.0.0.2:20882"])
+def test_loopback_ingress_with_a_non_loopback_advertise_ip_is_refused(ingress: str) -> None:
+    key, problem = one_error({"ingress": ingress, "advertise_ip": "10.0.0.7"})
+    assert key == "advertise_ip"
+    assert "10.0.0.7" in problem and f"ingress ({ingress})" in problem and "loopback" in problem
+    assert "advertise_ip to null" in problem
+
+
+def test_loopback_advertise_ip_flag_is_named() -> None:
+    flags = {"ingress": "127.0.0.1:30000", "advertise_ip": "192.0.2.2"}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, flags, origins={"ingress": "--ingress", "advertise_ip": "--advertise-ip"})
+    ((key, problem),) = info.value.errors
+    assert key == "advertise_ip" and problem.endswith("(from --advertise-ip)") and "ingress (" in problem
+
+
+@pytest.mark.parametrize(
+    ("ingress", "advertise_ip"),
+    [
+        ("127.0.0.1:20882", None),  # the sidecar advertises 127.0.0.1 (tests/test_sidecar_run.py)
+        ("127.0.0.1:20882", "127.0.0.1"),
+        ("[::1]:20882", "::1"),
+        ("0.0.0.0:20882", "10.0.0.7"),
+        ("10.0.0.7:20882", "10.0.0.7"),
+        ("myhost:20882", "10.0.0.7"),  # a name may resolve to anything
+    ],
+)
+def test_other_ingress_and_advertise_ip_pairs_are_accepted(ingress: str, advertise_ip: str | None) -> None:
+    Config.from_dict({"ingress": ingress, "advertise_ip": advertise_ip})
