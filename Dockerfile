@@ -11,10 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Only what the package is built from (.dockerignore keeps the rest out of the context), so
-# editing tests or docs does not invalidate this layer.
-COPY pyproject.toml README.md /src/
+# editing tests or docs does not invalidate this layer.  constraints.txt pins every dependency to
+# the versions `make test` tested (the same file `make venv` installs with).
+COPY pyproject.toml README.md constraints.txt /src/
 COPY regproxy /src/regproxy
-RUN pip install /src && rm -rf /src
+RUN pip install -c /src/constraints.txt /src && rm -rf /src
 
 # Not root: the sidecar needs no privilege (all its ports are above 1024).  Its state directory
 # (data_dir in conf/compose/*.yaml) is the user's home.

@@ -1,5 +1,7 @@
 # regproxy developer entry points.  CI runs `make test` (see .ci/run).
 SHELL := /bin/bash
+# A failing command in a pipe fails its recipe line (the pip installs below filter their output).
+.SHELLFLAGS := -o pipefail -c
 .DEFAULT_GOAL := help
 
 VENV  := .venv
@@ -14,9 +16,9 @@ BOOT_PY := $(shell for p in python3.11 python3; do \
 .PHONY: help venv native test lint fuzz demo bench soak clean distclean
 
 help:
-	@echo "make venv     create $(VENV) and install regproxy with its test extras"
+	@echo "make venv     create $(VENV): regproxy and its test extras, pinned by constraints.txt"
 	@echo "make native   compile the data path with mypyc, when its sources changed (docs/performance.md)"
-	@echo "make test     system test deps, ruff, pytest (what CI runs)"
+	@echo "make test     venv, Debian's zookeeper, docker-compose, iproute2 and curl when missing, ruff, pytest (what CI runs; ~8 min on 2 cores)"
 	@echo "make lint     ruff only"
 	@echo "make fuzz     long fuzzing of the Dubbo listeners (FUZZ_EXAMPLES=200000 per property, ~21 min)"
 	@echo "make demo     run regproxy demo: providers, a consumer and their sidecars (Ctrl-C stops)"
@@ -26,17 +28,21 @@ help:
 
 venv: $(STAMP)
 
-# The stamp makes reruns instant; it is rebuilt when the dependencies (pyproject.toml) or the pins
-# below (this Makefile) change.
+# The stamp makes reruns instant; it is rebuilt when the dependencies (pyproject.toml), their pins
+# (constraints.txt: the one set of versions the Docker image installs too) or this Makefile change.
 # dubbo-python 0.0.4 is only a test peer (a real Python Dubbo client): it pins kazoo==2.6.0 and imports
-# the v1 `nacos` module that only nacos-sdk-python 2.0.x still ships, hence --no-deps and the 2.0.11 pin,
-# resolved together with regproxy so pip never installs 3.x first.
-$(STAMP): pyproject.toml Makefile
+# the v1 `nacos` module that only nacos-sdk-python 2.0.x still ships, hence --no-deps, and
+# nacos-sdk-python 2.0.11 in constraints.txt.
+# PIP_QUIET_LOCATIONS: pip warns "Location '...' is ignored" for every project a configured
+# file:// index (pip.conf's extra-index-url / find-links) lacks, dozens of lines that say nothing
+# about regproxy; only those lines are dropped, everything else pip prints (and its exit code) stays.
+PIP_QUIET_LOCATIONS := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@if [ -z "$(BOOT_PY)" ]; then echo "need Python >= 3.11 (python3.11 or python3)" >&2; exit 1; fi
 	@if [ ! -x $(PY) ]; then echo "creating $(VENV) with $(BOOT_PY)"; $(BOOT_PY) -m venv $(VENV); fi
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,native]' 'nacos-sdk-python==2.0.11'
-	$(PY) -m pip install --quiet --no-deps 'dubbo-python==0.0.4'
+	$(PY) -m pip install --quiet --upgrade pip $(PIP_QUIET_LOCATIONS)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,native]' $(PIP_QUIET_LOCATIONS)
+	$(PY) -m pip install --quiet --no-deps 'dubbo-python==0.0.4' $(PIP_QUIET_LOCATIONS)
 	@touch $(STAMP)
 
 # The data path compiled in place (regproxy/native.py); a no-op while its sources are unchanged.  A

@@ -7,6 +7,7 @@
 #   docker-compose (Debian's `docker-compose`, 1.29): tests/test_compose.py validates docker-compose.yml
 #   with `docker-compose config -q` (no Docker daemon needed)
 #   iproute2 (`ip`): tests/test_pods.py builds pods from network namespaces, veth pairs and a bridge
+#   curl: tests/test_docs.py runs the docs' curl examples as written against a real sidecar
 set -euo pipefail
 
 ZK_JAR=/usr/share/java/zookeeper.jar          # from libzookeeper-java, a dependency of `zookeeper`
@@ -25,9 +26,14 @@ if ! command -v ip >/dev/null 2>&1; then
     missing+=(iproute2)
 fi
 
+if ! command -v curl >/dev/null 2>&1; then
+    missing+=(curl)
+fi
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)), docker-compose present" \
-        "($(command -v docker-compose)), ip present ($(command -v ip)); nothing to install"
+        "($(command -v docker-compose)), ip present ($(command -v ip)), curl present ($(command -v curl));" \
+        "nothing to install"
     exit 0
 fi
 
@@ -40,8 +46,14 @@ else
     exit 1
 fi
 
-echo "test-deps: installing ${missing[*]} (apt-get update && apt-get install -y ${missing[*]})"
+# apt's own output (hundreds of lines, and the packages' install scripts' warnings about a home
+# directory or a runlevel, which say nothing about regproxy) goes to a log, shown only on failure.
+log=${TMPDIR:-/tmp}/regproxy-test-deps.log
+echo "test-deps: installing ${missing[*]} (apt-get update && apt-get install -y ${missing[*]}; log: $log)"
 export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -q
-"${SUDO[@]}" apt-get install -y -q "${missing[@]}"
+if ! { "${SUDO[@]}" apt-get update -q && "${SUDO[@]}" apt-get install -y -q "${missing[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "test-deps: installing ${missing[*]} failed (above; also in $log)" >&2
+    exit 1
+fi
 echo "test-deps: installed ${missing[*]}"
