@@ -16,6 +16,20 @@ from regproxy.demo.embedded import free_ports
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def loopback_listeners(**extra: Any) -> dict[str, Any]:
+    """Config keys for an in-process sidecar: its four listeners and its app port on loopback, all
+    five picked together so they differ; ``extra`` adds or replaces keys."""
+    egress, ingress, api, admin, app_port = free_ports(5)
+    return {
+        "egress": f"127.0.0.1:{egress}",
+        "ingress": f"127.0.0.1:{ingress}",
+        "api": f"127.0.0.1:{api}",
+        "admin": f"127.0.0.1:{admin}",
+        "app_port": app_port,
+        **extra,
+    }
+
+
 class SidecarProc:
     """One `regproxy run` process on free loopback ports, its log in ``data_dir/regproxy.log``."""
 

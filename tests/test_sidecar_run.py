@@ -19,7 +19,7 @@ from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import serve
 from regproxy.netutil import detect_advertise_ip
 from regproxy.sidecar import DUBBO_QOS_PORT, Sidecar, data_dir_problem, listen_error
-from tests.sidecars import SidecarProc
+from tests.sidecars import SidecarProc, loopback_listeners
 from tests.test_proxy_e2e import GREET, free_port
 
 
@@ -153,17 +153,6 @@ async def _run_until_exit(*args: str, seconds: float = 15) -> tuple[int, str]:
     return code, (await proc.stderr.read()).decode()
 
 
-def _loopback_listeners(**extra: Any) -> dict[str, Any]:
-    return {
-        "egress": f"127.0.0.1:{free_port()}",
-        "ingress": f"127.0.0.1:{free_port()}",
-        "api": f"127.0.0.1:{free_port()}",
-        "admin": f"127.0.0.1:{free_port()}",
-        "app_port": free_port(),
-        **extra,
-    }
-
-
 def _as_flags(settings: dict[str, Any]) -> list[str]:
     return [x for key, value in settings.items() for x in (f"--{key.replace('_', '-')}", str(value))]
 
@@ -211,7 +200,7 @@ async def test_run_refuses_a_bad_data_dir_flag(tmp_path: Path, kind: str) -> Non
     # failure at the first save.
     path = {"file": str(tmp_path / "f"), "uncreatable": "/proc/regproxy-nope", "unwritable": "/proc"}[kind]
     (tmp_path / "f").write_text("x")
-    flags = _as_flags(_loopback_listeners())
+    flags = _as_flags(loopback_listeners())
     code, stderr = await _run_until_exit(*flags, "--registry", "memory://", "--data-dir", path)
     assert code == 2, stderr
     assert f"config error: data_dir: {path} " in stderr and "(from --data-dir)" in stderr
@@ -232,7 +221,7 @@ async def test_sidecar_start_refuses_the_default_data_dir_naming_it(
 ) -> None:
     monkeypatch.chdir("/proc")  # data_dir "." (the default) is then unwritable
     sidecar = Sidecar(
-        Config.from_dict(_loopback_listeners(registries=["memory://"], advertise_ip="127.0.0.1"))
+        Config.from_dict(loopback_listeners(registries=["memory://"], advertise_ip="127.0.0.1"))
     )
     with pytest.raises(ConfigError) as info:
         await sidecar.start()
@@ -253,7 +242,7 @@ async def test_loopback_ingress_advertises_its_own_address(
 ) -> None:
     # Was: a detected interface address (e.g. 192.0.2.2:PORT), where nothing listens on that port.
     caplog.set_level(logging.INFO, "regproxy")
-    config = Config.from_dict(_loopback_listeners(registries=["memory://"], data_dir=str(tmp_path)))
+    config = Config.from_dict(loopback_listeners(registries=["memory://"], data_dir=str(tmp_path)))
     assert config.advertise_ip is None
     sidecar = Sidecar(config)
     assert sidecar.advertise_ip == "127.0.0.1"
@@ -277,7 +266,7 @@ async def test_loopback_ingress_advertises_its_own_address(
 
 
 def test_explicit_or_wildcard_ingress_keeps_the_advertise_ip(caplog: pytest.LogCaptureFixture) -> None:
-    listeners = _loopback_listeners()
+    listeners = loopback_listeners()
     explicit = Sidecar(Config.from_dict({**listeners, "advertise_ip": "127.0.0.1"}))
     assert explicit.advertise_ip == "127.0.0.1"
     wildcard = Sidecar(Config.from_dict({**listeners, "ingress": f"0.0.0.0:{free_port()}"}))
@@ -291,7 +280,7 @@ def test_explicit_or_wildcard_ingress_keeps_the_advertise_ip(caplog: pytest.LogC
 async def test_start_warns_when_no_registry_is_configured(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = Config.from_dict(_loopback_listeners(data_dir=str(tmp_path), advertise_ip="127.0.0.1"))
+    config = Config.from_dict(loopback_listeners(data_dir=str(tmp_path), advertise_ip="127.0.0.1"))
     sidecar = Sidecar(config)
     await sidecar.start()
     try:
@@ -330,7 +319,7 @@ async def test_run_reports_a_busy_api_or_admin_port(tmp_path: Path, which: str) 
     busy = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = busy.sockets[0].getsockname()[1]
     try:
-        flags = _as_flags(_loopback_listeners(**{which: f"127.0.0.1:{port}"}))
+        flags = _as_flags(loopback_listeners(**{which: f"127.0.0.1:{port}"}))
         code, stderr = await _run_until_exit(*flags, "--data-dir", str(tmp_path), "--registry", "memory://")
         assert code == 1, stderr
         assert (

@@ -25,6 +25,7 @@ from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.sidecar import Sidecar, _reload_on_signal
+from tests.sidecars import loopback_listeners
 from tests.zkserver import free_port
 
 
@@ -317,17 +318,12 @@ def sidecar_config(fleet: Fleet, tmp_path: Path, weights: tuple[int, int]) -> di
             ]
         },
     }
-    return {
-        "egress": f"127.0.0.1:{free_port()}",
-        "ingress": f"127.0.0.1:{free_port()}",
-        "api": f"127.0.0.1:{free_port()}",
-        "admin": f"127.0.0.1:{free_port()}",
-        "app_port": free_port(),
-        "advertise_ip": "127.0.0.1",
-        "data_dir": str(tmp_path),
-        "registries": ["memory://"],
+    return loopback_listeners(
+        advertise_ip="127.0.0.1",
+        data_dir=str(tmp_path),
+        registries=["memory://"],
         **fleet.config([rule], GRAY_STABLE),
-    }
+    )
 
 
 async def test_reload_under_traffic_drops_nothing_and_bad_reload_is_refused(
