@@ -41,7 +41,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@if [ -z "$(BOOT_PY)" ]; then echo "need Python >= 3.11 (python3.11 or python3)" >&2; exit 1; fi
 	@if [ ! -x $(PY) ]; then echo "creating $(VENV) with $(BOOT_PY)"; $(BOOT_PY) -m venv $(VENV); fi
 	$(PY) -m pip install --quiet --upgrade pip $(PIP_QUIET_LOCATIONS)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,native]' $(PIP_QUIET_LOCATIONS)
+	@# setuptools' advice on editable installs (a package folder in the working directory may shadow
+	@# the installed one) is what this checkout is meant to do: nothing for a newcomer to act on.
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -c constraints.txt -e '.[test,native]' $(PIP_QUIET_LOCATIONS)
 	$(PY) -m pip install --quiet --no-deps 'dubbo-python==0.0.4' $(PIP_QUIET_LOCATIONS)
 	@touch $(STAMP)
 
