@@ -38,7 +38,8 @@ def raise_open_files_limit(max_connections: int, listeners: int = 2) -> int:
     if soft < needed:
         log.warning(
             "the open-files limit (RLIMIT_NOFILE) is %d, below the %d that limits.max_connections=%d on "
-            "%d listeners needs: raise the hard limit (ulimit -Hn, systemd LimitNOFILE, docker --ulimit)",
+            "%d listeners needs: raise the hard limit (ulimit -Hn, systemd LimitNOFILE, docker --ulimit) "
+            "or lower limits.max_connections",
             soft, needed, max_connections, listeners,
         )  # fmt: skip
     return soft

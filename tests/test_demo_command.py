@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,3 +248,21 @@ def test_demo_stops_on_a_signal_after_its_reader_went(tmp_path: Path, sig: signa
         proc.stdout.close()
     proc.send_signal(sig)  # well before the next live line, a second away
     _assert_quiet_exit(proc, err_path, within=10)
+
+
+def test_the_ctl_hint_can_be_typed_as_printed() -> None:
+    """After `make demo` (which runs .venv/bin/regproxy), a bare `regproxy ctl ...` is not on PATH:
+    the hint names the command the way it was started, and that command runs."""
+    script = Path(sys.executable).parent / "regproxy"
+    done = subprocess.run(
+        [str(script), "demo", "--duration", "1"], cwd=ROOT, env=_env(),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    hint = next(line.split() for line in done.stdout.splitlines() if " ctl clusters --admin " in line)
+    command = hint[0]
+    assert command != "regproxy" or shutil.which("regproxy") == str(script), hint
+    help_run = subprocess.run(
+        [command, "ctl", "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, check=False
+    )
+    assert help_run.returncode == 0 and "clusters" in help_run.stdout, help_run.stderr

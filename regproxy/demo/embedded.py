@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import signal
 import socket
 import sys
@@ -55,6 +56,19 @@ CALLER = "demo"
 CALL_TIMEOUT_S = 3.0
 STARTUP_TIMEOUT_S = 30.0  # publishing and subscribing, e.g. while ZooKeeper is still connecting
 
+
+def regproxy_command() -> str:
+    """How to type the regproxy command that runs this process, from the working directory: a hint
+    naming a bare ``regproxy`` fails after ``make demo``, which runs ``.venv/bin/regproxy``."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "regproxy" and argv0.exists():
+        on_path = shutil.which("regproxy")
+        if on_path is not None and Path(on_path).resolve() == argv0.resolve():
+            return "regproxy"
+        with contextlib.suppress(ValueError):
+            return str(argv0.resolve().relative_to(Path.cwd().resolve()))
+        return str(argv0.resolve())
+    return f"{sys.executable} -m regproxy"  # python -m regproxy, or embedded in a test
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free loopback ports (all held open at once, so none is handed out twice)."""
@@ -229,7 +243,7 @@ class Demo:
         say(f"  {admin}/api/v1/clusters      clusters and their hosts (the two providers)")
         say(f"  {admin}/api/v1/config_dump   effective config and live routing table")
         say(f"  {admin}/metrics              Prometheus metrics")
-        say(f"  regproxy ctl clusters --admin {c.admin}")
+        say(f"  {regproxy_command()} ctl clusters --admin {c.admin}")
         say(f"  the pub/sub API it serves: {_url(c.api)}/openapi.json")
 
     async def traffic(self) -> None:
