@@ -25,7 +25,14 @@ from typing import Any
 
 from regproxy.config import RegistryURL, is_loopback_host
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
-from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
+from regproxy.registry.url import (
+    DubboURL,
+    Subscription,
+    consumer_url,
+    matches,
+    provider_problem,
+    provider_url,
+)
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.state import SavedState, StateStore, StateWriter
 from regproxy.tls import TLS_PARAM
@@ -68,6 +75,11 @@ class PublishSpec:
             application=d.get("application") or "",
             params=dict(d.get("params") or {}),
         )
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """``text`` cut for a log line: a registry node may be 1 MB long."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def ingress_table(app_port: int, published: Iterable[PublishSpec] = ()) -> RoutingTable:
@@ -199,6 +211,7 @@ class Discovery:
         # own_addresses): the egress would forward to itself. Its ingress is not among them.
         self.own_addresses: dict[str, str] = {}
         self._ignored_own: set[str] = set()  # provider URLs already reported as ignored
+        self._invalid_seen: set[str] = set()  # invalid provider URLs already reported (see _usable)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -522,7 +535,7 @@ class Discovery:
             await self._quietly(reg.unsubscribe(st.sub, listener))
             raise
         st.watching.add(key)
-        st.providers[key] = list(urls)
+        st.providers[key] = self._usable(st, key, urls)
         self.from_cache.discard(st.sub.cluster_name)
 
     async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None:
@@ -562,13 +575,55 @@ class Discovery:
         self.from_cache.discard(st.sub.cluster_name)
 
     def _on_providers(self, st: SubscriptionState, key: str, urls: list[DubboURL]) -> None:
+        """Every registry's provider events arrive here.  Nothing raised while applying one may
+        reach the registry adapter: some adapters stop delivering on an exception, and the next
+        event must still apply; so a failure is logged with the service, counted, and dropped."""
         if self.subscriptions.get(st.sub.cluster_name) is not st:
             return  # a late event for a subscription that is gone
         self.events["provider_events"] += 1
-        st.providers[key] = list(urls)
-        self.from_cache.discard(st.sub.cluster_name)
-        self._update_cluster(st)
-        self._save_soon()
+        try:
+            st.providers[key] = self._usable(st, key, urls)
+            self.from_cache.discard(st.sub.cluster_name)
+            self._update_cluster(st)
+            self._save_soon()
+        except Exception:
+            self.events["provider_event_failures"] += 1
+            st.cluster_memo = None  # built from a list that may not be the one now held
+            log.exception(
+                "registry %s: applying providers of %s failed; later events still apply",
+                self._registry_name(key), st.sub.cluster_name,
+            )  # fmt: skip
+
+    def _registry_name(self, key: str) -> str:
+        reg = self.registries.get(key)
+        return reg.name if reg is not None else key
+
+    def _usable(self, st: SubscriptionState, key: str, urls: Iterable[DubboURL]) -> list[DubboURL]:
+        """The one check every provider URL passes, from any registry (events and the list a
+        subscribe returns): one that cannot be routed to (see provider_problem) is left out, never
+        kept in the providers (so never saved), and reported with one WARNING per URL, not one per
+        event, and counted as ``invalid_providers``."""
+        out: list[DubboURL] = []
+        for url in urls:
+            problem = provider_problem(url)
+            if problem is None:
+                out.append(url)
+            elif self._first_sighting(str(url)):
+                log.warning(
+                    "registry %s: skipping provider %s of %s: %s",
+                    self._registry_name(key), _short(str(url)), st.sub.cluster_name, problem,
+                )  # fmt: skip
+        return out
+
+    def _first_sighting(self, text: str) -> bool:
+        """Whether an invalid provider URL is new (to report and count it once); bounded memory."""
+        if text in self._invalid_seen:
+            return False
+        if len(self._invalid_seen) >= 4096:
+            self._invalid_seen.clear()
+        self._invalid_seen.add(text)
+        self.events["invalid_providers"] += 1
+        return True
 
     def _consumer_url(self, sub: Subscription) -> DubboURL:
         return consumer_url(
@@ -791,13 +846,14 @@ class Discovery:
             try:
                 sub = Subscription(item["interface"], item.get("version", ""), item.get("group", ""))
                 keys = [self._remember(k) for k in item.get("registries", [])]
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("state file: skipping subscription %r: %s", item, exc)
+                # Inside the try: a field of the wrong type (an int interface) is refused here.
+                st = SubscriptionState(sub, keys, self._consumer_url(sub))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.error("state file: skipping subscription %s: %s", _short(repr(item)), exc)
                 continue
-            st = SubscriptionState(sub, keys, self._consumer_url(sub))
-            cached = saved.providers.get(sub.cluster_name, {})
-            for key, urls in cached.items():
-                st.providers[key] = [u for u in (self._parse(x) for x in urls) if u is not None]
+            st.providers.update(
+                self._cached_providers(sub.cluster_name, saved.providers.get(sub.cluster_name))
+            )
             self.subscriptions[sub.cluster_name] = st
             if any(st.providers.values()):
                 self.from_cache.add(sub.cluster_name)
@@ -806,8 +862,8 @@ class Discovery:
                 spec = PublishSpec.from_dict(item["spec"])
                 keys = [self._remember(k) for k in item.get("registries", [])]
                 url = DubboURL.parse(item["url"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("state file: skipping publication %r: %s", item, exc)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.error("state file: skipping publication %s: %s", _short(repr(item)), exc)
                 continue
             if (
                 url.host != self.advertise_ip
@@ -839,12 +895,43 @@ class Discovery:
             self._registry_urls[key] = RegistryURL.parse(key)
         return key
 
-    @staticmethod
-    def _parse(text: str) -> DubboURL | None:
-        try:
-            return DubboURL.parse(text)
-        except ValueError:
-            return None
+    def _cached_providers(self, name: str, cached: object) -> dict[str, list[DubboURL]]:
+        """A subscription's providers as the state file holds them (registry key -> URL texts),
+        each part checked as registry URLs are (provider_problem): a part of the wrong type, an
+        unparseable or unusable URL is dropped with an ERROR naming it; the rest is restored."""
+        out: dict[str, list[DubboURL]] = {}
+        if cached is None:
+            return out
+        if not isinstance(cached, dict):
+            log.error(
+                "state file: skipping cached providers of %s: %s is not a mapping", name, _short(repr(cached))
+            )
+            return out
+        for key, texts in cached.items():
+            if not isinstance(texts, list):
+                log.error(
+                    "state file: skipping cached providers of %s from %s: %s is not a list",
+                    name, key, _short(repr(texts)),
+                )  # fmt: skip
+                continue
+            urls: list[DubboURL] = []
+            for text in texts:
+                try:
+                    if not isinstance(text, str):
+                        raise ValueError("not a URL string")
+                    url = DubboURL.parse(text)
+                    problem = provider_problem(url)
+                    if problem is not None:
+                        raise ValueError(problem)
+                except ValueError as exc:
+                    log.error(
+                        "state file: skipping cached provider %s of %s from %s: %s",
+                        _short(repr(text)), name, key, exc,
+                    )  # fmt: skip
+                    continue
+                urls.append(url)
+            out[key] = urls
+        return out
 
     @staticmethod
     async def _quietly(op: Any) -> None:

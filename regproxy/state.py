@@ -44,6 +44,11 @@ class SavedState:
         )
 
 
+def _short(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class StateStore:
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / STATE_FILE
@@ -76,9 +81,9 @@ class StateStore:
                     f"unknown format version {data.get('version') if isinstance(data, dict) else None}"
                 )
             return SavedState(
-                publications=list(data.get("publications") or []),
-                subscriptions=list(data.get("subscriptions") or []),
-                providers=dict(data.get("providers") or {}),
+                publications=self._items(data, "publications"),
+                subscriptions=self._items(data, "subscriptions"),
+                providers=self._providers(data.get("providers")),
             ), None
         except (ValueError, TypeError) as exc:
             aside = self.path.with_suffix(".corrupt")
@@ -86,6 +91,42 @@ class StateStore:
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
             return SavedState(), f"unreadable ({exc}); moved to {aside}"
+
+    def _items(self, data: dict[str, Any], section: str) -> list[dict[str, Any]]:
+        """One list section of a readable file, each entry of the wrong type dropped with an ERROR:
+        one broken entry must not cost the others (or the start-up)."""
+        value = data.get(section) or []
+        if not isinstance(value, list):
+            log.error("state file %s: skipping %s: %s is not a list", self.path, section, _short(value))
+            return []
+        items = []
+        for item in value:
+            if isinstance(item, dict):
+                items.append(item)
+            else:
+                log.error(
+                    "state file %s: skipping %s entry %s: not an object", self.path, section, _short(item)
+                )
+        return items
+
+    def _providers(self, value: object) -> dict[str, dict[str, list[str]]]:
+        """The provider cache, cluster by cluster: a cluster whose entry is not a mapping is dropped
+        with an ERROR (its URLs are checked one by one when restored, see Discovery)."""
+        if not value:
+            return {}
+        if not isinstance(value, dict):
+            log.error("state file %s: skipping providers: %s is not an object", self.path, _short(value))
+            return {}
+        out: dict[str, dict[str, list[str]]] = {}
+        for name, per_registry in value.items():
+            if isinstance(per_registry, dict):
+                out[name] = per_registry
+            else:
+                log.error(
+                    "state file %s: skipping cached providers of %s: %s is not an object",
+                    self.path, name, _short(per_registry),
+                )  # fmt: skip
+        return out
 
     def save(self, state: SavedState) -> None:
         data = state.to_json()

@@ -186,7 +186,8 @@ class SidecarCollector(Collector):
         events = CounterMetricFamily(
             _name("registry_events"),
             "Registry notifications handled: provider list changes and connection state changes; "
-            "provider URLs ignored because they name this sidecar's own egress, API or admin listener.",
+            "provider URLs ignored because they name this sidecar's own egress, API or admin listener; "
+            "invalid provider URLs skipped (each counted once); provider events that failed to apply.",
             labels=["event"],
         )
         pubs = GaugeMetricFamily(_name("publications"), "Services this sidecar publishes.")
@@ -204,7 +205,13 @@ class SidecarCollector(Collector):
                 current = reg.state
                 for s in REGISTRY_STATES if current in REGISTRY_STATES else (*REGISTRY_STATES, current):
                     state.add_metric([reg.name, s], 1 if s == current else 0)
-            for kind in ("provider_events", "state_changes", "own_providers_ignored"):
+            for kind in (
+                "provider_events",
+                "state_changes",
+                "own_providers_ignored",
+                "invalid_providers",
+                "provider_event_failures",
+            ):
                 events.add_metric([kind], getattr(disc, "events", Counter()).get(kind, 0))
             pubs.add_metric([], len(disc.publications))
             subs.add_metric([], len(disc.subscriptions))

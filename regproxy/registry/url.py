@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import unquote_plus
 
-from regproxy.routing import RouteMatch, ServiceKey, normalize_version
+from regproxy.routing import RouteMatch, ServiceKey, normalize_version, split_address
 
 __all__ = [
     "ANY",
@@ -45,6 +45,7 @@ __all__ = [
     "java_url_decode",
     "java_url_encode",
     "matches",
+    "provider_problem",
     "provider_url",
     "regproxy_release",
 ]
@@ -52,6 +53,10 @@ __all__ = [
 ANY = "*"  # Dubbo's ANY_VALUE
 DUBBO_PROTOCOL_VERSION = "2.0.2"  # the "dubbo" parameter every Dubbo 2.7/3.x URL carries
 DEFAULT_WEIGHT = 100  # Dubbo's default provider weight
+# Dubbo reads weight (and every numeric parameter) into a Java int.  A registry may hold any digits
+# (weight=99999999999999999999): read as a Python int it would be unbounded, and orjson refuses ints
+# beyond 64 bits, which turned every admin view of the providers into a 500.
+MAX_DUBBO_INT = 2**31 - 1
 PROVIDERS = "providers"
 CONSUMERS = "consumers"
 
@@ -236,13 +241,16 @@ class DubboURL:
 
     @property
     def weight(self) -> int:
-        """``weight`` as an int; 100 when missing or not a number, never below 0."""
+        """``weight`` as an int; 100 when missing or not a number, clamped to 0..MAX_DUBBO_INT."""
         text = self.params.get("weight", "").strip()
+        if len(text) > 4300 and text.lstrip("+-").isdigit():
+            # int() refuses this many digits (the CVE-2020-10735 limit): clamp it like any other.
+            return 0 if text.startswith("-") else MAX_DUBBO_INT
         try:
             value = int(text)
         except ValueError:
             return DEFAULT_WEIGHT
-        return max(value, 0)
+        return min(max(value, 0), MAX_DUBBO_INT)
 
     @property
     def enabled(self) -> bool:
@@ -266,6 +274,22 @@ class DubboURL:
     def service_key(self) -> ServiceKey:
         """The provider's service key; ValueError when the interface is not a legal name."""
         return ServiceKey(self.interface, self.version, self.group)
+
+
+def provider_problem(url: DubboURL) -> str | None:
+    """Why a provider URL from a registry (or the state file) cannot be routed to; None when it can.
+
+    A provider needs a port a connection can be made to (a URL without one reads as port 0) and an
+    address the routing table accepts; anything else would be refused later, inside the code that
+    builds the table, where it stopped every later update of the service.
+    """
+    if not 1 <= url.port <= 65535:
+        return f"port {url.port} is not 1..65535"
+    try:
+        split_address(url.address)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _split_authority(authority: str) -> tuple[str, int]:
