@@ -114,6 +114,18 @@ class SidecarProc:
             self.proc.kill()
             await self.proc.wait()
 
+    async def until_ready(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Wait for /readyz to answer 200; its body. AssertionError with the log after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status, body = await self.admin_get("/readyz")
+            if status == 200:
+                return body
+            if loop.time() > deadline:
+                raise AssertionError(f"not ready after {timeout} s: {body}\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

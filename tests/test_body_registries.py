@@ -23,18 +23,6 @@ IFACE = "com.t.BodyRegistrySvc"
 DEAD = {"type": "zookeeper", "addr": "127.0.0.1:1"}
 
 
-async def until_ready(sc: SidecarProc, timeout: float = 15.0) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        status, body = await sc.admin_get("/readyz")
-        if status == 200:
-            return body
-        if loop.time() > deadline:
-            raise AssertionError(f"not ready after {timeout} s: {body}\n{sc.log_tail()}")
-        await asyncio.sleep(0.1)
-
-
 @pytest.fixture
 async def sidecar_on(zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterator[Any]:
     started: list[SidecarProc] = []
@@ -51,7 +39,7 @@ async def sidecar_on(zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterato
         )
         started.append(sc)
         await sc.start()
-        await until_ready(sc)
+        await sc.until_ready()
         return sc
 
     try:
