@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from regproxy.demo.embedded import free_ports
+from tests.zkserver import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,8 +49,8 @@ class SidecarProc:
         self.app_port = app_port
         self.advertise_ip = advertise_ip
         self.extra = extra or []
-        # Held open together, so the four differ; and none may be the app's (picked before, and
-        # closed since: the kernel can hand it out again).
+        # Never handed out before in this process, so the four differ from each other, from the
+        # app's (when the test picked it with the same helper) and from every other sidecar's.
         ports = free_ports(4)
         while app_port in ports:
             ports = free_ports(4)

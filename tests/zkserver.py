@@ -65,13 +65,22 @@ _HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)
 
 def free_port() -> int:
     """A free loopback port, not one this process was handed lately."""
-    while True:
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports, none handed out lately in this process: two sidecars
+    picked one after the other never share one (CI once posted to a sidecar's API port that another
+    sidecar's ingress had been given too)."""
+    ports: list[int] = []
+    while len(ports) < n:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
         if port not in _HANDED_OUT:
             _HANDED_OUT.append(port)
-            return port
+            ports.append(port)
+    return ports
 
 
 def four_letter_word(port: int, word: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
