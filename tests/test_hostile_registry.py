@@ -84,6 +84,8 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> N
     ],
 )
 def test_weight_is_clamped_to_dubbos_int(weight: str, expected: int) -> None:
+    """0..2**31-1: Java's int, what Dubbo's URL parses weight into; negative is 0 as in
+    AbstractLoadBalance.getWeight (Math.max(weight, 0)); not a number is Dubbo's default 100."""
     assert DubboURL.parse(f"{GOOD}&weight={weight}").weight == expected
 
 

@@ -55,7 +55,10 @@ DUBBO_PROTOCOL_VERSION = "2.0.2"  # the "dubbo" parameter every Dubbo 2.7/3.x UR
 DEFAULT_WEIGHT = 100  # Dubbo's default provider weight
 # Dubbo reads weight (and every numeric parameter) into a Java int.  A registry may hold any digits
 # (weight=99999999999999999999): read as a Python int it would be unbounded, and orjson refuses ints
-# beyond 64 bits, which turned every admin view of the providers into a 500.
+# beyond 64 bits, which turned every admin view of the providers into a 500.  Java Dubbo's
+# Integer.parseInt throws on such a value and that provider cannot be weighed at all; regproxy clamps
+# instead, so one foreign value costs no routing.  Below zero is 0, as AbstractLoadBalance.getWeight
+# ends with Math.max(weight, 0).
 MAX_DUBBO_INT = 2**31 - 1
 PROVIDERS = "providers"
 CONSUMERS = "consumers"
