@@ -431,6 +431,12 @@ async def test_a_publication_on_an_own_listener_port_answers_a_loop_error(
     sc = SidecarProc(f"loop-{listener}", tmp_path / "sc", registries=[reg], app_port=app_port)
     state_with_publication(sc, reg, getattr(sc, listener))
     await start(sidecars, sc)
+    # The restored publication is registered again in the background: wait for its node, so the
+    # subscription below finds it (ready does not wait for re-registration).
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (zk.exists(f"/dubbo/{SVC}/providers") and zk.get_children(f"/dubbo/{SVC}/providers")):
+        assert asyncio.get_running_loop().time() < deadline, sc.log_tail()
+        await asyncio.sleep(0.05)
     status, body = await sc.post("/sub", SUB)
     assert status == 200 and body["providers"], body  # this sidecar's own ingress: a legitimate provider
 
