@@ -56,7 +56,7 @@ test: venv
 	REGPROXY_NATIVE=require $(PY) scripts/native.py
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
 	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks scripts)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 lint: venv
 	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks scripts)

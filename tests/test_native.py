@@ -93,10 +93,11 @@ def test_pure_python_can_be_asked_for_whatever_is_compiled() -> None:
 
 def test_the_pure_data_path_passes_the_data_path_tests() -> None:
     """The suite runs whichever path is built (compiled under make test); these data-path tests
-    also run on the pure one, which is the same source."""
+    also run on the pure one, which is the same source. Not the fuzz properties: they explore
+    inputs, which the compiled run already did, and would double their time."""
     tests = Path(__file__).parent
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not fuzz",
          *(str(tests / t) for t in ("test_plans.py", "test_frame.py", "test_deadlines.py"))],
         env=_pure_env(), capture_output=True, text=True, check=False,
     )  # fmt: skip
