@@ -401,6 +401,30 @@ class LimitsConfig(_Model):
     max_body_bytes: Int = Field(8 * MIB, ge=KIB, le=MAX_BODY_LIMIT, description="largest Dubbo body accepted")
     max_connections: Int = Field(10_000, ge=1, description="most client connections open at once")
     idle_timeout_s: Float = Field(300.0, gt=0, description="close client connections idle this long")
+    # Flow control (regproxy/proxy/flow.py): what one connection may make a listener hold.
+    max_in_flight_per_connection: Int = Field(
+        4096, ge=1, description="stop reading a client connection with this many requests unanswered"
+    )
+    max_in_flight_bytes_per_connection: Int = Field(
+        32 * MIB, ge=KIB, description="... or with unanswered requests of this many bytes"
+    )
+    max_unsent_bytes_per_connection: Int = Field(
+        64 * MIB,
+        ge=64 * KIB,
+        description="close a client leaving this many bytes of answers unread; write nothing more "
+        "to an upstream connection with this many bytes unsent",
+    )
+
+    @model_validator(mode="after")
+    def _unsent_above_in_flight(self) -> LimitsConfig:
+        # A client that reads slowly but reads must never be closed: the answers to what it had
+        # in flight when reading stopped (same-sized answers) have to fit below the close.
+        if self.max_unsent_bytes_per_connection < self.max_in_flight_bytes_per_connection:
+            raise ValueError(
+                f"max_unsent_bytes_per_connection ({self.max_unsent_bytes_per_connection}) must be at least "
+                f"max_in_flight_bytes_per_connection ({self.max_in_flight_bytes_per_connection})"
+            )
+        return self
 
 
 class TimeoutsConfig(_Model):

@@ -43,6 +43,7 @@ MODULES = (
     "regproxy.proxy.batch",
     "regproxy.proxy.deadlines",
     "regproxy.proxy.exchange",
+    "regproxy.proxy.flow",
     "regproxy.proxy.forwarder",
     "regproxy.proxy.listener",
     "regproxy.proxy.stats",

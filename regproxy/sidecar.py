@@ -27,6 +27,7 @@ from regproxy.health.hosts import Health, egress_view
 from regproxy.netutil import detect_advertise_ip, loopback_ingress_ip
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.proxy.filters import AccessLog
+from regproxy.proxy.flow import FlowLimits
 from regproxy.proxy.loops import LoopGuard
 from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
@@ -125,6 +126,11 @@ class Sidecar:
             connections_per_host=c.upstream.connections_per_host,
             max_connections=c.limits.max_connections,
             idle_timeout_s=c.limits.idle_timeout_s,
+            flow=FlowLimits(
+                c.limits.max_in_flight_per_connection,
+                c.limits.max_in_flight_bytes_per_connection,
+                c.limits.max_unsent_bytes_per_connection,
+            ),
             server_ssl=server_ssl,
             handshake_timeout_s=c.tls.handshake_timeout_s,
             upstream_tls=upstream_tls,

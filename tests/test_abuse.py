@@ -26,7 +26,7 @@ import yaml
 
 from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import serve
-from regproxy.dubbo.encode import encode_request
+from regproxy.dubbo.encode import decode_response, encode_request
 from regproxy.dubbo.frame import Frame, FrameParser, pack_header
 from regproxy.dubbo.hessian2 import decode_value
 from tests.sidecars import SidecarProc
@@ -96,6 +96,7 @@ class SteadyClient:
     port: int
     ok: int = 0
     failures: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # seconds, of the calls that succeeded
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -106,9 +107,11 @@ class SteadyClient:
             while not self._stop.is_set():
                 i += 1
                 try:
+                    started = time.perf_counter()
                     value = await client.call(GREET, "sayHi", [f"n{i}"], timeout=5)
                     if value == f"hi, n{i}":
                         self.ok += 1
+                        self.latencies.append(time.perf_counter() - started)
                     else:
                         self.failures.append(f"call {i}: {value!r}")
                 except Exception as exc:  # every failure is reported by the test
@@ -132,6 +135,10 @@ class SteadyClient:
         await asyncio.wait_for(self._task, 10)
         assert not self.failures, self.failures[:5]
         assert self.ok >= at_least, f"only {self.ok} calls while under attack"
+
+    def p99_ms(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[int(len(ordered) * 0.99)] * 1000
 
 
 async def read_until_closed(reader: asyncio.StreamReader, timeout: float = 10.0) -> tuple[list[Frame], float]:
@@ -343,3 +350,130 @@ async def test_slowloris_closed_by_idle_timeout(tmp_path: Path) -> None:
             assert idle_s <= took < idle_s * 1.25 + 1.5, took
             assert sent >= 1
         assert "no whole frame in 2 s (limits.idle_timeout_s)" in w.sidecar.log_tail(400)
+
+
+# --- flow control (regproxy/proxy/flow.py) ----------------------------------------------------------
+
+# Small limits, so the bounds show in seconds: reading a client stops at 2 MiB of its requests
+# unanswered, and a client leaving 8 MiB of answers unread is closed.
+FLOW_LIMITS = {"max_in_flight_bytes_per_connection": 2 << 20, "max_unsent_bytes_per_connection": 8 << 20}
+MIB_KIB = 1024
+
+
+async def _flood(port: int, seconds: float, payload: str) -> int:
+    """Send sayHi(payload) requests on one connection for ``seconds``, never reading an answer, with
+    a 4 KiB receive buffer; how many requests the kernel took. The connection is left open."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    _FLOODERS.append(sock)
+    end = loop.time() + seconds
+    sent = 0
+    while loop.time() < end:
+        frame = encode_request(sent + 1, GREET, "sayHi", [payload])
+        try:
+            await asyncio.wait_for(loop.sock_sendall(sock, frame), end - loop.time())
+        except TimeoutError:
+            break  # the sidecar stopped reading: the kernel's buffers are full, as they should be
+        sent += 1
+    return sent
+
+
+_FLOODERS: list[socket.socket] = []
+
+
+@pytest.mark.timeout(90)
+async def test_never_reading_clients_hold_bounded_memory(tmp_path: Path) -> None:
+    """A client sending 256 KB requests and never reading, on the egress and on the ingress at once,
+    for 30 s: the sidecar's RSS stays within the limits' bound, a normal client's p99 stays low, and
+    the memory comes back once they go. Before flow control: 1.8 GB (egress) and 4.2 GB (ingress)."""
+    seconds = 30.0
+    async with world(tmp_path, **FLOW_LIMITS) as w:
+        warm = await DubboClient.connect("127.0.0.1", w.egress)
+        try:  # allocate what normal traffic needs, so the baseline is the steady state
+            big = "w" * 256 * 1024
+            for _ in range(50):
+                assert await warm.call(GREET, "sayHi", [big], timeout=5) == f"hi, {big}"
+        finally:
+            warm.close()
+        base_kib = w.rss_kib()
+        peak_kib = base_kib
+        with SteadyClient(w.egress) as steady:
+            flooding = asyncio.gather(
+                _flood(w.egress, seconds, "x" * 256 * 1024), _flood(w.ingress, seconds, "y" * 256 * 1024)
+            )
+            while not flooding.done():
+                peak_kib = max(peak_kib, w.rss_kib())
+                await asyncio.wait([flooding], timeout=0.25)
+            sent = flooding.result()
+            peak_kib = max(peak_kib, w.rss_kib())
+            await steady.finish(at_least=int(seconds * 20))
+        _, stats = await w.sidecar.admin_get("/api/v1/stats")
+        for sock in _FLOODERS:
+            sock.close()
+        _FLOODERS.clear()
+        await asyncio.sleep(1.0)  # the sidecar sees both connections go and frees their buffers
+        after_kib = w.rss_kib()
+        growth_mib = (peak_kib - base_kib) / MIB_KIB
+        print(
+            f"flow: sent {sent} requests; RSS base {base_kib / MIB_KIB:.0f} MiB, peak +{growth_mib:.1f} MiB, "
+            f"after disconnect +{(after_kib - base_kib) / MIB_KIB:.1f} MiB; steady client {steady.ok} calls, "
+            f"p99 {steady.p99_ms():.1f} ms"
+        )
+        # Each hop holds per flooder at most 2 MiB of requests and 1 MiB of unsent answers (reading
+        # stops there), plus the answers to what was in flight then: ~6 MiB a flooder and hop.
+        assert growth_mib < 48, f"RSS grew {growth_mib:.1f} MiB under two never-reading clients"
+        assert (after_kib - base_kib) / MIB_KIB < 24, "memory not given back after the clients left"
+        assert steady.p99_ms() < 50, f"a normal client's p99 was {steady.p99_ms():.1f} ms"
+        assert stats["egress"]["paused_reads"] >= 1 and stats["ingress"]["paused_reads"] >= 1, stats
+        assert stats["egress"]["unsent_closes"] == 0 and stats["ingress"]["unsent_closes"] == 0
+        assert all(n < 200 for n in sent), sent  # the sidecar stopped reading them early
+
+
+async def test_10000_requests_in_flight_from_one_connection(tmp_path: Path) -> None:
+    """10,000 requests written at once on one connection: reading pauses at the in-flight limit and
+    resumes as answers leave; every request is answered, in order."""
+    async with world(tmp_path, max_in_flight_per_connection=1000) as w:
+        reader, writer = await asyncio.open_connection("127.0.0.1", w.egress)
+        requests = b"".join(encode_request(i, GREET, "sayHi", [f"r{i}"]) for i in range(1, 10_001))
+        writer.write(requests)
+        parser = FrameParser()
+        frames: list[Frame] = []
+        while len(frames) < 10_000:
+            frames += parser.feed(await asyncio.wait_for(reader.read(1 << 20), 10))
+        writer.close()
+        assert [f.request_id for f in frames] == list(range(1, 10_001))
+        assert all(f.status == 20 for f in frames)
+        assert decode_response(frames[-1]).value == "hi, r10000"
+        _, stats = await w.sidecar.admin_get("/api/v1/stats")
+        assert stats["egress"]["paused_reads"] >= 1, stats["egress"]
+
+
+async def test_slow_reader_gets_every_answer_in_order(tmp_path: Path) -> None:
+    """A client that reads at most 64 KiB every 20 ms (~3 MB/s): reading it pauses while its answers
+    wait, it is never closed, and it gets all 60 answers of 200 KB each, in the order it asked."""
+    async with world(tmp_path, **FLOW_LIMITS) as w:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", w.egress))
+        payloads = [f"{i:04d}" + "z" * 200_000 for i in range(60)]
+        requests = b"".join(encode_request(i + 1, GREET, "sayHi", [p]) for i, p in enumerate(payloads))
+        sending = asyncio.ensure_future(loop.sock_sendall(sock, requests))
+        parser = FrameParser()
+        frames: list[Frame] = []
+        try:
+            while len(frames) < 60:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+                assert chunk, f"closed by the sidecar after {len(frames)} answers"
+                frames += parser.feed(chunk)
+                await asyncio.sleep(0.02)
+            await sending
+        finally:
+            sock.close()
+        assert [f.request_id for f in frames] == list(range(1, 61))
+        assert [decode_response(f).value for f in frames] == [f"hi, {p}" for p in payloads]
+        _, stats = await w.sidecar.admin_get("/api/v1/stats")
+        assert stats["egress"]["paused_reads"] >= 1 and stats["egress"]["unsent_closes"] == 0, stats["egress"]

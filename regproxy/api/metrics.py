@@ -56,6 +56,23 @@ _LISTENER_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("ejections", "ejections", "Upstream hosts ejected by health checking."),
     ("rejected_connections", "rejected_connections", "Client connections refused (limits.max_connections)."),
     ("loops", "loops", "Requests answered with the loop error (they came back to this sidecar)."),
+    # Flow control (regproxy/proxy/flow.py).
+    (
+        "paused_reads",
+        "paused_reads",
+        "Times a client connection stopped being read (its in-flight or unsent limit).",
+    ),
+    ("unsent_closes", "unsent_closes", "Client connections closed for leaving too many answers unread."),
+    (
+        "upstream_unsent_refusals",
+        "upstream_unsent_refusals",
+        "Requests not written to an upstream connection whose peer left too many bytes unread.",
+    ),
+    (
+        "upstream_foreign_frames",
+        "upstream_foreign_frames",
+        "Frames from an upstream that answer no request in flight (requests, ids never sent).",
+    ),
 )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from regproxy.dubbo.encode import readonly_event
 from regproxy.proxy.batch import Batcher
+from regproxy.proxy.flow import FlowLimits
 from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.loops import LoopGuard
@@ -35,6 +36,7 @@ class ListenerSettings:
     connections_per_host: int
     max_connections: int = 10000
     idle_timeout_s: float = 300.0
+    flow: FlowLimits | None = None  # per-connection bounds; None: FlowLimits' defaults
     # Egress honours each request's `timeout` attachment. Ingress does not read it (the egress
     # already enforces it): its default_timeout_ms is only an upper bound against a hung app.
     timeout_from_attachment: bool = True
@@ -71,6 +73,7 @@ class Listener:
         loop = asyncio.get_running_loop()
         batcher = Batcher(loop)
         s = self.settings
+        flow = s.flow if s.flow is not None else FlowLimits()
 
         def make_pool(events: UpstreamEvents) -> UpstreamPool:
             return UpstreamPool(
@@ -83,6 +86,7 @@ class Listener:
                 tls=s.upstream_tls,
                 guard=self.guard,
                 name=self.name,
+                max_unsent=flow.max_unsent,
             )
 
         fwd = Forwarder(
@@ -95,6 +99,7 @@ class Listener:
             timeout_from_attachment=s.timeout_from_attachment,
             max_connections=s.max_connections,
             guard=self.guard,
+            flow=flow,
         )
         self.forwarder = fwd
         try:

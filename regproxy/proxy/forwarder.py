@@ -41,6 +41,7 @@ from regproxy.proxy.batch import Batcher
 from regproxy.proxy.deadlines import DeadlineWheel
 from regproxy.proxy.exchange import Exchange, Plan
 from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
+from regproxy.proxy.flow import FlowLimits
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.loops import LoopGuard
 from regproxy.proxy.stats import Histogram, ListenerStats
@@ -134,8 +135,10 @@ class Forwarder(UpstreamEvents):
         max_connections: int = 10000,
         stats: ListenerStats | None = None,
         guard: LoopGuard | None = None,
+        flow: FlowLimits | None = None,
     ) -> None:
         self.name = name  # "egress" or "ingress", in messages so an operator knows which hop spoke
+        self.flow = flow if flow is not None else FlowLimits()  # per-connection bounds
         # Loop detection (regproxy.proxy.loops), shared with the sidecar's other listener and pools.
         # The egress writes its id into each request (``via``: what goes before the final Z of an
         # unmarked one); the ingress takes the marker out before the application sees it.
@@ -232,6 +235,7 @@ class Forwarder(UpstreamEvents):
         batch: list[Exchange] = []
         look = -1.0
         slot = 0
+        size = 0  # the bytes of the plan hits, held until answered (flow control)
         tried: tuple[str, ...] = ()
         # The connection's last head: a client often calls one method many times in a row, and
         # bytes that start with a head's bytes have that head (hessian strings carry their length).
@@ -293,6 +297,7 @@ class Forwarder(UpstreamEvents):
                             # Shared by the run's requests: a retry makes a request a tuple of its own.
                             tried = (only.address,) if direct and only is not None else ()
                         batch.append(Exchange(down, raw, frame_request_id(raw), plan, started, slot, tried))
+                        size += len(raw)
                         continue
             self._handle_general(down, raw)
         down.last_head = (memo_head, memo_entry, memo_of)
@@ -308,6 +313,7 @@ class Forwarder(UpstreamEvents):
             n += len(batch)
         self.stats.requests += n
         down.in_flight += n
+        down.in_flight_bytes += size
         self.in_flight += n
         for plan, batch in runs:
             if batch[0].tried:
@@ -393,6 +399,7 @@ class Forwarder(UpstreamEvents):
         exch.timeout_ms = timeout_ms
         if two_way:
             down.in_flight += 1
+            down.in_flight_bytes += len(raw)
             self.in_flight += 1
             self.deadlines.add(exch, timeout_ms / 1000)
         if plan.filters:
@@ -719,6 +726,7 @@ class Forwarder(UpstreamEvents):
         down: DownstreamConnection | None = None
         out = bytearray()  # the responses of the run to ``down``, each with the consumer's id
         count = 0
+        size = 0  # the bytes of the run's requests, no longer held
         for i in range(len(exchs)):  # an index, not zip(): a C loop once compiled (regproxy.native)
             exch = exchs[i]
             raw = raws[i]
@@ -754,18 +762,19 @@ class Forwarder(UpstreamEvents):
             if to is not down:
                 if down is not None:
                     down.queue(out)
-                    down.answered(count)  # after its answers are queued: it may close then
-                down, out, count = to, bytearray(), 0
+                    down.answered(count, size)  # after its answers are queued: it may close then
+                down, out, count, size = to, bytearray(), 0, 0
             # The response as it came, with the consumer's request id: one copy, no re-encoding.
             at = len(out)
             out += raw
             patch_request_id(out, at + 4, exch.downstream_id)
             count += 1
+            size += len(exch.raw)
         if hist is not None:
             hist.observe(latency, same_latency)
         if down is not None:
             down.queue(out)
-            down.answered(count)
+            down.answered(count, size)
         if ok:
             responses[_OK] = responses.get(_OK, 0) + ok
         self.deadlines.discard_all(done)  # type: ignore[arg-type]
@@ -775,6 +784,24 @@ class Forwarder(UpstreamEvents):
 
     def on_not_written(self, exch: Exchange, reason: str) -> None:
         self.stats.connect_failures += 1
+        self._not_written(exch, reason)
+
+    def on_unsent_full(self, exch: Exchange, reason: str) -> None:
+        """Not written: the upstream connection has limits.max_unsent_bytes_per_connection unsent
+        (its peer does not read). Another host may take it, as after a connect failure."""
+        self.stats.upstream_unsent_refusals += 1
+        self._not_written(exch, reason)
+
+    def on_foreign(self, exch: Exchange | None, reason: str) -> None:
+        """The upstream sent something that is not an answer to a request in flight (see
+        UpstreamConnection.data_received); ``exch``: the request it came in place of, answered here."""
+        self.stats.upstream_foreign_frames += 1
+        if exch is not None:
+            if self._health_on and exch.tried:
+                self._health.report(exch.tried[-1], False)
+            self._fail(exch, Status.SERVER_ERROR, f"{reason} ({exch.label})")
+
+    def _not_written(self, exch: Exchange, reason: str) -> None:
         if self._health_on and exch.tried:
             self._health.report(exch.tried[-1], False)
         if exch.two_way and not exch.slot:
@@ -891,10 +918,10 @@ class Forwarder(UpstreamEvents):
             return
         self.reply_error(exch.downstream, exch.downstream_id, True, status, message)
         exch.plan.hist.observe(perf_counter() - exch.started)
-        self._answered(exch.downstream)
+        self._answered(exch)
 
-    def _answered(self, down: DownstreamConnection) -> None:
-        down.answered()
+    def _answered(self, exch: Exchange) -> None:
+        exch.downstream.answered(1, len(exch.raw))
         self.in_flight -= 1
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()

@@ -1,16 +1,18 @@
 """The downstream side of a listener: a consumer's (egress) or a peer sidecar's (ingress)
 connection. Parses frames and hands each to the forwarder; answers a broken stream with a Dubbo
-error, then closes it."""
+error, then closes it; stops reading a client that asks faster than it reads its answers
+(regproxy.proxy.flow)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from regproxy.dubbo.encode import encode_error
 from regproxy.dubbo.frame import FrameParser, ProtocolError, Status
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter
+from regproxy.proxy.flow import FlowLimits
 
 if TYPE_CHECKING:
     from regproxy.proxy.forwarder import Forwarder, HeadMemo
@@ -19,6 +21,11 @@ log = logging.getLogger(__name__)
 
 # After the error response to a broken stream: how long the client has to read it and close.
 _LINGER_S = 2.0
+
+# Why reading a client is paused (DownstreamConnection._paused, bits): it is read again once none
+# is left. Either alone bounds what one client makes the sidecar hold (regproxy.proxy.flow).
+_BUSY: Final = 1  # its requests in flight reached limits.max_in_flight[_bytes]_per_connection
+_UNSENT: Final = 2  # its unsent answers passed the write buffer's high mark: it does not keep up
 
 
 class _Discard:
@@ -87,11 +94,14 @@ class _LoopAnswer:
 class DownstreamConnection(asyncio.Protocol, BatchedWriter):
     __slots__ = (
         "_closing",
+        "_flow",
         "_forwarder",
         "_linger",
         "_loop",
         "_parser",
+        "_paused",
         "in_flight",
+        "in_flight_bytes",
         "last_active",
         "last_head",
         "peer",
@@ -99,6 +109,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
 
     def __init__(self, forwarder: Forwarder, max_body: int) -> None:
         self._forwarder = forwarder
+        self._flow: FlowLimits = forwarder.flow
         self._batcher = forwarder.batcher
         # The parser, behind a stand-in that vets the connection at its first bytes (see _Vetting).
         self._parser: FrameParser | _Discard | _Vetting | _LoopAnswer = _Vetting(self, FrameParser(max_body))
@@ -106,6 +117,8 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.in_flight = 0  # two-way requests forwarded and not yet answered
+        self.in_flight_bytes = 0  # and their size (each held until answered, for a retry)
+        self._paused = 0  # _BUSY | _UNSENT: why reading is paused; 0 while it is not
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
         self._loop = forwarder.loop
@@ -122,6 +135,9 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
             self.peer = f"{peer[0]}:{peer[1]}"
         if not self._forwarder.connection_opened(self):
             transport.close()
+            return
+        flow = self._flow
+        self.transport.set_write_buffer_limits(high=flow.pause_unsent, low=flow.resume_unsent)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -136,6 +152,9 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
             # (slowloris) stays idle, and the idle sweep closes it.
             self.last_active = self._loop.time()
             self._forwarder.handle(self, frames)
+            flow = self._flow
+            if self.in_flight >= flow.max_in_flight or self.in_flight_bytes >= flow.max_in_flight_bytes:
+                self._pause(_BUSY)
             if len(frames) >= EARLY_FLUSH_FRAMES:
                 self._batcher.flush()
 
@@ -156,6 +175,9 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         # response (and the answers before it) before the client can read them.
         self._closing = True
         self._parser = _DISCARD
+        if self._paused and self.transport is not None:
+            self._paused = 0  # read on (and drop): see above
+            self.transport.resume_reading()
         self._close_if_done()
 
     @property
@@ -163,12 +185,61 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         """Bytes of a frame received but not yet whole (for the idle sweep's log line)."""
         return self._parser.buffered
 
-    def answered(self, count: int = 1) -> None:
-        """Forwarded requests got their responses (or errors made here)."""
+    def answered(self, count: int, size: int) -> None:
+        """Forwarded requests (``count``, ``size`` bytes together) got their responses (or errors
+        made here)."""
         self.in_flight -= count
+        self.in_flight_bytes -= size
         self.last_active = self._loop.time()
+        if self._paused & _BUSY:
+            flow = self._flow
+            if (
+                self.in_flight <= flow.resume_in_flight
+                and self.in_flight_bytes <= flow.resume_in_flight_bytes
+            ):
+                self._resume(_BUSY)
         if self._closing:
             self._close_if_done()
+
+    # --- flow control (regproxy.proxy.flow) ----------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The transport's unsent answers passed the high mark: read no more requests for now."""
+        self._pause(_UNSENT)
+
+    def resume_writing(self) -> None:
+        self._resume(_UNSENT)
+
+    def _pause(self, why: int) -> None:
+        if not self._paused and self.transport is not None and not self._closing:
+            self.transport.pause_reading()
+            self._forwarder.stats.paused_reads += 1
+        self._paused |= why
+
+    def _resume(self, why: int) -> None:
+        paused = self._paused
+        self._paused = paused & ~why
+        if paused and not self._paused and self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    def flush(self) -> None:
+        BatchedWriter.flush(self)
+        if self._paused & _UNSENT:
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size() >= self._flow.max_unsent:
+                self._overflow(transport)
+
+    def _overflow(self, transport: asyncio.Transport) -> None:
+        """Answers to requests already read still pile up behind a client that stopped reading."""
+        fwd = self._forwarder
+        fwd.stats.unsent_closes += 1
+        log.warning(
+            "%s: closing connection from %s: %d bytes of answers unsent, the limit is %d "
+            "(limits.max_unsent_bytes_per_connection): the client stopped reading; %d request(s) in flight "
+            "will not be answered on it", fwd.name, self.peer, transport.get_write_buffer_size(),
+            self._flow.max_unsent, self.in_flight,
+        )  # fmt: skip
+        transport.abort()  # close() would keep the unsent bytes until they are read: never
 
     @property
     def closing(self) -> bool:

@@ -72,6 +72,13 @@ class ListenerStats:
     downstream_connections: int = 0
     rejected_connections: int = 0
     loops: int = 0  # requests answered with the loop error (regproxy.proxy.loops)
+    # Flow control (regproxy.proxy.flow): client connections paused, closed for not reading their
+    # answers; requests not written to an upstream that does not read; frames from an upstream
+    # that answer no request in flight (requests, never-issued ids).
+    paused_reads: int = 0
+    unsent_closes: int = 0
+    upstream_unsent_refusals: int = 0
+    upstream_foreign_frames: int = 0
 
     def answered(self, status: int) -> None:
         responses = self.responses
@@ -101,4 +108,8 @@ class ListenerStats:
             "downstream_connections": self.downstream_connections,
             "rejected_connections": self.rejected_connections,
             "loops": self.loops,
+            "paused_reads": self.paused_reads,
+            "unsent_closes": self.unsent_closes,
+            "upstream_unsent_refusals": self.upstream_unsent_refusals,
+            "upstream_foreign_frames": self.upstream_foreign_frames,
         }

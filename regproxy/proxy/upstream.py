@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
-from regproxy.dubbo.encode import heartbeat_reply
+from regproxy.dubbo.encode import encode_error, heartbeat_reply
 from regproxy.dubbo.frame import (
     FLAG_EVENT,
     FLAG_REQUEST,
     FLAG_TWOWAY,
     FrameParser,
     ProtocolError,
+    Status,
     frame_request_id,
     patch_id_and_length,
 )
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_ID: Final = 2**63 - 1
+WARN_EVERY_S: Final = 60.0  # a misbehaving peer's warning, at most this often (UpstreamPool.warn)
 _REQUEST_OR_EVENT: Final = FLAG_REQUEST | FLAG_EVENT
 
 
@@ -56,6 +58,12 @@ class UpstreamEvents:
     def on_not_written(self, exch: Exchange, reason: str) -> None: ...
     def on_lost(self, exch: Exchange, reason: str) -> None: ...
 
+    def on_unsent_full(self, exch: Exchange, reason: str) -> None:
+        """Not written: the connection's peer leaves too many bytes unread (regproxy.proxy.flow)."""
+
+    def on_foreign(self, exch: Exchange | None, reason: str) -> None:
+        """A frame that answers no request in flight; ``exch``: the request it came in place of."""
+
 
 class UpstreamConnection(asyncio.Protocol, BatchedWriter):
     __slots__ = (
@@ -63,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         "_parser",
         "_pool",
         "address",
+        "full",
         "local",
         "pending",
         "readonly",
@@ -82,6 +91,8 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         self.pending: dict[int, Exchange] = {}
         self.waiting: list[Exchange] = []
         self.readonly = False  # the provider announced shutdown: no new requests
+        # Its peer left limits.max_unsent_bytes_per_connection unread: new requests are not written.
+        self.full = False
         self.local: str | None = None  # "ip:port" of our end while open, when the pool has a LoopGuard
 
     @property
@@ -97,6 +108,9 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             for exch in exchs:
                 exch.upstream = self
             self.waiting.extend(exchs)
+            return
+        if self.full:
+            self._refuse_full(exchs)
             return
         pending, out = self.pending, self._out  # open: the transport is there
         if not out:
@@ -124,11 +138,43 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
             with contextlib.suppress(ValueError):
                 self.waiting.remove(exch)
 
+    def _refuse_full(self, exchs: Sequence[Exchange]) -> None:
+        transport = self.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        reason = (
+            f"not sent: {unsent} bytes to {self.address} are still unsent (its peer is not reading; "
+            f"limits.max_unsent_bytes_per_connection is {self._pool.max_unsent})"
+        )
+        events = self._pool.events
+        for exch in exchs:
+            exch.upstream = None
+            events.on_unsent_full(exch, reason)
+
     # asyncio.Protocol
+
+    def pause_writing(self) -> None:
+        # The transport's high mark is max_unsent itself: past it, nothing more is written here.
+        # (One large write can pass it by much: the figure is what is unsent, not the limit.)
+        self.full = True
+        self._pool.full_changed(self)
+        transport = self.transport
+        self._pool.warn(
+            f"{self.address} full",
+            f"{transport.get_write_buffer_size() if transport is not None else '?'} bytes to "
+            f"{self.address} unsent (limits.max_unsent_bytes_per_connection): its peer is not reading; "
+            "new requests go to other hosts or fail until it reads",
+        )
+
+    def resume_writing(self) -> None:
+        self.full = False
+        self._pool.full_changed(self)
+        log.info("%s reads again: requests are written to it", self.address)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
+        max_unsent = self._pool.max_unsent
+        self.transport.set_write_buffer_limits(high=max_unsent, low=max_unsent // 2)
         self.state = ConnState.OPEN
         self._pool.connected(self)
         waiting, self.waiting = self.waiting, []
@@ -153,6 +199,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         pending = self.pending
         exchs: list[Exchange] = []
         raws: list[bytes] = []
+        foreign: str | None = None
         for raw in frames:
             flag = raw[2]
             if flag & _REQUEST_OR_EVENT:
@@ -163,19 +210,73 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
                     elif raw[-1:] == b"R" and len(raw) > 16:
                         self.readonly = True
                         self._pool.discard(self)
+                elif flag & FLAG_REQUEST:
+                    self._foreign_request(raw)
                 continue
-            exch = pending.pop(frame_request_id(raw), None)
-            if exch is not None:  # None: the deadline passed, the answer is dropped
+            upstream_id = frame_request_id(raw)
+            exch = pending.pop(upstream_id, None)
+            if exch is not None:
                 exchs.append(exch)
                 raws.append(raw)
+            elif upstream_id > self._next_id or upstream_id <= 0:
+                # Not a late answer (the deadline passed and it was forgotten: dropped): an id this
+                # connection never gave. A peer that invents ids cannot be trusted with the others.
+                foreign = f"it answered request id {upstream_id}, which was never sent on it"
+                break
         if exchs:
             events.on_responses(exchs, raws)
             if len(exchs) >= EARLY_FLUSH_FRAMES:
                 self._batcher.flush()
-        if error is not None:
+        if foreign is not None:
+            events.on_foreign(None, foreign)
+            self._warn(f"{foreign}; closing it, its requests in flight fail now")
+            self._fail_all(f"{self.address} {foreign}: the connection was closed with the request in flight")
+            if self.transport is not None:
+                self.transport.abort()
+        elif error is not None:
             self._fail_all(f"provider {self.address} sent a malformed stream: {error}")
             if self.transport is not None:
                 self.transport.abort()
+
+    def _foreign_request(self, raw: bytes) -> None:
+        """A request from the upstream, not a heartbeat. Echoed back (an echo server, a TCP relay to
+        a consumer, a loop), its id is one of ours: the request it stands in for is answered with
+        the reason now, not at its deadline. Otherwise it is the provider calling back (a Dubbo
+        callback parameter), which regproxy does not carry: answered with an error, so the provider
+        does not wait either."""
+        request_id = frame_request_id(raw)
+        exch = self.pending.get(request_id)
+        # Ours only if it is what we sent: a provider numbers its own requests (a Java one from 0,
+        # JVM-wide), so a callback can carry the id of a request of ours in flight.
+        if exch is not None and len(raw) == len(exch.raw) and raw[16:] == exch.raw[16:]:
+            del self.pending[request_id]
+            reason = (
+                f"{self.address} answered with a request frame (flag 0x{raw[2]:02x}), not a response: "
+                "it is not a Dubbo provider, or it sends requests back"
+            )
+            self._warn(reason)
+            self._pool.events.on_foreign(exch, reason)
+            return
+        self._warn(
+            f"it sent a request (id {request_id}); regproxy does not carry calls from a provider "
+            "to its consumer"
+        )
+        self._pool.events.on_foreign(None, "a request from the provider")
+        if raw[2] & FLAG_TWOWAY:
+            self.queue(
+                encode_error(
+                    request_id,
+                    Status.BAD_REQUEST,
+                    "regproxy: requests from a provider to its consumer (Dubbo callbacks) are not carried",
+                )
+            )
+
+    def _warn(self, what: str) -> None:
+        # A peer sending the wrong frames sends many, on each new connection too.
+        self._pool.warn(
+            f"{self.address} foreign",
+            f"upstream connection to {self.address}: {what} (counted in upstream_foreign_frames)",
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = ConnState.CLOSED
@@ -217,8 +318,10 @@ class UpstreamPool:
         tls: UpstreamTLS | None = None,
         guard: LoopGuard | None = None,
         name: str = "",
+        max_unsent: int = 64 * 1024 * 1024,
     ) -> None:
         self.loop = loop
+        self.max_unsent = max_unsent  # limits.max_unsent_bytes_per_connection (regproxy.proxy.flow)
         self.tls = tls
         # The sidecar's loop guard learns the local address of each connection (regproxy.proxy.loops);
         # ``name`` is the listener whose pool this is.
@@ -234,6 +337,8 @@ class UpstreamPool:
         self._conns: dict[str, list[UpstreamConnection]] = {}
         self._next: dict[str, int] = {}
         self._failed_until: dict[str, float] = {}
+        self._full: set[str] = set()  # addresses whose connections are all full (full_changed)
+        self._warned_at: dict[str, float] = {}  # by warn()'s key
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
 
@@ -254,13 +359,35 @@ class UpstreamPool:
 
     @property
     def any_failing(self) -> bool:
-        """False when no host failed a connect lately: then ``is_failing`` is False for all."""
-        return bool(self._failed_until)
+        """False when no host failed a connect lately or is full: then ``is_failing`` is False for all."""
+        return bool(self._failed_until) or bool(self._full)
 
     def is_failing(self, address: str) -> bool:
-        """Connecting to it failed recently: pick another host first."""
+        """Connecting to it failed recently, or its connections are full: pick another host first."""
+        if address in self._full:
+            return True
         until = self._failed_until.get(address)
         return until is not None and until > self._clock()
+
+    def full_changed(self, conn: UpstreamConnection) -> None:
+        """A connection's peer stopped or started reading again (regproxy.proxy.flow): an address
+        whose every connection is full is avoided by the balancer, as after a connect failure, so
+        that requests do not spend a retry on it."""
+        conns = self._conns.get(conn.address)
+        if conns and all(c.full for c in conns):
+            self._full.add(conn.address)
+        else:
+            self._full.discard(conn.address)
+
+    def warn(self, key: str, message: str) -> None:
+        """Log ``message`` at most once a minute per ``key``: a misbehaving peer repeats itself, on
+        every new connection too."""
+        now = self._clock()
+        if now - self._warned_at.get(key, -WARN_EVERY_S) >= WARN_EVERY_S:
+            if len(self._warned_at) >= 4096:
+                self._warned_at.clear()
+            self._warned_at[key] = now
+            log.warning("%s", message)
 
     def active(self, address: str) -> int:
         """Requests in flight to an address (the least-request balancer reads this)."""
@@ -298,6 +425,8 @@ class UpstreamPool:
             conns.remove(conn)
             if not conns:
                 del self._conns[conn.address]
+        if conn.address in self._full:
+            self.full_changed(conn)  # the full one is gone: a new connection starts empty
         if failed:
             self._failed_until[conn.address] = self._clock() + self.backoff_s
 
