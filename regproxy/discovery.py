@@ -615,6 +615,14 @@ class Discovery:
                 )  # fmt: skip
         return out
 
+    def event_counts(self) -> dict[str, int]:
+        """The registry events counted here, with the entries the adapters could not even parse
+        (ZooKeeper node names, Nacos instances) in ``invalid_providers``."""
+        counts = dict(self.events)
+        unparseable = sum(reg.unparseable for reg in self.registries.values())
+        counts["invalid_providers"] = counts.get("invalid_providers", 0) + unparseable
+        return counts
+
     def _first_sighting(self, text: str) -> bool:
         """Whether an invalid provider URL is new (to report and count it once); bounded memory."""
         if text in self._invalid_seen:

@@ -433,7 +433,7 @@ class Sidecar:
             "ingress": self.ingress.forwarder.stats.snapshot() if self.ingress.forwarder else {},
             "registry": {
                 "states": d.registry_states() if d is not None else {},
-                "events": dict(d.events) if d is not None else {},
+                "events": d.event_counts() if d is not None else {},
             },
             "health": {
                 "hosts": self.health.describe() if self.health is not None else {},

@@ -222,6 +222,7 @@ class SidecarCollector(Collector):
                 current = reg.state
                 for s in REGISTRY_STATES if current in REGISTRY_STATES else (*REGISTRY_STATES, current):
                     state.add_metric([reg.name, s], 1 if s == current else 0)
+            counts = disc.event_counts()
             for kind in (
                 "provider_events",
                 "state_changes",
@@ -229,7 +230,7 @@ class SidecarCollector(Collector):
                 "invalid_providers",
                 "provider_event_failures",
             ):
-                events.add_metric([kind], getattr(disc, "events", Counter()).get(kind, 0))
+                events.add_metric([kind], counts.get(kind, 0))
             pubs.add_metric([], len(disc.publications))
             subs.add_metric([], len(disc.subscriptions))
             cached.add_metric([], len(disc.from_cache))

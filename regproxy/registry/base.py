@@ -63,6 +63,9 @@ class Registry(ABC):
         self.connect_error = ""
         self._back_at = 0.0  # when the connection came back (the outage's end, once it has settled)
         self._settling: asyncio.TimerHandle | None = None  # saying "back" once the connection holds
+        # Provider entries the adapter could not even turn into a URL (a ZooKeeper node name, a Nacos
+        # instance), each counted once: Discovery adds them to its invalid_providers.
+        self.unparseable = 0
 
     @property
     def state(self) -> str:

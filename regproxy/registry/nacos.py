@@ -86,8 +86,8 @@ def instance_metadata(url: DubboURL) -> dict[str, str]:
     return meta
 
 
-def instance_to_url(instance: Any, interface: str) -> DubboURL | None:
-    """A Nacos instance as the provider URL Dubbo would have registered; None if it is not one."""
+def instance_to_url(instance: Any, interface: str) -> DubboURL:
+    """A Nacos instance as the provider URL Dubbo would have registered; ValueError if it is not one."""
     meta = {str(k): str(v) for k, v in (instance.metadata or {}).items()}
     protocol = meta.pop("protocol", "dubbo")
     path = meta.pop("path", interface)
@@ -102,8 +102,7 @@ def instance_to_url(instance: Any, interface: str) -> DubboURL | None:
             protocol=protocol, host=instance.ip, port=int(instance.port), path=path, params=params
         )
     except ValueError as exc:
-        log.warning("nacos: skipping instance %s:%s of %s: %s", instance.ip, instance.port, interface, exc)
-        return None
+        raise ValueError(f"instance {instance.ip}:{instance.port} of {interface}: {exc}") from None
 
 
 class _Watch:
@@ -132,6 +131,7 @@ class NacosRegistry(Registry):
         self._starter: asyncio.Task[None] | None = None
         self._workdir: str | None = None
         self._registered: dict[tuple[str, str, int], DubboURL] = {}
+        self._bad_instances: set[str] = set()  # instances that are no provider URL, reported once
         self._watches: dict[str, _Watch] = {}
         self._callbacks: dict[str, Any] = {}  # Nacos service name -> the callback given to the client
         self._prober: asyncio.Task[None] | None = None
@@ -464,8 +464,20 @@ class NacosRegistry(Registry):
             await self._call(f"unsubscribe {name}", self._client.unsubscribe(param))
 
     def _urls(self, interface: str, instances: list[Any] | None) -> list[DubboURL]:
-        urls = (instance_to_url(i, interface) for i in instances or ())
-        return [u for u in urls if u is not None]
+        urls: list[DubboURL] = []
+        for instance in instances or ():
+            try:
+                urls.append(instance_to_url(instance, interface))
+            except ValueError as exc:
+                # Every push repeats the whole list: said and counted once per instance (bounded).
+                key = str(exc)
+                if key not in self._bad_instances:
+                    if len(self._bad_instances) >= 4096:
+                        self._bad_instances.clear()
+                    self._bad_instances.add(key)
+                    self.unparseable += 1
+                    log.warning("registry %s: skipping %s", self.name, exc)
+        return urls
 
     def _deliver(self, watch: _Watch, name: str, instances: list[Any]) -> None:
         if self._watches.get(watch.interface) is not watch or name not in self._callbacks:

@@ -524,6 +524,7 @@ class ZooKeeperRegistry(Registry):
             except ValueError as exc:
                 if leaf not in w.bad_leaves:
                     w.bad_leaves.add(leaf)
+                    self.unparseable += 1
                     log.warning(
                         "registry %s: skipping unparseable provider %s/%s: %s", self.name, w.path, leaf, exc
                     )
