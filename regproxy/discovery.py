@@ -34,7 +34,7 @@ from regproxy.registry.url import (
     provider_url,
 )
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
-from regproxy.state import SavedState, StateStore, StateWriter
+from regproxy.state import SavedState, StateSaveError, StateStore, StateWriter
 from regproxy.tls import TLS_PARAM
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,11 @@ class Discovery:
 
     async def stop(self) -> None:
         if self._writer is not None:
-            await self._writer.flush()
+            try:
+                await self._writer.flush()
+            except StateSaveError as exc:
+                log.error("stopping with changes that are not on disk (a restart will lack them): %s", exc)
+            self._writer.close()
         for task in list(self._tasks):
             task.cancel()
         for reg in list(self.registries.values()):
@@ -838,9 +842,23 @@ class Discovery:
         return out
 
     async def _save(self) -> None:
-        """Desired state changed (an API call): answer only once it is on disk."""
+        """Desired state changed (an API call): answer only once it is on disk.
+
+        StateSaveError when it could not be written: the change is kept, in effect here and in the
+        registries, and the writer retries the whole state until a write succeeds (see StateWriter).
+        Undoing it instead would mean more registry calls that can fail in turn, and would race with
+        the other calls sharing the failed write."""
         if self._writer is not None:
             await self._writer.save()
+
+    def state_save_status(self) -> dict[str, Any] | None:
+        """The state file's writes (StateWriter.describe), None without a data directory."""
+        return self._writer.describe() if self._writer is not None else None
+
+    @property
+    def state_save_error(self) -> str | None:
+        """Why the last state write failed; None while writes succeed (or there is no data dir)."""
+        return self._writer.error if self._writer is not None else None
 
     def _save_soon(self) -> None:
         """The provider cache changed: it may lag, and bursts of events share one write."""

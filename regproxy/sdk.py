@@ -20,6 +20,12 @@ still be connecting to its registry: a refused connection and a 503 (registry un
 retried with backoff until ``start_timeout`` seconds have passed since the call began. Nothing
 else is retried — a reply that was lost may have been acted on.
 
+A 503 with err_no 10 (ERR_STATE_NOT_SAVED) means the change is in effect but the sidecar could not
+write it to its data directory (a full disk): a restart of the sidecar would lose it until one of
+its retries succeeds. It is not retried here (a disk rarely gets room within seconds, and a repeated
+unpublish would find nothing to remove); catch it if the application can run on without that
+guarantee.
+
 When the sidecar has ``auth_token``, pass ``token=`` (or set ``REGPROXY_AUTH_TOKEN``): it is sent as
 ``Authorization: Bearer TOKEN``; a missing or wrong one is a RegproxyError with err_no 8 or 9.
 """
@@ -51,6 +57,7 @@ __all__ = [
     "ERR_NO_REPLY",
     "ERR_REGISTRY",
     "ERR_REGISTRY_UNAVAILABLE",
+    "ERR_STATE_NOT_SAVED",
     "ERR_TOO_LARGE",
     "ERR_UNAUTHORIZED",
     "TOKEN_ENV",
@@ -76,6 +83,7 @@ ERR_TOO_LARGE = 6  # 413
 ERR_METHOD_NOT_ALLOWED = 7  # 405
 ERR_UNAUTHORIZED = 8  # 401: the sidecar has auth_token and no token was sent
 ERR_FORBIDDEN = 9  # 403: a wrong token
+ERR_STATE_NOT_SAVED = 10  # 503: the change is in effect but not saved to the sidecar's data directory
 ERR_NO_REPLY = -1  # the SDK's own: no usable reply (unreachable, timed out, not the regproxy API)
 
 _FIRST_DELAY = 0.05  # first retry after 50 ms, doubling: a sidecar usually starts within a second

@@ -331,8 +331,15 @@ class Sidecar:
             "saved_state": d.store.loaded if d is not None and d.store is not None else None,
             "draining": self.draining,
             "serving_from_cache": sorted(d.from_cache) if d is not None else [],
+            # The state file's writes: while the last one failed, changes are answered 503.
+            "state_save": d.state_save_status() if d is not None else None,
         }
-        ready = restored and not self.draining and all(s == "connected" for s in states.values())
+        ready = (
+            restored
+            and not self.draining
+            and all(s == "connected" for s in states.values())
+            and (d is None or d.state_save_error is None)
+        )
         return ready, detail
 
     # --- reload and knobs ---------------------------------------------------------------------
@@ -435,6 +442,7 @@ class Sidecar:
                 "states": d.registry_states() if d is not None else {},
                 "events": d.event_counts() if d is not None else {},
             },
+            "state_save": d.state_save_status() if d is not None else None,
             "health": {
                 "hosts": self.health.describe() if self.health is not None else {},
                 "app_check": self.app_watch.describe() if self.app_watch is not None else {},

@@ -1,15 +1,19 @@
-"""StateWriter: state saves run off the event loop and concurrent requests share one write."""
+"""StateWriter: state saves run off the event loop and concurrent requests share one write; a write
+that fails is reported to every caller it covered and retried until one succeeds."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from regproxy.state import SavedState, StateStore, StateWriter
+import regproxy.state as state_module
+from regproxy.state import SavedState, StateSaveError, StateStore, StateWriter
+from tests.test_hostile_registry import until
 
 
 class SlowStore(StateStore):
@@ -92,10 +96,96 @@ async def test_save_later_coalesces_and_flush_writes_what_is_pending(tmp_path: P
     assert store.load().subscriptions == [{"n": 99}]
 
 
-async def test_a_failed_write_is_logged_and_does_not_hang(
+@pytest.fixture
+def fast_retry(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(state_module, "SAVE_RETRY_S", 0.05)
+    return 0.05
+
+
+async def test_a_failed_write_tells_every_caller_it_covered_and_does_not_hang(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = StateWriter(SlowStore(tmp_path, fail=True), Counter().snapshot)
-    await asyncio.wait_for(writer.save(), 5)
-    assert writer.failures == 1 and not writer.pending
+    store = SlowStore(tmp_path, delay=0.05, fail=True)
+    writer = StateWriter(store, Counter().snapshot)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(writer.save() for _ in range(5)), return_exceptions=True), 5
+    )
+    # Group commit still: five callers, one or two writes, and each caller hears that its change
+    # is not on disk, with the file and the OS's reason.
+    assert all(isinstance(r, StateSaveError) for r in results), results
+    error = results[0]
+    assert isinstance(error, StateSaveError)
+    assert error.path == tmp_path / "regproxy-state.json"
+    assert str(error) == f"state not saved to {error.path}: [Errno 28] No space left on device"
+    assert 1 <= writer.failures <= 2 and not writer.pending
+    assert writer.describe()["ok"] is False and writer.error == "[Errno 28] No space left on device"
     assert "cannot save state" in caplog.text and "No space left" in caplog.text
+    writer.close()
+
+
+async def test_a_failing_disk_is_retried_with_the_whole_state_until_a_write_succeeds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fast_retry: float
+) -> None:
+    store = SlowStore(tmp_path)
+    state = Counter()
+    writer = StateWriter(store, state.snapshot)
+    state.n = 1
+    await writer.save()  # acknowledged: on disk
+    store.fail = True
+    state.n = 2
+    with pytest.raises(StateSaveError):
+        await writer.save()  # refused: in effect in memory, not on disk
+    assert store.load().subscriptions == [{"n": 1}]
+    await until(lambda: writer.failures >= 4, "retries while the disk is full")
+    # One ERROR for the whole run of failures, not one per retry.
+    logged = [r.levelname for r in caplog.records if r.levelno > logging.DEBUG and "save state" in r.message]
+    assert logged == ["ERROR"]
+    assert store.load().subscriptions == [{"n": 1}]  # a failed write leaves the last good file
+    store.fail = False  # the disk has room again: no new change needed for the state to be saved
+    await until(lambda: writer.error is None, "a retry that succeeds")
+    assert store.load().subscriptions == [{"n": 2}]
+    assert writer.describe()["ok"] is True and writer.describe()["consecutive_failures"] == 0
+    assert "state saved to" in caplog.text and "again" in caplog.text
+    failures = writer.failures
+    await asyncio.sleep(fast_retry * 4)
+    assert writer.failures == failures and not writer.pending  # no retries once saved
+    state.n = 3
+    await writer.save()  # and saves succeed again
+    assert store.load().subscriptions == [{"n": 3}]
+
+
+async def test_a_bug_while_writing_is_a_failed_save_not_a_dead_writer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SlowStore(tmp_path)
+    broken = True
+
+    def snapshot() -> SavedState:
+        if broken:
+            raise TypeError("cannot encode")
+        return SavedState(subscriptions=[{"n": 1}])
+
+    writer = StateWriter(store, snapshot)
+    with pytest.raises(StateSaveError, match="TypeError: cannot encode"):
+        await asyncio.wait_for(writer.save(), 5)
+    assert "Traceback" in caplog.text  # a bug: logged with its traceback
+    broken = False
+    await asyncio.wait_for(writer.save(), 5)
+    assert store.load().subscriptions == [{"n": 1}] and writer.error is None
+    writer.close()
+
+
+async def test_flush_on_shutdown_reports_a_failure_and_close_stops_the_retries(
+    tmp_path: Path, fast_retry: float
+) -> None:
+    store = SlowStore(tmp_path, fail=True)
+    writer = StateWriter(store, Counter().snapshot)
+    writer.save_later(0.01)
+    await until(lambda: writer.failures == 1, "the first failed write")
+    assert not writer.pending  # written (and failed): flush must still try, the state is not saved
+    with pytest.raises(StateSaveError):
+        await writer.flush()
+    writer.close()
+    failures = writer.failures
+    await asyncio.sleep(fast_retry * 4)
+    assert writer.failures == failures

@@ -449,7 +449,8 @@ def config_dump(sc: Sidecar, query: Mapping[str, str]) -> dict[str, Any]:
 
 
 def readiness_view(sc: Sidecar) -> tuple[bool, dict[str, Any]]:
-    ready, detail = sc.readiness()
+    ready, detail = sc.readiness()  # a failing state save makes it not ready (Sidecar.readiness)
+    save = detail.get("state_save")
     reasons: list[str] = []
     if not ready:
         # Spelled out for people and probes' logs; the detail below is for programs.
@@ -462,6 +463,12 @@ def readiness_view(sc: Sidecar) -> tuple[bool, dict[str, Any]]:
             reasons.append("saved state not restored yet")
         if detail.get("draining"):
             reasons.append("draining")
+        if save is not None and not save["ok"]:
+            reasons.append(
+                f"data_dir {save['data_dir']}: state not saved to {save['file']} for "
+                f"{save['failing_for_s']:g} s ({save['consecutive_failures']} attempts): {save['error']}; "
+                "changes are answered 503"
+            )
     return ready, {
         "status": "ready" if ready else "not ready",
         "ready": ready,

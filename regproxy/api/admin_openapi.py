@@ -87,7 +87,7 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
             ),
             "/readyz": _get(
                 "readyz",
-                "ready: registries connected, state restored, not draining",
+                "ready: registries connected, state restored and being saved, not draining",
                 _reply("ready", {"$ref": "#/components/schemas/Readiness"}),
                 probe=True,
                 responses={

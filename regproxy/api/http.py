@@ -2,9 +2,11 @@
 
 Every reply is JSON ``{"err_no": N, "err_msg": "..."}`` (plus ``url`` / ``cluster`` and
 ``providers`` on success) with a matching HTTP status, so both SDKs that look only at ``err_no``
-and HTTP clients that look only at the status see errors. aiohttp's own errors (unknown path,
-wrong method) are turned into the same shape by one middleware; an unexpected exception is logged
-with its traceback and answered with a generic 500, never with internals.
+and HTTP clients that look only at the status see errors. A 200 means the change is in effect and
+saved in the data directory; a change that could not be saved is answered 503 (err_no 10) although
+it is in effect (see regproxy.state). aiohttp's own errors (unknown path, wrong method) are turned
+into the same shape by one middleware; an unexpected exception is logged with its traceback and
+answered with a generic 500, never with internals.
 
 Bodies are read with a cap: a Content-Length over the limit is refused before a byte is read, and
 a chunked body stops being read as soon as it passes the limit. The content type is not checked:
@@ -33,6 +35,7 @@ from regproxy.config import RegistryURL, is_loopback_host
 from regproxy.discovery import NotFound, PublishSpec
 from regproxy.registry.base import RegistryError, RegistryUnavailable
 from regproxy.registry.url import Subscription
+from regproxy.state import SAVE_RETRY_S, StateSaveError
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -264,6 +267,14 @@ class _Api:
         # from anywhere else would be a regproxy bug and must stay a 500.
         try:
             return await op
+        except StateSaveError as e:
+            # Kept, not undone (Discovery._save): the caller must know it is in effect but not durable.
+            raise ApiError(
+                503,
+                ErrNo.STATE_NOT_SAVED,
+                f"{what}: {e}; the change is in effect, but a restart would lose it until a save "
+                f"succeeds (retried every {SAVE_RETRY_S:g} s)",
+            ) from None
         except NotFound as e:
             raise ApiError(404, ErrNo.NOT_FOUND, str(e) or "not found") from None
         except RegistryUnavailable as e:

@@ -14,6 +14,7 @@ Families (all prefixed ``regproxy_``; ``listener`` is ``egress`` or ``ingress``)
 * upstream connections per address and state, requests in flight and sent per upstream address;
 * registry state (one gauge per registry and state, 1 for the current one), registry events,
   publications, subscriptions, subscriptions served from the state file's cache;
+* state file writes that succeeded and that failed, and whether the last one failed;
 * readiness, draining, start time, routing table versions.
 """
 
@@ -116,6 +117,7 @@ class SidecarCollector(Collector):
         yield from self._listener_families(listeners)
         yield from self._upstream_families(listeners)
         yield from self._discovery_families()
+        yield from self._state_families()
         yield from self._sidecar_families()
 
     # --- the forwarding engine ----------------------------------------------------------------
@@ -235,6 +237,29 @@ class SidecarCollector(Collector):
             subs.add_metric([], len(disc.subscriptions))
             cached.add_metric([], len(disc.from_cache))
         yield from (state, events, pubs, subs, cached)
+
+    # --- the state file -----------------------------------------------------------------------
+
+    def _state_families(self) -> Iterator[Metric]:
+        disc = self.sidecar.discovery
+        status = disc.state_save_status() if disc is not None else None
+        yield CounterMetricFamily(
+            _name("state_saves"),
+            "Writes of the state file (data_dir/regproxy-state.json) that succeeded.",
+            value=status["writes"] if status else 0,
+        )
+        yield CounterMetricFamily(
+            _name("state_save_failures"),
+            "Writes of the state file that failed (disk full, I/O error), each retry included; the "
+            "API answered the changes they were for with 503.",
+            value=status["failures"] if status else 0,
+        )
+        yield GaugeMetricFamily(
+            _name("state_save_failing"),
+            "1 while the last write of the state file failed: changes since are in effect but not on "
+            "disk, and /readyz answers 503.",
+            value=0 if status is None or status["ok"] else 1,
+        )
 
     # --- the sidecar as a whole ---------------------------------------------------------------
 

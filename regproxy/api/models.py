@@ -85,6 +85,7 @@ class ErrNo(IntEnum):
     METHOD_NOT_ALLOWED = 7  # 405: e.g. GET /pub
     UNAUTHORIZED = 8  # 401: auth_token is set and the request carries no token
     FORBIDDEN = 9  # 403: a wrong token, or a web browser's request (Origin) without auth_token
+    STATE_NOT_SAVED = 10  # 503: the change is in effect but could not be written to data_dir
 
 
 ERR_NO_DOC: dict[ErrNo, str] = {
@@ -98,6 +99,8 @@ ERR_NO_DOC: dict[ErrNo, str] = {
     ErrNo.METHOD_NOT_ALLOWED: "HTTP method not allowed on this path (HTTP 405)",
     ErrNo.UNAUTHORIZED: "auth_token is set: send Authorization: Bearer TOKEN (HTTP 401)",
     ErrNo.FORBIDDEN: "wrong token, or a web browser's request without auth_token (HTTP 403)",
+    ErrNo.STATE_NOT_SAVED: "the change is in effect but could not be saved to the data directory "
+    "(a full disk); a restart would lose it until a save succeeds, which regproxy retries (HTTP 503)",
 }
 
 # --------------------------------------------------------------------------------------------------

@@ -69,7 +69,11 @@ def _operation(
             "413": _error(f"body over {max_body} bytes (err_no 6)"),
             "500": _error("unexpected error inside regproxy (err_no 5)"),
             "502": _error("the registry refused or failed the operation (err_no 4)"),
-            "503": _error("the registry is not connected right now (err_no 3)"),
+            "503": _error(
+                "the registry is not connected right now (err_no 3); or the change is in effect but "
+                "could not be saved to the data directory, so a restart would lose it until a save "
+                "succeeds, which regproxy retries (err_no 10)"
+            ),
         }
     )
     return {
@@ -106,7 +110,8 @@ def build_openapi(*, max_body: int = 64 * 1024) -> dict[str, Any]:
             "description": (
                 "Applications publish and subscribe Dubbo services through their local regproxy "
                 "instead of talking to the registry. Every reply is JSON with `err_no` and `err_msg`; "
-                "the HTTP status matches.\n\n`err_no` codes:\n" + codes
+                "the HTTP status matches. A 200 means the change is in effect and saved in the "
+                "data directory, so a restarted sidecar has it.\n\n`err_no` codes:\n" + codes
             ),
         },
         "paths": {
