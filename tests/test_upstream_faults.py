@@ -35,7 +35,8 @@ from tests.topology import wait_for
 SVC = "com.example.faults.Svc"  # served by the fake application, published on the sidecar
 ONLY = "com.example.faults.Only"  # routed by the egress to one host, in the last test
 LISTENER = "com.example.faults.Listener"  # what the application "calls back"
-CALLBACK_ID = 1  # the application's own request id: the id of the sidecar's first request too (Java numbers from 0)
+# The application's own request id: the id of the sidecar's first request too (Java numbers from 0).
+CALLBACK_ID = 1
 UNISSUED = 1 << 40  # added to a request's id by the "bad_id" application: an id never sent to it
 FOREIGN_LOG = "counted in upstream_foreign_frames"
 PAUSE_LOG = "unsent (limits.max_unsent_bytes_per_connection): its peer is not reading"
