@@ -46,6 +46,7 @@ MODULES = (
     "regproxy.proxy.flow",
     "regproxy.proxy.forwarder",
     "regproxy.proxy.listener",
+    "regproxy.proxy.plan",
     "regproxy.proxy.stats",
     "regproxy.proxy.upstream",
 )

@@ -96,7 +96,7 @@ async def test_each_request_keeps_its_own_timeout_when_its_plan_is_memoised() ->
             encode_request(request_id, SVC, "m", ["x"], attachments={"timeout": str(timeout_ms)})
         )
         h.batcher.flush()
-    assert len(h.fwd._heads) == 1  # requests 2 and 3 took the memoised plan
+    assert len(h.fwd.planner.heads) == 1  # requests 2 and 3 took the memoised plan
     await asyncio.sleep(0.4)
     got = {}
     for when, data in answers:
@@ -118,7 +118,7 @@ async def test_a_reloaded_default_timeout_reaches_memoised_plans() -> None:
     h.down_t.write = lambda data: answers.append((loop.time(), bytes(data)))  # type: ignore[method-assign]
     h.down.data_received(encode_request(1, SVC, "m", ["x"]))  # makes the plan, with 3000 ms
     h.batcher.flush()
-    assert h.fwd._heads
+    assert h.fwd.planner.heads
     h.fwd.default_timeout_ms = 60  # what a reload of timeouts.ingress_ms does
     start = loop.time()
     h.down.data_received(encode_request(2, SVC, "m", ["x"]))

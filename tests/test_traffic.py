@@ -266,7 +266,7 @@ async def test_fault_delay_at_configured_rate(fleet: Fleet) -> None:
     # The rate is the filter's own count; the durations show each delayed request took the delay.
     # (Counting slow responses alone also counts the ones a loaded machine made slow.)
     assert fleet.egress is not None and fleet.egress.forwarder is not None
-    (chain,) = fleet.egress.forwarder._filters.values()
+    (chain,) = fleet.egress.forwarder.planner._filters.values()
     delayed = sum(getattr(f, "delayed", 0) for f in chain)
     assert abs(delayed / 2000 - 0.20) <= 0.03, delayed
     slow = sum(d >= 0.29 for d in durations)

@@ -74,6 +74,12 @@ class Plan:
 
 
 class Exchange:
+    """One request in flight: the bytes as received (forwarded with an upstream id, and again on a
+    retry), the client connection and id its answer goes to, the Plan it follows, its deadline's
+    bucket and the hosts tried. Made by the Forwarder; an upstream connection holds it from writing
+    to answer. Invariant: ``slot`` is 0 once it was answered (or for a one-way request), so a late
+    response, deadline or filter resumption finds nothing to do."""
+
     __slots__ = (
         "downstream",
         "downstream_id",

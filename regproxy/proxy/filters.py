@@ -1,9 +1,10 @@
 """Stream filters on the request path of the egress listener.
 
-A rule's filters run in order after routing and before a host is picked.  Each returns
-``CONTINUE`` (run the next one, then forward) or ``STOP``: the filter either answered the request
-itself (``Forwarder.fail``) or will resume the chain later (``Forwarder.resume(exch, index + 1)``,
-e.g. after an injected delay).  A request whose rule has no filters walks no chain at all.
+A rule's filters run in order after routing and before a host is picked.  Each returns a decision
+and touches nothing else: ``CONTINUE`` (None: run the next one, then forward), ``Answer`` (the
+request is answered with this status and message, not forwarded) or ``Delay`` (the chain goes on
+after this many seconds).  The Forwarder carries the decision out.  A request whose rule has no
+filters walks no chain at all.
 
 Built-ins: fault injection (delay, abort), local rate limit (token bucket per service or per
 method), the access log (on completion, one line per request; off by default) and metrics (the
@@ -24,18 +25,37 @@ from regproxy.routing.rules import Fault, RateLimit, Rule
 
 if TYPE_CHECKING:
     from regproxy.proxy.exchange import Exchange
-    from regproxy.proxy.forwarder import Forwarder
 
-CONTINUE = True
-STOP = False
+
+class Answer:
+    """Answer the request with ``status`` and ``message`` instead of forwarding it."""
+
+    __slots__ = ("message", "status")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+class Delay:
+    """Run the rest of the chain (and forward) after ``seconds``."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+Decision = Answer | Delay | None
+CONTINUE: Decision = None
 
 # Token buckets are per key (service or service.method): bound what a stream of invented names can add.
 _MAX_BUCKETS = 4096
 
 
 class StreamFilter(Protocol):
-    def on_request(self, fwd: Forwarder, exch: Exchange, index: int) -> bool:
-        """CONTINUE, or STOP after answering ``exch`` or arranging ``fwd.resume(exch, index + 1)``."""
+    def on_request(self, exch: Exchange) -> Decision:
+        """CONTINUE, or what to do with ``exch`` instead (Answer, Delay)."""
         ...
 
 
@@ -51,17 +71,15 @@ class FaultFilter:
         self.aborted = 0
         self.delayed = 0
 
-    def on_request(self, fwd: Forwarder, exch: Exchange, index: int) -> bool:
+    def on_request(self, exch: Exchange) -> Decision:
         f = self.fault
         rng = self._rng
         if f.abort_percent and rng.random() * 100 < f.abort_percent:
             self.aborted += 1
-            fwd.fail(exch, f.abort_status, f.abort_message or f"fault injected by rule {self.rule!r}")
-            return STOP
+            return Answer(f.abort_status, f.abort_message or f"fault injected by rule {self.rule!r}")
         if f.delay_percent and rng.random() * 100 < f.delay_percent:
             self.delayed += 1
-            fwd.loop.call_later(f.delay_ms / 1000, fwd.resume, exch, index + 1)
-            return STOP
+            return Delay(f.delay_ms / 1000)
         return CONTINUE
 
 
@@ -77,7 +95,7 @@ class RateLimitFilter:
         self._buckets: dict[str, list[float]] = {}  # key -> [tokens, last refill time]
         self.rejected = 0
 
-    def on_request(self, fwd: Forwarder, exch: Exchange, index: int) -> bool:
+    def on_request(self, exch: Exchange) -> Decision:
         limit = self.limit
         key = exch.service if limit.per == "service" else exch.label
         now = self._clock()
@@ -91,13 +109,11 @@ class RateLimitFilter:
         if tokens < 1.0:
             bucket[0] = tokens
             self.rejected += 1
-            fwd.fail(
-                exch,
+            return Answer(
                 Status.SERVER_THREADPOOL_EXHAUSTED,
                 f"rate limited by rule {self.rule!r}: over {limit.requests_per_second:g} requests/s "
                 f"(burst {limit.burst}) for {key}",
             )
-            return STOP
         bucket[0] = tokens - 1.0
         return CONTINUE
 

@@ -1,14 +1,18 @@
-"""The per-request logic shared by the egress and ingress listeners: route, pick a host, forward,
-enforce the deadline, retry a request that was never written, and answer with a Dubbo error that
-names the cause when nothing else can. Also the data path's share of loop detection
-(regproxy.proxy.loops): the egress marks what it forwards, the ingress takes the mark out, and a
-request that comes back to an egress it passed is answered, never forwarded again."""
+"""The request lifecycle shared by the egress and ingress listeners: take the routing decision
+from the planner (regproxy.proxy.plan, pure), run a rule's filters, pick a host, forward, enforce
+the deadline, retry a request that was never written, and answer with a Dubbo error that names the
+cause when nothing else can. Also the data path's share of loop detection (regproxy.proxy.loops):
+the egress marks what it forwards, the ingress takes the mark out, and a request that comes back
+to an egress it passed is answered, never forwarded again.
+
+The Forwarder owns the requests in flight (their deadlines, retries and answers) and the socket
+writes; it decides nothing about where a request goes. Downstream connections talk to it through
+``handle`` and ``connection_opened/closed``; the upstream pool through ``UpstreamEvents``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from time import perf_counter
 from typing import Final
@@ -19,6 +23,7 @@ from regproxy.dubbo.frame import (
     FLAG_TWOWAY,
     HESSIAN2,
     SERIALIZATION_MASK,
+    ProtocolError,
     Status,
     frame_request_id,
     patch_request_id,
@@ -40,24 +45,15 @@ from regproxy.health import HostHealth, NoHealth
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.deadlines import DeadlineWheel
 from regproxy.proxy.exchange import Exchange, Plan
-from regproxy.proxy.filters import AccessLog, StreamFilter, build_filters
+from regproxy.proxy.filters import AccessLog, Delay
 from regproxy.proxy.flow import FlowLimits
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.loops import LoopGuard
+from regproxy.proxy.plan import GroupPlans, HeadMemo, NoRoute, Planner, service_label
 from regproxy.proxy.stats import Histogram, ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
-from regproxy.routing import Host, LoadBalancer, RoutingTable, TableHolder, make_balancer
-from regproxy.routing.rules import (
-    RETRY_CONNECT,
-    RETRY_RESET,
-    RETRY_UNAVAILABLE,
-    UNAVAILABLE_STATUSES,
-    Rule,
-    RuleSet,
-    Subset,
-    TagIndex,
-    subset_hosts,
-)
+from regproxy.routing import Host, TableHolder
+from regproxy.routing.rules import RETRY_RESET, RETRY_UNAVAILABLE, UNAVAILABLE_STATUSES, RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +76,6 @@ SERIALIZATION_NAMES = {
 }
 
 
-def service_label(path: str, version: str, group: str | None) -> str:
-    """Dubbo's service key form: ``group/interface:version``, empty parts left out."""
-    label = path
-    if group:
-        label = f"{group}/{label}"
-    if version and version not in ("0.0.0", "*"):
-        label = f"{label}:{version}"
-    return label
-
-
-MAX_PLANS = 4096
-
 _OK: Final = 20  # Status.OK
 _Z: Final = 0x5A  # the end of a hessian2 map: the last byte of a request body with attachments
 # The loop marker's bytes as the data path looks for them (regproxy.dubbo.request.find_via): its
@@ -105,23 +89,17 @@ _VIA_ONE_ID: Final = b"".join((VIA_KEY_BYTES, bytes((VIA_ID_LEN,))))  # key and 
 _TWOWAY_HESSIAN2_REQUEST: Final = 0x80 | FLAG_TWOWAY | HESSIAN2
 
 
-class _GroupPlans:
-    """The plans of one request head where the table matches on the group: by group, with the
-    head's argument count, so that the group can be found in memoised attachment bytes."""
-
-    __slots__ = ("by_group", "nargs")
-
-    def __init__(self, nargs: int) -> None:
-        self.nargs = nargs
-        self.by_group: dict[str, Plan] = {}
-
-
-# A connection's memo of its last request head (DownstreamConnection.last_head): the head bytes,
-# what they map to, and the memo (Forwarder._heads) that mapping came from.
-HeadMemo = tuple[bytes, "Plan | _GroupPlans | None", "dict[bytes, Plan | _GroupPlans] | None"]
-
-
 class Forwarder(UpstreamEvents):
+    """One listener's requests in flight, from the client connection that sent them to the answer.
+
+    Owns: the requests in flight (``in_flight``, the deadline wheel), the upstream pool, the client
+    connections it admitted, the listener's counters. Asks the Planner where a request goes and
+    carries the decision out; never decides routing itself. Client connections reach it only
+    through the DownstreamEvents methods (regproxy.proxy.listener), the pool through UpstreamEvents.
+    Invariants: a two-way request is answered exactly once (a response, or an error made here),
+    after which its deadline is gone and its connection's in-flight count is down; a request is
+    retried only when it was never written, or when its rule allows it after a reset.
+    """
     def __init__(
         self,
         name: str,
@@ -150,7 +128,6 @@ class Forwarder(UpstreamEvents):
         self.batcher = batcher
         self.pool = pool_factory(self)
         self.downstreams: set[DownstreamConnection] = set()
-        self._default_timeout_ms = default_timeout_ms
         self.timeout_from_attachment = timeout_from_attachment
         # What a deadline passing means here: the consumer's timeout (egress), or the app being
         # too slow for the ingress's bound.
@@ -164,31 +141,35 @@ class Forwarder(UpstreamEvents):
         self.in_flight = 0  # two-way requests forwarded and not answered, over all connections
         self._idle: asyncio.Event | None = None  # set when in_flight drops to zero (drain waits)
         self.stats = stats or ListenerStats()
-        self._balancers: dict[str, tuple[str, LoadBalancer]] = {}
-        self._rules = RuleSet()
-        self._filters: dict[Rule, tuple[StreamFilter, ...]] = {}
-        self._subsets: dict[tuple[str, Subset], tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
-        self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
-        # Routing decisions of the common case, for the table they were made on (see _plan), by
-        # (service, version, method, group or None) and by the exact bytes of the request head.
-        self._plans: dict[tuple[str, str, str, str | None], Plan] = {}
-        self._heads: dict[bytes, Plan | _GroupPlans] = {}
-        self._plans_table: RoutingTable | None = None
+        # Where requests go (pure: regproxy.proxy.plan); the Forwarder only runs what it decides.
+        self.planner = Planner(
+            self.stats.histogram,
+            self.pool.active,
+            default_timeout_ms=default_timeout_ms,
+            timeout_from_attachment=timeout_from_attachment,
+        )
         self.deadlines = DeadlineWheel(loop, self._on_deadline)  # type: ignore[arg-type]
-        self.rng = random.Random()  # weighted subset choice
         self.access_log: AccessLog | None = None  # off by default: no formatting per request
         self._health: HostHealth = NoHealth()
         self._health_on = False
 
     @property
     def default_timeout_ms(self) -> int:
-        return self._default_timeout_ms
+        return self.planner.default_timeout_ms
 
     @default_timeout_ms.setter
     def default_timeout_ms(self, value: int) -> None:
         """A reload's new default: plans that carry the old one are made again."""
-        self._default_timeout_ms = value
-        self._forget_plans()
+        self.planner.default_timeout_ms = value
+
+    @property
+    def rules(self) -> RuleSet:
+        return self.planner.rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        """Swap the rules; requests in flight keep the hosts, policy and filters they started with."""
+        self.planner.rules = rules
 
     # --- from the downstream side -------------------------------------------------------------
 
@@ -212,6 +193,27 @@ class Forwarder(UpstreamEvents):
             self.downstreams.discard(down)
             self.stats.downstream_connections -= 1
 
+    def broken_stream(self, down: DownstreamConnection, exc: ProtocolError) -> bytes:
+        self.stats.protocol_errors += 1
+        self.stats.answered(Status.BAD_REQUEST)
+        log.warning("%s: closing connection from %s: %s", self.name, down.peer, exc)
+        # The request id is known when the header was readable (e.g. an oversized body): the
+        # consumer learns which call failed. Garbage gets id 0: still a readable Dubbo error.
+        request_id = exc.request_id if exc.request_id is not None else 0
+        message = f"regproxy {self.name}: {exc}; closing connection"
+        return encode_error(request_id, Status.BAD_REQUEST, message)
+
+    def paused(self, down: DownstreamConnection) -> None:
+        self.stats.paused_reads += 1
+
+    def unsent_overflow(self, down: DownstreamConnection, unsent: int) -> None:
+        self.stats.unsent_closes += 1
+        log.warning(
+            "%s: closing connection from %s: %d bytes of answers unsent, the limit is %d "
+            "(limits.max_unsent_bytes_per_connection): the client stopped reading; %d request(s) in flight "
+            "will not be answered on it", self.name, down.peer, unsent, self.flow.max_unsent, down.in_flight,
+        )  # fmt: skip
+
     def handle(self, down: DownstreamConnection, frames: list[bytes]) -> None:
         """The frames one read brought from a downstream connection, each header and body in one
         bytes object."""
@@ -219,9 +221,10 @@ class Forwarder(UpstreamEvents):
         # (and, where the table matches on the group, attachment bytes) were seen before on this
         # table and rules. Anything else takes _handle_general, which also makes the plans.
         # What does not change within one read is looked up once for all its frames.
-        if self.table.current is not self._plans_table:
-            self._reset_plans()
-        heads = self._heads
+        planner = self.planner
+        if self.table.current is not planner.table:
+            planner.reset(self.table.current)
+        heads = planner.heads
         deadlines = self.deadlines
         started = perf_counter()  # not loop.time(): uvloop's is cached per loop pass, in whole ms
         pool = self.pool
@@ -241,7 +244,7 @@ class Forwarder(UpstreamEvents):
         # bytes that start with a head's bytes have that head (hessian strings carry their length).
         memo: HeadMemo = down.last_head
         memo_head, memo_entry, memo_of = memo
-        entry: Plan | _GroupPlans | None
+        entry: Plan | GroupPlans | None
         plan: Plan | None
         via = self.via
         strip = self.strip_via
@@ -268,7 +271,7 @@ class Forwarder(UpstreamEvents):
                     if entry is not None:
                         memo_head, memo_entry, memo_of = raw[16:end], entry, heads
                 if entry is not None:
-                    if isinstance(entry, _GroupPlans):
+                    if isinstance(entry, GroupPlans):
                         group = memoised_group(raw, end, entry.nargs)
                         plan = entry.by_group.get(group) if group is not None else None
                     else:
@@ -328,15 +331,6 @@ class Forwarder(UpstreamEvents):
         sent[host.address] = sent.get(host.address, 0) + len(exchs)
         self.pool.connection(host.address).submit_all(exchs)
 
-    def _reset_plans(self) -> None:
-        """Plans are for one table: a new one starts without them."""
-        self._forget_plans()
-        self._plans_table = self.table.current
-
-    def _forget_plans(self) -> None:
-        self._plans = {}
-        self._heads = {}
-
     def _handle_general(self, down: DownstreamConnection, raw: bytes) -> None:
         flag = raw[2]
         request_id = frame_request_id(raw)
@@ -370,21 +364,15 @@ class Forwarder(UpstreamEvents):
             raw = marked
         try:
             body = RequestBody(raw, 16)
-            if self.table.current is not self._plans_table:
-                self._reset_plans()
+            planner = self.planner
             table = self.table.current
-            path = body.path
-            # The group is read (from the attachments) only where a route depends on it.
-            key = (path, body.version, body.method, body.group if table.needs_group(path) else None)
-            plan = self._plans.get(key)
-            if plan is None:
-                plan = self._plan(key, body, table)
-            if plan is not None:
-                self._remember_head(raw, body, key[3], plan)
-            else:
-                plan = self._route(down, request_id, two_way, body, table)
-                if plan is None:
-                    return  # answered with an error
+            if table is not planner.table:
+                planner.reset(table)
+            decision = planner.plan(raw, body, table)
+            if isinstance(decision, NoRoute):
+                self.reply_error(down, request_id, two_way, decision.status, decision.message)
+                return
+            plan = decision
             if not plan.timeout_ms:  # the consumer's timeout: the body is decoded anyway, read it now
                 timeout_ms = (self.timeout_from_attachment and body.timeout_ms()) or self.default_timeout_ms
             else:
@@ -407,169 +395,6 @@ class Forwarder(UpstreamEvents):
         else:
             self._dispatch(exch, None)
 
-    def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: Plan) -> None:
-        """Let requests with these head bytes (and this group) find ``plan`` without decoding."""
-        if body.head_end < 0 or len(self._heads) >= MAX_PLANS:
-            return
-        head = raw[16 : body.head_end]
-        if group is None:
-            self._heads[head] = plan
-            return
-        entry = self._heads.get(head)
-        if not isinstance(entry, _GroupPlans):
-            entry = self._heads[head] = _GroupPlans(body.argument_count)
-        if len(entry.by_group) < 64:  # groups are few; a peer sending endless new ones gets no memo
-            entry.by_group[group] = plan
-
-    def _plan(
-        self, key: tuple[str, str, str, str | None], body: RequestBody, table: RoutingTable
-    ) -> Plan | None:
-        """The routing decision for requests like ``body`` when it depends only on the table and
-        ``key`` (service, version, method, and the group where the table matches on it) — no rule
-        for the service, no tag routing — memoised until the table or the rules change.  None:
-        every such request takes ``_route``."""
-        path = body.path
-        if self._rules and self._rules.lookup(path) is not None:
-            return None
-        route = table.match(path, body.version, body.method, key[3])
-        if route is None:
-            return None
-        cluster = table.clusters.get(route.cluster)
-        if cluster is None or self._tag_index(cluster.name, cluster.hosts) is not None:
-            return None
-        # Requests with a plan are labelled by the group only where the route matches on it.
-        service = service_label(path, body.version, key[3])
-        timeout_ms = route.timeout_ms or (0 if self.timeout_from_attachment else self.default_timeout_ms)
-        plan = Plan(
-            timeout_ms,
-            route.retries,
-            cluster.hosts,
-            self._balancer(cluster.name, cluster.lb),
-            service,
-            body.method,
-            self.stats.histogram(service, body.method),
-        )
-        if len(self._plans) < MAX_PLANS:  # a peer inventing services must not grow it without end
-            self._plans[key] = plan
-        return plan
-
-    def _route(
-        self,
-        down: DownstreamConnection,
-        request_id: int,
-        two_way: bool,
-        body: RequestBody,
-        table: RoutingTable,
-    ) -> Plan | None:
-        """Rules, group, subsets and tags: the plan of this one request, or None once the request
-        has been answered with an error."""
-        rule = None
-        if self._rules:
-            cands = self._rules.lookup(body.path)
-            if cands is not None:
-                rule = RuleSet.first_match(cands, body.version, body.method, body)
-        route = None
-        if rule is None or rule.cluster is None:
-            group = body.group if table.needs_group(body.path) else None
-            route = table.match(body.path, body.version, body.method, group)
-            if route is None:
-                label = service_label(body.path, body.version, body.group)
-                why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
-                self._not_found(
-                    down,
-                    request_id,
-                    two_way,
-                    f"no route for {label} method {body.method}{why}",
-                )
-                return None
-        if rule is None:
-            assert route is not None
-            cluster_name = route.cluster
-            rule_timeout = route.timeout_ms
-            retries = route.retries
-            retry_on = RETRY_CONNECT
-            filters: tuple[StreamFilter, ...] = ()
-        else:
-            cluster_name = rule.cluster or route.cluster  # type: ignore[union-attr]
-            rule_timeout = rule.timeout_ms or (route.timeout_ms if route is not None else None)
-            if rule.retries is not None:
-                retries = rule.retries
-            elif route is not None:
-                retries = route.retries
-            else:
-                retries = 1
-            retry_on = rule.retry_on
-            filters = self._filters_of(rule)
-        cluster = table.clusters.get(cluster_name)
-        if cluster is None:
-            # Only a rule can name a cluster the table lacks (a subscription not made yet).
-            label = service_label(body.path, body.version, body.group)
-            self._not_found(
-                down,
-                request_id,
-                two_way,
-                f"rule {rule.name!r} sends {label} to cluster {cluster_name!r}, "  # type: ignore[union-attr]
-                "which does not exist (no static cluster or subscription of that name)",
-            )
-            return None
-        hosts = cluster.hosts
-        bkey = cluster.name
-        if rule is not None and rule.subsets:
-            subset = rule.choose_subset(self.rng)
-            assert subset is not None
-            hosts = self._subset_hosts(cluster.name, hosts, subset)
-            if not hosts:
-                label = service_label(body.path, body.version, body.group)
-                self._not_found(
-                    down,
-                    request_id,
-                    two_way,
-                    f"no host in subset {{{subset.label}}} of cluster {cluster.name} for {label} "
-                    f"(rule {rule.name!r})",
-                )
-                return None
-            bkey = f"{bkey}|{subset.label}"
-        tags = self._tag_index(bkey, hosts)
-        if tags is not None:
-            what, hosts = tags.select(body.attachments)
-            if not hosts:
-                label = service_label(body.path, body.version, body.group)
-                self._not_found(
-                    down,
-                    request_id,
-                    two_way,
-                    f"no provider for {label} with {what} in cluster {cluster.name} (dubbo tag routing)",
-                )
-                return None
-            bkey = f"{bkey}|{what}"
-        # For the label only: free when the attachments were read anyway.
-        service = service_label(body.path, body.version, body.group if body.attachments_read else "")
-        return Plan(
-            rule_timeout or 0,
-            retries,
-            hosts,
-            self._balancer(bkey, cluster.lb),
-            service,
-            body.method,
-            self.stats.histogram(service, body.method),
-            retry_on,
-            filters,
-        )
-
-    # --- rules, subsets, tags, filters --------------------------------------------------------
-
-    @property
-    def rules(self) -> RuleSet:
-        return self._rules
-
-    @rules.setter
-    def rules(self, rules: RuleSet) -> None:
-        """Swap the rules; requests in flight keep the hosts, policy and filters they started with."""
-        self._rules = rules
-        self._filters = {}
-        self._subsets = {}
-        self._forget_plans()
-
     @property
     def health(self) -> HostHealth:
         return self._health
@@ -580,50 +405,25 @@ class Forwarder(UpstreamEvents):
         # The no-op costs nothing: skip even the calls.
         self._health_on = not isinstance(health, NoHealth)
 
-    def _filters_of(self, rule: Rule) -> tuple[StreamFilter, ...]:
-        chain = self._filters.get(rule)
-        if chain is None:
-            chain = self._filters[rule] = build_filters(rule)
-        return chain
-
-    def _subset_hosts(self, cluster: str, hosts: tuple[Host, ...], subset: Subset) -> tuple[Host, ...]:
-        key = (cluster, subset)
-        entry = self._subsets.get(key)
-        if entry is None or entry[0] is not hosts:  # the cluster's host tuple is replaced on change
-            entry = self._subsets[key] = (hosts, subset_hosts(hosts, subset))
-        return entry[1]
-
-    def _tag_index(self, key: str, hosts: tuple[Host, ...]) -> TagIndex | None:
-        entry = self._tags.get(key)
-        if entry is None or entry[0] is not hosts:
-            if len(self._tags) > 4096:
-                self._tags.clear()  # clusters come and go with subscriptions; do not grow forever
-            entry = self._tags[key] = (hosts, TagIndex.build(hosts))
-        return entry[1]
-
     def _run_filters(self, exch: Exchange, start: int) -> None:
+        """A rule's filters from ``start``, each deciding (regproxy.proxy.filters): go on, answer
+        the request here, or go on after a delay."""
         filters = exch.plan.filters
         for i in range(start, len(filters)):
-            if not filters[i].on_request(self, exch, i):
-                return
+            decision = filters[i].on_request(exch)
+            if decision is None:
+                continue
+            if isinstance(decision, Delay):
+                self.loop.call_later(decision.seconds, self._resume_filters, exch, i + 1)
+            else:
+                self._fail(exch, decision.status, decision.message)
+            return
         self._dispatch(exch, None)
 
-    def resume(self, exch: Exchange, index: int) -> None:
-        """Continue a filter chain a filter stopped (e.g. after an injected delay)."""
+    def _resume_filters(self, exch: Exchange, index: int) -> None:
         if exch.two_way and not exch.slot:
             return  # answered meanwhile (deadline passed)
         self._run_filters(exch, index)
-
-    def fail(self, exch: Exchange, status: int, message: str) -> None:
-        """Answer ``exch`` with a Dubbo error made here (filters use this)."""
-        self._fail(exch, status, message)
-
-    def _balancer(self, cluster: str, lb: str) -> LoadBalancer:
-        entry = self._balancers.get(cluster)
-        if entry is None or entry[0] != lb:
-            entry = (lb, make_balancer(lb, active=self.pool.active))
-            self._balancers[cluster] = entry
-        return entry[1]
 
     def _pick(self, exch: Exchange) -> Host | None:
         pool = self.pool
@@ -938,9 +738,6 @@ class Forwarder(UpstreamEvents):
             return False
         finally:
             self._idle = None
-
-    def _not_found(self, down: DownstreamConnection, request_id: int, two_way: bool, message: str) -> None:
-        self.reply_error(down, request_id, two_way, Status.SERVICE_NOT_FOUND, message)
 
     def reply_error(
         self, down: DownstreamConnection, request_id: int, two_way: bool, status: int, message: str

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from regproxy.dubbo.encode import encode_error
-from regproxy.dubbo.frame import FrameParser, ProtocolError, Status
-from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter
+from regproxy.dubbo.frame import FrameParser, ProtocolError
+from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
 from regproxy.proxy.flow import FlowLimits
 
 if TYPE_CHECKING:
-    from regproxy.proxy.forwarder import Forwarder, HeadMemo
+    from regproxy.proxy.plan import HeadMemo
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +25,48 @@ _LINGER_S = 2.0
 # is left. Either alone bounds what one client makes the sidecar hold (regproxy.proxy.flow).
 _BUSY: Final = 1  # its requests in flight reached limits.max_in_flight[_bytes]_per_connection
 _UNSENT: Final = 2  # its unsent answers passed the write buffer's high mark: it does not keep up
+
+
+class DownstreamEvents(Protocol):
+    """What a client connection reports to the forwarder that owns its requests (the Forwarder),
+    symmetric with regproxy.proxy.upstream.UpstreamEvents: the connection touches nothing else of
+    it. It reads the listener's ``name``, write ``batcher``, ``loop`` and ``flow`` limits."""
+
+    name: str
+    batcher: Batcher
+    loop: asyncio.AbstractEventLoop
+    flow: FlowLimits
+
+    def connection_opened(self, down: DownstreamConnection) -> bool:
+        """Admit the connection (False: close it, e.g. at the connection limit)."""
+        ...
+
+    def connection_closed(self, down: DownstreamConnection) -> None: ...
+
+    def vet(self, down: DownstreamConnection) -> str | None:
+        """At its first bytes: why the connection is this sidecar's own, in a loop; else None."""
+        ...
+
+    def handle(self, down: DownstreamConnection, frames: list[bytes]) -> None:
+        """The whole frames one read brought."""
+        ...
+
+    def refuse_loop(self, down: DownstreamConnection, frames: list[bytes], reason: str) -> None:
+        """Answer every request of ``frames`` with the loop error, forward none."""
+        ...
+
+    def broken_stream(self, down: DownstreamConnection, exc: ProtocolError) -> bytes:
+        """The stream broke (bad magic, a body over the limit): counted and logged; the error
+        response to send before closing."""
+        ...
+
+    def paused(self, down: DownstreamConnection) -> None:
+        """Reading the connection stopped (flow control): counted."""
+        ...
+
+    def unsent_overflow(self, down: DownstreamConnection, unsent: int) -> None:
+        """The connection is closed for leaving ``unsent`` bytes of answers unread: counted, logged."""
+        ...
 
 
 class _Discard:
@@ -92,6 +133,15 @@ class _LoopAnswer:
 
 
 class DownstreamConnection(asyncio.Protocol, BatchedWriter):
+    """One client connection: a consumer's at the egress, a peer sidecar's at the ingress.
+
+    Owns its parser, its write buffer (BatchedWriter) and its flow-control state; counts its
+    requests in flight (``in_flight``, ``in_flight_bytes``), which the Forwarder raises and lowers
+    through ``answered``. Reports everything else to the Forwarder through DownstreamEvents.
+    Invariants: reading is paused exactly while some reason in ``_paused`` holds; once the stream
+    broke (``closing``) nothing more is parsed, and the connection closes when nothing is in flight.
+    """
+
     __slots__ = (
         "_closing",
         "_flow",
@@ -107,7 +157,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
         "peer",
     )
 
-    def __init__(self, forwarder: Forwarder, max_body: int) -> None:
+    def __init__(self, forwarder: DownstreamEvents, max_body: int) -> None:
         self._forwarder = forwarder
         self._flow: FlowLimits = forwarder.flow
         self._batcher = forwarder.batcher
@@ -159,16 +209,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
                 self._batcher.flush()
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        fwd = self._forwarder
-        fwd.stats.protocol_errors += 1
-        fwd.stats.answered(Status.BAD_REQUEST)
-        log.warning("%s: closing connection from %s: %s", fwd.name, self.peer, exc)
-        # The request id is known when the header was readable (e.g. an oversized body): the
-        # consumer learns which call failed. Garbage gets id 0: still a readable Dubbo error.
-        request_id = exc.request_id if exc.request_id is not None else 0
-        self.queue(
-            encode_error(request_id, Status.BAD_REQUEST, f"regproxy {fwd.name}: {exc}; closing connection")
-        )
+        self.queue(self._forwarder.broken_stream(self, exc))
         # Parse no more, but let the requests that arrived intact before the bad bytes be answered
         # (each is bounded by its deadline) before closing. What still arrives is read and dropped:
         # closing a socket with unread bytes makes the kernel send a reset, which destroys the error
@@ -213,7 +254,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
     def _pause(self, why: int) -> None:
         if not self._paused and self.transport is not None and not self._closing:
             self.transport.pause_reading()
-            self._forwarder.stats.paused_reads += 1
+            self._forwarder.paused(self)
         self._paused |= why
 
     def _resume(self, why: int) -> None:
@@ -231,14 +272,7 @@ class DownstreamConnection(asyncio.Protocol, BatchedWriter):
 
     def _overflow(self, transport: asyncio.Transport) -> None:
         """Answers to requests already read still pile up behind a client that stopped reading."""
-        fwd = self._forwarder
-        fwd.stats.unsent_closes += 1
-        log.warning(
-            "%s: closing connection from %s: %d bytes of answers unsent, the limit is %d "
-            "(limits.max_unsent_bytes_per_connection): the client stopped reading; %d request(s) in flight "
-            "will not be answered on it", fwd.name, self.peer, transport.get_write_buffer_size(),
-            self._flow.max_unsent, self.in_flight,
-        )  # fmt: skip
+        self._forwarder.unsent_overflow(self, transport.get_write_buffer_size())
         transport.abort()  # close() would keep the unsent bytes until they are read: never
 
     @property

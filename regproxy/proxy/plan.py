@@ -1,0 +1,309 @@
+"""The routing decision, pure: where a request goes and under which policy.
+
+Input: the routing table snapshot (regproxy.routing.table), the rule set (regproxy.routing.rules)
+and the request's head, with its attachments read only where a rule or a tag needs them. Output:
+a ``Plan`` (hosts, balancer, timeout, retries, filters) or a ``NoRoute`` naming the status and the
+reason the request is answered with. No sockets, no event loop, no writes: the Forwarder runs the
+request a Plan describes (deadlines, retries, responses) and writes the NoRoute answer.
+
+Stages, in order (``Planner.route``): rule match (service, then version, method and attachments) →
+the route of the table → the cluster → a rule's weighted subset → Dubbo tag routing. The stages the
+governance issues add (overrides, condition routers, tag routers, balancers by name) go between
+them, each a function of what came before.
+
+The common case costs one dict lookup: a request with no rule and no tag routing gets a Plan
+memoised by (service, version, method, and the group where the table matches on it), and by the
+exact bytes of its head (``heads``), until the table or the rules change.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Final
+
+from regproxy.dubbo.frame import Status
+from regproxy.dubbo.request import RequestBody
+from regproxy.proxy.exchange import Plan
+from regproxy.proxy.filters import StreamFilter, build_filters
+from regproxy.proxy.stats import Histogram
+from regproxy.routing import Host, LoadBalancer, RoutingTable, make_balancer
+from regproxy.routing.rules import RETRY_CONNECT, Rule, RuleSet, Subset, TagIndex, subset_hosts
+
+# Memoised plans and head bytes, at most: a peer inventing services must not grow them without end.
+MAX_PLANS: Final = 4096
+
+
+def service_label(path: str, version: str, group: str | None) -> str:
+    """Dubbo's service key form: ``group/interface:version``, empty parts left out."""
+    label = path
+    if group:
+        label = f"{group}/{label}"
+    if version and version not in ("0.0.0", "*"):
+        label = f"{label}:{version}"
+    return label
+
+
+class NoRoute:
+    """A request the planner cannot send anywhere: answered with ``status`` and ``message``."""
+
+    __slots__ = ("message", "status")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"NoRoute({self.status}, {self.message!r})"
+
+
+class GroupPlans:
+    """The plans of one request head where the table matches on the group: by group, with the
+    head's argument count, so that the group can be found in memoised attachment bytes."""
+
+    __slots__ = ("by_group", "nargs")
+
+    def __init__(self, nargs: int) -> None:
+        self.nargs = nargs
+        self.by_group: dict[str, Plan] = {}
+
+
+# A connection's memo of its last request head (DownstreamConnection.last_head): the head bytes,
+# what they map to, and the memo (Planner.heads) that mapping came from.
+HeadMemo = tuple[bytes, "Plan | GroupPlans | None", "dict[bytes, Plan | GroupPlans] | None"]
+
+
+class Planner:
+    """Routing decisions for one listener, with their memos. ``reset(table)`` whenever the table
+    snapshot changes (the Forwarder checks its identity once per read); new rules or a new default
+    timeout reset it too."""
+
+    def __init__(
+        self,
+        histogram: Callable[[str, str], Histogram],
+        active: Callable[[str], int],
+        *,
+        default_timeout_ms: int,
+        timeout_from_attachment: bool,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._histogram = histogram  # the listener's latency histogram of (service, method)
+        self._active = active  # requests in flight per address, for the least-request balancer
+        self._default_timeout_ms = default_timeout_ms
+        self.timeout_from_attachment = timeout_from_attachment
+        self.rng = rng if rng is not None else random.Random()  # weighted subset choice
+        self._rules = RuleSet()
+        self._balancers: dict[str, tuple[str, LoadBalancer]] = {}
+        self._filters: dict[Rule, tuple[StreamFilter, ...]] = {}
+        self._subsets: dict[tuple[str, Subset], tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
+        self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
+        # The common case's decisions for the table they were made on: by (service, version,
+        # method, group or None) and by the exact bytes of the request head.
+        self._plans: dict[tuple[str, str, str, str | None], Plan] = {}
+        self.heads: dict[bytes, Plan | GroupPlans] = {}
+        self.table: RoutingTable | None = None
+
+    # --- what the decisions depend on -----------------------------------------------------------
+
+    @property
+    def default_timeout_ms(self) -> int:
+        return self._default_timeout_ms
+
+    @default_timeout_ms.setter
+    def default_timeout_ms(self, value: int) -> None:
+        """A reload's new default: plans that carry the old one are made again."""
+        self._default_timeout_ms = value
+        self._forget()
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        """Swap the rules; requests in flight keep the hosts, policy and filters they started with."""
+        self._rules = rules
+        self._filters = {}
+        self._subsets = {}
+        self._forget()
+
+    def reset(self, table: RoutingTable | None) -> None:
+        """Plans are for one table: a new one starts without them."""
+        self._forget()
+        self.table = table
+
+    def _forget(self) -> None:
+        self._plans = {}
+        self.heads = {}
+
+    # --- decisions ------------------------------------------------------------------------------
+
+    def plan(self, raw: bytes, body: RequestBody, table: RoutingTable) -> Plan | NoRoute:
+        """The decision for the request ``raw`` (decoded as ``body``) on ``table``, which must be
+        the table of the last ``reset``. A memoisable one is also remembered by ``raw``'s head bytes,
+        for the Forwarder's undecoded path."""
+        path = body.path
+        # The group is read (from the attachments) only where a route depends on it.
+        key = (path, body.version, body.method, body.group if table.needs_group(path) else None)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._memoisable(key, body, table)
+        if plan is not None:
+            self._remember_head(raw, body, key[3], plan)
+            return plan
+        return self.route(body, table)
+
+    def _memoisable(
+        self, key: tuple[str, str, str, str | None], body: RequestBody, table: RoutingTable
+    ) -> Plan | None:
+        """The decision for requests like ``body`` when it depends only on the table and ``key`` —
+        no rule for the service, no tag routing — memoised; None: every such request takes ``route``."""
+        path = body.path
+        if self._rules and self._rules.lookup(path) is not None:
+            return None
+        route = table.match(path, body.version, body.method, key[3])
+        if route is None:
+            return None
+        cluster = table.clusters.get(route.cluster)
+        if cluster is None or self._tag_index(cluster.name, cluster.hosts) is not None:
+            return None
+        # Requests with a plan are labelled by the group only where the route matches on it.
+        service = service_label(path, body.version, key[3])
+        timeout_ms = route.timeout_ms or (0 if self.timeout_from_attachment else self._default_timeout_ms)
+        plan = Plan(
+            timeout_ms,
+            route.retries,
+            cluster.hosts,
+            self._balancer(cluster.name, cluster.lb),
+            service,
+            body.method,
+            self._histogram(service, body.method),
+        )
+        if len(self._plans) < MAX_PLANS:
+            self._plans[key] = plan
+        return plan
+
+    def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: Plan) -> None:
+        """Let requests with these head bytes (and this group) find ``plan`` without decoding."""
+        if body.head_end < 0 or len(self.heads) >= MAX_PLANS:
+            return
+        head = raw[16 : body.head_end]
+        if group is None:
+            self.heads[head] = plan
+            return
+        entry = self.heads.get(head)
+        if not isinstance(entry, GroupPlans):
+            entry = self.heads[head] = GroupPlans(body.argument_count)
+        if len(entry.by_group) < 64:  # groups are few; a peer sending endless new ones gets no memo
+            entry.by_group[group] = plan
+
+    def route(self, body: RequestBody, table: RoutingTable) -> Plan | NoRoute:
+        """Rules, group, subsets and tags: the plan of this one request (not memoised)."""
+        rule = None
+        if self._rules:
+            cands = self._rules.lookup(body.path)
+            if cands is not None:
+                rule = RuleSet.first_match(cands, body.version, body.method, body)
+        route = None
+        if rule is None or rule.cluster is None:
+            group = body.group if table.needs_group(body.path) else None
+            route = table.match(body.path, body.version, body.method, group)
+            if route is None:
+                label = service_label(body.path, body.version, body.group)
+                why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
+                return NoRoute(Status.SERVICE_NOT_FOUND, f"no route for {label} method {body.method}{why}")
+        if rule is None:
+            assert route is not None
+            cluster_name = route.cluster
+            rule_timeout = route.timeout_ms
+            retries = route.retries
+            retry_on = RETRY_CONNECT
+            filters: tuple[StreamFilter, ...] = ()
+        else:
+            cluster_name = rule.cluster or route.cluster  # type: ignore[union-attr]
+            rule_timeout = rule.timeout_ms or (route.timeout_ms if route is not None else None)
+            if rule.retries is not None:
+                retries = rule.retries
+            elif route is not None:
+                retries = route.retries
+            else:
+                retries = 1
+            retry_on = rule.retry_on
+            filters = self._filters_of(rule)
+        cluster = table.clusters.get(cluster_name)
+        if cluster is None:
+            # Only a rule can name a cluster the table lacks (a subscription not made yet).
+            assert rule is not None
+            label = service_label(body.path, body.version, body.group)
+            return NoRoute(
+                Status.SERVICE_NOT_FOUND,
+                f"rule {rule.name!r} sends {label} to cluster {cluster_name!r}, "
+                "which does not exist (no static cluster or subscription of that name)",
+            )
+        hosts = cluster.hosts
+        bkey = cluster.name
+        if rule is not None and rule.subsets:
+            subset = rule.choose_subset(self.rng)
+            assert subset is not None
+            hosts = self._subset_hosts(cluster.name, hosts, subset)
+            if not hosts:
+                label = service_label(body.path, body.version, body.group)
+                return NoRoute(
+                    Status.SERVICE_NOT_FOUND,
+                    f"no host in subset {{{subset.label}}} of cluster {cluster.name} for {label} "
+                    f"(rule {rule.name!r})",
+                )
+            bkey = f"{bkey}|{subset.label}"
+        tags = self._tag_index(bkey, hosts)
+        if tags is not None:
+            what, hosts = tags.select(body.attachments)
+            if not hosts:
+                label = service_label(body.path, body.version, body.group)
+                return NoRoute(
+                    Status.SERVICE_NOT_FOUND,
+                    f"no provider for {label} with {what} in cluster {cluster.name} (dubbo tag routing)",
+                )
+            bkey = f"{bkey}|{what}"
+        # For the label only: free when the attachments were read anyway.
+        service = service_label(body.path, body.version, body.group if body.attachments_read else "")
+        return Plan(
+            rule_timeout or 0,
+            retries,
+            hosts,
+            self._balancer(bkey, cluster.lb),
+            service,
+            body.method,
+            self._histogram(service, body.method),
+            retry_on,
+            filters,
+        )
+
+    # --- what the stages keep ---------------------------------------------------------------------
+
+    def _filters_of(self, rule: Rule) -> tuple[StreamFilter, ...]:
+        chain = self._filters.get(rule)
+        if chain is None:
+            chain = self._filters[rule] = build_filters(rule)
+        return chain
+
+    def _subset_hosts(self, cluster: str, hosts: tuple[Host, ...], subset: Subset) -> tuple[Host, ...]:
+        key = (cluster, subset)
+        entry = self._subsets.get(key)
+        if entry is None or entry[0] is not hosts:  # the cluster's host tuple is replaced on change
+            entry = self._subsets[key] = (hosts, subset_hosts(hosts, subset))
+        return entry[1]
+
+    def _tag_index(self, key: str, hosts: tuple[Host, ...]) -> TagIndex | None:
+        entry = self._tags.get(key)
+        if entry is None or entry[0] is not hosts:
+            if len(self._tags) > MAX_PLANS:
+                self._tags.clear()  # clusters come and go with subscriptions; do not grow forever
+            entry = self._tags[key] = (hosts, TagIndex.build(hosts))
+        return entry[1]
+
+    def _balancer(self, cluster: str, lb: str) -> LoadBalancer:
+        entry = self._balancers.get(cluster)
+        if entry is None or entry[0] != lb:
+            entry = (lb, make_balancer(lb, active=self._active))
+            self._balancers[cluster] = entry
+        return entry[1]
