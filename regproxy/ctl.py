@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from regproxy.routing.model import service_label
+
 __all__ = ["DEFAULT_ADMIN", "TOKEN_ENV", "AdminClient", "CtlError", "format_table", "main"]
 
 PROG = "regproxy ctl"
@@ -244,12 +246,9 @@ def _service_label(rec: Mapping[str, Any], ctx: Mapping[str, str]) -> str:
     interface = rec.get("interface")
     if not isinstance(interface, str):
         return str(rec.get("key") or ctx.get("key") or "?")
-    label = interface
-    if rec.get("group"):
-        label = f"{rec['group']}/{label}"
-    if rec.get("version"):
-        label = f"{label}:{rec['version']}"
-    return label
+    # Whatever JSON the fields hold, as text; "*" may be a subscription's "any version".
+    version, group = str(rec.get("version") or ""), str(rec.get("group") or "")
+    return service_label(interface, version, group, any_version=True)
 
 
 def _registry_states(data: Any) -> dict[str, str]:

@@ -15,9 +15,9 @@ from regproxy.dubbo.frame import Status
 from regproxy.dubbo.request import RequestBody
 from regproxy.proxy.exchange import Plan
 from regproxy.proxy.filters import Answer, Delay, FaultFilter, RateLimitFilter
-from regproxy.proxy.plan import GroupPlans, NoRoute, Planner, service_label
+from regproxy.proxy.plan import GroupPlans, NoRoute, Planner
 from regproxy.proxy.stats import ListenerStats
-from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, service_label
 from regproxy.routing.rules import RETRY_CONNECT, Fault, RateLimit, RuleSet
 
 SVC = "com.x.Svc"

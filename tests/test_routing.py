@@ -18,6 +18,7 @@ from regproxy.routing import (
     ServiceKey,
     TableHolder,
     normalize_version,
+    service_label,
     split_address,
 )
 
@@ -64,6 +65,23 @@ def test_normalize_version_keeps_real_versions(v: str) -> None:
 def test_service_key_str_and_parse(key: ServiceKey, text: str) -> None:
     assert str(key) == text
     assert ServiceKey.parse(text) == key
+
+
+@pytest.mark.parametrize(
+    ("args", "any_version", "label"),
+    [
+        ((SVC, "", ""), False, SVC),
+        ((SVC, None, None), False, SVC),
+        ((SVC, "1.0.0", "g"), False, f"g/{SVC}:1.0.0"),
+        ((SVC, "0.0.0", "g"), False, f"g/{SVC}"),  # a consumer with no version sends 0.0.0
+        ((SVC, "*", ""), False, SVC),
+        ((SVC, "*", "g"), True, f"g/{SVC}:*"),  # a subscription's "any version" is named
+        ((SVC, "0.0.0", ""), True, SVC),
+        ((SVC, "", "a,b"), True, f"a,b/{SVC}"),
+    ],
+)
+def test_service_label(args: tuple[str, str | None, str | None], any_version: bool, label: str) -> None:
+    assert service_label(*args, any_version=any_version) == label
 
 
 def test_service_key_parse_normalizes_version() -> None:

@@ -49,10 +49,10 @@ from regproxy.proxy.filters import AccessLog, Delay
 from regproxy.proxy.flow import FlowLimits
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.loops import LoopGuard
-from regproxy.proxy.plan import GroupPlans, HeadMemo, NoRoute, Planner, service_label
+from regproxy.proxy.plan import GroupPlans, HeadMemo, NoRoute, Planner
 from regproxy.proxy.stats import Histogram, ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
-from regproxy.routing import Host, TableHolder
+from regproxy.routing import Host, TableHolder, service_label
 from regproxy.routing.rules import RETRY_RESET, RETRY_UNAVAILABLE, UNAVAILABLE_STATUSES, RuleSet
 
 log = logging.getLogger(__name__)

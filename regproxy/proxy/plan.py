@@ -27,21 +27,11 @@ from regproxy.dubbo.request import RequestBody
 from regproxy.proxy.exchange import Plan
 from regproxy.proxy.filters import StreamFilter, build_filters
 from regproxy.proxy.stats import Histogram
-from regproxy.routing import Host, LoadBalancer, RoutingTable, make_balancer
+from regproxy.routing import Host, LoadBalancer, RoutingTable, make_balancer, service_label
 from regproxy.routing.rules import RETRY_CONNECT, Rule, RuleSet, Subset, TagIndex, subset_hosts
 
 # Memoised plans and head bytes, at most: a peer inventing services must not grow them without end.
 MAX_PLANS: Final = 4096
-
-
-def service_label(path: str, version: str, group: str | None) -> str:
-    """Dubbo's service key form: ``group/interface:version``, empty parts left out."""
-    label = path
-    if group:
-        label = f"{group}/{label}"
-    if version and version not in ("0.0.0", "*"):
-        label = f"{label}:{version}"
-    return label
 
 
 class NoRoute:

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import unquote_plus
 
-from regproxy.routing import RouteMatch, ServiceKey, normalize_version, split_address
+from regproxy.routing import RouteMatch, ServiceKey, normalize_version, service_label, split_address
 
 __all__ = [
     "ANY",
@@ -469,12 +469,7 @@ class Subscription:
     @property
     def cluster_name(self) -> str:
         """``group/interface:version``, empty parts left out (version "*" shown as "*")."""
-        s = self.interface
-        if self.group:
-            s = f"{self.group}/{s}"
-        if self.version:
-            s = f"{s}:{self.version}"
-        return s
+        return service_label(self.interface, self.version, self.group, any_version=True)
 
     @property
     def key(self) -> str:

@@ -19,6 +19,7 @@ from .model import (
     RouteMatch,
     ServiceKey,
     normalize_version,
+    service_label,
     split_address,
 )
 from .table import RoutingTable, TableHolder
@@ -40,5 +41,6 @@ __all__ = [
     "WeightedRoundRobin",
     "make_balancer",
     "normalize_version",
+    "service_label",
     "split_address",
 ]

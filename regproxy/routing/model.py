@@ -23,6 +23,22 @@ def normalize_version(v: str | None) -> str:
     return v
 
 
+def service_label(
+    interface: str, version: str | None = "", group: str | None = "", *, any_version: bool = False
+) -> str:
+    """Dubbo's service key form, ``group/interface:version``: regproxy's one name for a service in
+    cluster names, metrics labels, logs and error messages.
+
+    Empty parts are left out, and so is a version that means none (``normalize_version``), except
+    that with ``any_version`` (a subscription's, where "*" asks for every version) "*" is shown."""
+    label = interface
+    if group:
+        label = f"{group}/{label}"
+    if version and (version not in _NO_VERSION_SET or (any_version and version == "*")):
+        label = f"{label}:{version}"
+    return label
+
+
 def _set(obj: object, name: str, value: object) -> None:
     # Frozen dataclasses only allow assignment through object.__setattr__ (used in __post_init__).
     object.__setattr__(obj, name, value)
@@ -44,12 +60,7 @@ class ServiceKey:
         _set(self, "version", normalize_version(self.version))
 
     def __str__(self) -> str:
-        s = self.interface
-        if self.group:
-            s = f"{self.group}/{s}"
-        if self.version:
-            s = f"{s}:{self.version}"
-        return s
+        return service_label(self.interface, self.version, self.group)
 
     @classmethod
     def parse(cls, text: str) -> ServiceKey:
