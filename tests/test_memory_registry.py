@@ -13,6 +13,7 @@ from regproxy.registry import (
     SUSPENDED,
     DubboURL,
     MemoryRegistry,
+    RegistryError,
     RegistryUnavailable,
     Subscription,
     consumer_url,
@@ -274,3 +275,41 @@ async def test_state_listener_sees_stop(make: Callable[..., MemoryRegistry]) -> 
     await reg.stop()
     reg.simulate_down()  # ignored once stopped
     assert states == [CONNECTED, STOPPED]
+
+
+# --- the base class's request error mapping (every adapter's requests go through Registry._call) ---
+
+
+class _Lossy(MemoryRegistry):
+    """A client whose ConnectionError means "cannot reach the registry", as ZooKeeper's and Nacos's
+    adapters say of their clients' errors."""
+
+    def _unreachable(self, exc: Exception) -> str | None:
+        return "connection lost" if isinstance(exc, ConnectionError) else None
+
+
+async def test_request_errors_map_to_unavailable_or_error() -> None:
+    reg = _Lossy(name="errors")
+    reg._op_timeout_s = 0.05
+
+    async def fails(exc: Exception) -> None:
+        raise exc
+
+    with pytest.raises(
+        RegistryUnavailable, match=r"^registry memory://errors: list x: no answer within 0\.05 s$"
+    ):
+        await reg._call("list x", asyncio.Event().wait())
+    with pytest.raises(RegistryUnavailable, match=r"^registry memory://errors: list x: connection lost$"):
+        await reg._call("list x", fails(ConnectionResetError("peer gone")))
+    with pytest.raises(
+        RegistryError, match=r"^registry memory://errors: list x failed: ValueError: bad name$"
+    ) as info:
+        await reg._call("list x", fails(ValueError("bad\n   name")))
+    assert not isinstance(info.value, RegistryUnavailable)  # a refusal: retrying will not help
+    own = RegistryUnavailable("the adapter's own words")
+    with pytest.raises(RegistryUnavailable) as passed:
+        await reg._call("list x", fails(own))
+    assert passed.value is own
+    with pytest.raises(KeyError):  # what the adapter handles itself
+        await reg._call("list x", fails(KeyError("node")), passthrough=(KeyError,))
+    assert await reg._call("list x", asyncio.sleep(0, "done")) == "done"

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from regproxy.registry.url import DubboURL, Subscription
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ProvidersListener = Callable[[list[DubboURL]], None]
 StateListener = Callable[[str], None]
+T = TypeVar("T")
 
 # Connection states, as reported to state listeners and shown to operators.
 CONNECTING = "connecting"
@@ -48,11 +51,23 @@ class RegistryUnavailable(RegistryError):
     """The registry is not reachable right now (the HTTP API answers 503)."""
 
 
+def error_text(exc: BaseException) -> str:
+    """One line for an error of a registry client: its type and words (a gRPC error's details only,
+    where its text spans several lines), at most 300 characters of them."""
+    text = str(exc)
+    details = re.search(r'details = "([^"]*)"', text)
+    if details:
+        text = details[1]
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 class Registry(ABC):
     """A service registry as regproxy uses it. All methods are called on the event loop."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, op_timeout_s: float = 5.0) -> None:
         self.name = name  # redacted URL: safe to show
+        self._op_timeout_s = op_timeout_s  # the longest wait for one request's answer (``_call``)
         self._state = CONNECTING
         self._state_listeners: list[StateListener] = []
         self.auth_error = ""  # why the state is AUTH_FAILED (no secret in it), for readiness and logs
@@ -146,6 +161,33 @@ class Registry(ABC):
                 cause = f": {self.connect_error}" if self.connect_error else ""
                 why = f" (unreachable for {away:.0f} s{cause})"
             raise RegistryUnavailable(f"registry {self.name} is {self._state}{why}: cannot {what} now")
+
+    async def _call(self, what: str, op: Awaitable[T], *, passthrough: tuple[type[Exception], ...] = ()) -> T:
+        """Await one request to the registry (``op``, from the adapter's client), bounded by
+        ``op_timeout_s``, with the client's errors mapped to regproxy's two, each naming the registry
+        and ``what``: RegistryUnavailable (the API answers 503: later may work) when no answer came
+        in time or ``_unreachable`` says why the registry cannot be reached, RegistryError (502) for
+        any other failure.  A RegistryError, and the ``passthrough`` errors the adapter handles
+        itself, pass as they are."""
+        try:
+            async with asyncio.timeout(self._op_timeout_s):  # wait_for can swallow a cancellation (3.11)
+                return await op
+        except TimeoutError:
+            raise RegistryUnavailable(
+                f"registry {self.name}: {what}: no answer within {self._op_timeout_s:g} s"
+            ) from None
+        except (RegistryError, *passthrough):
+            raise
+        except Exception as exc:
+            why = self._unreachable(exc)
+            if why is not None:
+                raise RegistryUnavailable(f"registry {self.name}: {what}: {why}") from exc
+            raise RegistryError(f"registry {self.name}: {what} failed: {error_text(exc)}") from exc
+
+    def _unreachable(self, exc: Exception) -> str | None:
+        """Why ``exc``, raised by the adapter's client, means the registry cannot be reached right
+        now (a lost connection, a dead server), or None: a refusal.  Adapters know their client."""
+        return None
 
     @abstractmethod
     async def start(self) -> None:

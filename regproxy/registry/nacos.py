@@ -29,11 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shutil
 import tempfile
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from regproxy.config import RegistryURL
 from regproxy.registry.base import (
@@ -45,13 +43,12 @@ from regproxy.registry.base import (
     ProvidersListener,
     Registry,
     RegistryError,
-    RegistryUnavailable,
+    error_text,
 )
 from regproxy.registry.url import ANY, PROVIDERS, DubboURL, Subscription
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 DEFAULT_WEIGHT = 100
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to create the client while unreachable
@@ -123,10 +120,9 @@ class NacosRegistry(Registry):
     def __init__(self, url: RegistryURL, *, op_timeout_s: float = 5.0) -> None:
         if url.scheme != "nacos":
             raise ValueError(f"not a nacos registry URL: {url}")
-        super().__init__(str(url))
+        super().__init__(str(url), op_timeout_s=op_timeout_s)
         self.url = url
         self.group = url.group or "DEFAULT_GROUP"
-        self._op_timeout_s = op_timeout_s
         self._client: Any = None
         self._starter: asyncio.Task[None] | None = None
         self._workdir: str | None = None
@@ -178,7 +174,7 @@ class NacosRegistry(Registry):
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 attempt += 1
                 # The first failure is the one WARNING of this outage; the retries are no news.
-                self.connect_error = f"cannot connect: {_short(exc)}"
+                self.connect_error = f"cannot connect: {error_text(exc)}"
                 self._went_unreachable(self.connect_error)
                 log.debug("registry %s: cannot connect (%s); retrying in %.1f s", self.name, exc, delay)
                 await asyncio.sleep(delay)
@@ -243,7 +239,7 @@ class NacosRegistry(Registry):
                         self._auth_refused(refused)
                         continue
                 if self._state == CONNECTED:  # the cause for the unreachable line
-                    self.connect_error = _short(exc)
+                    self.connect_error = error_text(exc)
                 self._connection_changed(False)
             else:
                 self.auth_error = ""
@@ -296,22 +292,12 @@ class NacosRegistry(Registry):
             task = asyncio.get_running_loop().create_task(redo.start_redo_task())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _call(self, what: str, op: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(self._op_timeout_s):  # wait_for can swallow a cancellation (3.11)
-                return await op
-        except TimeoutError:
-            raise RegistryUnavailable(
-                f"registry {self.name}: {what} timed out after {self._op_timeout_s:g} s"
-            ) from None
-        except RegistryError:
-            raise
-        except Exception as exc:
-            # The client notices a dead server only at its next health check (seconds later);
-            # a call that could not reach it is "unavailable" (503), not a refusal (502).
-            if "UNAVAILABLE" in str(exc) or (self._client is not None and not self._client_running()):
-                raise RegistryUnavailable(f"registry {self.name}: {what}: server unreachable") from exc
-            raise RegistryError(f"registry {self.name}: {what} failed: {exc}") from exc
+    def _unreachable(self, exc: Exception) -> str | None:
+        # The client notices a dead server only at its next health check (seconds later);
+        # a call that could not reach it is "unavailable" (503), not a refusal (502).
+        if "UNAVAILABLE" in str(exc) or (self._client is not None and not self._client_running()):
+            return "server unreachable"
+        return None
 
     def _client_running(self) -> bool:
         try:
@@ -533,16 +519,6 @@ class NacosRegistry(Registry):
             "registered": [str(u) for u in self._registered.values()],
             "watched": {i: sorted(w.services) for i, w in self._watches.items()},
         }
-
-
-def _short(exc: BaseException) -> str:
-    """One line for an error of the Nacos client, whose gRPC errors span several: their details."""
-    text = str(exc)
-    details = re.search(r'details = "([^"]*)"', text)
-    if details:
-        text = details[1]
-    text = " ".join(text.split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 class _StateBridge:

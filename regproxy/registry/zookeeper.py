@@ -87,6 +87,8 @@ ROOT = "/dubbo"
 _CATEGORIES = frozenset({PROVIDERS, CONSUMERS})
 # kazoo errors that mean "no usable connection/session right now", as opposed to a refused request.
 _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)  # ConnectionClosedError too
+# kazoo errors _op's callers handle (a node missing or there already), or it explains (no rights).
+_PASSED_THROUGH = (NoNodeError, NodeExistsError, NoAuthError, AuthFailedError)
 _Binding = tuple[Subscription, ProvidersListener]
 _RECOVERY_ATTEMPTS = 3  # while connected, steps that timed out are tried again (0.5 s apart)
 KAZOO_REPEAT_S = 60.0  # while reconnecting, each kind of kazoo log line at most once a minute
@@ -191,11 +193,10 @@ class ZooKeeperRegistry(Registry):
     ) -> None:
         if url.scheme != "zookeeper":
             raise ValueError(f"not a zookeeper registry URL: {url}")
-        super().__init__(str(url))
+        super().__init__(str(url), op_timeout_s=op_timeout_s)
         self.url = url
         self._loop = loop
         self._session_timeout_s = session_timeout_s
-        self._op_timeout_s = op_timeout_s
         self._reconnect_max_delay_s = reconnect_max_delay_s
         # A weight change made by hand is a delete and a create: when a listing lost a provider,
         # wait this long and list again, so both usually land in one delivery instead of a list
@@ -711,9 +712,8 @@ class ZooKeeperRegistry(Registry):
     ) -> Any:
         """Run one kazoo ``*_async`` request and await its result, bounded by ``op_timeout_s``.
 
-        NoNodeError and NodeExistsError pass through for the caller to handle; a lost connection or
-        a timeout raises RegistryUnavailable, any other refusal RegistryError; both name the registry
-        and the path.
+        NoNodeError and NodeExistsError pass through for the caller to handle; a refusal for want of
+        rights is explained (``_refused``); other errors are mapped by ``Registry._call``.
         """
         client = client or self._client
         if client is None:
@@ -730,24 +730,12 @@ class ZooKeeperRegistry(Registry):
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"registry {self.name}: cannot {what} {path}: {exc}") from exc
         try:
-            async with asyncio.timeout(self._op_timeout_s):  # wait_for can swallow a cancellation (3.11)
-                return await fut
-        except TimeoutError:
-            raise RegistryUnavailable(
-                f"registry {self.name}: {what} {path}: no answer within {self._op_timeout_s:g} s"
-            ) from None
-        except (NoNodeError, NodeExistsError):
-            raise
-        except _UNAVAILABLE as exc:
-            raise RegistryUnavailable(
-                f"registry {self.name}: {what} {path}: connection lost ({type(exc).__name__})"
-            ) from exc
+            return await self._call(f"{what} {path}", fut, passthrough=_PASSED_THROUGH)
         except (NoAuthError, AuthFailedError) as exc:
             raise await self._refused(what, path, exc) from exc
-        except KazooException as exc:
-            raise RegistryError(
-                f"registry {self.name}: {what} {path} failed: {type(exc).__name__} {exc}"
-            ) from exc
+
+    def _unreachable(self, exc: Exception) -> str | None:
+        return f"connection lost ({type(exc).__name__})" if isinstance(exc, _UNAVAILABLE) else None
 
     async def _refused(self, what: str, path: str, exc: KazooException) -> RegistryError:
         """The error for a request ZooKeeper refused for want of rights, saying why if we can tell."""
