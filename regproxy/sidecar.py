@@ -51,6 +51,40 @@ DUBBO_QOS_PORT = 22222
 
 
 class Sidecar:
+    """One regproxy process: its parts, wired together, and their lifecycle (start, reload, drain, stop).
+
+    What it owns (creates, starts and stops; nothing else does):
+
+    * the two Dubbo listeners with their forwarders: ``egress`` (the local consumers' calls, routed
+      by ``egress_table`` and ``rules``) and ``ingress`` (other sidecars' calls, sent to the local
+      application by ``ingress_table``);
+    * ``discovery``, made at start: the registries, publications, subscriptions and the state file.
+      It is the one writer of both tables after start (the egress: ``static_table`` plus a cluster
+      per subscription; the ingress: a route per publication), always by swapping a whole table;
+    * the health checks (``_start_health`` / ``_stop_health``): ``health``, the egress's active
+      checks and outlier detection, and ``app_watch``, the heartbeats of the published app ports;
+    * the HTTP API and admin listeners, ``tls`` (certificates, re-read on reload), the access log
+      and the ``loop_guard`` (this sidecar's id in loop markers).
+
+    What it may touch of its parts from outside them: the forwarders' knobs, as plain attribute
+    assignments between requests (``rules``, ``access_log``, ``default_timeout_ms``, ``health``),
+    the egress's counters and pool from health callbacks (an ejection counted, a dead host's
+    connections dropped), and Discovery's public methods. Never a connection or a request in flight.
+
+    Invariants:
+
+    * Everything runs on one event loop. ``reload()`` does not await, so reloads never interleave and
+      a request never sees the new table without the new rules, or the reverse: ``static_table`` and
+      ``rules`` are built first (a bad config changes nothing), then swapped with no await between.
+    * ``config`` is the configuration in effect: keys a running process cannot change
+      (``_RESTART_KEYS``, a TLS change that needs a restart) keep their running values after a reload.
+    * ``start()`` either completes or stops what it had started and raises; ``stop()`` stops the API
+      first, then health, listeners and discovery, whatever was started.
+    * Draining is one way: once ``draining`` is set the sidecar is never ready again (``readiness``);
+      ready also needs the state restored, every registry connected and the last state write to
+      have succeeded.
+    """
+
     def __init__(
         self,
         config: Config,
@@ -231,6 +265,8 @@ class Sidecar:
         return ConfigError([(key, problem)], self.config_path)
 
     async def _start_health(self) -> None:
+        """Upstream host health for the egress, and the app watch of the published ports; each runs
+        its rounds until ``_stop_health``."""
         assert self.discovery is not None
         hs = HealthSettings.from_dict(self.config.health)
         if hs.active.enabled or hs.outlier.enabled:
@@ -249,6 +285,14 @@ class Sidecar:
         # Provider side: withdraw the publications of an app port that stops answering heartbeats.
         self.app_watch = AppWatch(hs.app_check, self.discovery)
         self.app_watch.start()
+
+    async def _stop_health(self) -> None:
+        """What ``_start_health`` started, whatever part of it did, in the reverse order: the app
+        watch (it suspends and resumes publications in Discovery), then the host checks."""
+        if self.app_watch is not None:
+            await self.app_watch.stop()
+        if self.health is not None:
+            await self.health.stop()
 
     def _drop_upstream(self, address: str) -> None:
         if self.egress.forwarder is not None and (n := self.egress.forwarder.pool.drop(address)):
@@ -272,10 +316,7 @@ class Sidecar:
             if runner is not None:
                 await stop_api(runner)
         self._api = self._admin = None
-        if self.app_watch is not None:
-            await self.app_watch.stop()
-        if self.health is not None:
-            await self.health.stop()
+        await self._stop_health()
         await self.egress.stop()
         await self.ingress.stop()
         if self.discovery is not None:

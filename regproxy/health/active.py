@@ -20,7 +20,6 @@ connections to it, see ``UpstreamPool.drop``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from regproxy.dubbo.encode import heartbeat_reply, heartbeat_request
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FrameParser, ProtocolError, Status
 from regproxy.health import ActiveSettings
+from regproxy.health.rounds import Rounds
 
 if TYPE_CHECKING:
     from regproxy.tls import UpstreamTLS
@@ -199,7 +199,7 @@ class ActiveChecker:
         self.on_unreachable = on_unreachable
         self.unhealthy: set[str] = set()  # what the data path reads
         self._hosts: dict[str, _HostState] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Rounds("health-active", "active health check", self.check_once, settings.interval_s)
         self.rounds = 0
 
     def available(self, address: str) -> bool:
@@ -208,37 +208,20 @@ class ActiveChecker:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None and self.settings.enabled:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="health-active")
+        if self.settings.enabled:
+            self._rounds.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._rounds.stop()
         for st in self._hosts.values():
             if st.probe is not None:
                 st.probe.close()
                 st.probe = None
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.check_once()
-            except Exception:  # a bug here must not end health checking for good
-                log.exception("active health check round failed")
-            await asyncio.sleep(max(0.0, self.settings.interval_s - (loop.time() - started)))
-
     async def check_once(self) -> None:
-        """One round: every current host checked concurrently; hosts gone from the table forgotten."""
-        try:
-            current = set(self.hosts_provider())
-        except Exception:
-            log.exception("active health check: cannot read the hosts")
-            return
+        """One round: every current host checked concurrently; hosts gone from the table forgotten.
+        Raises what ``hosts_provider`` raises (the round's runner logs it)."""
+        current = set(self.hosts_provider())
         for address in [a for a in self._hosts if a not in current]:
             st = self._hosts.pop(address)
             if st.probe is not None:

@@ -13,7 +13,6 @@ nothing is published: there is nothing to take out of the registries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from regproxy.health import AppCheckSettings
 from regproxy.health.active import HeartbeatProbe, failure_reason
+from regproxy.health.rounds import Rounds
 
 if TYPE_CHECKING:
     from regproxy.discovery import Discovery
@@ -42,7 +42,6 @@ class AppChecker:
         self.checked_at: float | None = None
         self._readonly = False
         self._probe = HeartbeatProbe(address, on_readonly=self._on_readonly)
-        self._task: asyncio.Task[None] | None = None
 
     def _on_readonly(self) -> None:
         self._readonly = True
@@ -81,25 +80,8 @@ class AppChecker:
         except Exception:
             log.exception("app check: callback for %s failed", self.address)
 
-    # --- standalone use (AppWatch drives check_once itself) -----------------------------------
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"app-check {self.address}")
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            await self.check_once()
-            await asyncio.sleep(max(0.0, self.settings.interval_s - (loop.time() - started)))
-
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Close the heartbeat connection (AppWatch runs the rounds: ``check_once``)."""
         self._probe.close()
 
     def describe(self) -> dict[str, Any]:
@@ -120,31 +102,17 @@ class AppWatch:
         self.discovery = discovery
         self.host = host
         self.checkers: dict[int, AppChecker] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Rounds("app-watch", "app check", self.check_once, settings.interval_s)
 
     def start(self) -> None:
-        if self._task is None and self.settings.enabled:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="app-watch")
+        if self.settings.enabled:
+            self._rounds.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._rounds.stop()
         for checker in self.checkers.values():
             await checker.stop()
         self.checkers.clear()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.check_once()
-            except Exception:  # a bug here must not end app checking for good
-                log.exception("app check round failed")
-            await asyncio.sleep(max(0.0, self.settings.interval_s - (loop.time() - started)))
 
     async def check_once(self) -> None:
         ports = self.discovery.published_ports()

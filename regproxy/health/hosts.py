@@ -7,8 +7,6 @@ egress routing table: every host address, and the clusters an address is in.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
@@ -16,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from regproxy.health import HealthSettings
 from regproxy.health.active import ActiveChecker, HostsProvider
 from regproxy.health.outlier import ClustersOf, OutlierDetector
+from regproxy.health.rounds import Rounds
 from regproxy.routing import RoutingTable, TableHolder
 
 if TYPE_CHECKING:
@@ -79,7 +78,9 @@ class Health:
         self._outlier_available = self.outlier.available
         # The detector's own method, so a report costs one call, not two.
         self.report = self.outlier.report  # type: ignore[method-assign]
-        self._sweeper: asyncio.Task[None] | None = None
+        # Forgets the outlier state of hosts that left the table.
+        sweep_s = max(settings.active.interval_s, 1.0)
+        self._sweeper = Rounds("health-sweep", "outlier sweep", self._sweep, sweep_s)
 
     @property
     def ejections(self) -> int:
@@ -104,23 +105,14 @@ class Health:
 
     def start(self) -> None:
         self.active.start()
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="health-sweep")
+        self._sweeper.start()
 
     async def stop(self) -> None:
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        await self._sweeper.stop()
         await self.active.stop()
 
     async def _sweep(self) -> None:
-        interval = max(self.settings.active.interval_s, 1.0)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                self.outlier.retain(set(self.hosts_provider()))
+        self.outlier.retain(set(self.hosts_provider()))
 
     # --- views --------------------------------------------------------------------------------
 
