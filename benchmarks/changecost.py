@@ -50,11 +50,10 @@ async def measure(services: int, changes: int) -> dict[str, float]:
             registry_urls=[RegistryURL.parse("zookeeper://bench:2181")],
             factory=factory,
             egress=TableHolder(RoutingTable()),
-            ingress=TableHolder(ingress_table(20880)),
+            ingress=TableHolder(ingress_table()),
             static_table=RoutingTable(),
             advertise_ip="10.0.0.1",
             ingress_port=20882,
-            app_port=20880,
             store=StateStore(tmp),
         )
         await disc.start()

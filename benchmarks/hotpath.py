@@ -78,7 +78,7 @@ def build(hop: str) -> Harness:
         )
         upstream = UPSTREAM
     else:  # as a publication makes it: the published service (group matched) to the app
-        table = ingress_table(20880, [PublishSpec(SERVICE, 20880, (METHOD,))])
+        table = ingress_table([PublishSpec(SERVICE, 20880, (METHOD,))])
         upstream = "127.0.0.1:20880"
 
     def make_pool(events: UpstreamEvents) -> UpstreamPool:

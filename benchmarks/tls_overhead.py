@@ -19,7 +19,7 @@ from benchmarks import aio
 from regproxy.config import TLSConfig
 from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import default_services, serve
-from regproxy.discovery import ingress_table
+from regproxy.discovery import PublishSpec, ingress_table
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.tls import SidecarTLS
@@ -45,7 +45,9 @@ async def one_round(tls: SidecarTLS | None, calls: int, concurrency: int, size: 
     provider = await serve("127.0.0.1", 0, services=default_services())
     pport = provider.sockets[0].getsockname()[1]
     ingress = Listener(
-        "ingress", _settings(server_ssl=tls.server_ssl if tls else None), TableHolder(ingress_table(pport))
+        "ingress",
+        _settings(server_ssl=tls.server_ssl if tls else None),
+        TableHolder(ingress_table([PublishSpec(ECHO, pport)])),
     )
     await ingress.start()
     table = RoutingTable(

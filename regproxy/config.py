@@ -439,6 +439,23 @@ class TimeoutsConfig(_Model):
 
 class UpstreamConfig(_Model):
     connections_per_host: Int = Field(1, ge=1, le=1024)
+    # TCP_USER_TIMEOUT and keepalive on the egress's upstream connections (regproxy.proxy.upstream):
+    # a host that vanished without a reset is given up on after this long, not TCP's ~15 minutes.
+    user_timeout_ms: Int = Field(
+        10_000,
+        ge=0,
+        le=3_600_000,
+        description="close an upstream connection whose peer acknowledged nothing for this long (0 = off)",
+    )
+
+    @field_validator("user_timeout_ms")
+    @classmethod
+    def _user_timeout(cls, v: int) -> int:
+        # Keepalive probes go out at whole seconds: below a second the bound could not be kept, and
+        # a bound that short would cut connections over an ordinary retransmission.
+        if 0 < v < 1000:
+            raise PydanticCustomError("user_timeout", "must be 0 (off) or at least 1000 ms")
+        return v
 
 
 class DrainConfig(_Model):
@@ -644,9 +661,6 @@ class RouteMatchConfig(_Model):
 class WeightedSubsetConfig(_Model):
     subset: dict[str, str]
     weight: Int = Field(1, ge=0, le=MAX_WEIGHT)
-
-
-RETRY_ON_NAMES = ("connect-failure", "reset", "unavailable")
 
 
 class RetryConfig(_Model):
@@ -1039,9 +1053,6 @@ class Config(_Model):
             if self._in_table(r, static)
         ]
         return RoutingTable(routes=routes, clusters=clusters)
-
-    # The name used in the module contracts (/tmp/plan.md).
-    to_table = to_routing_table
 
     @staticmethod
     def _in_table(r: RouteConfig, static: set[str]) -> bool:

@@ -82,14 +82,13 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def ingress_table(app_port: int, published: Iterable[PublishSpec] = ()) -> RoutingTable:
+def ingress_table(published: Iterable[PublishSpec] = ()) -> RoutingTable:
     """Ingress routes: each service published through this sidecar (interface, version and group) to
     the application port it was published with, and nothing else.
 
     There is no catch-all: the ingress is reachable from other hosts, and forwarding whatever
     arrives would let anyone reach any service of the local application (or, with a crafted
     publication elsewhere, its ports) without it being published. Others get SERVICE_NOT_FOUND.
-    ``app_port`` is unused now and kept for callers' signatures.
     """
     routes: list[Route] = []
     clusters: dict[str, Cluster] = {}
@@ -135,6 +134,9 @@ class Publication:
     url: DubboURL
     registries: list[str]  # registry keys
     registered: set[str] = field(default_factory=set)  # keys where the node was created
+    # The URL a previous run of this sidecar registered (restored from the state file, same
+    # address): removed from each registry before ``url`` goes in (see Discovery._register).
+    previous: DubboURL | None = None
 
 
 @dataclass
@@ -157,6 +159,35 @@ RegistryFactory = Callable[[RegistryURL], Registry]
 
 
 class Discovery:
+    """A sidecar's publications and subscriptions, carried out on its registries, and the routing
+    tables that follow from them.
+
+    Owns: the registry adapters (``registries``: the configured ones, started here, and those a
+    request named, closed again once nothing uses them); the desired state (``publications``,
+    ``subscriptions``) and the providers each registry reports; the state file (written through
+    a StateWriter: API changes before they are answered, provider caches a moment later).
+
+    May touch: in the registries, only its own nodes (its publications' provider nodes, its
+    subscriptions' consumer nodes, and the provider node a previous run of this sidecar left at
+    this address); the egress and ingress table holders, by swapping whole snapshots (the egress
+    keeps ``static_table``'s routes first, it never edits them). Never a listener or a connection:
+    the engine only reads the tables.
+
+    Invariants:
+
+    * ``pub.registered`` is a subset of ``pub.registries``: the registries where its node was
+      created and not removed since. Nothing is registered while ``withdrawn`` (draining) or for an
+      application port in ``suspended``; such publications stay desired state (and in the file).
+    * Desired state is never dropped on a registry fault: what a registry missed is carried out
+      when it connects again (``_catch_up``), and the last providers it reported keep routing.
+    * The egress table is the static routes, then one route per subscription in ``_order_key``
+      order (exact versions and groups before wildcards); ``_routed`` mirrors that order.
+    * The ingress table routes exactly the published services (and, for ``unpublish_grace_s``,
+      the ones just unpublished) to their application ports: nothing else reaches the application.
+    * Calls that change desired state hold ``_lock`` across their awaits; registry events
+      (``_on_providers``) apply without an await, so a table swap never interleaves with another.
+    """
+
     def __init__(
         self,
         *,
@@ -167,7 +198,6 @@ class Discovery:
         static_table: RoutingTable,
         advertise_ip: str,
         ingress_port: int,
-        app_port: int,
         application: str = "regproxy",
         store: StateStore | None = None,
         ingress_tls: bool = False,
@@ -186,7 +216,6 @@ class Discovery:
         self.static_table = static_table
         self.advertise_ip = advertise_ip
         self.ingress_port = ingress_port
-        self.app_port = app_port
         self.application = application
         self.store = store
         self.publications: dict[str, Publication] = {}
@@ -320,8 +349,7 @@ class Discovery:
                     and pub.spec.port not in self.suspended
                 ):
                     try:
-                        await reg.register(pub.url)
-                        pub.registered.add(key)
+                        await self._register(pub, key, reg)
                         log.info("published %s to %s", pub.spec.key, reg.name)
                     except RegistryError as exc:
                         log.warning("publishing %s to %s: %s", pub.spec.key, reg.name, exc)
@@ -356,21 +384,13 @@ class Discovery:
         existing = self.publications.get(spec.key)
         if existing is not None and existing.spec == spec and set(targets) <= existing.registered:
             return str(existing.url)  # idempotent: the same URL, nothing re-registered
-        url = (
-            existing.url
-            if existing is not None and existing.spec == spec
-            else provider_url(
-                interface=spec.interface,
-                ip=self.advertise_ip,
-                port=self.ingress_port,
-                methods=spec.methods,
-                version=spec.version,
-                group=spec.group,
-                application=spec.application or self.application,
-                params=self._url_params(spec),
-            )
+        url = existing.url if existing is not None and existing.spec == spec else self._provider_url(spec)
+        pub = Publication(
+            spec,
+            url,
+            sorted(set(targets) | set(existing.registries if existing else ())),
+            previous=existing.previous if existing is not None else None,
         )
-        pub = Publication(spec, url, sorted(set(targets) | set(existing.registries if existing else ())))
         if existing is not None and existing.url == url:
             pub.registered = set(existing.registered)
         done: list[str] = []
@@ -383,17 +403,14 @@ class Discovery:
                 continue
             reg = await self._connected(key)
             try:
-                await reg.register(url)
+                await self._register(pub, key, reg)
             except RegistryError:
                 # All or nothing for the caller: undo what this request did, report the cause.
-                for k in done:
-                    await self._quietly(self.registries[k].unregister(url))
+                await self._unregister(pub, done)
                 raise
             done.append(key)
-            pub.registered.add(key)
         if existing is not None and existing.url != url:
-            for key in existing.registered:
-                await self._quietly(self.registries[key].unregister(existing.url))
+            await self._unregister(existing, existing.registered)
         self.publications[spec.key] = pub
         self._rebuild_ingress()
         log.info("published %s as %s (app port %d)", spec.key, url, spec.port)
@@ -407,6 +424,40 @@ class Discovery:
             params[TLS_PARAM] = "true"
         return params
 
+    def _provider_url(self, spec: PublishSpec) -> DubboURL:
+        """The URL ``spec`` is registered with: this sidecar's advertise IP and ingress port, and this
+        process's pid and the time now (a Dubbo provider puts both in the URL it registers)."""
+        return provider_url(
+            interface=spec.interface,
+            ip=self.advertise_ip,
+            port=self.ingress_port,
+            methods=spec.methods,
+            version=spec.version,
+            group=spec.group,
+            application=spec.application or self.application,
+            params=self._url_params(spec),
+        )
+
+    async def _register(self, pub: Publication, key: str, reg: Registry) -> None:
+        """Register ``pub`` in the registry ``key`` (RegistryError when refused or unreachable). The
+        node a previous run left there (``pub.previous``: killed, its session not expired yet) goes
+        first: consumers would see the same address twice until that session expires."""
+        if pub.previous is not None:
+            await self._quietly(reg.unregister(pub.previous))
+        await reg.register(pub.url)
+        pub.registered.add(key)
+        if pub.registered.issuperset(pub.registries):
+            pub.previous = None
+
+    async def _unregister(self, pub: Publication, keys: Iterable[str]) -> None:
+        """Take ``pub``'s node out of the registries ``keys``; never raises (a registry that cannot be
+        reached removes it later, or loses it with its session: see each adapter's ``unregister``)."""
+        for key in list(keys):
+            reg = self.registries.get(key)
+            if reg is not None:
+                await self._quietly(reg.unregister(pub.url))
+            pub.registered.discard(key)
+
     async def unpublish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> None:
         async with self._lock:
             pub = self.publications.get(spec.key)
@@ -415,11 +466,7 @@ class Discovery:
             keys = pub.registries if registry is None else [registry.to_url(redact=False)]
             if not set(keys) & set(pub.registries):
                 raise NotFound(f"service {spec.key} is not published to {registry}")
-            for key in keys:
-                reg = self.registries.get(key)
-                if reg is not None:
-                    await self._quietly(reg.unregister(pub.url))
-                pub.registered.discard(key)
+            await self._unregister(pub, keys)
             pub.registries = [k for k in pub.registries if k not in keys]
             if not pub.registries:
                 del self.publications[spec.key]
@@ -434,11 +481,7 @@ class Discovery:
         async with self._lock:
             self.withdrawn = True
             for pub in self.publications.values():
-                for key in list(pub.registered):
-                    reg = self.registries.get(key)
-                    if reg is not None:
-                        await self._quietly(reg.unregister(pub.url))
-                    pub.registered.discard(key)
+                await self._unregister(pub, pub.registered)
             log.info("withdrew %d publication(s) from the registries", len(self.publications))
 
     def published_ports(self) -> set[int]:
@@ -459,11 +502,7 @@ class Discovery:
                 if pub.spec.port not in ports:
                     continue
                 count += 1
-                for key in list(pub.registered):
-                    reg = self.registries.get(key)
-                    if reg is not None:
-                        await self._quietly(reg.unregister(pub.url))
-                    pub.registered.discard(key)
+                await self._unregister(pub, pub.registered)
             log.warning("unpublished %d publication(s) of app port(s) %s: %s", count, sorted(ports), reason)
             return count
 
@@ -488,11 +527,10 @@ class Discovery:
                     if key in pub.registered or reg is None or not reg.connected:
                         continue
                     try:
-                        await reg.register(pub.url)
+                        await self._register(pub, key, reg)
                     except RegistryError as exc:
                         log.warning("publishing %s to %s again: %s", pub.spec.key, reg.name, exc)
                         continue
-                    pub.registered.add(key)
                     registered = True
                 count += registered
             log.info("published %d publication(s) of app port(s) %s again", count, sorted(ports))
@@ -803,7 +841,7 @@ class Discovery:
                     del self._lingering[key]
                 else:
                     specs[key] = spec
-        self.ingress.swap(ingress_table(self.app_port, specs.values()))
+        self.ingress.swap(ingress_table(specs.values()))
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -887,21 +925,17 @@ class Discovery:
             try:
                 spec = PublishSpec.from_dict(item["spec"])
                 keys = [self._remember(k) for k in item.get("registries", [])]
-                url = DubboURL.parse(item["url"])
+                saved_url = DubboURL.parse(item["url"])
+                # Registered anew, as this process: its pid, the time now, and the address and
+                # regproxy.tls of this run (either may have changed since).
+                url = self._provider_url(spec)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.error("state file: skipping publication %s: %s", _short(repr(item)), exc)
                 continue
-            if (
-                url.host != self.advertise_ip
-                or url.port != self.ingress_port
-                or url.params.get(TLS_PARAM) != self._url_params(spec).get(TLS_PARAM)
-            ):
-                url = provider_url(
-                    interface=spec.interface, ip=self.advertise_ip, port=self.ingress_port,
-                    methods=spec.methods, version=spec.version, group=spec.group,
-                    application=spec.application or self.application, params=self._url_params(spec),
-                )  # fmt: skip
-            self.publications[spec.key] = Publication(spec, url, keys)
+            # The previous run's node, when it was at this address: a killed sidecar's lives on
+            # until its session expires. One elsewhere is not ours to remove.
+            previous = saved_url if saved_url.address == url.address and saved_url != url else None
+            self.publications[spec.key] = Publication(spec, url, keys, previous=previous)
         self._rebuild_egress()
         self._rebuild_ingress()
         if saved.publications or saved.subscriptions:
@@ -963,9 +997,7 @@ class Discovery:
     async def _quietly(op: Any) -> None:
         try:
             await op
-        except RegistryUnavailable as exc:
-            log.warning("%s", exc)
-        except RegistryError as exc:
+        except RegistryError as exc:  # RegistryUnavailable included
             log.warning("%s", exc)
 
     # --- views for the API and admin ----------------------------------------------------------

@@ -102,7 +102,7 @@ class Sidecar:
         self.rules = config.to_rule_set()
         self._access_log: AccessLog | None = AccessLog(config.access_log) if config.access_log else None
         self.egress_table = TableHolder(self.static_table)
-        self.ingress_table = TableHolder(ingress_table(config.app_port))
+        self.ingress_table = TableHolder(ingress_table())
         self.advertise_ip = _advertise_ip(config)
         self.tls = SidecarTLS(config.tls, self.egress_table) if config.tls.enabled else None
         # This sidecar's id in the loop marker, and its own connections (regproxy.proxy.loops).
@@ -168,6 +168,9 @@ class Sidecar:
             server_ssl=server_ssl,
             handshake_timeout_s=c.tls.handshake_timeout_s,
             upstream_tls=upstream_tls,
+            # The ingress's upstream is the app on 127.0.0.1: loopback loses no packets, and a busy
+            # app that stops reading for a while (a zero window) must not have its connection cut.
+            user_timeout_ms=0 if ingress else c.upstream.user_timeout_ms,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -191,7 +194,6 @@ class Sidecar:
                 static_table=self.static_table,
                 advertise_ip=self.advertise_ip,
                 ingress_port=ingress_port,
-                app_port=c.app_port,
                 store=StateStore(c.data_dir),
                 ingress_tls=self.ingress.settings.server_ssl is not None,
             )

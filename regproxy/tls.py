@@ -145,6 +145,13 @@ class UpstreamTLS:
 
     __slots__ = ("_index", "_table", "always", "context", "handshake_timeout_s", "table")
 
+    # Why a peer closed a connection whose handshake it never completed (see ``refused``).
+    refusal_reason = (
+        "the peer refused this sidecar's TLS certificate: it closed the connection right after the "
+        "handshake without completing it (the CA of tls.cert_file is not in its tls.ca_file, or the "
+        "certificate expired or is not yet valid; an asyncio peer sends no TLS alert saying which)"
+    )
+
     def __init__(
         self,
         context: ssl.SSLContext,
@@ -176,6 +183,21 @@ class UpstreamTLS:
             )
             self._table = table
         return address in self._index
+
+    @staticmethod
+    def refused(transport: Any) -> bool:
+        """Whether an upstream connection its peer closed without an error was a refusal of our
+        certificate. In TLS 1.3 the client's handshake is done before the server has checked the
+        client certificate, so a refusal arrives as a close after connect; and an asyncio server
+        (uvloop's as well: CPython issue 98078) closes without sending the alert that would name
+        the reason. A server that completed the handshake sends its session tickets first
+        (OpenSSL's default, so every regproxy ingress): a TLS 1.3 session closed before any ticket
+        arrived was never accepted. Read once, when the connection is lost."""
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is None or sslobj.version() != "TLSv1.3":
+            return False
+        session = sslobj.session
+        return session is not None and not session.has_ticket
 
     def connect_args(self, address: str, host: str) -> dict[str, Any]:
         """Extra ``loop.create_connection`` arguments for ``address`` ({} = plaintext)."""

@@ -44,6 +44,8 @@ class ListenerSettings:
     server_ssl: ssl.SSLContext | None = None
     handshake_timeout_s: float = 5.0
     upstream_tls: UpstreamTLS | None = None
+    # TCP_USER_TIMEOUT + keepalive on upstream connections (UpstreamPool); 0 = the kernel's defaults.
+    user_timeout_ms: int = 0
 
 
 class Listener:
@@ -87,6 +89,7 @@ class Listener:
                 guard=self.guard,
                 name=self.name,
                 max_unsent=flow.max_unsent,
+                user_timeout_ms=s.user_timeout_ms,
             )
 
         fwd = Forwarder(

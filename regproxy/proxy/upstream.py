@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -41,6 +43,59 @@ log = logging.getLogger(__name__)
 _MAX_ID: Final = 2**63 - 1
 WARN_EVERY_S: Final = 60.0  # a misbehaving peer's warning, at most this often (UpstreamPool.warn)
 _REQUEST_OR_EVENT: Final = FLAG_REQUEST | FLAG_EVENT
+# How TCP reports a connection it gave up on (TCP_USER_TIMEOUT, or its own retransmission limit):
+# ETIMEDOUT, or the soft error met meanwhile (no ARP answer: EHOSTUNREACH; an ICMP unreachable).
+_GAVE_UP: Final = frozenset((errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN))
+
+
+def silence_bound_options(user_timeout_ms: int) -> list[tuple[int, int, int]]:
+    """The socket options (level, option, value) that close a connection whose peer acknowledged
+    nothing for about ``user_timeout_ms`` ([] for 0: the kernel's defaults, ~15 minutes).
+
+    TCP_USER_TIMEOUT bounds data that stays unacknowledged (a request written to a host that
+    vanished); keepalive covers the connection with nothing unacknowledged (a request the host
+    acknowledged before it vanished, whose answer never comes): probes start after half the bound
+    of silence, and with TCP_USER_TIMEOUT set the kernel gives up at the first probe past the bound
+    (not after TCP_KEEPCNT probes). Options this platform lacks are left out."""
+    if user_timeout_ms <= 0:
+        return []
+    idle_s = max(1, user_timeout_ms // 2000)
+    # Probes at idle + k * interval reach the bound at the k-th one (seconds are the unit).
+    interval_s = max(1, (user_timeout_ms - idle_s * 1000) // 3000)
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_USER_TIMEOUT", user_timeout_ms),
+        ("TCP_KEEPIDLE", idle_s),
+        ("TCP_KEEPINTVL", interval_s),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, int(option), value))
+    return options
+
+
+def _os_error(exc: BaseException | None) -> tuple[object, object]:
+    """``exc``'s errno and strerror, read untyped: typeshed says int and str, but an OSError made
+    without arguments has None in both (uvloop raises ConnectionResetError() for a peer that closed
+    in the TLS handshake), and compiled code would raise TypeError reading None as an int."""
+    return getattr(exc, "errno", None), getattr(exc, "strerror", None)
+
+
+def _connect_error(exc: BaseException, tls: bool) -> str:
+    """Why a connect failed, for the log and the caller's error."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    code, text = _os_error(exc)
+    if tls and isinstance(exc, ConnectionResetError) and code is None:
+        # No alert, no reason: under TLS 1.2 a refused client certificate looks like this when the
+        # peer is an asyncio server (see UpstreamTLS.refused for TLS 1.3).
+        return (
+            "the peer closed the connection in the TLS handshake without an alert (it refused this "
+            "sidecar's certificate, or does not speak TLS on this port)"
+        )
+    if isinstance(text, str) and text:
+        return text
+    return str(exc) or type(exc).__name__
 
 
 class ConnState(Enum):
@@ -279,23 +334,57 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        transport = self.transport
+        # CLOSED already: this side closed it (drop, close), which is no refusal by the peer.
+        by_peer = self.state is not ConnState.CLOSED
         self.state = ConnState.CLOSED
         self.transport = None
-        self._pool.discard(self)
+        pool = self._pool
+        if (
+            exc is None
+            and by_peer
+            and pool.tls is not None
+            and transport is not None
+            and pool.tls.refused(transport)
+        ):
+            # The peer never completed the TLS handshake: nothing written here reached it, so this
+            # is a connect failure (another host may take the requests), not a lost connection.
+            reason = f"cannot connect to {self.address}: {pool.tls.refusal_reason}"
+            pool.warn(f"{self.address} tls", reason)
+            pool.discard(self, failed=True)
+            self._fail_all(reason, written=False)
+            return
+        pool.discard(self)
+        code, text = _os_error(exc)
+        if code in _GAVE_UP and pool.user_timeout_ms:
+            silent = (
+                f"{self.address} acknowledged nothing for {pool.user_timeout_ms} ms "
+                f"(upstream.user_timeout_ms): unreachable or gone ({text or exc})"
+            )
+            pool.warn(
+                f"{self.address} timeout",
+                f"connection to {self.address} closed: {silent}; {self.load} request(s) in flight fail",
+            )
+            self._fail_all(f"connection to {self.address} closed with the request in flight: {silent}")
+            return
         why = f"connection to {self.address} closed" + (f" ({exc})" if exc else "")
         self._fail_all(why + " with the request in flight")
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str, *, written: bool = True) -> None:
         pending, self.pending = self.pending, {}
         events = self._pool.events
         for exch in pending.values():
-            events.on_lost(exch, reason)
+            if written:
+                events.on_lost(exch, reason)
+            else:
+                events.on_not_written(exch, reason)
         waiting, self.waiting = self.waiting, []
         for exch in waiting:
             events.on_not_written(exch, reason)
 
     def close(self) -> None:
         if self.transport is not None:
+            self.state = ConnState.CLOSED  # our close, not the peer's (connection_lost)
             self.transport.close()
 
 
@@ -319,8 +408,12 @@ class UpstreamPool:
         guard: LoopGuard | None = None,
         name: str = "",
         max_unsent: int = 64 * 1024 * 1024,
+        user_timeout_ms: int = 0,
     ) -> None:
         self.loop = loop
+        # upstream.user_timeout_ms: set on each connection once it is open, never per request.
+        self.user_timeout_ms = user_timeout_ms
+        self._sockopts = silence_bound_options(user_timeout_ms)
         self.max_unsent = max_unsent  # limits.max_unsent_bytes_per_connection (regproxy.proxy.flow)
         self.tls = tls
         # The sidecar's loop guard learns the local address of each connection (regproxy.proxy.loops);
@@ -405,6 +498,7 @@ class UpstreamPool:
         for conn in open_conns:
             conns.remove(conn)  # out of the pool now: nothing new is written on it
             if conn.transport is not None:
+                conn.state = ConnState.CLOSED  # our abort: whatever it looks like, no TLS refusal
                 conn.transport.abort()  # connection_lost fails what is in flight
         if not conns:
             self._conns.pop(address, None)
@@ -447,16 +541,33 @@ class UpstreamPool:
                 self.connect_timeout_s + tls.get("ssl_handshake_timeout", 0),
             )
         except (TimeoutError, OSError, ValueError) as exc:
-            if isinstance(exc, asyncio.TimeoutError):
-                reason = "timed out"
-            else:
-                reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            reason = _connect_error(exc, bool(tls))
             log.warning("cannot connect to %s: %s", conn.address, reason)
             conn.connect_failed(f"cannot connect to {conn.address}: {reason}")
         except asyncio.CancelledError:
             conn.connect_failed(f"connecting to {conn.address} was cancelled (shutting down)")
             raise
+        else:
+            if self._sockopts:
+                self._bound_silence(conn)
         self.batcher.flush()
+
+    def _bound_silence(self, conn: UpstreamConnection) -> None:
+        """upstream.user_timeout_ms on a new connection (see silence_bound_options): a host that
+        vanished without a reset (power, network) is given up on within the bound, even with active
+        health checks off; the requests in flight fail then, and the next request connects anew."""
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return  # closed already
+        try:
+            for level, option, value in self._sockopts:
+                sock.setsockopt(level, option, value)
+        except OSError as exc:
+            self.warn(
+                "sockopt",
+                f"upstream.user_timeout_ms cannot be set on connections to {conn.address}: {exc}",
+            )
 
     def describe(self) -> dict[str, list[dict[str, object]]]:
         return {
