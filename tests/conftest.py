@@ -1,9 +1,12 @@
-"""Shared test setup: the async tests run on uvloop, the loop regproxy uses in production."""
+"""Shared test setup: the async tests run on uvloop, the loop regproxy uses in production; every test
+is marked with what it needs (below), and a ``unit`` test is held to needing nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -14,6 +17,7 @@ from kazoo.exceptions import NoNodeError
 from kazoo.retry import KazooRetry
 
 from tests.topology import world  # noqa: F401  (a fixture, shared by the end-to-end tests)
+from tests.zkserver import MAIN_CLASS as ZK_MAIN_CLASS
 from tests.zkserver import ZooKeeperNotInstalled, ZooKeeperServer
 
 
@@ -67,3 +71,70 @@ def _restore_log_level() -> Iterator[None]:
     level = root.level
     yield
     root.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Markers: what a test needs to run.  pyproject.toml registers them (--strict-markers: a typo fails).
+#
+#   zookeeper  a real ZooKeeper: given here to every test that uses the zk or zk_server fixture
+#   process    starts processes (`regproxy run`, apps, scripts, make, docker-compose, ip): declared in
+#              the test module (``pytestmark``) or on the test, or given here to every test using a
+#              fixture that requests ``needs_process`` (tests/topology.py's world does).  ZooKeeper's
+#              own server is the zookeeper mark's, not this one's.
+#   netns      builds network namespaces (root and iproute2): declared in the test module; given
+#              process here too (`ip`, and what runs in the namespaces)
+#   browser    drives a web browser (no test does yet)
+#   slow       takes a second or more on its own (2 cores): declared on the test; every process test
+#              gets it here (a Python process importing regproxy takes about a second)
+#   unit       none of zookeeper, process, netns, browser: given here to every test that has none of
+#              them, so a new test is a unit test until it says otherwise.  `make test-fast` runs the
+#              unit tests that are not slow.
+#
+# A test without the process mark that starts a process fails at once, naming the mark
+# (_processes_only_where_marked): the marks stay true as tests change.
+
+NEEDS = ("zookeeper", "process", "netns", "browser")
+# By fixture: a test gets the marks of every fixture it uses, directly or through other fixtures.
+FIXTURE_NEEDS = {"zk_server": ("zookeeper",), "zk": ("zookeeper",), "needs_process": ("process",)}
+
+
+@pytest.fixture
+def needs_process() -> None:
+    """Requested by a fixture that starts processes: every test using that fixture is marked process."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, needs in FIXTURE_NEEDS.items():
+            if fixture in fixtures:
+                for need in needs:
+                    item.add_marker(need)
+        if item.get_closest_marker("netns"):
+            item.add_marker("process")  # `ip`, and what runs in the namespaces
+        if item.get_closest_marker("process"):
+            item.add_marker("slow")  # starting a Python process that imports regproxy takes a second
+        if not any(item.get_closest_marker(need) for need in NEEDS):
+            item.add_marker("unit")
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("process") is not None:
+        return
+    popen_init = subprocess.Popen.__init__
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process but is not marked process: mark it "
+            "(pytestmark = pytest.mark.process in its module, or @pytest.mark.process on the test)"
+        )
+
+    def popen_zookeeper_only(self: subprocess.Popen[Any], args: Any, *more: Any, **kwargs: Any) -> None:
+        if ZK_MAIN_CLASS not in args:  # a restart of the session's ZooKeeper is the zookeeper mark's
+            refuse()
+        popen_init(self, args, *more, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen_zookeeper_only)
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refuse)
+    monkeypatch.setattr(asyncio, "create_subprocess_shell", refuse)

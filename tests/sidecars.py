@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.zkserver import free_ports
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,6 +31,8 @@ from regproxy.dubbo.frame import Frame, FrameParser, pack_header
 from regproxy.dubbo.hessian2 import decode_value
 from tests.sidecars import SidecarProc
 
+pytestmark = pytest.mark.process
+
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 
 

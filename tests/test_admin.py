@@ -25,7 +25,8 @@ from regproxy.dubbo.frame import Status
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.url import Subscription
 from regproxy.sidecar import Sidecar
-from tests.zkserver import free_port
+from tests.ports import free_port
+from tests.wait import wait_for
 
 VERSION = "1.0.0"
 CLUSTER = f"{GREET}:{VERSION}"
@@ -448,12 +449,11 @@ async def test_drain_reports_not_ready_then_stops(pair: Pair) -> None:
     m = samples(await pair.text(f"{node.admin}/metrics"))
     assert value(m, "regproxy_draining") == 1 and value(m, "regproxy_ready") == 0
     # The consumer sidecar sees the provider go (registry events are delivered on the loop).
-    for _ in range(100):
-        status, subs = await pair.get(f"{pair.consumer.admin}/api/v1/subscriptions")
-        if not subs["registries"][0]["subscriptions"][0]["providers"]:
-            break
-        await asyncio.sleep(0.01)
-    assert subs["registries"][0]["subscriptions"][0]["providers"] == []
+    async def provider_gone() -> bool:
+        _, subs = await pair.get(f"{pair.consumer.admin}/api/v1/subscriptions")
+        return bool(subs["registries"][0]["subscriptions"][0]["providers"] == [])
+
+    await wait_for(provider_gone, 2, "the provider gone from the consumer's subscription", interval=0.01)
     await asyncio.wait_for(node.sidecar.run_until_stopped(), 5)
     status, dump = await pair.get(f"{node.admin}/api/v1/config_dump?alllisteners")
     assert [entry["accepting"] for entry in dump["listeners"]] == [False, False]

@@ -179,7 +179,7 @@ async def test_sdk_pub_body_reaches_discovery_exactly(api: Api) -> None:
     assert registry == RegistryURL.parse("zookeeper://127.0.0.1:2181")
 
 
-async def test_pub_defaults(api: Api) -> None:
+async def test_pub_of_just_an_interface_publishes_on_the_app_port_to_the_default_registry(api: Api) -> None:
     status, reply = await api.post("/pub", {"service": {"interface": "com.x.Svc"}})
     assert status == 200
     _, spec, registry = api.last
@@ -404,7 +404,7 @@ async def test_nacos_and_memory_registries(open_api: Api) -> None:
     assert api.last[2] == RegistryURL.parse("memory://")
 
 
-async def test_unpub(api: Api) -> None:
+async def test_unpub_of_the_sdk_body_unpublishes_it_from_its_registry(api: Api) -> None:
     status, reply = await api.post("/unpub", SDK_PUB)
     assert (status, reply) == (200, {"err_no": 0, "err_msg": "unpub success"})
     op, spec, registry = api.last
@@ -442,7 +442,9 @@ async def test_sub_ignores_methods(api: Api) -> None:
         ("1.0.0-SNAPSHOT", "blue_1", Subscription("com.x.Svc", "1.0.0-SNAPSHOT", "blue_1")),
     ],
 )
-async def test_sub_wildcards(api: Api, version: Any, group: Any, expected: Subscription) -> None:
+async def test_sub_version_and_group_forms_become_the_subscription(
+    api: Api, version: Any, group: Any, expected: Subscription
+) -> None:
     status, _ = await api.post(
         "/sub", {"service": {"interface": "com.x.Svc", "version": version, "group": group}}
     )
@@ -450,7 +452,7 @@ async def test_sub_wildcards(api: Api, version: Any, group: Any, expected: Subsc
     assert api.last[1] == expected
 
 
-async def test_unsub(api: Api) -> None:
+async def test_unsub_of_the_sdk_body_unsubscribes_it(api: Api) -> None:
     status, reply = await api.post("/unsub", SDK_SUB)
     assert (status, reply) == (200, {"err_no": 0, "err_msg": "unsub success"})
     assert api.last == ("unsubscribe", Subscription("com.x.Svc", "1.0.0", "g"), None)
@@ -499,7 +501,7 @@ async def test_body_of_exactly_the_limit_is_accepted(api: Api) -> None:
     ],
 )
 @pytest.mark.parametrize(("path", "body"), [("/pub", SDK_PUB), ("/unpub", SDK_PUB), ("/sub", SDK_SUB)])
-async def test_discovery_errors(
+async def test_registry_errors_map_to_status_and_err_no_with_the_reason(
     api: Api, exc: Exception, status: int, err_no: int, path: str, body: dict[str, Any]
 ) -> None:
     api.fake.fail = exc
@@ -510,7 +512,9 @@ async def test_discovery_errors(
 
 
 @pytest.mark.parametrize(("path", "body"), [("/unpub", SDK_PUB), ("/unsub", SDK_SUB)])
-async def test_not_found(api: Api, path: str, body: dict[str, Any]) -> None:
+async def test_unpub_or_unsub_of_what_is_not_there_is_404_err_no_2(
+    api: Api, path: str, body: dict[str, Any]
+) -> None:
     api.fake.fail = NotFound("service g/com.x.Svc:1.0.0 is not published by this sidecar")
     status, reply = await api.post(path, body)
     assert status == 404
@@ -686,7 +690,9 @@ def bad_field_cases() -> list[tuple[str, str, Any, str]]:
 
 
 @pytest.mark.parametrize(("path", "field", "value", "prefix"), bad_field_cases())
-async def test_bad_field(api: Api, path: str, field: str, value: Any, prefix: str) -> None:
+async def test_a_bad_field_is_400_naming_it_and_reaches_nothing(
+    api: Api, path: str, field: str, value: Any, prefix: str
+) -> None:
     base = SDK_PUB if path in ("/pub", "/unpub") else SDK_SUB
     status, reply = await api.post(path, with_service(base, **{field: value}))
     assert status == 400, reply
@@ -750,7 +756,9 @@ async def test_not_json_or_not_an_object(api: Api, path: str, body: bytes) -> No
     ],
 )
 @pytest.mark.parametrize("path", ["/pub", "/sub"])
-async def test_bad_registry(api: Api, path: str, registry: Any, field: str) -> None:
+async def test_a_bad_registry_is_400_naming_the_field_never_the_password(
+    api: Api, path: str, registry: Any, field: str
+) -> None:
     base = SDK_PUB if path == "/pub" else SDK_SUB
     status, reply = await api.post(path, {**base, "registry": registry})
     assert status == 400, reply
@@ -953,6 +961,7 @@ def _assert_safe(call: tuple[str, Any, RegistryURL | None]) -> None:
         assert not any(f in name for f in _FORBIDDEN), name
 
 
+@pytest.mark.slow
 async def test_arbitrary_json_never_gives_5xx(api: Api) -> None:
     loop = asyncio.get_running_loop()
 

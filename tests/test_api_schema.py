@@ -21,8 +21,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.ports import free_port
 from tests.sidecars import SidecarProc
-from tests.zkserver import free_port
+
+pytestmark = pytest.mark.process
 
 EXAMPLES = 150  # per operation; ~10 s for both documents on 2 cores
 

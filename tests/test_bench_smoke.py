@@ -35,6 +35,7 @@ def gen():  # type: ignore[no-untyped-def]
         yield g
 
 
+@pytest.mark.slow
 def test_loadgen_against_fast_provider(gen: LoadGenerator, provider: Provider) -> None:
     closed = gen.run(
         LoadSpec(HOST, provider.port, 4, 4, duration=0.4, warmup=0.1), {"provider": [provider.pid]}
@@ -50,6 +51,7 @@ def test_loadgen_against_fast_provider(gen: LoadGenerator, provider: Provider) -
     assert fixed.send_lag_ms["p50"] >= 0 and fixed.latency_ms["p99"] > 0
 
 
+@pytest.mark.process
 def test_regproxy_topology_quick_and_report(gen: LoadGenerator, provider: Provider, workdir: Path) -> None:
     s = bench.Settings(True, 1, 0.4, 0.1, 0.4, 1, demo_provider=False, scale=False)
     chain = RegproxyChain(workdir, provider.port, registry="memory://")

@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.ports import free_port
 from tests.sidecars import SidecarProc
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.zkserver import ZooKeeperServer
+
+pytestmark = pytest.mark.process
 
 IFACE = "com.t.BodyRegistrySvc"
 DEAD = {"type": "zookeeper", "addr": "127.0.0.1:1"}

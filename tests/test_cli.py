@@ -40,6 +40,7 @@ def regproxy(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.process
 def test_top_level_help_lists_subcommands() -> None:
     r = regproxy("--help")
     assert r.returncode == 0
@@ -48,6 +49,7 @@ def test_top_level_help_lists_subcommands() -> None:
     assert re.search(r"^\s+demo\s+run the whole demo", r.stdout, re.M), r.stdout
 
 
+@pytest.mark.process
 def test_run_help_lists_every_flag_with_help_text() -> None:
     r = regproxy("run", "--help")
     assert r.returncode == 0
@@ -62,18 +64,21 @@ def test_run_help_lists_every_flag_with_help_text() -> None:
         assert action.help, action.option_strings
 
 
-def test_version() -> None:
+@pytest.mark.process
+def test_version_flag_prints_the_program_name_and_version() -> None:
     r = regproxy("--version")
     assert r.returncode == 0
     assert r.stdout.startswith("regproxy ")
 
 
+@pytest.mark.process
 def test_no_command_prints_usage_and_fails() -> None:
     r = regproxy()
     assert r.returncode == 2
     assert "usage:" in r.stderr
 
 
+@pytest.mark.process
 def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("limits:\n  max_bodyy: 5\nclusters:\n  - {name: c, hosts: [{address: 'x:99999'}]}\n")
@@ -86,12 +91,14 @@ def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert r.stdout == ""
 
 
+@pytest.mark.process
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     r = regproxy("run", "--config", str(tmp_path / "absent.yaml"))
     assert r.returncode == 2
     assert "config file not found" in r.stderr and "absent.yaml" in r.stderr
 
 
+@pytest.mark.process
 def test_bad_flag_value_exits_2_naming_key_and_flag() -> None:
     r = regproxy("run", "--egress", "nohostport", "--registry", "zk://h")
     assert r.returncode == 2
@@ -99,6 +106,7 @@ def test_bad_flag_value_exits_2_naming_key_and_flag() -> None:
     assert "registries[0]: unknown registry scheme 'zk'" in r.stderr
 
 
+@pytest.mark.process
 def test_file_errors_do_not_name_flags_that_were_not_given(tmp_path: Path) -> None:
     # They said "(from --registry)", "(from --log-level)", "(from --app-port)": every flag was an origin.
     p = tmp_path / "c.yaml"
@@ -111,6 +119,7 @@ def test_file_errors_do_not_name_flags_that_were_not_given(tmp_path: Path) -> No
     assert "(from" not in r.stderr
 
 
+@pytest.mark.process
 def test_flag_and_file_errors_each_name_their_source(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("log_level: loud\n")
@@ -121,6 +130,7 @@ def test_flag_and_file_errors_each_name_their_source(tmp_path: Path) -> None:
     assert "(from" not in lines["log_level"]
 
 
+@pytest.mark.process
 def test_print_config_reads_back_identically(tmp_path: Path) -> None:
     # Strings YAML would take for booleans or numbers come out quoted, so the dump is the same config.
     traps = [
@@ -155,6 +165,7 @@ def test_print_config_reads_back_identically(tmp_path: Path) -> None:
     assert list(data["clusters"][0]["hosts"][0]["metadata"].values()) == traps
 
 
+@pytest.mark.process
 def test_print_config_applies_flags_over_file() -> None:
     r = regproxy(
         "run",
@@ -226,6 +237,7 @@ def test_demo_subcommands_pass_arguments_through(monkeypatch: pytest.MonkeyPatch
     assert calls == [["--port", "20880", "--help"], ["-n", "3"], ["--duration", "1"]]
 
 
+@pytest.mark.process
 def test_module_entry_point() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "regproxy.cli", "--version"],

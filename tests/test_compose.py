@@ -22,7 +22,7 @@ import yaml
 
 from regproxy.config import Config, RegistryURL, load_config
 from regproxy.demo.provider import GREETINGS_SERVICE
-from tests.zkserver import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -84,6 +84,7 @@ def pairs() -> list[Pair]:
 # -- the file ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_docker_compose_config_validates() -> None:
     exe = shutil.which("docker-compose")
     if exe is None:
@@ -185,6 +186,7 @@ ANSWER = re.compile(
 )
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 async def test_compose_topology_as_local_processes(zk: Any, zk_server: Any, tmp_path: Path) -> None:
     sidecars: list[Proc] = []

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from regproxy import cli, ctl
 from regproxy.sdk import AsyncRegproxyClient
+from tests.ports import free_port
 from tests.sidecars import ROOT, SidecarProc
-from tests.zkserver import free_port
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 ECHO = "org.apache.dubbo.samples.api.EchoService"
@@ -106,7 +106,10 @@ def admin(sc: SidecarProc) -> list[str]:
     return ["--admin", f"127.0.0.1:{sc.admin}"]
 
 
-async def test_status(sidecar: SidecarProc) -> None:
+@pytest.mark.process
+async def test_status_shows_readiness_restore_registries_and_listeners_as_text_and_json(
+    sidecar: SidecarProc,
+) -> None:
     code, out, err = await regproxy_ctl("status", *admin(sidecar))
     assert code == 0, err
     assert out.splitlines()[0] == f"regproxy at http://127.0.0.1:{sidecar.admin}: READY"
@@ -128,6 +131,7 @@ async def test_status(sidecar: SidecarProc) -> None:
     assert data["stats"]["egress"]["requests"] == 0
 
 
+@pytest.mark.process
 async def test_status_after_a_restart_says_what_was_restored(sidecar: SidecarProc) -> None:
     await sidecar.kill()
     again = SidecarProc(
@@ -146,7 +150,10 @@ async def test_status_after_a_restart_says_what_was_restored(sidecar: SidecarPro
         await again.kill()
 
 
-async def test_clusters(sidecar: SidecarProc) -> None:
+@pytest.mark.process
+async def test_clusters_lists_static_registry_and_local_clusters_with_their_hosts(
+    sidecar: SidecarProc,
+) -> None:
     code, out, err = await regproxy_ctl("clusters", *admin(sidecar))
     assert code == 0, err
     header = out.splitlines()[0].split()
@@ -163,7 +170,8 @@ async def test_clusters(sidecar: SidecarProc) -> None:
     assert static["hosts"][0]["address"] == "127.0.0.1:1" and static["hosts"][0]["weight"] == 7
 
 
-async def test_routes(sidecar: SidecarProc) -> None:
+@pytest.mark.process
+async def test_routes_lists_each_listeners_routes_in_config_order(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("routes", *admin(sidecar))
     assert code == 0, err
     assert out.splitlines()[0].split()[:3] == ["LISTENER", "#", "ROUTE"]
@@ -177,7 +185,8 @@ async def test_routes(sidecar: SidecarProc) -> None:
     assert route["timeout_ms"] == 1500 and route["cluster"] == "static-echo"
 
 
-async def test_publications(sidecar: SidecarProc) -> None:
+@pytest.mark.process
+async def test_publications_lists_each_with_its_registry_state_and_url(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("publications", *admin(sidecar))
     assert code == 0, err
     assert out.splitlines()[0].split()[:3] == ["SERVICE", "APP", "PORT"]
@@ -197,7 +206,8 @@ async def test_publications(sidecar: SidecarProc) -> None:
     assert pub["url"].startswith(f"dubbo://127.0.0.1:{sidecar.ingress}/{GREET}?")
 
 
-async def test_subscriptions(sidecar: SidecarProc) -> None:
+@pytest.mark.process
+async def test_subscriptions_lists_each_service_with_its_providers(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("subscriptions", *admin(sidecar))
     assert code == 0, err
     assert out.splitlines()[0].split() == ["SERVICE", "REGISTRY", "STATE", "PROVIDERS", "FROM", "CACHE"]
@@ -209,7 +219,8 @@ async def test_subscriptions(sidecar: SidecarProc) -> None:
     assert [p["address"] for p in sub["providers"]] == [f"127.0.0.1:{sidecar.ingress}"]
 
 
-async def test_loglevel(sidecar: SidecarProc) -> None:
+@pytest.mark.process
+async def test_loglevel_shows_and_sets_the_level_and_refuses_an_unknown_one(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("loglevel", *admin(sidecar))
     assert (code, out) == (0, "log level: debug\n"), err  # SidecarProc runs with --log-level debug
     code, out, err = await regproxy_ctl("loglevel", "WARNING", *admin(sidecar), token=TOKEN)
@@ -222,7 +233,10 @@ async def test_loglevel(sidecar: SidecarProc) -> None:
     assert code == 2 and "invalid choice" in err
 
 
-async def test_reload(sidecar: SidecarProc, tmp_path: Path) -> None:
+@pytest.mark.process
+async def test_reload_applies_the_file_and_refuses_a_broken_one_changing_nothing(
+    sidecar: SidecarProc, tmp_path: Path
+) -> None:
     config = tmp_path / "regproxy.yaml"
     config.write_text(CONFIG.replace("timeout_ms: 1500", "timeout_ms: 2500"))
     code, out, err = await regproxy_ctl("reload", *admin(sidecar), token=TOKEN)
@@ -243,6 +257,7 @@ async def test_reload(sidecar: SidecarProc, tmp_path: Path) -> None:
     row(out, "static-echo", "2500ms")
 
 
+@pytest.mark.process
 async def test_changes_need_the_token(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("drain", *admin(sidecar))
     assert code == 1 and out == ""
@@ -256,6 +271,7 @@ async def test_changes_need_the_token(sidecar: SidecarProc) -> None:
     assert code == 0 and "READY" in out.splitlines()[0]  # still running, not draining
 
 
+@pytest.mark.process
 async def test_drain_then_unreachable(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("drain", "--json", *admin(sidecar), token=TOKEN)
     assert code == 0, err
@@ -274,7 +290,8 @@ async def test_drain_then_unreachable(sidecar: SidecarProc) -> None:
     )
 
 
-async def test_drain_text(sidecar: SidecarProc) -> None:
+@pytest.mark.process
+async def test_drain_says_what_happens_next_and_the_sidecar_exits_0(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("drain", *admin(sidecar), token=TOKEN)
     assert code == 0, err
     assert out == (
@@ -285,6 +302,7 @@ async def test_drain_text(sidecar: SidecarProc) -> None:
     assert await asyncio.wait_for(sidecar.proc.wait(), 20) == 0
 
 
+@pytest.mark.process
 async def test_default_admin_address_and_bad_address() -> None:
     code, out, err = await regproxy_ctl("--admin", f"127.0.0.1:{free_port()}", "clusters")
     assert code == 1 and out == "" and "connection refused" in err and len(err.splitlines()) == 1
@@ -432,7 +450,9 @@ async def test_fake_status_not_ready(
     assert data["ready"] is False and data["readyz"] == FAKE["/readyz"][1]
 
 
-async def test_fake_clusters(fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None) -> None:
+async def test_clusters_table_has_a_row_per_host_with_numbers_right_aligned(
+    fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None
+) -> None:
     code, out, err = await run_inproc(fake, capsys, "clusters")
     assert code == 0, err
     lines = out.splitlines()
@@ -451,7 +471,9 @@ async def test_fake_clusters(fake: FakeAdmin, capsys: pytest.CaptureFixture[str]
     assert lines[1][weight_end - 3 : weight_end] == "100" and lines[2][weight_end - 2 : weight_end] == "50"
 
 
-async def test_fake_routes(fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None) -> None:
+async def test_routes_table_shows_every_router_from_config_dump(
+    fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None
+) -> None:
     code, out, err = await run_inproc(fake, capsys, "routes")
     assert code == 0, err
     assert ("GET", "/api/v1/config_dump?allrouters", None, b"") in fake.requests
@@ -489,7 +511,7 @@ async def test_fake_token_from_env_and_flag(
     assert code == 1 and err == "regproxy ctl: POST /api/v1/reload: HTTP 403: wrong admin token\n"
 
 
-async def test_fake_errors(
+async def test_admin_errors_exit_1_with_the_reason_in_one_line(
     fake: FakeAdmin, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ctl.TOKEN_ENV, "sekret")
@@ -503,7 +525,7 @@ async def test_fake_errors(
         await asyncio.to_thread(client.get, "/broken")
 
 
-def test_format_table() -> None:
+def test_format_table_aligns_numbers_right_and_shows_nothing_as_a_dash() -> None:
     text = ctl.format_table(
         ["NAME", "N", "OK", "TAGS"],
         [["a", 1, True, ["x", "y"]], ["longer", 100, False, None], ["c", None, None, ""]],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from regproxy.demo.client import CallTimeout, ConnectionLost, DubboCallError, DubboClient, RemoteException
 from regproxy.demo.consumer import parse_target
@@ -29,6 +30,7 @@ from regproxy.dubbo.encode import (
 from regproxy.dubbo.frame import FrameParser, Status, pack_header
 from regproxy.dubbo.hessian2 import JavaObject, Long
 from regproxy.dubbo.request import RequestBody
+from tests.wait import wait_for
 
 VECTORS = Path(__file__).parent / "vectors" / "dubbo-python-requests.json"
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +174,7 @@ async def test_handler_exception_is_remote_exception(provider: Provider, client:
     assert await client.call(ECHO_SERVICE, "sum", [4, 5]) == 9
 
 
-async def test_heartbeat(client: DubboClient) -> None:
+async def test_heartbeat_is_answered_with_its_round_trip_time(client: DubboClient) -> None:
     rtt = await client.heartbeat()
     assert 0 <= rtt < 3
 
@@ -251,8 +253,7 @@ def _recording_handler(seen: list[dict[str, Any]]) -> Any:
 
 async def test_pending_calls_fail_when_connection_is_lost(provider: Provider, client: DubboClient) -> None:
     calls = [asyncio.ensure_future(client.call(ECHO_SERVICE, "sleep", [5000], timeout=10)) for _ in range(3)]
-    while provider.services.count("sleep") < 3:
-        await asyncio.sleep(0.005)
+    await wait_for(lambda: provider.services.count("sleep") >= 3, 5, "the three calls at the provider")
     provider.abort_connections()
     for call in calls:
         with pytest.raises(ConnectionLost, match="lost") as err:
@@ -296,8 +297,9 @@ async def test_client_answers_peer_heartbeat_and_reports_garbage() -> None:
 
 async def test_provider_close_sends_readonly_event(provider: Provider, client: DubboClient) -> None:
     call = asyncio.ensure_future(client.call(ECHO_SERVICE, "sleep", [50]))
-    while provider.services.count("sleep") < 1:
-        await asyncio.sleep(0.005)
+    # Closed while the 50 ms call runs: look often.
+    await wait_for(lambda: provider.services.count("sleep") >= 1, 5, "the call at the provider",
+                   interval=0.005)  # fmt: skip
     await provider.close(grace=2)
     assert await call == 50  # in-flight calls finish before the connections close
     assert client.readonly
@@ -405,6 +407,7 @@ DUBBO_PYTHON_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.process
 @pytest.mark.timeout(60)
 async def test_dubbo_python_client_calls_our_provider(provider: Provider) -> None:
     def boom(x: str) -> None:
@@ -438,6 +441,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.process
 @pytest.mark.timeout(60)
 async def test_consumer_main(provider: Provider) -> None:
     proc = await asyncio.create_subprocess_exec(
@@ -453,6 +457,7 @@ async def test_consumer_main(provider: Provider) -> None:
     assert provider.services.count("sayHi") == 3 and provider.services.count("sum") == 3
 
 
+@pytest.mark.process
 @pytest.mark.timeout(60)
 async def test_consumer_main_fails_when_calls_fail(provider: Provider) -> None:
     proc = await asyncio.create_subprocess_exec(
@@ -466,6 +471,7 @@ async def test_consumer_main_fails_when_calls_fail(provider: Provider) -> None:
     assert "sum(1, 2) -> 3" in stdout.decode()
 
 
+@pytest.mark.process
 @pytest.mark.timeout(60)
 async def test_provider_main_serves_until_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
@@ -502,9 +508,7 @@ def test_parse_target() -> None:
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 def test_client_and_provider_on_both_event_loops(loop_name: str) -> None:
     # conftest runs async tests on uvloop; the plain asyncio loop (transports differ) gets this run too.
-    factory = (
-        asyncio.new_event_loop if loop_name == "asyncio" else pytest.importorskip("uvloop").new_event_loop
-    )
+    factory = asyncio.new_event_loop if loop_name == "asyncio" else uvloop.new_event_loop
 
     async def scenario() -> None:
         provider = Provider(name=loop_name)
@@ -515,8 +519,7 @@ def test_client_and_provider_on_both_event_loops(loop_name: str) -> None:
             assert await c.call(GREETINGS_SERVICE, "sayHi", ["uv"]) == "hi, uv"
             await c.heartbeat()
             call = asyncio.ensure_future(c.call(ECHO_SERVICE, "sleep", [5000], timeout=10))
-            while provider.services.count("sleep") < 1:
-                await asyncio.sleep(0.005)
+            await wait_for(lambda: provider.services.count("sleep") >= 1, 5, "the call at the provider")
             provider.abort_connections()
             with pytest.raises(ConnectionLost):
                 await asyncio.wait_for(call, 2)

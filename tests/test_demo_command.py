@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,17 @@ def live_lines(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
-async def _read_until_calls(proc: asyncio.subprocess.Process, timeout: float) -> list[str]:
-    """Lines of stdout up to the first live line with calls and no errors (AssertionError if none)."""
+def _both_answered(by: str) -> bool:
+    """True for an "answered by" part naming calls answered by each of the two providers."""
+    counts = dict(re.findall(r"(provider-\d): (\d+)", by))
+    return all(int(counts.get(name, 0)) > 0 for name in ("provider-1", "provider-2"))
+
+
+async def _read_until_calls(
+    proc: asyncio.subprocess.Process, timeout: float, answered: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Lines of stdout up to the first live line with calls and no errors, and whose "answered by" part
+    ``answered`` accepts when given (AssertionError if none)."""
     assert proc.stdout is not None
     lines: list[str] = []
     loop = asyncio.get_running_loop()
@@ -52,12 +62,13 @@ async def _read_until_calls(proc: asyncio.subprocess.Process, timeout: float) ->
             raise AssertionError(f"demo exited ({await proc.wait()}) before any call:\n" + "\n".join(lines))
         line = raw.decode().rstrip("\n")
         lines.append(line)
-        for calls, errors, _by in live_lines(line):
+        for calls, errors, by in live_lines(line):
             assert errors == 0, "\n".join(lines)
-            if calls > 0:
+            if calls > 0 and (answered is None or answered(by)):
                 return lines
 
 
+@pytest.mark.process
 @pytest.mark.timeout(90)
 async def test_demo_shows_calls_from_both_providers_and_stops_on_sigint(tmp_path: Path) -> None:
     workdir = tmp_path / "cwd"
@@ -78,7 +89,8 @@ async def test_demo_shows_calls_from_both_providers_and_stops_on_sigint(tmp_path
         assert re.search(r"http://127\.0\.0\.1:\d+/api/v1/clusters", banner), banner
         assert re.search(r"api http://127\.0\.0\.1:\d+", banner), banner
         assert "provider-1 published" in banner and "provider-2 published" in banner
-        await asyncio.sleep(1.5)  # another live line or two: the spread over both providers
+        # Live lines until one shows calls answered by both providers (round robin over their sidecars).
+        spread = await _read_until_calls(proc, timeout=15, answered=_both_answered)
         proc.send_signal(signal.SIGINT)
         assert proc.stdout is not None
         rest, _ = await asyncio.wait_for(proc.communicate(), 10)
@@ -87,7 +99,7 @@ async def test_demo_shows_calls_from_both_providers_and_stops_on_sigint(tmp_path
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    text = banner + "\n" + rest.decode()
+    text = "\n".join([*head, *spread, rest.decode()])
     lines = live_lines(text)
     assert lines and all(errors == 0 for _calls, errors, _by in lines), text
     summary = text.strip().splitlines()[-1]
@@ -101,6 +113,7 @@ async def test_demo_shows_calls_from_both_providers_and_stops_on_sigint(tmp_path
     assert list(workdir.iterdir()) == []  # state went to a temporary directory
 
 
+@pytest.mark.process
 @pytest.mark.timeout(90)
 async def test_demo_against_real_zookeeper(zk: Any, zk_server: Any, tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
@@ -127,6 +140,7 @@ async def test_demo_against_real_zookeeper(zk: Any, zk_server: Any, tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.process
 @pytest.mark.timeout(90)
 def test_make_demo_runs_the_demo(tmp_path: Path) -> None:
     regproxy = ROOT / ".venv" / "bin" / "regproxy"
@@ -142,6 +156,7 @@ def test_make_demo_runs_the_demo(tmp_path: Path) -> None:
     assert lines and lines[0][0] > 0 and all(errors == 0 for _c, errors, _by in lines), r.stdout
 
 
+@pytest.mark.process
 def test_demo_rejects_bad_options() -> None:
     for args, message in (
         (["--registry", "zk://h"], "unknown registry scheme 'zk'"),
@@ -172,6 +187,7 @@ def test_live_line_numbers() -> None:
     assert who_answered(3).startswith("unexpected answer")
 
 
+@pytest.mark.process
 def test_demo_provider_checks_its_greeting() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "regproxy", "demo-provider", "--greeting", "hi {nobody}"],
@@ -219,6 +235,7 @@ def _assert_quiet_exit(proc: subprocess.Popen[bytes], err_path: Path, within: fl
         assert noise not in stderr, stderr
 
 
+@pytest.mark.process
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("after_lines", [1, 12])
 def test_demo_ends_quietly_when_its_reader_goes(tmp_path: Path, after_lines: int) -> None:
@@ -234,6 +251,7 @@ def test_demo_ends_quietly_when_its_reader_goes(tmp_path: Path, after_lines: int
     _assert_quiet_exit(proc, err_path, within=30)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_demo_stops_on_a_signal_after_its_reader_went(tmp_path: Path, sig: signal.Signals) -> None:
@@ -250,6 +268,7 @@ def test_demo_stops_on_a_signal_after_its_reader_went(tmp_path: Path, sig: signa
     _assert_quiet_exit(proc, err_path, within=10)
 
 
+@pytest.mark.process
 def test_the_ctl_hint_can_be_typed_as_printed() -> None:
     """After `make demo` (which runs .venv/bin/regproxy), a bare `regproxy ctl ...` is not on PATH:
     the hint names the command the way it was started, and that command runs."""

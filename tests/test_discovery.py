@@ -19,6 +19,7 @@ from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.url import DubboURL, Subscription, provider_url
 from regproxy.routing import Cluster, Host, RoutingTable, TableHolder
 from regproxy.state import StateStore
+from tests.wait import wait_for
 
 IFACE = "com.x.Svc"
 REG_A = RegistryURL.parse("zookeeper://a:1")  # served by memory stores: the factory maps them
@@ -42,11 +43,10 @@ def new_discovery(
         registry_urls=registries,
         factory=factory(made),
         egress=TableHolder(static),
-        ingress=TableHolder(ingress_table(20880)),
+        ingress=TableHolder(ingress_table()),
         static_table=static,
         advertise_ip=str(kw.get("ip", "10.1.2.3")),
         ingress_port=20882,
-        app_port=20880,
         store=StateStore(data_dir) if data_dir else None,
     )
 
@@ -371,10 +371,10 @@ async def test_restart_restores_state_and_serves_from_cache(tmp_path: Path) -> N
         # The registry comes back: the publication is registered, the watch replaces the cache.
         made2["a"].set_provider(remote(5))
         made2["a"].simulate_up()
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if any(n.port == 20882 for n in made2["a"].nodes(IFACE)) and cluster not in d2.from_cache:
-                break
+        await wait_for(
+            lambda: any(n.port == 20882 for n in made2["a"].nodes(IFACE)) and cluster not in d2.from_cache,
+            2, "the publication registered and the cache replaced",
+        )  # fmt: skip
         assert any(n.port == 20882 for n in made2["a"].nodes(IFACE))
         assert {h.address for h in d2.egress.current.clusters[cluster].hosts} == {
             "10.9.9.9:5",

@@ -53,8 +53,8 @@ from tests.docsnippets import (
     shell_commands,
 )
 from tests.pki import make_pki
+from tests.ports import free_port
 from tests.sidecars import SidecarProc
-from tests.zkserver import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -589,6 +589,7 @@ CHECKS: dict[str, Callable[[Snippet, Path], None]] = {
 # -- one test per block -------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.id for s in SNIPPETS])
 def test_snippet(snippet: Snippet, sidecars: DocSidecars, tmp_path: Path) -> None:
     if snippet.marker is not None:

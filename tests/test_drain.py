@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from kazoo.client import KazooClient
 
-from tests.topology import GREET, VERSION, Traffic, World, leaves, pub_body, wait_for
+from tests.topology import GREET, VERSION, Traffic, World, leaves, pub_body
+from tests.wait import wait_for
 
 
 @pytest.mark.parametrize("how", ["sigterm", "admin"])
@@ -38,7 +39,8 @@ async def test_drain_under_traffic_loses_nothing(world: World, zk: KazooClient, 
             async with aiohttp.ClientSession() as http, http.get(f"{b.admin_url}/readyz") as resp:
                 assert resp.status == 503 and (await resp.json())["detail"]["draining"] is True
         # Out of the registry first: only the peer's node is left.
-        await wait_for(lambda: [n for n, _ in leaves(zk)] == [f"127.0.0.1:{c.ingress}"], 2.0, "withdrawal")
+        only_c = [f"127.0.0.1:{c.ingress}"]
+        await wait_for(lambda: [n for n, _ in leaves(zk)] == only_c, 2.0, "withdrawal", in_thread=True)
         assert b.proc is not None
         code = await asyncio.wait_for(b.proc.wait(), 30)
         assert code == 0, b.log_tail()

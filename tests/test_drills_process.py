@@ -34,10 +34,12 @@ from regproxy.dubbo.encode import encode_response
 from regproxy.dubbo.frame import FrameParser, Status
 from regproxy.proxy.engine import Listener
 from regproxy.routing import TableHolder
+from tests.ports import free_port
 from tests.sidecars import ROOT, SidecarProc
 from tests.test_proxy_e2e import ECHO, egress_table, settings
-from tests.topology import GREET, PROVIDERS, VERSION, pub_body, wait_for
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.topology import GREET, PROVIDERS, VERSION, pub_body
+from tests.wait import wait_for
+from tests.zkserver import ZooKeeperServer
 
 CLUSTER = f"{GREET}:{VERSION}"  # the egress cluster a subscription to GREET 1.0.0 makes
 
@@ -85,17 +87,18 @@ class AppProc:
                 "--name", self.name, "--greetings-version", VERSION, "--log-level", "warning"]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log, cwd=str(ROOT))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            assert self.proc.returncode is None, f"{self.name} exited: {self.log_path.read_text()}"
+        proc = self.proc
+
+        async def listening() -> bool:
+            assert proc.returncode is None, f"{self.name} exited: {self.log_path.read_text()}"
             try:
                 _r, w = await asyncio.open_connection("127.0.0.1", self.port)
-                w.close()
-                return
             except OSError:
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"{self.name} does not listen on {self.port}")
+                return False
+            w.close()
+            return True
+
+        await wait_for(listening, timeout, f"{self.name} listening on {self.port}", interval=0.05)
 
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -126,17 +129,6 @@ async def cluster_hosts(sc: SidecarProc, cluster: str = CLUSTER) -> set[str]:
                 return set()
             reply = await resp.json()
     return {h["address"] for c in reply["clusters"] if c["listener"] == "egress" for h in c["hosts"]}
-
-
-async def wait_async(pred: Any, timeout: float, what: str, interval: float = 0.05) -> float:
-    """Await ``pred()`` until true; the seconds it took."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while loop.time() - start < timeout:
-        if await pred():
-            return loop.time() - start
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,7 +230,7 @@ async def start_drill(d: Drill) -> None:
     status, body = await d.consumer.post("/sub", {"service": {"interface": GREET, "version": VERSION}})
     assert status == 200 and body["cluster"] == CLUSTER, body
     want = {d.ingress(i) for i in range(len(d.providers))}
-    await wait_async(lambda: _has_hosts(d.consumer, want), 10, f"the consumer routing to {want}")
+    await wait_for(lambda: _has_hosts(d.consumer, want), 10, f"the consumer routing to {want}")
 
 
 async def _has_hosts(consumer: SidecarProc, want: set[str]) -> bool:
@@ -270,6 +262,7 @@ async def drill(
 # Drill 1: a provider application killed with kill -9
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("drill", [2], indirect=True, ids=["two-providers"])
 async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
     """Two providers, each app behind its own sidecar; one app is SIGKILLed under traffic.
@@ -287,9 +280,11 @@ async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
         assert not load.failed, load.failed[:3]
         t_kill = time.monotonic()
         await d.apps[0].kill()
-        await wait_for(lambda: list(provider_nodes(zk)) == [alive], 5.0, "the dead app's node to go")
+        await wait_for(
+            lambda: list(provider_nodes(zk)) == [alive], 5.0, "the dead app's node to go", in_thread=True
+        )
         withdrawn_s = time.monotonic() - t_kill
-        routed_s = await wait_async(lambda: _has_hosts(d.consumer, {alive}), 5.0, "the consumer to drop it")
+        routed_s = await wait_for(lambda: _has_hosts(d.consumer, {alive}), 5.0, "the consumer to drop it")
         routed_s += withdrawn_s
         await asyncio.sleep(1.0)  # traffic keeps flowing on the survivor
         after = await egress_stats(d.consumer)
@@ -333,6 +328,7 @@ def provider_nodes(zk: KazooClient) -> dict[str, list[int]]:
     return out
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("drill", [1, 2], indirect=True, ids=["alone", "with-peer"])
 async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: KazooClient) -> None:
     """A provider sidecar is SIGKILLed under traffic, down 1 s, then started again with the same
@@ -365,14 +361,14 @@ async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: Kaz
             owners = provider_nodes(zk).get(address, [])
             return len(owners) == 1 and owners[0] != old_owner
 
-        await wait_for(restored, 5.0, "the publication re-created by the restarted sidecar")
+        await wait_for(restored, 5.0, "the publication re-created by the restarted sidecar", in_thread=True)
         restored_s = time.monotonic() - t_up
 
         async def served_again() -> bool:
             stats = await get_json(p.admin_url + "/api/v1/stats")
             return bool(stats["ingress"]["responses"].get("20", 0) > 0)
 
-        served_s = await wait_async(served_again, 5.0, "the restarted sidecar to serve traffic")
+        served_s = await wait_for(served_again, 5.0, "the restarted sidecar to serve traffic")
         await asyncio.sleep(1.0)  # steady traffic through the restarted sidecar
         after = await egress_stats(d.consumer)
     finally:
@@ -400,10 +396,6 @@ async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: Kaz
     assert load.ok_after(t_up + served_s) > 50
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 # ---------------------------------------------------------------------------------------------------
 # In-process stacks for the data-path drills: egress -> ingress (set up as a sidecar sets it up) ->
 # an application, on real loopback sockets
@@ -414,7 +406,7 @@ def ingress_listener(app_port: int) -> Listener:
     s = settings(default_timeout_ms=60_000)  # timeouts.ingress_ms's default
     s.timeout_from_attachment = False  # the consumer's egress enforces deadlines
     published = [PublishSpec(GREET, app_port), PublishSpec(ECHO, app_port)]
-    return Listener("ingress", s, TableHolder(ingress_table(app_port, published)))
+    return Listener("ingress", s, TableHolder(ingress_table(published)))
 
 
 def upstream_idle(lst: Listener) -> bool:
@@ -487,7 +479,7 @@ async def test_drill_upstream_resets_mid_request() -> None:
 
         lost = await asyncio.wait_for(asyncio.gather(*(timed(i) for i in range(20))), 4)
         after = await asyncio.wait_for(asyncio.gather(*(timed(i) for i in range(50))), 4)
-        await wait_async(lambda: _true(upstream_idle(egress) and upstream_idle(ingress)), 2, "idle")
+        await wait_for(lambda: upstream_idle(egress) and upstream_idle(ingress), 2, "idle")
     finally:
         client.close()
         await egress.stop()
@@ -565,6 +557,7 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_drill_slow_provider_deadlines_and_memory() -> None:
     """The provider answers after the caller's deadline.  Bound: the timeout error is answered at
@@ -600,7 +593,8 @@ async def test_drill_slow_provider_deadlines_and_memory() -> None:
             got = await batch(5, deadline, deadline + 400)
             assert all(st == Status.CLIENT_TIMEOUT for _, st in got), got
             errors_ms[deadline] = [round(lat * 1000 - deadline, 1) for lat, _ in got]
-        await asyncio.sleep(0.5)  # the late answers of the last batch
+        # The ingress waits for the app (a 60 s deadline): idle there once the late answers are back.
+        await wait_for(lambda: upstream_idle(egress) and upstream_idle(ingress), 3, "the late answers")
 
         # Enough requests that a leak of 33 bytes each passes the bound, which the swing of dict
         # capacities (pending maps sized by the 500 at once, not by the count) stays well under.
@@ -608,9 +602,7 @@ async def test_drill_slow_provider_deadlines_and_memory() -> None:
         statuses: Counter[int] = Counter()  # not a list: its growth would be traced too
 
         async def settled() -> tuple[int, tracemalloc.Snapshot]:
-            await wait_async(
-                lambda: _true(upstream_idle(egress) and upstream_idle(ingress)), 3, "late answers"
-            )
+            await wait_for(lambda: upstream_idle(egress) and upstream_idle(ingress), 3, "late answers")
             gc.collect()
             return tracemalloc.get_traced_memory()[0], tracemalloc.take_snapshot()
 
@@ -717,6 +709,7 @@ async def test_ingress_with_its_app_down_answers_not_served_and_egress_retries(t
     assert (hosts[0], False) in reports and (hosts[0], True) not in reports
 
 
+@pytest.mark.slow
 async def test_sidecar_ingress_bounds_the_app_by_ingress_ms_not_the_attachment(tmp_path: Path) -> None:
     """The slow-provider drill hit it too (fixed on main by 2f97167 meanwhile): a running sidecar's
     ingress read each request's timeout attachment, used timeouts.default_ms and ignored

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote_plus, urlsplit
 
@@ -30,28 +30,20 @@ from tests.topology import (
     VERSION,
     Traffic,
     World,
+    egress_hosts,
     leaves,
     open_world,
     pub_body,
     set_weight_by_hand,
-    wait_for,
 )
+from tests.wait import wait_for
 from tests.zkserver import ZooKeeperEnsemble, ZooKeeperServer
 
+pytestmark = [pytest.mark.zookeeper, pytest.mark.process]
+
 CONSUMERS = f"/dubbo/{GREET}/consumers"
-CLUSTER = f"{GREET}:{VERSION}"
 RECOVERY_BOUND_S = 5.0  # registrations back (and sidecars ready) within this of the registry's return
 OUTAGE_S = 15.0
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll ``check`` until true; the seconds it took (AssertionError after ``timeout``)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if await check():
-            return time.monotonic() - start
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def owners(zk: KazooClient, provider: SidecarProc) -> dict[str, int | None]:
@@ -75,15 +67,6 @@ async def ready(sidecar: SidecarProc) -> bool:
     return status == 200
 
 
-async def egress_hosts(consumer: SidecarProc) -> dict[str, int]:
-    """The consumer sidecar's routing table for the subscribed cluster: address -> weight."""
-    _, body = await consumer.admin_get("/api/v1/clusters")
-    for cluster in body["clusters"]:
-        if cluster["listener"] == "egress" and cluster["name"] == CLUSTER:
-            return {h["address"]: h["weight"] for h in cluster["hosts"]}
-    return {}
-
-
 async def retries(consumer: SidecarProc) -> int:
     _, stats = await consumer.admin_get("/api/v1/stats")
     return int(stats["egress"].get("retries", 0))
@@ -96,7 +79,7 @@ async def serve(world: World, zk: KazooClient) -> Traffic:
     assert status == 200, body
     status, body = await a.post("/sub", {"service": {"interface": GREET, "version": VERSION}})
     assert status == 200, body
-    await wait_for(lambda: all(owners(zk, b).values()), 5.0, "the provider and consumer nodes")
+    await wait_for(lambda: all(owners(zk, b).values()), 5.0, "both nodes", in_thread=True)
     traffic = Traffic(a.egress)
     traffic.start()
     await wait_for(lambda: traffic.ok > 0, 5.0, "the first request through a -> b")
@@ -140,7 +123,7 @@ async def test_zookeeper_stopped_15s_under_traffic(
             live = await asyncio.to_thread(zk_server.session_ids)
             return all(o in live for o in found.values()) and await ready(a) and await ready(b)
 
-        await until(registered, 15.0, "both nodes owned by live sessions and both sidecars ready")
+        await wait_for(registered, 15.0, "both nodes owned by live sessions and both sidecars ready")
         recovery = time.monotonic() - up_at
         await asyncio.sleep(1)
     finally:
@@ -176,16 +159,16 @@ async def test_session_expiry_recreates_nodes_and_watches_fire(
             fresh = all(found[k] is not None and found[k] != before[k] for k in found)
             return fresh and all(o in live for o in found.values())
 
-        await until(recreated, 15.0, "both nodes re-created by new sessions")
+        await wait_for(recreated, 15.0, "both nodes re-created by new sessions")
         recovery = time.monotonic() - expired_at
-        await until(lambda: _both_ready(a, b), 5.0, "both sidecars ready")
+        await wait_for(lambda: _both_ready(a, b), 5.0, "both sidecars ready")
         ok_through = traffic.ok - ok_before
 
         # The consumer's watch, armed again in its new session, still sees a change made in ZooKeeper.
         changed_at = time.monotonic()
         await set_weight_by_hand(zk, b.ingress, 300)
         ingress = f"127.0.0.1:{b.ingress}"
-        await until(lambda: _weight_is(a, ingress, 300), 5.0, "the weight change in the consumer's table")
+        await wait_for(lambda: _weight_is(a, ingress, 300), 5.0, "the weight change in the consumer's table")
         watch_delay = time.monotonic() - changed_at
         await asyncio.sleep(0.5)
     finally:
@@ -249,7 +232,7 @@ async def _leader_drill(world: World, ensemble: ZooKeeperEnsemble, zk: KazooClie
                 lambda: len(ensemble.serving()) == 2 and ensemble.leader() is not None
             )
 
-        election = await until(new_leader, 15.0, f"a new leader ({ensemble.modes()})")
+        election = await wait_for(new_leader, 15.0, f"a new leader ({ensemble.modes()})")
 
         async def intact() -> bool:
             found = await asyncio.to_thread(owners, zk, b)
@@ -264,7 +247,7 @@ async def _leader_drill(world: World, ensemble: ZooKeeperEnsemble, zk: KazooClie
                 and await ready(b)
             )
 
-        await until(intact, 15.0, "the same nodes owned by live sessions and both sidecars ready")
+        await wait_for(intact, 15.0, "the same nodes owned by live sessions and both sidecars ready")
         recovery = time.monotonic() - killed_at
 
         # After the failover, a second provider registers and the consumer's watch picks it up.
@@ -272,7 +255,7 @@ async def _leader_drill(world: World, ensemble: ZooKeeperEnsemble, zk: KazooClie
         changed_at = time.monotonic()
         status, body = await c.post("/pub", pub_body(app_c.port))
         assert status == 200, body
-        await until(
+        await wait_for(
             lambda: _has_host(a, f"127.0.0.1:{c.ingress}"), 10.0, "the new provider in the consumer's table"
         )
         watch_delay = time.monotonic() - changed_at

@@ -17,6 +17,7 @@ import pytest
 
 from regproxy.config import load_config
 from tests.netns import NetnsUnavailable, PodNetwork, check_available
+from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "conf" / "regproxy.yaml"
@@ -49,6 +50,7 @@ def test_the_example_cluster_is_not_the_sidecar_itself() -> None:
                 )
 
 
+@pytest.mark.netns
 @pytest.mark.timeout(90)
 async def test_the_example_config_starts_and_stops_without_a_warning_left_unexplained(tmp_path: Path) -> None:
     try:
@@ -65,11 +67,11 @@ async def test_the_example_config_starts_and_stops_without_a_warning_left_unexpl
                 stdout=log, stderr=log, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
             )  # fmt: skip
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while "regproxy running" not in log_path.read_text():
-                assert proc.returncode is None and loop.time() < deadline, log_path.read_text()
-                await asyncio.sleep(0.1)
+            def running() -> bool:
+                assert proc.returncode is None, log_path.read_text()
+                return "regproxy running" in log_path.read_text()
+
+            await wait_for(running, 30, "regproxy running", interval=0.1, detail=log_path.read_text)
             proc.send_signal(signal.SIGTERM)  # drain (grace_s 3), then exit 0
             code = await asyncio.wait_for(proc.wait(), 30)
         finally:

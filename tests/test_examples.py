@@ -14,8 +14,11 @@ import pytest
 from kazoo.client import KazooClient
 
 from regproxy.sdk import ERR_NOT_FOUND, AsyncRegproxyClient, RegproxyError
+from tests.ports import free_port
 from tests.sidecars import ROOT, SidecarProc
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.zkserver import ZooKeeperServer
+
+pytestmark = pytest.mark.process
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 ECHO = "org.apache.dubbo.samples.api.EchoService"

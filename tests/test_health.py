@@ -4,8 +4,8 @@ side's app check that unpublishes a dead application and publishes it again when
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+import logging
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
@@ -25,8 +25,11 @@ from regproxy.health.active import ActiveChecker
 from regproxy.health.app import AppChecker, AppWatch
 from regproxy.health.hosts import Health, egress_view
 from regproxy.health.outlier import OutlierDetector
+from regproxy.health.rounds import Rounds
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.routing import Cluster, Host, RoutingTable, TableHolder
+from tests.ports import free_port
+from tests.wait import wait_for
 
 # ---------------------------------------------------------------------------------------------------
 # settings
@@ -175,24 +178,6 @@ def test_outlier_forgets_hosts_that_left() -> None:
 FAST = ActiveSettings(interval_s=0.15, timeout_s=0.1, unhealthy_threshold=3, healthy_threshold=2)
 
 
-async def free_port() -> int:
-    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
-    port = int(server.sockets[0].getsockname()[1])
-    server.close()
-    await server.wait_closed()
-    return port
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
-    """Seconds until ``cond()`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - start
-
-
 @pytest.fixture
 async def provider() -> AsyncIterator[Provider]:
     p = Provider(name="p1")
@@ -209,6 +194,7 @@ async def kill(p: Provider) -> None:
     await p.server.wait_closed()
 
 
+@pytest.mark.slow
 async def test_active_check_follows_the_demo_provider_down_and_up(provider: Provider) -> None:
     port = provider.port
     address = f"127.0.0.1:{port}"
@@ -216,17 +202,17 @@ async def test_active_check_follows_the_demo_provider_down_and_up(provider: Prov
     checker = ActiveChecker(FAST, lambda: [address], on_change=lambda a, ok: changes.append((a, ok)))
     checker.start()
     try:
-        await wait_until(lambda: checker.rounds >= 3, 2)
+        await wait_for(lambda: checker.rounds >= 3, 2, "three check rounds", interval=0.01)
         assert checker.available(address) and checker.describe(address)["connected"]
         assert changes == []
         await kill(provider)
-        took = await wait_until(lambda: not checker.available(address), 2)
+        took = await wait_for(lambda: not checker.available(address), 2, "the host down", interval=0.01)
         # interval × threshold, plus a little for the loop
         assert took <= FAST.interval_s * FAST.unhealthy_threshold + 0.1, took
         assert changes == [(address, False)]
         assert checker.describe(address)["last_error"]
         await provider.start("127.0.0.1", port)
-        took = await wait_until(lambda: checker.available(address), 2)
+        took = await wait_for(lambda: checker.available(address), 2, "the host up", interval=0.01)
         assert took <= FAST.interval_s * FAST.healthy_threshold + 0.1, took
         assert changes == [(address, False), (address, True)]
     finally:
@@ -234,7 +220,7 @@ async def test_active_check_follows_the_demo_provider_down_and_up(provider: Prov
 
 
 async def test_active_check_closed_port_and_silent_server() -> None:
-    closed = f"127.0.0.1:{await free_port()}"
+    closed = f"127.0.0.1:{free_port()}"
     accepted: list[asyncio.Transport] = []
 
     class Silent(asyncio.Protocol):  # accepts, reads, never answers
@@ -256,7 +242,7 @@ async def test_active_check_closed_port_and_silent_server() -> None:
         # Timing with the checker's own loop: flips within interval × threshold.
         fresh = ActiveChecker(FAST, lambda: [silent])
         fresh.start()
-        took = await wait_until(lambda: not fresh.available(silent), 2)
+        took = await wait_for(lambda: not fresh.available(silent), 2, "the silent host down", interval=0.01)
         await fresh.stop()
         assert took <= FAST.interval_s * FAST.unhealthy_threshold + 0.1, took
     finally:
@@ -276,7 +262,7 @@ async def test_active_check_readonly_event_and_hosts_that_leave(provider: Provid
         assert checker.available(address)
         (conn,) = provider.connections
         conn.send(readonly_event(0))  # the provider says it is shutting down
-        await wait_until(lambda: not checker.available(address), 1)
+        await wait_for(lambda: not checker.available(address), 1, "the read-only host down")
         hosts[:] = [address]  # 127.0.0.1:1 left the table
         await checker.check_once()
         assert checker.known() == {address}
@@ -299,7 +285,7 @@ def table(*clusters: tuple[str, list[str]]) -> RoutingTable:
 
 async def test_health_combines_active_and_outlier_over_the_egress_table(provider: Provider) -> None:
     good = f"127.0.0.1:{provider.port}"
-    dead = f"127.0.0.1:{await free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     holder = TableHolder(table(("svc", [good, dead]), ("other", [good])))
     hosts, clusters_of = egress_view(holder)
     assert sorted(hosts()) == sorted([good, dead])
@@ -312,7 +298,7 @@ async def test_health_combines_active_and_outlier_over_the_egress_table(provider
     h: HostHealth = health
     health.start()
     try:
-        await wait_until(lambda: not h.available(dead), 2)  # failed its heartbeats
+        await wait_for(lambda: not h.available(dead), 2, "the dead host down")  # failed its heartbeats
         assert h.available(good)
         # `good` is the only host of "other": the max-ejection share keeps it in.
         h.report(good, False)
@@ -332,9 +318,9 @@ async def test_health_combines_active_and_outlier_over_the_egress_table(provider
             "consecutive_failures",
             "available",
         }
-        await wait_until(lambda: h.available(good), 1)  # back after the ejection period
+        await wait_for(lambda: h.available(good), 1, "the ejected host back")  # after the ejection period
         holder.swap(table(("svc", [good])))  # dead left the table
-        await wait_until(lambda: dead not in health.describe(), 2)
+        await wait_for(lambda: dead not in health.describe(), 2, "the dead host forgotten")
     finally:
         await health.stop()
 
@@ -358,8 +344,8 @@ async def disc() -> AsyncIterator[tuple[Discovery, MemoryRegistry]]:
     static = RoutingTable()
     d = Discovery(
         registry_urls=[REG], factory=make, egress=TableHolder(static),
-        ingress=TableHolder(ingress_table(20880)), static_table=static, advertise_ip="10.1.2.3",
-        ingress_port=20882, app_port=20880,
+        ingress=TableHolder(ingress_table()), static_table=static, advertise_ip="10.1.2.3",
+        ingress_port=20882,
     )  # fmt: skip
     await d.start()
     yield d, made["a"]
@@ -407,9 +393,9 @@ async def test_killed_provider_is_unpublished_and_republished(
     watch = AppWatch(APP_FAST, d)
     watch.start()
     try:
-        await wait_until(lambda: len(watch.checkers) == 2, 2)
+        await wait_for(lambda: len(watch.checkers) == 2, 2, "a checker per port")
         await kill(provider)
-        took = await wait_until(lambda: not reg.nodes(GREETINGS_SERVICE), 5)
+        took = await wait_for(lambda: not reg.nodes(GREETINGS_SERVICE), 5, "the dead app unpublished")
         assert took < 5
         assert d.suspended.keys() == {port}
         assert len(reg.nodes(ECHO_SERVICE)) == 1  # its port still answers: it stays published
@@ -420,7 +406,7 @@ async def test_killed_provider_is_unpublished_and_republished(
         await asyncio.sleep(0.05)
         assert not reg.nodes(GREETINGS_SERVICE)
         await provider.start("127.0.0.1", port)
-        took = await wait_until(lambda: len(reg.nodes(GREETINGS_SERVICE)) == 1, 5)
+        await wait_for(lambda: len(reg.nodes(GREETINGS_SERVICE)) == 1, 5, "the app published again")
         assert not d.suspended
         assert watch.describe()[str(port)]["up"]
     finally:
@@ -446,3 +432,54 @@ async def test_drain_wins_over_resume_and_pub_while_suspended(
     await d.withdraw_all()
     assert await d.resume_publications() == 0
     assert not reg.nodes(GREETINGS_SERVICE) and not reg.nodes(ECHO_SERVICE) and not d.suspended
+
+
+# ---------------------------------------------------------------------------------------------------
+# the rounds every health task runs on: a failing round is logged once, not every interval
+
+
+async def test_rounds_log_each_distinct_failure_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "regproxy.health.rounds")
+    a, b = ValueError("a"), KeyError("b")
+    outcomes: list[Exception | None] = [a, a, b, a, None, a, a]
+    calls = 0
+
+    async def work() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= len(outcomes) and (exc := outcomes[calls - 1]) is not None:
+            raise exc
+
+    rounds = Rounds("test-rounds", "test", work, 0.001)
+    rounds.start()
+    rounds.start()  # already running: no second task
+    try:
+        await wait_for(lambda: calls > len(outcomes), 2, "every outcome played")
+    finally:
+        await rounds.stop()
+        await rounds.stop()
+    assert not rounds.running
+    logged = [r.exc_info[1] for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    # "a" again is news only after a good round; each logged with its traceback.
+    assert [repr(e) for e in logged] == [repr(ValueError("a")), repr(KeyError("b")), repr(ValueError("a"))]
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 3  # the repeats, still there
+
+
+async def test_outlier_sweep_logs_what_it_swallows(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "regproxy.health")
+    reads = 0
+
+    def broken_hosts() -> list[str]:
+        nonlocal reads
+        reads += 1
+        raise RuntimeError("the table is broken")
+
+    health = Health(HealthSettings(active=ActiveSettings(enabled=False)), broken_hosts)
+    health._sweeper.interval_s = 0.01  # every 1 s at the least, for real
+    health.start()
+    try:
+        await wait_for(lambda: reads >= 5, 2, "five sweeps")
+    finally:
+        await health.stop()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "outlier sweep" in record.getMessage() and "the table is broken" in caplog.text

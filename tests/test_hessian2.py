@@ -786,6 +786,7 @@ def same(actual: Any, expected: Any) -> bool:
     return type(actual) is type(expected) and actual == expected
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(VALUES, min_size=1, max_size=4))
 def test_round_trip(values: list[Any]) -> None:
@@ -820,12 +821,14 @@ def check_robust(data: bytes) -> None:
         assert skipper.pos == reader.pos
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_random_bytes(data: bytes) -> None:
     check_robust(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=64).map(lambda b: bytes(x | 0x40 if x < 0x40 and x & 1 else x for x in b)))
 def test_fuzz_random_structural_bytes(data: bytes) -> None:
@@ -865,6 +868,7 @@ def mutated_encodings(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_encodings())
 def test_fuzz_mutated_encodings(data: bytes) -> None:

@@ -9,11 +9,9 @@ real sidecar process on a real ZooKeeper, as users run it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,10 @@ from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.url import MAX_DUBBO_INT, DubboURL, Subscription, java_url_encode, provider_problem
 from regproxy.routing import RoutingTable, TableHolder
 from regproxy.state import StateStore
+from tests.ports import free_port
 from tests.sidecars import SidecarProc
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.wait import wait_for
+from tests.zkserver import ZooKeeperServer
 
 IFACE = "com.h.HostileSvc"
 REG = RegistryURL.parse("zookeeper://a:1")  # served by a memory store: the factory maps it
@@ -49,23 +49,14 @@ def new_discovery(data_dir: Path | None = None) -> tuple[Discovery, dict[str, Me
     static = RoutingTable()
     disc = Discovery(
         registry_urls=[REG], factory=make, egress=TableHolder(static),
-        ingress=TableHolder(ingress_table(20880)), static_table=static, advertise_ip="10.1.2.3",
-        ingress_port=20882, app_port=20880, store=StateStore(data_dir) if data_dir else None,
+        ingress=TableHolder(ingress_table()), static_table=static, advertise_ip="10.1.2.3",
+        ingress_port=20882, store=StateStore(data_dir) if data_dir else None,
     )  # fmt: skip
     return disc, made
 
 
 def hosts(disc: Discovery, cluster: str = IFACE) -> set[str]:
     return {h.address for h in disc.egress.current.clusters[cluster].hosts}
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # --- parsing ----------------------------------------------------------------------------------------
@@ -115,9 +106,9 @@ async def test_a_port_0_provider_is_skipped_once_and_never_freezes_the_service(
             # Later events still apply: one added, then the good one removed.
             second = DubboURL.parse(GOOD.replace(":20880", ":20881"))
             reg.set_provider(second)
-            await until(lambda: "10.9.9.9:20881" in hosts(disc), "the second provider")
+            await wait_for(lambda: "10.9.9.9:20881" in hosts(disc), 5, "the second provider")
             reg.remove_provider(good)
-            await until(lambda: hosts(disc) == {"10.9.9.9:20881"}, "the removal")
+            await wait_for(lambda: hosts(disc) == {"10.9.9.9:20881"}, 5, "the removal")
         said = [r for r in caplog.records if "127.0.0.5/" in r.getMessage()]
         assert len(said) == 1, [r.getMessage() for r in said]  # once, not at every event
         assert said[0].levelno == logging.WARNING and "port 0 is not 1..65535" in said[0].getMessage()
@@ -261,6 +252,7 @@ async def all_answer(sc: SidecarProc) -> None:
         assert status == 200, (path, body, sc.log_tail())
 
 
+@pytest.mark.process
 async def test_hostile_provider_nodes_through_zookeeper(
     zk_server: ZooKeeperServer, zk: Any, tmp_path: Path
 ) -> None:
@@ -284,12 +276,12 @@ async def test_hostile_provider_nodes_through_zookeeper(
             expected.add(canary)
             if used:
                 expected.add(used)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while canary not in (seen := await cluster_hosts(sc)):
-                assert loop.time() < deadline, f"{name}: the service froze\n{sc.log_tail()}"
-                await asyncio.sleep(0.05)
-            assert set(seen) == expected, name
+            async def applied(canary: str = canary) -> bool:
+                return canary in await cluster_hosts(sc)
+
+            what = f"{name}: the canary {canary} (else the service froze)"
+            await wait_for(applied, 10, what, interval=0.05, detail=sc.log_tail)
+            assert set(await cluster_hosts(sc)) == expected, name
             await all_answer(sc)
         assert (await cluster_hosts(sc))["127.0.0.8:20880"] == MAX_DUBBO_INT
         # Said once per URL and counted once, across the dozen events that listed it again.

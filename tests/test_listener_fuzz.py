@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -263,7 +264,7 @@ def egress_routes() -> RoutingTable:
 
 def published(app_port: int, services: tuple[str, ...] = ROUTED) -> RoutingTable:
     """The ingress table of a sidecar through which ``services`` were published (no group, no version)."""
-    return ingress_table(app_port, [PublishSpec(interface=s, port=app_port) for s in services])
+    return ingress_table([PublishSpec(interface=s, port=app_port) for s in services])
 
 
 @dataclass
@@ -592,6 +593,7 @@ def run_example(
 LOOP = uvloop.new_event_loop()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(consumer_stream(), _cuts, st.lists(st.booleans(), max_size=4), st.integers(0, 9))
 def test_egress_listener_fuzz(
@@ -600,6 +602,7 @@ def test_egress_listener_fuzz(
     run_example("egress", segments, cuts, yields, hang_up_early=hang == 0)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(consumer_stream(), _cuts, st.lists(st.booleans(), max_size=4), st.integers(0, 9))
 def test_ingress_listener_fuzz(
@@ -627,6 +630,7 @@ def requests_for_provider(draw: st.DrawFn) -> tuple[list[Segment], list[str]]:
     return segs, actions
 
 
+@pytest.mark.slow
 @FUZZ
 @given(requests_for_provider(), _cuts, _cuts, st.lists(st.booleans(), max_size=4))
 def test_upstream_response_fuzz(
@@ -695,6 +699,7 @@ async def socket_exchange(port: int, segments: list[Segment], cuts: list[int]) -
         writer.close()
 
 
+@pytest.mark.slow
 def test_listeners_fuzz_over_real_sockets() -> None:
     from regproxy.demo.client import DubboClient
     from regproxy.demo.provider import serve

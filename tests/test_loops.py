@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -43,6 +43,7 @@ from regproxy.proxy.upstream import UpstreamConnection, UpstreamEvents, Upstream
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.state import STATE_FILE
 from tests.sidecars import SidecarProc
+from tests.wait import wait_for
 from tests.zkserver import ZooKeeperServer
 
 SVC = "com.loop.Svc"
@@ -355,16 +356,6 @@ def log_lines(sc: SidecarProc, text: str) -> list[str]:
     return [line for line in sc.log_path.read_text(errors="replace").splitlines() if text in line]
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 def pub(port: int | None, interface: str = SVC) -> dict[str, Any]:
     service: dict[str, Any] = {"interface": interface, "methods": ["f"]}
     if port is not None:
@@ -375,6 +366,7 @@ def pub(port: int | None, interface: str = SVC) -> dict[str, Any]:
 SUB = {"service": {"interface": SVC}}
 
 
+@pytest.mark.process
 async def test_pub_refuses_the_sidecars_own_listener_ports(
     tmp_path: Path,
     zk: KazooClient,
@@ -413,6 +405,7 @@ def state_with_publication(sc: SidecarProc, registry: str, port: int) -> None:
     (sc.data_dir / STATE_FILE).write_bytes(orjson.dumps(state))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("listener", ["ingress", "egress"])
 async def test_a_publication_on_an_own_listener_port_answers_a_loop_error(
     tmp_path: Path,
@@ -433,10 +426,9 @@ async def test_a_publication_on_an_own_listener_port_answers_a_loop_error(
     await start(sidecars, sc)
     # The restored publication is registered again in the background: wait for its node, so the
     # subscription below finds it (ready does not wait for re-registration).
-    deadline = asyncio.get_running_loop().time() + 10
-    while not (zk.exists(f"/dubbo/{SVC}/providers") and zk.get_children(f"/dubbo/{SVC}/providers")):
-        assert asyncio.get_running_loop().time() < deadline, sc.log_tail()
-        await asyncio.sleep(0.05)
+    providers = f"/dubbo/{SVC}/providers"
+    await wait_for(lambda: zk.exists(providers) and zk.get_children(providers), 10, "the restored node",
+                   interval=0.05, detail=sc.log_tail)  # fmt: skip
     status, body = await sc.post("/sub", SUB)
     assert status == 200 and body["providers"], body  # this sidecar's own ingress: a legitimate provider
 
@@ -453,7 +445,8 @@ async def test_a_publication_on_an_own_listener_port_answers_a_loop_error(
 
     counted = await stats(sc)
     assert counted[listener]["loops"] >= 31, counted[listener]
-    await asyncio.sleep(0.3)  # let the log reach the file
+    # Logged before the answer went out: once one line is in the file, a second one would be too.
+    await wait_for(lambda: log_lines(sc, "request loop"), 5, "the warning in the log")
     lines = log_lines(sc, "request loop")
     assert len(lines) == 1, lines
     assert "WARNING" in lines[0] and counted["id"] in lines[0]
@@ -472,6 +465,7 @@ def provider_node(address: str, interface: str = SVC) -> str:
     return f"/dubbo/{interface}/providers/{quote_plus(url)}"
 
 
+@pytest.mark.process
 async def test_a_provider_at_the_own_egress_is_ignored_with_one_warning(
     tmp_path: Path,
     zk: KazooClient,
@@ -493,7 +487,7 @@ async def test_a_provider_at_the_own_egress_is_ignored_with_one_warning(
     async def ignored() -> bool:
         return (await stats(sc))["registry"]["events"].get("own_providers_ignored", 0) == 1
 
-    await eventually(ignored, "the provider at the egress to be ignored")
+    await wait_for(ignored, 10, "the provider at the egress to be ignored", interval=0.1)
     response, took = await call(sc.egress)
     assert response.status == Status.SERVICE_NOT_FOUND and took < 1.0, response
     assert "no provider" in (response.error or "")
@@ -507,7 +501,7 @@ async def test_a_provider_at_the_own_egress_is_ignored_with_one_warning(
         _, body = await sc.post("/sub", SUB)
         return [p["address"] for p in body["providers"]] == [f"127.0.0.1:{sc.ingress}"]
 
-    await eventually(only_ingress, "the sidecar's own ingress to be the only provider")
+    await wait_for(only_ingress, 10, "the sidecar's own ingress to be the only provider", interval=0.1)
     response, _ = await call(sc.egress)
     assert response.ok and response.value == "ok", response
     counted = await stats(sc)
@@ -520,6 +514,7 @@ async def test_a_provider_at_the_own_egress_is_ignored_with_one_warning(
     )
 
 
+@pytest.mark.process
 async def test_same_sidecar_egress_to_own_ingress_to_app_works_and_the_app_sees_no_marker(
     tmp_path: Path,
     zk: KazooClient,
@@ -548,6 +543,7 @@ async def test_same_sidecar_egress_to_own_ingress_to_app_works_and_the_app_sees_
     assert not log_lines(sc, "request loop")
 
 
+@pytest.mark.process
 async def test_two_sidecars_whose_static_clusters_point_at_each_other(
     tmp_path: Path, sidecars: list[SidecarProc], app: RecordingApp
 ) -> None:
@@ -591,7 +587,7 @@ routes:
     assert all(r.status == Status.SERVER_ERROR for r, _ in results)
     assert (await stats(a))["egress"]["loops"] == 31
     assert (await stats(b))["egress"]["loops"] == 0
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: log_lines(a, "request loop"), 5, "the warning in a's log")
     assert len(log_lines(a, "request loop")) == 1, log_lines(a, "request loop")
     assert not log_lines(b, "request loop")
 

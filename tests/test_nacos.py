@@ -16,9 +16,10 @@ from regproxy.registry.url import provider_url
 from regproxy.sidecar import Sidecar
 from tests.peers.nacos.server import NacosDouble
 from tests.sidecars import SidecarProc
-from tests.test_registry_contract import GROUP, IFACE, SERVICE, VERSION, api, hosts, sidecar_config, until
+from tests.test_registry_contract import GROUP, IFACE, SERVICE, VERSION, api, hosts, sidecar_config
 from tests.test_registry_e2e import run_dubbo_python
 from tests.topology import GREET
+from tests.wait import wait_for
 from tests.zkserver import ZooKeeperServer
 
 SVC = service_name("providers", IFACE, VERSION, GROUP)
@@ -33,7 +34,7 @@ async def nacos() -> AsyncIterator[NacosDouble]:
 async def in_process(tmp: Path, registries: list[str]) -> Sidecar:
     sc = Sidecar(sidecar_config(tmp, registries))
     await sc.start()
-    await until(
+    await wait_for(
         lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "registries connected"
     )
     return sc
@@ -60,13 +61,13 @@ async def test_nacos_weight_wins_and_unhealthy_or_disabled_not_routed(
             "10.2.0.2:20882": 100,
         }
         nacos.set_weight(SVC, "10.2.0.2", 20882, 0.5)
-        await until(lambda: hosts(sc).get("10.2.0.2:20882") == 50, 2, "the console weight edit")
+        await wait_for(lambda: hosts(sc).get("10.2.0.2:20882") == 50, 2, "the console weight edit")
         nacos.set_unhealthy(SVC, "10.2.0.1", 20882)
-        await until(lambda: set(hosts(sc)) == {"10.2.0.2:20882"}, 2, "the unhealthy instance to leave")
+        await wait_for(lambda: set(hosts(sc)) == {"10.2.0.2:20882"}, 2, "the unhealthy instance to leave")
         nacos.set_unhealthy(SVC, "10.2.0.1", 20882, False)
-        await until(lambda: set(hosts(sc)) == {"10.2.0.1:20882", "10.2.0.2:20882"}, 2, "it back")
+        await wait_for(lambda: set(hosts(sc)) == {"10.2.0.1:20882", "10.2.0.2:20882"}, 2, "it back")
         nacos.set_enabled(SVC, "10.2.0.2", 20882, False)
-        await until(lambda: set(hosts(sc)) == {"10.2.0.1:20882"}, 2, "the disabled instance to leave")
+        await wait_for(lambda: set(hosts(sc)) == {"10.2.0.1:20882"}, 2, "the disabled instance to leave")
         # And what this sidecar registers: Dubbo weight 50 is Nacos weight 0.5.
         pub = {"service": {**SERVICE, "port": 20991, "params": {"weight": "50"}}}
         assert (await api(sc, "/pub", pub))[0] == 200
@@ -77,6 +78,7 @@ async def test_nacos_weight_wins_and_unhealthy_or_disabled_not_routed(
         await sc.stop()
 
 
+@pytest.mark.process
 async def test_dubbo_python_through_sidecars_on_nacos(nacos: NacosDouble, tmp_path: Path) -> None:
     app = Provider(default_services(greetings_version="1.0.0"), name="app")
     await app.start("127.0.0.1", 0)
@@ -131,7 +133,7 @@ async def test_one_sidecar_on_zookeeper_and_nacos(
         unpub = {"registry": {"type": "nacos", "addr": nacos.address}, "service": {**SERVICE, "port": 20991}}
         assert (await api(a, "/unpub", unpub))[0] == 200
         mine = a.ingress.address[1]
-        await until(lambda: all(i.port != mine for i in nacos.instances(SVC)), 3, "our Nacos instance to go")
+        await wait_for(lambda: all(i.port != mine for i in nacos.instances(SVC)), 3, "ours gone from Nacos")
         assert len(zk.get_children(f"/dubbo/{IFACE}/providers")) == 2
     finally:
         await a.stop()

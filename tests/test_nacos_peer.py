@@ -36,27 +36,12 @@ from v2.nacos import (
 )
 
 from tests.peers.nacos import NacosDouble
+from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SVC = "providers:com.x.Svc:1.0.0:"
 
 Clients = Callable[..., Awaitable[NacosNamingService]]
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Recorder:
@@ -72,7 +57,7 @@ class Recorder:
         return {f"{i.ip}:{i.port}" for i in self.lists[-1]} if self.lists else set()
 
     async def wait_for(self, addresses: set[str], timeout: float = 3.0) -> list[Instance]:
-        await wait_until(
+        await wait_for(
             lambda: self.lists and self.addresses() == addresses, timeout, f"callback {addresses}"
         )
         return self.lists[-1]
@@ -189,7 +174,7 @@ async def test_subscriber_gets_the_full_list_on_every_change(nacos: NacosDouble,
 
     # Re-registering is how a client changes its instance (Nacos has no partial update over gRPC).
     await two.register_instance(register(SVC, "10.0.0.2", 20880, weight=7.0, metadata={"k": "v"}))
-    await wait_until(
+    await wait_for(
         lambda: {i.ip: i.weight for i in seen.lists[-1]} == {"10.0.0.1": 1.0, "10.0.0.2": 7.0}, 3, "w"
     )
 
@@ -198,7 +183,7 @@ async def test_subscriber_gets_the_full_list_on_every_change(nacos: NacosDouble,
     await two.deregister_instance(DeregisterInstanceParam(service_name=SVC, ip="10.0.0.2", port=20880))
     await seen.wait_for(set())
     # Every push is acked (NotifySubscriberResponse), after the callback has run.
-    await wait_until(lambda: nacos.stats["acks"] == nacos.stats["pushes"] >= 5, 3, "acks")
+    await wait_for(lambda: nacos.stats["acks"] == nacos.stats["pushes"] >= 5, 3, "acks")
 
     # Unsubscribing stops the pushes.
     await consumer.unsubscribe(SubscribeServiceParam(service_name=SVC, subscribe_callback=seen))
@@ -267,7 +252,7 @@ async def test_disabled_and_unhealthy_instances(nacos: NacosDouble, clients: Cli
     assert nacos.set_enabled(SVC, "10.0.0.2", 20880, True) == 1
     await seen.wait_for({"10.0.0.1:20880", "10.0.0.2:20880"})
     assert nacos.set_weight(SVC, "10.0.0.2", 20880, 0.5) == 1
-    await wait_until(lambda: {i.ip: i.weight for i in seen.lists[-1]}.get("10.0.0.2") == 0.5, 3, "weight")
+    await wait_for(lambda: {i.ip: i.weight for i in seen.lists[-1]}.get("10.0.0.2") == 0.5, 3, "weight")
 
     healthy = await consumer.list_instances(
         ListInstanceParam(service_name=SVC, subscribe=False, healthy_only=True)
@@ -397,11 +382,12 @@ async def test_after_a_quick_restart_the_next_request_reconnects(
 
     for client in (provider, consumer):
         await client.grpc_client_proxy.redo_service.start_redo_task()
-    await wait_until(lambda: nacos.instances(SVC) and nacos.subscribers(SVC) == 1, 3, "redo")
+    await wait_for(lambda: nacos.instances(SVC) and nacos.subscribers(SVC) == 1, 3, "redo")
     nacos.register_external(SVC, "10.0.0.2", 2)  # pushes reach the consumer's new connection
     await seen.wait_for({"10.0.0.1:1", "10.0.0.2:2"})
 
 
+@pytest.mark.slow
 async def test_outage_is_noticed_by_the_health_check_and_the_client_reconnects(
     nacos: NacosDouble, clients: Clients
 ) -> None:
@@ -421,16 +407,16 @@ async def test_outage_is_noticed_by_the_health_check_and_the_client_reconnects(
     with pytest.raises(NacosException):
         await provider.list_services(ListServiceParam())
     assert await provider.server_health()
-    await eventually(lambda: negate(provider.server_health()), 12, "provider notices the outage")
+    await wait_for(lambda: negate(provider.server_health()), 12, "provider notices the outage")
     noticed_s = time.monotonic() - started
     assert 4 < noticed_s < 12, noticed_s  # the first health check at least 5 s after the last request
     # Both must have noticed before the server is back: a health check that reaches the restarted
     # server gets 301, which this SDK counts as healthy, and that client would never reconnect.
-    await eventually(lambda: negate(consumer.server_health()), 6, "consumer notices the outage")
+    await wait_for(lambda: negate(consumer.server_health()), 6, "consumer notices the outage")
 
     await nacos.start()
-    await wait_until(lambda: nacos.connections == 2, 10, "both clients reconnected")
-    await eventually(lambda: both_healthy(provider, consumer), 2, "both clients running")
+    await wait_for(lambda: nacos.connections == 2, 10, "both clients reconnected")
+    await wait_for(lambda: both_healthy(provider, consumer), 2, "both clients running")
     assert len(seen.lists) == calls  # the consumer's callback never saw the outage
 
 
@@ -438,6 +424,7 @@ async def test_outage_is_noticed_by_the_health_check_and_the_client_reconnects(
 # as a process
 
 
+@pytest.mark.process
 async def test_runs_as_a_module(clients: Clients) -> None:
     async with NacosDouble() as probe:  # finds a free pair (port, port + 1000) by binding both
         port = probe.port

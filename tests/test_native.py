@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from regproxy import native
 
 MODULES = ("pkg.fast", "pkg.slow")
@@ -36,6 +38,7 @@ def test_compiled_modules_run_only_while_they_match_their_sources(tmp_path: Path
     assert "sources changed" in problem and "pkg.slow" in problem and "pkg.fast" not in problem
 
 
+@pytest.mark.process
 def test_this_process_runs_the_data_path_it_says() -> None:
     import regproxy.proxy.forwarder as forwarder
 
@@ -78,6 +81,7 @@ def _pure_env() -> dict[str, str]:
     return {**os.environ, native.PURE_ENV: "1"}
 
 
+@pytest.mark.process
 def test_pure_python_can_be_asked_for_whatever_is_compiled() -> None:
     code = (
         "import regproxy.native as n, regproxy.proxy.forwarder as f, regproxy.dubbo.frame as fr;"
@@ -91,6 +95,7 @@ def test_pure_python_can_be_asked_for_whatever_is_compiled() -> None:
     assert mode.startswith("pure Python") and native.PURE_ENV in mode
 
 
+@pytest.mark.process
 def test_the_pure_data_path_passes_the_data_path_tests() -> None:
     """The suite runs whichever path is built (compiled under make test); these data-path tests
     also run on the pure one, which is the same source. Not the fuzz properties: they explore
@@ -120,6 +125,7 @@ def test_the_build_hint_is_true_where_regproxy_runs_from(tmp_path: Path) -> None
     assert native.check(package, ()) == "not compiled"
 
 
+@pytest.mark.process
 def test_an_installed_package_does_not_send_its_user_to_a_makefile(tmp_path: Path) -> None:
     # What a wheel installs (the Docker image's `pip install /src`): the package's .py files only.
     site = tmp_path / "site-packages"

@@ -46,8 +46,11 @@ from tests.netns import (
     link_names,
     netns_names,
 )
-from tests.topology import PROVIDERS, leaves, wait_for
+from tests.topology import PROVIDERS, leaves
+from tests.wait import wait_for
 from tests.zkserver import ZooKeeperNotInstalled, ZooKeeperServer
+
+pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
 log = logging.getLogger(__name__)
 
@@ -261,17 +264,21 @@ def pod_processes(net: PodNetwork, zk: ZooKeeperServer, tmp_path: Path) -> dict[
 async def wait_calls(
     app: ConsumerApp, procs: dict[str, PodProc], pred: Any, timeout: float, what: str
 ) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
+    """wait_for ``pred``, failing at once when a pod process exits or the consumer app reports errors."""
+
+    def check() -> bool:
+        if pred():
+            return True
         for p in procs.values():
             p.check_running()
         if app.errors:
             raise AssertionError(f"consumer app: {app.errors}")
-        if loop.time() > deadline:
-            logs = "\n".join(f"--- {p.name}\n{p.log_tail(15)}" for p in procs.values())
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
-        await asyncio.sleep(0.1)
+        return False
+
+    def logs() -> str:
+        return "\n".join(f"--- {p.name}\n{p.log_tail(15)}" for p in procs.values())
+
+    await wait_for(check, timeout, what, interval=0.1, detail=logs)
 
 
 def registered(reader: KazooClient) -> set[str]:
@@ -296,7 +303,9 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
         await asyncio.to_thread(reader.start, 15)
         # --- registration: each provider sidecar registered its own pod address and the ingress port.
         expected = {f"{net.pods[r].ip}:{INGRESS_PORT}" for r in PROVIDER_PODS}
-        await wait_for(lambda: registered(reader) == expected, 60, f"{PROVIDERS} = {expected}")
+        await wait_for(
+            lambda: registered(reader) == expected, 60, f"{PROVIDERS} = {expected}", in_thread=True
+        )
 
         # --- consumer pod -> both provider pods, through its egress and each pod's ingress.
         await wait_calls(
@@ -323,7 +332,8 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
 
         async def registration_gone() -> float:
             # pod-b cannot close its session: its node goes when ZooKeeper expires the session.
-            await wait_for(lambda: registered(reader) == pod_c, 30, f"{PROVIDERS} = {pod_c}", interval=0.1)
+            await wait_for(lambda: registered(reader) == pod_c, 30, f"{PROVIDERS} = {pod_c}",
+                           interval=0.1, in_thread=True)  # fmt: skip
             return time.monotonic() - cut_at
 
         gone = asyncio.ensure_future(registration_gone())
@@ -376,7 +386,9 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
         back_at = time.monotonic()
         n_before_back = len(consumer.calls)
         await asyncio.to_thread(net.reconnect, "pod-b")
-        await wait_for(lambda: registered(reader) == expected, 30, f"{PROVIDERS} = {expected} again")
+        await wait_for(
+            lambda: registered(reader) == expected, 30, f"{PROVIDERS} = {expected} again", in_thread=True
+        )
         registered_s = time.monotonic() - back_at
 
         def pod_b_answers() -> bool:

@@ -19,7 +19,7 @@ from regproxy.dubbo.encode import encode_request, heartbeat_request
 from regproxy.dubbo.frame import FrameParser, pack_header
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
-from tests.zkserver import free_port
+from tests.ports import free_port
 
 
 def app_table(port: int) -> RoutingTable:
@@ -189,6 +189,7 @@ DUBBO_PYTHON_THROUGH_EGRESS = textwrap.dedent(
 )
 
 
+@pytest.mark.process
 async def test_dubbo_python_client_through_egress() -> None:
     # dubbo-python sends version 1.0.0 by default (and dubbo version 2.4.10, so the provider
     # answers with flags 0/1/2, the only ones it understands).
@@ -254,6 +255,7 @@ async def test_oneway_request_is_forwarded(stack: Stack) -> None:
         client.close()
 
 
+@pytest.mark.slow
 async def test_timeout_answers_status_30_and_drops_late_response(stack: Stack) -> None:
     stack.egress_holder.swap(egress_table(stack.ingress_addr, timeout_ms=200))
     client = await stack.client()
@@ -265,7 +267,7 @@ async def test_timeout_answers_status_30_and_drops_late_response(stack: Stack) -
         elapsed = loop.time() - start
         assert err.value.status == 30
         assert "timeout after 200 ms" in err.value.message and ECHO in err.value.message
-        assert 0.15 < elapsed < 0.6
+        assert 0.15 < elapsed < 1.0  # at the 200 ms deadline, before the 1 s answer could come
         # The late answer (after 1 s) must be dropped, and the connection keeps working.
         await asyncio.sleep(1.0)
         assert await client.call(GREET, "sayHi", ["after"]) == "hi, after"

@@ -22,7 +22,9 @@ from regproxy.registry.nacos import instance_metadata, service_name, to_nacos_we
 from regproxy.registry.url import provider_url
 from regproxy.sidecar import Sidecar
 from tests.peers.nacos.server import NacosDouble
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.ports import free_port
+from tests.wait import wait_for
+from tests.zkserver import ZooKeeperServer
 
 IFACE = "com.x.ContractSvc"
 VERSION = "1.0.0"
@@ -110,7 +112,7 @@ class NacosBackend:
         await self.double.restart(downtime=down_s)
 
 
-@pytest.fixture(params=["zookeeper", "nacos"])
+@pytest.fixture(params=[pytest.param("zookeeper", marks=pytest.mark.zookeeper), "nacos"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "zookeeper":
         yield ZooKeeperBackend(request.getfixturevalue("zk_server"), request.getfixturevalue("zk"))
@@ -132,7 +134,7 @@ async def sidecar(backend: Backend, tmp_path: Path) -> AsyncIterator[Sidecar]:
     sc = Sidecar(sidecar_config(tmp_path, [backend.url]))
     await sc.start()
     try:
-        await until(
+        await wait_for(
             lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "registry connected"
         )
         yield sc
@@ -144,16 +146,6 @@ async def api(sc: Sidecar, path: str, body: object) -> tuple[int, dict[str, Any]
     url = f"http://127.0.0.1:{sc.config.api.port}{path}"
     async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
         return resp.status, await resp.json(content_type=None)
-
-
-async def until(pred: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def hosts(sc: Sidecar) -> dict[str, int]:
@@ -169,7 +161,7 @@ async def test_publish_rewrites_port_and_unpublish_removes(backend: Backend, sid
     status, body = await api(sidecar, "/pub", PUB)
     assert status == 200 and body["err_no"] == 0, body
     me = f"127.0.0.1:{sidecar.ingress.address[1]}"
-    await until(lambda: me in backend.nodes(), 3, "the registered provider")
+    await wait_for(lambda: me in backend.nodes(), 3, "the registered provider")
     params = backend.nodes()[me]
     assert params["interface"] == IFACE and params["version"] == VERSION and params["group"] == GROUP
     assert params["methods"] == "a,b" and params["side"] == "provider" and params["application"] == "contract"
@@ -179,7 +171,7 @@ async def test_publish_rewrites_port_and_unpublish_removes(backend: Backend, sid
     assert (await api(sidecar, "/pub", PUB))[0] == 200  # idempotent
     status, _ = await api(sidecar, "/unpub", PUB)
     assert status == 200
-    await until(lambda: me not in backend.nodes(), 3, "the provider to go")
+    await wait_for(lambda: me not in backend.nodes(), 3, "the provider to go")
     assert (await api(sidecar, "/unpub", PUB))[0] == 404
 
 
@@ -189,18 +181,20 @@ async def test_subscribe_follows_added_removed_changed(backend: Backend, sidecar
     assert status == 200 and body["cluster"] == f"{GROUP}/{IFACE}:{VERSION}"
     assert [p["address"] for p in body["providers"]] == ["10.1.0.1:20882"]
     backend.add("10.1.0.2", 20882)
-    await until(lambda: set(hosts(sidecar)) == {"10.1.0.1:20882", "10.1.0.2:20882"}, 2, "the added provider")
+    both = {"10.1.0.1:20882", "10.1.0.2:20882"}
+    await wait_for(lambda: set(hosts(sidecar)) == both, 2, "the added provider")
     backend.set_weight("10.1.0.2", 20882, 300)
-    await until(lambda: hosts(sidecar).get("10.1.0.2:20882") == 300, 2, "the weight change")
+    await wait_for(lambda: hosts(sidecar).get("10.1.0.2:20882") == 300, 2, "the weight change")
     assert hosts(sidecar)["10.1.0.1:20882"] == 100
     backend.remove("10.1.0.1", 20882)
-    await until(lambda: set(hosts(sidecar)) == {"10.1.0.2:20882"}, 2, "the removed provider")
+    await wait_for(lambda: set(hosts(sidecar)) == {"10.1.0.2:20882"}, 2, "the removed provider")
     status, _ = await api(sidecar, "/unsub", {"service": SERVICE})
     assert status == 200 and hosts(sidecar) == {}
     assert sidecar.egress_table.current.match(IFACE, VERSION, "m", GROUP) is None
     assert (await api(sidecar, "/unsub", {"service": SERVICE}))[0] == 404
 
 
+@pytest.mark.slow
 async def test_registry_restart_keeps_last_known_providers(backend: Backend, sidecar: Sidecar) -> None:
     backend.add("10.1.0.1", 20882)
     assert (await api(sidecar, "/sub", {"service": SERVICE}))[0] == 200
@@ -215,7 +209,7 @@ async def test_registry_restart_keeps_last_known_providers(backend: Backend, sid
     assert status == 503 and body["err_no"] != 0, body
     await restart
     # Back: this sidecar's publication is registered again; the providers are still routed to.
-    await until(lambda: me in backend.nodes(), backend.back_within_s, "our provider after the restart")
+    await wait_for(lambda: me in backend.nodes(), backend.back_within_s, "our provider after the restart")
     assert "10.1.0.1:20882" in hosts(sidecar)
 
 

@@ -14,7 +14,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from regproxy.demo.client import DubboClient, DubboError
-from tests.topology import GREET, VERSION, Traffic, World, leaves, pub_body, set_weight_by_hand, wait_for
+from tests.topology import GREET, VERSION, Traffic, World, leaves, pub_body, set_weight_by_hand
+from tests.wait import wait_for
 
 
 async def test_publish_subscribe_call_spread_and_weights(world: World, zk: KazooClient) -> None:

@@ -24,8 +24,10 @@ from regproxy.registry.repeats import QuietLog, RepeatLimiter
 from regproxy.registry.url import provider_url
 from regproxy.sidecar import Sidecar
 from tests.peers.nacos.server import NacosDouble
-from tests.test_zookeeper import make_registry, wait_until
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.ports import free_port
+from tests.test_zookeeper import make_registry
+from tests.wait import wait_for
+from tests.zkserver import ZooKeeperServer
 
 UNREACHABLE = re.compile(r"^registry (\S+) is unreachable \((.+)\); reconnecting in the background")
 BACK = re.compile(r"^registry (\S+) is back after (\d+\.\d) s unreachable$")
@@ -81,6 +83,7 @@ def test_quiet_log_appends_the_count_and_never_holds_back_errors(caplog: pytest.
     assert [r.getMessage() for r in caplog.records] == ["x 1", "x 3 (1 similar suppressed)"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_a_zookeeper_outage_is_one_line_down_and_one_line_back(
     zk_server: ZooKeeperServer, caplog: pytest.LogCaptureFixture
@@ -89,12 +92,12 @@ async def test_a_zookeeper_outage_is_one_line_down_and_one_line_back(
     registry = make_registry(zk_server.hosts)  # reconnects at least every 0.5 s: many attempts
     await registry.start()
     try:
-        await wait_until(lambda: registry.state == CONNECTED, 15, "connected")
+        await wait_for(lambda: registry.state == CONNECTED, 15, "connected")
         url = provider_url(interface="com.x.Out", ip="127.0.0.1", port=20882, methods=["f"])
         caplog.clear()
         await asyncio.to_thread(zk_server.stop)
         down_at = time.monotonic()
-        await wait_until(lambda: registry.unreachable_since is not None, 10, "the registry noticing")
+        await wait_for(lambda: registry.unreachable_since is not None, 10, "the registry noticing")
         # Known to be down: a request is refused at once, naming the cause.
         started = time.monotonic()
         refused = r"is suspended \(unreachable for \d+ s: Connection dropped"
@@ -107,7 +110,7 @@ async def test_a_zookeeper_outage_is_one_line_down_and_one_line_back(
         held_back = registry._kazoo_log.limiter.held_back()
         await asyncio.to_thread(zk_server.start)
         up_at = time.monotonic()
-        await wait_until(lambda: registry.connected and registry.unreachable_since is None, 15, "back")
+        await wait_for(lambda: registry.connected and registry.unreachable_since is None, 15, "back")
         outage = up_at - down_at
     finally:
         await registry.stop()
@@ -134,6 +137,7 @@ async def _pub(api: str, port: int) -> tuple[int, dict[str, Any], float]:
         return resp.status, await resp.json(content_type=None), time.monotonic() - started
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_pub_is_refused_at_once_while_zookeeper_is_known_to_be_down(
     zk_server: ZooKeeperServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -147,14 +151,14 @@ async def test_pub_is_refused_at_once_while_zookeeper_is_known_to_be_down(
         await sidecar.start()
         try:
             (registry,) = sidecar.discovery.registries.values()
-            await wait_until(lambda: registry.unreachable_since is not None, 10, "the first attempt failing")
+            await wait_for(lambda: registry.unreachable_since is not None, 10, "the first attempt failing")
             for _ in range(2):
                 status, body, took = await _pub(str(sidecar.config.api), sidecar.config.app_port)
                 assert status == 503 and "(unreachable for " in body["err_msg"], body
                 assert "Connection refused" in body["err_msg"], body
                 assert took < 1.0, took  # at once, not after the 3 s wait for a first connection
             await asyncio.to_thread(zk_server.start)
-            await wait_until(lambda: registry.unreachable_since is None, 20, "the registry back")
+            await wait_for(lambda: registry.unreachable_since is None, 20, "the registry back")
             status, body, _took = await _pub(str(sidecar.config.api), sidecar.config.app_port)
             assert status == 200, body
         finally:
@@ -166,6 +170,7 @@ async def test_pub_is_refused_at_once_while_zookeeper_is_known_to_be_down(
     assert len(ours(caplog, BACK)) == 1, caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_a_nacos_outage_is_one_line_down_and_one_line_back(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -173,12 +178,12 @@ async def test_a_nacos_outage_is_one_line_down_and_one_line_back(caplog: pytest.
         registry = NacosRegistry(RegistryURL.parse(f"nacos://{nacos.address}"))
         await registry.start()
         try:
-            await wait_until(lambda: registry.state == CONNECTED, 20, "connected")
+            await wait_for(lambda: registry.state == CONNECTED, 20, "connected")
             await nacos.stop()
-            await wait_until(lambda: registry.unreachable_since is not None, 10, "the probe noticing")
+            await wait_for(lambda: registry.unreachable_since is not None, 10, "the probe noticing")
             await asyncio.sleep(3)
             await nacos.start()
-            await wait_until(
+            await wait_for(
                 lambda: registry.state == CONNECTED and registry.unreachable_since is None, 30, "back"
             )
         finally:

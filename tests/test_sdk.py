@@ -23,8 +23,8 @@ from regproxy.sdk import (
     SubscribeResult,
     registry_ref,
 )
+from tests.ports import free_port
 from tests.sidecars import SidecarProc
-from tests.zkserver import free_port
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 
@@ -70,6 +70,7 @@ def _sync_round_trip(sc: SidecarProc) -> None:
     assert err.value.err_no == ERR_NOT_FOUND and err.value.status == 404
 
 
+@pytest.mark.process
 async def test_sync_publish_subscribe_unsubscribe_unpublish(sidecar: SidecarProc) -> None:
     await asyncio.to_thread(_sync_round_trip, sidecar)
 
@@ -92,6 +93,7 @@ def _sync_bad_input(sc: SidecarProc) -> None:
         rp.publish(GREET, port=1, methods="sayHi")  # a string, not a list of names
 
 
+@pytest.mark.process
 async def test_sync_errors_carry_err_no_err_msg_and_status(sidecar: SidecarProc) -> None:
     await asyncio.to_thread(_sync_bad_input, sidecar)
 
@@ -114,6 +116,7 @@ def _sync_named_registry(sc: SidecarProc) -> None:
     assert err.value.err_msg.startswith("registry: zookeeper://127.0.0.1:1 is not a registry this sidecar")
 
 
+@pytest.mark.process
 async def test_sync_registry_argument(sidecar: SidecarProc) -> None:
     await asyncio.to_thread(_sync_named_registry, sidecar)
 
@@ -149,6 +152,7 @@ def test_bad_base_url() -> None:
 # -- the asyncio client ----------------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_async_round_trip_and_errors(sidecar: SidecarProc) -> None:
     async with AsyncRegproxyClient(sidecar.api_url) as rp:
         url = await rp.publish(GREET, port=sidecar.app_port, methods=["sayHi"], version="1.0.0", group="g")
@@ -168,6 +172,7 @@ async def test_async_round_trip_and_errors(sidecar: SidecarProc) -> None:
         assert err.value.err_msg.startswith("service.interface: ")
 
 
+@pytest.mark.process
 async def test_async_client_uses_a_given_session_and_leaves_it_open(sidecar: SidecarProc) -> None:
     import aiohttp
 
@@ -184,6 +189,7 @@ async def test_async_client_uses_a_given_session_and_leaves_it_open(sidecar: Sid
 # -- while the sidecar is starting, and when it is not there ---------------------------------------
 
 
+@pytest.mark.process
 async def test_sync_call_waits_for_a_sidecar_that_starts_later(tmp_path: Path) -> None:
     sc = SidecarProc("late", tmp_path / "late", registries=["memory://"], app_port=free_port())
     rp = RegproxyClient(sc.api_url, start_timeout=30)
@@ -201,6 +207,7 @@ async def test_sync_call_waits_for_a_sidecar_that_starts_later(tmp_path: Path) -
         await asyncio.gather(call, return_exceptions=True)
 
 
+@pytest.mark.process
 async def test_async_call_waits_for_a_sidecar_that_starts_later(tmp_path: Path) -> None:
     sc = SidecarProc("late", tmp_path / "late", registries=["memory://"], app_port=free_port())
     async with AsyncRegproxyClient(sc.api_url, start_timeout=30) as rp:
@@ -216,6 +223,7 @@ async def test_async_call_waits_for_a_sidecar_that_starts_later(tmp_path: Path) 
             await asyncio.gather(call, return_exceptions=True)
 
 
+@pytest.mark.slow
 async def test_no_sidecar_gives_up_after_start_timeout() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
@@ -291,6 +299,7 @@ async def test_unavailable_registry_is_retried_then_reported() -> None:
         await runner.cleanup()
 
 
+@pytest.mark.slow
 async def test_reply_that_is_not_the_api_and_reply_timeout() -> None:
     async def html(request: web.Request) -> web.Response:
         return web.Response(text="<html>bad gateway</html>", status=502, content_type="text/html")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ from regproxy.registry.zookeeper import ZooKeeperRegistry
 from regproxy.sdk import AsyncRegproxyClient, RegproxyError
 from regproxy.sidecar import Sidecar
 from tests.peers.nacos import NacosDouble
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.ports import free_port
+from tests.wait import wait_for
+from tests.zkserver import ZooKeeperServer
 
 TOKEN = "api-token-0123456789"
 IFACE = "com.example.SecureService"
@@ -80,14 +82,6 @@ async def request(
 ) -> tuple[int, dict[str, Any], Any]:
     async with aiohttp.ClientSession() as http, http.request(method, url, json=body, headers=headers) as r:
         return r.status, await r.json(content_type=None), r.headers
-
-
-async def until(pred: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -221,7 +215,7 @@ BAD_PARAM_VALUES = ["a\nb", "a\rb", "a\x00b", "x\u2028y"]
 async def zk_sidecar(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterator[Sidecar]:
     async with sidecar(tmp_path, [f"zookeeper://{zk_server.hosts}"]) as sc:
         assert sc.discovery is not None
-        await until(lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "zk connected")
+        await wait_for(lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "zk connected")
         yield sc
 
 
@@ -306,7 +300,7 @@ async def test_registry_named_in_a_request_cannot_smuggle_settings(
 async def test_nacos_names_and_metadata_stay_in_place(tmp_path: Path) -> None:
     async with NacosDouble() as nacos, sidecar(tmp_path, [f"nacos://{nacos.address}"]) as sc:
         assert sc.discovery is not None
-        await until(lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "nacos")
+        await wait_for(lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "nacos")
         for version in BAD_TOKENS:
             body = {"service": {"interface": IFACE, "port": 20999, "version": version}}
             assert (await request("POST", api_url(sc, "/pub"), body))[0] == 400, version
@@ -401,7 +395,7 @@ def zk_admin(zk: KazooClient, zk_server: ZooKeeperServer) -> Iterator[KazooClien
 async def started(url: str) -> ZooKeeperRegistry:
     reg = ZooKeeperRegistry(RegistryURL.parse(url), session_timeout_s=10.0, op_timeout_s=2.0)
     await reg.start()
-    await until(lambda: reg.state in ("connected", AUTH_FAILED), 10, "registry connected")
+    await wait_for(lambda: reg.state in ("connected", AUTH_FAILED), 10, "registry connected")
     return reg
 
 
@@ -482,7 +476,7 @@ async def test_wrong_zookeeper_password_is_a_clear_error(
         async with sidecar(tmp_path, [zk_url(zk_server, password=wrong)]) as sc:
             assert sc.discovery is not None
             (reg,) = sc.discovery.registries.values()
-            await until(lambda: reg.state == AUTH_FAILED, 10, "auth_failed")
+            await wait_for(lambda: reg.state == AUTH_FAILED, 10, "auth_failed")
             status, ready, _ = await request("GET", admin_url(sc, "/readyz"))
             assert status == 503 and not ready["ready"]
             (reason,) = ready["reasons"]
@@ -529,7 +523,7 @@ async def test_nacos_credentials_right_and_wrong(tmp_path: Path, caplog: pytest.
         good = f"nacos://{nacos.address}?username=nacos-user&password=n4cos-pw"
         async with sidecar(tmp_path / "good", [good]) as sc:
             assert sc.discovery is not None
-            await until(lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "nacos")
+            await wait_for(lambda: all(r.connected for r in sc.discovery.registries.values()), 10, "nacos")
             assert (await request("POST", api_url(sc, "/pub"), body))[0] == 200
             status, sub, _ = await request(
                 "POST", api_url(sc, "/sub"), {"service": {"interface": IFACE, "version": "1.0"}}
@@ -538,14 +532,14 @@ async def test_nacos_credentials_right_and_wrong(tmp_path: Path, caplog: pytest.
                 f"127.0.0.1:{sc.ingress.address[1]}"
             ]
             assert len(nacos.instances(svc)) == 1
-        await until(lambda: not nacos.instances(svc), 5, "instance gone")
+        await wait_for(lambda: not nacos.instances(svc), 5, "instance gone")
 
         caplog.set_level(logging.INFO)
         bad = f"nacos://{nacos.address}?username=nacos-user&password=wrong-pw"
         async with sidecar(tmp_path / "bad", [bad]) as sc:
             assert sc.discovery is not None
             (reg,) = sc.discovery.registries.values()
-            await until(lambda: reg.state == AUTH_FAILED, 10, "auth_failed")
+            await wait_for(lambda: reg.state == AUTH_FAILED, 10, "auth_failed")
             status, ready, _ = await request("GET", admin_url(sc, "/readyz"))
             assert status == 503 and "Nacos login refused for user 'nacos-user'" in ready["reasons"][0]
             status, reply, _ = await request("POST", api_url(sc, "/pub"), body)

@@ -19,25 +19,27 @@ from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import serve
 from regproxy.netutil import detect_advertise_ip
 from regproxy.sidecar import DUBBO_QOS_PORT, Sidecar, data_dir_problem, listen_error
+from tests.ports import free_port
 from tests.sidecars import SidecarProc, loopback_listeners
-from tests.test_proxy_e2e import GREET, free_port
+from tests.test_proxy_e2e import GREET
+from tests.wait import wait_for
 
 
 async def _wait_listening(port: int, proc: asyncio.subprocess.Process, seconds: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
+    async def listening() -> bool:
         if proc.returncode is not None:
             raise AssertionError(f"regproxy exited early with {proc.returncode}")
         try:
             _r, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
         except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nothing listening on {port}")
+            return False
+        w.close()
+        return True
+
+    await wait_for(listening, seconds, f"a listener on {port}", interval=0.1)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_run_serves_and_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
     provider = await serve("127.0.0.1", 0)
@@ -101,6 +103,7 @@ routes:
         provider.close()
 
 
+@pytest.mark.process
 async def test_run_reports_busy_port(tmp_path: Path) -> None:
     busy = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = busy.sockets[0].getsockname()[1]
@@ -124,6 +127,7 @@ async def test_run_reports_busy_port(tmp_path: Path) -> None:
         busy.close()
 
 
+@pytest.mark.process
 async def test_unreachable_registry_does_not_block_start(tmp_path: Path) -> None:
     """A registry that cannot be reached: the sidecar starts, says so, and /pub answers 503."""
     sidecar = SidecarProc("x", tmp_path / "x", registries=[f"nacos://127.0.0.1:{free_port()}"], app_port=1)
@@ -194,6 +198,7 @@ def test_relative_data_dir_problem_names_the_absolute_path(
     assert data_dir_problem("state") == f"state ({tmp_path / 'state'}) is not a directory"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", ["file", "uncreatable", "unwritable"])
 async def test_run_refuses_a_bad_data_dir_flag(tmp_path: Path, kind: str) -> None:
     # Was: "ERROR regproxy: Not a directory" with no key or path, or (/proc/nope) a start and a
@@ -207,6 +212,7 @@ async def test_run_refuses_a_bad_data_dir_flag(tmp_path: Path, kind: str) -> Non
     assert not Path("/proc/regproxy-nope").exists()
 
 
+@pytest.mark.process
 async def test_run_names_the_config_file_for_its_data_dir(tmp_path: Path) -> None:
     config = tmp_path / "regproxy.yaml"
     config.write_text("data_dir: /proc/regproxy-nope\n")
@@ -314,6 +320,7 @@ def test_listen_error_for_the_qos_port_says_what_to_do() -> None:
     assert "QoS" not in listen_error("api", "10.0.0.1:22222", DUBBO_QOS_PORT, denied)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("which", ["api", "admin"])
 async def test_run_reports_a_busy_api_or_admin_port(tmp_path: Path, which: str) -> None:
     busy = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)

@@ -15,6 +15,7 @@ from tests.zkserver import ZooKeeperServer
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.mark.process
 def test_soak_smoke(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> None:
     s = soak.SoakSettings.for_duration(4.0, rate=300.0, connections=4)
     report = soak.run(s, tmp_path, registry=f"zookeeper://{zk_server.hosts}")

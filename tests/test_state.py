@@ -13,7 +13,7 @@ import pytest
 
 import regproxy.state as state_module
 from regproxy.state import SavedState, StateSaveError, StateStore, StateWriter
-from tests.test_hostile_registry import until
+from tests.wait import wait_for
 
 
 class SlowStore(StateStore):
@@ -136,13 +136,13 @@ async def test_a_failing_disk_is_retried_with_the_whole_state_until_a_write_succ
     with pytest.raises(StateSaveError):
         await writer.save()  # refused: in effect in memory, not on disk
     assert store.load().subscriptions == [{"n": 1}]
-    await until(lambda: writer.failures >= 4, "retries while the disk is full")
+    await wait_for(lambda: writer.failures >= 4, 5, "retries while the disk is full")
     # One ERROR for the whole run of failures, not one per retry.
     logged = [r.levelname for r in caplog.records if r.levelno > logging.DEBUG and "save state" in r.message]
     assert logged == ["ERROR"]
     assert store.load().subscriptions == [{"n": 1}]  # a failed write leaves the last good file
     store.fail = False  # the disk has room again: no new change needed for the state to be saved
-    await until(lambda: writer.error is None, "a retry that succeeds")
+    await wait_for(lambda: writer.error is None, 5, "a retry that succeeds")
     assert store.load().subscriptions == [{"n": 2}]
     assert writer.describe()["ok"] is True and writer.describe()["consecutive_failures"] == 0
     assert "state saved to" in caplog.text and "again" in caplog.text
@@ -181,7 +181,7 @@ async def test_flush_on_shutdown_reports_a_failure_and_close_stops_the_retries(
     store = SlowStore(tmp_path, fail=True)
     writer = StateWriter(store, Counter().snapshot)
     writer.save_later(0.01)
-    await until(lambda: writer.failures == 1, "the first failed write")
+    await wait_for(lambda: writer.failures == 1, 5, "the first failed write")
     assert not writer.pending  # written (and failed): flush must still try, the state is not saved
     with pytest.raises(StateSaveError):
         await writer.flush()

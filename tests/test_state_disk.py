@@ -21,11 +21,11 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.ports import free_port
 from tests.sidecars import SidecarProc
 from tests.test_admin import samples, value
-from tests.zkserver import free_port
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.process]
 
 STATE_NOT_SAVED = 10  # regproxy.api.models.ErrNo.STATE_NOT_SAVED
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +41,7 @@ from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, Tab
 from regproxy.sidecar import Sidecar
 from regproxy.tls import TLS_PARAM, SidecarTLS
 from tests.pki import Pair, Pki, make_pki
+from tests.wait import wait_for
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 ECHO = "org.apache.dubbo.samples.api.EchoService"
@@ -100,7 +102,7 @@ class Stack:
 
 def published_table(app_port: int) -> RoutingTable:
     """The ingress table of a sidecar that published both demo services (it forwards nothing else)."""
-    return ingress_table(app_port, [PublishSpec(GREET, app_port), PublishSpec(ECHO, app_port)])
+    return ingress_table([PublishSpec(GREET, app_port), PublishSpec(ECHO, app_port)])
 
 
 async def start_stack(ingress_cfg: TLSConfig, egress_cfg: TLSConfig) -> Stack:
@@ -227,7 +229,7 @@ async def test_stalled_handshake_is_dropped_after_the_timeout(pki: Pki) -> None:
     ingress = Listener(
         "ingress",
         settings(server_ssl=tls.server_ssl, handshake_timeout_s=0.5),
-        TableHolder(ingress_table(1)),
+        TableHolder(ingress_table()),
     )
     await ingress.start()
     try:
@@ -267,16 +269,77 @@ async def test_egress_that_does_not_trust_the_ingress_answers_an_error(pki: Pki)
         await stop_stack(st)
 
 
-async def test_ingress_that_does_not_trust_the_egress_answers_an_error(pki: Pki) -> None:
-    # The egress trusts the ingress but shows a certificate of another CA: the ingress refuses it.
-    st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(pki.other_peer, pki.ca))
+@pytest.mark.parametrize("egress_cert", ["other_peer", "expired"])
+async def test_ingress_that_does_not_trust_the_egress_answers_an_error(
+    pki: Pki, egress_cert: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The egress trusts the ingress but shows a certificate of another CA, or an expired one: the
+    ingress refuses it. Under TLS 1.3 that happens after the egress's handshake is done, and the
+    ingress (an asyncio server) closes without sending the alert: the egress tells the refusal by
+    the session tickets that never came, and says so, in the Dubbo error and in its log, as a
+    connect failure (nothing reached the ingress), not as a connection lost with the request."""
+    st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(getattr(pki, egress_cert), pki.ca))
     try:
-        error, elapsed = await failed_call(st, "untrusted egress")
-        assert f"127.0.0.1:{st.ingress_port}" in error
+        with caplog.at_level(logging.WARNING, logger="regproxy.proxy.upstream"):
+            error, elapsed = await failed_call(st, f"untrusted egress ({egress_cert})")
+        assert (
+            f"cannot connect to 127.0.0.1:{st.ingress_port}: the peer refused this sidecar's TLS certificate"
+            in error
+        )
+        assert "tls.ca_file" in error and "in flight" not in error
+        logged = [
+            r.getMessage()
+            for r in caplog.records
+            if "refused this sidecar's TLS certificate" in r.getMessage()
+        ]
+        assert logged and f"127.0.0.1:{st.ingress_port}" in logged[0]
         assert elapsed < 2.5
+        assert st.services.total_calls == 0
+        assert st.egress.forwarder is not None and st.egress.forwarder.stats.connect_failures >= 1
+    finally:
+        await stop_stack(st)
+
+
+async def test_a_refusal_under_tls12_fails_fast_and_leaves_the_pool_usable(pki: Pki) -> None:
+    """The same refusal with an ingress limited to TLS 1.2: there the egress's own handshake fails,
+    with a bare ConnectionResetError (no alert, no errno, no strerror; uvloop raises the same for
+    any peer that hangs up in the handshake). Reading its strerror as a str raised TypeError in the
+    compiled connect task: the connection stayed "connecting" for good, and every request to that
+    host waited for its deadline (here the call's 10 s)."""
+    st = await start_stack(tls_config(pki.peer, pki.ca), tls_config(pki.other_peer, pki.ca))
+    assert st.ingress_tls.server_ssl is not None
+    st.ingress_tls.server_ssl.maximum_version = ssl.TLSVersion.TLSv1_2  # for the next handshakes
+    try:
+        for attempt in range(2):
+            error, elapsed = await failed_call(st, f"TLS 1.2 refusal, call {attempt + 1}")
+            assert "closed the connection in the TLS handshake without an alert" in error
+            assert elapsed < 2.5
+        assert st.egress.forwarder is not None and not st.egress.forwarder.pool.describe()
         assert st.services.total_calls == 0
     finally:
         await stop_stack(st)
+
+
+async def test_an_accepted_session_closed_by_the_ingress_is_not_taken_for_a_refusal(stack: Stack) -> None:
+    """The ingress accepted the egress's certificate (and sent its session tickets), then closes the
+    connection with a request in flight: that request may have run, so it is a lost connection
+    (retried only where the route allows `reset`), not a refusal retried as a connect failure."""
+    client = await stack.client()
+    try:
+        assert await client.call(GREET, "sayHi", ["ann"]) == "hi, ann"
+        call = asyncio.ensure_future(client.call(ECHO, "sleep", [5000], timeout=10))
+        fwd = stack.ingress.forwarder
+        assert fwd is not None
+        await wait_for(lambda: fwd.in_flight == 1, 5, "the request in the ingress")
+        for down in list(fwd.downstreams):
+            assert down.transport is not None
+            down.transport.close()  # TLS close_notify, then FIN: a clean close, as a refusal looks
+        with pytest.raises(DubboCallError) as err:
+            await call
+        assert "closed with the request in flight" in str(err.value)
+        assert "refused" not in str(err.value)
+    finally:
+        client.close()
 
 
 async def test_verify_ip_checks_the_ip_san(pki: Pki) -> None:
@@ -356,6 +419,7 @@ def fresh_memory() -> Iterator[None]:
     MemoryRegistry.reset_all()
 
 
+@pytest.mark.slow
 async def test_mixed_fleet_auto_egress_and_health_checks(
     pki: Pki, tmp_path: Path, fresh_memory: None
 ) -> None:

@@ -25,8 +25,8 @@ from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.sidecar import Sidecar, _reload_on_signal
+from tests.ports import free_port
 from tests.sidecars import loopback_listeners
-from tests.zkserver import free_port
 
 
 def app_table(port: int) -> RoutingTable:
@@ -245,6 +245,7 @@ async def test_fault_abort_at_configured_rate(fleet: Fleet) -> None:
     assert abs(len(aborted) / 2000 - 0.20) <= 0.03, len(aborted)
 
 
+@pytest.mark.slow
 async def test_fault_delay_at_configured_rate(fleet: Fleet) -> None:
     rule = {
         "name": "slow",

@@ -24,7 +24,7 @@ from regproxy.dubbo.frame import Status
 from regproxy.health import ActiveSettings
 from regproxy.health.active import ActiveChecker
 from regproxy.sidecar import Sidecar
-from tests.zkserver import free_port
+from tests.ports import free_port
 
 FAST = ActiveSettings(interval_s=0.15, timeout_s=0.15, unhealthy_threshold=2, healthy_threshold=2)
 

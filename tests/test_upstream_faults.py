@@ -30,7 +30,9 @@ from regproxy.dubbo.hessian2 import decode_value
 from regproxy.dubbo.request import RequestBody
 from tests.sidecars import SidecarProc
 from tests.test_abuse import GREET, SteadyClient
-from tests.topology import wait_for
+from tests.wait import wait_for
+
+pytestmark = pytest.mark.process
 
 SVC = "com.example.faults.Svc"  # served by the fake application, published on the sidecar
 ONLY = "com.example.faults.Only"  # routed by the egress to one host, in the last test

@@ -20,7 +20,9 @@ from regproxy.config import RegistryURL
 from regproxy.registry.base import CONNECTED, CONNECTING, LOST, STOPPED, SUSPENDED, RegistryUnavailable
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, java_url_decode, provider_url
 from regproxy.registry.zookeeper import ZooKeeperRegistry, node_path, providers_path
-from tests.zkserver import ZooKeeperServer, free_port
+from tests.ports import free_port
+from tests.wait import wait_for
+from tests.zkserver import ZooKeeperServer
 
 SVC = "com.x.Svc"
 PROVIDERS = providers_path(SVC)
@@ -30,14 +32,6 @@ def make_registry(hosts: str, **kw: Any) -> ZooKeeperRegistry:
     opts: dict[str, Any] = dict(session_timeout_s=10.0, op_timeout_s=2.0, reconnect_max_delay_s=0.5)
     opts.update(kw)
     return ZooKeeperRegistry(RegistryURL.parse(f"zookeeper://{hosts}"), **opts)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Recorder:
@@ -58,14 +52,14 @@ class Recorder:
         return {u.address for u in self.last or []}
 
     async def wait_for(self, predicate: Callable[[list[DubboURL]], bool], timeout: float = 2.0) -> None:
-        await wait_until(lambda: self.last is not None and predicate(self.last), timeout, "providers list")
+        await wait_for(lambda: self.last is not None and predicate(self.last), timeout, "providers list")
 
 
 @pytest.fixture
 async def registry(zk: KazooClient, zk_server: ZooKeeperServer) -> AsyncIterator[ZooKeeperRegistry]:
     reg = make_registry(zk_server.hosts)
     await reg.start()
-    await wait_until(lambda: reg.connected, 10, "registry connected")
+    await wait_for(lambda: reg.connected, 10, "registry connected")
     try:
         yield reg
     finally:
@@ -144,7 +138,7 @@ async def test_register_replaces_a_leftover_node_of_another_session(
 async def test_stop_removes_own_nodes_only(zk: KazooClient, zk_server: ZooKeeperServer) -> None:
     reg = make_registry(zk_server.hosts)
     await reg.start()
-    await wait_until(lambda: reg.connected, 10, "registry connected")
+    await wait_for(lambda: reg.connected, 10, "registry connected")
     mine = [other_provider("10.0.0.1"), other_provider("10.0.0.2")]
     for url in mine:
         await reg.register(url)
@@ -223,6 +217,7 @@ async def test_subscribe_before_any_provider_and_shared_watch(
     assert registry.describe()["watched"] == {}
 
 
+@pytest.mark.slow
 async def test_every_provider_gone_is_held_before_delivery(
     zk: KazooClient, zk_server: ZooKeeperServer
 ) -> None:
@@ -232,7 +227,7 @@ async def test_every_provider_gone_is_held_before_delivery(
     reg = make_registry(zk_server.hosts, empty_hold_s=1.0)
     await reg.start()
     try:
-        await wait_until(lambda: reg.connected, 10, "registry connected")
+        await wait_for(lambda: reg.connected, 10, "registry connected")
         a = other_provider("10.0.0.1")
         create_other(zk, a)
         rec = Recorder()
@@ -240,9 +235,9 @@ async def test_every_provider_gone_is_held_before_delivery(
 
         # Gone and back within the hold: no empty list is ever delivered.
         zk.delete(node_path(a))
-        await wait_until(lambda: reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold")
+        await wait_for(lambda: reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold")
         create_other(zk, a)
-        await wait_until(lambda: not reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold to end")
+        await wait_for(lambda: not reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold to end")
         await asyncio.sleep(1.2)  # past the end of the first hold: its timer must be gone too
         assert all(rec.lists), rec.lists
 
@@ -266,6 +261,7 @@ async def test_every_provider_gone_is_held_before_delivery(
 # connection loss, session loss
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_zookeeper_restart_keeps_session_nodes_and_watch(
     registry: ZooKeeperRegistry, zk: KazooClient, zk_server: ZooKeeperServer
@@ -281,7 +277,7 @@ async def test_zookeeper_restart_keeps_session_nodes_and_watch(
 
     down_at = time.monotonic()
     await asyncio.to_thread(zk_server.stop)
-    await wait_until(lambda: registry.state == SUSPENDED, 5, "suspended")
+    await wait_for(lambda: registry.state == SUSPENDED, 5, "suspended")
 
     # While ZooKeeper is down: no hang, a clear error.
     t0 = time.monotonic()
@@ -295,12 +291,12 @@ async def test_zookeeper_restart_keeps_session_nodes_and_watch(
     await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - down_at)))
     await asyncio.to_thread(zk_server.start)
     up_at = time.monotonic()
-    await wait_until(lambda: registry.connected, 5, "connected again")
+    await wait_for(lambda: registry.connected, 5, "connected again")
     reconnect_s = time.monotonic() - up_at
 
     assert states == [SUSPENDED, CONNECTED]  # the session survived: no LOST
     assert registry.session_id == session
-    await wait_until(lambda: zk.connected, 5, "the reader reconnected")
+    await wait_for(lambda: zk.connected, 5, "the reader reconnected")
     assert zk.get_children(PROVIDERS) == [kept.encoded()]  # ours kept, the withdrawn one deleted
     assert reconnect_s < 2
 
@@ -327,9 +323,9 @@ async def test_session_expiry_recreates_nodes_and_rearms_watch(
 
     t0 = time.monotonic()
     await asyncio.to_thread(zk_server.expire_session, *old)
-    await wait_until(lambda: LOST in states and registry.connected, 5, "lost, then connected")
+    await wait_for(lambda: LOST in states and registry.connected, 5, "lost, then connected")
     # Our node is back, owned by the new session, within 5 s.
-    await wait_until(lambda: zk.exists(node_path(mine)) is not None, 5, "node re-created")
+    await wait_for(lambda: zk.exists(node_path(mine)) is not None, 5, "node re-created")
     recovered_s = time.monotonic() - t0
     assert states[states.index(LOST) :] == [LOST, CONNECTED]
     assert registry.session_id not in (None, old[0])

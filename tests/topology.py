@@ -22,6 +22,7 @@ from tests.zkserver import ZooKeeperEnsemble, ZooKeeperServer
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 VERSION = "1.0.0"  # dubbo-python's default
 PROVIDERS = f"/dubbo/{GREET}/providers"
+CLUSTER = f"{GREET}:{VERSION}"  # a consumer sidecar's egress cluster for GREET
 
 
 def pub_body(app_port: int, **service: object) -> dict[str, object]:
@@ -38,14 +39,13 @@ def leaves(zk: KazooClient) -> list[tuple[str, dict[str, list[str]]]]:
     return out
 
 
-async def wait_for(pred, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await asyncio.to_thread(pred):
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+async def egress_hosts(consumer: SidecarProc, cluster: str = CLUSTER) -> dict[str, int]:
+    """A consumer sidecar's egress cluster as it routes right now: address -> weight ({} before any)."""
+    _, body = await consumer.admin_get("/api/v1/clusters")
+    for found in body["clusters"]:
+        if found["listener"] == "egress" and found["name"] == cluster:
+            return {h["address"]: h["weight"] for h in found["hosts"]}
+    return {}
 
 
 async def set_weight_by_hand(zk: KazooClient, ingress_port: int, weight: int) -> None:
@@ -127,7 +127,9 @@ async def open_world(zk_server: ZooKeeperServer | ZooKeeperEnsemble, tmp_path: P
 
 
 @pytest.fixture
-async def world(zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path) -> AsyncIterator[World]:
+async def world(
+    zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path, needs_process: None
+) -> AsyncIterator[World]:
     try:
         async with open_world(zk_server, tmp_path) as w:
             yield w

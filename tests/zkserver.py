@@ -30,7 +30,6 @@ it straight, as pods connect to a ZooKeeper service.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import re
@@ -44,6 +43,8 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
+from tests.ports import free_port
+
 JAVA_DIR = Path("/usr/share/java")
 ZK_JAR = JAVA_DIR / "zookeeper.jar"
 ZK_CONF_EXAMPLE = Path("/etc/zookeeper/conf_example")
@@ -55,32 +56,6 @@ INSTALL_HINT = "run scripts/test-deps.sh (as root) to install Debian's zookeeper
 
 class ZooKeeperNotInstalled(RuntimeError):
     """The ZooKeeper jar, its config example or java is missing on this machine."""
-
-
-# Ports handed out lately in this process. A port is free when picked, and closed again at once:
-# a test that picks several for one sidecar, one at a time, could get the same one twice (CI once
-# got a sidecar whose app port was its API port). Remembering them rules that out.
-_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)
-
-
-def free_port() -> int:
-    """A free loopback port, not one this process was handed lately."""
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports, none handed out lately in this process: two sidecars
-    picked one after the other never share one (CI once posted to a sidecar's API port that another
-    sidecar's ingress had been given too)."""
-    ports: list[int] = []
-    while len(ports) < n:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.append(port)
-            ports.append(port)
-    return ports
 
 
 def four_letter_word(port: int, word: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
