@@ -965,7 +965,7 @@ def _assert_safe(call: tuple[str, Any, RegistryURL | None]) -> None:
 async def test_arbitrary_json_never_gives_5xx(api: Api) -> None:
     loop = asyncio.get_running_loop()
 
-    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
     @given(path=st.sampled_from(["/pub", "/unpub", "/sub", "/unsub"]), body=_bodies)
     def check(path: str, body: Any) -> None:
         before = len(api.fake.calls)

@@ -227,14 +227,14 @@ def _exercise(stream: bytes, cuts: list[int]) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600), st.lists(st.integers(1, 64), max_size=8))
 def test_fuzz_random_bytes(data: bytes, cuts: list[int]) -> None:
     _exercise(b"\xda\xbb" + data if data[:1] == b"\x00" else data, cuts)
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.integers(0, len(_SEED_STREAM) - 1), st.integers(0, 255)), min_size=1, max_size=6),
     st.lists(st.integers(1, 64), max_size=8),

@@ -787,7 +787,7 @@ def same(actual: Any, expected: Any) -> bool:
 
 
 @pytest.mark.slow
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(VALUES, min_size=1, max_size=4))
 def test_round_trip(values: list[Any]) -> None:
     writer = Hessian2Writer()
@@ -869,7 +869,7 @@ def mutated_encodings(draw: st.DrawFn) -> bytes:
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_encodings())
 def test_fuzz_mutated_encodings(data: bytes) -> None:
     check_robust(data)
