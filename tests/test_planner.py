@@ -85,6 +85,17 @@ class Case:
 
 GRAY = Host(B, metadata={"dubbo.tag": "gray"})
 ENV = (Host(A, metadata={"env": "stable"}), Host(B, metadata={"env": "gray"}))
+ENV_TABLE = RoutingTable([Route("r", RouteMatch(service=SVC), "c")], [Cluster("c", "round_robin", ENV)])
+
+
+def canary(env: str) -> RuleSet:
+    """A rule sending every request to the subset of cluster c whose hosts have ``env``."""
+    subset = {"subset": {"env": env}, "weight": 1}
+    return rules(
+        {"name": "canary", "match": {"service": SVC}, "cluster": "c", "route": {"weighted_subsets": [subset]}}
+    )
+
+
 CASES = [
     Case("a route to a cluster", one_cluster(Host(A), Host(B)), hosts=(A, B), label=SVC),
     Case(
@@ -133,28 +144,14 @@ CASES = [
     ),
     Case(
         "a rule's subset with no host",
-        RoutingTable([Route("r", RouteMatch(service=SVC), "c")], [Cluster("c", "round_robin", ENV)]),
-        rules=rules(
-            {
-                "name": "canary",
-                "match": {"service": SVC},
-                "cluster": "c",
-                "route": {"weighted_subsets": [{"subset": {"env": "blue"}, "weight": 1}]},
-            }
-        ),
+        ENV_TABLE,
+        rules=canary("blue"),
         no_route=(Status.SERVICE_NOT_FOUND, "no host in subset {env=blue} of cluster c"),
     ),
     Case(
         "a rule's subset",
-        RoutingTable([Route("r", RouteMatch(service=SVC), "c")], [Cluster("c", "round_robin", ENV)]),
-        rules=rules(
-            {
-                "name": "canary",
-                "match": {"service": SVC},
-                "cluster": "c",
-                "route": {"weighted_subsets": [{"subset": {"env": "gray"}, "weight": 1}]},
-            }
-        ),
+        ENV_TABLE,
+        rules=canary("gray"),
         hosts=(B,),
     ),
     # Dubbo's static tag routing (TagStateRouter without a dynamic rule).
@@ -247,7 +244,7 @@ def test_weighted_subsets_follow_their_weights() -> None:
     p = planner(
         rules=rules({"name": "split", "match": {"service": SVC}, "route": {"weighted_subsets": split}})
     )
-    table = RoutingTable([Route("r", RouteMatch(service=SVC), "c")], [Cluster("c", "round_robin", ENV)])
+    table = ENV_TABLE
     picks = [decide(p, table) for _ in range(2000)]
     gray = sum(1 for d in picks if isinstance(d, Plan) and d.hosts[0].address == B)
     assert 300 < gray < 500, gray  # 20 % of 2,000, with the seeded generator's spread

@@ -37,7 +37,8 @@ pytestmark = pytest.mark.process
 SVC = "com.example.faults.Svc"  # served by the fake application, published on the sidecar
 ONLY = "com.example.faults.Only"  # routed by the egress to one host, in the last test
 LISTENER = "com.example.faults.Listener"  # what the application "calls back"
-# The application's own request id: the id of the sidecar's first request too (Java numbers from 0).
+# The application's own request id: the id of the sidecar's first request too (a Java provider
+# numbers its requests JVM-wide from 0: org.apache.dubbo.remoting.exchange.Request.INVOKE_ID).
 CALLBACK_ID = 1
 UNISSUED = 1 << 40  # added to a request's id by the "bad_id" application: an id never sent to it
 FOREIGN_LOG = "counted in upstream_foreign_frames"

@@ -302,7 +302,8 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         request_id = frame_request_id(raw)
         exch = self.pending.get(request_id)
         # Ours only if it is what we sent: a provider numbers its own requests (a Java one from 0,
-        # JVM-wide), so a callback can carry the id of a request of ours in flight.
+        # JVM-wide: org.apache.dubbo.remoting.exchange.Request's static INVOKE_ID), so a callback
+        # can carry the id of a request of ours in flight.
         if exch is not None and len(raw) == len(exch.raw) and raw[16:] == exch.raw[16:]:
             del self.pending[request_id]
             reason = (
