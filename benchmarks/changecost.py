@@ -17,9 +17,9 @@ import asyncio
 import tempfile
 import time
 
-from regproxy.config import RegistryURL
 from regproxy.discovery import Discovery, ingress_table
 from regproxy.registry.memory import MemoryRegistry
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, provider_url
 from regproxy.routing import RoutingTable, TableHolder
 from regproxy.state import StateStore

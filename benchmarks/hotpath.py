@@ -26,8 +26,8 @@ from typing import Any
 
 from benchmarks.payload import ID, METHOD, SERVICE, request_template, response_template
 from regproxy import native
+from regproxy.config.health import HealthSettings
 from regproxy.discovery import PublishSpec, ingress_table
-from regproxy.health import HealthSettings
 from regproxy.health.hosts import Health, egress_view
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
@@ -98,7 +98,7 @@ def build(hop: str) -> Harness:
         # Health checking as a sidecar's default config has it at the egress (active checks and
         # outlier detection): the data path reports every response. Not started: the active checks
         # would dial the host, and only the per-request cost is measured here.
-        fwd.health = Health(HealthSettings.from_dict({}), *egress_view(holder))
+        fwd.health = Health(HealthSettings(), *egress_view(holder))
     # An upstream connection already open, so the pool never dials.
     up = UpstreamConnection(fwd.pool, upstream)
     fwd.pool._conns[upstream] = [up]  # a harness reaching into the pool on purpose

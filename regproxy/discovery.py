@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from regproxy.config import RegistryURL, is_loopback_host
+from regproxy.address import is_loopback_host
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import (
     DubboURL,
     Subscription,

@@ -21,7 +21,6 @@ from regproxy import native
 from regproxy.api.http import build_app, start_api, stop_api
 from regproxy.config import Config, ConfigError
 from regproxy.discovery import Discovery, ingress_table, own_addresses
-from regproxy.health import HealthSettings
 from regproxy.health.app import AppWatch
 from regproxy.health.hosts import Health, egress_view
 from regproxy.netutil import detect_advertise_ip, loopback_ingress_ip
@@ -33,6 +32,7 @@ from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
 from regproxy.rlimits import raise_open_files_limit
 from regproxy.routing import TableHolder
+from regproxy.routing.from_config import rule_set, static_table
 from regproxy.state import StateStore
 from regproxy.tls import SidecarTLS, UpstreamTLS
 
@@ -98,8 +98,8 @@ class Sidecar:
         # Config key -> the flag that set it, to name the right source in start-up errors.
         self._origins = dict(origins or {})
         self._loader = loader
-        self.static_table = config.to_routing_table()
-        self.rules = config.to_rule_set()
+        self.static_table = static_table(config)
+        self.rules = rule_set(config)
         self._access_log: AccessLog | None = AccessLog(config.access_log) if config.access_log else None
         self.egress_table = TableHolder(self.static_table)
         self.ingress_table = TableHolder(ingress_table())
@@ -270,7 +270,7 @@ class Sidecar:
         """Upstream host health for the egress, and the app watch of the published ports; each runs
         its rounds until ``_stop_health``."""
         assert self.discovery is not None
-        hs = HealthSettings.from_dict(self.config.health)
+        hs = self.config.health
         if hs.active.enabled or hs.outlier.enabled:
             hosts, clusters_of = egress_view(self.egress_table)
             self.health = Health(
@@ -408,8 +408,8 @@ class Sidecar:
             needs_restart.append("tls.enabled")
         tls_restart = any(k.startswith("tls.") for k in needs_restart)
         # Built before anything changes: a bad table or rule set changes nothing.
-        table = new.to_routing_table()
-        rules = new.to_rule_set()
+        table = static_table(new)
+        rules = rule_set(new)
         # The files are read again (a rotated certificate, key or CA); unusable ones refuse the reload.
         tls_ready = None
         if self.tls is not None and not tls_restart:

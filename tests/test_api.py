@@ -28,9 +28,9 @@ from regproxy.api.models import (
     check_interface,
     check_version,
 )
-from regproxy.config import RegistryURL
 from regproxy.discovery import NotFound, PublishSpec
 from regproxy.registry.base import RegistryError, RegistryUnavailable
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import Subscription
 
 APP_PORT = 20999  # not Dubbo's default, so a test can tell the default port from an explicit one

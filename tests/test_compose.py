@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from regproxy.config import Config, RegistryURL, load_config
+from regproxy.config import Config, load_config
 from regproxy.demo.provider import GREETINGS_SERVICE
+from regproxy.registry.registry_url import RegistryURL
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

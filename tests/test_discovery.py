@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from regproxy.config import RegistryURL
 from regproxy.discovery import Discovery, NotFound, PublishSpec, ingress_table
 from regproxy.registry.base import RegistryUnavailable
 from regproxy.registry.memory import MemoryRegistry
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, provider_url
 from regproxy.routing import Cluster, Host, RoutingTable, TableHolder
 from regproxy.state import StateStore

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import regproxy.discovery
-from regproxy.config import RegistryURL
 from regproxy.discovery import Discovery
 from regproxy.registry.base import CONNECTED, CONNECTING, STOPPED, RegistryUnavailable
 from regproxy.registry.memory import MemoryRegistry
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import Subscription
 from tests.test_discovery import IFACE, REG_A, REG_B, SPEC, _fresh_stores, new_discovery  # noqa: F401
 

@@ -34,6 +34,7 @@ from regproxy.dubbo.encode import encode_response
 from regproxy.dubbo.frame import FrameParser, Status
 from regproxy.proxy.engine import Listener
 from regproxy.routing import TableHolder
+from regproxy.routing.from_config import rule_set, static_table
 from tests.ports import free_port
 from tests.sidecars import ROOT, SidecarProc
 from tests.test_proxy_e2e import ECHO, egress_table, settings
@@ -503,10 +504,10 @@ async def test_drill_upstream_resets_mid_request() -> None:
             ],
         }
     )
-    egress = Listener("egress", settings(), TableHolder(cfg.to_routing_table()))
+    egress = Listener("egress", settings(), TableHolder(static_table(cfg)))
     await egress.start()
     assert egress.forwarder is not None
-    egress.forwarder.rules = cfg.to_rule_set()
+    egress.forwarder.rules = rule_set(cfg)
     client = await DubboClient.connect("127.0.0.1", egress.address[1])
     try:
         assert (await client.invoke(GREET, "sayHi", ["warm"])).status == Status.OK  # connects both
@@ -674,7 +675,7 @@ async def test_ingress_with_its_app_down_answers_not_served_and_egress_retries(t
             ],
         }
     )  # fmt: skip
-    egress = Listener("egress", settings(), TableHolder(cfg.to_routing_table()))
+    egress = Listener("egress", settings(), TableHolder(static_table(cfg)))
     await egress.start()
     assert egress.forwarder is not None
     client = await DubboClient.connect("127.0.0.1", ingress.address[1])
@@ -683,7 +684,7 @@ async def test_ingress_with_its_app_down_answers_not_served_and_egress_retries(t
         assert direct.status == Status.SERVICE_NOT_FOUND, direct
         assert f"cannot connect to 127.0.0.1:{dead_app}" in (direct.error or "")
         client.close()
-        egress.forwarder.rules = cfg.to_rule_set()
+        egress.forwarder.rules = rule_set(cfg)
         reports: list[tuple[str, bool]] = []
 
         class Recorder:  # what outlier detection is told (HostHealth)

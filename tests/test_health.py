@@ -9,24 +9,19 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from regproxy.config import RegistryURL
+from regproxy.config import Config, ConfigError
+from regproxy.config.health import ActiveSettings, AppCheckSettings, HealthSettings, OutlierSettings
 from regproxy.demo.provider import ECHO_SERVICE, GREETINGS_SERVICE, Provider
 from regproxy.discovery import Discovery, PublishSpec, ingress_table
 from regproxy.dubbo.encode import readonly_event
-from regproxy.health import (
-    ActiveSettings,
-    AppCheckSettings,
-    HealthSettings,
-    HostHealth,
-    NoHealth,
-    OutlierSettings,
-)
+from regproxy.health import HostHealth, NoHealth
 from regproxy.health.active import ActiveChecker
 from regproxy.health.app import AppChecker, AppWatch
 from regproxy.health.hosts import Health, egress_view
 from regproxy.health.outlier import OutlierDetector
 from regproxy.health.rounds import Rounds
 from regproxy.registry.memory import MemoryRegistry
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.routing import Cluster, Host, RoutingTable, TableHolder
 from tests.ports import free_port
 from tests.wait import wait_for
@@ -42,10 +37,10 @@ def test_settings_defaults_and_config_section() -> None:
     assert (s.outlier.consecutive_failures, s.outlier.base_ejection_s) == (5, 10)
     assert (s.outlier.max_ejection_s, s.outlier.max_ejection_percent) == (300, 50)
     assert (s.app_check.interval_s, s.app_check.timeout_s, s.app_check.failures) == (2, 1, 2)
-    parsed = HealthSettings.from_dict({"active": {"interval_s": 0.5, "enabled": False}, "app_check": {}})
-    assert parsed.active == ActiveSettings(interval_s=0.5, enabled=False)
-    assert parsed.outlier == OutlierSettings()
-    assert HealthSettings.from_dict(None) == s
+    parsed = Config.from_dict({"health": {"active": {"interval_s": 0.5, "enabled": False}, "app_check": {}}})
+    assert parsed.health.active == ActiveSettings(interval_s=0.5, enabled=False)
+    assert parsed.health.outlier == OutlierSettings()
+    assert Config.from_dict({}).health == s
     for bad, where in [
         ({"activ": {}}, "health.activ"),
         ({"active": {"intervall_s": 1}}, "health.active.intervall_s"),
@@ -54,8 +49,9 @@ def test_settings_defaults_and_config_section() -> None:
         ({"app_check": {"timeout_s": -1}}, "health.app_check.timeout_s"),
         ({"app_check": {"enabled": "yes"}}, "health.app_check.enabled"),
     ]:
-        with pytest.raises(ValueError, match=where.replace(".", r"\.")):
-            HealthSettings.from_dict(bad)
+        # One validator, the config model's: the key path names the bad key.
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.") + ": "):
+            Config.from_dict({"health": bad})
 
 
 def test_no_health_is_a_host_health() -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from regproxy.config import RegistryURL
 from regproxy.discovery import Discovery, ingress_table
 from regproxy.registry.memory import MemoryRegistry
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import MAX_DUBBO_INT, DubboURL, Subscription, java_url_encode, provider_problem
 from regproxy.routing import RoutingTable, TableHolder
 from regproxy.state import StateStore
@@ -276,6 +276,7 @@ async def test_hostile_provider_nodes_through_zookeeper(
             expected.add(canary)
             if used:
                 expected.add(used)
+
             async def applied(canary: str = canary) -> bool:
                 return canary in await cluster_hosts(sc)
 

@@ -29,7 +29,6 @@ import pytest
 from kazoo.client import KazooClient
 
 from benchmarks.hotpath import Transport
-from regproxy.config import RegistryURL
 from regproxy.demo.client import DubboClient
 from regproxy.dubbo.encode import Response, encode_request, encode_response, heartbeat_reply
 from regproxy.dubbo.frame import Frame, FrameParser, Status
@@ -40,6 +39,7 @@ from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.loops import LoopGuard
 from regproxy.proxy.upstream import UpstreamConnection, UpstreamEvents, UpstreamPool
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.state import STATE_FILE
 from tests.sidecars import SidecarProc

@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from regproxy.config import RegistryURL
 from regproxy.registry import (
     CONNECTED,
     LOST,
@@ -19,6 +18,7 @@ from regproxy.registry import (
     consumer_url,
     provider_url,
 )
+from regproxy.registry.registry_url import RegistryURL
 
 SVC = "com.x.Svc"
 SUB = Subscription(SVC)

@@ -18,6 +18,7 @@ from regproxy.proxy.filters import Answer, Delay, FaultFilter, RateLimitFilter
 from regproxy.proxy.plan import GroupPlans, NoRoute, Planner
 from regproxy.proxy.stats import ListenerStats
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, service_label
+from regproxy.routing.from_config import rule_set
 from regproxy.routing.rules import RETRY_CONNECT, Fault, RateLimit, RuleSet
 
 SVC = "com.x.Svc"
@@ -39,7 +40,7 @@ def planner(*, egress: bool = True, rules: RuleSet | None = None) -> Planner:
 
 def rules(*routes: dict[str, Any], clusters: tuple[str, ...] = ("c",)) -> RuleSet:
     config = {"clusters": [{"name": c} for c in clusters], "routes": list(routes)}
-    return Config.from_dict(config).to_rule_set()
+    return rule_set(Config.from_dict(config))
 
 
 # A route that only the table's fields would need goes into the table, not the rule set

@@ -13,6 +13,7 @@ from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.upstream import UpstreamConnection, UpstreamEvents, UpstreamPool
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+from regproxy.routing.from_config import rule_set
 
 SVC = "com.x.Svc"
 A, B = "10.0.0.1:20882", "10.0.0.2:20882"
@@ -73,9 +74,9 @@ async def test_plans_follow_table_swaps_rules_and_groups() -> None:
     assert h.send() == B  # a new table: the memoised decision is not reused
     # A rule for the service: its fault aborts every request, memo or not.
     abort = {"name": "no", "match": {"service": SVC}, "fault": {"abort": {"status": 60, "percentage": 100}}}
-    h.fwd.rules = Config.from_dict({"clusters": [{"name": "c"}], "routes": [abort]}).to_rule_set()
+    h.fwd.rules = rule_set(Config.from_dict({"clusters": [{"name": "c"}], "routes": [abort]}))
     assert h.send() == f"status {Status.SERVICE_NOT_FOUND}"
-    h.fwd.rules = Config.from_dict({}).to_rule_set()
+    h.fwd.rules = rule_set(Config.from_dict({}))
     assert h.send() == B
     # A table matching on the group: one memo per group, and other groups get no route.
     h.holder.swap(table(A, group="g"))

@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from regproxy.config import RegistryURL
 from regproxy.demo.embedded import sidecar_config
 from regproxy.registry.base import CONNECTED, RegistryUnavailable
 from regproxy.registry.nacos import NacosRegistry
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.repeats import QuietLog, RepeatLimiter
 from regproxy.registry.url import provider_url
 from regproxy.sidecar import Sidecar

@@ -9,6 +9,7 @@ import pytest
 
 from regproxy.config import Config, ConfigError
 from regproxy.routing import Host
+from regproxy.routing.from_config import rule_set, static_table
 from regproxy.routing.rules import (
     RETRY_CONNECT,
     RETRY_RESET,
@@ -63,7 +64,7 @@ def test_issue_format_parses_and_compiles() -> None:
             "rate_limit": {"requests_per_second": 100},
         }
     )
-    (rule,) = c.to_rule_set().rules
+    (rule,) = rule_set(c).rules
     assert rule.cluster is None and rule.timeout_ms == 3000 and rule.retries == 2
     assert rule.retry_on == RETRY_CONNECT | RETRY_RESET | RETRY_UNAVAILABLE
     assert [s.label for s in rule.subsets] == ["env=gray", "env=stable"]
@@ -71,7 +72,7 @@ def test_issue_format_parses_and_compiles() -> None:
     assert rule.rate_limit is not None and rule.rate_limit.burst == 100
     assert rule.needs_attachments and rule.rich
     # Not expressible by the table: only a rule.
-    assert c.to_routing_table().routes == ()
+    assert static_table(c).routes == ()
 
 
 @pytest.mark.parametrize(
@@ -119,8 +120,8 @@ def test_rule_errors_are_named(route: dict[str, Any], key: str, text: str) -> No
 
 def test_plain_routes_keep_the_table_fast_path() -> None:
     c = config({"name": "old", "match": {"service": GREET}, "cluster": "demo", "retries": 2})
-    assert [r.name for r in c.to_routing_table().routes] == ["old"]
-    rules = c.to_rule_set()
+    assert [r.name for r in static_table(c).routes] == ["old"]
+    rules = rule_set(c)
     assert rules.lookup(GREET) is None  # the table decides; no rule work per request
     assert rules.lookup("other.Service") is None
 
@@ -136,7 +137,7 @@ def test_lookup_orders_exact_wildcard_and_patterns() -> None:
             "rate_limit": {"requests_per_second": 1},
         },
     )
-    rules = c.to_rule_set()
+    rules = rule_set(c)
     cands = rules.lookup(GREET)
     assert cands is not None and [r.name for r in cands] == ["a", "b", "c"]
     assert rules.lookup("com.Other") is None  # only the plain "*" route applies

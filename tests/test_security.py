@@ -20,7 +20,7 @@ from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
 
 from regproxy.cli import main as cli_main
-from regproxy.config import Config, ConfigError, RegistryURL
+from regproxy.config import Config, ConfigError
 from regproxy.ctl import main as ctl_main
 from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import ECHO_SERVICE, GREETINGS_SERVICE, Provider, default_services
@@ -28,6 +28,7 @@ from regproxy.dubbo.frame import Status
 from regproxy.registry.base import AUTH_FAILED, RegistryError
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.nacos import service_name
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, java_url_decode, provider_url
 from regproxy.registry.zookeeper import ZooKeeperRegistry
 from regproxy.sdk import AsyncRegproxyClient, RegproxyError

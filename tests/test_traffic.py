@@ -24,6 +24,7 @@ from regproxy.dubbo.frame import Status
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
+from regproxy.routing.from_config import rule_set, static_table
 from regproxy.sidecar import Sidecar, _reload_on_signal
 from tests.ports import free_port
 from tests.sidecars import loopback_listeners
@@ -73,10 +74,10 @@ class Fleet:
 
     async def start_egress(self, cfg: dict) -> Listener:
         c = Config.from_dict(cfg)
-        self.egress = Listener("egress", settings(), TableHolder(c.to_routing_table()))
+        self.egress = Listener("egress", settings(), TableHolder(static_table(c)))
         await self.egress.start()
         assert self.egress.forwarder is not None
-        self.egress.forwarder.rules = c.to_rule_set()
+        self.egress.forwarder.rules = rule_set(c)
         return self.egress
 
     def served(self) -> list[int]:

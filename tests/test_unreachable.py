@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from regproxy.config import load_config
+from regproxy.config.health import ActiveSettings
 from regproxy.demo.client import DubboCallError, DubboClient
 from regproxy.demo.provider import GREETINGS_SERVICE as GREET
 from regproxy.demo.provider import Provider
 from regproxy.dubbo.encode import readonly_event
 from regproxy.dubbo.frame import Status
-from regproxy.health import ActiveSettings
 from regproxy.health.active import ActiveChecker
 from regproxy.sidecar import Sidecar
 from tests.ports import free_port

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kazoo.client import KazooClient
 
-from regproxy.config import RegistryURL
 from regproxy.registry.base import CONNECTED, CONNECTING, LOST, STOPPED, SUSPENDED, RegistryUnavailable
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, java_url_decode, provider_url
 from regproxy.registry.zookeeper import ZooKeeperRegistry, node_path, providers_path
 from tests.ports import free_port

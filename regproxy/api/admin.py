@@ -39,8 +39,9 @@ from regproxy.api.auth import check_bearer, is_loopback, warn_if_remote
 from regproxy.api.http import serve, stop_api
 from regproxy.api.metrics import metrics_registry
 from regproxy.api.models import ErrNo
-from regproxy.config import LOG_LEVELS, ConfigError, RegistryURL
+from regproxy.config import LOG_LEVELS, ConfigError
 from regproxy.registry.base import CONNECTED
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, matches
 
 if TYPE_CHECKING:

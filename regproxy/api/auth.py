@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from regproxy.config import is_loopback_host
+from regproxy.address import is_loopback_host
 
 __all__ = ["Refusal", "check_bearer", "is_loopback", "warn_if_remote"]
 

@@ -28,12 +28,13 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from regproxy.address import is_loopback_host
 from regproxy.api.auth import check_bearer, warn_if_remote
 from regproxy.api.models import ErrNo, PubRequest, RegistryRef, SubRequest, describe_errors
 from regproxy.api.openapi import build_openapi
-from regproxy.config import RegistryURL, is_loopback_host
 from regproxy.discovery import NotFound, PublishSpec
 from regproxy.registry.base import RegistryError, RegistryUnavailable
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import Subscription
 from regproxy.state import SAVE_RETRY_S, StateSaveError
 

@@ -37,7 +37,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from regproxy.config import MAX_WEIGHT, RegistryURL
+from regproxy.config import MAX_WEIGHT
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.tls import TLS_PARAM
 
 __all__ = [

@@ -38,13 +38,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from regproxy.config import Config, ConfigError, RegistryURL
+from regproxy.config import Config, ConfigError
 from regproxy.demo.client import DubboClient, DubboError
 from regproxy.demo.consumer import subscribe
 from regproxy.demo.output import Output
 from regproxy.demo.provider import GREETINGS_SERVICE, Provider, default_services, publish
 from regproxy.demo.runner import run
 from regproxy.registry.base import RegistryError
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.sdk import RegproxyError
 
 log = logging.getLogger("regproxy.demo")
@@ -69,6 +70,7 @@ def regproxy_command() -> str:
             return str(argv0.resolve().relative_to(Path.cwd().resolve()))
         return str(argv0.resolve())
     return f"{sys.executable} -m regproxy"  # python -m regproxy, or embedded in a test
+
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free loopback ports (all held open at once, so none is handed out twice)."""

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from regproxy.config.health import ActiveSettings
 from regproxy.dubbo.encode import heartbeat_reply, heartbeat_request
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FrameParser, ProtocolError, Status
-from regproxy.health import ActiveSettings
 from regproxy.health.rounds import Rounds
 
 if TYPE_CHECKING:

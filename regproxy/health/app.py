@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from regproxy.health import AppCheckSettings
+from regproxy.config.health import AppCheckSettings
 from regproxy.health.active import HeartbeatProbe, failure_reason
 from regproxy.health.rounds import Rounds
 

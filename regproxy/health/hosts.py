@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from regproxy.health import HealthSettings
+from regproxy.config.health import HealthSettings
 from regproxy.health.active import ActiveChecker, HostsProvider
 from regproxy.health.outlier import ClustersOf, OutlierDetector
 from regproxy.health.rounds import Rounds

@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from regproxy.health import OutlierSettings
+from regproxy.config.health import OutlierSettings
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from regproxy.config import RegistryURL
 from regproxy.registry.base import Registry, RegistryError
+from regproxy.registry.registry_url import RegistryURL
 
 
 def make_registry(url: RegistryURL) -> Registry:

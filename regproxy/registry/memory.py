@@ -19,7 +19,6 @@ import asyncio
 import logging
 from typing import ClassVar
 
-from regproxy.config import RegistryURL
 from regproxy.registry.base import (
     CONNECTED,
     CONNECTING,
@@ -29,6 +28,7 @@ from regproxy.registry.base import (
     ProvidersListener,
     Registry,
 )
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import PROVIDERS, DubboURL, Subscription
 
 __all__ = ["MemoryRegistry"]

@@ -33,7 +33,6 @@ import shutil
 import tempfile
 from typing import Any
 
-from regproxy.config import RegistryURL
 from regproxy.registry.base import (
     AUTH_FAILED,
     CONNECTED,
@@ -45,6 +44,7 @@ from regproxy.registry.base import (
     RegistryError,
     error_text,
 )
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import ANY, PROVIDERS, DubboURL, Subscription
 
 log = logging.getLogger(__name__)

@@ -63,7 +63,6 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions, make_digest_acl_credential
 
-from regproxy.config import RegistryURL
 from regproxy.registry.base import (
     AUTH_FAILED,
     CONNECTED,
@@ -76,6 +75,7 @@ from regproxy.registry.base import (
     RegistryError,
     RegistryUnavailable,
 )
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.repeats import QuietLog
 from regproxy.registry.url import CONSUMERS, PROVIDERS, DubboURL, Subscription, java_url_decode
 
