@@ -407,7 +407,7 @@ async def test_unsupported_serialization_named(stack: Stack) -> None:
     assert frames[0].status == 40 and "serialization id 23 (fastjson2)" in error_message(frames[0])
 
 
-async def test_one_byte_writes(stack: Stack) -> None:
+async def test_a_request_written_one_byte_at_a_time_is_answered(stack: Stack) -> None:
     data = encode_request(11, GREET, "sayHi", ["slow"])
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.egress_port)
     try:
@@ -485,7 +485,7 @@ async def test_idle_connections_closed_busy_kept() -> None:
         await stop_stack(st)
 
 
-async def test_connection_limit() -> None:
+async def test_a_connection_past_max_connections_is_refused_the_others_served() -> None:
     st = await start_stack()
     await st.egress.stop()
     egress = Listener("egress", settings(max_connections=2), TableHolder(egress_table(st.ingress_addr)))
