@@ -98,7 +98,7 @@ def test_retry_exclusion_walks_every_host_once(name: str) -> None:
 # --- make_balancer -----------------------------------------------------------------------------
 
 
-def test_make_balancer() -> None:
+def test_each_balancer_name_makes_a_fresh_balancer_of_its_kind() -> None:
     assert isinstance(make_balancer("round_robin"), RoundRobin)
     assert isinstance(make_balancer("random"), Random)
     assert isinstance(make_balancer("weighted_round_robin"), WeightedRoundRobin)

@@ -238,7 +238,7 @@ def test_demo_subcommands_pass_arguments_through(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.process
-def test_module_entry_point() -> None:
+def test_python_m_regproxy_cli_runs_the_command_line() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "regproxy.cli", "--version"],
         cwd=ROOT,

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from regproxy.proxy.deadlines import TICK_S, DeadlineWheel
+from tests.wait import wait_for
 
 
 class Entry:
@@ -31,13 +32,15 @@ async def test_entries_fire_in_time_order_never_early_and_once() -> None:
     for name, delay in delays.items():
         wheel.add(entries[name], delay)
     assert all(e.slot for e in entries.values())
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: len(fired) == len(entries), 5, "every deadline to fire", interval=0.01)
     assert [name for name, _ in fired] in (["early", "mid", "mid2", "late"], ["early", "mid2", "mid", "late"])
     for name, when in fired:
         due = entries[name].due
         # loop.time() is cached per loop pass in whole ms under uvloop: allow that much early.
         assert when >= due - 0.002, f"{name} fired {due - when:.4f} s early"
-        assert when <= due + TICK_S + 0.05, f"{name} fired {when - due:.4f} s late"
+        # Late by a tick at most, and by whatever a loaded machine holds the loop up: bounded only
+        # against a wheel that forgets to fire until something else wakes it.
+        assert when <= due + TICK_S + 0.5, f"{name} fired {when - due:.4f} s late"
     assert all(e.slot == 0 for e in entries.values())
     assert len(wheel) == 0
 
@@ -55,7 +58,9 @@ async def test_discarded_entries_never_fire_and_the_timer_stops() -> None:
             wheel.discard(e)
             assert e.slot == 0
     assert len(wheel) == len(keep)
-    await asyncio.sleep(0.15)
+    # The timer stops once nothing is left: the kept entries (all due first) have fired, and a
+    # discarded one still in the wheel would have kept it running until it fired too.
+    await wait_for(lambda: wheel._timer is None, 5, "the wheel's timer to stop", interval=0.01)
     assert sorted(fired, key=id) == sorted(keep, key=id)
     assert wheel._timer is None and not wheel._heap and not wheel._buckets and not wheel._queued
 

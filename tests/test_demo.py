@@ -102,7 +102,7 @@ async def test_echo_round_trips_values(client: DubboClient, value: Any) -> None:
     assert await client.call(ECHO_SERVICE, "echo", [value]) == value
 
 
-async def test_echo_null(client: DubboClient) -> None:
+async def test_echo_answers_null_with_null(client: DubboClient) -> None:
     resp = await client.invoke(ECHO_SERVICE, "echo", [None])
     assert resp.ok and resp.value is None
 
@@ -443,7 +443,7 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.process
 @pytest.mark.timeout(60)
-async def test_consumer_main(provider: Provider) -> None:
+async def test_demo_consumer_command_calls_both_services_and_counts_the_calls(provider: Provider) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "regproxy.demo.consumer",
         "--target", f"127.0.0.1:{provider.port}", "--count", "3", "--interval", "0.01",
@@ -496,7 +496,7 @@ async def test_provider_main_serves_until_sigterm() -> None:
             await proc.wait()
 
 
-def test_parse_target() -> None:
+def test_parse_target_takes_host_port_or_bracketed_ipv6_and_refuses_the_rest() -> None:
     assert parse_target("127.0.0.1:20881") == ("127.0.0.1", 20881)
     assert parse_target("[::1]:20881") == ("::1", 20881)
     assert parse_target("egress.local:1") == ("egress.local", 1)

@@ -636,6 +636,23 @@ def requirement_name(requirement: str) -> str:
     return canonical(m[1])
 
 
+def test_make_test_says_what_it_installs_and_how_long_it_takes() -> None:
+    """`make help` and README's Quick start name every system package scripts/test-deps.sh installs
+    (a newcomer sees apt install them) and how long the suite takes."""
+    deps = (ROOT / "scripts" / "test-deps.sh").read_text(encoding="utf-8")
+    packages = re.findall(r"^\s*missing\+=\(([\w-]+)\)$", deps, re.MULTILINE)
+    assert {"zookeeper", "iproute2"} <= set(packages), packages
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    help_line = re.search(r'^\t@echo "make test (.*)"$', makefile, re.MULTILINE)
+    assert help_line, "no `make test` line in make help"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quick_start = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    for where, text in (("make help", help_line[1]), ("README's Quick start", quick_start)):
+        unnamed = [p for p in packages if p not in text]
+        assert not unnamed, f"{where} does not name {unnamed}, which make test installs: {text}"
+        assert re.search(r"\d+ min", text), f"{where} does not say how long make test takes: {text}"
+
+
 def test_one_set_of_versions() -> None:
     """make venv (hence make test, make demo) and the Docker image install with constraints.txt, which
     pins every dependency regproxy declares; and the nacos-sdk-python pinned is the one tested."""

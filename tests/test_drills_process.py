@@ -238,6 +238,11 @@ async def _has_hosts(consumer: SidecarProc, want: set[str]) -> bool:
     return await cluster_hosts(consumer) == want
 
 
+async def _reached(consumer: SidecarProc, address: str) -> bool:
+    """Whether the consumer's egress has sent requests to ``address``."""
+    return bool((await egress_stats(consumer))["upstream_requests"].get(address, 0))
+
+
 async def stop_drill(d: Drill) -> None:
     if not d.zk_server.running:
         d.zk_server.start()
@@ -275,9 +280,8 @@ async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
     load = Load(d.consumer.egress, connections=8)
     load.start()
     try:
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: _reached(d.consumer, dead), 10, "traffic to the first provider")
         before = await egress_stats(d.consumer)
-        assert before["upstream_requests"].get(dead, 0) > 0, "no traffic reached the first provider"
         assert not load.failed, load.failed[:3]
         t_kill = time.monotonic()
         await d.apps[0].kill()
@@ -287,7 +291,8 @@ async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
         withdrawn_s = time.monotonic() - t_kill
         routed_s = await wait_for(lambda: _has_hosts(d.consumer, {alive}), 5.0, "the consumer to drop it")
         routed_s += withdrawn_s
-        await asyncio.sleep(1.0)  # traffic keeps flowing on the survivor
+        # Traffic goes on on the survivor: 100 calls answered once the dead app was withdrawn.
+        await wait_for(lambda: load.ok_after(t_kill + withdrawn_s) > 100, 10, "traffic on the survivor")
         after = await egress_stats(d.consumer)
     finally:
         await load.stop()
@@ -307,7 +312,6 @@ async def test_drill_provider_app_killed(drill: Drill, zk: KazooClient) -> None:
     assert all("in flight" in why for _, _, why in load.failed), load.failed[:5]
     assert all(t < t_kill + 1.0 for t, _, _ in load.failed), "a failure long after the kill"
     assert withdrawn_s < 5.0
-    assert load.ok_after(t_kill + withdrawn_s) > 100, "traffic did not go on on the survivor"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,8 +350,8 @@ async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: Kaz
     load = Load(d.consumer.egress, connections=4)
     load.start()
     try:
-        await asyncio.sleep(1.0)
-        assert not load.failed and len(load.ok) > 50, load.failed[:3]
+        await wait_for(lambda: len(load.ok) > 50, 10, "steady traffic before the kill")
+        assert not load.failed, load.failed[:3]
         (old_owner,) = (await asyncio.to_thread(provider_nodes, zk))[address]
         before = await egress_stats(d.consumer)
         t_kill = time.monotonic()
@@ -370,7 +374,10 @@ async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: Kaz
             return bool(stats["ingress"]["responses"].get("20", 0) > 0)
 
         served_s = await wait_for(served_again, 5.0, "the restarted sidecar to serve traffic")
-        await asyncio.sleep(1.0)  # steady traffic through the restarted sidecar
+        # Steady traffic through the restarted sidecar.
+        await wait_for(
+            lambda: load.ok_after(t_up + served_s) > 50, 10, "50 calls through the restarted sidecar"
+        )
         after = await egress_stats(d.consumer)
     finally:
         await load.stop()
@@ -394,7 +401,6 @@ async def test_drill_provider_sidecar_killed_and_restarted(drill: Drill, zk: Kaz
         assert outage == load.failed, "requests failed after traffic was back"
     else:
         assert not load.failed, load.failed[:3]
-    assert load.ok_after(t_up + served_s) > 50
 
 
 # ---------------------------------------------------------------------------------------------------

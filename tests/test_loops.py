@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+import aiohttp
 import orjson
 import pytest
 from kazoo.client import KazooClient
 
 from benchmarks.hotpath import Transport
 from regproxy.demo.client import DubboClient
+from regproxy.discovery import own_addresses
 from regproxy.dubbo.encode import Response, encode_request, encode_response, heartbeat_reply
 from regproxy.dubbo.frame import Frame, FrameParser, Status
 from regproxy.dubbo.hessian2 import Hessian2Reader
@@ -262,6 +265,38 @@ def test_guard_tells_loops_from_the_legitimate_path() -> None:
     assert len(LoopGuard().id) == 8 and LoopGuard().id != LoopGuard().id
 
 
+def test_own_addresses_are_every_address_a_provider_url_can_reach_a_listener_at() -> None:
+    """The provider addresses a sidecar ignores: each listener at its bound host, at the loopback
+    names when it listens on loopback or everywhere, and at the advertise IP when it listens
+    everywhere; never at an address that is not its own (something else may listen there)."""
+    own = own_addresses(
+        [("egress", "127.0.0.1", 20881), ("api", "0.0.0.0", 22222), ("admin", "::", 34901),
+         ("egress", "10.0.0.5", 20891), ("admin", "LocalHost", 34902)],
+        "10.0.0.5",
+    )  # fmt: skip
+    assert own == {
+        "127.0.0.1:20881": "egress listener 127.0.0.1:20881",
+        "localhost:20881": "egress listener 127.0.0.1:20881",
+        "[::1]:20881": "egress listener 127.0.0.1:20881",
+        "0.0.0.0:22222": "api listener 0.0.0.0:22222",
+        "127.0.0.1:22222": "api listener 0.0.0.0:22222",
+        "localhost:22222": "api listener 0.0.0.0:22222",
+        "[::1]:22222": "api listener 0.0.0.0:22222",
+        "10.0.0.5:22222": "api listener 0.0.0.0:22222",
+        "[::]:34901": "admin listener [::]:34901",
+        "127.0.0.1:34901": "admin listener [::]:34901",
+        "localhost:34901": "admin listener [::]:34901",
+        "[::1]:34901": "admin listener [::]:34901",
+        "10.0.0.5:34901": "admin listener [::]:34901",
+        "10.0.0.5:20891": "egress listener 10.0.0.5:20891",
+        "localhost:34902": "admin listener LocalHost:34902",
+        "127.0.0.1:34902": "admin listener LocalHost:34902",
+        "[::1]:34902": "admin listener LocalHost:34902",
+    }
+    # A listener on loopback is not reachable at the advertise IP: that port there is someone else's.
+    assert "10.0.0.5:20881" not in own
+
+
 # --------------------------------------------------------------------------------------------------
 # Real sidecar processes
 
@@ -350,6 +385,15 @@ async def stats(sc: SidecarProc) -> dict[str, Any]:
     status, body = await sc.admin_get("/api/v1/stats")
     assert status == 200, body
     return body
+
+
+async def loops_metric(sc: SidecarProc) -> float:
+    """The egress's regproxy_loops_total, as Prometheus reads it."""
+    async with aiohttp.ClientSession() as http, http.get(sc.admin_url + "/metrics") as resp:
+        text = await resp.text()
+    m = re.search(r'^regproxy_loops_total\{listener="egress"\} (\S+)$', text, re.M)
+    assert m, "regproxy_loops_total for the egress is not in /metrics"
+    return float(m[1])
 
 
 def log_lines(sc: SidecarProc, text: str) -> list[str]:
@@ -466,7 +510,7 @@ def provider_node(address: str, interface: str = SVC) -> str:
 
 
 @pytest.mark.process
-async def test_a_provider_at_the_own_egress_is_ignored_with_one_warning(
+async def test_providers_at_the_own_egress_api_and_admin_are_ignored_with_one_warning_each(
     tmp_path: Path,
     zk: KazooClient,
     zk_server: ZooKeeperServer,
@@ -474,26 +518,28 @@ async def test_a_provider_at_the_own_egress_is_ignored_with_one_warning(
     app: RecordingApp,
 ) -> None:
     """The issue's provider URL in ZooKeeper naming the sidecar's own egress: without the check the
-    egress forwards to itself (~600k requests in 12 s)."""
+    egress forwards to itself (~600k requests in 12 s). The API and admin listeners are no Dubbo
+    providers either."""
     app_port = await app.start()
     sc = await start(
         sidecars, SidecarProc("own", tmp_path / "sc", registries=[zk_url(zk_server)], app_port=app_port)
     )
     status, body = await sc.post("/sub", SUB)
     assert status == 200, body
-    node = provider_node(f"127.0.0.1:{sc.egress}")
-    await asyncio.to_thread(zk.create, node, makepath=True)
+    own = {"egress": sc.egress, "api": sc.api, "admin": sc.admin}
+    for port in own.values():
+        await asyncio.to_thread(zk.create, provider_node(f"127.0.0.1:{port}"), makepath=True)
 
     async def ignored() -> bool:
-        return (await stats(sc))["registry"]["events"].get("own_providers_ignored", 0) == 1
+        return (await stats(sc))["registry"]["events"].get("own_providers_ignored", 0) == len(own)
 
-    await wait_for(ignored, 10, "the provider at the egress to be ignored", interval=0.1)
+    await wait_for(ignored, 10, "the providers at the sidecar's own listeners to be ignored", interval=0.1)
     response, took = await call(sc.egress)
     assert response.status == Status.SERVICE_NOT_FOUND and took < 1.0, response
     assert "no provider" in (response.error or "")
 
     # The sidecar's ingress is a legitimate provider of the same service (its app publishes it):
-    # the cluster is rebuilt, the egress provider stays out, and no second warning is logged.
+    # the cluster is rebuilt, its own other listeners stay out, and no warning is logged again.
     status, body = await sc.post("/pub", pub(app_port))
     assert status == 200, body
 
@@ -505,13 +551,13 @@ async def test_a_provider_at_the_own_egress_is_ignored_with_one_warning(
     response, _ = await call(sc.egress)
     assert response.ok and response.value == "ok", response
     counted = await stats(sc)
-    assert counted["registry"]["events"]["own_providers_ignored"] == 1
+    assert counted["registry"]["events"]["own_providers_ignored"] == len(own)
     assert counted["egress"]["loops"] == 0 and counted["ingress"]["loops"] == 0
     lines = log_lines(sc, "ignoring provider")
-    assert len(lines) == 1, lines
-    assert (
-        "WARNING" in lines[0] and f"127.0.0.1:{sc.egress}" in lines[0] and "own egress listener" in lines[0]
-    )
+    assert len(lines) == len(own), lines
+    for name, port in own.items():
+        (line,) = [line for line in lines if f"dubbo://127.0.0.1:{port}/" in line]
+        assert "WARNING" in line and f"is this sidecar's own {name} listener 127.0.0.1:{port}" in line
 
 
 @pytest.mark.process
@@ -587,6 +633,7 @@ routes:
     assert all(r.status == Status.SERVER_ERROR for r, _ in results)
     assert (await stats(a))["egress"]["loops"] == 31
     assert (await stats(b))["egress"]["loops"] == 0
+    assert await loops_metric(a) == 31  # the counter the log line names
     await wait_for(lambda: log_lines(a, "request loop"), 5, "the warning in a's log")
     assert len(log_lines(a, "request loop")) == 1, log_lines(a, "request loop")
     assert not log_lines(b, "request loop")

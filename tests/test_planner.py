@@ -179,7 +179,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_decisions(case: Case) -> None:
+def test_each_case_gets_its_plan_or_its_no_route_answer(case: Case) -> None:
     decision = decide(planner(egress=case.egress, rules=case.rules), case.table, **case.request)
     if case.no_route is not None:
         assert isinstance(decision, NoRoute), decision

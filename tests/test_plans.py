@@ -14,6 +14,7 @@ from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.upstream import UpstreamConnection, UpstreamEvents, UpstreamPool
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.routing.from_config import rule_set
+from tests.wait import wait_for
 
 SVC = "com.x.Svc"
 A, B = "10.0.0.1:20882", "10.0.0.2:20882"
@@ -98,17 +99,18 @@ async def test_each_request_keeps_its_own_timeout_when_its_plan_is_memoised() ->
         )
         h.batcher.flush()
     assert len(h.fwd.planner.heads) == 1  # requests 2 and 3 took the memoised plan
-    await asyncio.sleep(0.4)
+    await wait_for(lambda: len(answers) >= 2, 1.5, "the 80 and 250 ms timeouts", interval=0.01)
     got = {}
     for when, data in answers:
         frame = FrameParser().feed(data)[0]
         got[frame.request_id] = (when - start, frame.status, frame.body)
-    assert sorted(got) == [2, 3]  # request 1 is still waiting for its 2 s
+    assert list(got) == [2, 3]  # in deadline order; request 1 is still waiting for its 2 s
     for request_id, timeout_ms in ((2, 80), (3, 250)):
         elapsed, status, body = got[request_id]
         assert status == Status.CLIENT_TIMEOUT
+        # Its own deadline: named in the answer, and never earlier (a loaded machine is only later).
         assert f"timeout after {timeout_ms} ms".encode() in body
-        assert timeout_ms / 1000 - 0.002 <= elapsed <= timeout_ms / 1000 + 0.06, (request_id, elapsed)
+        assert elapsed >= timeout_ms / 1000 - 0.002, (request_id, elapsed)
 
 
 async def test_a_reloaded_default_timeout_reaches_memoised_plans() -> None:
@@ -124,12 +126,12 @@ async def test_a_reloaded_default_timeout_reaches_memoised_plans() -> None:
     start = loop.time()
     h.down.data_received(encode_request(2, SVC, "m", ["x"]))
     h.batcher.flush()
-    await asyncio.sleep(0.25)
+    await wait_for(lambda: answers, 1.5, "request 2's 60 ms timeout", interval=0.01)
     assert len(answers) == 1, answers  # request 1 still has its 3 s
     when, data = answers[0]
     frame = FrameParser().feed(data)[0]
     assert frame.request_id == 2 and frame.status == Status.SERVER_TIMEOUT
-    assert b"timeout after 60 ms" in frame.body and when - start <= 0.15
+    assert b"timeout after 60 ms" in frame.body and when - start >= 0.058
 
 
 async def test_requests_answered_while_a_read_is_sent_leave_no_deadline_behind() -> None:

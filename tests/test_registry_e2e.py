@@ -14,8 +14,17 @@ import pytest
 from kazoo.client import KazooClient
 
 from regproxy.demo.client import DubboClient, DubboError
+from tests.sidecars import SidecarProc
 from tests.topology import GREET, VERSION, Traffic, World, leaves, pub_body, set_weight_by_hand
 from tests.wait import wait_for
+
+
+async def routes_to(consumer: SidecarProc, weights: dict[str, int]) -> bool:
+    """Whether the consumer's sidecar has exactly these providers of GREET, with these weights (its
+    egress routes by the same list)."""
+    status, body = await consumer.post("/sub", {"service": {"interface": GREET, "version": VERSION}})
+    assert status == 200, body
+    return {p["address"]: p["weight"] for p in body["providers"]} == weights
 
 
 async def test_publish_subscribe_call_spread_and_weights(world: World, zk: KazooClient) -> None:
@@ -58,21 +67,30 @@ async def test_publish_subscribe_call_spread_and_weights(world: World, zk: Kazoo
         assert status == 200
         await wait_for(lambda: app_c.services.count("sayHi") > 0, 2.0, "traffic on the second provider")
 
-        # Weight changed in ZooKeeper by hand (delete + create, as operators' tools do): the split follows.
+        # Weight changed in ZooKeeper by hand (delete + create, as operators' tools do): once the
+        # consumer's sidecar has it, the split of the next 200 calls follows.
         await set_weight_by_hand(zk, c.ingress, 300)
-        await asyncio.sleep(0.5)
+        weights = {f"127.0.0.1:{b.ingress}": 100, f"127.0.0.1:{c.ingress}": 300}
+        await wait_for(lambda: routes_to(a, weights), 10, "the new weight at the consumer")
+        sent = traffic.sent
+        await wait_for(lambda: traffic.sent > sent + 1, 10, "a call routed by the new weights")
         before = Counter(b=app_b.services.count("sayHi"), c=app_c.services.count("sayHi"))
-        await asyncio.sleep(2.0)
+        sent = traffic.sent
+        await wait_for(lambda: traffic.sent >= sent + 200, 30, "200 calls at the new weights")
         got = Counter(b=app_b.services.count("sayHi"), c=app_c.services.count("sayHi"))
         got.subtract(before)
         assert got["c"] > 2 * got["b"] > 0, got  # 300:100 -> 3:1
 
-        # One unpublished: after 2 s no request goes to it and none fails.
+        # One unpublished: once the consumer's sidecar no longer lists it, no request goes to it and
+        # none fails.
         status, un = await b.post("/unpub", pub_body(app_b.port))
         assert status == 200 and un == {"err_no": 0, "err_msg": "unpub success"}
-        await asyncio.sleep(2.0)
-        failures_then, count_b = len(traffic.failures), app_b.services.count("sayHi")
-        await asyncio.sleep(1.0)
+        only_c = {f"127.0.0.1:{c.ingress}": 300}
+        await wait_for(lambda: routes_to(a, only_c), 10, "the consumer to drop the unpublished one")
+        sent = traffic.sent
+        await wait_for(lambda: traffic.sent > sent + 1, 10, "a call routed without it")
+        failures_then, count_b, sent = len(traffic.failures), app_b.services.count("sayHi"), traffic.sent
+        await wait_for(lambda: traffic.sent >= sent + 100, 30, "100 more calls")
         assert app_b.services.count("sayHi") == count_b
         assert len(traffic.failures) == failures_then
     finally:

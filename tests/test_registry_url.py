@@ -192,7 +192,7 @@ def test_parse_decodes_values_with_percent() -> None:
         ("dubbo://h h:1/p", "invalid host"),
     ],
 )
-def test_parse_garbage(text: str, reason: str) -> None:
+def test_parse_refuses_malformed_text_naming_why(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         DubboURL.parse(text)
 
@@ -200,7 +200,7 @@ def test_parse_garbage(text: str, reason: str) -> None:
 # --- construction, str(), round trips -------------------------------------------------------------
 
 
-def test_constructor_validates() -> None:
+def test_constructor_refuses_bad_port_host_path_and_parameters() -> None:
     with pytest.raises(ValueError, match="invalid port"):
         DubboURL("dubbo", "h", 65536, "p")
     with pytest.raises(ValueError, match="invalid port"):
@@ -253,7 +253,9 @@ _values = st.text(_chars, max_size=20)
     path=st.text(_chars, max_size=30).filter(lambda p: "?" not in p),
     params=st.dictionaries(_keys, _values, max_size=6),
 )
-def test_round_trip(protocol: str, host: str, port: int, path: str, params: dict[str, str]) -> None:
+def test_a_url_reads_back_from_its_encoded_and_text_forms(
+    protocol: str, host: str, port: int, path: str, params: dict[str, str]
+) -> None:
     u = DubboURL(protocol, host, port, path, params)
     assert DubboURL.parse(java_url_decode(u.encoded())) == u
     assert DubboURL.parse(str(u)) == u
@@ -265,7 +267,7 @@ def test_round_trip(protocol: str, host: str, port: int, path: str, params: dict
 @pytest.mark.parametrize(
     ("weight", "expected"), [(None, 100), ("0", 0), ("250", 250), ("-5", 0), ("x", 100), ("", 100)]
 )
-def test_weight(weight: str | None, expected: int) -> None:
+def test_weight_defaults_to_100_and_clamps_negatives_to_0(weight: str | None, expected: int) -> None:
     u = _prov() if weight is None else _prov(weight=weight)
     assert u.weight == expected
 
@@ -285,7 +287,7 @@ def test_weight(weight: str | None, expected: int) -> None:
         ({"disabled": "true", "enabled": "true"}, False),
     ],
 )
-def test_enabled(params: dict[str, str], enabled: bool) -> None:
+def test_enabled_only_for_true_or_unset_and_disabled_wins(params: dict[str, str], enabled: bool) -> None:
     assert _prov(**params).enabled is enabled
 
 

@@ -345,7 +345,7 @@ def test_groups_and_versions_route_to_separate_clusters() -> None:
     assert table.match(SVC, "2.0.0", "m", "g9").cluster == "v2-any"
 
 
-def test_needs_group() -> None:
+def test_needs_group_when_a_route_of_the_service_matches_on_group() -> None:
     table = _table(
         _route("grouped", service=SVC, group="g"),
         _route("plain", service=OTHER),
@@ -379,7 +379,7 @@ def test_group_check_is_skipped_when_other_fields_already_fail() -> None:
 # --- snapshots ---------------------------------------------------------------------------------
 
 
-def test_versions_increase() -> None:
+def test_every_new_table_has_a_higher_version() -> None:
     a, b = RoutingTable(), RoutingTable()
     assert b.version > a.version
     assert a.with_changes().version > b.version

@@ -78,7 +78,7 @@ def test_issue_format_parses_and_compiles() -> None:
 @pytest.mark.parametrize(
     ("value", "ms"), [("3s", 3000), ("250ms", 250), (1500, 1500), ("1.5s", 1500), ("2m", 120000)]
 )
-def test_durations(value: Any, ms: int) -> None:
+def test_route_timeout_takes_durations_with_units_or_milliseconds(value: Any, ms: int) -> None:
     c = config({"name": "r", "route": {"timeout": value}})
     assert c.routes[0].timeout == ms
 

@@ -223,6 +223,10 @@ async def test_async_call_waits_for_a_sidecar_that_starts_later(tmp_path: Path) 
             await asyncio.gather(call, return_exceptions=True)
 
 
+# The clients' default start_timeout: a call that gave up before it kept to the one it was given.
+DEFAULT_START_TIMEOUT_S = 10.0
+
+
 @pytest.mark.slow
 async def test_no_sidecar_gives_up_after_start_timeout() -> None:
     url = f"http://127.0.0.1:{free_port()}"
@@ -230,7 +234,9 @@ async def test_no_sidecar_gives_up_after_start_timeout() -> None:
     with pytest.raises(RegproxyConnectionError) as err:
         await asyncio.to_thread(RegproxyClient(url, start_timeout=0.5).subscribe, GREET)
     elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed < 3
+    # Retried for the 0.5 s it was given (never less; a loaded machine only makes it longer), then
+    # gave up, long before the default's 10 s; the error says for how long it tried.
+    assert 0.5 <= elapsed < DEFAULT_START_TIMEOUT_S
     e = err.value
     assert isinstance(e, RegproxyError) and e.err_no == ERR_NO_REPLY and e.http_status is None
     assert "connection refused" in e.err_msg and "0.5 s" in e.err_msg and url in e.err_msg
@@ -239,16 +245,39 @@ async def test_no_sidecar_gives_up_after_start_timeout() -> None:
     async with AsyncRegproxyClient(url, start_timeout=0.5) as rp:
         with pytest.raises(RegproxyConnectionError) as err:
             await rp.publish(GREET, port=1)
-    assert 0.5 <= time.monotonic() - started < 3
+    assert 0.5 <= time.monotonic() - started < DEFAULT_START_TIMEOUT_S
     assert err.value.err_no == ERR_NO_REPLY and "connection refused" in err.value.err_msg
+    assert "0.5 s" in err.value.err_msg
 
 
 async def test_start_timeout_zero_does_not_retry() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
-    with pytest.raises(RegproxyConnectionError):
-        await asyncio.to_thread(RegproxyClient(url, start_timeout=0).subscribe, GREET)
-    assert time.monotonic() - started < 0.5
+    # Counted at a sidecar that answers 503 (registry unavailable), which is retried like a refused
+    # connection while a start_timeout lasts.
+    calls: list[str] = []
+
+    async def unavailable(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.json_response({"err_no": 3, "err_msg": "registry connecting"}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/sub", unavailable)
+    runner, url = await _serve(app)
+    try:
+        with pytest.raises(RegproxyError) as err:
+            await asyncio.to_thread(RegproxyClient(url, start_timeout=0).subscribe, GREET)
+        assert err.value.err_no == 3 and calls == ["/sub"]
+        async with AsyncRegproxyClient(url, start_timeout=0) as rp:
+            with pytest.raises(RegproxyError) as err:
+                await rp.subscribe(GREET)
+        assert err.value.err_no == 3 and calls == ["/sub", "/sub"]
+    finally:
+        await runner.cleanup()
+    # A refused connection is reported as it is, not as a start_timeout that ran out.
+    nobody = RegproxyClient(f"http://127.0.0.1:{free_port()}", start_timeout=0)
+    with pytest.raises(RegproxyConnectionError) as refused:
+        await asyncio.to_thread(nobody.subscribe, GREET)
+    assert "connection refused" in refused.value.err_msg
+    assert "is the regproxy sidecar running there?" not in refused.value.err_msg
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -293,7 +322,7 @@ async def test_unavailable_registry_is_retried_then_reported() -> None:
         started = time.monotonic()
         with pytest.raises(RegproxyError) as err:
             await asyncio.to_thread(RegproxyClient(url, start_timeout=0.4).publish, "a.B", port=1)
-        assert 0.4 <= time.monotonic() - started < 3
+        assert 0.4 <= time.monotonic() - started < DEFAULT_START_TIMEOUT_S
         assert (err.value.err_no, err.value.status, err.value.err_msg) == (3, 503, "registry down")
     finally:
         await runner.cleanup()

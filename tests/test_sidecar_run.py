@@ -164,7 +164,7 @@ def _as_flags(settings: dict[str, Any]) -> list[str]:
 # --- data_dir is checked at start ------------------------------------------------------------------
 
 
-def test_data_dir_problems(tmp_path: Path) -> None:
+def test_data_dir_problem_says_what_is_wrong_with_the_path(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert data_dir_problem(str(a_file)) == f"{a_file} is not a directory"

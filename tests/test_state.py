@@ -88,7 +88,7 @@ async def test_save_later_coalesces_and_flush_writes_what_is_pending(tmp_path: P
         state.n = i
         writer.save_later(0.05)
     assert writer.pending and store.saved == []
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: writer.writes and not writer.pending, 5, "the coalesced write")
     assert writer.writes == 1 and store.load().subscriptions == [{"n": 49}]
     state.n = 99
     writer.save_later(60)

@@ -235,11 +235,13 @@ async def test_stalled_handshake_is_dropped_after_the_timeout(pki: Pki) -> None:
     try:
         reader, writer = await asyncio.open_connection(*ingress.address)
         started = time.monotonic()
+        # Closed by the server (EOF), not left open: within ten times the timeout, however loaded
+        # the machine; and not before the timeout (a load only makes that later).
         assert await asyncio.wait_for(reader.read(1), 5) == b""
         elapsed = time.monotonic() - started
         writer.close()
         print(f"stalled handshake closed after {elapsed * 1000:.0f} ms")
-        assert 0.4 <= elapsed < 2.0
+        assert elapsed >= 0.4
         assert ingress.forwarder is not None and not ingress.forwarder.downstreams
     finally:
         await ingress.stop()

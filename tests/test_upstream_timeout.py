@@ -208,7 +208,7 @@ def test_keepalive_probes_reach_the_bound() -> None:
         assert gives_up == max(bound_ms / 1000, 2), bound_ms
 
 
-def test_user_timeout_config() -> None:
+def test_user_timeout_ms_defaults_to_10_s_and_refuses_out_of_range_values() -> None:
     assert Config.from_dict({}).upstream.user_timeout_ms == 10_000
     assert Config.from_dict({"upstream": {"user_timeout_ms": 0}}).upstream.user_timeout_ms == 0
     assert Config.from_dict({"upstream": {"user_timeout_ms": 1000}}).upstream.user_timeout_ms == 1000

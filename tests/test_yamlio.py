@@ -68,7 +68,7 @@ def test_core_schema_scalars(text: str, expected: Any) -> None:
     assert yamlio.load(f"- {text}\n") == [expected]
 
 
-def test_nan() -> None:
+def test_dot_nan_in_each_of_its_spellings_is_nan() -> None:
     for text in (".nan", ".NaN", ".NAN"):
         assert math.isnan(yamlio.load(f"v: {text}")["v"])
 
