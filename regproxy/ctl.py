@@ -11,10 +11,9 @@ when the sidecar has ``admin_token`` or ``auth_token`` (``--token``, ``REGPROXY_
 ``REGPROXY_AUTH_TOKEN``, sent as ``Authorization: Bearer`` on every request, reading ones
 included). Failures go to stderr (the endpoint's err_msg) with exit code 1.
 
-Only the standard library is used (urllib), so the command starts instantly and works from a
-minimal image. The tables are built from the JSON by looking for the records (a cluster is an
-object with ``hosts``, a publication one with ``interface``, ...) wherever the endpoint nests
-them, so grouping changes in the admin API (by listener, by registry) still print.
+Every reply is parsed with the model the admin server built it from (regproxy/api/admin_models.py),
+and the tables read its typed fields: a reply that does not fit is an error naming the field, not
+a table of dashes. HTTP is plain urllib (no event loop), so the command starts quickly.
 """
 
 from __future__ import annotations
@@ -28,10 +27,26 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlencode, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from regproxy.routing.model import service_label
+from pydantic import BaseModel, ValidationError
+
+from regproxy.api.admin_models import (
+    Clusters,
+    ConfigDump,
+    Draining,
+    LogLevelReply,
+    LogLevelSet,
+    Publications,
+    Readiness,
+    Reloaded,
+    SavedStateSummary,
+    Stats,
+    Subscriptions,
+)
+from regproxy.api.models import ErrorReply
+from regproxy.config import LOG_LEVELS
 
 __all__ = ["DEFAULT_ADMIN", "TOKEN_ENV", "AdminClient", "CtlError", "format_table", "main"]
 
@@ -39,9 +54,8 @@ PROG = "regproxy ctl"
 DEFAULT_ADMIN = "127.0.0.1:34901"
 TOKEN_ENV = "REGPROXY_ADMIN_TOKEN"
 AUTH_TOKEN_ENV = "REGPROXY_AUTH_TOKEN"  # the sidecar's auth_token, used when TOKEN_ENV is unset
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_LISTENERS = ("egress", "ingress")
-_NO_DESCENT = frozenset({"metadata", "params", "parameters", "attachments"})
+
+Reply = TypeVar("Reply", bound=BaseModel)
 
 
 class CtlError(Exception):
@@ -74,11 +88,21 @@ class AdminClient:
     token: str | None = None
     timeout: float = 10.0
 
-    def get(self, path: str, *, accept: Iterable[int] = ()) -> tuple[int, Any]:
-        return self.request("GET", path, accept=accept)
-
-    def post(self, path: str, body: Any = None) -> tuple[int, Any]:
-        return self.request("POST", path, body)
+    def call(
+        self, method: str, path: str, model: type[Reply], body: Any = None, *, accept: Iterable[int] = ()
+    ) -> tuple[Any, Reply]:
+        """The reply as decoded JSON (what --json prints) and parsed by ``model``. CtlError when the
+        endpoint refuses (see :meth:`request`) or the reply is not ``model``'s."""
+        _status, payload = self.request(method, path, body, accept=accept)
+        try:
+            return payload, model.model_validate(payload)
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            where = ".".join(map(str, first["loc"])) or "the reply"
+            raise CtlError(
+                f"{method} {path}: not the reply of a regproxy admin endpoint ({where}: {first['msg']}); "
+                f"is {self.base_url} one, of a version this ctl knows?"
+            ) from None
 
     def request(
         self, method: str, path: str, body: Any = None, *, accept: Iterable[int] = ()
@@ -138,13 +162,12 @@ def _decode(raw: bytes) -> Any:
 
 
 def _error_message(payload: Any, raw: bytes) -> str:
-    if isinstance(payload, Mapping):
-        for key in ("err_msg", "error", "message", "detail"):
-            value = payload.get(key)
-            if isinstance(value, str) and value:
-                return value
-    text = raw.decode("utf-8", "replace").strip().splitlines()
-    return text[0][:200] if text else "no details"
+    """The err_msg of the endpoint's error reply; else (a proxy's page, say) its first line."""
+    try:
+        return ErrorReply.model_validate(payload).err_msg
+    except ValidationError:
+        text = raw.decode("utf-8", "replace").strip().splitlines()
+        return text[0][:200] if text else "no details"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,298 +208,75 @@ def _cell(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Finding records in the admin JSON
-
-Record = tuple[Mapping[str, Any], dict[str, str]]  # the object, and context from its ancestors
-
-
-def find_records(data: Any, is_record: Callable[[Mapping[str, Any]], bool]) -> list[Record]:
-    """Every object ``is_record`` accepts, in order, with the listener / registry / key it sits under."""
-    out: list[Record] = []
-    _walk(data, is_record, {}, out)
-    return out
-
-
-def _walk(
-    data: Any, is_record: Callable[[Mapping[str, Any]], bool], ctx: dict[str, str], out: list[Record]
-) -> None:
-    if isinstance(data, list):
-        for item in data:
-            _walk(item, is_record, ctx, out)
-        return
-    if not isinstance(data, Mapping):
-        return
-    if is_record(data):
-        out.append((data, ctx))
-        return
-    ctx = dict(ctx)
-    name = data.get("name", data.get("registry"))
-    if isinstance(name, str) and "://" in name:  # a per-registry group: {"name": "zookeeper://...", ...}
-        ctx["registry"] = name
-        if isinstance(data.get("state"), str):
-            ctx["registry_state"] = data["state"]
-    for key, value in data.items():
-        if key in _NO_DESCENT or not isinstance(value, Mapping | list):
-            continue
-        sub = dict(ctx)
-        if key in _LISTENERS:
-            sub["listener"] = key
-        elif "://" in key:
-            sub["registry"] = key
-            if isinstance(value, Mapping) and isinstance(value.get("state"), str):
-                sub["registry_state"] = value["state"]
-        if isinstance(value, Mapping) and is_record(value):
-            sub["key"] = key  # {"name": {...record...}}: the key is its name
-        _walk(value, is_record, sub, out)
-
-
-def _pick(d: Mapping[str, Any], *names: str, default: Any = None) -> Any:
-    for n in names:
-        if n in d and d[n] is not None:
-            return d[n]
-    return default
-
-
-def _service_label(rec: Mapping[str, Any], ctx: Mapping[str, str]) -> str:
-    """``group/interface:version``, as regproxy names clusters."""
-    for key in ("service", "cluster"):
-        value = rec.get(key)
-        if isinstance(value, str) and value:
-            return value
-    interface = rec.get("interface")
-    if not isinstance(interface, str):
-        return str(rec.get("key") or ctx.get("key") or "?")
-    # Whatever JSON the fields hold, as text; "*" may be a subscription's "any version".
-    version, group = str(rec.get("version") or ""), str(rec.get("group") or "")
-    return service_label(interface, version, group, any_version=True)
-
-
-def _registry_states(data: Any) -> dict[str, str]:
-    """Registry name -> state from wherever the reply lists them (top level or nested once)."""
-    states: dict[str, str] = {}
-    if not isinstance(data, Mapping):
-        return states
-    for holder in (data, data.get("detail"), data.get("registry")):
-        if not isinstance(holder, Mapping):
-            continue
-        for key in ("registries", "states", "registry_states"):
-            regs = holder.get(key)
-            if isinstance(regs, Mapping):
-                for name, value in regs.items():
-                    state = _state_of(value)
-                    if state is not None:
-                        states[str(name)] = state
-            elif isinstance(regs, list):
-                for item in regs:
-                    name = _pick(item, "name", "registry") if isinstance(item, Mapping) else None
-                    state = _state_of(item)
-                    if isinstance(name, str) and state is not None:
-                        states[name] = state
-    return states
-
-
-def _state_of(value: Any) -> str | None:
-    """A registry's state given as "connected" or as {"state": "connected", ...}."""
-    if isinstance(value, Mapping):
-        value = value.get("state")
-    return value if isinstance(value, str) else None
-
-
-@dataclass
-class _RegEntry:
-    name: str | None
-    state: str | None = None
-    registered: bool | None = None
-    providers: int | None = None
-
-
-def _count(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, list):
-        return len(value)
-    if isinstance(value, Mapping):
-        return sum(_count(v) or 0 for v in value.values())
-    return None
-
-
-def _per_registry(
-    rec: Mapping[str, Any], ctx: Mapping[str, str], states: Mapping[str, str]
-) -> list[_RegEntry]:
-    """One entry per registry a publication or subscription is on, with what is known of each."""
-    regs = _pick(rec, "registries", "registry")
-    entries: list[_RegEntry] = []
-    if isinstance(regs, str):
-        regs = [regs]
-    if isinstance(regs, Mapping):
-        for name, value in regs.items():
-            entry = _RegEntry(str(name))
-            if isinstance(value, str):
-                entry.state = value
-            elif isinstance(value, bool):
-                entry.registered = value
-            elif isinstance(value, Mapping):
-                entry.state = _pick(value, "state")
-                entry.registered = _pick(value, "registered", "watching")
-                entry.providers = _count(value.get("providers"))
-            entries.append(entry)
-    elif isinstance(regs, list):
-        for value in regs:
-            if isinstance(value, str):
-                entries.append(_RegEntry(value))
-            elif isinstance(value, Mapping):
-                entries.append(
-                    _RegEntry(
-                        _pick(value, "name", "registry", "url"),
-                        _pick(value, "state"),
-                        _pick(value, "registered", "watching"),
-                        _count(value.get("providers")),
-                    )
-                )
-    if not entries:
-        entries.append(_RegEntry(ctx.get("registry")))
-    registered = rec.get("registered")
-    providers = rec.get("providers")
-    for entry in entries:
-        if entry.state is None:
-            entry.state = _pick(rec, "state") or ctx.get("registry_state") or states.get(entry.name or "")
-        if entry.registered is None:
-            if isinstance(registered, bool):
-                entry.registered = registered
-            elif isinstance(registered, list) and entry.name is not None:
-                entry.registered = entry.name in registered
-        if entry.providers is None:
-            if isinstance(providers, Mapping) and entry.name in providers:
-                entry.providers = _count(providers[entry.name])
-            else:
-                entry.providers = _count(providers)
-    return entries
-
-
-def _metadata_summary(meta: Any, limit: int = 60) -> str:
-    if not isinstance(meta, Mapping) or not meta:
-        return "-"
-    shown = [k for k in ("application", "version", "group", "release", "zone") if meta.get(k)]
-    text = " ".join(f"{k}={meta[k]}" for k in shown)
-    if not shown:  # none of the usual keys: the first few, whatever they are
-        shown = list(meta)[:3]
-        text = " ".join(f"{k}={meta[k]}" for k in shown)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    rest = len(meta) - len(shown)
-    return f"{text} +{rest}" if rest > 0 else text
-
-
-# --------------------------------------------------------------------------------------------------
 # Commands: each returns (JSON to print with --json, text to print otherwise, exit code)
 
 Result = tuple[Any, str, int]
 
 
 def cmd_status(client: AdminClient, args: argparse.Namespace) -> Result:
-    status, ready_body = client.get("/readyz", accept=(503,))
-    _s, stats = client.get("/api/v1/stats")
-    ready = ready_body.get("ready") if isinstance(ready_body, Mapping) else None
-    if not isinstance(ready, bool):
-        ready = status < 400
-    data = {"ready": ready, "readyz": ready_body, "stats": stats}
-    return data, render_status(client.base_url, ready, ready_body, stats), 0
+    ready_json, ready = client.call("GET", "/readyz", Readiness, accept=(503,))
+    stats_json, stats = client.call("GET", "/api/v1/stats", Stats)
+    data = {"ready": ready.ready, "readyz": ready_json, "stats": stats_json}
+    return data, render_status(client.base_url, ready, stats), 0
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _restored(done: bool, saved: Any) -> str:
+def _restored(done: bool, saved: SavedStateSummary | None) -> str:
     """What the start-up restore brought back: ``restored`` only says the step is over, the
     ``saved_state`` beside it what the state file held (a brand-new sidecar has none)."""
     if not done:
         return "not yet"
-    if not isinstance(saved, Mapping):  # a sidecar that does not say (no state store, or older)
+    if saved is None:  # no state file to restore from
         return "done"
-    pubs, subs = int(saved.get("publications") or 0), int(saved.get("subscriptions") or 0)
-    if pubs or subs:
-        return f"yes ({_plural(pubs, 'publication')}, {_plural(subs, 'subscription')})"
-    if saved.get("error"):
-        return f"no (state file {saved['error']})"
-    if saved.get("found"):
+    if saved.publications or saved.subscriptions:
+        pubs, subs = _plural(saved.publications, "publication"), _plural(saved.subscriptions, "subscription")
+        return f"yes ({pubs}, {subs})"
+    if saved.error:
+        return f"no (state file {saved.error})"
+    if saved.found:
         return "no (the state file held nothing)"
-    return f"no (a new sidecar: no {saved.get('file') or 'state file'} yet)"
+    return f"no (a new sidecar: no {saved.file} yet)"
 
 
-def render_status(where: str, ready: bool, ready_body: Any, stats: Any) -> str:
-    detail = ready_body.get("detail", ready_body) if isinstance(ready_body, Mapping) else {}
-    if not isinstance(detail, Mapping):
-        detail = {}
-    states = _registry_states(ready_body) or _registry_states(stats)
-    restored = detail.get("restored")
-    draining = _pick(
-        detail, "draining", default=stats.get("draining") if isinstance(stats, Mapping) else None
+def render_status(where: str, ready: Readiness, stats: Stats) -> str:
+    detail = ready.detail
+    head = (
+        "READY" if ready.ready else "NOT READY" + (f" ({'; '.join(ready.reasons)})" if ready.reasons else "")
     )
-    cache = detail.get("serving_from_cache") or []
-    reasons = (
-        _pick(ready_body, "reasons", default=detail.get("reasons"))
-        if isinstance(ready_body, Mapping)
-        else None
-    )
-    if isinstance(reasons, list):  # the endpoint spells them out
-        why = [str(r) for r in reasons]
-    else:
-        why = ["draining"] if draining else []
-        if restored is False:
-            why.append("state not restored yet")
-        why += [f"registry {name} is {state}" for name, state in states.items() if state != "connected"]
-    head = "READY" if ready else "NOT READY" + (f" ({'; '.join(why)})" if why else "")
-    lines = [f"regproxy at {where}: {head}"]
-    facts = []
-    if isinstance(stats, Mapping) and isinstance(stats.get("uptime_s"), int | float):
-        facts.append(f"uptime {_duration(stats['uptime_s'])}")
-    if restored is not None:
-        facts.append(f"state restored: {_restored(bool(restored), detail.get('saved_state'))}")
-    if draining is not None:
-        facts.append(f"draining: {_cell(bool(draining))}")
-    facts.append(f"serving from cache: {', '.join(map(str, cache)) if cache else 'nothing'}")
-    lines.append(", ".join(facts))
-    lines += ["", format_table(["REGISTRY", "STATE"], sorted(states.items())) if states else "no registries"]
-    listeners = [
-        (n, stats[n]) for n in _LISTENERS if isinstance(stats, Mapping) and isinstance(stats.get(n), Mapping)
+    cache = detail.serving_from_cache
+    facts = [
+        f"uptime {_duration(stats.uptime_s)}",
+        f"state restored: {_restored(detail.restored, detail.saved_state)}",
+        f"draining: {_cell(detail.draining)}",
+        f"serving from cache: {', '.join(cache) if cache else 'nothing'}",
     ]
-    if listeners:
-        rows = []
-        for name, s in listeners:
-            responses = s.get("responses") if isinstance(s.get("responses"), Mapping) else {}
-            errors = sum(int(n) for code, n in responses.items() if str(code) != "20")
-            rows.append(
-                [name, s.get("requests"), s.get("oneway"), errors, s.get("timeouts"), s.get("retries"),
-                 s.get("connect_failures"), s.get("downstream_connections"), s.get("rejected_connections")]
-            )  # fmt: skip
-        headers = ["LISTENER", "REQUESTS", "ONEWAY", "ERRORS", "TIMEOUTS", "RETRIES", "CONNECT FAILS",
-                   "CONNECTIONS", "REJECTED"]  # fmt: skip
-        lines += ["", format_table(headers, rows)]
-        latency = [
-            (name, key, h)
-            for name, s in listeners
-            if isinstance(s.get("latency"), Mapping)
-            for key, h in s["latency"].items()
-            if isinstance(h, Mapping)
-        ]
-        if latency:
-            latency.sort(key=lambda t: -(t[2].get("count") or 0))
-            rows = [[n, k, h.get("count"), _ms(h.get("p50")), _ms(h.get("p99"))] for n, k, h in latency[:15]]
-            lines += ["", format_table(["LISTENER", "SERVICE.METHOD", "CALLS", "P50", "P99"], rows)]
-            if len(latency) > 15:
-                lines.append(f"... and {len(latency) - 15} more (--json shows all)")
+    lines = [f"regproxy at {where}: {head}", ", ".join(facts), ""]
+    states = sorted(detail.registries.items())
+    lines.append(format_table(["REGISTRY", "STATE"], states) if states else "no registries")
+    listeners = (("egress", stats.egress), ("ingress", stats.ingress))
+    rows = [
+        [name, s.requests, s.oneway, sum(n for code, n in s.responses.items() if code != "20"), s.timeouts,
+         s.retries, s.connect_failures, s.downstream_connections, s.rejected_connections]
+        for name, s in listeners
+    ]  # fmt: skip
+    headers = ["LISTENER", "REQUESTS", "ONEWAY", "ERRORS", "TIMEOUTS", "RETRIES", "CONNECT FAILS",
+               "CONNECTIONS", "REJECTED"]  # fmt: skip
+    lines += ["", format_table(headers, rows)]
+    latency = [(name, key, h) for name, s in listeners for key, h in s.latency.items()]
+    if latency:
+        latency.sort(key=lambda t: -t[2].count)
+        rows = [[n, k, h.count, _ms(h.p50), _ms(h.p99)] for n, k, h in latency[:15]]
+        lines += ["", format_table(["LISTENER", "SERVICE.METHOD", "CALLS", "P50", "P99"], rows)]
+        if len(latency) > 15:
+            lines.append(f"... and {len(latency) - 15} more (--json shows all)")
     return "\n".join(lines)
 
 
-def _ms(seconds: Any) -> str:
-    if isinstance(seconds, str):
-        return seconds
-    if not isinstance(seconds, int | float):
-        return "-"
-    if seconds == float("inf"):
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
         return "> max bucket"
     return f"<={seconds * 1000:g}ms"  # the bound of the histogram bucket, not an exact value
 
@@ -493,197 +293,141 @@ def _duration(seconds: float) -> str:
     return f"{m}m{s}s" if m else f"{s}s"
 
 
+def _metadata_summary(meta: Mapping[str, str], limit: int = 60) -> str:
+    if not meta:
+        return "-"
+    shown = [k for k in ("application", "version", "group", "release", "zone") if meta.get(k)]
+    if not shown:  # none of the usual keys: the first few, whatever they are
+        shown = list(meta)[:3]
+    text = " ".join(f"{k}={meta[k]}" for k in shown)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    rest = len(meta) - len(shown)
+    return f"{text} +{rest}" if rest > 0 else text
+
+
 def cmd_clusters(client: AdminClient, args: argparse.Namespace) -> Result:
-    _s, data = client.get("/api/v1/clusters")
-    return data, render_clusters(data), 0
+    data, clusters = client.call("GET", "/api/v1/clusters", Clusters)
+    return data, render_clusters(clusters), 0
 
 
-def render_clusters(data: Any) -> str:
-    found = find_records(data, lambda d: isinstance(d.get("hosts"), list))
-    if not found:
+def render_clusters(reply: Clusters) -> str:
+    if not reply.clusters:
         return "no clusters"
-    by_listener = any("listener" in ctx or "listener" in rec for rec, ctx in found)
-    with_source = any("source" in rec for rec, _ctx in found)
-    rows = []
-    for rec, ctx in found:
-        name = _pick(rec, "name", "cluster", default=ctx.get("key", "?"))
-        prefix = [_pick(rec, "listener", default=ctx.get("listener"))] if by_listener else []
-        if with_source:
-            prefix.append(rec.get("source"))
-        hosts = [h for h in rec["hosts"] if isinstance(h, Mapping)]
-        if not hosts:
-            rows.append([*prefix, name, rec.get("lb"), "(no hosts)", None, None, None, None, None, None])
-        for h in hosts:
-            healthy = _pick(h, "healthy", "health")
-            health = ("healthy" if healthy else "unhealthy") if isinstance(healthy, bool) else healthy
+    rows: list[list[Any]] = []
+    for c in reply.clusters:
+        cluster = [c.listener, c.source, c.name, c.lb]
+        if not c.hosts:
+            rows.append([*cluster, "(no hosts)", None, None, None, None, None, None])
+        for h in c.hosts:
+            health = "healthy" if h.healthy else "unhealthy"
             rows.append(
-                [*prefix, name, rec.get("lb"), _pick(h, "address", "addr", "host"), h.get("weight"), health,
-                 _ejected(h), _pick(h, "active_requests", "active", "in_flight"),
-                 _pick(h, "total_requests", "requests", "total"), _metadata_summary(h.get("metadata"))]
+                [*cluster, h.address, h.weight, health, h.ejected, h.active_requests, h.total_requests,
+                 _metadata_summary(h.metadata)]
             )  # fmt: skip
-    headers = ["CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED", "ACTIVE", "TOTAL", "METADATA"]
-    prefix_headers = (["LISTENER"] if by_listener else []) + (["SOURCE"] if with_source else [])
-    return format_table([*prefix_headers, *headers], rows)
-
-
-def _ejected(host: Mapping[str, Any]) -> Any:
-    value = _pick(host, "ejected", "ejection")
-    if isinstance(value, Mapping):
-        value = _pick(value, "ejected", "state", "until")
-    return value
+    headers = ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED", "ACTIVE",
+               "TOTAL", "METADATA"]  # fmt: skip
+    return format_table(headers, rows)
 
 
 def cmd_routes(client: AdminClient, args: argparse.Namespace) -> Result:
-    _s, data = client.get("/api/v1/config_dump?allrouters")
-    return data, render_routes(data), 0
+    data, dump = client.call("GET", "/api/v1/config_dump?allrouters", ConfigDump)
+    return data, render_routes(dump), 0
 
 
-def _is_route(d: Mapping[str, Any]) -> bool:
-    return isinstance(d.get("match"), Mapping) or ("cluster" in d and ("retries" in d or "timeout_ms" in d))
-
-
-def render_routes(data: Any) -> str:
-    found = find_records(data, _is_route)
-    if not found:
+def render_routes(dump: ConfigDump) -> str:
+    rows = [
+        [listener, number, r.name, r.match.service, r.match.version, r.match.group, r.match.method, r.cluster,
+         f"{r.timeout_ms}ms" if r.timeout_ms is not None else "default", r.retries]
+        for listener, router in (dump.routers or {}).items()
+        for number, r in enumerate(router.routes, 1)  # routes are tried in order: show it
+    ]  # fmt: skip
+    if not rows:
         return "no routes"
-    by_listener = any("listener" in ctx for _r, ctx in found)
-    rows = []
-    numbers: dict[str | None, int] = {}
-    for rec, ctx in found:
-        listener = ctx.get("listener")
-        numbers[listener] = numbers.get(listener, 0) + 1  # routes are tried in order: show it
-        match = rec.get("match") if isinstance(rec.get("match"), Mapping) else rec
-        timeout = rec.get("timeout_ms")
-        name = _pick(rec, "name", default=ctx.get("key"))
-        rows.append(
-            [*([listener] if by_listener else []), numbers[listener], name,
-             match.get("service"), match.get("version"), match.get("group"), match.get("method"),
-             rec.get("cluster"), f"{timeout}ms" if timeout is not None else "default", rec.get("retries")]
-        )  # fmt: skip
-    headers = ["#", "ROUTE", "SERVICE", "VERSION", "GROUP", "METHOD", "CLUSTER", "TIMEOUT", "RETRIES"]
-    return format_table(["LISTENER", *headers] if by_listener else headers, rows)
-
-
-def _flatten_spec(rec: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = rec.get("spec")
-    return {**spec, **{k: v for k, v in rec.items() if k != "spec"}} if isinstance(spec, Mapping) else rec
+    headers = [
+        "LISTENER",
+        "#",
+        "ROUTE",
+        "SERVICE",
+        "VERSION",
+        "GROUP",
+        "METHOD",
+        "CLUSTER",
+        "TIMEOUT",
+        "RETRIES",
+    ]
+    return format_table(headers, rows)
 
 
 def cmd_publications(client: AdminClient, args: argparse.Namespace) -> Result:
-    _s, data = client.get("/api/v1/publications")
-    return data, render_publications(data), 0
+    data, pubs = client.call("GET", "/api/v1/publications", Publications)
+    return data, render_publications(pubs), 0
 
 
-def render_publications(data: Any) -> str:
-    found = find_records(
-        data, lambda d: isinstance(d.get("interface"), str) or isinstance(d.get("spec"), Mapping)
-    )
-    if not found:
+def render_publications(reply: Publications) -> str:
+    rows = [
+        [p.service, p.app_port, reg.registry, reg.state, p.registered, urlsplit(p.url).netloc]
+        for reg in reply.registries
+        for p in reg.publications
+    ]
+    if not rows:
         return "no publications"
-    states = _registry_states(data)
-    rows = []
-    for raw, ctx in found:
-        rec = _flatten_spec(raw)
-        url = rec.get("url")
-        advertised = urlsplit(url).netloc if isinstance(url, str) and "://" in url else None
-        port = _pick(rec, "app_port", "port")
-        for entry in _per_registry(rec, ctx, states):
-            rows.append(
-                [_service_label(rec, ctx), port, entry.name, entry.state, entry.registered, advertised]
-            )
     text = format_table(["SERVICE", "APP PORT", "REGISTRY", "STATE", "REGISTERED", "REGISTERED AS"], rows)
-    if isinstance(data, Mapping) and data.get("withdrawn"):
+    if reply.withdrawn:
         text += "\nwithdrawn from the registries: this sidecar is draining"
     return text
 
 
-def _is_subscription(d: Mapping[str, Any]) -> bool:
-    return isinstance(d.get("interface"), str) or "providers" in d or ("cluster" in d and "registries" in d)
-
-
 def cmd_subscriptions(client: AdminClient, args: argparse.Namespace) -> Result:
-    _s, data = client.get("/api/v1/subscriptions")
-    return data, render_subscriptions(data), 0
+    data, subs = client.call("GET", "/api/v1/subscriptions", Subscriptions)
+    return data, render_subscriptions(subs), 0
 
 
-def render_subscriptions(data: Any) -> str:
-    found = find_records(data, _is_subscription)
-    if not found:
+def render_subscriptions(reply: Subscriptions) -> str:
+    rows = [
+        [s.cluster, reg.registry, reg.state, len(s.providers), s.from_cache]
+        for reg in reply.registries
+        for s in reg.subscriptions
+    ]
+    if not rows:
         return "no subscriptions"
-    states = _registry_states(data)
-    cached: set[str] = set()
-    if isinstance(data, Mapping):
-        for key in ("from_cache", "serving_from_cache"):
-            if isinstance(data.get(key), list):
-                cached.update(map(str, data[key]))
-    rows = []
-    for raw, ctx in found:
-        rec = _flatten_spec(raw)
-        label = _service_label(rec, ctx)
-        from_cache = _pick(rec, "from_cache", "serving_from_cache", "cached", default=label in cached)
-        for entry in _per_registry(rec, ctx, states):
-            rows.append([label, entry.name, entry.state, entry.providers, from_cache])
     return format_table(["SERVICE", "REGISTRY", "STATE", "PROVIDERS", "FROM CACHE"], rows)
 
 
 def cmd_drain(client: AdminClient, args: argparse.Namespace) -> Result:
-    _s, data = client.post("/api/v1/drain")
-    return data, render_drain(client.base_url, data), 0
+    data, drain = client.call("POST", "/api/v1/drain", Draining)
+    return data, render_drain(client.base_url, drain), 0
 
 
-def render_drain(where: str, data: Any) -> str:
-    data = data if isinstance(data, Mapping) else {}
-    if data.get("err_msg") == "already draining":
+def render_drain(where: str, reply: Draining) -> str:
+    if not reply.started:
         return f"{where} is already draining"
-    grace, timeout = data.get("grace_s"), data.get("timeout_s")
-    serving = (
-        f"keeps serving {grace:g} s" if isinstance(grace, int | float) else "keeps serving a grace period"
-    )
-    finish = f"at most {timeout:g} s" if isinstance(timeout, int | float) else "bounded"
     return (
-        f"draining {where}: publications withdrawn; it {serving} so consumers see it, then finishes "
-        f"the requests in flight ({finish}) and exits"
+        f"draining {where}: publications withdrawn; it keeps serving {reply.grace_s:g} s so consumers see "
+        f"it, then finishes the requests in flight (at most {reply.timeout_s:g} s) and exits"
     )
 
 
 def cmd_reload(client: AdminClient, args: argparse.Namespace) -> Result:
-    _s, data = client.post("/api/v1/reload")
-    return (data, *render_reload(data))
+    data, reload = client.call("POST", "/api/v1/reload", Reloaded)
+    return (data, *render_reload(reload))
 
 
-def render_reload(data: Any) -> tuple[str, int]:
-    if not isinstance(data, Mapping):
-        return "reloaded", 0
-    if data.get("reloaded") is False:
-        return f"not reloaded: {data.get('reason') or data.get('err_msg') or 'no reason given'}", 1
-    changes = data.get("changes") or []
-    lines = [f"reloaded: {', '.join(map(str, changes)) if changes else 'no change'}"]
-    restart = data.get("needs_restart") or []
-    if restart:
-        lines.append(f"changed but only applied after a restart: {', '.join(map(str, restart))}")
+def render_reload(reply: Reloaded) -> tuple[str, int]:
+    if not reply.reloaded:
+        return f"not reloaded: {reply.reason or 'no reason given'}", 1
+    lines = [f"reloaded: {', '.join(reply.changes) if reply.changes else 'no change'}"]
+    if reply.needs_restart:
+        lines.append(f"changed but only applied after a restart: {', '.join(reply.needs_restart)}")
     return "\n".join(lines), 0
 
 
 def cmd_loglevel(client: AdminClient, args: argparse.Namespace) -> Result:
     if args.level is None:
-        _s, data = client.get("/api/v1/loglevel")
-        return data, f"log level: {_level_of(data)}", 0
-    level = args.level.lower()
-    # The level goes in the body and the query string, so either style of handler reads it.
-    _s, data = client.post("/api/v1/loglevel?" + urlencode({"level": level}), {"level": level})
-    new = _level_of(data) if _level_of(data) != "?" else level
-    was = _pick(data, "previous", "old", "was") if isinstance(data, Mapping) else None
-    return data, f"log level: {new}" + (f" (was {was})" if was else ""), 0
-
-
-def _level_of(data: Any) -> str:
-    if isinstance(data, str):
-        return data
-    if isinstance(data, Mapping):
-        value = _pick(data, "level", "log_level", "loglevel")
-        if isinstance(value, str):
-            return value
-    return "?"
+        data, current = client.call("GET", "/api/v1/loglevel", LogLevelReply)
+        return data, f"log level: {current.level}", 0
+    data, changed = client.call("POST", "/api/v1/loglevel", LogLevelSet, {"level": args.level})
+    return data, f"log level: {changed.level} (was {changed.previous})", 0
 
 
 COMMANDS: dict[str, tuple[Callable[[AdminClient, argparse.Namespace], Result], str]] = {

@@ -91,7 +91,8 @@ class SidecarProc:
                     f"sidecar {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
             try:
-                _r, w = await asyncio.open_connection("127.0.0.1", self.api)
+                # The admin listener binds last (Sidecar.start): once it answers, so do the others.
+                _r, w = await asyncio.open_connection("127.0.0.1", self.admin)
                 w.close()
                 return
             except OSError:

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 
+from regproxy.api import admin_models
 from regproxy.api.admin import check_caller, is_loopback
 from regproxy.config import load_config
 from regproxy.demo.client import DubboCallError, DubboClient
@@ -448,6 +451,7 @@ async def test_drain_reports_not_ready_then_stops(pair: Pair) -> None:
     assert pubs["withdrawn"] is True and pubs["registries"][0]["publications"][0]["registered"] is False
     m = samples(await pair.text(f"{node.admin}/metrics"))
     assert value(m, "regproxy_draining") == 1 and value(m, "regproxy_ready") == 0
+
     # The consumer sidecar sees the provider go (registry events are delivered on the loop).
     async def provider_gone() -> bool:
         _, subs = await pair.get(f"{pair.consumer.admin}/api/v1/subscriptions")
@@ -457,6 +461,100 @@ async def test_drain_reports_not_ready_then_stops(pair: Pair) -> None:
     await asyncio.wait_for(node.sidecar.run_until_stopped(), 5)
     status, dump = await pair.get(f"{node.admin}/api/v1/config_dump?alllisteners")
     assert [entry["accepting"] for entry in dump["listeners"]] == [False, False]
+
+
+# --- every reply is its model ----------------------------------------------------------------------
+
+# By name, as the document refers to them (ErrorReply is imported there too).
+REPLY_MODELS: dict[str, type[BaseModel]] = {
+    m.__name__: m for m in vars(admin_models).values() if isinstance(m, type) and issubclass(m, BaseModel)
+}
+GETS = (
+    "/", "/healthz", "/readyz", "/api/v1/config_dump", "/api/v1/clusters", "/api/v1/publications",
+    "/api/v1/subscriptions", "/api/v1/stats", "/api/v1/loglevel",
+    "/api/v1/config_dump?allrouters&alllisteners", f"/api/v1/config_dump?cluster={CLUSTER}",
+)  # fmt: skip
+
+
+async def test_every_reply_is_the_model_the_document_names(pair: Pair) -> None:
+    """Each endpoint's live reply (a sidecar with traffic, a publication, a subscription, health
+    checks) validates against the model its OpenAPI document names for that status, and that model
+    serialised again gives back the very reply: no key the model lacks, none it adds."""
+    client = await send_calls(pair.consumer)
+    consumer, provider = pair.consumer.admin, pair.provider.admin
+    _, doc = await pair.get(f"{consumer}/openapi.json")
+    seen: set[tuple[str, str, str]] = set()
+
+    async def check(method: str, url: str, **kw: Any) -> Any:
+        async with pair.http.request(method, url, **kw) as r:
+            status, body = r.status, await r.json()
+        path = url.split("/", 3)[3].split("?")[0]
+        ref = doc["paths"][f"/{path}"][method.lower()]["responses"][str(status)]["content"]
+        name = ref["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        reply = REPLY_MODELS[name].model_validate(body)
+        assert reply.model_dump(mode="json") == body, (method, url, name)
+        seen.add((f"/{path}", method.lower(), str(status)))
+        return body
+
+    try:
+        for base in (consumer, provider):
+            for path in GETS:
+                await check("GET", base + path)
+        stats = await check("GET", f"{consumer}/api/v1/stats")
+        assert stats["egress"]["latency"] and stats["health"]["hosts"]  # the deep parts were there to check
+        await check("GET", f"{consumer}/api/v1/config_dump?router=nope")  # 404, an ErrorReply
+        await check("POST", f"{consumer}/api/v1/loglevel", json={"level": "info"})
+        await check("POST", f"{consumer}/api/v1/loglevel", json={"level": "loud"})  # 400
+        await check("POST", f"{consumer}/api/v1/reload")
+        pair.consumer.rewrite(routes=[{"name": "r", "cluster": "missing"}])
+        refused = await check("POST", f"{consumer}/api/v1/reload")  # 400, the problems one by one
+        assert refused["errors"][0]["key"] == "routes[0].cluster"
+        await check("POST", f"{provider}/api/v1/drain")
+        await check("GET", f"{provider}/readyz")  # 503 now
+    finally:
+        client.close()
+    documented = {
+        (path, method, status)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        for status, response in op["responses"].items()
+        if int(status) < 400 and "application/json" in response.get("content", {}) and path != "/openapi.json"
+    }
+    assert documented <= seen, documented - seen
+
+
+def lost(reported: Any, parsed: Any, at: str = "") -> list[str]:
+    """Where ``parsed`` (a model's JSON) lost or changed what ``reported`` (the sidecar's) holds."""
+    if isinstance(reported, dict) and isinstance(parsed, dict):
+        return [p for k, v in reported.items() for p in lost(v, parsed.get(k, ...), f"{at}.{k}")]
+    if isinstance(reported, list) and isinstance(parsed, list) and len(reported) == len(parsed):
+        return [
+            p for i, (a, b) in enumerate(zip(reported, parsed, strict=True)) for p in lost(a, b, f"{at}[{i}]")
+        ]
+    return [] if reported == parsed else [at]
+
+
+async def test_the_models_keep_everything_the_sidecar_reports(pair: Pair) -> None:
+    """The admin server turns the sidecar's own dicts (stats, readiness, the pools' connections)
+    into models, which ignore keys they do not know: a key added there and not to the model would
+    vanish from the reply. So every key they hold must come through the model unchanged."""
+    client = await send_calls(pair.consumer)
+    try:
+        for node in (pair.consumer, pair.provider):
+            sc = node.sidecar
+            stats = orjson.loads(orjson.dumps(sc.stats()))  # as JSON has it (+Inf as null)
+            assert lost(stats, admin_models.Stats.model_validate(stats).model_dump(mode="json")) == []
+            detail = orjson.loads(orjson.dumps(sc.readiness()[1]))
+            parsed = admin_models.ReadinessDetail.model_validate(detail).model_dump(mode="json")
+            assert lost(detail, parsed) == []
+        assert pair.consumer.sidecar.egress.forwarder is not None
+        pools = pair.consumer.sidecar.egress.forwarder.pool.describe()
+        conns = [c for cs in pools.values() for c in cs]
+        assert conns and all(
+            lost(c, admin_models.Connection.model_validate(c).model_dump()) == [] for c in conns
+        )
+    finally:
+        client.close()
 
 
 # --- who may change things -------------------------------------------------------------------------

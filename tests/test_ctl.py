@@ -1,6 +1,6 @@
 """`regproxy ctl`: every subcommand's tables and --json against a real sidecar (`regproxy run`,
-memory://), its errors, and the formatting against a fake admin endpoint that nests its JSON
-differently."""
+memory://), its errors, and the formatting against a fake admin endpoint that answers what a sidecar
+in trouble would, built from the admin API's reply models."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from pydantic import BaseModel
 
 from regproxy import cli, ctl
+from regproxy.api import admin_models as am
+from regproxy.api.models import ErrorReply
 from regproxy.sdk import AsyncRegproxyClient
 from tests.ports import free_port
 from tests.sidecars import ROOT, SidecarProc
@@ -321,56 +324,160 @@ def test_cli_delegates_to_ctl(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- formatting, against a fake admin endpoint -----------------------------------------------------
 
-# Shapes deliberately unlike the real endpoint's (grouped by listener and by registry, keyed by
-# name, a "detail" object): the tables must come out the same.
-FAKE: dict[str, Any] = {
-    "/readyz": (
-        503,
-        {"ready": False, "detail": {"registries": {"zookeeper://zk:2181": "suspended"}, "restored": True,
-                                    "saved_state": {"found": True, "publications": 2, "subscriptions": 1},
-                                    "draining": False, "serving_from_cache": ["g/com.x.A:1"]}},
+# What a sidecar in trouble would answer, built from the admin API's own reply models, so the fake
+# cannot drift from the real endpoint: a registry suspended, hosts unhealthy and ejected, a
+# publication on two registries, latencies past the largest bucket.
+READYZ = am.Readiness(
+    status="not ready",
+    ready=False,
+    reasons=["registry zookeeper://zk:2181 is suspended"],
+    detail=am.ReadinessDetail(
+        registries={"zookeeper://zk:2181": "suspended"},
+        restored=True,
+        saved_state=am.SavedStateSummary(
+            file="/d/regproxy-state.json", found=True, publications=2, subscriptions=1, error=None
+        ),
+        draining=False,
+        serving_from_cache=["g/com.x.A:1"],
+        state_save=None,
     ),
-    "/api/v1/stats": (
-        200,
-        {"uptime_s": 3725.5,
-         "egress": {"requests": 1200, "oneway": 3, "responses": {"20": 1190, "31": 4, "70": 6},
-                    "timeouts": 4, "retries": 2, "connect_failures": 1, "downstream_connections": 5,
-                    "rejected_connections": 0,
-                    "latency": {"g/com.x.A:1.m": {"count": 1200, "p50": 0.001, "p99": 0.025},
-                                "g/com.x.A:1.n": {"count": 3, "p50": 0.0005, "p99": float("inf")}}},
-         "ingress": {"requests": 0, "responses": {}}},
+)
+
+
+def latency(count: int, p50: float, p99: float | None) -> am.Latency:
+    return am.Latency(count=count, sum=0.0, p50=p50, p99=p99, buckets={})
+
+
+STATS = am.Stats(
+    uptime_s=3725.5,
+    id="sc-1",
+    draining=False,
+    egress=am.ListenerCounters(
+        requests=1200,
+        oneway=3,
+        responses={"20": 1190, "31": 4, "70": 6},
+        timeouts=4,
+        retries=2,
+        connect_failures=1,
+        downstream_connections=5,
+        rejected_connections=0,
+        latency={"g/com.x.A:1.m": latency(1200, 0.001, 0.025), "g/com.x.A:1.n": latency(3, 0.0005, None)},
     ),
-    "/api/v1/clusters": (
-        200,
-        {"egress": {"g/com.x.A:1": {"lb": "least_request", "hosts": [
-            {"address": "10.0.0.5:20882", "weight": 100, "healthy": True, "ejection": {"ejected": False},
-             "active": 2, "requests": 700, "metadata": {"application": "a", "side": "provider"}},
-            {"address": "10.0.0.6:20882", "weight": 50, "healthy": False, "ejection": {"ejected": True},
-             "active": 0, "requests": 500, "metadata": {}}]},
-            "empty": {"lb": "random", "hosts": []}}},
-    ),
-    "/api/v1/config_dump": (
-        200,
-        {"routes": [{"name": "r1", "cluster": "g/com.x.A:1", "timeout_ms": 800, "retries": 1,
-                     "match": {"service": "com.x.A", "version": "1", "group": "g", "method": None}},
-                    {"name": "fallback", "match": {"service": "*"}, "cluster": "c2", "timeout_ms": None,
-                     "retries": 0}]},
-    ),
-    "/api/v1/publications": (
-        200,
-        {"publications": [{"spec": {"interface": "com.x.P", "version": "2", "group": "", "port": 20880},
-                           "url": "dubbo://10.0.0.9:20882/com.x.P?version=2",
-                           "registries": {"zookeeper://zk:2181": {"state": "connected", "registered": True},
-                                          "nacos://n:8848": {"state": "connecting", "registered": False}}}]},
-    ),
-    "/api/v1/subscriptions": (
-        200,
-        {"serving_from_cache": ["g/com.x.A:1"],
-         "registries": {"zookeeper://zk:2181": {"state": "suspended", "subscriptions": {
-             "g/com.x.A:1": {"providers": [{"address": "10.0.0.5:20882"}, {"address": "10.0.0.6:20882"}]}}}}},
-    ),
-    "/api/v1/loglevel": (200, {"log_level": "info"}),
-}  # fmt: skip
+    ingress=am.ListenerCounters(),
+    registry=am.RegistryCounters(states={"zookeeper://zk:2181": "suspended"}, events={}),
+    state_save=None,
+    health=am.HealthView(hosts={}, app_check={}, suspended_app_ports={}),
+)
+
+
+def host(address: str, weight: int, healthy: bool, active: int, total: int, **metadata: str) -> am.LiveHost:
+    return am.LiveHost(
+        address=address, weight=weight, healthy=healthy, ejected=not healthy, active_requests=active,
+        total_requests=total, connections=[], metadata=metadata,
+    )  # fmt: skip
+
+
+CLUSTERS = am.Clusters(
+    clusters=[
+        am.LiveCluster(
+            name="g/com.x.A:1",
+            listener="egress",
+            source="registry",
+            lb="least_request",
+            hosts=[
+                host("10.0.0.5:20882", 100, True, 2, 700, application="a", side="provider"),
+                host("10.0.0.6:20882", 50, False, 0, 500),
+            ],
+        ),
+        am.LiveCluster(name="empty", listener="egress", source="config", lb="random", hosts=[]),
+    ]
+)
+
+
+def route(
+    name: str, service: str, cluster: str, timeout_ms: int | None, retries: int, **match: str
+) -> am.RouteView:
+    return am.RouteView(
+        name=name,
+        match=am.RouteMatchView(
+            service=service, version=match.get("version"), group=match.get("group"), method=None
+        ),
+        cluster=cluster,
+        timeout_ms=timeout_ms,
+        retries=retries,
+    )
+
+
+ROUTERS = am.ConfigDump(
+    routers={
+        "egress": am.Router(
+            version=7,
+            routes=[
+                route("r1", "com.x.A", "g/com.x.A:1", 800, 1, version="1", group="g"),
+                route("fallback", "*", "c2", None, 0),
+            ],
+        ),
+        "ingress": am.Router(version=1, routes=[]),
+    }
+)
+
+
+def publication(registered: bool) -> am.PublicationView:
+    return am.PublicationView(
+        service="com.x.P:2", interface="com.x.P", version="2", group="", methods=["m"], application="p",
+        app_port=20880, url="dubbo://10.0.0.9:20882/com.x.P?version=2", registered=registered,
+    )  # fmt: skip
+
+
+PUBLICATIONS = am.Publications(
+    withdrawn=False,
+    registries=[
+        am.RegistryPublications(
+            registry="nacos://n:8848", state="connecting", publications=[publication(False)]
+        ),
+        am.RegistryPublications(
+            registry="zookeeper://zk:2181", state="connected", publications=[publication(True)]
+        ),
+    ],
+)
+SUBSCRIPTIONS = am.Subscriptions(
+    registries=[
+        am.RegistrySubscriptions(
+            registry="zookeeper://zk:2181",
+            state="suspended",
+            subscriptions=[
+                am.SubscriptionView(
+                    cluster="g/com.x.A:1",
+                    interface="com.x.A",
+                    version="1",
+                    group="g",
+                    watching=True,
+                    from_cache=True,
+                    providers=[
+                        am.ProviderView(address="10.0.0.5:20882", weight=100),
+                        am.ProviderView(address="10.0.0.6:20882", weight=100),
+                    ],
+                )
+            ],
+        )
+    ]
+)
+
+FAKE: dict[str, tuple[int, BaseModel | dict[str, Any]]] = {
+    "/readyz": (503, READYZ),
+    "/api/v1/stats": (200, STATS),
+    "/api/v1/clusters": (200, CLUSTERS),
+    "/api/v1/config_dump": (200, ROUTERS),
+    "/api/v1/publications": (200, PUBLICATIONS),
+    "/api/v1/subscriptions": (200, SUBSCRIPTIONS),
+    "/api/v1/loglevel": (200, am.LogLevelReply(level="info")),
+    # What an older ctl would have taken for clusters (grouped by listener, keyed by name).
+    "/odd": (200, {"egress": {"g/com.x.A:1": {"lb": "random", "hosts": []}}}),
+}
+
+
+def as_json(reply: BaseModel | dict[str, Any]) -> Any:
+    return reply.model_dump(mode="json") if isinstance(reply, BaseModel) else reply
 
 
 class FakeAdmin:
@@ -382,18 +489,25 @@ class FakeAdmin:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append((request.method, request.path_qs, request.headers.get("Authorization"), body))
+        reply: BaseModel
         if request.method == "POST":
             if request.headers.get("Authorization") != "Bearer sekret":
-                return web.json_response({"err_no": 9, "err_msg": "wrong admin token"}, status=403)
+                reply = ErrorReply(err_no=9, err_msg="wrong admin token")
+                return web.json_response(as_json(reply), status=403)
             if request.path == "/api/v1/reload":
-                return web.json_response({"reloaded": False, "reason": "no config file to re-read"})
+                why = "no config file to re-read"
+                reply = am.Reloaded(err_msg=why, reloaded=False, changes=[], needs_restart=[], reason=why)
+                return web.json_response(as_json(reply))
             if request.path == "/api/v1/loglevel":
-                return web.json_response({"level": json.loads(body)["level"]})
-            return web.json_response({"err_no": 5, "err_msg": "internal error in regproxy"}, status=500)
+                level = json.loads(body)["level"]
+                reply = am.LogLevelSet(err_msg="log level set", level=level, previous="info")
+                return web.json_response(as_json(reply))
+            reply = ErrorReply(err_no=5, err_msg="internal error in regproxy")
+            return web.json_response(as_json(reply), status=500)
         if request.path == "/broken":
             return web.Response(text="<html>oops</html>", status=200)
         status, payload = FAKE[request.path]
-        return web.Response(status=status, text=json.dumps(payload), content_type="application/json")
+        return web.json_response(as_json(payload), status=status)
 
     async def start(self) -> None:
         app = web.Application()
@@ -447,7 +561,7 @@ async def test_fake_status_not_ready(
     assert row(out, "egress", "g/com.x.A:1.n").split()[2:] == ["3", "<=0.5ms", ">", "max", "bucket"]
     code, out, err = await run_inproc(fake, capsys, "status", "--json")
     data = json.loads(out)
-    assert data["ready"] is False and data["readyz"] == FAKE["/readyz"][1]
+    assert data["ready"] is False and data["readyz"] == as_json(READYZ)
 
 
 async def test_clusters_table_has_a_row_per_host_with_numbers_right_aligned(
@@ -456,16 +570,17 @@ async def test_clusters_table_has_a_row_per_host_with_numbers_right_aligned(
     code, out, err = await run_inproc(fake, capsys, "clusters")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["LISTENER", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED", "ACTIVE",
-                                "TOTAL", "METADATA"]  # fmt: skip
+    assert lines[0].split() == ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED",
+                                "ACTIVE", "TOTAL", "METADATA"]  # fmt: skip
     assert row(out, "10.0.0.5:20882").split() == [
-        "egress", "g/com.x.A:1", "least_request", "10.0.0.5:20882", "100", "healthy", "no", "2", "700",
-        "application=a", "+1",
+        "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.5:20882", "100", "healthy", "no", "2",
+        "700", "application=a", "+1",
     ]  # fmt: skip
     assert row(out, "10.0.0.6:20882").split() == [
-        "egress", "g/com.x.A:1", "least_request", "10.0.0.6:20882", "50", "unhealthy", "yes", "0", "500", "-",
+        "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.6:20882", "50", "unhealthy", "yes", "0",
+        "500", "-",
     ]  # fmt: skip
-    assert row(out, "empty").split()[:4] == ["egress", "empty", "random", "(no"]
+    assert row(out, "empty").split()[:5] == ["egress", "config", "empty", "random", "(no"]
     # Numbers are right-aligned: the weight column ends where its header does.
     weight_end = lines[0].index("WEIGHT") + len("WEIGHT")
     assert lines[1][weight_end - 3 : weight_end] == "100" and lines[2][weight_end - 2 : weight_end] == "50"
@@ -477,8 +592,30 @@ async def test_routes_table_shows_every_router_from_config_dump(
     code, out, err = await run_inproc(fake, capsys, "routes")
     assert code == 0, err
     assert ("GET", "/api/v1/config_dump?allrouters", None, b"") in fake.requests
-    assert row(out, "r1").split() == ["1", "r1", "com.x.A", "1", "g", "-", "g/com.x.A:1", "800ms", "1"]
-    assert row(out, "fallback").split() == ["2", "fallback", "*", "-", "-", "-", "c2", "default", "0"]
+    assert row(out, "r1").split() == [
+        "egress",
+        "1",
+        "r1",
+        "com.x.A",
+        "1",
+        "g",
+        "-",
+        "g/com.x.A:1",
+        "800ms",
+        "1",
+    ]
+    assert row(out, "fallback").split() == [
+        "egress",
+        "2",
+        "fallback",
+        "*",
+        "-",
+        "-",
+        "-",
+        "c2",
+        "default",
+        "0",
+    ]
 
 
 async def test_fake_publications_and_subscriptions(
@@ -500,9 +637,9 @@ async def test_fake_token_from_env_and_flag(
 ) -> None:
     monkeypatch.setenv(ctl.TOKEN_ENV, "sekret")
     code, out, err = await run_inproc(fake, capsys, "loglevel", "debug")
-    assert (code, out) == (0, "log level: debug\n"), err
+    assert (code, out) == (0, "log level: debug (was info)\n"), err
     method, path, auth, body = fake.requests[-1]
-    assert (method, path, auth, json.loads(body)) == ("POST", "/api/v1/loglevel?level=debug", "Bearer sekret",
+    assert (method, path, auth, json.loads(body)) == ("POST", "/api/v1/loglevel", "Bearer sekret",
                                                       {"level": "debug"})  # fmt: skip
     code, out, err = await run_inproc(fake, capsys, "loglevel")
     assert (code, out) == (0, "log level: info\n")
@@ -522,7 +659,17 @@ async def test_admin_errors_exit_1_with_the_reason_in_one_line(
     assert (code, out) == (1, "not reloaded: no config file to re-read\n")
     client = ctl.AdminClient(f"http://127.0.0.1:{fake.port}")
     with pytest.raises(ctl.CtlError, match="reply is not JSON"):
-        await asyncio.to_thread(client.get, "/broken")
+        await asyncio.to_thread(client.request, "GET", "/broken")
+
+
+async def test_a_reply_of_another_shape_is_an_error_naming_the_field(fake: FakeAdmin) -> None:
+    client = ctl.AdminClient(f"http://127.0.0.1:{fake.port}")
+    with pytest.raises(ctl.CtlError) as info:
+        await asyncio.to_thread(client.call, "GET", "/odd", am.Clusters)
+    assert str(info.value) == (
+        "GET /odd: not the reply of a regproxy admin endpoint (clusters: Field required); "
+        f"is http://127.0.0.1:{fake.port} one, of a version this ctl knows?"
+    )
 
 
 def test_format_table_aligns_numbers_right_and_shows_nothing_as_a_dash() -> None:
@@ -550,35 +697,38 @@ def test_admin_address_forms() -> None:
 
 
 def test_status_uses_the_reasons_the_endpoint_gives() -> None:
-    detail = {"registries": {"zookeeper://zk:2181": "lost"}, "restored": True, "draining": True}
-    body = {"ready": False, "reasons": ["draining", "registry zookeeper://zk:2181 is lost"], "detail": detail}
-    text = ctl.render_status("http://a:1", False, body, {"uptime_s": 59})
+    detail = READYZ.detail.model_copy(
+        update={"registries": {"zookeeper://zk:2181": "lost"}, "draining": True}
+    )
+    reasons = ["draining", "registry zookeeper://zk:2181 is lost"]
+    body = READYZ.model_copy(update={"reasons": reasons, "detail": detail})
+    text = ctl.render_status("http://a:1", body, STATS.model_copy(update={"uptime_s": 59.0}))
     assert text.splitlines()[:2] == [
         "regproxy at http://a:1: NOT READY (draining; registry zookeeper://zk:2181 is lost)",
-        "uptime 59s, state restored: done, draining: yes, serving from cache: nothing",
+        "uptime 59s, state restored: yes (2 publications, 1 subscription), draining: yes, "
+        "serving from cache: g/com.x.A:1",
     ]
     row(text, "zookeeper://zk:2181", "lost")
 
 
 def test_status_says_what_the_restore_found() -> None:
-    def fact(detail: dict[str, Any]) -> str:
-        line = ctl.render_status("http://a:1", True, {"ready": True, "detail": detail}, {}).splitlines()[1]
-        return line.rsplit(", serving from cache", 1)[0]
+    def fact(restored: bool, saved: am.SavedStateSummary | None) -> str:
+        detail = READYZ.detail.model_copy(update={"restored": restored, "saved_state": saved})
+        line = ctl.render_status("http://a:1", READYZ.model_copy(update={"detail": detail}), STATS)
+        facts = line.splitlines()[1]  # uptime U, state restored: ..., draining: D, serving from cache: C
+        return facts.split(", ", 1)[1].rsplit(", draining", 1)[0]
 
-    saved = {"file": "/d/regproxy-state.json", "found": False, "publications": 0, "subscriptions": 0}
-    assert fact({"restored": False, "saved_state": None}) == "state restored: not yet"
-    assert fact({"restored": True, "saved_state": saved}) == (
-        "state restored: no (a new sidecar: no /d/regproxy-state.json yet)"
+    saved = am.SavedStateSummary(
+        file="/d/regproxy-state.json", found=False, publications=0, subscriptions=0, error=None
     )
-    assert fact({"restored": True, "saved_state": {**saved, "found": True}}) == (
-        "state restored: no (the state file held nothing)"
-    )
-    corrupt = {**saved, "found": True, "error": "unreadable (bad json); moved to /d/regproxy-state.corrupt"}
-    assert fact({"restored": True, "saved_state": corrupt}) == (
+    assert fact(False, None) == "state restored: not yet"
+    assert fact(True, saved) == "state restored: no (a new sidecar: no /d/regproxy-state.json yet)"
+    found = saved.model_copy(update={"found": True})
+    assert fact(True, found) == "state restored: no (the state file held nothing)"
+    corrupt = found.model_copy(update={"error": "unreadable (bad json); moved to /d/regproxy-state.corrupt"})
+    assert fact(True, corrupt) == (
         "state restored: no (state file unreadable (bad json); moved to /d/regproxy-state.corrupt)"
     )
-    one = {**saved, "found": True, "publications": 1}
-    assert fact({"restored": True, "saved_state": one}) == (
-        "state restored: yes (1 publication, 0 subscriptions)"
-    )
-    assert fact({"restored": True}) == "state restored: done"  # a sidecar that does not say what
+    one = found.model_copy(update={"publications": 1})
+    assert fact(True, one) == "state restored: yes (1 publication, 0 subscriptions)"
+    assert fact(True, None) == "state restored: done"  # no state file to restore from

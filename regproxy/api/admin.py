@@ -14,10 +14,11 @@ Changing (POST): ``/api/v1/loglevel``, ``/api/v1/drain``, ``/api/v1/reload``.  W
 (see :func:`check_caller`); with one every caller must send ``Authorization: Bearer TOKEN``.  The
 checks run in a middleware before a body is read, so a new route cannot forget them.
 
-Replies are JSON; errors have the pub/sub API's shape ``{"err_no": N, "err_msg": "..."}`` with a
-matching HTTP status.  Credentials never appear: the config is dumped redacted, registries are
-shown by their redacted names, and secret-looking Dubbo URL parameters (a provider's ``token``) are
-replaced by ``***``.
+Replies are JSON built from the models in regproxy/api/admin_models.py, which the OpenAPI document
+and ``regproxy ctl`` share; errors have the pub/sub API's shape ``{"err_no": N, "err_msg": "..."}``
+with a matching HTTP status.  The server sees the sidecar only through :class:`AdminTarget`.
+Credentials never appear: the config is dumped redacted, registries are shown by their redacted
+names, and secret-looking Dubbo URL parameters (a provider's ``token``) are replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -25,33 +26,68 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
+from regproxy.api.admin_models import (
+    Alive,
+    Clusters,
+    ClusterSource,
+    ConfigDump,
+    ConfigHost,
+    ConfigProblem,
+    ConfigRefused,
+    ConfigTableCluster,
+    Connection,
+    Draining,
+    Endpoint,
+    Index,
+    ListenerName,
+    ListenerView,
+    LiveCluster,
+    LiveHost,
+    LogLevelReply,
+    LogLevelSet,
+    ProviderView,
+    Publications,
+    PublicationView,
+    Readiness,
+    ReadinessDetail,
+    RegistryPublications,
+    RegistrySubscriptions,
+    Reloaded,
+    RouteMatchView,
+    Router,
+    RouteView,
+    SidecarInfo,
+    Stats,
+    Subscriptions,
+    SubscriptionView,
+)
 from regproxy.api.admin_openapi import build_admin_openapi
 from regproxy.api.auth import check_bearer, is_loopback, warn_if_remote
 from regproxy.api.http import serve, stop_api
-from regproxy.api.metrics import metrics_registry
-from regproxy.api.models import ErrNo
+from regproxy.api.metrics import MetricsSource, metrics_registry
+from regproxy.api.models import ErrNo, ErrorReply
 from regproxy.config import LOG_LEVELS, ConfigError
 from regproxy.registry.base import CONNECTED
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, matches
 
 if TYPE_CHECKING:
+    from regproxy.config import Config
     from regproxy.discovery import Discovery
     from regproxy.proxy.engine import Listener
-    from regproxy.routing import RoutingTable, TableHolder
-    from regproxy.sidecar import Sidecar
+    from regproxy.routing import RoutingTable
 
 __all__ = [
-    "AdminErrNo",
+    "AdminTarget",
     "build_admin_app",
     "check_caller",
     "is_loopback",
@@ -71,10 +107,10 @@ REDACTED = "***"
 SECRET_PARAMS = frozenset(
     {"password", "token", "secret", "secretkey", "secret_key", "accesskey", "access_key"}
 )
-LISTENERS = ("egress", "ingress")
+LISTENERS: tuple[ListenerName, ...] = ("egress", "ingress")
 CONFIG_DUMP_QUERY = ("allrouters", "allclusters", "alllisteners", "router", "cluster", "listener")
 
-ENDPOINTS: tuple[tuple[str, str, str], ...] = (
+ENDPOINTS: tuple[tuple[Literal["GET", "POST"], str, str], ...] = (
     ("GET", "/healthz", "alive"),
     ("GET", "/readyz", "ready: registries connected, state restored, not draining (503 otherwise)"),
     ("GET", "/api/v1/config_dump", "effective config and live tables; ?allrouters ?router=NAME ..."),
@@ -91,11 +127,29 @@ ENDPOINTS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class AdminErrNo(IntEnum):
-    """err_no values the pub/sub API does not have (it has no authentication); 1-7 are ErrNo's."""
+class AdminTarget(MetricsSource, Protocol):
+    """What the admin API reads and steers of a sidecar (regproxy.sidecar.Sidecar is one): what the
+    metrics read, and the config, the log level, the counters, drain and reload."""
 
-    UNAUTHORIZED = 8  # 401: a token is configured and the request carries none
-    FORBIDDEN = 9  # 403: wrong token, or a caller that may not change anything
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def config_path(self) -> str | None: ...
+
+    @property
+    def advertise_ip(self) -> str: ...
+
+    @property
+    def log_level(self) -> str: ...
+
+    def set_log_level(self, level: str) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def start_drain(self) -> object: ...
+
+    async def reload(self) -> dict[str, Any]: ...
 
 
 class AdminError(Exception):
@@ -106,24 +160,30 @@ class AdminError(Exception):
         message: str,
         *,
         headers: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
+        problems: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(message)
         self.status = status
         self.err_no = int(err_no)
         self.message = message
         self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
+        self.problems = tuple(problems)  # (config key, problem) of a refused reload
+
+    def reply(self) -> ErrorReply:
+        if self.problems:
+            errors = [ConfigProblem(key=k, problem=p) for k, p in self.problems]
+            return ConfigRefused(err_no=self.err_no, err_msg=self.message, errors=errors)
+        return ErrorReply(err_no=self.err_no, err_msg=self.message)
 
 
-def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+def _json(status: int, reply: BaseModel, headers: Mapping[str, str] | None = None) -> web.Response:
     # Indented: operators read these with curl more often than programs do.
-    body = orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    body = orjson.dumps(reply.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
     return web.Response(status=status, body=body, content_type=JSON_TYPE, headers=headers)
 
 
 def _error(status: int, err_no: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return _json(status, {"err_no": int(err_no), "err_msg": message}, headers)
+    return _json(status, ErrorReply(err_no=int(err_no), err_msg=message), headers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,21 +218,21 @@ def check_caller(
     if not is_loopback(remote):
         return AdminError(
             403,
-            AdminErrNo.FORBIDDEN,
+            ErrNo.FORBIDDEN,
             f"only loopback callers may change this sidecar (caller {remote or 'unknown'}); "
             "set admin_token or auth_token to allow others",
         )
     if origin is not None:
         return AdminError(
             403,
-            AdminErrNo.FORBIDDEN,
+            ErrNo.FORBIDDEN,
             "requests from a web browser (Origin header) may not change this sidecar "
             "unless admin_token or auth_token is set",
         )
     return None
 
 
-def _refusal(sc: Sidecar, request: web.Request) -> AdminError | None:
+def _refusal(sc: AdminTarget, request: web.Request) -> AdminError | None:
     """Why ``request`` may not go ahead.  auth_token guards every path but the probes; admin_token
     (or auth_token when it is unset) guards the changing ones."""
     cfg = sc.config
@@ -203,7 +263,7 @@ def _refusal(sc: Sidecar, request: web.Request) -> AdminError | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Views: plain data built from the running sidecar
+# Views: the reply models, built from the running sidecar
 
 
 def _redact_params(params: Mapping[str, str]) -> dict[str, str]:
@@ -216,74 +276,98 @@ def _redact_url(url: DubboURL) -> str:
     return str(replace(url, params=_redact_params(url.params)))
 
 
-def _tables(sc: Sidecar) -> dict[str, TableHolder]:
-    return {"egress": sc.egress_table, "ingress": sc.ingress_table}
+def _listeners_of(sc: AdminTarget) -> tuple[tuple[ListenerName, Listener], ...]:
+    return (("egress", sc.egress), ("ingress", sc.ingress))
 
 
-def _listener(sc: Sidecar, name: str) -> Listener:
-    return sc.egress if name == "egress" else sc.ingress
+def _router(table: RoutingTable) -> Router:
+    return Router(
+        version=table.version,
+        routes=[
+            RouteView(
+                name=r.name,
+                match=RouteMatchView(
+                    service=r.match.service,
+                    version=r.match.version,
+                    group=r.match.group,
+                    method=r.match.method,
+                ),
+                cluster=r.cluster,
+                timeout_ms=r.timeout_ms,
+                retries=r.retries,
+            )
+            for r in table.routes
+        ],
+    )
 
 
-def _router(table: RoutingTable) -> dict[str, Any]:
-    d = table.describe()
-    return {"version": d["version"], "routes": d["routes"]}
+def _routers(sc: AdminTarget) -> dict[ListenerName, Router]:
+    return {name: _router(lst.table.current) for name, lst in _listeners_of(sc)}
 
 
-def _cluster_source(sc: Sidecar, table_name: str, cluster: str) -> str:
-    if table_name == "ingress":
+def _cluster_source(sc: AdminTarget, listener: ListenerName, cluster: str) -> ClusterSource:
+    if listener == "ingress":
         return "local"  # the application on this host, one cluster per published app port
     return "config" if any(c.name == cluster for c in sc.config.clusters) else "registry"
 
 
-def _config_clusters(sc: Sidecar) -> list[dict[str, Any]]:
+def _config_clusters(sc: AdminTarget) -> list[ConfigTableCluster]:
     """The clusters of both tables as configured/discovered (no live counters)."""
-    out: list[dict[str, Any]] = []
-    for table_name, holder in _tables(sc).items():
-        for c in holder.current.describe()["clusters"]:
-            for h in c["hosts"]:
-                h["metadata"] = _redact_params(h["metadata"])
-            out.append({"listener": table_name, "source": _cluster_source(sc, table_name, c["name"]), **c})
-    return out
+    return [
+        ConfigTableCluster(
+            listener=name,
+            source=_cluster_source(sc, name, c.name),
+            name=c.name,
+            lb=c.lb,
+            hosts=[
+                ConfigHost(
+                    address=h.address, weight=h.weight, healthy=h.healthy, metadata=_redact_params(h.metadata)
+                )
+                for h in c.hosts
+            ],
+        )
+        for name, lst in _listeners_of(sc)
+        for c in lst.table.current.clusters.values()
+    ]
 
 
-def live_clusters(sc: Sidecar) -> list[dict[str, Any]]:
+def live_clusters(sc: AdminTarget) -> list[LiveCluster]:
     """Every cluster with its hosts and what the forwarder knows of them right now."""
-    out: list[dict[str, Any]] = []
-    for table_name, holder in _tables(sc).items():
-        fwd = _listener(sc, table_name).forwarder
+    out: list[LiveCluster] = []
+    for name, lst in _listeners_of(sc):
+        fwd = lst.forwarder
         pool = fwd.pool if fwd is not None else None
         conns = pool.describe() if pool is not None else {}
-        sent = getattr(fwd.stats, "upstream_requests", {}) if fwd is not None else {}
-        for cluster in holder.current.clusters.values():
+        sent = fwd.stats.upstream_requests if fwd is not None else {}
+        for cluster in lst.table.current.clusters.values():
             hosts = [
-                {
-                    "address": h.address,
-                    "weight": h.weight,
-                    "healthy": h.healthy,
-                    "ejected": False,  # no health checking yet; the field is here for scripts
-                    "active_requests": pool.active(h.address) if pool is not None else 0,
-                    "total_requests": sent.get(h.address, 0),
-                    "connections": conns.get(h.address, []),
-                    "metadata": _redact_params(h.metadata),
-                }
+                LiveHost(
+                    address=h.address,
+                    weight=h.weight,
+                    healthy=h.healthy,
+                    ejected=False,  # not set by health checking yet (stats: health.hosts); for scripts
+                    active_requests=pool.active(h.address) if pool is not None else 0,
+                    total_requests=sent.get(h.address, 0),
+                    connections=[Connection.model_validate(c) for c in conns.get(h.address, [])],
+                    metadata=_redact_params(h.metadata),
+                )
                 for h in cluster.hosts
             ]
             out.append(
-                {
-                    "name": cluster.name,
-                    "listener": table_name,
-                    "source": _cluster_source(sc, table_name, cluster.name),
-                    "lb": cluster.lb,
-                    "hosts": hosts,
-                }
+                LiveCluster(
+                    name=cluster.name,
+                    listener=name,
+                    source=_cluster_source(sc, name, cluster.name),
+                    lb=cluster.lb,
+                    hosts=hosts,
+                )
             )
     return out
 
 
-def _listeners(sc: Sidecar) -> list[dict[str, Any]]:
+def _listeners(sc: AdminTarget) -> list[ListenerView]:
     out = []
-    for name in LISTENERS:
-        lst = _listener(sc, name)
+    for name, lst in _listeners_of(sc):
         fwd = lst.forwarder
         server = lst.server
         accepting = server is not None and bool(server.sockets)
@@ -292,14 +376,14 @@ def _listeners(sc: Sidecar) -> list[dict[str, Any]]:
         else:  # not started, or no longer accepting (draining): the configured address
             host, port = lst.settings.host, lst.settings.port
         out.append(
-            {
-                "name": name,
-                "address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "accepting": accepting,
-                "connections": len(fwd.downstreams) if fwd is not None else 0,
-                "in_flight": getattr(fwd, "in_flight", 0) if fwd is not None else 0,
-                "table_version": _tables(sc)[name].current.version,
-            }
+            ListenerView(
+                name=name,
+                address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                accepting=accepting,
+                connections=len(fwd.downstreams) if fwd is not None else 0,
+                in_flight=fwd.in_flight if fwd is not None else 0,
+                table_version=lst.table.current.version,
+            )
         )
     return out
 
@@ -325,70 +409,68 @@ def _registry_state(disc: Discovery, key: str) -> str:
     return reg.state if reg is not None else "unknown"
 
 
-def publications_view(disc: Discovery | None) -> dict[str, Any]:
+def publications_view(disc: Discovery | None) -> Publications:
     if disc is None:
-        return {"withdrawn": False, "registries": []}
+        return Publications(withdrawn=False, registries=[])
     pubs = sorted(disc.publications.values(), key=lambda p: p.spec.key)
-    registries = []
-    for key in _registry_keys(disc, (k for p in pubs for k in p.registries)):
-        registries.append(
-            {
-                "registry": _registry_name(disc, key),
-                "state": _registry_state(disc, key),
-                "publications": [
-                    {
-                        "service": p.spec.key,
-                        "interface": p.spec.interface,
-                        "version": p.spec.version,
-                        "group": p.spec.group,
-                        "methods": list(p.spec.methods),
-                        "application": p.spec.application,
-                        "app_port": p.spec.port,
-                        "url": _redact_url(p.url),
-                        "registered": key in p.registered,
-                    }
-                    for p in pubs
-                    if key in p.registries
-                ],
-            }
+    registries = [
+        RegistryPublications(
+            registry=_registry_name(disc, key),
+            state=_registry_state(disc, key),
+            publications=[
+                PublicationView(
+                    service=p.spec.key,
+                    interface=p.spec.interface,
+                    version=p.spec.version,
+                    group=p.spec.group,
+                    methods=list(p.spec.methods),
+                    application=p.spec.application,
+                    app_port=p.spec.port,
+                    url=_redact_url(p.url),
+                    registered=key in p.registered,
+                )
+                for p in pubs
+                if key in p.registries
+            ],
         )
-    return {"withdrawn": bool(getattr(disc, "withdrawn", False)), "registries": registries}
+        for key in _registry_keys(disc, (k for p in pubs for k in p.registries))
+    ]
+    return Publications(withdrawn=disc.withdrawn, registries=registries)
 
 
-def subscriptions_view(disc: Discovery | None) -> dict[str, Any]:
+def subscriptions_view(disc: Discovery | None) -> Subscriptions:
     if disc is None:
-        return {"registries": []}
+        return Subscriptions(registries=[])
     subs = sorted(disc.subscriptions.values(), key=lambda s: s.sub.cluster_name)
-    registries = []
-    for key in _registry_keys(disc, (k for s in subs for k in s.registries)):
-        registries.append(
-            {
-                "registry": _registry_name(disc, key),
-                "state": _registry_state(disc, key),
-                "subscriptions": [
-                    {
-                        "cluster": s.sub.cluster_name,
-                        "interface": s.sub.interface,
-                        "version": s.sub.version,
-                        "group": s.sub.group,
-                        "watching": key in s.watching,
-                        # Providers read from the state file at start, not yet confirmed by a registry.
-                        "from_cache": s.sub.cluster_name in disc.from_cache,
-                        "providers": [
-                            {"address": u.address, "weight": u.weight}
-                            for u in s.providers.get(key, ())
-                            if matches(s.sub, u)
-                        ],
-                    }
-                    for s in subs
-                    if key in s.registries
-                ],
-            }
+    registries = [
+        RegistrySubscriptions(
+            registry=_registry_name(disc, key),
+            state=_registry_state(disc, key),
+            subscriptions=[
+                SubscriptionView(
+                    cluster=s.sub.cluster_name,
+                    interface=s.sub.interface,
+                    version=s.sub.version,
+                    group=s.sub.group,
+                    watching=key in s.watching,
+                    # Providers read from the state file at start, not yet confirmed by a registry.
+                    from_cache=s.sub.cluster_name in disc.from_cache,
+                    providers=[
+                        ProviderView(address=u.address, weight=u.weight)
+                        for u in s.providers.get(key, ())
+                        if matches(s.sub, u)
+                    ],
+                )
+                for s in subs
+                if key in s.registries
+            ],
         )
-    return {"registries": registries}
+        for key in _registry_keys(disc, (k for s in subs for k in s.registries))
+    ]
+    return Subscriptions(registries=registries)
 
 
-def config_dump(sc: Sidecar, query: Mapping[str, str]) -> dict[str, Any]:
+def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
     """The config dump, whole or cut down by the query (AdminError 400/404 on a bad query)."""
     unknown = sorted(set(query) - set(CONFIG_DUMP_QUERY))
     if unknown:
@@ -401,81 +483,76 @@ def config_dump(sc: Sidecar, query: Mapping[str, str]) -> dict[str, Any]:
         if name in query and not query[name]:
             raise AdminError(400, ErrNo.BAD_REQUEST, f"{name}: give a name, e.g. ?{name}=egress")
     if not query:
-        return {
-            "sidecar": {
-                "config_path": sc.config_path,
-                "advertise_ip": sc.advertise_ip,
-                "started_at": sc.started_at,
-                "uptime_s": round(time.time() - sc.started_at, 3),
-                "draining": sc.draining,
-                "log_level": sc.log_level,
-            },
-            "config": sc.config.redacted_dict(),
-            "routers": {name: _router(holder.current) for name, holder in _tables(sc).items()},
-            "clusters": _config_clusters(sc),
-            "listeners": _listeners(sc),
-            "publications": publications_view(sc.discovery),
-            "subscriptions": subscriptions_view(sc.discovery),
-        }
-    out: dict[str, Any] = {}
+        return ConfigDump(
+            sidecar=SidecarInfo(
+                config_path=sc.config_path,
+                advertise_ip=sc.advertise_ip,
+                started_at=sc.started_at,
+                uptime_s=round(time.time() - sc.started_at, 3),
+                draining=sc.draining,
+                log_level=sc.log_level,
+            ),
+            config=sc.config.redacted_dict(),
+            routers=_routers(sc),
+            clusters=_config_clusters(sc),
+            listeners=_listeners(sc),
+            publications=publications_view(sc.discovery),
+            subscriptions=subscriptions_view(sc.discovery),
+        )
+    routers: dict[ListenerName, Router] | None = None
+    clusters: list[ConfigTableCluster] | None = None
+    listeners: list[ListenerView] | None = None
     if "allrouters" in query or "router" in query:
-        routers = {name: _router(holder.current) for name, holder in _tables(sc).items()}
+        routers = _routers(sc)
         if "router" in query:
             name = query["router"]
             if name not in routers:
                 raise AdminError(
                     404, ErrNo.NOT_FOUND, f"no router named {name!r} (routers: {', '.join(routers)})"
                 )
-            routers = {name: routers[name]}
-        out["routers"] = routers
+            routers = {n: r for n, r in routers.items() if n == name}
     if "allclusters" in query or "cluster" in query:
         clusters = _config_clusters(sc)
         if "cluster" in query:
             name = query["cluster"]
-            clusters = [c for c in clusters if c["name"] == name]
+            clusters = [c for c in clusters if c.name == name]
             if not clusters:
                 raise AdminError(404, ErrNo.NOT_FOUND, f"no cluster named {name!r} (see ?allclusters)")
-        out["clusters"] = clusters
     if "alllisteners" in query or "listener" in query:
         listeners = _listeners(sc)
         if "listener" in query:
             name = query["listener"]
-            listeners = [entry for entry in listeners if entry["name"] == name]
+            listeners = [entry for entry in listeners if entry.name == name]
             if not listeners:
                 raise AdminError(
                     404, ErrNo.NOT_FOUND, f"no listener named {name!r} (listeners: {', '.join(LISTENERS)})"
                 )
-        out["listeners"] = listeners
-    return out
+    return ConfigDump(routers=routers, clusters=clusters, listeners=listeners)
 
 
-def readiness_view(sc: Sidecar) -> tuple[bool, dict[str, Any]]:
-    ready, detail = sc.readiness()  # a failing state save makes it not ready (Sidecar.readiness)
-    save = detail.get("state_save")
+def readiness_view(sc: AdminTarget) -> Readiness:
+    ready, raw = sc.readiness()  # a failing state save makes it not ready (Sidecar.readiness)
+    detail = ReadinessDetail.model_validate(raw)
     reasons: list[str] = []
     if not ready:
         # Spelled out for people and probes' logs; the detail below is for programs.
         errors = {r.name: r.auth_error for r in sc.discovery.registries.values()} if sc.discovery else {}
-        for name, state in sorted(dict(detail.get("registries") or {}).items()):
+        for name, state in sorted(detail.registries.items()):
             if state != CONNECTED:
                 why = errors.get(name)
                 reasons.append(f"registry {name} is {state}" + (f": {why}" if why else ""))
-        if detail.get("restored") is False:
+        if not detail.restored:
             reasons.append("saved state not restored yet")
-        if detail.get("draining"):
+        if detail.draining:
             reasons.append("draining")
-        if save is not None and not save["ok"]:
+        save = detail.state_save
+        if save is not None and not save.ok:
             reasons.append(
-                f"data_dir {save['data_dir']}: state not saved to {save['file']} for "
-                f"{save['failing_for_s']:g} s ({save['consecutive_failures']} attempts): {save['error']}; "
+                f"data_dir {save.data_dir}: state not saved to {save.file} for "
+                f"{save.failing_for_s or 0:g} s ({save.consecutive_failures} attempts): {save.error}; "
                 "changes are answered 503"
             )
-    return ready, {
-        "status": "ready" if ready else "not ready",
-        "ready": ready,
-        "reasons": reasons,
-        "detail": detail,
-    }
+    return Readiness(status="ready" if ready else "not ready", ready=ready, reasons=reasons, detail=detail)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -486,7 +563,7 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _Admin:
-    def __init__(self, sidecar: Sidecar) -> None:
+    def __init__(self, sidecar: AdminTarget) -> None:
         self.sc = sidecar
         self.registry = metrics_registry(sidecar)
         self.openapi = orjson.dumps(build_admin_openapi(max_body=MAX_BODY))
@@ -494,26 +571,21 @@ class _Admin:
     # --- reading ------------------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.Response:
-        return _json(
-            200,
-            {
-                "name": "regproxy admin API",
-                "endpoints": [{"method": m, "path": p, "summary": s} for m, p, s in ENDPOINTS],
-            },
-        )
+        endpoints = [Endpoint(method=m, path=p, summary=s) for m, p, s in ENDPOINTS]
+        return _json(200, Index(name="regproxy admin API", endpoints=endpoints))
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json(200, {"status": "alive", "uptime_s": round(time.time() - self.sc.started_at, 3)})
+        return _json(200, Alive(status="alive", uptime_s=round(time.time() - self.sc.started_at, 3)))
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready, body = readiness_view(self.sc)
-        return _json(200 if ready else 503, body)
+        body = readiness_view(self.sc)
+        return _json(200 if body.ready else 503, body)
 
     async def config_dump(self, request: web.Request) -> web.Response:
         return _json(200, config_dump(self.sc, request.query))
 
     async def clusters(self, request: web.Request) -> web.Response:
-        return _json(200, {"clusters": live_clusters(self.sc)})
+        return _json(200, Clusters(clusters=live_clusters(self.sc)))
 
     async def publications(self, request: web.Request) -> web.Response:
         return _json(200, publications_view(self.sc.discovery))
@@ -522,7 +594,7 @@ class _Admin:
         return _json(200, subscriptions_view(self.sc.discovery))
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json(200, self.sc.stats())
+        return _json(200, Stats.model_validate(self.sc.stats()))
 
     async def metrics(self, request: web.Request) -> web.Response:
         # A few hundred lines at most, built from in-memory counters: cheaper than a thread hop.
@@ -534,7 +606,7 @@ class _Admin:
         return web.Response(body=self.openapi, content_type="application/json")
 
     async def get_loglevel(self, request: web.Request) -> web.Response:
-        return _json(200, {"level": self.sc.log_level})
+        return _json(200, LogLevelReply(level=self.sc.log_level))
 
     # --- changing (the middleware has checked the caller) -------------------------------------
 
@@ -555,7 +627,7 @@ class _Admin:
         previous = self.sc.log_level
         self.sc.set_log_level(level)
         log.warning("admin: log level %s -> %s (from %s)", previous, level, request.remote)
-        return _json(200, {"err_no": 0, "err_msg": "log level set", "level": level, "previous": previous})
+        return _json(200, LogLevelSet(err_msg="log level set", level=level, previous=previous))
 
     async def drain(self, request: web.Request) -> web.Response:
         cfg = self.sc.config.drain
@@ -565,16 +637,14 @@ class _Admin:
         # The sidecar owns the task (SIGTERM starts the same one); it outlives this request and,
         # at its end, the admin server itself.
         self.sc.start_drain()
-        return _json(
-            202,
-            {
-                "err_no": 0,
-                "err_msg": "draining" if started else "already draining",
-                "draining": True,
-                "grace_s": cfg.grace_s,
-                "timeout_s": cfg.timeout_s,
-            },
+        reply = Draining(
+            err_msg="draining" if started else "already draining",
+            draining=True,
+            started=started,
+            grace_s=cfg.grace_s,
+            timeout_s=cfg.timeout_s,
         )
+        return _json(202, reply)
 
     async def reload(self, request: web.Request) -> web.Response:
         # No lock: Sidecar.reload() does not await, so two reloads can never interleave.
@@ -582,15 +652,17 @@ class _Admin:
             result = await self.sc.reload()
         except ConfigError as e:
             log.warning("admin: reload from %s refused: %s", request.remote, e)
-            raise AdminError(
-                400,
-                ErrNo.BAD_REQUEST,
-                str(e),
-                extra={"errors": [{"key": k, "problem": p} for k, p in e.errors]},
-            ) from None
+            raise AdminError(400, ErrNo.BAD_REQUEST, str(e), problems=e.errors) from None
         log.warning("admin: config reload requested by %s: %s", request.remote, result)
-        message = "reloaded" if result.get("reloaded", True) else str(result.get("reason") or "not reloaded")
-        return _json(200, {"err_no": 0, "err_msg": message, **result})
+        reason = result.get("reason")
+        reply = Reloaded(
+            err_msg="reloaded" if result["reloaded"] else str(reason or "not reloaded"),
+            reloaded=result["reloaded"],
+            changes=result["changes"],
+            needs_restart=result["needs_restart"],
+            reason=reason,
+        )
+        return _json(200, reply)
 
 
 async def _read_json(request: web.Request) -> Any:
@@ -606,7 +678,7 @@ async def _read_json(request: web.Request) -> Any:
         raise AdminError(400, ErrNo.BAD_REQUEST, f"request body: not valid JSON ({e})") from None
 
 
-def _middleware(sc: Sidecar) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+def _middleware(sc: AdminTarget) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def admin_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         try:
@@ -621,7 +693,7 @@ def _middleware(sc: Sidecar) -> Callable[[web.Request, _Handler], Awaitable[web.
         except AdminError as e:
             if e.status >= 500:
                 log.warning("admin: %s %s -> %d %s", request.method, request.path, e.status, e.message)
-            return _json(e.status, {"err_no": e.err_no, "err_msg": e.message, **e.extra}, e.headers)
+            return _json(e.status, e.reply(), e.headers)
         except web.HTTPException as e:
             if isinstance(e, web.HTTPMethodNotAllowed):
                 allowed = ", ".join(sorted(e.allowed_methods))
@@ -650,7 +722,7 @@ def _middleware(sc: Sidecar) -> Callable[[web.Request, _Handler], Awaitable[web.
 ADMIN_KEY = web.AppKey("regproxy_admin", _Admin)
 
 
-def build_admin_app(sidecar: Sidecar) -> web.Application:
+def build_admin_app(sidecar: AdminTarget) -> web.Application:
     """The admin API for ``sidecar`` as an aiohttp app (serve it with :func:`start_admin`)."""
     admin = _Admin(sidecar)
     app = web.Application(middlewares=[_middleware(sidecar)], client_max_size=MAX_BODY)

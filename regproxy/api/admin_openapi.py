@@ -1,34 +1,58 @@
 """The OpenAPI 3.1 document of the admin API, served at its GET /openapi.json.
 
-Written by hand (the admin replies are plain dicts, not models), and checked against the running
-API by schemathesis in tests/test_api_schema.py: a status, content type or body the document does
-not describe fails that test. The large read-only views (config dump, clusters, stats) are
-described as objects with their top-level keys; their insides are documented in docs/operations.md.
+The reply schemas are generated from the models the server builds its replies from
+(regproxy/api/admin_models.py), as regproxy/api/openapi.py does for the pub/sub API, so the document
+cannot drift from the replies; tests/test_api_schema.py checks it against the running API with
+schemathesis (a status, content type or body the document does not describe fails that test).
+The paths, the one request body and the error statuses are written here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from regproxy.api.models import ERR_NO_DOC, ErrNo
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from regproxy.api.admin_models import (
+    Alive,
+    Clusters,
+    ConfigDump,
+    ConfigRefused,
+    Draining,
+    Index,
+    LogLevelReply,
+    LogLevelSet,
+    Publications,
+    Readiness,
+    Reloaded,
+    Stats,
+    Subscriptions,
+)
+from regproxy.api.models import ERR_NO_DOC, ErrorReply
 from regproxy.config import LOG_LEVELS
 
 __all__ = ["build_admin_openapi"]
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+_REF = "#/components/schemas/{model}"
 _JSON = "application/json"
 
+# Every reply model the document refers to.
+_REPLY_MODELS: tuple[type[BaseModel], ...] = (
+    Index, Alive, Readiness, ConfigDump, Clusters, Publications, Subscriptions, Stats,
+    LogLevelReply, LogLevelSet, Draining, Reloaded, ErrorReply, ConfigRefused,
+)  # fmt: skip
 
-def _reply(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+def _reply(description: str, model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {_JSON: {"schema": {"$ref": _REF.format(model=model.__name__)}}},
+    }
 
 
 def _error(description: str) -> dict[str, Any]:
-    return _reply(description, _ERROR)
-
-
-def _object(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": props}
+    return _reply(description, ErrorReply)
 
 
 def _get(op_id: str, summary: str, ok: dict[str, Any], *, probe: bool = False, **more: Any) -> dict[str, Any]:
@@ -54,6 +78,7 @@ _LEVEL_PATTERN = (
 
 
 def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
+    _, top = models_json_schema([(m, "serialization") for m in _REPLY_MODELS], ref_template=_REF)
     name_query = {"type": "string", "minLength": 1}
     flag = {"type": "string", "description": "a flag: present (any value, or none) or absent"}
     dump_params = [
@@ -63,7 +88,6 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
         {"name": n, "in": "query", "required": False, "schema": name_query, "description": f"one {n} by name"}
         for n in ("router", "cluster", "listener")
     ]
-    any_object = {"type": "object"}
     codes = "\n".join(f"* `{int(code)}` {code.name}: {doc}" for code, doc in ERR_NO_DOC.items())
     return {
         "openapi": "3.1.0",
@@ -71,28 +95,22 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
             "title": "regproxy admin API",
             "version": "1",
             "description": "What the sidecar is doing, and a few controls. Errors are JSON `err_no` and "
-            "`err_msg` with a matching HTTP status:\n" + codes + "\n* `8` UNAUTHORIZED, `9` FORBIDDEN",
+            "`err_msg` with a matching HTTP status:\n" + codes,
         },
         "paths": {
-            "/": _get("index", "the endpoints", _reply("names and endpoints", any_object)),
-            "/openapi.json": _get("openapi", "this document", _reply("OpenAPI 3.1", any_object)),
-            "/healthz": _get(
-                "healthz",
-                "alive",
-                _reply(
-                    "the process is serving",
-                    _object(["status", "uptime_s"], status={"const": "alive"}, uptime_s={"type": "number"}),
-                ),
-                probe=True,
+            "/": _get("index", "the endpoints", _reply("names and endpoints", Index)),
+            "/openapi.json": _get(
+                "openapi",
+                "this document",
+                {"description": "OpenAPI 3.1", "content": {_JSON: {"schema": {"type": "object"}}}},
             ),
+            "/healthz": _get("healthz", "alive", _reply("the process is serving", Alive), probe=True),
             "/readyz": _get(
                 "readyz",
                 "ready: registries connected, state restored and being saved, not draining",
-                _reply("ready", {"$ref": "#/components/schemas/Readiness"}),
+                _reply("ready", Readiness),
                 probe=True,
-                responses={
-                    "503": _reply("not ready (reasons says why)", {"$ref": "#/components/schemas/Readiness"})
-                },
+                responses={"503": _reply("not ready (reasons says why)", Readiness)},
             ),
             "/metrics": _get(
                 "metrics",
@@ -105,17 +123,7 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
             "/api/v1/config_dump": _get(
                 "config_dump",
                 "effective config and live tables, whole or cut down by the query",
-                _reply(
-                    "the dump (only the parts the query asks for, when it asks)",
-                    {
-                        "type": "object",
-                        "properties": {
-                            k: any_object
-                            for k in ("sidecar", "config", "routers", "publications", "subscriptions")
-                        }
-                        | {"clusters": {"type": "array"}, "listeners": {"type": "array"}},
-                    },
-                ),
+                _reply("the dump (only the parts the query asks for, when it asks)", ConfigDump),
                 parameters=dump_params,
                 responses={
                     "400": _error("an unknown query parameter, or a name left empty (err_no 1)"),
@@ -125,23 +133,19 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
             "/api/v1/clusters": _get(
                 "clusters",
                 "clusters and hosts with weight, health, requests",
-                _reply("the clusters", _object(["clusters"], clusters={"type": "array"})),
+                _reply("the clusters", Clusters),
             ),
             "/api/v1/publications": _get(
-                "publications", "services published, per registry", _reply("the publications", any_object)
+                "publications", "services published, per registry", _reply("the publications", Publications)
             ),
             "/api/v1/subscriptions": _get(
                 "subscriptions",
                 "services subscribed and their providers, per registry",
-                _reply("the subscriptions", any_object),
+                _reply("the subscriptions", Subscriptions),
             ),
-            "/api/v1/stats": _get("stats", "counters as JSON", _reply("the counters", any_object)),
+            "/api/v1/stats": _get("stats", "counters as JSON", _reply("the counters", Stats)),
             "/api/v1/loglevel": {
-                **_get(
-                    "get_loglevel",
-                    "current log level",
-                    _reply("the level", _object(["level"], level={"enum": list(LOG_LEVELS)})),
-                ),
+                **_get("get_loglevel", "current log level", _reply("the level", LogLevelReply)),
                 "post": {
                     "operationId": "set_loglevel",
                     "summary": "set the log level (also accepted as ?level=NAME, which wins over the body)",
@@ -158,16 +162,7 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _reply(
-                            "set",
-                            _object(
-                                ["err_no", "err_msg", "level", "previous"],
-                                err_no={"const": 0},
-                                err_msg={"type": "string"},
-                                level={"enum": list(LOG_LEVELS)},
-                                previous={"enum": list(LOG_LEVELS)},
-                            ),
-                        ),
+                        "200": _reply("set", LogLevelSet),
                         "400": _error("not JSON, or not a log level (err_no 1)"),
                         "413": _error(f"body over {max_body} bytes (err_no 6)"),
                         **_CHANGING,
@@ -178,17 +173,7 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
                 "post": {
                     "operationId": "drain",
                     "summary": "unpublish, keep serving for drain.grace_s, finish requests in flight, exit 0",
-                    "responses": {
-                        "202": _reply(
-                            "draining (or already)",
-                            _object(
-                                ["err_no", "err_msg", "draining"],
-                                err_no={"const": 0},
-                                draining={"const": True},
-                            ),
-                        ),
-                        **_CHANGING,
-                    },
+                    "responses": {"202": _reply("draining (or already)", Draining), **_CHANGING},
                 }
             },
             "/api/v1/reload": {
@@ -196,29 +181,14 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
                     "operationId": "reload",
                     "summary": "re-read the config file (routes, clusters, timeouts, log level)",
                     "responses": {
-                        "200": _reply(
-                            "reloaded, or why not", _object(["err_no", "err_msg"], err_no={"const": 0})
+                        "200": _reply("reloaded, or why not", Reloaded),
+                        "400": _reply(
+                            "the new config is invalid; errors names each key (err_no 1)", ConfigRefused
                         ),
-                        "400": _error("the new config is invalid; errors names each key (err_no 1)"),
                         **_CHANGING,
                     },
                 }
             },
         },
-        "components": {
-            "schemas": {
-                "Error": _object(
-                    ["err_no", "err_msg"],
-                    err_no={"type": "integer", "enum": sorted({int(c) for c in ErrNo if c} | {8, 9})},
-                    err_msg={"type": "string"},
-                ),
-                "Readiness": _object(
-                    ["status", "ready", "reasons", "detail"],
-                    status={"enum": ["ready", "not ready"]},
-                    ready={"type": "boolean"},
-                    reasons={"type": "array", "items": {"type": "string"}},
-                    detail={"type": "object"},
-                ),
-            }
-        },
+        "components": {"schemas": top.get("$defs", {})},
     }

@@ -16,13 +16,15 @@ Families (all prefixed ``regproxy_``; ``listener`` is ``egress`` or ``ingress``)
   publications, subscriptions, subscriptions served from the state file's cache;
 * state file writes that succeeded and that failed, and whether the last one failed;
 * readiness, draining, start time, routing table versions.
+
+The collector sees the sidecar only through :class:`MetricsSource`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -35,10 +37,10 @@ from regproxy.registry.base import AUTH_FAILED, CONNECTED, CONNECTING, LOST, STO
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from regproxy.discovery import Discovery
     from regproxy.proxy.engine import Listener
-    from regproxy.sidecar import Sidecar
 
-__all__ = ["REGISTRY_STATES", "SidecarCollector", "histogram_buckets", "metrics_registry"]
+__all__ = ["REGISTRY_STATES", "MetricsSource", "SidecarCollector", "histogram_buckets", "metrics_registry"]
 
 PREFIX = "regproxy"
 # Every state a registry adapter reports (regproxy.registry.base), so each registry always has the
@@ -105,10 +107,32 @@ def histogram_buckets(hist: Histogram) -> list[tuple[str, float]]:
     return out
 
 
-class SidecarCollector(Collector):
-    """Builds the metric families from a running Sidecar's counters on every ``collect()``."""
+class MetricsSource(Protocol):
+    """What the metrics read of a sidecar (regproxy.sidecar.Sidecar is one): its two listeners (their
+    forwarders' counters and pools, their routing tables), discovery, readiness and lifetime."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
+    @property
+    def egress(self) -> Listener: ...
+
+    @property
+    def ingress(self) -> Listener: ...
+
+    @property
+    def discovery(self) -> Discovery | None: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+class SidecarCollector(Collector):
+    """Builds the metric families from a running sidecar's counters on every ``collect()``."""
+
+    def __init__(self, sidecar: MetricsSource) -> None:
         self.sidecar = sidecar
 
     def collect(self) -> Iterator[Metric]:
@@ -151,13 +175,13 @@ class SidecarCollector(Collector):
             stats = fwd.stats
             name = lst.name
             for attr, family in counters.items():
-                family.add_metric([name], getattr(stats, attr, 0))
+                family.add_metric([name], getattr(stats, attr))
             for code, n in sorted(stats.responses.items()):
                 responses.add_metric([name, str(code), _status_name(code)], n)
             for (service, method), hist in sorted(stats.latency.items()):
                 duration.add_metric([name, service, method], histogram_buckets(hist), hist.sum)
             downstream.add_metric([name], stats.downstream_connections)
-            in_flight.add_metric([name], getattr(fwd, "in_flight", 0))
+            in_flight.add_metric([name], fwd.in_flight)
         yield from counters.values()
         yield from (responses, duration, downstream, in_flight)
 
@@ -189,7 +213,7 @@ class SidecarCollector(Collector):
                 for state, n in sorted(by_state.items()):
                     conns.add_metric([lst.name, address, state], n)
                 pending.add_metric([lst.name, address], load)
-            for address, n in sorted(getattr(fwd.stats, "upstream_requests", {}).items()):
+            for address, n in sorted(fwd.stats.upstream_requests.items()):
                 sent.add_metric([lst.name, address], n)
         yield from (conns, pending, sent)
 
@@ -281,15 +305,15 @@ class SidecarCollector(Collector):
         hosts = GaugeMetricFamily(
             _name("cluster_hosts"), "Hosts in a cluster of the routing table.", labels=["listener", "cluster"]
         )
-        for name, holder in (("egress", sc.egress_table), ("ingress", sc.ingress_table)):
-            table = holder.current
+        for lst in (sc.egress, sc.ingress):
+            table, name = lst.table.current, lst.name
             version.add_metric([name], table.version)
             for cname, cluster in sorted(table.clusters.items()):
                 hosts.add_metric([name, cname], len(cluster.hosts))
         yield from (version, hosts)
 
 
-def metrics_registry(sidecar: Sidecar, *, process: bool = True) -> CollectorRegistry:
+def metrics_registry(sidecar: MetricsSource, *, process: bool = True) -> CollectorRegistry:
     """A registry of its own (not prometheus_client's global one) with the sidecar's collector, and the
     process and platform collectors (memory, CPU, open files, Python version)."""
     registry = CollectorRegistry()
