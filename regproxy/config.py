@@ -458,6 +458,16 @@ class UpstreamConfig(_Model):
         return v
 
 
+class DiscoveryConfig(_Model):
+    """How provider lists from the registries are applied (regproxy/discovery)."""
+
+    # Empty-provider protection (regproxy/discovery/protection.py), the same for every registry: a
+    # list that lost every provider of a subscription is applied only if still empty this long after.
+    empty_protection_s: Float = Field(
+        5.0, ge=0, le=300, description="keep the last providers this long when a list goes empty (0 = off)"
+    )
+
+
 class DrainConfig(_Model):
     grace_s: Float = Field(
         3.0, ge=0, le=300, description="keep serving this long after unpublishing, so consumers see it"
@@ -868,6 +878,7 @@ class Config(_Model):
     advertise_ip: str | None = None
     data_dir: str = "."
     registries: list[RegistryURL] = Field(default_factory=list)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)

@@ -8,11 +8,12 @@ registry or swaps a table:
 * ``tables``: pure table building (ingress table, a subscription's hosts, the egress table);
 * ``persistence``: the state file (snapshot, provider cache, restore checks, coalesced saves);
 * ``screen``: which provider URLs may be routed to (validity, this sidecar's own addresses);
+* ``protection``: empty-provider protection, one policy for every registry;
 * ``coordinator``: Discovery, which owns the registries and the event flow.
 
-Imports go one way: screen imports nothing of discovery; tables imports desired; persistence
-imports desired and screen; the coordinator imports them all. Nothing here imports the coordinator
-but this file.
+Imports go one way: screen and protection import nothing of discovery at run time; desired imports
+protection (the Hold type); tables imports desired; persistence imports desired and screen; the
+coordinator imports them all. Nothing here imports the coordinator but this file.
 """
 
 from __future__ import annotations

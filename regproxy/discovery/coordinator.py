@@ -1,17 +1,17 @@
 """The Discovery coordinator: a sidecar's publications and subscriptions carried out on its
 registries, and registry events turned into new routing tables.
 
-Flow is one way: registry events → provider lists per (subscription, registry) → a new egress
-table snapshot, swapped atomically. Publications → registry nodes with this sidecar's advertise IP
-and ingress port (the port rewrite) → an ingress table that sends each published service to the
-application's real port.
+Flow is one way: registry events → provider lists per (subscription, registry), through the
+empty-provider protection (regproxy.discovery.protection) → a new egress table snapshot, swapped
+atomically. Publications → registry nodes with this sidecar's advertise IP and ingress port (the
+port rewrite) → an ingress table that sends each published service to the application's real port.
 
 Nothing is lost on faults: a publication or subscription is kept as desired state and carried
 out again whenever a registry (re)connects; a registry that is down leaves the last known
 providers in place; the state file brings all of it back after a restart.
 
 What it builds on, each in its own module: desired (the state kept), tables (pure table building),
-persistence (the state file), screen (provider checks, own addresses).
+persistence (the state file), screen (provider checks, own addresses), protection (empty lists).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from regproxy.config import RegistryURL
 from regproxy.discovery.desired import NotFound, Publication, PublishSpec, SubscriptionState
 from regproxy.discovery.persistence import Saver, cached_providers, saved_state
+from regproxy.discovery.protection import DEFAULT_HOLD_S, EmptyProtection
 from regproxy.discovery.screen import Screen, short
 from regproxy.discovery.tables import (
     egress_table,
@@ -58,7 +59,7 @@ class Discovery:
     request named, closed again once nothing uses them); the desired state (``publications``,
     ``subscriptions``) and the providers each registry reports; the event flow from the adapters
     to the tables; the state file (through ``saver``: API changes before they are answered,
-    provider caches a moment later).
+    provider caches a moment later); the empty-provider holds (``protection``).
 
     May touch: in the registries, only its own nodes (its publications' provider nodes, its
     subscriptions' consumer nodes, and the provider node a previous run of this sidecar left at
@@ -73,8 +74,9 @@ class Discovery:
       application port in ``suspended``; such publications stay desired state (and in the file).
     * Desired state is never dropped on a registry fault: what a registry missed is carried out
       when it connects again (``_catch_up``), and the last providers it reported keep routing.
-    * Every provider list, from an event or a subscribe, passes ``screen.usable`` before it
-      replaces ``st.providers[key]`` (``_offer``).
+    * Every provider list, from an event or a subscribe, passes ``screen.usable`` and then
+      ``protection`` before it replaces ``st.providers[key]`` (``_offer``): a list emptied of
+      every provider the subscription would use is held back for ``protection.hold_s``.
     * The egress table is the static routes, then one route per subscription in ``route_order``
       (exact versions and groups before wildcards); ``_routed`` mirrors that order.
     * The ingress table routes exactly the published services (and, for ``unpublish_grace_s``,
@@ -96,6 +98,7 @@ class Discovery:
         application: str = "regproxy",
         store: StateStore | None = None,
         ingress_tls: bool = False,
+        empty_protection_s: float = DEFAULT_HOLD_S,
     ) -> None:
         self._factory = factory
         self.ingress_tls = ingress_tls  # published as regproxy.tls=true: egresses dial us with TLS
@@ -128,6 +131,9 @@ class Discovery:
         # For /metrics: provider_events, state_changes, invalid_providers, own_providers_ignored, ...
         self.events: Counter[str] = Counter()
         self.screen = Screen(self.events, self._registry_name)
+        self.protection = EmptyProtection(
+            empty_protection_s, self._release_held, registry_name=self._registry_name, events=self.events
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         # An unpublished service keeps its ingress route this long (drain.grace_s): consumers learn of
         # the removal through the registry a moment later and their requests meanwhile must not fail.
@@ -151,6 +157,8 @@ class Discovery:
         self.saver.close()
         for task in list(self._tasks):
             task.cancel()
+        for st in self.subscriptions.values():
+            self.protection.end(st)
         for reg in list(self.registries.values()):
             try:
                 await reg.stop()
@@ -482,6 +490,7 @@ class Discovery:
                     raise NotFound(f"service {sub.cluster_name} is not subscribed on {registry}")
                 await self._unwatch(st, key)
                 st.registries.remove(key)
+                self.protection.end(st, key)
                 st.providers.pop(key, None)
                 if st.registries:
                     self._update_cluster(st)
@@ -504,6 +513,7 @@ class Discovery:
     async def _drop_subscription(self, st: SubscriptionState) -> None:
         for key in list(st.watching):
             await self._unwatch(st, key)
+        self.protection.end(st)
         self.subscriptions.pop(st.sub.cluster_name, None)
         self.from_cache.discard(st.sub.cluster_name)
 
@@ -515,17 +525,34 @@ class Discovery:
             return  # a late event for a subscription that is gone
         self.events["provider_events"] += 1
         try:
-            self._offer(st, key, urls)
+            applied = self._offer(st, key, urls)
             self.from_cache.discard(st.sub.cluster_name)
+            if applied:
+                self._update_cluster(st)
+                self._save_soon()
+        except Exception:
+            self._apply_failed(st, key)
+
+    def _offer(self, st: SubscriptionState, key: str, urls: Iterable[DubboURL]) -> bool:
+        """A provider list registry ``key`` reports for ``st`` (an event, or what a subscribe
+        answered): its usable URLs (screen.usable) replace ``st.providers[key]`` unless the
+        empty-provider protection holds them back. Whether they did."""
+        usable = self.screen.usable(st.sub.cluster_name, key, urls)
+        if self.protection.holds_back(st, key, usable):
+            return False
+        st.providers[key] = usable
+        return True
+
+    def _release_held(self, st: SubscriptionState, key: str, urls: list[DubboURL]) -> None:
+        """A hold ran out (see protection): the list held back is applied, as an event's would be."""
+        if self.subscriptions.get(st.sub.cluster_name) is not st or key not in st.registries:
+            return
+        try:
+            st.providers[key] = urls
             self._update_cluster(st)
             self._save_soon()
         except Exception:
             self._apply_failed(st, key)
-
-    def _offer(self, st: SubscriptionState, key: str, urls: Iterable[DubboURL]) -> None:
-        """A provider list registry ``key`` reports for ``st`` (an event, or what a subscribe
-        answered): its usable URLs (screen.usable) replace ``st.providers[key]``."""
-        st.providers[key] = self.screen.usable(st.sub.cluster_name, key, urls)
 
     def _apply_failed(self, st: SubscriptionState, key: str) -> None:
         self.events["provider_event_failures"] += 1

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from regproxy.discovery.protection import Hold
 from regproxy.registry.url import DubboURL, Subscription
 from regproxy.routing import Cluster, Host, Route
 
@@ -79,6 +80,9 @@ class SubscriptionState:
     providers: dict[str, list[DubboURL]] = field(default_factory=dict)  # registry key -> all URLs
     watching: set[str] = field(default_factory=set)
     listeners: dict[str, Callable[[list[DubboURL]], None]] = field(default_factory=dict)
+    # Registry key -> the empty list held back while ``providers`` keeps the last one (see
+    # regproxy.discovery.protection): present only while a hold runs.
+    held: dict[str, Hold] = field(default_factory=dict)
     # Derived from ``providers`` and kept until one of its lists is replaced, so a registry event
     # rebuilds only its own subscription's cluster and cache text (see Discovery.hosts_of).
     cluster_memo: tuple[tuple[list[DubboURL] | None, ...], tuple[Host, ...]] | None = None
