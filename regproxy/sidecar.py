@@ -196,6 +196,7 @@ class Sidecar:
                 ingress_port=ingress_port,
                 store=StateStore(c.data_dir),
                 ingress_tls=self.ingress.settings.server_ssl is not None,
+                empty_protection_s=c.discovery.empty_protection_s,
             )
             self.discovery.unpublish_grace_s = c.drain.grace_s
             self._ignore_own_providers()
@@ -448,6 +449,10 @@ class Sidecar:
         if new.log_level != old.log_level:
             self.set_log_level(new.log_level)
             changes.append("log_level")
+        if new.discovery.empty_protection_s != old.discovery.empty_protection_s:
+            if self.discovery is not None:  # for holds that begin from now on
+                self.discovery.protection.hold_s = new.discovery.empty_protection_s
+            changes.append("discovery.empty_protection_s")
         # Read from self.config on use, so swapping the config below applies them.
         changes += [
             k

@@ -111,7 +111,10 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     try:
         provider = await start_node(tmp_path, "provider", app.port)
         nodes.append(provider)
-        consumer = await start_node(tmp_path, "consumer", 1, admin_token=None)
+        # A short empty-provider hold: a test that drains the provider waits it out.
+        consumer = await start_node(
+            tmp_path, "consumer", 1, admin_token=None, discovery={"empty_protection_s": 0.5}
+        )
         nodes.append(consumer)
         assert provider.sidecar.discovery is not None and consumer.sidecar.discovery is not None
         await provider.sidecar.discovery.publish(
@@ -438,6 +441,15 @@ async def test_reload_adds_a_static_route_and_refuses_a_broken_file(pair: Pair) 
     assert node.sidecar.config is before  # nothing changed
 
 
+async def test_reload_changes_the_empty_provider_hold(pair: Pair) -> None:
+    node = pair.consumer
+    node.rewrite(discovery={"empty_protection_s": 2.5})
+    status, body, _ = await pair.post(f"{node.admin}/api/v1/reload")
+    assert status == 200 and body["changes"] == ["discovery.empty_protection_s"], body
+    assert node.sidecar.discovery is not None and node.sidecar.discovery.protection.hold_s == 2.5
+    assert node.sidecar.config.discovery.empty_protection_s == 2.5
+
+
 async def test_drain_reports_not_ready_then_stops(pair: Pair) -> None:
     node = pair.provider
     url = f"{node.admin}/api/v1/drain"
@@ -452,12 +464,16 @@ async def test_drain_reports_not_ready_then_stops(pair: Pair) -> None:
     m = samples(await pair.text(f"{node.admin}/metrics"))
     assert value(m, "regproxy_draining") == 1 and value(m, "regproxy_ready") == 0
 
-    # The consumer sidecar sees the provider go (registry events are delivered on the loop).
+    # The consumer sidecar sees the provider go (registry events are delivered on the loop), once
+    # its empty-provider hold (0.5 s) is over.
     async def provider_gone() -> bool:
         _, subs = await pair.get(f"{pair.consumer.admin}/api/v1/subscriptions")
-        return bool(subs["registries"][0]["subscriptions"][0]["providers"] == [])
+        (sub,) = subs["registries"][0]["subscriptions"]
+        return sub["providers"] == [] and sub["holding_empty"] is False
 
-    await wait_for(provider_gone, 2, "the provider gone from the consumer's subscription", interval=0.01)
+    await wait_for(provider_gone, 3, "the provider gone from the consumer's subscription", interval=0.01)
+    m = samples(await pair.text(f"{pair.consumer.admin}/metrics"))
+    assert value(m, "regproxy_registry_events_total", event="empty_holds") == 1
     await asyncio.wait_for(node.sidecar.run_until_stopped(), 5)
     status, dump = await pair.get(f"{node.admin}/api/v1/config_dump?alllisteners")
     assert [entry["accepting"] for entry in dump["listeners"]] == [False, False]

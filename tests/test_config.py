@@ -58,7 +58,7 @@ def test_example_file_documents_every_key() -> None:
     # Every key of the model appears in the example, so the example stays the reference.
     raw = yaml.safe_load(EXAMPLE.read_text())
     assert set(raw) == set(Config.model_fields)
-    for section in ("limits", "timeouts", "upstream", "drain", "tls"):
+    for section in ("discovery", "limits", "timeouts", "upstream", "drain", "tls"):
         assert set(raw[section]) == set(type(getattr(Config(), section)).model_fields)
 
 
@@ -194,6 +194,18 @@ def test_non_string_address() -> None:
         ({"advertise_ip": "my-host"}, "advertise_ip", "not an IP address"),
         ({"advertise_ip": "0.0.0.0"}, "advertise_ip", "cannot be advertised"),
         ({"data_dir": " "}, "data_dir", "must not be empty"),
+        (
+            {"discovery": {"empty_protection_s": -1}},
+            "discovery.empty_protection_s",
+            "greater than or equal to 0",
+        ),
+        (
+            {"discovery": {"empty_protection_s": 301}},
+            "discovery.empty_protection_s",
+            "less than or equal to 300",
+        ),
+        ({"discovery": {"empty_protection_s": "5s"}}, "discovery.empty_protection_s", "valid number"),
+        ({"discovery": {"empty_hold_s": 5}}, "discovery.empty_hold_s", "unknown key"),
         ({"drain": {"grace_s": -1}}, "drain.grace_s", "greater than or equal to 0"),
         ({"drain": {"grace_s": 301}}, "drain.grace_s", "less than or equal to 300"),
         ({"drain": {"timeout_s": 0}}, "drain.timeout_s", "greater than or equal to 0.1"),
@@ -524,6 +536,13 @@ def test_drain_settings_from_file(tmp_path: Path) -> None:
     assert c.admin_token == "abc"
     c = load_config(None, {"drain.grace_s": "1.5"})
     assert c.drain.grace_s == 1.5 and c.drain.timeout_s == 15.0
+
+
+def test_empty_protection_default_file_and_off(tmp_path: Path) -> None:
+    assert Config().discovery.empty_protection_s == 5.0
+    c = load_config(write(tmp_path, "discovery: {empty_protection_s: 0.5}\n"))
+    assert c.discovery.empty_protection_s == 0.5
+    assert load_config(None, {"discovery.empty_protection_s": "0"}).discovery.empty_protection_s == 0.0
 
 
 def test_redacted_dict_is_json_ready() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import regproxy.discovery
+import regproxy.discovery.coordinator
 from regproxy.discovery import Discovery
 from regproxy.registry.base import CONNECTED, CONNECTING, STOPPED, RegistryUnavailable
 from regproxy.registry.memory import MemoryRegistry
@@ -31,7 +31,7 @@ class Unreachable(MemoryRegistry):
 
 @pytest.fixture(autouse=True)
 def _short_connect_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(regproxy.discovery, "CONNECT_WAIT_S", 0.05)
+    monkeypatch.setattr(regproxy.discovery.coordinator, "CONNECT_WAIT_S", 0.05)
 
 
 def with_unreachable(d: Discovery, host: str, made: dict[str, MemoryRegistry]) -> None:

@@ -1,5 +1,6 @@
 """One contract for every registry: the same expectations, run against a real ZooKeeper and
-against the Nacos protocol double driven by the official nacos-sdk-python client.
+against the Nacos protocol double driven by the official nacos-sdk-python client (and, for the
+empty-provider protection, against memory:// too: the policy is discovery's, whatever the adapter).
 
 Each test runs a sidecar in-process (its HTTP API, its tables) on the registry under test; the
 registry is changed behind its back the way other processes or operators would change it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote_plus, urlsplit
@@ -17,7 +19,10 @@ import aiohttp
 import pytest
 from kazoo.client import KazooClient
 
+from regproxy.api.admin import subscriptions_view
 from regproxy.config import Config
+from regproxy.discovery.protection import Hold
+from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.nacos import instance_metadata, service_name, to_nacos_weight
 from regproxy.registry.url import provider_url
 from regproxy.sidecar import Sidecar
@@ -31,12 +36,18 @@ VERSION = "1.0.0"
 GROUP = "g"
 
 
-class Backend(Protocol):
+class Providers(Protocol):
+    """A registry whose providers the test changes behind the sidecar's back."""
+
     url: str
-    back_within_s: float  # how long a registration may take to come back after a restart
 
     def add(self, ip: str, port: int, weight: int = 100) -> None: ...
     def remove(self, ip: str, port: int) -> None: ...
+
+
+class Backend(Providers, Protocol):
+    back_within_s: float  # how long a registration may take to come back after a restart
+
     def set_weight(self, ip: str, port: int, weight: int) -> None: ...
     def nodes(self) -> dict[str, dict[str, str]]: ...  # address -> URL parameters, as registered
     async def restart(self, down_s: float) -> None: ...
@@ -112,26 +123,58 @@ class NacosBackend:
         await self.double.restart(downtime=down_s)
 
 
-@pytest.fixture(params=[pytest.param("zookeeper", marks=pytest.mark.zookeeper), "nacos"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    if request.param == "zookeeper":
+class MemoryBackend:
+    """memory://, the in-process registry: providers set by "someone else" through its test hooks."""
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        MemoryRegistry.reset_all()
+        self.other = MemoryRegistry()  # never started: only its hooks on the shared store are used
+
+    def add(self, ip: str, port: int, weight: int = 100) -> None:
+        self.other.set_provider(_url(ip, port, weight))
+
+    def remove(self, ip: str, port: int) -> None:
+        (url,) = [u for u in self.other.nodes(IFACE) if u.address == f"{ip}:{port}"]
+        assert self.other.remove_provider(url)
+
+
+@asynccontextmanager
+async def backend_named(name: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if name == "zookeeper":
         yield ZooKeeperBackend(request.getfixturevalue("zk_server"), request.getfixturevalue("zk"))
-    else:
+    elif name == "nacos":
         async with NacosDouble() as double:
             yield NacosBackend(double)
+    else:
+        yield MemoryBackend()
 
 
-def sidecar_config(tmp: Path, registries: list[str]) -> Config:
+@pytest.fixture(params=[pytest.param("zookeeper", marks=pytest.mark.zookeeper), "nacos"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async with backend_named(request.param, request) as b:
+        yield b
+
+
+@pytest.fixture(params=[pytest.param("zookeeper", marks=pytest.mark.zookeeper), "nacos", "memory"])
+async def providers(request: pytest.FixtureRequest) -> AsyncIterator[Providers]:
+    async with backend_named(request.param, request) as b:
+        yield b
+
+
+def sidecar_config(tmp: Path, registries: list[str], **extra: Any) -> Config:
     return Config.from_dict({
         "egress": f"127.0.0.1:{free_port()}", "ingress": f"127.0.0.1:{free_port()}",
         "api": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}",
         "advertise_ip": "127.0.0.1", "app_port": 20990, "data_dir": str(tmp), "registries": registries,
+        **extra,
     })  # fmt: skip
 
 
-@pytest.fixture
-async def sidecar(backend: Backend, tmp_path: Path) -> AsyncIterator[Sidecar]:
-    sc = Sidecar(sidecar_config(tmp_path, [backend.url]))
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Sidecar]:
+    sc = Sidecar(config)
     await sc.start()
     try:
         await wait_for(
@@ -140,6 +183,12 @@ async def sidecar(backend: Backend, tmp_path: Path) -> AsyncIterator[Sidecar]:
         yield sc
     finally:
         await sc.stop()
+
+
+@pytest.fixture
+async def sidecar(backend: Backend, tmp_path: Path) -> AsyncIterator[Sidecar]:
+    async with running(sidecar_config(tmp_path, [backend.url])) as sc:
+        yield sc
 
 
 async def api(sc: Sidecar, path: str, body: object) -> tuple[int, dict[str, Any]]:
@@ -224,3 +273,81 @@ async def test_bad_input_writes_nothing(backend: Backend, sidecar: Sidecar) -> N
         status, body = await api(sidecar, "/pub", {"service": service})
         assert status == 400 and body["err_no"] != 0 and "service." in body["err_msg"], body
     assert backend.nodes() == {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Empty-provider protection (regproxy/discovery/protection.py): one policy for every registry.
+
+HOLD_S = 0.5
+CLUSTER = f"{GROUP}/{IFACE}:{VERSION}"
+
+
+def protected(tmp: Path, url: str, hold_s: float) -> Config:
+    return sidecar_config(tmp, [url], discovery={"empty_protection_s": hold_s})
+
+
+def holding(sc: Sidecar) -> bool:
+    """What the admin API's subscriptions view says of the one subscription's list."""
+    ((sub,),) = [r["subscriptions"] for r in subscriptions_view(sc.discovery)["registries"]]
+    return bool(sub["holding_empty"])
+
+
+def the_hold(sc: Sidecar) -> Hold:
+    (hold,) = sc.discovery.subscriptions[CLUSTER].held.values()
+    return hold
+
+
+def record_hosts(sc: Sidecar) -> list[set[str]]:
+    """The subscription's hosts in every egress table swapped in from now on."""
+    seen: list[set[str]] = []
+
+    def listener(new: Any, old: Any) -> None:
+        cluster = new.clusters.get(CLUSTER)
+        seen.append({h.address for h in cluster.hosts} if cluster else set())
+
+    sc.egress_table.add_listener(listener)
+    return seen
+
+
+async def test_last_provider_gone_is_routed_during_the_hold_then_dropped(
+    providers: Providers, tmp_path: Path
+) -> None:
+    async with running(protected(tmp_path, providers.url, HOLD_S)) as sc:
+        providers.add("10.1.0.1", 20882)
+        assert (await api(sc, "/sub", {"service": SERVICE}))[0] == 200
+        assert set(hosts(sc)) == {"10.1.0.1:20882"}
+        providers.remove("10.1.0.1", 20882)
+        await wait_for(lambda: holding(sc), 3, "the hold to begin")
+        hold = the_hold(sc)
+        # Held: the last provider is still routed to.
+        assert set(hosts(sc)) == {"10.1.0.1:20882"}
+        await wait_for(lambda: hosts(sc) == {}, 3, "the empty list once the hold is over")
+        assert asyncio.get_running_loop().time() - hold.since >= HOLD_S
+        assert not holding(sc)
+        assert sc.discovery.event_counts()["empty_holds"] == 1
+
+
+async def test_provider_back_within_the_hold_never_empties_the_table(
+    providers: Providers, tmp_path: Path
+) -> None:
+    async with running(protected(tmp_path, providers.url, HOLD_S * 10)) as sc:
+        providers.add("10.1.0.1", 20882)
+        assert (await api(sc, "/sub", {"service": SERVICE}))[0] == 200
+        seen = record_hosts(sc)
+        providers.remove("10.1.0.1", 20882)
+        await wait_for(lambda: holding(sc), 3, "the hold to begin")
+        hold = the_hold(sc)
+        providers.add("10.1.0.1", 20882, weight=300)  # back, re-registered (here with a new weight)
+        await wait_for(lambda: hosts(sc) == {"10.1.0.1:20882": 300}, 3, "the provider back")
+        assert not holding(sc)
+        assert hold.timer.cancelled()  # the hold is over: its end will apply nothing
+        assert set() not in seen, seen
+
+
+async def test_hold_zero_applies_the_empty_list_at_once(providers: Providers, tmp_path: Path) -> None:
+    async with running(protected(tmp_path, providers.url, 0)) as sc:
+        providers.add("10.1.0.1", 20882)
+        assert (await api(sc, "/sub", {"service": SERVICE}))[0] == 200
+        providers.remove("10.1.0.1", 20882)
+        await wait_for(lambda: hosts(sc) == {}, 3, "the empty list")
+        assert not holding(sc) and sc.discovery.event_counts().get("empty_holds", 0) == 0

@@ -197,9 +197,7 @@ async def test_subscribe_before_any_provider_and_shared_watch(
     assert await registry.subscribe(Subscription(SVC, "1.0.0"), v1) == []  # the path does not exist yet
     assert zk.exists(PROVIDERS) is not None  # created so the watch could be set
     assert await registry.subscribe(Subscription(SVC, "2.0.0", "g"), v2) == []
-    assert registry.describe()["watched"] == {
-        SVC: {"subscriptions": 2, "providers": 0, "holding_empty": False}
-    }
+    assert registry.describe()["watched"] == {SVC: {"subscriptions": 2, "providers": 0}}
 
     a = other_provider("10.0.0.1")
     create_other(zk, a)
@@ -217,44 +215,17 @@ async def test_subscribe_before_any_provider_and_shared_watch(
     assert registry.describe()["watched"] == {}
 
 
-@pytest.mark.slow
-async def test_every_provider_gone_is_held_before_delivery(
-    zk: KazooClient, zk_server: ZooKeeperServer
-) -> None:
-    """A provider whose session expired re-creates its node within a second: consumers must not see
-    the empty list meanwhile (every request would fail with "no provider").  One that stays gone is
-    delivered at the end of the hold; a provider arriving is delivered at once."""
-    reg = make_registry(zk_server.hosts, empty_hold_s=1.0)
-    await reg.start()
-    try:
-        await wait_for(lambda: reg.connected, 10, "registry connected")
-        a = other_provider("10.0.0.1")
-        create_other(zk, a)
-        rec = Recorder()
-        assert await reg.subscribe(Subscription(SVC, "1.0.0"), rec) == [a]
-
-        # Gone and back within the hold: no empty list is ever delivered.
-        zk.delete(node_path(a))
-        await wait_for(lambda: reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold")
-        create_other(zk, a)
-        await wait_for(lambda: not reg.describe()["watched"][SVC]["holding_empty"], 2, "the hold to end")
-        await asyncio.sleep(1.2)  # past the end of the first hold: its timer must be gone too
-        assert all(rec.lists), rec.lists
-
-        # Gone for good: delivered once the hold is over, not before.
-        t0 = time.monotonic()
-        zk.delete(node_path(a))
-        await rec.wait_for(lambda urls: urls == [], timeout=5)
-        assert 1.0 <= time.monotonic() - t0 < 3.0
-        assert not reg.describe()["watched"][SVC]["holding_empty"]
-
-        # An addition is never held.
-        t0 = time.monotonic()
-        create_other(zk, a)
-        await rec.wait_for(lambda urls: urls == [a], timeout=2)
-        assert time.monotonic() - t0 < 0.9
-    finally:
-        await reg.stop()
+async def test_every_provider_gone_is_delivered_at_once(registry: ZooKeeperRegistry, zk: KazooClient) -> None:
+    """The adapter delivers the empty list as it is, like any other: holding it back is discovery's
+    (regproxy/discovery/protection.py; tests/test_registry_contract.py covers it per registry)."""
+    a = other_provider("10.0.0.1")
+    create_other(zk, a)
+    rec = Recorder()
+    assert await registry.subscribe(Subscription(SVC, "1.0.0"), rec) == [a]
+    t0 = time.monotonic()
+    zk.delete(node_path(a))
+    await rec.wait_for(lambda urls: urls == [], timeout=2)
+    assert time.monotonic() - t0 < 1.0  # the removal re-list (removal_hold_s), never a longer hold
 
 
 # ---------------------------------------------------------------------------------------------------

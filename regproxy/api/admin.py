@@ -455,6 +455,9 @@ def subscriptions_view(disc: Discovery | None) -> Subscriptions:
                     watching=key in s.watching,
                     # Providers read from the state file at start, not yet confirmed by a registry.
                     from_cache=s.sub.cluster_name in disc.from_cache,
+                    # This registry's list lost every provider: the last one is kept for a while
+                    # (discovery.empty_protection_s, regproxy/discovery/protection.py).
+                    holding_empty=key in s.held,
                     providers=[
                         ProviderView(address=u.address, weight=u.weight)
                         for u in s.providers.get(key, ())

@@ -303,6 +303,10 @@ class SubscriptionView(_Reply):
     group: str
     watching: bool
     from_cache: bool = Field(description="its providers were read from the state file, not yet confirmed")
+    holding_empty: bool = Field(
+        description="this registry's list lost every provider; the last ones are kept for "
+        "discovery.empty_protection_s"
+    )
     providers: list[ProviderView]
 
 

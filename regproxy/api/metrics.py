@@ -230,7 +230,8 @@ class SidecarCollector(Collector):
             _name("registry_events"),
             "Registry notifications handled: provider list changes and connection state changes; "
             "provider URLs ignored because they name this sidecar's own egress, API or admin listener; "
-            "invalid provider URLs skipped (each counted once); provider events that failed to apply.",
+            "invalid provider URLs skipped (each counted once); provider events that failed to apply; "
+            "provider lists emptied and held back by the empty-provider protection.",
             labels=["event"],
         )
         pubs = GaugeMetricFamily(_name("publications"), "Services this sidecar publishes.")
@@ -255,6 +256,7 @@ class SidecarCollector(Collector):
                 "own_providers_ignored",
                 "invalid_providers",
                 "provider_event_failures",
+                "empty_holds",
             ):
                 events.add_metric([kind], counts.get(kind, 0))
             pubs.add_metric([], len(disc.publications))

@@ -18,6 +18,7 @@ from regproxy.config.load import load_config
 from regproxy.config.model import (
     LOG_LEVELS,
     Config,
+    DiscoveryConfig,
     DrainConfig,
     LimitsConfig,
     TimeoutsConfig,
@@ -35,6 +36,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "DiscoveryConfig",
     "DrainConfig",
     "HealthSettings",
     "HostConfig",

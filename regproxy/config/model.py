@@ -38,6 +38,7 @@ from regproxy.tls import problems as tls_problems
 __all__ = [
     "LOG_LEVELS",
     "Config",
+    "DiscoveryConfig",
     "DrainConfig",
     "LimitsConfig",
     "TLSConfig",
@@ -108,6 +109,16 @@ class UpstreamConfig(Model):
         if 0 < v < 1000:
             raise PydanticCustomError("user_timeout", "must be 0 (off) or at least 1000 ms")
         return v
+
+
+class DiscoveryConfig(Model):
+    """How provider lists from the registries are applied (regproxy/discovery)."""
+
+    # Empty-provider protection (regproxy/discovery/protection.py), the same for every registry: a
+    # list that lost every provider of a subscription is applied only if still empty this long after.
+    empty_protection_s: Float = Field(
+        5.0, ge=0, le=300, description="keep the last providers this long when a list goes empty (0 = off)"
+    )
 
 
 class DrainConfig(Model):
@@ -183,6 +194,7 @@ class Config(Model):
     advertise_ip: str | None = None
     data_dir: str = "."
     registries: list[RegistryURL] = Field(default_factory=list)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)

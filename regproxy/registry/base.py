@@ -2,7 +2,8 @@
 
 Adapters deliver plain values on the event loop: the full, unfiltered list of provider URLs of an
 interface each time it changes, and their connection state. Filtering by version and group is the
-caller's (the same Dubbo rules for every registry).
+caller's (the same Dubbo rules for every registry), and so is holding back a list that lost every
+provider (regproxy.discovery.protection): adapters deliver every list as it is, an empty one too.
 
 An outage is reported in two lines of regproxy's own, whatever the client library logs meanwhile
 (registry/repeats.py thins that out): a WARNING when the registry becomes unreachable (the

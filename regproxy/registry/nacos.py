@@ -57,9 +57,6 @@ RELIST_S = 10.0  # how often wildcard subscriptions look for new versions or gro
 # restart not at all (it counts the new server's "connection unregistered" as healthy). A cheap
 # naming request every second finds out, and makes the client reconnect.
 PROBE_S = 1.0
-# Just after a reconnect, re-subscriptions can answer [] before providers have re-registered:
-# an empty list is applied only if it is still empty this long after the reconnect.
-EMPTY_HOLD_S = 3.0
 _META_KEYS = ("category", "protocol", "path")
 AUTH_RETRY_S = 5.0  # while the server refuses our credentials, log in again this often
 LOGIN_PATH = "/nacos/v1/auth/users/login"
@@ -109,7 +106,6 @@ class _Watch:
         self.interface = interface
         self.subs: dict[Subscription, list[ProvidersListener]] = {}
         self.services: dict[str, list[DubboURL]] = {}  # Nacos service name -> providers
-        self.held: dict[str, list[Any]] = {}  # empty lists held back just after a reconnect
         self.relist: asyncio.Task[None] | None = None
 
     def providers(self) -> list[DubboURL]:
@@ -131,7 +127,6 @@ class NacosRegistry(Registry):
         self._watches: dict[str, _Watch] = {}
         self._callbacks: dict[str, Any] = {}  # Nacos service name -> the callback given to the client
         self._prober: asyncio.Task[None] | None = None
-        self._reconnected_at = float("-inf")
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -286,7 +281,6 @@ class NacosRegistry(Registry):
             return  # the transport is up, but the server refuses our credentials: still not ready
         self._set_state(CONNECTED if connected else SUSPENDED)
         if connected:
-            self._reconnected_at = asyncio.get_running_loop().time()
             # The client re-registers and re-subscribes only every 30 s on its own: now, instead.
             redo = self._client.grpc_client_proxy.redo_service
             task = asyncio.get_running_loop().create_task(redo.start_redo_task())
@@ -466,16 +460,11 @@ class NacosRegistry(Registry):
         return urls
 
     def _deliver(self, watch: _Watch, name: str, instances: list[Any]) -> None:
+        """A pushed list, delivered as it is: an empty one just after a reconnect (re-subscriptions
+        can answer before providers have re-registered) is held back by discovery
+        (regproxy.discovery.protection), as every registry's."""
         if self._watches.get(watch.interface) is not watch or name not in self._callbacks:
             return  # a late push for a subscription that is gone
-        loop = asyncio.get_running_loop()
-        hold = self._reconnected_at + EMPTY_HOLD_S - loop.time()
-        if not instances and hold > 0 and watch.services.get(name):
-            if name not in watch.held:
-                loop.call_later(hold, self._release, watch, name)
-            watch.held[name] = instances
-            return
-        watch.held.pop(name, None)
         watch.services[name] = self._urls(watch.interface, instances)
         providers = watch.providers()
         for listeners in list(watch.subs.values()):
@@ -484,11 +473,6 @@ class NacosRegistry(Registry):
                     listener(list(providers))
                 except Exception:
                     log.exception("registry %s: providers listener failed", self.name)
-
-    def _release(self, watch: _Watch, name: str) -> None:
-        """An empty list held after a reconnect that nothing replaced: apply it now."""
-        if name in watch.held:
-            self._deliver(watch, name, watch.held.pop(name))
 
     async def _relist(self, watch: _Watch) -> None:
         """Wildcard subscriptions: pick up versions or groups registered after they started."""

@@ -168,10 +168,6 @@ class _Watch:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one listing at a time
     task: asyncio.Task[None] | None = None  # the pending event-driven refresh
     dirty: bool = False  # an event arrived while the refresh ran: list again
-    # An empty list held back (see ZooKeeperRegistry._hold_empty): the timer ending the hold, and
-    # whether it ran out (the next empty listing is then delivered).
-    hold: asyncio.TimerHandle | None = None
-    hold_over: bool = False
     # The kazoo watch callback.  Always the same object, so kazoo's per-path watcher set holds it
     # once however often the path is re-listed.
     watcher: Callable[[WatchedEvent], None] | None = None
@@ -189,7 +185,6 @@ class ZooKeeperRegistry(Registry):
         op_timeout_s: float = 5.0,
         reconnect_max_delay_s: float = 2.0,
         removal_hold_s: float = 0.03,
-        empty_hold_s: float = 5.0,
     ) -> None:
         if url.scheme != "zookeeper":
             raise ValueError(f"not a zookeeper registry URL: {url}")
@@ -203,11 +198,8 @@ class ZooKeeperRegistry(Registry):
         # briefly missing the provider (with one provider: a window of "no provider" errors).
         # Additions are delivered at once; events arriving during a listing are coalesced anyway.
         self._removal_hold_s = removal_hold_s
-        # Every provider of a service gone at once is held this long before being delivered: most
-        # often it is one provider's session that expired, and its node is re-created within a second.
-        # Delivering the empty list meanwhile would fail every request ("no provider") where the last
-        # list still works; a list that stays empty is delivered once the hold is over.
-        self._empty_hold_s = empty_hold_s
+        # Every provider gone at once is delivered as it is: discovery holds an empty list back
+        # (regproxy.discovery.protection), the same way for every registry.
         self._client: KazooClient | None = None
         self._kazoo_log = QuietLog(
             logging.getLogger("kazoo.client"), KAZOO_REPEAT_S, observe=self._kazoo_logged
@@ -257,7 +249,6 @@ class ZooKeeperRegistry(Registry):
                 iface: {
                     "subscriptions": len(w.bindings),
                     "providers": len(w.providers),
-                    "holding_empty": w.hold is not None,
                 }
                 for iface, w in sorted(self._watches.items())
             },
@@ -312,8 +303,6 @@ class ZooKeeperRegistry(Registry):
                         log.warning("registry %s: on stop: %s", self.name, task.exception())
         self._registered.clear()
         self._stale.clear()
-        for w in self._watches.values():
-            self._end_hold(w)
         self._watches.clear()
         if client is not None:
             self._kazoo_log.stopping = True
@@ -393,7 +382,6 @@ class ZooKeeperRegistry(Registry):
     def _drop_watch(self, w: _Watch) -> None:
         if self._watches.get(w.interface) is w:
             del self._watches[w.interface]
-        self._end_hold(w)
         if w.task is not None:
             w.task.cancel()
 
@@ -459,8 +447,6 @@ class ZooKeeperRegistry(Registry):
                         f"registry {self.name}: {w.path} was deleted as it was created"
                     ) from None
             current = frozenset(leaves)
-            if self._hold_empty(w, current):
-                return
             if current == w.leaves and not force:
                 return
             w.leaves = current
@@ -473,39 +459,6 @@ class ZooKeeperRegistry(Registry):
                     listener(list(snapshot))
                 except Exception:
                     log.exception("registry %s: providers listener of %s failed", self.name, w.interface)
-
-    def _hold_empty(self, w: _Watch, current: frozenset[str]) -> bool:
-        """Whether to keep the last list instead of delivering ``current``, empty after a non-empty one.
-
-        The first empty listing starts the hold; a provider back meanwhile ends it (delivered as
-        any change), else its end lists again, as a watch event would, and the empty list goes out.
-        """
-        if current or not w.providers or self._empty_hold_s <= 0:
-            self._end_hold(w)
-            return False
-        if w.hold_over:
-            w.hold_over = False
-            return False
-        if w.hold is None:
-            assert self._loop is not None
-            log.info(
-                "registry %s: every provider of %s is gone; keeping the last %d for %g s unless one is back",
-                self.name,
-                w.interface,
-                len(w.providers),
-                self._empty_hold_s,
-            )
-            w.hold = self._loop.call_later(self._empty_hold_s, self._hold_ran_out, w)
-        return True
-
-    def _hold_ran_out(self, w: _Watch) -> None:
-        w.hold, w.hold_over = None, True
-        self._on_watch_event(w)
-
-    def _end_hold(self, w: _Watch) -> None:
-        if w.hold is not None:
-            w.hold.cancel()
-        w.hold, w.hold_over = None, False
 
     def _parse_leaves(self, w: _Watch, leaves: list[str]) -> list[DubboURL]:
         """URLs of ``leaves``; leaves of the last listing are not parsed again, so an event costs in

@@ -1,14 +1,17 @@
-"""Publications and subscriptions: what the HTTP API asks for, carried out on the registries, and
-the routing tables kept in step with what the registries report.
+"""The Discovery coordinator: a sidecar's publications and subscriptions carried out on its
+registries, and registry events turned into new routing tables.
 
-Flow is one way: registry events → provider lists per (subscription, registry) → a new egress
-table snapshot, swapped atomically. Publications → registry nodes with this sidecar's advertise
-IP and ingress port (the port rewrite) → an ingress table that sends each published service to the
-application's real port.
+Flow is one way: registry events → provider lists per (subscription, registry), through the
+empty-provider protection (regproxy.discovery.protection) → a new egress table snapshot, swapped
+atomically. Publications → registry nodes with this sidecar's advertise IP and ingress port (the
+port rewrite) → an ingress table that sends each published service to the application's real port.
 
 Nothing is lost on faults: a publication or subscription is kept as desired state and carried
 out again whenever a registry (re)connects; a registry that is down leaves the last known
 providers in place; the state file brings all of it back after a restart.
+
+What it builds on, each in its own module: desired (the state kept), tables (pure table building),
+persistence (the state file), screen (provider checks, own addresses), protection (empty lists).
 """
 
 from __future__ import annotations
@@ -20,141 +23,30 @@ import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from regproxy.address import is_loopback_host
+from regproxy.discovery.desired import NotFound, Publication, PublishSpec, SubscriptionState
+from regproxy.discovery.persistence import Saver, cached_providers, saved_state
+from regproxy.discovery.protection import DEFAULT_HOLD_S, EmptyProtection
+from regproxy.discovery.screen import Screen, short
+from regproxy.discovery.tables import (
+    egress_table,
+    hosts_from,
+    ingress_table,
+    route_order,
+    subscription_cluster,
+    subscription_route,
+)
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.registry_url import RegistryURL
-from regproxy.registry.url import (
-    DubboURL,
-    Subscription,
-    consumer_url,
-    matches,
-    provider_problem,
-    provider_url,
-)
-from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
-from regproxy.state import SavedState, StateSaveError, StateStore, StateWriter
+from regproxy.registry.url import DubboURL, Subscription, consumer_url, provider_url
+from regproxy.routing import Cluster, Host, Route, RoutingTable, TableHolder
+from regproxy.state import SavedState, StateSaveError, StateStore
 from regproxy.tls import TLS_PARAM
 
 log = logging.getLogger(__name__)
 
-DYNAMIC_LB = "weighted_round_robin"  # honours provider weights; equal weights give plain round robin
 CONNECT_WAIT_S = 3.0  # how long a request naming a new registry waits for it to connect
-CACHE_SAVE_DELAY_S = 3.0  # provider cache writes are coalesced: a write is linear in the table
-
-
-@dataclass(frozen=True)
-class PublishSpec:
-    interface: str
-    port: int
-    methods: tuple[str, ...] = ()
-    version: str = ""
-    group: str = ""
-    application: str = ""
-    params: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return Subscription(self.interface, self.version, self.group).cluster_name
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"] = list(self.methods)
-        d["params"] = dict(self.params)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PublishSpec:
-        return cls(
-            interface=d["interface"],
-            port=int(d["port"]),
-            methods=tuple(d.get("methods") or ()),
-            version=d.get("version") or "",
-            group=d.get("group") or "",
-            application=d.get("application") or "",
-            params=dict(d.get("params") or {}),
-        )
-
-
-def _short(text: str, limit: int = 300) -> str:
-    """``text`` cut for a log line: a registry node may be 1 MB long."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def ingress_table(published: Iterable[PublishSpec] = ()) -> RoutingTable:
-    """Ingress routes: each service published through this sidecar (interface, version and group) to
-    the application port it was published with, and nothing else.
-
-    There is no catch-all: the ingress is reachable from other hosts, and forwarding whatever
-    arrives would let anyone reach any service of the local application (or, with a crafted
-    publication elsewhere, its ports) without it being published. Others get SERVICE_NOT_FOUND.
-    """
-    routes: list[Route] = []
-    clusters: dict[str, Cluster] = {}
-    for spec in sorted(published, key=lambda p: p.key):
-        cname = f"app:{spec.port}"
-        if cname not in clusters:
-            clusters[cname] = Cluster(name=cname, hosts=(Host(address=f"127.0.0.1:{spec.port}"),))
-        # The group is always matched, though it costs decoding the attachments of every request:
-        # a group not published here must not reach the application either.
-        match = RouteMatch(service=spec.interface, version=spec.version, group=spec.group)
-        routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0))
-    return RoutingTable(routes=routes, clusters=list(clusters.values()))
-
-
-def own_addresses(listeners: Iterable[tuple[str, str, int]], advertise_ip: str) -> dict[str, str]:
-    """The provider addresses (``host:port`` as DubboURL.address writes them, lowercase) at which a
-    sidecar reaches its own listeners, each with what it is ("egress listener 127.0.0.1:20880"), for
-    ``listeners`` given as (name, bound host, port): the bound host; the loopback names when it is
-    bound to a loopback or unspecified address; the advertise IP when that is the bound host or the
-    host is unspecified (a listener on 127.0.0.1 is not reachable at the advertise IP: something
-    else may listen on that port there)."""
-    unspecified = ("", "0.0.0.0", "::")
-    out: dict[str, str] = {}
-    for name, host, port in listeners:
-        what = f"{name} listener {'[' + host + ']' if ':' in host else host or '*'}:{port}"
-        hosts = {host.lower()}
-        if host in unspecified or is_loopback_host(host):
-            hosts.update(("127.0.0.1", "localhost", "::1"))
-        if host in unspecified:
-            hosts.add(advertise_ip.lower())
-        for h in hosts - {""}:
-            out[f"[{h}]:{port}" if ":" in h else f"{h}:{port}"] = what
-    return out
-
-
-class NotFound(LookupError):
-    """Unpublish or unsubscribe of something this sidecar does not have (the API answers 404)."""
-
-
-@dataclass
-class Publication:
-    spec: PublishSpec
-    url: DubboURL
-    registries: list[str]  # registry keys
-    registered: set[str] = field(default_factory=set)  # keys where the node was created
-    # The URL a previous run of this sidecar registered (restored from the state file, same
-    # address): removed from each registry before ``url`` goes in (see Discovery._register).
-    previous: DubboURL | None = None
-
-
-@dataclass
-class SubscriptionState:
-    sub: Subscription
-    registries: list[str]
-    consumer: DubboURL
-    providers: dict[str, list[DubboURL]] = field(default_factory=dict)  # registry key -> all URLs
-    watching: set[str] = field(default_factory=set)
-    listeners: dict[str, Callable[[list[DubboURL]], None]] = field(default_factory=dict)
-    # Derived from ``providers`` and kept until one of its lists is replaced, so a registry event
-    # rebuilds only its own subscription's cluster and cache text (see Discovery.cluster_of).
-    cluster_memo: tuple[tuple[list[DubboURL] | None, ...], tuple[Host, ...]] | None = None
-    text_memo: dict[str, tuple[list[DubboURL], list[str]]] = field(default_factory=dict)
-    route: Route | None = None  # the subscription's route: fixed by ``sub``, built once
-    cluster: Cluster | None = None  # the last cluster built; reused while its hosts are current
-
 
 RegistryFactory = Callable[[RegistryURL], Registry]
 
@@ -165,8 +57,9 @@ class Discovery:
 
     Owns: the registry adapters (``registries``: the configured ones, started here, and those a
     request named, closed again once nothing uses them); the desired state (``publications``,
-    ``subscriptions``) and the providers each registry reports; the state file (written through
-    a StateWriter: API changes before they are answered, provider caches a moment later).
+    ``subscriptions``) and the providers each registry reports; the event flow from the adapters
+    to the tables; the state file (through ``saver``: API changes before they are answered,
+    provider caches a moment later); the empty-provider holds (``protection``).
 
     May touch: in the registries, only its own nodes (its publications' provider nodes, its
     subscriptions' consumer nodes, and the provider node a previous run of this sidecar left at
@@ -181,8 +74,11 @@ class Discovery:
       application port in ``suspended``; such publications stay desired state (and in the file).
     * Desired state is never dropped on a registry fault: what a registry missed is carried out
       when it connects again (``_catch_up``), and the last providers it reported keep routing.
-    * The egress table is the static routes, then one route per subscription in ``_order_key``
-      order (exact versions and groups before wildcards); ``_routed`` mirrors that order.
+    * Every provider list, from an event or a subscribe, passes ``screen.usable`` and then
+      ``protection`` before it replaces ``st.providers[key]`` (``_offer``): a list emptied of
+      every provider the subscription would use is held back for ``protection.hold_s``.
+    * The egress table is the static routes, then one route per subscription in ``route_order``
+      (exact versions and groups before wildcards); ``_routed`` mirrors that order.
     * The ingress table routes exactly the published services (and, for ``unpublish_grace_s``,
       the ones just unpublished) to their application ports: nothing else reaches the application.
     * Calls that change desired state hold ``_lock`` across their awaits; registry events
@@ -202,6 +98,7 @@ class Discovery:
         application: str = "regproxy",
         store: StateStore | None = None,
         ingress_tls: bool = False,
+        empty_protection_s: float = DEFAULT_HOLD_S,
     ) -> None:
         self._factory = factory
         self.ingress_tls = ingress_tls  # published as regproxy.tls=true: egresses dial us with TLS
@@ -223,7 +120,7 @@ class Discovery:
         self.subscriptions: dict[str, SubscriptionState] = {}
         self.restored = False
         self.from_cache: set[str] = set()  # subscriptions serving providers read from the state file
-        self._writer = StateWriter(store, self.snapshot) if store is not None else None
+        self.saver = Saver(store, self.snapshot)
         self._routed: list[tuple[bool, bool, str]] = []  # see _rebuild_egress
         self._lock = asyncio.Lock()  # API calls change shared state in steps with awaits between
         self.withdrawn = False  # draining: nodes taken out of the registries, no new publications
@@ -231,17 +128,17 @@ class Discovery:
         # stay desired state but are out of the registries until resume_publications. Independent
         # of ``withdrawn``: draining wins, a resume while draining registers nothing.
         self.suspended: dict[int, str] = {}  # app port -> reason
-        self.events: Counter[str] = Counter()  # provider_events, state_changes (for /metrics)
+        # For /metrics: provider_events, state_changes, invalid_providers, own_providers_ignored, ...
+        self.events: Counter[str] = Counter()
+        self.screen = Screen(self.events, self._registry_name)
+        self.protection = EmptyProtection(
+            empty_protection_s, self._release_held, registry_name=self._registry_name, events=self.events
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         # An unpublished service keeps its ingress route this long (drain.grace_s): consumers learn of
         # the removal through the registry a moment later and their requests meanwhile must not fail.
         self.unpublish_grace_s = 3.0
         self._lingering: dict[str, tuple[PublishSpec, float]] = {}  # key -> (spec, loop time to drop)
-        # Provider addresses that are this sidecar's own egress, API or admin listener (see
-        # own_addresses): the egress would forward to itself. Its ingress is not among them.
-        self.own_addresses: dict[str, str] = {}
-        self._ignored_own: set[str] = set()  # provider URLs already reported as ignored
-        self._invalid_seen: set[str] = set()  # invalid provider URLs already reported (see _usable)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -253,14 +150,15 @@ class Discovery:
         self.restored = True
 
     async def stop(self) -> None:
-        if self._writer is not None:
-            try:
-                await self._writer.flush()
-            except StateSaveError as exc:
-                log.error("stopping with changes that are not on disk (a restart will lack them): %s", exc)
-            self._writer.close()
+        try:
+            await self.saver.flush()
+        except StateSaveError as exc:
+            log.error("stopping with changes that are not on disk (a restart will lack them): %s", exc)
+        self.saver.close()
         for task in list(self._tasks):
             task.cancel()
+        for st in self.subscriptions.values():
+            self.protection.end(st)
         for reg in list(self.registries.values()):
             try:
                 await reg.stop()
@@ -298,7 +196,7 @@ class Discovery:
                 await asyncio.sleep(0.05)
         return reg
 
-    def _held(self) -> set[str]:
+    def _in_use(self) -> set[str]:
         """Keys of the registries some publication or subscription uses."""
         keys = {k for p in self.publications.values() for k in p.registries}
         keys.update(k for st in self.subscriptions.values() for k in st.registries)
@@ -308,9 +206,9 @@ class Discovery:
         """Close the registries among ``keys`` that a request brought in (not configured) and that
         nothing uses now: one that never connected, or whose last publication or subscription is
         gone. Kept, it would retry its connection forever, and it is not the operator's."""
-        held = self._held()
+        in_use = self._in_use()
         for key in dict.fromkeys(keys):
-            if key in self._configured or key in held:
+            if key in self._configured or key in in_use:
                 continue
             reg = self.registries.pop(key, None)
             self._registry_urls.pop(key, None)
@@ -578,7 +476,7 @@ class Discovery:
             await self._quietly(reg.unsubscribe(st.sub, listener))
             raise
         st.watching.add(key)
-        st.providers[key] = self._usable(st, key, urls)
+        self._offer(st, key, urls)
         self.from_cache.discard(st.sub.cluster_name)
 
     async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None:
@@ -592,6 +490,7 @@ class Discovery:
                     raise NotFound(f"service {sub.cluster_name} is not subscribed on {registry}")
                 await self._unwatch(st, key)
                 st.registries.remove(key)
+                self.protection.end(st, key)
                 st.providers.pop(key, None)
                 if st.registries:
                     self._update_cluster(st)
@@ -614,6 +513,7 @@ class Discovery:
     async def _drop_subscription(self, st: SubscriptionState) -> None:
         for key in list(st.watching):
             await self._unwatch(st, key)
+        self.protection.end(st)
         self.subscriptions.pop(st.sub.cluster_name, None)
         self.from_cache.discard(st.sub.cluster_name)
 
@@ -625,38 +525,46 @@ class Discovery:
             return  # a late event for a subscription that is gone
         self.events["provider_events"] += 1
         try:
-            st.providers[key] = self._usable(st, key, urls)
+            applied = self._offer(st, key, urls)
             self.from_cache.discard(st.sub.cluster_name)
+            if applied:
+                self._update_cluster(st)
+                self._save_soon()
+        except Exception:
+            self._apply_failed(st, key)
+
+    def _offer(self, st: SubscriptionState, key: str, urls: Iterable[DubboURL]) -> bool:
+        """A provider list registry ``key`` reports for ``st`` (an event, or what a subscribe
+        answered): its usable URLs (screen.usable) replace ``st.providers[key]`` unless the
+        empty-provider protection holds them back. Whether they did."""
+        usable = self.screen.usable(st.sub.cluster_name, key, urls)
+        if self.protection.holds_back(st, key, usable):
+            return False
+        st.providers[key] = usable
+        return True
+
+    def _release_held(self, st: SubscriptionState, key: str, urls: list[DubboURL]) -> None:
+        """A hold ran out (see protection): the list held back is applied, as an event's would be."""
+        if self.subscriptions.get(st.sub.cluster_name) is not st or key not in st.registries:
+            return
+        try:
+            st.providers[key] = urls
             self._update_cluster(st)
             self._save_soon()
         except Exception:
-            self.events["provider_event_failures"] += 1
-            st.cluster_memo = None  # built from a list that may not be the one now held
-            log.exception(
-                "registry %s: applying providers of %s failed; later events still apply",
-                self._registry_name(key), st.sub.cluster_name,
-            )  # fmt: skip
+            self._apply_failed(st, key)
+
+    def _apply_failed(self, st: SubscriptionState, key: str) -> None:
+        self.events["provider_event_failures"] += 1
+        st.cluster_memo = None  # built from a list that may not be the one now held
+        log.exception(
+            "registry %s: applying providers of %s failed; later events still apply",
+            self._registry_name(key), st.sub.cluster_name,
+        )  # fmt: skip
 
     def _registry_name(self, key: str) -> str:
         reg = self.registries.get(key)
         return reg.name if reg is not None else key
-
-    def _usable(self, st: SubscriptionState, key: str, urls: Iterable[DubboURL]) -> list[DubboURL]:
-        """The one check every provider URL passes, from any registry (events and the list a
-        subscribe returns): one that cannot be routed to (see provider_problem) is left out, never
-        kept in the providers (so never saved), and reported with one WARNING per URL, not one per
-        event, and counted as ``invalid_providers``."""
-        out: list[DubboURL] = []
-        for url in urls:
-            problem = provider_problem(url)
-            if problem is None:
-                out.append(url)
-            elif self._first_sighting(str(url)):
-                log.warning(
-                    "registry %s: skipping provider %s of %s: %s",
-                    self._registry_name(key), _short(str(url)), st.sub.cluster_name, problem,
-                )  # fmt: skip
-        return out
 
     def event_counts(self) -> dict[str, int]:
         """The registry events counted here, with the entries the adapters could not even parse
@@ -665,16 +573,6 @@ class Discovery:
         unparseable = sum(reg.unparseable for reg in self.registries.values())
         counts["invalid_providers"] = counts.get("invalid_providers", 0) + unparseable
         return counts
-
-    def _first_sighting(self, text: str) -> bool:
-        """Whether an invalid provider URL is new (to report and count it once); bounded memory."""
-        if text in self._invalid_seen:
-            return False
-        if len(self._invalid_seen) >= 4096:
-            self._invalid_seen.clear()
-        self._invalid_seen.add(text)
-        self.events["invalid_providers"] += 1
-        return True
 
     def _consumer_url(self, sub: Subscription) -> DubboURL:
         return consumer_url(
@@ -699,47 +597,21 @@ class Discovery:
         return hosts
 
     def _hosts_from(self, st: SubscriptionState) -> tuple[Host, ...]:
-        hosts: dict[str, Host] = {}
-        own = self.own_addresses
-        for key in st.registries:
-            for url in st.providers.get(key, ()):
-                if url.address in hosts:
-                    continue
-                if not matches(st.sub, url):
-                    if url.protocol != "dubbo":
-                        log.debug("ignoring %s provider %s", url.protocol, url)
-                    continue
-                if own and (what := own.get(url.address.lower())) is not None:
-                    self._ignore_own(st, key, url, what)
-                    continue
-                hosts[url.address] = Host(address=url.address, weight=url.weight, metadata=dict(url.params))
-        return tuple(hosts.values())
+        hosts, own = hosts_from(st.sub, st.registries, st.providers, self.screen.own)
+        for key, url, what in own:
+            self.screen.report_own(st.sub.cluster_name, key, url, what)
+        return hosts
 
-    def _ignore_own(self, st: SubscriptionState, key: str, url: DubboURL, what: str) -> None:
-        """A provider whose address is one of this sidecar's own listeners: requests sent there
-        would come back into this sidecar (the egress forwarding to itself, forever). Said once per
-        URL, not at every rebuild, and counted."""
-        text = str(url)
-        if text in self._ignored_own:
-            return
-        if len(self._ignored_own) >= 4096:
-            self._ignored_own.clear()
-        self._ignored_own.add(text)
-        self.events["own_providers_ignored"] += 1
-        reg = self.registries.get(key)
-        log.warning(
-            "registry %s: ignoring provider %s of %s: %s is this sidecar's own %s, and requests sent "
-            "there would come back into it in a loop",
-            reg.name if reg is not None else key, text, st.sub.cluster_name, url.address, what,
-        )  # fmt: skip
+    @property
+    def own_addresses(self) -> dict[str, str]:
+        """This sidecar's own listener addresses (see set_own_addresses)."""
+        return self.screen.own
 
     def set_own_addresses(self, addresses: Mapping[str, str]) -> None:
         """This sidecar's own listener addresses (``own_addresses``), once they are known: providers
         at any of them are left out of every cluster from now on."""
-        addresses = {a.lower(): what for a, what in addresses.items()}
-        if addresses == self.own_addresses:
+        if not self.screen.set_own(addresses):
             return
-        self.own_addresses = addresses
         for st in self.subscriptions.values():
             st.cluster_memo = None
         if self.subscriptions:
@@ -769,20 +641,14 @@ class Discovery:
     def _cluster_of(self, st: SubscriptionState) -> Cluster:
         hosts = self.hosts_of(st)
         if st.cluster is None or st.cluster.hosts is not hosts:
-            st.cluster = Cluster(name=st.sub.cluster_name, lb=DYNAMIC_LB, hosts=hosts)
+            st.cluster = subscription_cluster(st.sub, hosts)
         return st.cluster
 
     @staticmethod
     def _route_of(st: SubscriptionState) -> Route:
         if st.route is None:
-            name = st.sub.cluster_name
-            st.route = Route(name=name, match=st.sub.route_match(), cluster=name)
+            st.route = subscription_route(st.sub)
         return st.route
-
-    @staticmethod
-    def _order_key(st: SubscriptionState) -> tuple[bool, bool, str]:
-        # Exact versions and groups before wildcards, so "*" never shadows a precise subscription.
-        return (st.sub.version == "*", st.sub.group == "*" or "," in st.sub.group, st.sub.cluster_name)
 
     def _route_subscription(self, st: SubscriptionState) -> None:
         """Give a subscription its route and cluster: inserted in its place in a table that keeps
@@ -792,7 +658,7 @@ class Discovery:
         if name in table.clusters or name in self.static_table.clusters:
             self._update_cluster(st)
             return
-        key = self._order_key(st)
+        key = route_order(st.sub)
         at = bisect.bisect_left(self._routed, key)
         index = len(self.static_table.routes) + at
         self.egress.swap(table.inserting(index, self._route_of(st), self._cluster_of(st)))
@@ -805,25 +671,23 @@ class Discovery:
             self._rebuild_egress()
             return
         self.egress.swap(table.removing(name, name))
-        key = self._order_key(st)
+        key = route_order(st.sub)
         at = bisect.bisect_left(self._routed, key)
         if at < len(self._routed) and self._routed[at] == key:
             del self._routed[at]
 
     def _rebuild_egress(self) -> None:
         static = self.static_table
-        routes: list[Route] = list(static.routes)
-        clusters: list[Cluster] = list(static.clusters.values())
+        pairs: list[tuple[Route, Cluster]] = []
         routed: list[tuple[bool, bool, str]] = []
-        for st in sorted(self.subscriptions.values(), key=self._order_key):
+        for st in sorted(self.subscriptions.values(), key=lambda st: route_order(st.sub)):
             name = st.sub.cluster_name
             if name in static.clusters:
                 log.warning("subscription %s shadowed by a static cluster of the same name", name)
                 continue
-            clusters.append(self._cluster_of(st))
-            routes.append(self._route_of(st))
-            routed.append(self._order_key(st))
-        self.egress.swap(RoutingTable(routes=routes, clusters=clusters))
+            pairs.append((self._route_of(st), self._cluster_of(st)))
+            routed.append(route_order(st.sub))
+        self.egress.swap(egress_table(static, pairs))
         self._routed = routed  # order keys of the subscription routes, as they follow the static ones
 
     def _linger(self, spec: PublishSpec) -> None:
@@ -847,62 +711,24 @@ class Discovery:
     # --- persistence --------------------------------------------------------------------------
 
     def snapshot(self) -> SavedState:
-        return SavedState(
-            publications=[
-                {"spec": p.spec.to_dict(), "url": str(p.url), "registries": p.registries}
-                for p in self.publications.values()
-            ],
-            subscriptions=[
-                {
-                    "interface": s.sub.interface,
-                    "version": s.sub.version,
-                    "group": s.sub.group,
-                    "registries": s.registries,
-                }
-                for s in self.subscriptions.values()
-            ],
-            providers={name: self._provider_texts(s) for name, s in self.subscriptions.items()},
-        )
-
-    @staticmethod
-    def _provider_texts(st: SubscriptionState) -> dict[str, list[str]]:
-        """The cache form of a subscription's providers, re-rendered only for lists that changed:
-        the whole state is saved after every event, and rendering 10,000 URLs each time would make
-        one provider's change cost in proportion to every provider known."""
-        out: dict[str, list[str]] = {}
-        memo = st.text_memo
-        for key, urls in st.providers.items():
-            seen = memo.get(key)
-            if seen is None or seen[0] is not urls:
-                seen = memo[key] = (urls, [str(u) for u in urls])
-            out[key] = seen[1]
-        for key in memo.keys() - st.providers.keys():
-            del memo[key]
-        return out
+        return saved_state(self.publications.values(), self.subscriptions)
 
     async def _save(self) -> None:
-        """Desired state changed (an API call): answer only once it is on disk.
+        """Desired state changed (an API call): answer only once it is on disk (see Saver.save)."""
+        await self.saver.save()
 
-        StateSaveError when it could not be written: the change is kept, in effect here and in the
-        registries, and the writer retries the whole state until a write succeeds (see StateWriter).
-        Undoing it instead would mean more registry calls that can fail in turn, and would race with
-        the other calls sharing the failed write."""
-        if self._writer is not None:
-            await self._writer.save()
+    def _save_soon(self) -> None:
+        """The provider cache changed: it may lag, and bursts of events share one write."""
+        self.saver.save_soon()
 
     def state_save_status(self) -> dict[str, Any] | None:
         """The state file's writes (StateWriter.describe), None without a data directory."""
-        return self._writer.describe() if self._writer is not None else None
+        return self.saver.describe()
 
     @property
     def state_save_error(self) -> str | None:
         """Why the last state write failed; None while writes succeed (or there is no data dir)."""
-        return self._writer.error if self._writer is not None else None
-
-    def _save_soon(self) -> None:
-        """The provider cache changed: it may lag, and bursts of events share one write."""
-        if self._writer is not None:
-            self._writer.save_later(CACHE_SAVE_DELAY_S)
+        return self.saver.error
 
     async def _restore(self, saved: SavedState) -> None:
         """Bring back what a previous run had: routes from the provider cache at once, registry
@@ -914,11 +740,9 @@ class Discovery:
                 # Inside the try: a field of the wrong type (an int interface) is refused here.
                 st = SubscriptionState(sub, keys, self._consumer_url(sub))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                log.error("state file: skipping subscription %s: %s", _short(repr(item)), exc)
+                log.error("state file: skipping subscription %s: %s", short(repr(item)), exc)
                 continue
-            st.providers.update(
-                self._cached_providers(sub.cluster_name, saved.providers.get(sub.cluster_name))
-            )
+            st.providers.update(cached_providers(sub.cluster_name, saved.providers.get(sub.cluster_name)))
             self.subscriptions[sub.cluster_name] = st
             if any(st.providers.values()):
                 self.from_cache.add(sub.cluster_name)
@@ -931,7 +755,7 @@ class Discovery:
                 # regproxy.tls of this run (either may have changed since).
                 url = self._provider_url(spec)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                log.error("state file: skipping publication %s: %s", _short(repr(item)), exc)
+                log.error("state file: skipping publication %s: %s", short(repr(item)), exc)
                 continue
             # The previous run's node, when it was at this address: a killed sidecar's lives on
             # until its session expires. One elsewhere is not ours to remove.
@@ -956,44 +780,6 @@ class Discovery:
             self._registry_urls[key] = RegistryURL.parse(key)
         return key
 
-    def _cached_providers(self, name: str, cached: object) -> dict[str, list[DubboURL]]:
-        """A subscription's providers as the state file holds them (registry key -> URL texts),
-        each part checked as registry URLs are (provider_problem): a part of the wrong type, an
-        unparseable or unusable URL is dropped with an ERROR naming it; the rest is restored."""
-        out: dict[str, list[DubboURL]] = {}
-        if cached is None:
-            return out
-        if not isinstance(cached, dict):
-            log.error(
-                "state file: skipping cached providers of %s: %s is not a mapping", name, _short(repr(cached))
-            )
-            return out
-        for key, texts in cached.items():
-            if not isinstance(texts, list):
-                log.error(
-                    "state file: skipping cached providers of %s from %s: %s is not a list",
-                    name, key, _short(repr(texts)),
-                )  # fmt: skip
-                continue
-            urls: list[DubboURL] = []
-            for text in texts:
-                try:
-                    if not isinstance(text, str):
-                        raise ValueError("not a URL string")
-                    url = DubboURL.parse(text)
-                    problem = provider_problem(url)
-                    if problem is not None:
-                        raise ValueError(problem)
-                except ValueError as exc:
-                    log.error(
-                        "state file: skipping cached provider %s of %s from %s: %s",
-                        _short(repr(text)), name, key, exc,
-                    )  # fmt: skip
-                    continue
-                urls.append(url)
-            out[key] = urls
-        return out
-
     @staticmethod
     async def _quietly(op: Any) -> None:
         try:
@@ -1010,9 +796,9 @@ class Discovery:
         """The states readiness counts: every configured registry's, and a registry's a request
         brought in only once it has connected and while something uses it (one restored from the
         state file that never connects in this run is no reason to be unready either)."""
-        held = self._held()
+        in_use = self._in_use()
         return {
             reg.name: reg.state
             for key, reg in self.registries.items()
-            if key in self._configured or ((key in self._ever_connected or reg.connected) and key in held)
+            if key in self._configured or ((key in self._ever_connected or reg.connected) and key in in_use)
         }

@@ -1,0 +1,100 @@
+"""The routing tables that follow from desired state: pure functions of their arguments.
+
+* ingress: each published service to the application port it was published with, nothing else;
+* egress: the static routes first, then one route and one cluster per subscription, in
+  ``route_order`` (exact versions and groups before wildcards);
+* a subscription's hosts: the providers every registry of it reports, filtered by Dubbo's rules,
+  one host per address, this sidecar's own listeners left out.
+
+No registry, no event loop, no table holder: the coordinator (regproxy.discovery.coordinator)
+calls these and swaps what they return.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from regproxy.discovery.desired import PublishSpec
+from regproxy.registry.url import DubboURL, Subscription, matches
+from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable
+
+log = logging.getLogger(__name__)
+
+DYNAMIC_LB = "weighted_round_robin"  # honours provider weights; equal weights give plain round robin
+
+# A provider left out for being one of this sidecar's own listeners: (registry key, URL, what it is).
+OwnHit = tuple[str, DubboURL, str]
+
+
+def ingress_table(published: Iterable[PublishSpec] = ()) -> RoutingTable:
+    """Ingress routes: each service published through this sidecar (interface, version and group) to
+    the application port it was published with, and nothing else.
+
+    There is no catch-all: the ingress is reachable from other hosts, and forwarding whatever
+    arrives would let anyone reach any service of the local application (or, with a crafted
+    publication elsewhere, its ports) without it being published. Others get SERVICE_NOT_FOUND.
+    """
+    routes: list[Route] = []
+    clusters: dict[str, Cluster] = {}
+    for spec in sorted(published, key=lambda p: p.key):
+        cname = f"app:{spec.port}"
+        if cname not in clusters:
+            clusters[cname] = Cluster(name=cname, hosts=(Host(address=f"127.0.0.1:{spec.port}"),))
+        # The group is always matched, though it costs decoding the attachments of every request:
+        # a group not published here must not reach the application either.
+        match = RouteMatch(service=spec.interface, version=spec.version, group=spec.group)
+        routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0))
+    return RoutingTable(routes=routes, clusters=list(clusters.values()))
+
+
+def hosts_from(
+    sub: Subscription,
+    registries: Sequence[str],
+    providers: Mapping[str, Sequence[DubboURL]],
+    own: Mapping[str, str],
+) -> tuple[tuple[Host, ...], list[OwnHit]]:
+    """The hosts of subscription ``sub``: the providers of each of its ``registries`` (in that order)
+    a Dubbo consumer would use, the first URL of an address winning; and those left out because
+    their address is in ``own`` (this sidecar's own listeners, lowercase)."""
+    hosts: dict[str, Host] = {}
+    hits: list[OwnHit] = []
+    for key in registries:
+        for url in providers.get(key, ()):
+            if url.address in hosts:
+                continue
+            if not matches(sub, url):
+                if url.protocol != "dubbo":
+                    log.debug("ignoring %s provider %s", url.protocol, url)
+                continue
+            if own and (what := own.get(url.address.lower())) is not None:
+                hits.append((key, url, what))
+                continue
+            hosts[url.address] = Host(address=url.address, weight=url.weight, metadata=dict(url.params))
+    return tuple(hosts.values()), hits
+
+
+def route_order(sub: Subscription) -> tuple[bool, bool, str]:
+    """Where a subscription's route goes among the others: exact versions and groups before
+    wildcards, so "*" never shadows a precise subscription; then by name."""
+    return (sub.version == "*", sub.group == "*" or "," in sub.group, sub.cluster_name)
+
+
+def subscription_route(sub: Subscription) -> Route:
+    name = sub.cluster_name
+    return Route(name=name, match=sub.route_match(), cluster=name)
+
+
+def subscription_cluster(sub: Subscription, hosts: tuple[Host, ...]) -> Cluster:
+    return Cluster(name=sub.cluster_name, lb=DYNAMIC_LB, hosts=hosts)
+
+
+def egress_table(static: RoutingTable, routed: Iterable[tuple[Route, Cluster]]) -> RoutingTable:
+    """The static routes and clusters, then the subscriptions' (``routed``, already in route_order
+    and without those a static cluster shadows)."""
+    routes: list[Route] = list(static.routes)
+    clusters: list[Cluster] = list(static.clusters.values())
+    for route, cluster in routed:
+        routes.append(route)
+        clusters.append(cluster)
+    return RoutingTable(routes=routes, clusters=clusters)
