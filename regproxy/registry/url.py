@@ -42,6 +42,7 @@ __all__ = [
     "Subscription",
     "SubscriptionLike",
     "consumer_url",
+    "is_match_glob_pattern",
     "java_url_decode",
     "java_url_encode",
     "matches",
@@ -526,3 +527,19 @@ def matches(sub: SubscriptionLike, url: DubboURL) -> bool:
     if sub.version != ANY and normalize_version(sub.version) != url.version:
         return False
     return _group_matches(sub.group, url.group)
+
+
+def is_match_glob_pattern(pattern: str | None, value: str | None) -> bool:
+    """Dubbo's ``UrlUtils.isMatchGlobPattern(pattern, value)``: ``*`` matches any value; otherwise only
+    the *last* ``*`` is a wildcard (``a*b*c`` is the prefix ``a*b`` and the suffix ``c``, and the two may
+    overlap); a pattern without ``*`` must equal the value.  An empty (or None) pattern matches only an
+    empty value, and an empty value only an empty pattern."""
+    if pattern == ANY:
+        return True
+    if not pattern or not value:
+        return not pattern and not value
+    star = pattern.rfind("*")
+    if star < 0:
+        return value == pattern
+    prefix, suffix = pattern[:star], pattern[star + 1 :]
+    return value.startswith(prefix) and value.endswith(suffix)
