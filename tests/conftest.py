@@ -16,6 +16,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.retry import KazooRetry
 
+from tests.nacos_sdk import clients, config_clients, nacos  # noqa: F401  (fixtures of the Nacos tests)
 from tests.topology import world  # noqa: F401  (a fixture, shared by the end-to-end tests)
 from tests.zkserver import MAIN_CLASS as ZK_MAIN_CLASS
 from tests.zkserver import ZooKeeperNotInstalled, ZooKeeperServer

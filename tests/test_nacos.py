@@ -4,7 +4,6 @@ Nacos at once. The Nacos server is the protocol double; the client is the offici
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,6 @@ from tests.wait import wait_for
 from tests.zkserver import ZooKeeperServer
 
 SVC = service_name("providers", IFACE, VERSION, GROUP)
-
-
-@pytest.fixture
-async def nacos() -> AsyncIterator[NacosDouble]:
-    async with NacosDouble() as double:
-        yield double
 
 
 async def in_process(tmp: Path, registries: list[str]) -> Sidecar:

@@ -2,29 +2,25 @@
 
 These tests pin down two things at once: that the double speaks the protocol the client expects, and
 how the client behaves (callbacks, ownership of instances, reconnects), which the sidecar's Nacos
-adapter builds on.  Clients get their own log and cache directories under tmp_path (by default the
-SDK writes to ~/logs/nacos and ~/nacos/cache and reloads that cache at start).
+adapter builds on.  The ``nacos`` and ``clients`` fixtures are tests/nacos_sdk.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from v2.nacos import (
     BatchRegisterInstanceParam,
-    ClientConfigBuilder,
     DeregisterInstanceParam,
     Instance,
     ListInstanceParam,
@@ -35,13 +31,12 @@ from v2.nacos import (
     SubscribeServiceParam,
 )
 
+from tests.nacos_sdk import Clients, close
 from tests.peers.nacos import NacosDouble
 from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SVC = "providers:com.x.Svc:1.0.0:"
-
-Clients = Callable[..., Awaitable[NacosNamingService]]
 
 
 class Recorder:
@@ -57,17 +52,8 @@ class Recorder:
         return {f"{i.ip}:{i.port}" for i in self.lists[-1]} if self.lists else set()
 
     async def wait_for(self, addresses: set[str], timeout: float = 3.0) -> list[Instance]:
-        await wait_for(
-            lambda: self.lists and self.addresses() == addresses, timeout, f"callback {addresses}"
-        )
+        await wait_for(lambda: self.lists and self.addresses() == addresses, timeout, f"callback {addresses}")
         return self.lists[-1]
-
-
-async def close(client: NacosNamingService) -> None:
-    # 2.0.11's shutdown() closes the connection, then awaits ServiceInfoUpdater.stop(), which is not
-    # a coroutine: the TypeError comes after the work is done.
-    with contextlib.suppress(TypeError):
-        await client.shutdown()
 
 
 async def negate(check: Awaitable[bool]) -> bool:
@@ -80,48 +66,6 @@ async def both_healthy(*clients: NacosNamingService) -> bool:
 
 def register(service: str, ip: str, port: int, **kw: Any) -> RegisterInstanceParam:
     return RegisterInstanceParam(service_name=service, ip=ip, port=port, **kw)
-
-
-@pytest.fixture
-async def nacos() -> AsyncIterator[NacosDouble]:
-    async with NacosDouble() as double:
-        yield double
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    """``await clients(double, namespace=..., username=..., ...)`` -> a connected naming client."""
-    made: list[NacosNamingService] = []
-    naming_log = logging.getLogger("naming")  # the SDK adds a file handler here for every client
-    handlers_before = list(naming_log.handlers)
-
-    async def connect(double: NacosDouble, namespace: str = "", **options: str) -> NacosNamingService:
-        builder = (
-            ClientConfigBuilder()
-            .server_address(double.address)
-            .namespace_id(namespace)
-            .log_dir(str(tmp_path / "nacos-logs"))
-            .cache_dir(str(tmp_path / f"nacos-cache-{len(made)}"))
-            .load_cache_at_start(False)
-        )
-        for name, value in options.items():
-            getattr(builder, name)(value)
-        config = builder.build()
-        # Without this the SDK never tells a subscriber that the last instance went away.
-        config.update_cache_when_empty = True
-        client = await NacosNamingService.create_naming_service(config)
-        made.append(client)
-        return client
-
-    try:
-        yield connect
-    finally:
-        for client in made:
-            await close(client)
-        for handler in naming_log.handlers[:]:
-            if handler not in handlers_before:
-                naming_log.removeHandler(handler)
-                handler.close()
 
 
 # ---------------------------------------------------------------------------------------------------

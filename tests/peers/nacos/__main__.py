@@ -42,7 +42,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.peers.nacos", description="A Nacos 2.x naming server double for tests."
+        prog="python -m tests.peers.nacos", description="A Nacos 2.x naming and config double for tests."
     )
     parser.add_argument("--port", type=int, default=8848, help="Nacos server port; gRPC is on port + 1000")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -14,7 +14,8 @@ service info whose ``lastRefTime`` is not newer than the one it holds.
 
 Refusals follow Nacos's two layers: its parameter checker (names, ip, port, cluster, metadata size)
 answers errorCode 400 in the request's own response type (``InvalidParam``); the naming handler's
-own checks answer an ErrorResponse (``InvalidRequest``).
+own checks answer an ErrorResponse (``InvalidRequest``).  The config handlers refuse in their own
+response type instead (``Failed``, Nacos's ``buildFailResponse``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ NO_HANDLER = 302
 # Nacos's parameter checker (nacos.core.param.check.enabled, on by default since 2.3): these rules
 # reject a request before its handler runs, with errorCode 400 in the handler's own response type.
 _SERVICE_NAME = re.compile(r"(?!@).((?!@@)[^\u4E00-\u9FA5\s])*")
-_GROUP = re.compile(r"[a-zA-Z0-9_:.\-]*")
+GROUP_PATTERN = re.compile(r"[a-zA-Z0-9_:.\-]*")
 _CLUSTER = re.compile(r"[0-9a-zA-Z_\-]+")
-_NAMESPACE = re.compile(r"[\w-]+")
+NAMESPACE_PATTERN = re.compile(r"[\w-]+")
 _IP = re.compile(r"[^\u4E00-\u9FA5\s]*")
 METADATA_LIMIT = 1024  # total characters of keys and values; nacos.naming.service.metadata.length
 # What the naming handler itself then insists on (NamingUtils.checkInstanceIsLegal): no "_" here.
@@ -63,14 +64,18 @@ class InvalidRequest(Exception):
         self.code = code
 
 
-class InvalidParam(InvalidRequest):
+class Failed(InvalidRequest):
+    """Refused in the handler's own response type: resultCode 500 and errorCode ``code``."""
+
+
+class InvalidParam(Failed):
     """Refused by the parameter checker: answered in the handler's response type, errorCode 400."""
 
     def __init__(self, message: str) -> None:
         super().__init__(f"Param check invalid:{message}")
 
 
-def _check(what: str, value: str, pattern: re.Pattern[str], limit: int) -> None:
+def check_param(what: str, value: str, pattern: re.Pattern[str], limit: int) -> None:
     if len(value) > limit:
         raise InvalidParam(f"Param '{what}' is illegal, the param length should not exceed {limit}.")
     if not pattern.fullmatch(value):
@@ -80,18 +85,18 @@ def _check(what: str, value: str, pattern: re.Pattern[str], limit: int) -> None:
 def service_key(service: str, group: str = DEFAULT_GROUP, namespace: str = "") -> ServiceKey:
     """Check names as Nacos's parameter checker does; blank namespace and group take the defaults."""
     if namespace:
-        _check("namespaceId/tenant", namespace, _NAMESPACE, 64)
+        check_param("namespaceId/tenant", namespace, NAMESPACE_PATTERN, 64)
     if group:
-        _check("group", group, _GROUP, 128)
+        check_param("group", group, GROUP_PATTERN, 128)
     if not service or not service.strip():
         raise InvalidRequest("Param 'serviceName' is illegal, serviceName is blank")
-    _check("serviceName", service, _SERVICE_NAME, 512)
+    check_param("serviceName", service, _SERVICE_NAME, 512)
     return (namespace or DEFAULT_NAMESPACE, group or DEFAULT_GROUP, service)
 
 
 def check_clusters(clusters: str) -> str:
     for cluster in filter(None, clusters.split(",")):
-        _check("cluster", cluster, _CLUSTER, 64)
+        check_param("cluster", cluster, _CLUSTER, 64)
     return clusters
 
 
@@ -119,12 +124,12 @@ class Instance:
         ip, port = data.get("ip"), data.get("port")
         if not isinstance(ip, str) or not ip.strip():
             raise InvalidRequest("Param 'ip' is illegal, ip is blank")
-        _check("ip", ip, _IP, 128)
+        check_param("ip", ip, _IP, 128)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidParam("Param 'port' is illegal, the value should be between 0 and 65535.")
         cluster = data.get("clusterName") or ""
         if cluster:
-            _check("cluster", cluster, _CLUSTER, 64)
+            check_param("cluster", cluster, _CLUSTER, 64)
         metadata = data.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             raise InvalidRequest("Param 'metadata' is illegal, metadata is not an object")

@@ -13,10 +13,13 @@ Connection life cycle, as in Nacos 2.x:
    the connection is registered and unary requests from that transport are served; before that
    (or on a transport the server never set up, e.g. after a restart) they get ErrorResponse 301
    "Connection is unregistered.";
-3. the server pushes ``NotifySubscriberRequest`` on the stream; the client acks with
-   ``NotifySubscriberResponse`` carrying the same requestId;
+3. the server pushes ``NotifySubscriberRequest`` (naming) and ``ConfigChangeNotifyRequest``
+   (config) on the stream; the client acks with a response carrying the same requestId (Nacos's
+   ``GrpcBiStreamRequestAcceptor`` takes any response as the ack of that id: the Python SDK acks
+   config pushes with a ``NotifySubscriberResponse``, the Java one with ``ConfigChangeNotifyResponse``);
 4. when the stream ends (client shutdown, channel closed, server stop) the connection is
-   unregistered, its ephemeral instances removed and the remaining subscribers pushed.
+   unregistered, its ephemeral instances and config listens removed and the remaining subscribers
+   pushed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +39,15 @@ import grpc
 from aiohttp import web
 from v2.nacos.transport.grpcauto.nacos_grpc_service_pb2 import Metadata, Payload
 
+from tests.peers.nacos.configs import (
+    CONFIG_NOT_FOUND,
+    Config,
+    ConfigKey,
+    ConfigStore,
+    check_names,
+    check_write,
+    tenant_of,
+)
 from tests.peers.nacos.model import (
     BAD_GATEWAY,
     DEFAULT_CLUSTER,
@@ -45,8 +57,8 @@ from tests.peers.nacos.model import (
     NO_RIGHT,
     SERVER_ERROR,
     UN_REGISTER,
+    Failed,
     Instance,
-    InvalidParam,
     InvalidRequest,
     Registry,
     ServiceKey,
@@ -58,10 +70,10 @@ log = logging.getLogger("tests.peers.nacos")
 
 GRPC_PORT_OFFSET = 1000
 TOKEN_TTL_S = 18_000
-# The response type of each naming request (all guarded by auth when it is on).  A refusal by a filter
-# (parameter check, auth) comes back in that type with resultCode 500; a refusal by the handler itself
-# comes back as ErrorResponse.  The SDK treats them differently: after an ErrorResponse it retries
-# three times and then re-checks its connection.
+# The response type of each naming and config request (all guarded by auth when it is on).  A refusal
+# by a filter (parameter check, auth) comes back in that type with resultCode 500, and so does a config
+# handler's own refusal; a naming handler's own refusal comes back as ErrorResponse.  The SDK treats
+# them differently: after an ErrorResponse it retries three times and then re-checks its connection.
 _RESPONSE_TYPES = {
     "InstanceRequest": "InstanceResponse",
     "BatchInstanceRequest": "BatchInstanceResponse",
@@ -69,6 +81,10 @@ _RESPONSE_TYPES = {
     "ServiceQueryRequest": "QueryServiceResponse",
     "SubscribeServiceRequest": "SubscribeServiceResponse",
     "ServiceListRequest": "ServiceListResponse",
+    "ConfigQueryRequest": "ConfigQueryResponse",
+    "ConfigPublishRequest": "ConfigPublishResponse",
+    "ConfigRemoveRequest": "ConfigRemoveResponse",
+    "ConfigBatchListenRequest": "ConfigChangeBatchListenResponse",
 }
 # Fields the Python SDK's response models require even in a refusal.
 _REQUIRED_FIELDS: dict[str, dict[str, Any]] = {"ServiceListResponse": {"count": 0, "serviceNames": []}}
@@ -137,7 +153,8 @@ class NacosDouble:
     ``max_metadata_length`` is Nacos's limit on an instance's metadata (characters of keys plus
     values, 1024 by default since 2.3; None turns the check off, as a server configured without it).
 
-    ``stats`` counts pushes written and acks received, for tests that want to see the stream work.
+    ``stats`` counts pushes written and acks received (naming and config together), for tests that
+    want to see the stream work.
     """
 
     def __init__(
@@ -155,6 +172,7 @@ class NacosDouble:
         self._users = dict(users) if users is not None else None
         self._push_delay = push_delay
         self.registry = Registry()
+        self.configs = ConfigStore()
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._transport_ids: dict[str, str] = {}  # peer -> connection id handed out by ServerCheck
@@ -176,6 +194,10 @@ class NacosDouble:
             "ServiceQueryRequest": self._query,
             "SubscribeServiceRequest": self._subscribe,
             "ServiceListRequest": self._service_list,
+            "ConfigQueryRequest": self._config_query,
+            "ConfigPublishRequest": self._config_publish,
+            "ConfigRemoveRequest": self._config_remove,
+            "ConfigBatchListenRequest": self._config_listen,
         }
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -259,7 +281,8 @@ class NacosDouble:
         raise OSError("no free port pair (port, port + 1000) found")
 
     async def stop(self) -> None:
-        """Go away like a killed server: every connection and its ephemeral instances are gone."""
+        """Go away like a killed server: every connection, its ephemeral instances and its config
+        listens are gone; configs stay (Nacos keeps them in its database)."""
         if self._grpc is None:
             return
         self._stopping = True  # the connections being dropped are all there is: no one to push to
@@ -283,7 +306,8 @@ class NacosDouble:
         log.info("nacos double stopped")
 
     async def restart(self, downtime: float = 0.0) -> None:
-        """Stop, stay down ``downtime`` seconds, start on the same ports; persistent instances stay."""
+        """Stop, stay down ``downtime`` seconds, start on the same ports; persistent instances and
+        configs stay."""
         await self.stop()
         if downtime > 0:
             await asyncio.sleep(downtime)
@@ -387,6 +411,37 @@ class NacosDouble:
     def set_weight(self, service: str, ip: str, port: int, weight: float, **where: str) -> int:
         return self.update_instance(service, ip, port, weight=float(weight), **where)
 
+    def publish_config(
+        self,
+        data_id: str,
+        content: str,
+        *,
+        group: str = DEFAULT_GROUP,
+        namespace: str = "",
+        type: str = "text",
+    ) -> Config:
+        """Write a config as an operator (or Dubbo Admin) would, and tell its listeners if the content
+        changed.  Refused (``Failed``) where Nacos refuses a publish: blank content, bad names."""
+        check_names(data_id, group, namespace)
+        check_write(data_id, group, content)
+        return self._write_config((tenant_of(namespace), group, data_id), content, type=type)
+
+    def remove_config(self, data_id: str, *, group: str = DEFAULT_GROUP, namespace: str = "") -> bool:
+        """Delete a config and tell its listeners; True if there was one."""
+        check_names(data_id, group, namespace)
+        return self._delete_config((tenant_of(namespace), group, data_id))
+
+    def config(self, data_id: str, *, group: str = DEFAULT_GROUP, namespace: str = "") -> Config | None:
+        """The stored config ("" and "public" are the default namespace, as for the SDK's requests)."""
+        return self.configs.get((tenant_of(namespace), group, data_id))
+
+    def config_listeners(
+        self, data_id: str, *, group: str = DEFAULT_GROUP, namespace: str = ""
+    ) -> dict[str, str]:
+        """Connection id -> the md5 it last listened with, for the key as a client sends it (the
+        namespace is not normalised here, as Nacos 2.x does not normalise it in a listen)."""
+        return self.configs.listeners((namespace, group, data_id))
+
     # -- gRPC: unary requests ---------------------------------------------------------------------
 
     async def _request(self, payload: Payload, context: grpc.aio.ServicerContext) -> Payload:
@@ -413,7 +468,7 @@ class NacosDouble:
             return _error(NO_RIGHT, "token invalid!", request_id, response_type)
         try:
             fields = handler(conn, body)
-        except InvalidParam as exc:
+        except Failed as exc:
             return _error(exc.code, str(exc), request_id, response_type)
         except InvalidRequest as exc:
             return _error(exc.code, str(exc), request_id)
@@ -495,6 +550,77 @@ class NacosDouble:
         start = max(page_no - 1, 0) * page_size
         return {"count": len(names), "serviceNames": names[start : start + page_size]}
 
+    # -- config requests ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _config_names(body: Mapping[str, Any]) -> tuple[str, str, str]:
+        """(dataId, group, tenant) as sent, through the parameter checker."""
+        data_id, group, tenant = (str(body.get(k) or "") for k in ("dataId", "group", "tenant"))
+        check_names(data_id, group, tenant)
+        return data_id, group, tenant
+
+    def _config_query(self, _conn: _Connection, body: dict[str, Any]) -> Reply:
+        # The query's tag selects a tag gray; with none stored Nacos answers the formal config.
+        data_id, group, tenant = self._config_names(body)
+        config = self.configs.get((tenant_of(tenant), group, data_id))
+        if config is None:
+            raise Failed("config data not exist", CONFIG_NOT_FOUND)
+        return config.to_wire()
+
+    def _config_publish(self, _conn: _Connection, body: dict[str, Any]) -> Reply:
+        data_id, group, tenant = self._config_names(body)
+        content = body.get("content")
+        check_write(data_id, group, content if isinstance(content, str) else "")
+        addition = body.get("additionMap") or {}
+        if not isinstance(addition, Mapping):
+            raise TypeError("additionMap is not an object")
+        if addition.get("betaIps") or addition.get("tag"):
+            raise Failed("beta and tag (gray) publishing is not implemented by the double", SERVER_ERROR)
+        self._write_config(
+            (tenant_of(tenant), group, data_id),
+            str(content),
+            type=str(addition.get("type") or ""),
+            cas_md5=str(body.get("casMd5") or ""),
+            encrypted_data_key=str(addition.get("encryptedDataKey") or ""),
+        )
+        return {}
+
+    def _config_remove(self, _conn: _Connection, body: dict[str, Any]) -> Reply:
+        data_id, group, tenant = self._config_names(body)
+        try:
+            check_write(data_id, group, None)
+        except Failed as exc:  # ConfigRemoveResponse.buildFailResponse(message): errorCode stays 0
+            raise Failed(str(exc), 0) from None
+        self._delete_config((tenant_of(tenant), group, data_id))
+        return {}
+
+    def _config_listen(self, conn: _Connection, body: dict[str, Any]) -> Reply:
+        contexts = body.get("configListenContexts") or []
+        if not isinstance(contexts, list) or not all(isinstance(c, Mapping) for c in contexts):
+            raise TypeError("configListenContexts is not a list of objects")
+        names = [(*self._config_names(context), str(context.get("md5") or "")) for context in contexts]
+        changed = []
+        for data_id, group, tenant, md5 in names:
+            key = (tenant, group, data_id)  # as sent: Nacos 2.x keys listens by the raw tenant
+            if not body.get("listen", True):
+                self.configs.unlisten(conn.id, key)
+            elif not self.configs.listen(conn.id, key, md5):
+                changed.append({"dataId": data_id, "group": group, "tenant": tenant})
+        return {"changedConfigs": changed}
+
+    def _write_config(self, key: ConfigKey, content: str, **options: str) -> Config:
+        if self.configs.publish(key, content, **options):
+            self._config_changed(key)
+        config = self.configs.get(key)
+        assert config is not None
+        return config
+
+    def _delete_config(self, key: ConfigKey) -> bool:
+        removed = self.configs.remove(key)
+        if removed:
+            self._config_changed(key)
+        return removed
+
     def _authorized(self, headers: Mapping[str, str]) -> bool:
         if self._users is None:
             return True
@@ -530,7 +656,7 @@ class NacosDouble:
                     )
                     self._by_id[conn_id] = self._by_peer[peer] = conn
                     log.info("connection %s registered (%s)", conn_id, conn.client_version)
-                elif kind == "NotifySubscriberResponse" and conn is not None:
+                elif kind.endswith("Response") and conn is not None:
                     if str(body.get("requestId")) in conn.unacked:
                         conn.unacked.discard(str(body.get("requestId")))
                         self.stats["acks"] += 1
@@ -548,6 +674,7 @@ class NacosDouble:
             del self._by_peer[conn.peer]
             self._transport_ids.pop(conn.peer, None)
         log.info("connection %s closed", conn.id)
+        self.configs.drop_owner(conn.id)
         for key in self.registry.drop_owner(conn.id):
             self._changed(key)
 
@@ -564,7 +691,10 @@ class NacosDouble:
     def _spawn(self, key: ServiceKey) -> None:
         if key not in self._push_pending:
             return  # stop() came first
-        task = asyncio.create_task(self._push(key))
+        self._run(self._push(key))
+
+    def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -589,6 +719,27 @@ class NacosDouble:
             sends.append(self._send(conn, _payload("NotifySubscriberRequest", body)))
         await asyncio.gather(*sends)
 
+    def _config_changed(self, key: ConfigKey) -> None:
+        """Push ``ConfigChangeNotifyRequest`` to every connection listening to ``key``, at once (Nacos's
+        ``RpcConfigChangeNotifier``); the client then asks for the content itself."""
+        if self._stopping or self._grpc is None:
+            return
+        for conn_id in self.configs.listeners(key):
+            conn = self._by_id.get(conn_id)
+            if conn is None:
+                continue
+            request_id = str(next(self._request_ids))
+            body = {
+                "headers": {},
+                "requestId": request_id,
+                "module": "config",
+                "dataId": key[2],
+                "group": key[1],
+                "tenant": key[0],
+            }
+            conn.unacked.add(request_id)
+            self._run(self._send(conn, _payload("ConfigChangeNotifyRequest", body)))
+
     async def _send(self, conn: _Connection, payload: Payload) -> None:
         try:
             async with conn.write_lock:
@@ -604,6 +755,7 @@ class NacosDouble:
         app.router.add_post("/nacos/v1/auth/users/login", self._login)
         app.router.add_post("/nacos/v1/auth/login", self._login)
         app.router.add_get("/nacos/v1/ns/instance/list", self._http_instances)
+        app.router.add_get("/nacos/v1/cs/configs", self._http_config)
         return app
 
     async def _login(self, request: web.Request) -> web.Response:
@@ -631,3 +783,11 @@ class NacosDouble:
         healthy_only = request.query.get("healthyOnly", "false").lower() == "true"
         info = self.registry.service_info(key, request.query.get("clusters", ""), healthy_only=healthy_only)
         return web.json_response({**info, "name": f"{key[1]}@@{key[2]}"})
+
+    async def _http_config(self, request: web.Request) -> web.Response:
+        query = request.query
+        key = (tenant_of(query.get("tenant", "")), query.get("group", ""), query.get("dataId", ""))
+        config = self.configs.get(key)
+        if config is None:
+            return web.Response(status=404, text="config data not exist")
+        return web.Response(text=config.content, headers={"Content-MD5": config.md5})
