@@ -453,6 +453,7 @@ SUBSCRIPTIONS = am.Subscriptions(
                     group="g",
                     watching=True,
                     from_cache=True,
+                    holding_empty=False,
                     providers=[
                         am.ProviderView(address="10.0.0.5:20882", weight=100),
                         am.ProviderView(address="10.0.0.6:20882", weight=100),

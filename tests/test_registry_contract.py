@@ -288,8 +288,8 @@ def protected(tmp: Path, url: str, hold_s: float) -> Config:
 
 def holding(sc: Sidecar) -> bool:
     """What the admin API's subscriptions view says of the one subscription's list."""
-    ((sub,),) = [r["subscriptions"] for r in subscriptions_view(sc.discovery)["registries"]]
-    return bool(sub["holding_empty"])
+    ((sub,),) = [r.subscriptions for r in subscriptions_view(sc.discovery).registries]
+    return sub.holding_empty
 
 
 def the_hold(sc: Sidecar) -> Hold:
