@@ -13,9 +13,9 @@ from regproxy.governance.match import (
     PatternError,
     StringMatch,
     UnknownHostError,
-    is_match_glob_pattern,
     match_ip_expression,
 )
+from regproxy.registry.url import is_match_glob_pattern
 
 # --- NetUtils.matchIpRange / matchIpExpression (NetUtilsTest, Dubbo 3.3) ---------------------------
 

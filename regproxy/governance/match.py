@@ -7,7 +7,7 @@
 * :func:`match_ip_expression` — ``NetUtils.matchIpExpression``/``matchIpRange`` and ``CIDRUtils``
   (``10.0.0.*``, ``10.0.0.1-9``, ``10.0.0.0/24``, ``[v6]:port``, ``host:port``), which the tag router
   uses for its ``addresses`` and ``AddressMatch`` for ``cird``;
-* :func:`is_match_glob_pattern` — ``UrlUtils.isMatchGlobPattern`` (one ``*``).
+* ``UrlUtils.isMatchGlobPattern`` is :func:`regproxy.registry.url.is_match_glob_pattern`.
 
 Where Dubbo throws while matching, the address does not match (``TagStateRouter.checkAddressMatch``
 catches every exception).  Two of Dubbo's surprises are kept because Java consumers behave so:
@@ -29,6 +29,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from regproxy.registry.url import is_match_glob_pattern
+
 from .errors import RuleError
 from .fields import Fields, java_string
 
@@ -42,7 +44,6 @@ __all__ = [
     "StringMatch",
     "UnknownHostError",
     "check_cidr",
-    "is_match_glob_pattern",
     "match_ip_expression",
 ]
 
@@ -212,25 +213,6 @@ class AddressMatch:
         if self.exact is not None:
             return value == self.exact
         return False
-
-
-def is_match_glob_pattern(pattern: str, value: str | None) -> bool:
-    """``UrlUtils.isMatchGlobPattern``: ``*`` anything; otherwise the last ``*`` splits a prefix and
-    a suffix; two empties match, one empty does not."""
-    if pattern == ANY_VALUE:
-        return True
-    if not pattern and not value:
-        return True
-    if not pattern or not value:
-        return False
-    i = pattern.rfind("*")
-    if i == -1:
-        return value == pattern
-    if i == len(pattern) - 1:
-        return value.startswith(pattern[:i])
-    if i == 0:
-        return value.endswith(pattern[1:])
-    return value.startswith(pattern[:i]) and value.endswith(pattern[i + 1 :])
 
 
 # ---------------------------------------------------------------------------------------------------
