@@ -14,8 +14,8 @@ RID = "com.foo.Svc::" + CONDITION_ROUTER
 
 
 def parse_upper(text: str) -> str:
-    """A stand-in parser: a rule is any text without the word "bad"."""
-    if "bad" in text:
+    """A stand-in parser: a rule is any text without the word "bad", and not blank."""
+    if "bad" in text or not text.strip():
         raise RuleError("the rule says bad", reason="condition")
     return text.upper()
 
@@ -44,12 +44,16 @@ def test_good_rule_in_force_and_bad_one_keeps_it(caplog: pytest.LogCaptureFixtur
     assert RID not in s.refused and s.in_force[RID].rule == "C => D" and changes == [RID, RID]
 
 
-def test_deleted_or_empty_rule_leaves_force() -> None:
+def test_only_a_deletion_leaves_force_an_emptied_rule_is_refused() -> None:
     s, changes = store()
-    s.update(RID, "a => b", origin="nacos", source="d", version="1")
-    s.update(RID, "   ", origin="nacos", source="d", version="2")
-    assert RID not in s.in_force and changes == [RID, RID]
-    s.update(RID, None, origin="nacos", source="d")  # already gone: nothing changes
+    s.update(RID, "a => b", origin="zookeeper", source="/p", version="1")
+    # ZookeeperDataListener: a node emptied is MODIFIED; ListenableStateRouter keeps the old rule when
+    # the new content fails to parse.
+    s.update(RID, "   ", origin="zookeeper", source="/p", version="2")
+    assert s.in_force[RID].version == "1" and s.refused[RID].version == "2" and changes == [RID]
+    s.update(RID, None, origin="zookeeper", source="/p")
+    assert RID not in s.in_force and RID not in s.refused and changes == [RID, RID]
+    s.update(RID, None, origin="zookeeper", source="/p")  # already gone: nothing changes
     assert changes == [RID, RID]
 
 

@@ -4,7 +4,8 @@ A rule text arrives from the config center (or the state file) with where it was
 version (ZooKeeper's mzxid, Nacos's md5).  It is parsed by the parser of its suffix; one that parses
 replaces the rule in force, one that does not is refused and **the previous good version stays in
 force** (issue 17: a rule that did not parse never changes traffic).  A deleted rule (text ``None``)
-is taken out of force.  Refusals are logged once per (rule id, version) and counted by reason.
+is taken out of force; empty text is not a deletion but a rule that does not parse.  Refusals
+are logged once per (rule id, version) and counted by reason.
 
 Pure and synchronous: no I/O, no loop.  ``on_change`` is told which rule ids changed what is in
 force, so the caller rebuilds only what those rules name.
@@ -79,9 +80,12 @@ class RuleStore:
         """Take a new text of ``rule_id`` (None: deleted).  ``origin`` is the kind of place it was read
         (``zookeeper``, ``nacos``, ``state``: the counter's label), ``source`` the place itself (a node
         path, a dataId).  Returns the refusal, if it was refused."""
-        if text is None or not text.strip():
-            # Dubbo treats an empty config as a deleted one (ListenableStateRouter.process: an empty
-            # rule clears the router).
+        if text is None:
+            # Only a deletion takes a rule out of force (ListenableStateRouter.process: DELETED clears
+            # the router; any other content that fails to parse leaves the old rule).  Which events
+            # are deletions is the watcher's to say, as in Dubbo: Nacos's blank content
+            # (NacosDynamicConfiguration.getChangeType), ZooKeeper's node gone (ZookeeperDataListener);
+            # a ZooKeeper node emptied is a modification, parsed and refused.
             self.refused.pop(rule_id, None)
             if self.in_force.pop(rule_id, None) is not None:
                 self._changed(rule_id)
