@@ -257,6 +257,7 @@ def pod_processes(net: PodNetwork, zk: ZooKeeperServer, tmp_path: Path) -> dict[
     procs["consumer-app"] = PodProc("consumer app", net.pods["consumer"].exec_args(
         sys.executable, "-m", "tests.pod_client", "--providers", str(len(PROVIDER_PODS)),
         "--workers", str(WORKERS), "--pause", "0.02", "--timeout", str(CALL_TIMEOUT_S),
+        "--subscribe-timeout", "80",
     ), tmp_path / "consumer" / "app.log")  # fmt: skip
     return procs
 
@@ -275,10 +276,12 @@ async def wait_calls(
             raise AssertionError(f"consumer app: {app.errors}")
         return False
 
-    def logs() -> str:
-        return "\n".join(f"--- {p.name}\n{p.log_tail(15)}" for p in procs.values())
+    await wait_for(check, timeout, what, interval=0.1, detail=lambda: pod_logs(procs))
 
-    await wait_for(check, timeout, what, interval=0.1, detail=logs)
+
+def pod_logs(procs: dict[str, PodProc], lines: int = 15) -> str:
+    """The last lines of every pod process's log, for a failure message."""
+    return "\n".join(f"--- {p.name}\n{p.log_tail(lines)}" for p in procs.values())
 
 
 def registered(reader: KazooClient) -> set[str]:
@@ -299,6 +302,7 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
     )
     reader = KazooClient(hosts=zk.hosts, timeout=10.0)  # from the host, through the bridge
     gone: asyncio.Future[float] | None = None
+    started = time.monotonic()
     try:
         await asyncio.to_thread(reader.start, 15)
         # --- registration: each provider sidecar registered its own pod address and the ingress port.
@@ -306,12 +310,17 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
         await wait_for(
             lambda: registered(reader) == expected, 60, f"{PROVIDERS} = {expected}", in_thread=True
         )
+        registered_after = time.monotonic() - started
 
         # --- consumer pod -> both provider pods, through its egress and each pod's ingress.
         await wait_calls(
-            consumer, procs, lambda: consumer.providers is not None, 60, "the consumer's subscription"
+            consumer, procs, lambda: consumer.providers is not None, 90, "the consumer's subscription"
         )
-        assert set(consumer.providers or []) == expected
+        assert set(consumer.providers or []) == expected, (
+            f"the consumer's sidecar answered {consumer.providers} "
+            f"{time.monotonic() - started:.1f} s after the start, although both providers were "
+            f"registered after {registered_after:.1f} s\n{pod_logs(procs, 40)}"
+        )
 
         def both_answered() -> bool:
             by = [answered_by(c.value) for c in consumer.calls if c.ok]
