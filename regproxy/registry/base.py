@@ -27,6 +27,9 @@ from regproxy.registry.url import DubboURL, Subscription
 log = logging.getLogger(__name__)
 
 ProvidersListener = Callable[[list[DubboURL]], None]
+# A dynamic rule's content as the config center holds it now: (rule id, text or None = deleted,
+# where it was read (a node path, a dataId), its version (mzxid, md5)).  See ``watch_rule``.
+RuleListener = Callable[[str, "str | None", str, str], None]
 StateListener = Callable[[str], None]
 T = TypeVar("T")
 
@@ -213,3 +216,42 @@ class Registry(ABC):
     @abstractmethod
     async def unsubscribe(self, sub: Subscription, listener: ProvidersListener) -> None:
         """Stop calling ``listener``; drop the watch when no listener is left."""
+
+    # -- the config center: Dubbo's dynamic rules (regproxy.governance) ----------------------------
+    # Adapters whose registry is also a Dubbo config center (ZooKeeper, Nacos) override these.
+
+    config_center: bool = False
+
+    async def watch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        """Watch the rule ``rule_id`` (``<key><suffix>``, group ``dubbo``) and call ``listener`` with
+        its current content (None when there is none), then on every change: a deletion as None, any
+        other content as it is, an empty one too (the rule store decides what parses).  After a
+        reconnection the rule is read again and delivered if it changed; while the config center is
+        unreachable nothing is delivered (the rules in force stay)."""
+        raise RegistryError(f"registry {self.name} is not a config center")
+
+    async def unwatch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        """Stop calling ``listener`` for ``rule_id``."""
+        return None  # nothing is watched where there is no config center
+
+    async def read_rule(self, rule_id: str) -> tuple[str | None, str, str]:
+        """(content or None, where, version) of ``rule_id`` now: ``regproxy ctl rules get``."""
+        raise RegistryError(f"registry {self.name} is not a config center")
+
+    async def write_rule(self, rule_id: str, text: str) -> str:
+        """Create or replace ``rule_id`` with ``text``; returns where it was written."""
+        raise RegistryError(f"registry {self.name} is not a config center")
+
+    async def delete_rule(self, rule_id: str) -> bool:
+        """Delete ``rule_id``; False when there was none."""
+        raise RegistryError(f"registry {self.name} is not a config center")
+
+    async def watch_overrides(self, interface: str, listener: ProvidersListener) -> list[DubboURL]:
+        """Watch the 2.6-era ``override://`` URLs of ``interface`` (ZooKeeper's
+        ``/dubbo/<interface>/configurators``); return the current ones, then call ``listener`` with
+        the whole list on each change, as ``subscribe`` does for providers.  None here."""
+        return []
+
+    async def unwatch_overrides(self, interface: str, listener: ProvidersListener) -> None:
+        """Stop calling ``listener`` for ``interface``'s override URLs."""
+        return None
