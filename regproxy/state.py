@@ -63,6 +63,8 @@ class SavedState:
     subscriptions: list[dict[str, Any]] = field(default_factory=list)
     # cluster name -> registry name -> provider URLs (str), as last seen
     providers: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # registry key -> the dynamic rules in force there (regproxy.discovery.rules), as last seen
+    rules: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -71,6 +73,7 @@ class SavedState:
                 "publications": self.publications,
                 "subscriptions": self.subscriptions,
                 "providers": self.providers,
+                "rules": self.rules,
             },
             option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
         )
@@ -116,6 +119,7 @@ class StateStore:
                 publications=self._items(data, "publications"),
                 subscriptions=self._items(data, "subscriptions"),
                 providers=self._providers(data.get("providers")),
+                rules=self._rules(data.get("rules")),
             ), None
         except (ValueError, TypeError) as exc:
             aside = self.path.with_suffix(".corrupt")
@@ -158,6 +162,24 @@ class StateStore:
                     "state file %s: skipping cached providers of %s: %s is not an object",
                     self.path, name, _short(per_registry),
                 )  # fmt: skip
+        return out
+
+    def _rules(self, value: object) -> dict[str, list[dict[str, str]]]:
+        """The rules in force, registry by registry: one whose entry is not a list is dropped with an
+        ERROR (each rule is parsed again when restored, see regproxy.discovery.rules)."""
+        if not value:
+            return {}
+        if not isinstance(value, dict):
+            log.error("state file %s: skipping rules: %s is not an object", self.path, _short(value))
+            return {}
+        out: dict[str, list[dict[str, str]]] = {}
+        for key, items in value.items():
+            if isinstance(items, list):
+                out[key] = [item for item in items if isinstance(item, dict)]
+            else:
+                log.error(
+                    "state file %s: skipping rules of %s: %s is not a list", self.path, key, _short(items)
+                )
         return out
 
     def save(self, state: SavedState) -> None:

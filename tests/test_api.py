@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -65,6 +65,7 @@ class FakeDiscovery:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, RegistryURL | None]] = []
+        self.consumers: list[tuple[str, dict[str, str]]] = []  # (application, params) of each subscribe
         self.fail: BaseException | None = None
 
     def _record(self, op: str, arg: Any, registry: RegistryURL | None) -> None:
@@ -80,9 +81,15 @@ class FakeDiscovery:
         self._record("unpublish", spec, registry)
 
     async def subscribe(
-        self, sub: Subscription, registry: RegistryURL | None = None
+        self,
+        sub: Subscription,
+        registry: RegistryURL | None = None,
+        *,
+        application: str = "",
+        params: Mapping[str, str] | None = None,
     ) -> tuple[str, list[dict[str, Any]]]:
         self._record("subscribe", sub, registry)
+        self.consumers.append((application, dict(params or {})))
         return sub.cluster_name, PROVIDERS
 
     async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None:
@@ -423,6 +430,24 @@ async def test_sdk_sub_body(api: Api) -> None:
         "providers": PROVIDERS,
     }
     assert api.last == ("subscribe", Subscription("com.x.Svc", "1.0.0", "g"), None)
+
+
+async def test_sub_takes_the_consumer_application_and_params(api: Api) -> None:
+    """Governance rules match the consumer by application and parameters (issue 17, item 5)."""
+    body = with_service(SDK_SUB, application="shop-web", params={"env": "gray", "retries": 2})
+    status, _ = await api.post("/sub", body)
+    assert status == 200
+    assert api.fake.consumers[-1] == ("shop-web", {"env": "gray", "retries": "2"})
+    status, _ = await api.post("/sub", SDK_SUB)
+    assert status == 200
+    assert api.fake.consumers[-1] == ("", {})  # the sidecar's own application name then
+    for bad, field in (({"side": "provider"}, "params"), ({"bad key": "x"}, "params")):
+        status, reply = await api.post("/sub", with_service(SDK_SUB, params=bad))
+        assert status == 400, bad
+        assert field in reply["err_msg"], reply
+    status, reply = await api.post("/sub", with_service(SDK_SUB, application="no spaces allowed"))
+    assert status == 400
+    assert "application" in reply["err_msg"], reply
 
 
 async def test_sub_ignores_methods(api: Api) -> None:

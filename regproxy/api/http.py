@@ -71,7 +71,12 @@ class DiscoveryAPI(Protocol):
     async def unpublish(self, spec: PublishSpec, registry: RegistryURL | None = None) -> None: ...
 
     async def subscribe(
-        self, sub: Subscription, registry: RegistryURL | None = None
+        self,
+        sub: Subscription,
+        registry: RegistryURL | None = None,
+        *,
+        application: str = "",
+        params: Mapping[str, str] | None = None,
     ) -> tuple[str, list[dict[str, Any]]]: ...
 
     async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None: ...
@@ -320,7 +325,10 @@ class _Api:
         sub = subscription(req)
         registry = self._registry(req.registry)
         cluster, providers = await self._call(
-            f"subscribe {sub.cluster_name}", self.discovery.subscribe(sub, registry)
+            f"subscribe {sub.cluster_name}",
+            self.discovery.subscribe(
+                sub, registry, application=req.service.application, params=req.service.params
+            ),
         )
         return _json(
             200, {"err_no": 0, "err_msg": "subscribe success", "cluster": cluster, "providers": providers}

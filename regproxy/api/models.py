@@ -468,10 +468,8 @@ Application = Annotated[
         }
     ),
 ]
-Params = Annotated[
-    dict[str, str],
-    BeforeValidator(_params),
-    WithJsonSchema(
+def _params_schema(description: str) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "anyOf": [
                 {
@@ -504,12 +502,28 @@ Params = Annotated[
                 },
                 {"type": "null"},
             ],
-            "description": (
-                "extra provider URL parameters (e.g. weight, timeout); numbers and booleans become strings; "
-                "names match [A-Za-z0-9._-]+; interface, version, group, methods, application, side and "
-                "category are refused"
-            ),
+            "description": description,
         }
+    )
+
+
+Params = Annotated[
+    dict[str, str],
+    BeforeValidator(_params),
+    _params_schema(
+        "extra provider URL parameters (e.g. weight, timeout); numbers and booleans become strings; "
+        "names match [A-Za-z0-9._-]+; interface, version, group, methods, application, side and "
+        "category are refused"
+    ),
+]
+ConsumerParams = Annotated[
+    dict[str, str],
+    BeforeValidator(_params),
+    _params_schema(
+        "the consumer's own parameters (its reference config), on the consumer:// URL regproxy "
+        "registers and what condition rules match (e.g. env: gray); numbers and booleans become "
+        "strings; names match [A-Za-z0-9._-]+; interface, version, group, methods, application, side "
+        "and category are refused"
     ),
 ]
 
@@ -711,6 +725,10 @@ class SubService(_Strict):
     version: SubVersion = ""
     group: SubGroup = ""
     methods: Any = Field(None, description="accepted for SDK compatibility and ignored")
+    # The consumer's identity for Dubbo's dynamic rules (regproxy.governance): application-scoped
+    # rules and application= conditions match on it.
+    application: Application = ""
+    params: ConsumerParams = Field(default_factory=dict)
 
 
 class PubRequest(_Strict):

@@ -28,6 +28,7 @@ from typing import Any
 from regproxy.discovery.desired import NotFound, Publication, PublishSpec, SubscriptionState
 from regproxy.discovery.persistence import Saver, cached_providers, saved_state
 from regproxy.discovery.protection import DEFAULT_HOLD_S, EmptyProtection
+from regproxy.discovery.rules import OVERRIDES, Rules, publication_rule_ids, subscription_rule_ids
 from regproxy.discovery.screen import Screen, short
 from regproxy.discovery.tables import (
     egress_table,
@@ -37,6 +38,8 @@ from regproxy.discovery.tables import (
     subscription_cluster,
     subscription_route,
 )
+from regproxy.governance.configurator import configure_provider
+from regproxy.governance.policy import ClusterPolicy, configured
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, provider_url
@@ -139,6 +142,14 @@ class Discovery:
         # the removal through the registry a moment later and their requests meanwhile must not fail.
         self.unpublish_grace_s = 3.0
         self._lingering: dict[str, tuple[PublishSpec, float]] = {}  # key -> (spec, loop time to drop)
+        # Dubbo's dynamic rules from the registries that are config centers (regproxy.discovery.rules).
+        self.rules = Rules(self._on_rule_change)
+        # rule id (or OVERRIDES + interface) -> the subscriptions and publications under it, as of
+        # the last _sync_rules: a rule's change re-evaluates those alone.
+        self._rule_users: dict[str, set[str]] = {}
+        self._rules_task: asyncio.Task[None] | None = None
+        self._rules_dirty = False
+        self._sub_rule_ids: dict[str, set[str]] = {}  # subscription -> its rule ids at the last sync
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -168,8 +179,11 @@ class Discovery:
     async def _registry(self, key: str) -> Registry:
         reg = self.registries.get(key)
         if reg is None:
-            reg = self._factory(self._registry_urls[key])
+            url = self._registry_urls[key]
+            reg = self._factory(url)
             self.registries[key] = reg
+            if reg.config_center and url.config_center:
+                self.rules.store(key, url.scheme)
             reg.add_state_listener(lambda state, key=key: self._on_state(key, state))
             await reg.start()
         return reg
@@ -212,6 +226,7 @@ class Discovery:
                 continue
             reg = self.registries.pop(key, None)
             self._registry_urls.pop(key, None)
+            self.rules.drop(key)
             never = key not in self._ever_connected
             self._ever_connected.discard(key)
             if reg is None:
@@ -263,6 +278,7 @@ class Discovery:
             if watched:
                 self._rebuild_egress()
                 self._save_soon()
+        self._rules_soon()
 
     # --- publish ------------------------------------------------------------------------------
 
@@ -283,13 +299,15 @@ class Discovery:
         existing = self.publications.get(spec.key)
         if existing is not None and existing.spec == spec and set(targets) <= existing.registered:
             return str(existing.url)  # idempotent: the same URL, nothing re-registered
-        url = existing.url if existing is not None and existing.spec == spec else self._provider_url(spec)
+        base = existing.base if existing is not None and existing.spec == spec else self._provider_url(spec)
         pub = Publication(
             spec,
-            url,
+            base,
             sorted(set(targets) | set(existing.registries if existing else ())),
             previous=existing.previous if existing is not None else None,
         )
+        self._configure_publication(pub)
+        url = pub.url
         if existing is not None and existing.url == url:
             pub.registered = set(existing.registered)
         done: list[str] = []
@@ -313,7 +331,46 @@ class Discovery:
         self.publications[spec.key] = pub
         self._rebuild_ingress()
         log.info("published %s as %s (app port %d)", spec.key, url, spec.port)
+        self._rules_soon()
         return str(url)
+
+    def _configure_publication(self, pub: Publication) -> None:
+        """``pub.url`` = its published URL after the provider-side configurators in force
+        (``configure_provider``; Dubbo's ``OverrideListener`` re-exports with the result)."""
+        base = pub.base
+        configurators = self.rules.provider_configurators(pub) if self.rules.stores else ()
+        url = configure_provider(base, configurators) if configurators else base
+        pub.url = url
+        pub.published = base if url != base else None
+
+    async def _reconfigure(self, pub: Publication) -> None:
+        """A provider-side rule of ``pub`` changed: where its URL changes, register the new URL and
+        then remove the old one in every registry it is in, so every consumer (a sidecar or a plain
+        Dubbo SDK) sees the new ``weight`` or ``disabled``; removing the rule brings the published
+        URL back the same way."""
+        old = pub.url
+        self._configure_publication(pub)
+        if pub.url == old:
+            return
+        changed = {k: v for k, v in pub.url.params.items() if old.params.get(k) != v}
+        gone = sorted(k for k in old.params if k not in pub.url.params)
+        log.info(
+            "re-registering %s with the config center's overrides: %s%s",
+            pub.spec.key, changed or "none", f" (no longer set: {', '.join(gone)})" if gone else "",
+        )  # fmt: skip
+        for key in sorted(pub.registered):
+            reg = self.registries.get(key)
+            if reg is None:
+                continue
+            try:
+                await reg.register(pub.url)
+            except RegistryError as exc:
+                # Still registered as before there; the reconnect's catch-up registers the new URL.
+                log.warning("re-registering %s in %s: %s", pub.spec.key, reg.name, exc)
+                pub.registered.discard(key)
+                await self._quietly(reg.unregister(old))
+                continue
+            await self._quietly(reg.unregister(old))
 
     def _url_params(self, spec: PublishSpec) -> dict[str, str]:
         """The publication's own parameters, and regproxy.tls set by this sidecar alone (the value
@@ -372,6 +429,7 @@ class Discovery:
                 self._linger(pub.spec)
             self._rebuild_ingress()
             await self._release_unused(keys)
+        self._rules_soon()
         await self._save()
 
     async def withdraw_all(self) -> None:
@@ -438,15 +496,25 @@ class Discovery:
     # --- subscribe ----------------------------------------------------------------------------
 
     async def subscribe(
-        self, sub: Subscription, registry: RegistryURL | None = None
+        self,
+        sub: Subscription,
+        registry: RegistryURL | None = None,
+        *,
+        application: str = "",
+        params: Mapping[str, str] | None = None,
     ) -> tuple[str, list[dict[str, Any]]]:
+        """Subscribe ``sub`` for the consumer ``application`` (regproxy's own name when empty) with
+        the consumer's own ``params``: what its ``consumer://`` URL carries and rules match on."""
         async with self._lock:
             targets = self._targets(registry)
             st = self.subscriptions.get(sub.cluster_name)
             created = st is None
+            consumer = self._consumer_url(sub, application, params)
             if st is None:
-                st = SubscriptionState(sub, [], self._consumer_url(sub))
+                st = SubscriptionState(sub, [], consumer)
                 self.subscriptions[sub.cluster_name] = st
+            elif _identity(st.consumer) != _identity(consumer):
+                await self._replace_consumer(st, consumer)
             try:
                 for key in targets:
                     if key not in st.registries:
@@ -462,8 +530,20 @@ class Discovery:
                 raise
             self._route_subscription(st)
             view = self._provider_view(st)
+        self._rules_soon()
         await self._save()
         return sub.cluster_name, view
+
+    async def _replace_consumer(self, st: SubscriptionState, consumer: DubboURL) -> None:
+        """The consumer's application or parameters changed: its node shows the new ones, and the
+        rules are those of the new application."""
+        for key in st.watching:
+            reg = self.registries.get(key)
+            if reg is not None:
+                await self._quietly(reg.unregister(st.consumer))
+                await self._quietly(reg.register(consumer))
+        st.consumer = consumer
+        self._forget_cluster(st)
 
     async def _watch(self, st: SubscriptionState, key: str, reg: Registry) -> None:
         listener = st.listeners.get(key)
@@ -499,6 +579,7 @@ class Discovery:
                 await self._drop_subscription(st)
                 self._unroute_subscription(st)
             await self._release_unused(dropped)
+        self._rules_soon()
         await self._save()
 
     async def _unwatch(self, st: SubscriptionState, key: str) -> None:
@@ -530,6 +611,10 @@ class Discovery:
             if applied:
                 self._update_cluster(st)
                 self._save_soon()
+                if self.rules.stores and subscription_rule_ids(st) != self._sub_rule_ids.get(
+                    st.sub.cluster_name
+                ):
+                    self._rules_soon()  # another provider application: its rules are watched
         except Exception:
             self._apply_failed(st, key)
 
@@ -574,13 +659,16 @@ class Discovery:
         counts["invalid_providers"] = counts.get("invalid_providers", 0) + unparseable
         return counts
 
-    def _consumer_url(self, sub: Subscription) -> DubboURL:
+    def _consumer_url(
+        self, sub: Subscription, application: str = "", params: Mapping[str, str] | None = None
+    ) -> DubboURL:
         return consumer_url(
             interface=sub.interface,
             ip=self.advertise_ip,
             version=sub.version,
             group=sub.group,
-            application=self.application,
+            application=application or self.application,
+            params=params,
         )
 
     # --- tables -------------------------------------------------------------------------------
@@ -597,10 +685,37 @@ class Discovery:
         return hosts
 
     def _hosts_from(self, st: SubscriptionState) -> tuple[Host, ...]:
-        hosts, own = hosts_from(st.sub, st.registries, st.providers, self.screen.own)
+        """The hosts, with the config center's rules applied (``governance.policy``): configurators
+        on the provider URLs, and the routers bound to the result as the cluster's policy."""
+        rules = self.rules.service_rules(st) if self.rules.stores else None
+        providers: Mapping[str, Sequence[DubboURL]] = st.providers
+        timeouts: dict[str, int] = {}
+        if rules is not None and rules.configurators:
+            done = configured(
+                st.providers,
+                rules.configurators,
+                application=st.consumer.params.get("application", ""),
+                local_host=self.advertise_ip,
+            )
+            providers, timeouts = done.providers, done.timeouts
+            if done.disabled:
+                log.debug("%s: %d provider(s) disabled by configurators", st.sub.cluster_name, done.disabled)
+        hosts, own = hosts_from(st.sub, st.registries, providers, self.screen.own)
         for key, url, what in own:
             self.screen.report_own(st.sub.cluster_name, key, url, what)
+        st.policy = None
+        if rules is not None and (rules.routes or timeouts):
+            urls: dict[str, DubboURL] = {}
+            for key in st.registries:
+                for url in providers.get(key, ()):
+                    urls.setdefault(url.address, url)
+            st.policy = ClusterPolicy(rules, st.consumer, urls, hosts, timeouts=timeouts)
         return hosts
+
+    def _forget_cluster(self, st: SubscriptionState) -> None:
+        """The rules of ``st`` changed: its hosts and policy are made again at the next look."""
+        st.cluster_memo = None
+        st.cluster = None
 
     @property
     def own_addresses(self) -> dict[str, str]:
@@ -641,7 +756,7 @@ class Discovery:
     def _cluster_of(self, st: SubscriptionState) -> Cluster:
         hosts = self.hosts_of(st)
         if st.cluster is None or st.cluster.hosts is not hosts:
-            st.cluster = subscription_cluster(st.sub, hosts)
+            st.cluster = subscription_cluster(st.sub, hosts, st.policy)
         return st.cluster
 
     @staticmethod
@@ -708,10 +823,87 @@ class Discovery:
                     specs[key] = spec
         self.ingress.swap(ingress_table(specs.values()))
 
+    # --- the config center's rules ---------------------------------------------------------------
+
+    def _rules_soon(self) -> None:
+        """Desired state, providers or a connection changed: watch the rules that follow from them
+        (one task at a time; changes meanwhile make it run once more)."""
+        if not self.rules.stores:
+            return
+        self._rules_dirty = True
+        if self._rules_task is None or self._rules_task.done():
+            self._rules_task = asyncio.get_running_loop().create_task(self._sync_rules())
+            self._tasks.add(self._rules_task)
+            self._rules_task.add_done_callback(self._tasks.discard)
+
+    async def _sync_rules(self) -> None:
+        while self._rules_dirty:
+            self._rules_dirty = False
+            users: dict[str, set[str]] = {}
+            wanted: dict[str, tuple[set[str], set[str]]] = {k: (set(), set()) for k in self.rules.stores}
+            self._sub_rule_ids = {}
+            for name, st in self.subscriptions.items():
+                ids = self._sub_rule_ids[name] = subscription_rule_ids(st)
+                self._want(wanted, users, st.registries, ids, st.sub.interface, f"sub:{name}")
+            for name, pub in self.publications.items():
+                ids = publication_rule_ids(pub)
+                self._want(wanted, users, pub.registries, ids, pub.spec.interface, f"pub:{name}")
+            self._rule_users = users
+            for key, (ids, interfaces) in wanted.items():
+                reg = self.registries.get(key)
+                if reg is not None and reg.connected:
+                    await self.rules.sync(key, reg, ids, interfaces)
+
+    @staticmethod
+    def _want(
+        wanted: dict[str, tuple[set[str], set[str]]],
+        users: dict[str, set[str]],
+        registries: Iterable[str],
+        ids: set[str],
+        interface: str,
+        user: str,
+    ) -> None:
+        for key in registries:
+            if key in wanted:
+                wanted[key][0].update(ids)
+                wanted[key][1].add(interface)
+        for rule_id in (*ids, OVERRIDES + interface):
+            users.setdefault(rule_id, set()).add(user)
+
+    def _on_rule_change(self, key: str, rule_id: str) -> None:
+        """A rule changed in the config center ``key`` (or was restored): the subscriptions and
+        publications under it, and only those, are evaluated again."""
+        self.events["rule_changes"] += 1
+        for user in sorted(self._rule_users.get(rule_id, ())):
+            kind, _, name = user.partition(":")
+            if kind == "sub":
+                st = self.subscriptions.get(name)
+                if st is not None and key in st.registries:
+                    self._forget_cluster(st)
+                    self._update_cluster(st)
+            else:
+                pub = self.publications.get(name)
+                if pub is not None and key in pub.registries:
+                    task = asyncio.get_running_loop().create_task(self._reconfigure_locked(pub))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        self._save_soon()
+
+    async def _reconfigure_locked(self, pub: Publication) -> None:
+        async with self._lock:
+            if self.publications.get(pub.spec.key) is pub:
+                await self._reconfigure(pub)
+
+    def rules_view(self) -> list[dict[str, Any]]:
+        """Every config center's rules in force and refused, for config_dump and ``ctl rules``."""
+        return self.rules.describe({key: reg.name for key, reg in self.registries.items()})
+
     # --- persistence --------------------------------------------------------------------------
 
     def snapshot(self) -> SavedState:
-        return saved_state(self.publications.values(), self.subscriptions)
+        state = saved_state(self.publications.values(), self.subscriptions)
+        state.rules = self.rules.snapshot()
+        return state
 
     async def _save(self) -> None:
         """Desired state changed (an API call): answer only once it is on disk (see Saver.save)."""
@@ -733,12 +925,17 @@ class Discovery:
     async def _restore(self, saved: SavedState) -> None:
         """Bring back what a previous run had: routes from the provider cache at once, registry
         work as each registry connects (now, or later through _on_state)."""
+        for key in saved.rules:
+            if key in self._registry_urls:
+                await self._registry(key)
+        self.rules.restore(saved.rules)
         for item in saved.subscriptions:
             try:
                 sub = Subscription(item["interface"], item.get("version", ""), item.get("group", ""))
                 keys = [self._remember(k) for k in item.get("registries", [])]
                 # Inside the try: a field of the wrong type (an int interface) is refused here.
-                st = SubscriptionState(sub, keys, self._consumer_url(sub))
+                consumer = self._consumer_url(sub, item.get("application", ""), item.get("params") or None)
+                st = SubscriptionState(sub, keys, consumer)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.error("state file: skipping subscription %s: %s", short(repr(item)), exc)
                 continue
@@ -760,7 +957,8 @@ class Discovery:
             # The previous run's node, when it was at this address: a killed sidecar's lives on
             # until its session expires. One elsewhere is not ours to remove.
             previous = saved_url if saved_url.address == url.address and saved_url != url else None
-            self.publications[spec.key] = Publication(spec, url, keys, previous=previous)
+            pub = self.publications[spec.key] = Publication(spec, url, keys, previous=previous)
+            self._configure_publication(pub)
         self._rebuild_egress()
         self._rebuild_ingress()
         if saved.publications or saved.subscriptions:
@@ -802,3 +1000,8 @@ class Discovery:
             for key, reg in self.registries.items()
             if key in self._configured or ((key in self._ever_connected or reg.connected) and key in in_use)
         }
+
+
+def _identity(consumer: DubboURL) -> dict[str, str]:
+    """A consumer URL's parameters but the ones that change with each run (pid, timestamp)."""
+    return {k: v for k, v in consumer.params.items() if k not in ("pid", "timestamp")}

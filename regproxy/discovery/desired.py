@@ -22,6 +22,7 @@ from typing import Any
 from regproxy.discovery.protection import Hold
 from regproxy.registry.url import DubboURL, Subscription
 from regproxy.routing import Cluster, Host, Route
+from regproxy.routing.model import HostPolicy
 
 
 class NotFound(LookupError):
@@ -70,6 +71,14 @@ class Publication:
     # The URL a previous run of this sidecar registered (restored from the state file, same
     # address): removed from each registry before ``url`` goes in (see Discovery._register).
     previous: DubboURL | None = None
+    # The URL before the config center's provider-side configurators changed it (``url`` is what is
+    # registered); None while none applies.  See Discovery._configure_publication.
+    published: DubboURL | None = None
+
+    @property
+    def base(self) -> DubboURL:
+        """The URL as published, before any configurator."""
+        return self.published if self.published is not None else self.url
 
 
 @dataclass
@@ -89,3 +98,4 @@ class SubscriptionState:
     text_memo: dict[str, tuple[list[DubboURL], list[str]]] = field(default_factory=dict)
     route: Route | None = None  # the subscription's route: fixed by ``sub``, built once
     cluster: Cluster | None = None  # the last cluster built; reused while its hosts are current
+    policy: HostPolicy | None = None  # the config center's rules bound to the hosts (hosts_of)

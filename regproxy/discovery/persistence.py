@@ -15,7 +15,7 @@ from typing import Any
 
 from regproxy.discovery.desired import Publication, SubscriptionState
 from regproxy.discovery.screen import short
-from regproxy.registry.url import DubboURL, provider_problem
+from regproxy.registry.url import CONSUMER_KEYS, DubboURL, provider_problem
 from regproxy.state import SavedState, StateStore, StateWriter
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,21 @@ def saved_state(
                 "version": s.sub.version,
                 "group": s.sub.group,
                 "registries": s.registries,
+                **_consumer_identity(s),
             }
             for s in subscriptions.values()
         ],
         providers={name: provider_texts(s) for name, s in subscriptions.items()},
     )
+
+
+def _consumer_identity(st: SubscriptionState) -> dict[str, Any]:
+    """The consumer's application and own parameters, as /sub gave them (regproxy's keys left out)."""
+    params = {k: v for k, v in st.consumer.params.items() if k not in CONSUMER_KEYS}
+    out: dict[str, Any] = {"application": st.consumer.params.get("application", "")}
+    if params:
+        out["params"] = params
+    return out
 
 
 def provider_texts(st: SubscriptionState) -> dict[str, list[str]]:

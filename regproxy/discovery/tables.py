@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from regproxy.discovery.desired import PublishSpec
 from regproxy.registry.url import DubboURL, Subscription, matches
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable
+from regproxy.routing.model import HostPolicy
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ def subscription_route(sub: Subscription) -> Route:
     return Route(name=name, match=sub.route_match(), cluster=name)
 
 
-def subscription_cluster(sub: Subscription, hosts: tuple[Host, ...]) -> Cluster:
-    return Cluster(name=sub.cluster_name, lb=DYNAMIC_LB, hosts=hosts)
+def subscription_cluster(
+    sub: Subscription, hosts: tuple[Host, ...], policy: HostPolicy | None = None
+) -> Cluster:
+    return Cluster(name=sub.cluster_name, lb=DYNAMIC_LB, hosts=hosts, policy=policy)
 
 
 def egress_table(static: RoutingTable, routed: Iterable[tuple[Route, Cluster]]) -> RoutingTable:

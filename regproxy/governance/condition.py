@@ -93,7 +93,7 @@ DEFAULT_WEIGHT: Final = 100  # Constants.DefaultRouteConditionSubSetWeight
 JAVA_INT_MAX: Final = 2**31 - 1
 # AbstractConditionMatcher.DOES_NOT_FOUND_VALUE: what an argument key reads when there is no such argument.
 NOT_FOUND: Final = "dubbo_internal_not_found_argument_condition_value"
-_GENERIC_METHODS = frozenset({"$invoke", "$invokeAsync"})  # RpcUtils.getMethodName
+GENERIC_METHODS = frozenset({"$invoke", "$invokeAsync"})  # RpcUtils.getMethodName
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 
 _YAML = "yaml"
@@ -438,7 +438,7 @@ class ConditionRule:
 
 
 def _invoked_method(method: str, arguments: Sequence[object]) -> str:
-    if method in _GENERIC_METHODS and arguments and isinstance(arguments[0], str):
+    if method in GENERIC_METHODS and arguments and isinstance(arguments[0], str):
         return arguments[0]
     return method
 

@@ -155,15 +155,34 @@ class Planner:
         if route is None:
             return None
         cluster = table.clusters.get(route.cluster)
-        if cluster is None or self._tag_index(cluster.name, cluster.hosts) is not None:
+        if cluster is None:
+            return None
+        hosts = cluster.hosts
+        policy = cluster.policy
+        override_ms = None
+        if policy is not None:
+            if policy.routes:
+                if not policy.fixed_for(body.method):
+                    return None
+                routed = policy.route(hosts, body)
+                if isinstance(routed, str):
+                    return None  # answered by route(), which says why
+                hosts = routed
+            override_ms = policy.timeout_ms(body.method)
+        static_tags = policy is None or not policy.routes_tags
+        if static_tags and self._tag_index(cluster.name, cluster.hosts) is not None:
             return None
         # Requests with a plan are labelled by the group only where the route matches on it.
         service = service_label(path, body.version, key[3])
-        timeout_ms = route.timeout_ms or (0 if self.timeout_from_attachment else self._default_timeout_ms)
+        timeout_ms = (
+            route.timeout_ms
+            or override_ms
+            or (0 if self.timeout_from_attachment else self._default_timeout_ms)
+        )
         plan = Plan(
             timeout_ms,
             route.retries,
-            cluster.hosts,
+            hosts,
             self._balancer(cluster.name, cluster.lb),
             service,
             body.method,
@@ -232,6 +251,23 @@ class Planner:
             )
         hosts = cluster.hosts
         bkey = cluster.name
+        policy = cluster.policy
+        routes_tags = False
+        if policy is not None:
+            if policy.routes:
+                routed = policy.route(hosts, body)
+                if isinstance(routed, str):
+                    label = service_label(body.path, body.version, body.group)
+                    return NoRoute(
+                        Status.SERVICE_NOT_FOUND,
+                        f"no provider for {label} method {body.method} in cluster {cluster.name}: {routed}",
+                    )
+                if routed is not hosts:
+                    bkey = f"{bkey}|{body.method}"  # the tag index of these hosts, kept apart
+                hosts = routed
+                routes_tags = policy.routes_tags
+            if not rule_timeout:
+                rule_timeout = policy.timeout_ms(body.method)
         if rule is not None and rule.subsets:
             subset = rule.choose_subset(self.rng)
             assert subset is not None
@@ -244,7 +280,7 @@ class Planner:
                     f"(rule {rule.name!r})",
                 )
             bkey = f"{bkey}|{subset.label}"
-        tags = self._tag_index(bkey, hosts)
+        tags = None if routes_tags else self._tag_index(bkey, hosts)
         if tags is not None:
             what, hosts = tags.select(body.attachments)
             if not hosts:

@@ -10,6 +10,10 @@ the instance's event loop (never called synchronously from the changing call).  
 ``simulate_down()``/``simulate_up()`` model a lost connection (optionally a lost session), and
 ``set_provider()``/``remove_provider()``/``replace_provider()`` act as "someone else" registering.
 
+It is a config center too (regproxy.governance): ``write_rule``/``delete_rule`` on any instance
+of the store reach every ``watch_rule`` listener, with a version counting the changes (like a
+ZooKeeper node's mzxid).
+
 Not a replacement for ZooKeeper in integration tests: there is no network, no session timeout.
 """
 
@@ -27,6 +31,7 @@ from regproxy.registry.base import (
     SUSPENDED,
     ProvidersListener,
     Registry,
+    RuleListener,
 )
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import PROVIDERS, DubboURL, Subscription
@@ -45,6 +50,18 @@ class _Store:
         # (interface, category) -> leaf name -> (url, owner); owner None = registered by "someone else".
         self.nodes: dict[tuple[str, str], dict[str, tuple[DubboURL, MemoryRegistry | None]]] = {}
         self.watchers: dict[str, set[MemoryRegistry]] = {}
+        self.rules: dict[str, tuple[str, int]] = {}  # rule id -> (text, version)
+        self.rule_version = 0
+        self.rule_watchers: dict[str, set[MemoryRegistry]] = {}
+
+    def set_rule(self, rule_id: str, text: str | None) -> None:
+        self.rule_version += 1
+        if text is None:
+            self.rules.pop(rule_id, None)
+        else:
+            self.rules[rule_id] = (text, self.rule_version)
+        for reg in list(self.rule_watchers.get(rule_id, ())):
+            reg._deliver_rule(rule_id)
 
     def urls(self, interface: str, category: str = PROVIDERS) -> list[DubboURL]:
         return [url for url, _ in self.nodes.get((interface, category), {}).values()]
@@ -103,6 +120,8 @@ class MemoryRegistry(Registry):
         self._bindings: dict[str, list[_Binding]] = {}  # interface -> (subscription, listener)
         self._down = False
         self._pending_deletes: dict[str, DubboURL] = {}  # unregistered while suspended
+        self._rule_listeners: dict[str, list[RuleListener]] = {}
+        self._rule_seen: dict[str, tuple[str | None, str]] = {}  # rule id -> last delivered
 
     @classmethod
     def reset_all(cls) -> None:
@@ -122,6 +141,10 @@ class MemoryRegistry(Registry):
         for interface in self._bindings:
             self._unwatch(interface)
         self._bindings.clear()
+        for rule_id in self._rule_listeners:
+            self._store.rule_watchers.get(rule_id, set()).discard(self)
+        self._rule_listeners.clear()
+        self._rule_seen.clear()
         self._registered.clear()
         self._pending_deletes.clear()
         self._down = False
@@ -159,6 +182,69 @@ class MemoryRegistry(Registry):
         if not bindings:
             del self._bindings[sub.interface]
             self._unwatch(sub.interface)
+
+    # -- the config center ----------------------------------------------------------------------------
+
+    config_center = True
+
+    def _rule_now(self, rule_id: str) -> tuple[str | None, str, str]:
+        found = self._store.rules.get(rule_id)
+        source = f"memory://{self.name.removeprefix('memory://')}/{rule_id}"
+        return (None, source, "") if found is None else (found[0], source, str(found[1]))
+
+    async def watch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        self._require_connected(f"watch rule {rule_id}")
+        self._rule_listeners.setdefault(rule_id, []).append(listener)
+        self._store.rule_watchers.setdefault(rule_id, set()).add(self)
+        text, source, version = self._rule_now(rule_id)
+        listener(rule_id, text, source, version)
+        self._rule_seen[rule_id] = (text, version)
+
+    async def unwatch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        listeners = self._rule_listeners.get(rule_id, [])
+        if listener in listeners:
+            listeners.remove(listener)
+        if not listeners:
+            self._rule_listeners.pop(rule_id, None)
+            self._rule_seen.pop(rule_id, None)
+            self._store.rule_watchers.get(rule_id, set()).discard(self)
+
+    async def read_rule(self, rule_id: str) -> tuple[str | None, str, str]:
+        self._require_connected(f"read rule {rule_id}")
+        return self._rule_now(rule_id)
+
+    async def write_rule(self, rule_id: str, text: str) -> str:
+        self._require_connected(f"write rule {rule_id}")
+        self._store.set_rule(rule_id, text)
+        return self._rule_now(rule_id)[1]
+
+    async def delete_rule(self, rule_id: str) -> bool:
+        self._require_connected(f"delete rule {rule_id}")
+        existed = rule_id in self._store.rules
+        if existed:
+            self._store.set_rule(rule_id, None)
+        return existed
+
+    def _deliver_rule(self, rule_id: str) -> None:
+        """Schedule the listeners of ``rule_id`` with what the store holds then (while connected;
+        ``simulate_up`` delivers what changed meanwhile)."""
+        if self._state != CONNECTED or self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._call_rule_listeners, rule_id)
+        except RuntimeError:
+            log.debug("registry %s: loop closed, dropping a change of rule %s", self.name, rule_id)
+
+    def _call_rule_listeners(self, rule_id: str) -> None:
+        text, source, version = self._rule_now(rule_id)
+        if self._state != CONNECTED or self._rule_seen.get(rule_id) == (text, version):
+            return
+        self._rule_seen[rule_id] = (text, version)
+        for listener in list(self._rule_listeners.get(rule_id, ())):
+            try:
+                listener(rule_id, text, source, version)
+            except Exception:
+                log.exception("registry %s: listener of rule %s failed", self.name, rule_id)
 
     # -- delivery -----------------------------------------------------------------------------------
 
@@ -227,6 +313,8 @@ class MemoryRegistry(Registry):
                 self._store.put(url, self)
         for interface in list(self._bindings):
             self._deliver(interface, self._store.urls(interface))
+        for rule_id in list(self._rule_listeners):
+            self._deliver_rule(rule_id)
 
     def set_provider(self, url: DubboURL) -> None:
         """Add (or replace) a node as if another process had registered it; ``stop()`` leaves it."""

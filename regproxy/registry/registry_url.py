@@ -27,9 +27,9 @@ class _Scheme:
 
 # One place to add a registry kind or a parameter; the registry adapters read the parsed model.
 _SCHEMES: dict[str, _Scheme] = {
-    "zookeeper": _Scheme(2181, frozenset({"username", "password", "acl"})),
-    "nacos": _Scheme(8848, frozenset({"namespace", "group", "username", "password"})),
-    "memory": _Scheme(None, frozenset()),
+    "zookeeper": _Scheme(2181, frozenset({"username", "password", "acl", "config_center"})),
+    "nacos": _Scheme(8848, frozenset({"namespace", "group", "username", "password", "config_center"})),
+    "memory": _Scheme(None, frozenset({"config_center"})),
 }
 NACOS_DEFAULT_GROUP = "DEFAULT_GROUP"
 # ACLs regproxy puts on the ZooKeeper nodes it creates when it has digest credentials; the
@@ -44,6 +44,7 @@ class RegistryURL:
 
     * ``zookeeper://h1:2181,h2:2181?username=u&password=p&acl=world-read`` (port defaults to 2181;
       credentials optional: digest auth, and ACLs on the nodes regproxy creates)
+    * any of them with ``config_center=false``: no dynamic rules read from it (default true)
     * ``nacos://h:8848?namespace=ns&group=G&username=u&password=p`` (port 8848; group DEFAULT_GROUP)
     * ``memory://`` (in-process registry, for tests and single-host demos)
 
@@ -104,6 +105,8 @@ class RegistryURL:
                     raise ValueError(f"unknown zookeeper acl {params['acl']!r} (one of {', '.join(ZK_ACLS)})")
                 if not params.get("username"):
                     raise ValueError("zookeeper acl needs username and password (the digest user it grants)")
+        if params.get("config_center", "true") not in ("true", "false"):
+            raise ValueError(f"config_center must be true or false (got {params['config_center']!r})")
         if scheme == "nacos" and "group" in params and not params["group"]:
             raise ValueError("nacos group must not be empty (omit it for DEFAULT_GROUP)")
         return cls(scheme, tuple(hosts), params)
@@ -118,6 +121,12 @@ class RegistryURL:
     def group(self) -> str | None:
         """Nacos group (not the Dubbo group)."""
         return self.params.get("group", NACOS_DEFAULT_GROUP) if self.scheme == "nacos" else None
+
+    @property
+    def config_center(self) -> bool:
+        """Whether regproxy reads Dubbo's dynamic rules (regproxy.governance) from this registry:
+        ``?config_center=false`` turns it off."""
+        return self.params.get("config_center", "true") == "true"
 
     @property
     def username(self) -> str | None:

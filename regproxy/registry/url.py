@@ -409,6 +409,24 @@ def provider_url(
     return DubboURL("dubbo", ip, port, interface, p)
 
 
+# The consumer URL parameters regproxy writes itself (consumer_url); the rest are the consumer's own.
+CONSUMER_KEYS = frozenset(
+    {
+        "application",
+        "category",
+        "check",
+        "dubbo",
+        "interface",
+        "pid",
+        "release",
+        "side",
+        "timestamp",
+        "version",
+        "group",
+    }
+)
+
+
 def consumer_url(
     *,
     interface: str,
@@ -418,8 +436,11 @@ def consumer_url(
     application: str = "",
     pid: int | None = None,
     timestamp_ms: int | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> DubboURL:
-    """The consumer node a Dubbo consumer writes under ``consumers/`` (informational for operators).
+    """The consumer node a Dubbo consumer writes under ``consumers/`` (informational for operators,
+    and what condition rules match a consumer on).  ``params``: the consumer's own parameters (its
+    reference config); the keys above are regproxy's and win.
 
     ``version`` is kept as subscribed ("*" stays "*", "0.0.0" is left out, like ""); ``group`` may
     be "*" or a comma list, as Dubbo writes it.
@@ -442,6 +463,8 @@ def consumer_url(
         p["version"] = version
     if group:
         p["group"] = group
+    if params:
+        p = {**params, **p}
     return DubboURL("consumer", ip, 0, interface, p)
 
 

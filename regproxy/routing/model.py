@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, Protocol
 
 # Dubbo consumers send "0.0.0" when no version is set; "" and "*" are also seen in the wild.
 NO_VERSION: tuple[str, ...] = ("", "0.0.0", "*")
@@ -121,13 +122,45 @@ class Host:
         return self._port
 
 
+class RequestView(Protocol):
+    """What a cluster's policy may read of a request (``dubbo.request.RequestBody``)."""
+
+    method: str
+
+    @property
+    def attachments(self) -> Mapping[str, Any]: ...
+
+    def arguments(self) -> list[Any]: ...
+
+
+class HostPolicy(Protocol):
+    """A subscription's dynamic rules bound to its hosts (``governance.policy.ClusterPolicy``): the
+    routers the planner runs between choosing the cluster and the local file's subsets, and the
+    timeout the config center's overrides set."""
+
+    routes: bool  # a router rule is in force
+    routes_tags: bool  # it does Dubbo's tag routing itself: the planner's static tag stage steps aside
+
+    def fixed_for(self, method: str) -> bool:
+        """Every request for ``method`` gets the same hosts (a plan may be memoised)."""
+        ...
+
+    def route(self, hosts: tuple[Host, ...], request: RequestView) -> tuple[Host, ...] | str:
+        """The hosts the routers leave for ``request``, or why there are none."""
+        ...
+
+    def timeout_ms(self, method: str) -> int | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Cluster:
-    """A named set of hosts and the load balancer that chooses among them."""
+    """A named set of hosts and the load balancer that chooses among them; ``policy``: the config
+    center's rules for a subscription's cluster (None: none in force)."""
 
     name: str
     lb: str = "round_robin"
     hosts: tuple[Host, ...] = ()
+    policy: HostPolicy | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
