@@ -39,6 +39,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from kazoo.client import KazooClient
@@ -357,6 +358,24 @@ class ZooKeeperServer:
         if down_for:
             time.sleep(down_for)
         self.start(timeout=timeout)
+
+    @contextlib.contextmanager
+    def cut_off(self) -> Iterator[KazooClient]:
+        """Cut every client off the running server for the block, as a network partition would: the
+        gate drops their connections and refuses new ones, while the server and its sessions live on
+        (a session outlives a cut shorter than its timeout).  Yields a kazoo client connected to the
+        server itself, behind the gate, to change what the cut-off clients find when they are back."""
+        if self._gate is None:
+            raise RuntimeError("a server in a network namespace has no gate to close")
+        self._gate.close()
+        inside = KazooClient(hosts=f"{self.ip}:{self.server_port}", timeout=10.0)
+        try:
+            inside.start(timeout=10)
+            yield inside
+        finally:
+            inside.stop()
+            inside.close()
+            self._gate.open()
 
     def _wait_port_free(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -13,13 +13,23 @@ Sessions (what kazoo does, and what we do about it):
 
 * connection dropped -> kazoo reports SUSPENDED and *drops every watch client-side* (it fires them
   with a NONE event and, unlike the Java client, does not re-send them after a reconnect).  We keep
-  the last provider lists as they are.
+  the last provider lists as they are, and deliver no rule change (the rules in force stay).
 * reconnected within the session timeout -> CONNECTED, same session: ephemeral nodes are still
   there.  We re-arm every watch by re-reading its path (changes made meanwhile are delivered), check
   our nodes exist, and delete the nodes of registrations withdrawn while we were away.
 * session expired -> LOST, then kazoo connects with a *new* session -> CONNECTED.  Our ephemeral
   nodes are gone: we re-create every one (a leftover owned by another session is deleted and
   created again) and re-read every watched path, delivering the lists.
+
+Dynamic rules (the config center, regproxy.governance): a rule is the node
+``/dubbo/config/dubbo/<rule id>`` (``TreePathDynamicConfiguration``).  A watched rule has one data
+watch, shared by its listeners: ``get`` while the node exists, ``exists`` while it does not, so its
+creation fires too.  Its text is delivered with the node's mzxid as version, a deleted node as None
+and an emptied one as "": a modification, as Dubbo's ``ZookeeperDataListener`` reports it.  Events
+are coalesced as for providers, and a read is delivered only when (text, version) differs from the
+last one delivered, so the re-read of every rule after a reconnect delivers just what changed
+meanwhile.  The 2.6-era ``override://`` URLs under ``/dubbo/{interface}/configurators`` are a
+children watch, as providers are.
 
 Credentials (``?username=u&password=p``): kazoo sends them as ``digest`` auth, and the nodes we
 create get the ACL the URL's ``acl`` names (see :func:`acl_profile`).  ZooKeeper's digest scheme
@@ -34,8 +44,8 @@ Outages: kazoo logs every reconnection attempt (one or two lines each 1-2 s); it
 to be unreachable after its first attempt (see registry/base.py for the two lines we log).
 
 Our state is "connected" only once that recovery is done, so "connected" means "our nodes are in
-ZooKeeper and our watches are armed".  While not connected, register/subscribe raise
-RegistryUnavailable at once (no request is queued behind a dead connection).
+ZooKeeper and our watches are armed".  While not connected, registering, watching and the rule
+requests raise RegistryUnavailable at once (no request is queued behind a dead connection).
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions, make_digest_acl_credential
 
+from regproxy.governance.configurator import parse_override_url
+from regproxy.governance.keys import legacy_configurators_path, zk_rule_path
 from regproxy.registry.base import (
     AUTH_FAILED,
     CONNECTED,
@@ -74,6 +86,7 @@ from regproxy.registry.base import (
     Registry,
     RegistryError,
     RegistryUnavailable,
+    RuleListener,
 )
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.repeats import QuietLog
@@ -89,7 +102,10 @@ _CATEGORIES = frozenset({PROVIDERS, CONSUMERS})
 _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)  # ConnectionClosedError too
 # kazoo errors _op's callers handle (a node missing or there already), or it explains (no rights).
 _PASSED_THROUGH = (NoNodeError, NodeExistsError, NoAuthError, AuthFailedError)
-_Binding = tuple[Subscription, ProvidersListener]
+# A listener of a children watch, with what it was bound with (a Subscription; an interface for
+# override URLs), so that the same listener can be unbound for one of them.
+_Binding = tuple[object, ProvidersListener]
+_OVERRIDES = "configurators"  # the category folder of 2.6-era override URLs (legacy_configurators_path)
 _RECOVERY_ATTEMPTS = 3  # while connected, steps that timed out are tried again (0.5 s apart)
 KAZOO_REPEAT_S = 60.0  # while reconnecting, each kind of kazoo log line at most once a minute
 # How kazoo's connection handler words a failed connection attempt (kazoo/protocol/connection.py).
@@ -153,28 +169,51 @@ class _AuthMismatch(RegistryError):
     """Our digest credentials do not match the ACL of a node we must write under."""
 
 
-@dataclass(eq=False)
-class _Watch:
-    """The one children watch of an interface's providers path, shared by its subscriptions."""
+def _provider(leaf: str) -> DubboURL:
+    return DubboURL.parse(java_url_decode(leaf))
 
-    interface: str
+
+@dataclass(eq=False)
+class _Watched:
+    """The one kazoo watch of a path, shared by every listener of that path."""
+
     path: str
-    bindings: list[_Binding] = field(default_factory=list)
-    pending: int = 0  # subscribe() calls still listing: the watch must outlive them
-    leaves: frozenset[str] | None = None  # last listed leaf names; None = never read
-    providers: list[DubboURL] = field(default_factory=list)
-    parsed: dict[str, DubboURL] = field(default_factory=dict)  # leaf -> URL of the last listing
-    bad_leaves: set[str] = field(default_factory=set)  # warned about once
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one listing at a time
-    task: asyncio.Task[None] | None = None  # the pending event-driven refresh
-    dirty: bool = False  # an event arrived while the refresh ran: list again
+    pending: int = 0  # watch calls still reading it: the watch must outlive them
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one read at a time
+    task: asyncio.Task[None] | None = None  # the pending event-driven re-read
+    dirty: bool = False  # an event arrived while the re-read ran: read again
     # The kazoo watch callback.  Always the same object, so kazoo's per-path watcher set holds it
-    # once however often the path is re-listed.
+    # once however often the path is read again.
     watcher: Callable[[WatchedEvent], None] | None = None
 
 
+@dataclass(eq=False, kw_only=True)
+class _Watch(_Watched):
+    """A children watch: an interface's providers, or its 2.6-era override URLs (``category``)."""
+
+    interface: str
+    category: str  # PROVIDERS or _OVERRIDES
+    parse: Callable[[str], DubboURL]  # a leaf's name -> its URL; ValueError when it is none
+    bindings: list[_Binding] = field(default_factory=list)
+    leaves: frozenset[str] | None = None  # last listed leaf names; None = never read
+    urls: list[DubboURL] = field(default_factory=list)
+    parsed: dict[str, DubboURL] = field(default_factory=dict)  # leaf -> URL of the last listing
+    bad_leaves: set[str] = field(default_factory=set)  # warned about once
+
+
+@dataclass(eq=False, kw_only=True)
+class _RuleWatch(_Watched):
+    """A data watch on a dynamic rule's node."""
+
+    rule_id: str
+    listeners: list[RuleListener] = field(default_factory=list)
+    content: tuple[str | None, str] | None = None  # (text, version) last delivered; None = never read
+
+
 class ZooKeeperRegistry(Registry):
-    """A Dubbo ZooKeeper registry.  All public methods are called on the event loop."""
+    """A Dubbo ZooKeeper registry, and config center.  All public methods are called on the event loop."""
+
+    config_center = True
 
     def __init__(
         self,
@@ -207,7 +246,7 @@ class ZooKeeperRegistry(Registry):
         self._registered: dict[str, DubboURL] = {}  # node path -> url: re-created after a session loss
         # Paths to delete once connected again: unregistered (or failed to register) while away.
         self._stale: set[str] = set()
-        self._watches: dict[str, _Watch] = {}  # interface -> watch
+        self._watches: dict[str, _Watched] = {}  # path -> its one watch
         self._session_lost = False  # the next CONNECTED is a new session: re-create everything
         self._ever_connected = False
         self._recovery: asyncio.Task[None] | None = None
@@ -246,14 +285,28 @@ class ZooKeeperRegistry(Registry):
             "registered": sorted(str(url) for url in self._registered.values()),
             "pending_deletes": len(self._stale),
             "watched": {
-                iface: {
-                    "subscriptions": len(w.bindings),
-                    "providers": len(w.providers),
+                w.interface: {"subscriptions": len(w.bindings), "providers": len(w.urls)}
+                for w in self._children_watches(PROVIDERS)
+            },
+            "overrides": {
+                w.interface: {"listeners": len(w.bindings), "urls": len(w.urls)}
+                for w in self._children_watches(_OVERRIDES)
+            },
+            "rules": {
+                w.rule_id: {
+                    "listeners": len(w.listeners),
+                    "exists": w.content is not None and w.content[0] is not None,
+                    "version": w.content[1] if w.content is not None else None,
                 }
-                for iface, w in sorted(self._watches.items())
+                for w in sorted(self._watches.values(), key=lambda w: w.path)
+                if isinstance(w, _RuleWatch)
             },
             "last_error": self._last_error,
         }
+
+    def _children_watches(self, category: str) -> list[_Watch]:
+        watches = (w for w in self._watches.values() if isinstance(w, _Watch) and w.category == category)
+        return sorted(watches, key=lambda w: w.interface)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -347,14 +400,40 @@ class ZooKeeperRegistry(Registry):
     async def subscribe(self, sub: Subscription, listener: ProvidersListener) -> list[DubboURL]:
         path = providers_path(sub.interface)
         self._require_connected(f"subscribe to {sub.interface}")
-        w = self._watches.get(sub.interface)
+        return await self._watch_children(sub.interface, path, PROVIDERS, _provider, (sub, listener))
+
+    async def unsubscribe(self, sub: Subscription, listener: ProvidersListener) -> None:
+        self._unbind(self._watches.get(providers_path(sub.interface)), (sub, listener))
+
+    async def watch_overrides(self, interface: str, listener: ProvidersListener) -> list[DubboURL]:
+        path = legacy_configurators_path(_segment(interface, "interface"))
+        self._require_connected(f"watch the override URLs of {interface}")
+        return await self._watch_children(
+            interface, path, _OVERRIDES, parse_override_url, (interface, listener)
+        )
+
+    async def unwatch_overrides(self, interface: str, listener: ProvidersListener) -> None:
+        path = legacy_configurators_path(_segment(interface, "interface"))
+        self._unbind(self._watches.get(path), (interface, listener))
+
+    async def _watch_children(
+        self,
+        interface: str,
+        path: str,
+        category: str,
+        parse: Callable[[str], DubboURL],
+        binding: _Binding,
+    ) -> list[DubboURL]:
+        """Bind ``binding`` to the children watch of ``path`` (set up on first use); the URLs now."""
+        w = self._watches.get(path)
         if w is None:
-            w = _Watch(sub.interface, path)
+            w = _Watch(path, interface=interface, category=category, parse=parse)
             w.watcher = self._make_watcher(w)
-            self._watches[sub.interface] = w
+            self._watches[path] = w
+        assert isinstance(w, _Watch)
         w.pending += 1
         try:
-            # Every subscribe lists again: cheap, and the caller gets what ZooKeeper has now.
+            # Every call lists again: cheap, and the caller gets what ZooKeeper has now.
             await self._refresh(w)
         except BaseException:
             if not w.bindings and w.pending == 1:
@@ -362,85 +441,93 @@ class ZooKeeperRegistry(Registry):
             raise
         finally:
             w.pending -= 1
-        if self._watches.get(sub.interface) is not w:  # stopped meanwhile
-            raise RegistryUnavailable(f"registry {self.name}: subscription to {sub.interface} was cancelled")
-        w.bindings.append((sub, listener))
-        return list(w.providers)
+        if self._watches.get(path) is not w:  # stopped meanwhile
+            raise RegistryUnavailable(f"registry {self.name}: the watch of {path} was cancelled")
+        w.bindings.append(binding)
+        return list(w.urls)
 
-    async def unsubscribe(self, sub: Subscription, listener: ProvidersListener) -> None:
-        w = self._watches.get(sub.interface)
-        if w is None:
+    def _unbind(self, w: _Watched | None, binding: _Binding) -> None:
+        if not isinstance(w, _Watch):
             return
-        for i, (s, cb) in enumerate(w.bindings):
-            if s == sub and cb == listener:
-                del w.bindings[i]
-                break
+        with contextlib.suppress(ValueError):
+            w.bindings.remove(binding)  # the first equal one: a listener bound twice stays once
         if not w.bindings and not w.pending:
-            # kazoo cannot remove a server-side watch; it fires once more and is ignored.
             self._drop_watch(w)
 
-    def _drop_watch(self, w: _Watch) -> None:
-        if self._watches.get(w.interface) is w:
-            del self._watches[w.interface]
+    def _drop_watch(self, w: _Watched) -> None:
+        # kazoo cannot remove a server-side watch: it fires once more and is ignored.
+        if self._watches.get(w.path) is w:
+            del self._watches[w.path]
         if w.task is not None:
             w.task.cancel()
 
-    def _make_watcher(self, w: _Watch) -> Callable[[WatchedEvent], None]:
+    def _make_watcher(self, w: _Watched) -> Callable[[WatchedEvent], None]:
         def watcher(event: WatchedEvent) -> None:  # on kazoo's callback thread
-            # NONE events are kazoo dropping its watches on a disconnect; the reconnect re-lists.
+            # NONE events are kazoo dropping its watches on a disconnect; the reconnect re-reads.
             if event.type != EventType.NONE:
                 self._to_loop(self._on_watch_event, w)
 
         return watcher
 
-    def _on_watch_event(self, w: _Watch) -> None:
-        if self._watches.get(w.interface) is not w:
-            return  # unsubscribed: a leftover one-shot watch
+    def _on_watch_event(self, w: _Watched) -> None:
+        if self._watches.get(w.path) is not w:
+            return  # unwatched: a leftover one-shot watch
         if w.task is not None and not w.task.done():
-            w.dirty = True  # coalesce: the running refresh lists once more
+            w.dirty = True  # coalesce: the running re-read reads once more
             return
-        w.task = asyncio.ensure_future(self._refresh_on_events(w))
+        w.task = asyncio.ensure_future(self._reread_on_events(w))
 
-    async def _refresh_on_events(self, w: _Watch) -> None:
+    async def _reread_on_events(self, w: _Watched) -> None:
         while True:
             w.dirty = False
             try:
-                await self._refresh(w, hold_s=self._removal_hold_s)
+                await self._reread(w, on_event=True)
             except RegistryError as exc:
                 self._last_error = str(exc)
                 log.warning("registry %s: %s", self.name, exc)
                 client = self._client
                 if client is None or not client.connected:
-                    return  # the reconnect re-lists (and re-arms) every watched path
-                # Still connected (a timeout): the watch may not be armed; list again shortly.
+                    return  # the reconnect re-reads (and re-arms) every watched path
+                # Still connected (a timeout): the watch may not be armed; read again shortly.
                 await asyncio.sleep(1.0)
                 w.dirty = True
-            if not w.dirty or self._watches.get(w.interface) is not w:
+            if not w.dirty or self._watches.get(w.path) is not w:
                 return
 
-    async def _refresh(self, w: _Watch, *, force: bool = False, hold_s: float = 0.0) -> None:
-        """List the providers path with the watch set; deliver the list when it changed (or ``force``).
+    async def _reread(self, w: _Watched, *, force: bool = False, on_event: bool = False) -> None:
+        """Read ``w``'s path again with its watch set, and deliver what changed.
 
-        ``hold_s``: when the listing lost providers, wait that long and list again before delivering.
+        ``force``: deliver a children list even if unchanged (a new session); ``on_event``: hold
+        back a listing that lost children (see ``removal_hold_s``).
+        """
+        if isinstance(w, _RuleWatch):
+            await self._read_rule_node(w)
+        elif isinstance(w, _Watch):
+            await self._refresh(w, force=force, hold_s=self._removal_hold_s if on_event else 0.0)
+
+    async def _refresh(self, w: _Watch, *, force: bool = False, hold_s: float = 0.0) -> None:
+        """List ``w.path`` with the watch set; deliver the list when it changed (or ``force``).
+
+        ``hold_s``: when the listing lost children, wait that long and list again before delivering.
         """
         assert w.watcher is not None
+        what = f"list {w.category}"
         async with w.lock:
             try:
-                leaves = await self._op(
-                    "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
-                )
+                leaves = await self._op(what, w.path, lambda c: c.get_children_async(w.path, watch=w.watcher))
                 if hold_s and w.leaves is not None and not w.leaves.issubset(leaves):
                     await asyncio.sleep(hold_s)
                     leaves = await self._op(
-                        "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
+                        what, w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
                     )
             except NoNodeError:
                 # A service nobody has registered yet (or its folder was removed): create the folder
-                # so the watch can be set and fires when the first provider comes.
+                # so the watch can be set and fires when the first child comes (Dubbo's
+                # ZookeeperRegistry.doSubscribe creates its category folders the same way).
                 await self._ensure_path(w.path)
                 try:
                     leaves = await self._op(
-                        "list providers", w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
+                        what, w.path, lambda c: c.get_children_async(w.path, watch=w.watcher)
                     )
                 except NoNodeError:
                     raise RegistryError(
@@ -450,19 +537,19 @@ class ZooKeeperRegistry(Registry):
             if current == w.leaves and not force:
                 return
             w.leaves = current
-            w.providers = self._parse_leaves(w, sorted(current))
-            if self._watches.get(w.interface) is not w:
+            w.urls = self._parse_leaves(w, sorted(current))
+            if self._watches.get(w.path) is not w:
                 return
-            snapshot = w.providers
+            snapshot = w.urls
             for _, listener in list(w.bindings):
                 try:
                     listener(list(snapshot))
                 except Exception:
-                    log.exception("registry %s: providers listener of %s failed", self.name, w.interface)
+                    log.exception("registry %s: listener of %s failed", self.name, w.path)
 
     def _parse_leaves(self, w: _Watch, leaves: list[str]) -> list[DubboURL]:
         """URLs of ``leaves``; leaves of the last listing are not parsed again, so an event costs in
-        proportion to what changed, not to how many providers the service has."""
+        proportion to what changed, not to how many children the path has."""
         urls: list[DubboURL] = []
         known, parsed = w.parsed, {}
         for leaf in leaves:
@@ -472,19 +559,134 @@ class ZooKeeperRegistry(Registry):
                 parsed[leaf] = url
                 continue
             try:
-                url = DubboURL.parse(java_url_decode(leaf))
+                url = w.parse(leaf)
                 urls.append(url)
                 parsed[leaf] = url
             except ValueError as exc:
                 if leaf not in w.bad_leaves:
                     w.bad_leaves.add(leaf)
-                    self.unparseable += 1
-                    log.warning(
-                        "registry %s: skipping unparseable provider %s/%s: %s", self.name, w.path, leaf, exc
-                    )
+                    if w.category == PROVIDERS:  # discovery counts these among its invalid providers
+                        self.unparseable += 1
+                    log.warning("registry %s: skipping unparseable %s/%s: %s", self.name, w.path, leaf, exc)
         w.bad_leaves.intersection_update(leaves)  # forget leaves that are gone
         w.parsed = parsed
         return urls
+
+    # -- dynamic rules (the config center) --------------------------------------------------------
+
+    async def watch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        path = zk_rule_path(_segment(rule_id, "rule id"))
+        self._require_connected(f"watch rule {rule_id}")
+        w = self._watches.get(path)
+        if w is None:
+            w = _RuleWatch(path, rule_id=rule_id)
+            w.watcher = self._make_watcher(w)
+            self._watches[path] = w
+        assert isinstance(w, _RuleWatch)
+        w.pending += 1
+        try:
+            # Read again: what changed is delivered to the listeners there are, and the new one gets
+            # what ZooKeeper has now.
+            await self._read_rule_node(w)
+        except BaseException:
+            if not w.listeners and w.pending == 1:
+                self._drop_watch(w)
+            raise
+        finally:
+            w.pending -= 1
+        if self._watches.get(path) is not w:  # stopped meanwhile
+            raise RegistryUnavailable(f"registry {self.name}: the watch of {path} was cancelled")
+        w.listeners.append(listener)
+        self._deliver_rule(w, [listener])
+
+    async def unwatch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        w = self._watches.get(zk_rule_path(_segment(rule_id, "rule id")))
+        if not isinstance(w, _RuleWatch):
+            return
+        with contextlib.suppress(ValueError):
+            w.listeners.remove(listener)
+        if not w.listeners and not w.pending:
+            self._drop_watch(w)
+
+    async def read_rule(self, rule_id: str) -> tuple[str | None, str, str]:
+        path = zk_rule_path(_segment(rule_id, "rule id"))
+        self._require_connected(f"read rule {rule_id}")
+        text, version = await self._get_rule(path, None)
+        return text, path, version
+
+    async def write_rule(self, rule_id: str, text: str) -> str:
+        path = zk_rule_path(_segment(rule_id, "rule id"))
+        self._require_connected(f"write rule {rule_id}")
+        data = text.encode()
+        for _ in range(3):
+            try:
+                # Persistent, with the ACL of the other persistent nodes we create.
+                await self._op("write rule", path, lambda c: c.create_async(path, data, acl=self._parent_acl))
+                return path
+            except NoNodeError:
+                await self._ensure_path(_parent(path))
+                continue
+            except NodeExistsError:
+                pass
+            try:
+                await self._op("write rule", path, lambda c: c.set_async(path, data))
+                return path
+            except NoNodeError:
+                continue  # deleted meanwhile: create it
+        raise RegistryError(f"registry {self.name}: cannot write {path}: it keeps being deleted and created")
+
+    async def delete_rule(self, rule_id: str) -> bool:
+        path = zk_rule_path(_segment(rule_id, "rule id"))
+        self._require_connected(f"delete rule {rule_id}")
+        try:
+            await self._op("delete rule", path, lambda c: c.delete_async(path))
+        except NoNodeError:
+            return False
+        return True
+
+    async def _read_rule_node(self, w: _RuleWatch) -> None:
+        """Read the rule with its watch set; deliver it when (text, version) changed."""
+        assert w.watcher is not None
+        async with w.lock:
+            content = await self._get_rule(w.path, w.watcher)
+            if content == w.content:
+                return
+            w.content = content
+            if self._watches.get(w.path) is w:
+                self._deliver_rule(w, list(w.listeners))
+
+    def _deliver_rule(self, w: _RuleWatch, listeners: list[RuleListener]) -> None:
+        assert w.content is not None
+        text, version = w.content
+        for listener in listeners:
+            try:
+                listener(w.rule_id, text, w.path, version)
+            except Exception:
+                log.exception("registry %s: rule listener of %s failed", self.name, w.rule_id)
+
+    async def _get_rule(
+        self, path: str, watch: Callable[[WatchedEvent], None] | None
+    ) -> tuple[str | None, str]:
+        """(text, mzxid) of the node at ``path``, (None, "") when there is none.
+
+        With ``watch``, it is set on the node: a data watch while it exists, an exists watch while
+        it does not, so that its creation fires it too.
+        """
+        for _ in range(3):
+            try:
+                data, stat = await self._op("read rule", path, lambda c: c.get_async(path, watch=watch))
+            except NoNodeError:
+                if watch is None:
+                    return None, ""
+            else:
+                # As Curator5ZookeeperClient's NodeCacheListenerImpl: new String(data, UTF_8), which
+                # replaces what is not UTF-8 (the rule's parser then says what is wrong with it).
+                return (data or b"").decode(errors="replace"), str(stat.mzxid)
+            stat = await self._op("watch rule", path, lambda c: c.exists_async(path, watch=watch))
+            if stat is None:
+                return None, ""
+            # Created between the two requests: read it (the exists watch is a data watch now).
+        raise RegistryError(f"registry {self.name}: cannot read {path}: it keeps being created and deleted")
 
     # -- connection state -------------------------------------------------------------------------
 
@@ -529,7 +731,7 @@ class ZooKeeperRegistry(Registry):
         changes = self._state_changes
         kind = "new session" if new_session else "same session" if self._ever_connected else "first session"
         log.info(
-            "registry %s: connected (%s 0x%x): %d nodes to check, %d paths to re-read",
+            "registry %s: connected (%s 0x%x): %d nodes to check, %d watched paths to read again",
             self.name,
             kind,
             self.session_id or 0,
@@ -548,7 +750,7 @@ class ZooKeeperRegistry(Registry):
         steps: list[Callable[[], Awaitable[None]]] = [
             *(functools.partial(self._create_ephemeral, p) for p in list(self._registered)),
             *(functools.partial(self._delete_stale, p) for p in list(self._stale)),
-            *(functools.partial(self._refresh, w, force=new_session) for w in list(self._watches.values())),
+            *(functools.partial(self._reread, w, force=new_session) for w in list(self._watches.values())),
         ]
         for attempt in range(_RECOVERY_ATTEMPTS):
             results = await asyncio.gather(*(step() for step in steps), return_exceptions=True)
