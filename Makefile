@@ -57,7 +57,7 @@ test: venv
 	REGPROXY_NATIVE=require $(PY) scripts/native.py
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
 	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks scripts)
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n 2 --durations=15
 
 # The inner loop: the tests marked unit and not slow (tests/conftest.py says what the marks mean): no
 # ZooKeeper, no sidecar or other process, no network namespace; the data path as it was last built
