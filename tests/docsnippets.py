@@ -27,6 +27,7 @@ MARKER_KINDS = {
     "listing": "a listing of files or keys (a check name after it compares it with the tree)",
     "partial": "a fragment that cannot run on its own",
     "illustrative": "shows a shape, not something to run",
+    "rule": "a Dubbo dynamic rule; the check names its kind and parses it as the sidecar does",
 }
 
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")

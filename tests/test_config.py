@@ -436,11 +436,11 @@ def test_memory_url() -> None:
         ("h:2181", "not a registry URL"),
         (
             "nacos://h?foo=1",
-            "unknown parameter 'foo' for nacos (known: group, namespace, password, username)",
+            "unknown parameter 'foo' for nacos (known: config_center, group, namespace, password, username)",
         ),
         (
             "zookeeper://h?namespace=x",
-            "unknown parameter 'namespace' for zookeeper (known: acl, password, username)",
+            "unknown parameter 'namespace' for zookeeper (known: acl, config_center, password, username)",
         ),
         ("nacos://h?group=a&group=b", "given twice"),
         ("nacos://h?password=x", "without username"),

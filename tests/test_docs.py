@@ -36,6 +36,8 @@ import pytest
 
 from regproxy.config import ConfigError, load_config
 from regproxy.demo.embedded import Window
+from regproxy.discovery.rules import PARSERS as RULE_PARSERS
+from regproxy.governance.errors import RuleError
 from tests.docsnippets import (
     MARKER_KINDS,
     ROOT,
@@ -579,10 +581,23 @@ def check_layout(snippet: Snippet, tmp_path: Path) -> None:
     assert not absent, f"cli.py's line does not list the commands {absent}: {cli_line!r}"
 
 
+def check_rule(suffix: str) -> Callable[[Snippet, Path], None]:
+    """A documented rule of kind ``suffix`` is one the sidecar takes: parsed with its own parser."""
+
+    def check(snippet: Snippet, tmp_path: Path) -> None:
+        try:
+            RULE_PARSERS[suffix](snippet.text)
+        except RuleError as exc:
+            pytest.fail(f"{snippet.id}: the sidecar would refuse this {suffix} rule: {exc}", pytrace=False)
+
+    return check
+
+
 CHECKS: dict[str, Callable[[Snippet, Path], None]] = {
     "config-error": check_config_error,
     "demo-line": check_demo_line,
     "layout": check_layout,
+    **{suffix.lstrip("."): check_rule(suffix) for suffix in RULE_PARSERS},
 }
 
 
