@@ -134,15 +134,16 @@ class NacosRegistry(Registry):
         self._set_state(CONNECTING)
         self._starter = asyncio.get_running_loop().create_task(self._connect())
 
-    async def _connect(self) -> None:
-        from v2.nacos import ClientConfigBuilder, NacosNamingService
+    def _client_config(self, namespace: str) -> Any:
+        """The SDK client settings: servers, credentials, and the private directory for the logs
+        and cache the SDK writes.  A config client for the config center is made with the same."""
+        from v2.nacos import ClientConfigBuilder
 
-        # The client writes logs and a cache of its own; keep them out of the working directory.
-        self._workdir = tempfile.mkdtemp(prefix="regproxy-nacos-")
+        assert self._workdir is not None, "made by _connect"
         builder = (
             ClientConfigBuilder()
             .server_address(self.url.hosts_string)
-            .namespace_id(self.url.namespace)
+            .namespace_id(namespace)
             .log_dir(self._workdir)
             .cache_dir(self._workdir)
             .log_level(logging.WARNING)
@@ -150,11 +151,19 @@ class NacosRegistry(Registry):
         )
         if self.url.username:
             builder = builder.username(self.url.username).password(self.url.password or "")
+        return builder.build()
+
+    async def _connect(self) -> None:
+        from v2.nacos import NacosNamingService
+
+        # The client writes logs and a cache of its own; keep them out of the working directory.
+        self._workdir = tempfile.mkdtemp(prefix="regproxy-nacos-")
+        if self.url.username:
             while (refused := await self._login_refused()) is not None:
                 self._auth_refused(refused)
                 await asyncio.sleep(AUTH_RETRY_S)
             self.auth_error = ""
-        config = builder.build()
+        config = self._client_config(self.url.namespace)
         # Deliver an empty list too: the last provider going away must reach the routing table.
         config.set_update_cache_when_empty(True)
         attempt = 0
