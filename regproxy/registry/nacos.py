@@ -18,6 +18,15 @@ whenever a probe fails that way, this adapter logs in itself: a 401/403 answer i
 ``auth_failed`` (not ready, the reason in the log and /readyz, never the password), retried every
 ``AUTH_RETRY_S`` in case the user is fixed on the server.
 
+Dubbo's dynamic rules (the config center, regproxy.governance): a rule is the config whose dataId
+is the rule id (``<key><suffix>``), group ``dubbo``, in the registry URL's namespace, read through
+the SDK's config client (its own gRPC connection, made on first use with the naming client's
+settings). A watch delivers the current content, then each change the SDK's listener reports, each
+once (by md5, which is also the version shown); blank content is a deletion, as Dubbo's
+``NacosDynamicConfiguration.getChangeType`` has it. The SDK can miss a push: across a quick server
+restart (tests/test_nacos_config_peer.py), and one that comes while it fetches the previous change.
+So every reconnection reads the watched rules again, and so does each change the SDK reports.
+
 Connection: the client reconnects by itself and re-registers its instances and subscriptions (its
 "redo" service); this adapter only reports the state and refuses new work while disconnected. An
 outage is two lines of ours (registry/base.py): unreachable, with the cause the probe or the first
@@ -28,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import shutil
 import tempfile
 from typing import Any
 
+from regproxy.governance.keys import RULE_GROUP
 from regproxy.registry.base import (
     AUTH_FAILED,
     CONNECTED,
@@ -42,6 +53,7 @@ from regproxy.registry.base import (
     ProvidersListener,
     Registry,
     RegistryError,
+    RuleListener,
     error_text,
 )
 from regproxy.registry.registry_url import RegistryURL
@@ -60,6 +72,10 @@ PROBE_S = 1.0
 _META_KEYS = ("category", "protocol", "path")
 AUTH_RETRY_S = 5.0  # while the server refuses our credentials, log in again this often
 LOGIN_PATH = "/nacos/v1/auth/users/login"
+SDK_LOGGERS = ("naming", "config", "nacos")  # where the SDK's clients add their file handlers
+CLIENT_DISCONNECT = -401  # the SDK's NacosException code for a request while it has no connection
+# A watched rule is read again when a push came while it was being read: at most this often.
+SETTLE_READS = 3
 
 
 def service_name(category: str, interface: str, version: str, group: str) -> str:
@@ -72,6 +88,19 @@ def to_nacos_weight(dubbo_weight: int) -> float:
 
 def from_nacos_weight(nacos_weight: float) -> int:
     return max(0, round(nacos_weight * DEFAULT_WEIGHT))
+
+
+def config_namespace(namespace: str) -> str:
+    """The namespace the config client is given.  Nacos 2.x reads and writes "public" as the
+    default namespace "" (``NamespaceUtil.processNamespaceParameter``), but keys a listen by the
+    tenant as the client sent it (``ConfigChangeBatchListenRequestHandler``, ``GroupKey2.getKey``):
+    a client told "public" would listen where no change is ever pushed."""
+    return "" if namespace.strip().lower() == "public" else namespace
+
+
+def md5_hex(content: str) -> str:
+    """A config's md5 as Nacos computes it (``MD5Utils.md5Hex(content, "UTF-8")``)."""
+    return hashlib.md5(content.encode()).hexdigest()
 
 
 def instance_metadata(url: DubboURL) -> dict[str, str]:
@@ -112,7 +141,26 @@ class _Watch:
         return [u for urls in self.services.values() for u in urls]
 
 
+class _RuleWatch:
+    """One watched rule: its listeners, what they were last given, and the SDK's listener."""
+
+    def __init__(self, rule_id: str) -> None:
+        self.rule_id = rule_id
+        self.listeners: list[RuleListener] = []
+        self.content: str | None = None  # as last delivered
+        self.delivered = False  # the current content has been delivered once
+        self.pushes = 0  # the SDK's calls so far: a read that overlapped one is read again
+        self.sdk_listener: Any = None
+        self.confirming: asyncio.Task[None] | None = None  # the read after the SDK's call
+
+    def stop_confirming(self) -> None:
+        if self.confirming is not None:
+            self.confirming.cancel()
+
+
 class NacosRegistry(Registry):
+    config_center = True
+
     def __init__(self, url: RegistryURL, *, op_timeout_s: float = 5.0) -> None:
         if url.scheme != "nacos":
             raise ValueError(f"not a nacos registry URL: {url}")
@@ -127,6 +175,11 @@ class NacosRegistry(Registry):
         self._watches: dict[str, _Watch] = {}
         self._callbacks: dict[str, Any] = {}  # Nacos service name -> the callback given to the client
         self._prober: asyncio.Task[None] | None = None
+        self._config: Any = None  # the SDK's config client, made on first use (_config_service)
+        self._config_lock = asyncio.Lock()  # concurrent first uses make one client
+        self._rules_lock = asyncio.Lock()  # rule watches are added and removed one at a time
+        self._rules: dict[str, _RuleWatch] = {}
+        self._rereading: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -134,27 +187,36 @@ class NacosRegistry(Registry):
         self._set_state(CONNECTING)
         self._starter = asyncio.get_running_loop().create_task(self._connect())
 
-    async def _connect(self) -> None:
-        from v2.nacos import ClientConfigBuilder, NacosNamingService
+    def _client_config(self, namespace: str) -> Any:
+        """The SDK settings of both clients, naming and config: servers, credentials, and the
+        private directory for the logs and cache the SDK writes."""
+        from v2.nacos import ClientConfigBuilder
 
-        # The client writes logs and a cache of its own; keep them out of the working directory.
-        self._workdir = tempfile.mkdtemp(prefix="regproxy-nacos-")
+        assert self._workdir is not None, "made by _connect"
         builder = (
             ClientConfigBuilder()
             .server_address(self.url.hosts_string)
-            .namespace_id(self.url.namespace)
+            .namespace_id(namespace)
             .log_dir(self._workdir)
             .cache_dir(self._workdir)
             .log_level(logging.WARNING)
-            .load_cache_at_start(False)  # a stale list from disk must not become routes
+            .load_cache_at_start(False)  # stale lists or rules from disk must not come into force
         )
         if self.url.username:
             builder = builder.username(self.url.username).password(self.url.password or "")
+        return builder.build()
+
+    async def _connect(self) -> None:
+        from v2.nacos import NacosNamingService
+
+        # The client writes logs and a cache of its own; keep them out of the working directory.
+        self._workdir = tempfile.mkdtemp(prefix="regproxy-nacos-")
+        if self.url.username:
             while (refused := await self._login_refused()) is not None:
                 self._auth_refused(refused)
                 await asyncio.sleep(AUTH_RETRY_S)
             self.auth_error = ""
-        config = builder.build()
+        config = self._client_config(self.url.namespace)
         # Deliver an empty list too: the last provider going away must reach the routing table.
         config.set_update_cache_when_empty(True)
         attempt = 0
@@ -165,7 +227,7 @@ class NacosRegistry(Registry):
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await client.shutdown()  # stop the tasks the failed start left running
-                self._drop_client_log()  # each client adds a file handler to a shared logger
+                self._drop_client_log("naming")  # each client adds a file handler to a shared logger
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 attempt += 1
                 # The first failure is the one WARNING of this outage; the retries are no news.
@@ -241,7 +303,7 @@ class NacosRegistry(Registry):
                 self._connection_changed(True)
 
     async def stop(self) -> None:
-        for task in (self._starter, self._prober):
+        for task in (self._starter, self._prober, self._rereading):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -249,6 +311,12 @@ class NacosRegistry(Registry):
         for watch in self._watches.values():
             if watch.relist is not None:
                 watch.relist.cancel()
+        for rule in self._rules.values():
+            rule.stop_confirming()
+        self._rules.clear()
+        if self._config is not None:
+            await self._close_config(self._config)
+            self._config = None
         if self._client is not None:
             if self.connected:
                 for url in list(self._registered.values()):
@@ -257,15 +325,15 @@ class NacosRegistry(Registry):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._client.shutdown(), self._op_timeout_s)
             self._client = None
-        self._drop_client_log()
+        self._drop_client_log(*SDK_LOGGERS)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
         self._set_state(STOPPED)
 
-    def _drop_client_log(self) -> None:
+    def _drop_client_log(self, *loggers: str) -> None:
         if self._workdir is None:
             return
-        for name in ("naming", "nacos"):
+        for name in loggers:
             logger = logging.getLogger(name)
             for handler in list(logger.handlers):
                 if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(
@@ -285,11 +353,17 @@ class NacosRegistry(Registry):
             redo = self._client.grpc_client_proxy.redo_service
             task = asyncio.get_running_loop().create_task(redo.start_redo_task())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            if self._rules:
+                self._reread_rules_soon()
 
     def _unreachable(self, exc: Exception) -> str | None:
         # The client notices a dead server only at its next health check (seconds later);
         # a call that could not reach it is "unavailable" (503), not a refusal (502).
-        if "UNAVAILABLE" in str(exc) or (self._client is not None and not self._client_running()):
+        if (
+            "UNAVAILABLE" in str(exc)
+            or getattr(exc, "error_code", None) == CLIENT_DISCONNECT
+            or (self._client is not None and not self._client_running())
+        ):
             return "server unreachable"
         return None
 
@@ -495,6 +569,229 @@ class NacosRegistry(Registry):
             for listener in list(listeners):
                 listener(list(providers))
 
+    # --- the config center: Dubbo's dynamic rules -----------------------------------------------
+
+    def _rule_source(self, rule_id: str) -> str:
+        namespace = config_namespace(self.url.namespace)
+        where = f"nacos dataId {rule_id} group {RULE_GROUP}"
+        return f"{where} namespace {namespace}" if namespace else where
+
+    async def _config_service(self) -> Any:
+        """The SDK's config client, connected on first use; RegistryError when it cannot be."""
+        from v2.nacos import NacosConfigService
+
+        async with self._config_lock:
+            if self._config is not None:
+                return self._config
+            config = self._client_config(config_namespace(self.url.namespace))
+            # A rule that cannot be read is an error, not the SDK's copy on disk of an earlier read.
+            config.disable_use_config_cache = True
+            service = NacosConfigService(config)
+            try:
+                await self._call("connect the config client", service.grpc_client_proxy.start())
+            except BaseException:
+                await self._close_config(service)
+                self._drop_client_log("config")
+                raise
+            self._config = service
+            return service
+
+    async def _close_config(self, service: Any) -> None:
+        # shutdown() awaits the SDK's listen task, which looks at its stop flag only after its 5 s
+        # wait for work: cancelled first, it ends now (and at its next turn if the cancellation
+        # came where it is swallowed).
+        proxy = service.grpc_client_proxy
+        proxy.stop_event.set()
+        proxy.listen_task.cancel()
+        await asyncio.wait([proxy.listen_task], timeout=self._op_timeout_s)
+        try:
+            await asyncio.wait_for(service.shutdown(), self._op_timeout_s)
+        except asyncio.CancelledError:
+            # shutdown() awaits the listen task again: one cancelled outside its wait says so again.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception as exc:
+            log.debug("registry %s: closing the config client: %s", self.name, exc)
+
+    async def _get_rule(self, rule_id: str) -> str | None:
+        """The rule's content now, None when there is none (Nacos holds no blank content: the
+        SDK's "" is a config that does not exist)."""
+        from v2.nacos import ConfigParam
+
+        service = await self._config_service()
+        param = ConfigParam(data_id=rule_id, group=RULE_GROUP)
+        text = await self._call(f"read rule {rule_id}", service.get_config(param))
+        return text if text and text.strip() else None
+
+    async def _read_settled(self, watch: _RuleWatch) -> str | None:
+        """Read a watched rule; again when a push came meanwhile, which may be newer than the read."""
+        for _ in range(SETTLE_READS):
+            pushes = watch.pushes
+            text = await self._get_rule(watch.rule_id)
+            if watch.pushes == pushes:
+                break
+        return text
+
+    async def watch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        self._require_connected(f"watch rule {rule_id}")
+        async with self._rules_lock:
+            watch = self._rules.get(rule_id)
+            if watch is not None:
+                watch.listeners.append(listener)
+                self._call_rule_listener(watch, listener)
+                return
+            service = await self._config_service()
+            watch = self._rules[rule_id] = _RuleWatch(rule_id)
+            watch.listeners.append(listener)
+
+            async def pushed(namespace: str, group: str, data_id: str, content: str) -> None:
+                self._rule_pushed(watch, content)
+
+            watch.sdk_listener = pushed
+            try:
+                await self._call(f"watch rule {rule_id}", service.add_listener(rule_id, RULE_GROUP, pushed))
+                # add_listener sends nothing: the SDK's listen task sends listens when it wakes, every
+                # 5 s.  Woken now, as the SDK's own connect does, changes are pushed from now on.
+                service.grpc_client_proxy.execute_config_listen_channel.put_nowait(None)
+                text = await self._read_settled(watch)
+            except BaseException:  # a cancelled watch too: no half-made watch stays
+                del self._rules[rule_id]
+                await service.remove_listener(rule_id, RULE_GROUP, pushed)
+                raise
+            self._offer_rule(watch, text)
+
+    async def unwatch_rule(self, rule_id: str, listener: RuleListener) -> None:
+        async with self._rules_lock:
+            watch = self._rules.get(rule_id)
+            if watch is None:
+                return
+            if listener in watch.listeners:
+                watch.listeners.remove(listener)
+            if watch.listeners:
+                return
+            del self._rules[rule_id]
+            watch.stop_confirming()
+            if self._config is not None:
+                # Local to the SDK: it keeps listening on the server, and drops what is pushed.
+                await self._config.remove_listener(rule_id, RULE_GROUP, watch.sdk_listener)
+
+    def _rule_pushed(self, watch: _RuleWatch, content: str) -> None:
+        """The SDK's listener (on the loop, from its listen task): the content after a change."""
+        watch.pushes += 1
+        if self._rules.get(watch.rule_id) is not watch or not watch.delivered:
+            return  # gone; or the first read is under way, and reads again after this push
+        if not self.connected:
+            return  # nothing while unreachable: the rules are read again once it is back
+        self._offer_rule(watch, content if content.strip() else None)
+        if watch.confirming is None or watch.confirming.done():  # a running one reads again itself
+            watch.confirming = asyncio.get_running_loop().create_task(self._confirm_rule(watch))
+
+    async def _confirm_rule(self, watch: _RuleWatch) -> None:
+        """Read the rule after the SDK's call, and deliver it if it is newer.  The SDK loses a
+        change pushed while it fetches the previous one: its fetch then marks the config as in step
+        with the server (``ConfigSubscribeManager.update_subscribe_cache``), and it does not listen
+        for it again until its full sync every 5 minutes.  The server had the newer content before
+        it pushed, so this read, after that fetch, gets it."""
+        try:
+            text = await self._read_settled(watch)
+        except RegistryError as exc:  # unreachable now: the rules are read again once it is back
+            log.debug("registry %s: reading rule %s after a change: %s", self.name, watch.rule_id, exc)
+            return
+        if self._rules.get(watch.rule_id) is watch:
+            self._offer_rule(watch, text)
+
+    def _offer_rule(self, watch: _RuleWatch, text: str | None) -> None:
+        """Deliver ``text`` to the watch's listeners unless it is what they were last given."""
+        if watch.delivered and text == watch.content:
+            return
+        watch.content, watch.delivered = text, True
+        for listener in list(watch.listeners):
+            self._call_rule_listener(watch, listener)
+
+    def _call_rule_listener(self, watch: _RuleWatch, listener: RuleListener) -> None:
+        version = md5_hex(watch.content) if watch.content is not None else ""
+        try:
+            listener(watch.rule_id, watch.content, self._rule_source(watch.rule_id), version)
+        except Exception:
+            log.exception("registry %s: rule listener for %s failed", self.name, watch.rule_id)
+
+    def _reread_rules_soon(self) -> None:
+        if self._rereading is not None:
+            self._rereading.cancel()
+        self._rereading = asyncio.get_running_loop().create_task(self._reread_rules())
+
+    async def _reread_rules(self) -> None:
+        """After a reconnection: read every watched rule again and deliver what changed.  The SDK
+        can miss a push across a quick server restart (tests/test_nacos_config_peer.py), and this
+        read also makes its config client notice and listen again.  A rule whose read fails (the
+        config client may still be reconnecting) is tried again while the registry stays connected;
+        the rules in force stay meanwhile."""
+        pending = list(self._rules)
+        attempt = 0
+        last_error: RegistryError | None = None
+        while pending and self.connected:
+            failed: list[str] = []
+            for rule_id in pending:
+                watch = self._rules.get(rule_id)
+                if watch is None:
+                    continue
+                try:
+                    text = await self._read_settled(watch)
+                except RegistryError as exc:
+                    failed.append(rule_id)
+                    last_error = exc
+                    continue
+                if self._rules.get(rule_id) is watch:
+                    self._offer_rule(watch, text)
+            pending = failed
+            if not pending:
+                return
+            if attempt == len(RETRY_DELAYS_S):  # said once; the retries go on quietly
+                log.warning(
+                    "registry %s: cannot read rules %s again after reconnecting (%s); retrying",
+                    self.name,
+                    ", ".join(pending),
+                    last_error,
+                )
+            await asyncio.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
+            attempt += 1
+
+    async def read_rule(self, rule_id: str) -> tuple[str | None, str, str]:
+        self._require_connected(f"read rule {rule_id}")
+        text = await self._get_rule(rule_id)
+        return text, self._rule_source(rule_id), md5_hex(text) if text is not None else ""
+
+    async def write_rule(self, rule_id: str, text: str) -> str:
+        from v2.nacos import ConfigParam
+
+        where = self._rule_source(rule_id)
+        if not text.strip():
+            raise RegistryError(
+                f"registry {self.name}: cannot write blank content to {where} (Nacos holds none): "
+                "delete the rule instead"
+            )
+        self._require_connected(f"write rule {rule_id}")
+        service = await self._config_service()
+        # Dubbo's rules are YAML: so typed, the Nacos console shows them as such.
+        param = ConfigParam(data_id=rule_id, group=RULE_GROUP, content=text, type="yaml")
+        if not await self._call(f"write rule {rule_id}", service.publish_config(param)):
+            raise RegistryError(f"registry {self.name}: write rule {rule_id} refused")
+        return where
+
+    async def delete_rule(self, rule_id: str) -> bool:
+        from v2.nacos import ConfigParam
+
+        self._require_connected(f"delete rule {rule_id}")
+        # Nacos answers a removal of nothing with success too: whether there was one is read first.
+        if await self._get_rule(rule_id) is None:
+            return False
+        service = await self._config_service()
+        param = ConfigParam(data_id=rule_id, group=RULE_GROUP)
+        if not await self._call(f"delete rule {rule_id}", service.remove_config(param)):
+            raise RegistryError(f"registry {self.name}: delete rule {rule_id} refused")
+        return True
+
     def describe(self) -> dict[str, Any]:
         return {
             "state": self.state,
@@ -502,6 +799,7 @@ class NacosRegistry(Registry):
             "group": self.group,
             "registered": [str(u) for u in self._registered.values()],
             "watched": {i: sorted(w.services) for i, w in self._watches.items()},
+            "rules": sorted(self._rules),
         }
 
 
