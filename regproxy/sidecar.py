@@ -377,6 +377,9 @@ class Sidecar:
             "serving_from_cache": sorted(d.from_cache) if d is not None else [],
             # The state file's writes: while the last one failed, changes are answered 503.
             "state_save": d.state_save_status() if d is not None else None,
+            # Refused dynamic rules do not make the sidecar unready (the previous version routes),
+            # but a probe's log should show them.
+            "rules_refused": d.refused_rules() if d is not None else [],
         }
         ready = (
             restored

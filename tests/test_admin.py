@@ -213,7 +213,11 @@ async def test_config_dump_and_query_variants(pair: Pair) -> None:
         "listeners",
         "publications",
         "subscriptions",
+        "rules",
     }
+    # memory:// is a config center: it is watched for the subscription's rules, none in force.
+    (center,) = dump["rules"]["centers"]
+    assert center["in_force"] == [] and center["refused"] == [] and center["watched"], center
     assert dump["config"]["egress"] == pair.consumer.data["egress"]
     assert dump["config"]["registries"] == ["memory://"]
     assert dump["sidecar"]["config_path"] == str(pair.consumer.config_path)
@@ -487,7 +491,7 @@ REPLY_MODELS: dict[str, type[BaseModel]] = {
 }
 GETS = (
     "/", "/healthz", "/readyz", "/api/v1/config_dump", "/api/v1/clusters", "/api/v1/publications",
-    "/api/v1/subscriptions", "/api/v1/stats", "/api/v1/loglevel",
+    "/api/v1/subscriptions", "/api/v1/rules", "/api/v1/stats", "/api/v1/loglevel",
     "/api/v1/config_dump?allrouters&alllisteners", f"/api/v1/config_dump?cluster={CLUSTER}",
 )  # fmt: skip
 

@@ -340,6 +340,7 @@ READYZ = am.Readiness(
         draining=False,
         serving_from_cache=["g/com.x.A:1"],
         state_save=None,
+        rules_refused=["/dubbo/config/dubbo/com.x.A:1:.condition-router: condition: 'host = ' has no value"],
     ),
 )
 

@@ -65,6 +65,7 @@ from regproxy.api.admin_models import (
     RouteMatchView,
     Router,
     RouteView,
+    Rules,
     SidecarInfo,
     Stats,
     Subscriptions,
@@ -114,6 +115,7 @@ ENDPOINTS: tuple[tuple[Literal["GET", "POST"], str, str], ...] = (
     ("GET", "/healthz", "alive"),
     ("GET", "/readyz", "ready: registries connected, state restored, not draining (503 otherwise)"),
     ("GET", "/api/v1/config_dump", "effective config and live tables; ?allrouters ?router=NAME ..."),
+    ("GET", "/api/v1/rules", "Dubbo's dynamic rules from the config center: in force and refused"),
     ("GET", "/api/v1/clusters", "clusters and hosts with weight, health, requests"),
     ("GET", "/api/v1/publications", "services published, per registry"),
     ("GET", "/api/v1/subscriptions", "services subscribed and their providers, per registry"),
@@ -501,6 +503,7 @@ def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
             listeners=_listeners(sc),
             publications=publications_view(sc.discovery),
             subscriptions=subscriptions_view(sc.discovery),
+            rules=rules_view(sc.discovery),
         )
     routers: dict[ListenerName, Router] | None = None
     clusters: list[ConfigTableCluster] | None = None
@@ -531,6 +534,10 @@ def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
                     404, ErrNo.NOT_FOUND, f"no listener named {name!r} (listeners: {', '.join(LISTENERS)})"
                 )
     return ConfigDump(routers=routers, clusters=clusters, listeners=listeners)
+
+
+def rules_view(disc: Discovery | None) -> Rules:
+    return Rules.model_validate({"centers": disc.rules_view() if disc is not None else []})
 
 
 def readiness_view(sc: AdminTarget) -> Readiness:
@@ -595,6 +602,9 @@ class _Admin:
 
     async def subscriptions(self, request: web.Request) -> web.Response:
         return _json(200, subscriptions_view(self.sc.discovery))
+
+    async def rules(self, request: web.Request) -> web.Response:
+        return _json(200, rules_view(self.sc.discovery))
 
     async def stats(self, request: web.Request) -> web.Response:
         return _json(200, Stats.model_validate(self.sc.stats()))
@@ -737,6 +747,7 @@ def build_admin_app(sidecar: AdminTarget) -> web.Application:
     r.add_get("/metrics", admin.metrics)
     r.add_get("/openapi.json", admin.openapi_json)
     r.add_get("/api/v1/config_dump", admin.config_dump)
+    r.add_get("/api/v1/rules", admin.rules)
     r.add_get("/api/v1/clusters", admin.clusters)
     r.add_get("/api/v1/publications", admin.publications)
     r.add_get("/api/v1/subscriptions", admin.subscriptions)

@@ -163,6 +163,10 @@ class ReadinessDetail(_Reply):
         description="subscriptions routed on providers read from the state file, not yet confirmed"
     )
     state_save: StateSaveStatus | None = Field(description="null without a data directory")
+    rules_refused: list[str] = Field(
+        description="dynamic rules refused (each: where, and why); they do not make the sidecar unready: "
+        "the previous good version of each stays in force"
+    )
 
 
 class Readiness(_Reply):
@@ -350,6 +354,37 @@ class ConfigDump(BaseModel):
     listeners: list[ListenerView] | SkipJsonSchema[None] = _part("?alllisteners, ?listener=NAME")
     publications: Publications | SkipJsonSchema[None] = _part("as GET /api/v1/publications")
     subscriptions: Subscriptions | SkipJsonSchema[None] = _part("as GET /api/v1/subscriptions")
+    rules: Rules | SkipJsonSchema[None] = _part("as GET /api/v1/rules")
+
+
+# --------------------------------------------------------------------------------------------------
+# GET /api/v1/rules
+
+
+class RuleInForceView(_Reply):
+    rule_id: str = Field(description="<key><suffix>: the ZooKeeper node's or Nacos dataId's name")
+    source: str = Field(description="where it was read: a node path, a dataId, or the state file")
+    version: str = Field(description="ZooKeeper mzxid, Nacos md5; empty when unknown")
+    text: str
+
+
+class RefusedRuleView(_Reply):
+    rule_id: str
+    source: str
+    version: str
+    reason: str = Field(description="yaml, unknown-field, type, version, scope, condition, value, key ...")
+    message: str = Field(description="what is wrong, naming the field")
+
+
+class RuleCenter(_Reply):
+    registry: str = Field(description="the registry read as a config center (password shown as ***)")
+    watched: list[str] = Field(description="the rule ids this sidecar's publications and subscriptions need")
+    in_force: list[RuleInForceView]
+    refused: list[RefusedRuleView] = Field(description="the last version refused of each rule, if any")
+
+
+class Rules(_Reply):
+    centers: list[RuleCenter]
 
 
 # --------------------------------------------------------------------------------------------------

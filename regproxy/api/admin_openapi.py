@@ -26,6 +26,7 @@ from regproxy.api.admin_models import (
     Publications,
     Readiness,
     Reloaded,
+    Rules,
     Stats,
     Subscriptions,
 )
@@ -39,7 +40,7 @@ _JSON = "application/json"
 
 # Every reply model the document refers to.
 _REPLY_MODELS: tuple[type[BaseModel], ...] = (
-    Index, Alive, Readiness, ConfigDump, Clusters, Publications, Subscriptions, Stats,
+    Index, Alive, Readiness, ConfigDump, Clusters, Publications, Subscriptions, Rules, Stats,
     LogLevelReply, LogLevelSet, Draining, Reloaded, ErrorReply, ConfigRefused,
 )  # fmt: skip
 
@@ -142,6 +143,11 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
                 "subscriptions",
                 "services subscribed and their providers, per registry",
                 _reply("the subscriptions", Subscriptions),
+            ),
+            "/api/v1/rules": _get(
+                "rules",
+                "dynamic rules from each config center: in force (source, version) and refused",
+                _reply("the rules", Rules),
             ),
             "/api/v1/stats": _get("stats", "counters as JSON", _reply("the counters", Stats)),
             "/api/v1/loglevel": {

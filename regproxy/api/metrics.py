@@ -231,7 +231,8 @@ class SidecarCollector(Collector):
             "Registry notifications handled: provider list changes and connection state changes; "
             "provider URLs ignored because they name this sidecar's own egress, API or admin listener; "
             "invalid provider URLs skipped (each counted once); provider events that failed to apply; "
-            "provider lists emptied and held back by the empty-provider protection.",
+            "provider lists emptied and held back by the empty-provider protection; dynamic rules that "
+            "changed (or were restored).",
             labels=["event"],
         )
         pubs = GaugeMetricFamily(_name("publications"), "Services this sidecar publishes.")
@@ -240,7 +241,20 @@ class SidecarCollector(Collector):
             _name("subscriptions_from_cache"),
             "Subscriptions routed on providers read from the state file, not yet confirmed by a registry.",
         )
+        rule_errors = CounterMetricFamily(
+            _name("rule_errors"),
+            "Dynamic rules refused (the previous good version stays in force), by where they were read "
+            "(zookeeper, nacos, memory, state) and why (yaml, unknown-field, condition, ...).",
+            labels=["source", "reason"],
+        )
+        rules = GaugeMetricFamily(
+            _name("rules_in_force"), "Dynamic rules from the config center in force.", labels=["registry"]
+        )
         if disc is not None:
+            for (origin, reason), n in sorted(disc.rules.error_counts().items()):
+                rule_errors.add_metric([origin, reason], n)
+            for center in disc.rules_view():
+                rules.add_metric([center["registry"]], len(center["in_force"]))
             seen: set[str] = set()
             for reg in sorted(disc.registries.values(), key=lambda r: r.name):
                 if reg.name in seen:
@@ -257,12 +271,13 @@ class SidecarCollector(Collector):
                 "invalid_providers",
                 "provider_event_failures",
                 "empty_holds",
+                "rule_changes",
             ):
                 events.add_metric([kind], counts.get(kind, 0))
             pubs.add_metric([], len(disc.publications))
             subs.add_metric([], len(disc.subscriptions))
             cached.add_metric([], len(disc.from_cache))
-        yield from (state, events, pubs, subs, cached)
+        yield from (state, events, pubs, subs, cached, rule_errors, rules)
 
     # --- the state file -----------------------------------------------------------------------
 

@@ -898,6 +898,14 @@ class Discovery:
         """Every config center's rules in force and refused, for config_dump and ``ctl rules``."""
         return self.rules.describe({key: reg.name for key, reg in self.registries.items()})
 
+    def refused_rules(self) -> list[str]:
+        """One line per refused rule, for /readyz's detail."""
+        return [
+            f"{r['source'] or r['rule_id']}: {r['reason']}: {r['message']}"
+            for center in self.rules_view()
+            for r in center["refused"]
+        ]
+
     # --- persistence --------------------------------------------------------------------------
 
     def snapshot(self) -> SavedState:
