@@ -2,6 +2,7 @@
 changes to the data path, unlike the end-to-end benchmark whose CPU figures move with the machine.
 
     python -m benchmarks.hotpath [--requests 100000] [--hop egress|ingress] [--depth N] [--profile]
+                                 [--rules none|method|tag]
 
 A real Forwarder with the table a sidecar builds for that hop (egress: a subscription's route, the
 timeout attachment read, and the default health checking; ingress: the publication's route,
@@ -13,6 +14,12 @@ are left out: what remains is regproxy's Python per request (parse, route, pick,
 id mapping, stats, batching). ``--depth 16`` sends the requests 16 to a chunk and answers them 16 to
 a chunk, as at the benchmark's ``pipelined`` load. ``--profile`` prints cProfile's hottest functions
 instead (``--rows N`` of them).
+
+``--rules`` puts the config center's rules on the egress (regproxy.governance, docs/governance.md):
+100 services in the table, each under a configurator and a condition rule, and the measured one
+under 20 condition clauses across its service, provider-application and consumer-application rules
+(``method``: clauses that read only the method, evaluated once per method and table; ``tag``: the
+same plus a tag rule of the provider application, which reads each request's attachments).
 """
 
 from __future__ import annotations
@@ -28,14 +35,52 @@ from benchmarks.payload import ID, METHOD, SERVICE, request_template, response_t
 from regproxy import native
 from regproxy.config.health import HealthSettings
 from regproxy.discovery import PublishSpec, ingress_table
+from regproxy.governance.condition import ConditionRouters, parse_condition_rule
+from regproxy.governance.configurator import configure_consumer, parse_configurators
+from regproxy.governance.policy import ClusterPolicy, ServiceRules
+from regproxy.governance.tag import parse_tag_rule
 from regproxy.health.hosts import Health, egress_view
 from regproxy.proxy.batch import Batcher
 from regproxy.proxy.forwarder import Forwarder
 from regproxy.proxy.listener import DownstreamConnection
 from regproxy.proxy.upstream import UpstreamConnection, UpstreamEvents, UpstreamPool
+from regproxy.registry.url import consumer_url, provider_url
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 
 UPSTREAM = "10.0.0.1:20882"
+OTHER_SERVICES = 99  # with the measured one: 100 services under rules
+
+
+def _condition(key: str, clauses: list[str]) -> str:
+    return "configVersion: v3.0\nscope: service\nkey: " + key + "\nconditions:\n" + "".join(
+        f"  - '{c}'\n" for c in clauses
+    )
+
+
+def governed_cluster(name: str, service: str, host: Host, rules: str) -> Cluster:
+    """A subscription's cluster as discovery makes it under the config center's rules."""
+    url = provider_url(interface=service, ip=host.host, port=host.port, application="bench-provider")
+    consumer = consumer_url(interface=service, ip="10.0.0.9", application="bench-consumer")
+    configurators = parse_configurators(
+        f"configVersion: v3.0\nscope: service\nkey: {service}\nconfigs:\n"
+        "  - side: consumer\n    addresses: ['0.0.0.0']\n    parameters: {weight: '150'}\n"
+    )
+    url = configure_consumer(url, configurators, application="bench-consumer", local_host="10.0.0.9")
+    # 20 clauses: none matches the benchmark's method, so every provider stays (the rules' cost,
+    # not a smaller cluster, is what is measured).
+    clauses = [f"method = other{i} => host = 10.0.0.{i}" for i in range(20)]
+    conditions = ConditionRouters(
+        service=parse_condition_rule(_condition(service, clauses[:10])),
+        provider_application=parse_condition_rule(_condition("bench-provider", clauses[10:15])),
+        consumer_application=parse_condition_rule(_condition("bench-consumer", clauses[15:])),
+    )
+    tag = None
+    if rules == "tag":
+        tag = parse_tag_rule("force: false\nenabled: true\nkey: bench-provider\ntags:\n"
+                             "  - name: gray\n    addresses: ['10.0.0.7:20882']\n")  # fmt: skip
+    hosts = (Host(host.address, url.weight, metadata=dict(url.params)),)
+    policy = ClusterPolicy(ServiceRules(configurators, conditions, tag), consumer, {url.address: url}, hosts)
+    return Cluster(name, "weighted_round_robin", hosts, policy=policy)
 
 
 class Transport:
@@ -68,10 +113,17 @@ class Transport:
 Harness = tuple[Forwarder, DownstreamConnection, UpstreamConnection, Transport, Transport, Batcher]
 
 
-def build(hop: str) -> Harness:
+def build(hop: str, rules: str = "none") -> Harness:
     loop = asyncio.get_running_loop()
     batcher = Batcher(loop)
-    if hop == "egress":  # as a subscription makes it: one route to the providers' sidecars
+    if hop == "egress" and rules != "none":  # 100 subscriptions under rules, the measured one first
+        names = [SERVICE] + [f"com.bench.Other{i}" for i in range(OTHER_SERVICES)]
+        table = RoutingTable(
+            [Route(f"r{i}", RouteMatch(service=n, version=""), f"c{i}") for i, n in enumerate(names)],
+            [governed_cluster(f"c{i}", n, Host(UPSTREAM), rules) for i, n in enumerate(names)],
+        )
+        upstream = UPSTREAM
+    elif hop == "egress":  # as a subscription makes it: one route to the providers' sidecars
         table = RoutingTable(
             [Route("bench", RouteMatch(service=SERVICE, version=""), "bench")],
             [Cluster("bench", "weighted_round_robin", (Host(UPSTREAM),))],
@@ -110,8 +162,8 @@ def build(hop: str) -> Harness:
     return fwd, down, up, down_t, up_t, batcher
 
 
-async def run(requests: int, hop: str, depth: int, profile: bool, rows: int) -> float:
-    fwd, down, up, down_t, up_t, batcher = build(hop)
+async def run(requests: int, hop: str, depth: int, profile: bool, rows: int, rules: str = "none") -> float:
+    fwd, down, up, down_t, up_t, batcher = build(hop, rules)
     req_head, req_tail = request_template()
     resp_head, resp_tail = response_template()
     response_len = len(resp_head) + 8 + len(resp_tail)
@@ -169,6 +221,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--rows", type=int, default=18, help="functions --profile prints")
     ap.add_argument("--once", action="store_true", help="one run, not the best of 3 (for callgrind)")
+    ap.add_argument("--rules", choices=("none", "method", "tag"), default="none",
+                    help="the config center's rules on the egress (see above)")  # fmt: skip
     args = ap.parse_args()
     try:
         import uvloop
@@ -177,12 +231,12 @@ def main() -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     best = min(
-        runner(run(args.requests, args.hop, args.depth, args.profile, args.rows))
+        runner(run(args.requests, args.hop, args.depth, args.profile, args.rows, args.rules))
         for _ in range(1 if args.profile or args.once else 3)
     )
     print(
         f"{args.hop}: {best:.2f} µs of Python per request (best of 3, {args.requests:,} requests, "
-        f"{args.depth} per chunk; data path {native.describe()})"
+        f"{args.depth} per chunk; rules: {args.rules}; data path {native.describe()})"
     )
 
 

@@ -13,10 +13,14 @@ from regproxy.config import Config
 from regproxy.dubbo.encode import encode_request
 from regproxy.dubbo.frame import Status
 from regproxy.dubbo.request import RequestBody
+from regproxy.governance.condition import ConditionRouters, parse_condition_rule
+from regproxy.governance.policy import ClusterPolicy, ServiceRules
+from regproxy.governance.tag import parse_tag_rule
 from regproxy.proxy.exchange import Plan
 from regproxy.proxy.filters import Answer, Delay, FaultFilter, RateLimitFilter
 from regproxy.proxy.plan import GroupPlans, NoRoute, Planner
 from regproxy.proxy.stats import ListenerStats
+from regproxy.registry.url import consumer_url, provider_url
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, service_label
 from regproxy.routing.from_config import rule_set
 from regproxy.routing.rules import RETRY_CONNECT, Fault, RateLimit, RuleSet
@@ -238,6 +242,45 @@ def test_rules_and_tags_are_decided_per_request() -> None:
     tagged = planner()
     decide(tagged, one_cluster(Host(A), GRAY))
     assert not tagged.heads
+
+
+def governed(*hosts: Host, condition: str = "", tag: str = "") -> RoutingTable:
+    """A subscription's table under the config center's rules (governance.policy), as discovery
+    builds it: each host's provider URL, the consumer's URL, the parsed rules."""
+    urls = {h.address: provider_url(interface=SVC, ip=h.host, port=h.port, application="p") for h in hosts}
+    consumer = consumer_url(interface=SVC, ip="10.0.0.9", application="web")
+    conditions = ConditionRouters(service=parse_condition_rule(condition) if condition else None)
+    rules = ServiceRules(conditions=conditions, tag=parse_tag_rule(tag) if tag else None)
+    policy = ClusterPolicy(rules, consumer, urls, hosts)
+    cluster = Cluster("c", "round_robin", hosts, policy)
+    return RoutingTable([Route("r", RouteMatch(service=SVC), "c")], [cluster])
+
+
+def test_a_method_condition_rule_keeps_the_one_memo() -> None:
+    """A condition rule that reads only the method: decided once per method and table."""
+    p = planner()
+    table = governed(Host(A), Host(B), condition="conditions: ['method = m => host = 10.0.0.2']")
+    plan = decide(p, table)
+    assert isinstance(plan, Plan) and [h.address for h in plan.hosts] == [B]
+    assert decide(p, table) is plan and list(p.heads.values()) == [plan]
+    other = decide(p, table, method="n")
+    assert isinstance(other, Plan) and [h.address for h in other.hosts] == [A, B]
+    blocked = decide(p, governed(Host(A), condition="conditions: ['method = m => ']"))
+    assert isinstance(blocked, NoRoute) and "blocks the request" in blocked.message
+
+
+def test_a_tag_rule_memoises_a_plan_per_tag() -> None:
+    """A tag rule reads each request's dubbo.tag: one plan per (tag, forced, group), not by head."""
+    p = planner()
+    tag = "force: false\nenabled: true\nkey: p\ntags: [{name: gray, addresses: ['10.0.0.2:20882']}]\n"
+    table = governed(Host(A), Host(B), tag=tag)
+    untagged = decide(p, table)  # the first request of the key is routed, and the key marked
+    assert isinstance(untagged, Plan) and [h.address for h in untagged.hosts] == [A]
+    again = decide(p, table)
+    gray = decide(p, table, attachments={"dubbo.tag": "gray"})
+    assert isinstance(gray, Plan) and [h.address for h in gray.hosts] == [B]
+    assert decide(p, table, attachments={"dubbo.tag": "gray"}) is gray and decide(p, table) is again
+    assert not p.heads  # never found by head bytes: the attachments decide
 
 
 def test_weighted_subsets_follow_their_weights() -> None:

@@ -128,9 +128,14 @@ class ClusterPolicy:
 
     __slots__ = (
         "_by_method",
+        "_by_tag",
         "_cached_for",
+        "_conditioned",
         "_conditions",
+        "_conditions_fixed",
+        "_has_conditions",
         "_per_request",
+        "_reads_arguments",
         "_reads_method",
         "_rng",
         "_tag",
@@ -158,15 +163,24 @@ class ClusterPolicy:
         self._timeouts = dict(timeouts or {})
         self._rng = rng if rng is not None else random.Random()
         self._conditions = rules.conditions
+        self._has_conditions = bool(rules.conditions.rules)
         tag_rule = rules.tag if rules.tag is not None and rules.tag.active else None
         self._tag = TagRouting.bind(tag_rule, hosts, params=_params) if tag_rule is not None else None
-        self.routes = self._tag is not None or bool(self._conditions.rules)
+        self.routes = self._tag is not None or self._has_conditions
         self.routes_tags = self._tag is not None
-        # Anything but the method read, or a random draw: the planner routes each such request.
+        # What the condition rules read of a request, worked out once (the rules' own properties
+        # walk every condition each time they are asked).
         reads = self._conditions.request_reads
-        self._per_request = self._tag is not None or bool(reads - {"method"}) or self._conditions.randomized
         self._reads_method = "method" in reads
+        self._reads_arguments = "arguments" in reads
+        # The conditions' result depends on the method alone (and the hosts they get): kept per
+        # (hosts, method) even when the tag router makes the whole route per request.
+        self._conditions_fixed = not (reads - {"method"}) and not self._conditions.randomized
+        # Anything but the method read, or a random draw: the planner routes each such request.
+        self._per_request = self._tag is not None or not self._conditions_fixed
         self._by_method: dict[str, tuple[Host, ...] | str] = {}
+        self._by_tag: dict[tuple[str, bool], tuple[Host, ...]] = {}
+        self._conditioned: dict[tuple[int, str], tuple[tuple[Host, ...], tuple[Host, ...] | str]] = {}
         self._cached_for: tuple[Host, ...] | None = None
 
     def fixed_for(self, method: str) -> bool:
@@ -174,6 +188,17 @@ class ClusterPolicy:
         rule reads the attachments or arguments or draws, and the method is not a generic call's
         (``$invoke`` names the invoked method in its first argument, ``RpcUtils.getMethodName``)."""
         return not self._per_request and not (self._reads_method and method in GENERIC_METHODS)
+
+    def request_key(self, request: RequestView) -> tuple[str, bool] | None:
+        """When the hosts depend on nothing of a request but its method and its tag: the tag and
+        whether it is forced (a plan may be memoised under them); None when each request must be
+        routed (a rule reads arguments or other attachments, or draws)."""
+        if self._tag is None or not self._conditions_fixed:
+            return None
+        if self._reads_method and request.method in GENERIC_METHODS:
+            return None
+        attachments = request.attachments
+        return requested_tag(attachments), force_tag(attachments)
 
     def timeout_ms(self, method: str) -> int | None:
         """The timeout configurators set for ``method`` (``<method>.timeout`` before ``timeout``)."""
@@ -183,16 +208,18 @@ class ClusterPolicy:
 
     def route(self, hosts: tuple[Host, ...], request: RequestView) -> tuple[Host, ...] | str:
         """The hosts the tag and condition routers leave for ``request``, in their order, or why
-        there are none (the NoRoute message)."""
-        if self.fixed_for(request.method):
-            if self._cached_for is not hosts:
-                self._by_method = {}
-                self._cached_for = hosts
-            known = self._by_method.get(request.method)
+        there are none (the NoRoute message).  Results that depend only on the method and the
+        request's tag are kept, per host tuple: a rule costs a dict lookup or two per request."""
+        if self._cached_for is not hosts:
+            self._by_method, self._by_tag, self._conditioned = {}, {}, {}
+            self._cached_for = hosts
+        method = request.method
+        if self.fixed_for(method):
+            known = self._by_method.get(method)
             if known is None:
                 known = self._route(hosts, request, {})
                 if len(self._by_method) < MAX_METHODS:
-                    self._by_method[request.method] = known
+                    self._by_method[method] = known
             return known
         return self._route(hosts, request, request.attachments)
 
@@ -201,20 +228,37 @@ class ClusterPolicy:
     ) -> tuple[Host, ...] | str:
         if self._tag is not None:
             tag = requested_tag(attachments)
-            hosts = self._tag.route(hosts, tag, force_tag(attachments), params=_params)
-            if not hosts:
+            key = (tag, force_tag(attachments))
+            tagged = self._by_tag.get(key)
+            if tagged is None:
+                tagged = self._tag.route(hosts, tag, key[1], params=_params)
+                if len(self._by_tag) < MAX_METHODS:
+                    self._by_tag[key] = tagged
+            if not tagged:
                 asked = f"dubbo.tag={tag!r}" if tag else "no dubbo.tag"
                 return f"the tag rule leaves no provider for a request with {asked}"
-        rules = self._conditions
-        if not rules.rules:
+            hosts = tagged
+        if not self._has_conditions:
             return hosts
+        method = request.method
+        if self._conditions_fixed and not (self._reads_method and method in GENERIC_METHODS):
+            ckey = (id(hosts), method)
+            entry = self._conditioned.get(ckey)
+            if entry is None or entry[0] is not hosts:
+                entry = (hosts, self._condition(hosts, request, attachments))
+                if len(self._conditioned) < MAX_METHODS:
+                    self._conditioned[ckey] = entry
+            return entry[1]
+        return self._condition(hosts, request, attachments)
+
+    def _condition(
+        self, hosts: tuple[Host, ...], request: RequestView, attachments: Mapping[str, Any]
+    ) -> tuple[Host, ...] | str:
         urls = [self._urls[h.address] for h in hosts if h.address in self._urls]
         arguments: Sequence[object] = ()
-        if "arguments" in rules.request_reads or (
-            "method" in rules.request_reads and request.method in GENERIC_METHODS
-        ):
+        if self._reads_arguments or (self._reads_method and request.method in GENERIC_METHODS):
             arguments = _arguments(request)
-        routed = rules.route(
+        routed = self._conditions.route(
             urls, self.consumer, request.method, arguments, attachments, draw=self._rng.randrange
         )
         if routed.blocked is not None:

@@ -28,6 +28,7 @@ from regproxy.proxy.exchange import Plan
 from regproxy.proxy.filters import StreamFilter, build_filters
 from regproxy.proxy.stats import Histogram
 from regproxy.routing import Host, LoadBalancer, RoutingTable, make_balancer, service_label
+from regproxy.routing.model import HostPolicy
 from regproxy.routing.rules import RETRY_CONNECT, Rule, RuleSet, Subset, TagIndex, subset_hosts
 
 # Memoised plans and head bytes, at most: a peer inventing services must not grow them without end.
@@ -90,6 +91,9 @@ class Planner:
         # The common case's decisions for the table they were made on: by (service, version,
         # method, group or None) and by the exact bytes of the request head.
         self._plans: dict[tuple[str, str, str, str | None], Plan] = {}
+        # Keys whose plans depend on a little of each request too (a tag rule: the request's tag):
+        # the cluster's policy and its plans by the request's key (HostPolicy.request_key) and group.
+        self._keyed: dict[tuple[str, str, str, str | None], tuple[HostPolicy, dict[object, Plan]]] = {}
         self.heads: dict[bytes, Plan | GroupPlans] = {}
         self.table: RoutingTable | None = None
 
@@ -124,6 +128,7 @@ class Planner:
 
     def _forget(self) -> None:
         self._plans = {}
+        self._keyed = {}
         self.heads = {}
 
     # --- decisions ------------------------------------------------------------------------------
@@ -137,6 +142,9 @@ class Planner:
         key = (path, body.version, body.method, body.group if table.needs_group(path) else None)
         plan = self._plans.get(key)
         if plan is None:
+            keyed = self._keyed.get(key)
+            if keyed is not None:
+                return self._keyed_plan(keyed, body, table)
             plan = self._memoisable(key, body, table)
         if plan is not None:
             self._remember_head(raw, body, key[3], plan)
@@ -163,6 +171,8 @@ class Planner:
         if policy is not None:
             if policy.routes:
                 if not policy.fixed_for(body.method):
+                    if policy.request_key(body) is not None and len(self._keyed) < MAX_PLANS:
+                        self._keyed[key] = (policy, {})  # the next such requests: _keyed_plan
                     return None
                 routed = policy.route(hosts, body)
                 if isinstance(routed, str):
@@ -191,6 +201,20 @@ class Planner:
         if len(self._plans) < MAX_PLANS:
             self._plans[key] = plan
         return plan
+
+    def _keyed_plan(
+        self, keyed: tuple[HostPolicy, dict[object, Plan]], body: RequestBody, table: RoutingTable
+    ) -> Plan | NoRoute:
+        """The plan of a request whose hosts depend on its tag: memoised by (tag, forced, group)."""
+        policy, plans = keyed
+        rkey = (policy.request_key(body), body.group)
+        plan = plans.get(rkey)
+        if plan is not None:
+            return plan
+        routed = self.route(body, table)
+        if isinstance(routed, Plan) and len(plans) < 64:  # a peer inventing tags gets no more memo
+            plans[rkey] = routed
+        return routed
 
     def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: Plan) -> None:
         """Let requests with these head bytes (and this group) find ``plan`` without decoding."""

@@ -145,6 +145,11 @@ class HostPolicy(Protocol):
         """Every request for ``method`` gets the same hosts (a plan may be memoised)."""
         ...
 
+    def request_key(self, request: RequestView) -> object | None:
+        """What of a request besides its method decides the hosts, when that is little (a tag): a
+        plan may be memoised under it; None: every request is routed."""
+        ...
+
     def route(self, hosts: tuple[Host, ...], request: RequestView) -> tuple[Host, ...] | str:
         """The hosts the routers leave for ``request``, or why there are none."""
         ...
