@@ -281,3 +281,44 @@ async def test_rules_in_force_survive_a_restart_while_the_config_center_is_down(
         assert [r["rule_id"] for r in view["in_force"]] == [SERVICE_KEY + ".configurators"]
     finally:
         await again.stop()
+
+
+async def test_explain_shows_each_stage(world: tuple[Discovery, MemoryRegistry]) -> None:
+    """``/api/v1/rules?cluster=&method=&tag=``: the operator's view of where a call may go."""
+    d, reg = world
+    await write(reg, SERVICE_KEY + ".configurators", DISABLE_A)
+    await write(reg, "shop.tag-router", TAG.replace("10.0.0.1:20882", "10.0.0.2:20882"))
+    await write(reg, SERVICE_KEY + ".condition-router", CONDITION)
+    await wait_for(
+        lambda: len(d.explain(SUB.cluster_name, "sayHi", tag="blue")["stages"]) == 4, 2, "four stages"
+    )
+    out = d.explain(SUB.cluster_name, "sayHi", tag="blue")
+    assert [s["stage"] for s in out["stages"]] == [
+        "registry", "configurators", "tag router", "service condition rule"
+    ]  # fmt: skip
+    registry, configurators, tag, condition = out["stages"]
+    assert registry["hosts"] == ["10.0.0.1:20882", "10.0.0.2:20882", "10.0.0.3:20882"]
+    assert configurators["hosts"] == ["10.0.0.2:20882 weight 100", "10.0.0.3:20882 weight 100"]
+    assert tag["hosts"] == ["10.0.0.2:20882"] and condition["hosts"] == ["10.0.0.2:20882"]
+    assert set(out["rules"]) == {
+        SERVICE_KEY + ".configurators",
+        "shop.tag-router",
+        SERVICE_KEY + ".condition-router",
+    }
+    with pytest.raises(LookupError, match="no subscription"):
+        d.explain("nope", "sayHi")
+
+
+async def test_a_rule_written_before_the_subscription_applies_from_the_start() -> None:
+    """The config center's current content is delivered from inside the watch: it must count."""
+    made: dict[str, MemoryRegistry] = {}
+    d = new_discovery(made, [REG_A])
+    await d.start()
+    try:
+        for url in (A, B):
+            made["a"].set_provider(url)
+        await made["a"].write_rule(SERVICE_KEY + ".configurators", DISABLE_A)
+        await d.subscribe(SUB, application="web")
+        await wait_for(lambda: set(hosts(d)) == {"10.0.0.2:20882"}, 2, "A disabled by the rule already there")
+    finally:
+        await d.stop()

@@ -115,7 +115,7 @@ ENDPOINTS: tuple[tuple[Literal["GET", "POST"], str, str], ...] = (
     ("GET", "/healthz", "alive"),
     ("GET", "/readyz", "ready: registries connected, state restored, not draining (503 otherwise)"),
     ("GET", "/api/v1/config_dump", "effective config and live tables; ?allrouters ?router=NAME ..."),
-    ("GET", "/api/v1/rules", "Dubbo's dynamic rules from the config center: in force and refused"),
+    ("GET", "/api/v1/rules", "dynamic rules in force and refused; ?cluster=NAME&method=M&tag=T: each stage"),
     ("GET", "/api/v1/clusters", "clusters and hosts with weight, health, requests"),
     ("GET", "/api/v1/publications", "services published, per registry"),
     ("GET", "/api/v1/subscriptions", "services subscribed and their providers, per registry"),
@@ -536,8 +536,31 @@ def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
     return ConfigDump(routers=routers, clusters=clusters, listeners=listeners)
 
 
-def rules_view(disc: Discovery | None) -> Rules:
-    return Rules.model_validate({"centers": disc.rules_view() if disc is not None else []})
+RULES_QUERY = ("cluster", "method", "tag")
+
+
+def rules_view(disc: Discovery | None, query: Mapping[str, str] | None = None) -> Rules:
+    """Every config center's rules; with ``?cluster=NAME`` (and ``method``, ``tag``) also what each
+    stage does to that subscription's providers (AdminError 400/404 on a bad query)."""
+    query = query or {}
+    unknown = sorted(set(query) - set(RULES_QUERY))
+    if unknown:
+        raise AdminError(
+            400,
+            ErrNo.BAD_REQUEST,
+            f"unknown query parameter(s) {', '.join(unknown)} (known: {', '.join(RULES_QUERY)})",
+        )
+    if ("method" in query or "tag" in query) and "cluster" not in query:
+        raise AdminError(400, ErrNo.BAD_REQUEST, "method and tag explain a cluster: give ?cluster=NAME too")
+    reply: dict[str, Any] = {"centers": disc.rules_view() if disc is not None else []}
+    if "cluster" in query:
+        if disc is None:
+            raise AdminError(404, ErrNo.NOT_FOUND, "no discovery: this sidecar subscribes to nothing")
+        try:
+            reply["explain"] = disc.explain(query["cluster"], query.get("method", ""), query.get("tag", ""))
+        except LookupError as exc:  # discovery's NotFound
+            raise AdminError(404, ErrNo.NOT_FOUND, str(exc)) from None
+    return Rules.model_validate(reply)
 
 
 def readiness_view(sc: AdminTarget) -> Readiness:
@@ -604,7 +627,7 @@ class _Admin:
         return _json(200, subscriptions_view(self.sc.discovery))
 
     async def rules(self, request: web.Request) -> web.Response:
-        return _json(200, rules_view(self.sc.discovery))
+        return _json(200, rules_view(self.sc.discovery, request.query))
 
     async def stats(self, request: web.Request) -> web.Response:
         return _json(200, Stats.model_validate(self.sc.stats()))

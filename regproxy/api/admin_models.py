@@ -383,8 +383,26 @@ class RuleCenter(_Reply):
     refused: list[RefusedRuleView] = Field(description="the last version refused of each rule, if any")
 
 
+class Stage(_Reply):
+    stage: str = Field(description="registry, configurators, tag router, ... condition rule")
+    hosts: list[str] = Field(description="the providers left after this stage")
+    message: str | None = Field(None, description="why none is left (a blocking rule), if so")
+
+
+class Explain(_Reply):
+    """?cluster=NAME[&method=M][&tag=T]: what each stage does to a subscription's providers for such
+    a request, in the order a request goes through them (docs/governance.md)."""
+
+    cluster: str
+    method: str
+    tag: str
+    rules: list[str] = Field(description="the rule ids in force for this subscription")
+    stages: list[Stage]
+
+
 class Rules(_Reply):
     centers: list[RuleCenter]
+    explain: Explain | SkipJsonSchema[None] = _part("?cluster=NAME[&method=M][&tag=T]")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from regproxy.discovery.tables import (
     subscription_route,
 )
 from regproxy.governance.configurator import configure_provider
-from regproxy.governance.policy import ClusterPolicy, configured
+from regproxy.governance.policy import ClusterPolicy, Probe, configured, explain
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, provider_url
@@ -897,6 +897,41 @@ class Discovery:
     def rules_view(self) -> list[dict[str, Any]]:
         """Every config center's rules in force and refused, for config_dump and ``ctl rules``."""
         return self.rules.describe({key: reg.name for key, reg in self.registries.items()})
+
+    def explain(self, cluster: str, method: str, tag: str = "") -> dict[str, Any]:
+        """What each stage does to subscription ``cluster``'s providers for a request to ``method``
+        (with ``dubbo.tag`` = ``tag``): the operator's "why does my call go there"."""
+        st = self.subscriptions.get(cluster)
+        if st is None:
+            raise NotFound(f"no subscription {cluster!r} (see /api/v1/subscriptions)")
+        seen: dict[str, DubboURL] = {}
+        for key in st.registries:
+            for url in st.providers.get(key, ()):
+                seen.setdefault(url.address, url)
+        stages: list[dict[str, Any]] = [{"stage": "registry", "hosts": sorted(seen)}]
+        rules = self.rules.service_rules(st) if self.rules.stores else None
+        hosts = self.hosts_of(st)
+        if rules is not None and rules.configurators:
+            stages.append(
+                {"stage": "configurators", "hosts": [f"{h.address} weight {h.weight}" for h in hosts]}
+            )
+        policy = st.policy
+        if isinstance(policy, ClusterPolicy) and policy.routes:
+            probe = Probe(method, {"dubbo.tag": tag} if tag else {})
+            for stage, result in explain(policy, hosts, probe):
+                entry = (
+                    {"stage": stage, "hosts": result}
+                    if isinstance(result, list)
+                    else {"stage": stage, "hosts": [], "message": result}
+                )
+                stages.append(entry)
+        return {
+            "cluster": cluster,
+            "method": method,
+            "tag": tag,
+            "rules": list(rules.sources if rules else ()),
+            "stages": stages,
+        }
 
     def refused_rules(self) -> list[str]:
         """One line per refused rule, for /readyz's detail."""

@@ -207,14 +207,17 @@ class Rules:
             await _quietly(reg.unwatch_rule(rule_id, listener))
         for rule_id in sorted(rule_ids - watched.keys()):
             listener = self._rule_listener(key)
+            # Before the await: the adapter delivers the current content from inside watch_rule,
+            # and the listener takes only what is watched.
+            watched[rule_id] = listener
             try:
                 await reg.watch_rule(rule_id, listener)
             except RegistryError as exc:
+                watched.pop(rule_id, None)
                 log.warning(
                     "registry %s: watching rule %s: %s (tried again on reconnect)", reg.name, rule_id, exc
                 )
                 continue
-            watched[rule_id] = listener
         overrides = self._overrides.setdefault(key, {})
         for interface in sorted(overrides.keys() - interfaces):
             listener_, _ = overrides.pop(interface)

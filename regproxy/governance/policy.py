@@ -31,7 +31,16 @@ from regproxy.governance.tag import TagRouting, TagRule, force_tag, requested_ta
 from regproxy.registry.url import DubboURL
 from regproxy.routing.model import Host, RequestView
 
-__all__ = ["ClusterPolicy", "Configured", "ServiceRules", "configured", "enabled", "override_timeouts"]
+__all__ = [
+    "ClusterPolicy",
+    "Configured",
+    "Probe",
+    "ServiceRules",
+    "configured",
+    "enabled",
+    "explain",
+    "override_timeouts",
+]
 
 # Per-method results kept for rules that read nothing of a request but its method: bounded, a peer
 # sending endless method names must not grow it.
@@ -267,6 +276,47 @@ class ClusterPolicy:
             return "the condition rules leave no provider"
         keep = {u.address for u in routed.providers}
         return tuple(h for h in hosts if h.address in keep)
+
+
+class Probe:
+    """A request as an operator describes it (``/api/v1/rules?cluster=...&method=...&tag=...``)."""
+
+    def __init__(self, method: str, attachments: Mapping[str, Any]) -> None:
+        self.method = method
+        self.attachments = attachments
+
+    def arguments(self) -> list[Any]:
+        return []
+
+
+def explain(policy: ClusterPolicy, hosts: tuple[Host, ...], request: RequestView) -> list[tuple[str, Any]]:
+    """Each router's output for ``request``, in the chain's order: (stage, the addresses it left
+    or why it left none).  For operators (``/api/v1/rules?cluster=``): not cached, not the data path."""
+    out: list[tuple[str, Any]] = []
+    attachments = request.attachments
+    if policy._tag is not None:
+        tag = requested_tag(attachments)
+        hosts = policy._tag.route(hosts, tag, force_tag(attachments), params=_params)
+        out.append(("tag router", [h.address for h in hosts] or f"no provider for dubbo.tag={tag!r}"))
+    conditions = policy._conditions
+    for stage, rule in (
+        ("service condition rule", conditions.service),
+        ("provider application condition rule", conditions.provider_application),
+        ("consumer application condition rule", conditions.consumer_application),
+    ):
+        if rule is None or not hosts:
+            continue
+        urls = [policy._urls[h.address] for h in hosts if h.address in policy._urls]
+        routed = rule.route(
+            urls, policy.consumer, request.method, (), attachments, draw=policy._rng.randrange
+        )
+        if routed.blocked is not None:
+            out.append((stage, str(routed.blocked)))
+            return out
+        keep = {u.address for u in routed.providers}
+        hosts = tuple(h for h in hosts if h.address in keep)
+        out.append((stage, [h.address for h in hosts]))
+    return out
 
 
 def _params(host: Host) -> Mapping[str, str]:
