@@ -1,8 +1,9 @@
-"""The docker-compose demo: the file is valid for Debian's docker-compose, its wiring is consistent,
-and its topology works — the `command:` lines of docker-compose.yml, with the config files it mounts
-from conf/compose/, run here as local processes against a real ZooKeeper.  Only addresses and
-ports change (every process of the compose file has its own network namespace; here they share
-one), and only through flags, which override the files."""
+"""The docker-compose demo: the file is valid for Debian's docker-compose, its wiring is consistent
+(Dubbo Admin included: pointed at the sidecars' ZooKeeper), and its topology works — the `command:`
+lines of docker-compose.yml, with the config files it mounts from conf/compose/, run here as local
+processes against a real ZooKeeper.  Only addresses and ports change (every process of the compose
+file has its own network namespace; here they share one), and only through flags, which override
+the files.  No container runs here (no Docker daemon): the images are not tried."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 IMAGE = "regproxy:demo"
 APP_COMMANDS = ("demo-provider", "demo-consumer")
+# Dubbo Admin 0.5.0's address keys (its application.properties, read by
+# org.apache.dubbo.admin.config.ConfigCenter), each given as an environment variable of that name.
+ADMIN_ADDRESS_KEYS = ("admin.registry.address", "admin.config-center", "admin.metadata-report.address")
 
 
 def compose() -> dict[str, Any]:
@@ -136,6 +140,27 @@ def test_compose_wiring_is_consistent() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
     assert 'ENTRYPOINT ["regproxy"]' in dockerfile
+    # Nothing of the demo is published beyond this host.
+    published = {n: [str(p) for p in s.get("ports", [])] for n, s in services.items()}
+    assert all(p.startswith("127.0.0.1:") for ports in published.values() for p in ports), published
+
+
+def test_dubbo_admin_is_pointed_at_the_demo_zookeeper() -> None:
+    """The console writes its rules where the sidecars read them: the one ZooKeeper they all use."""
+    services = compose()["services"]
+    admin = services["dubbo-admin"]
+    image, _, tag = admin["image"].partition(":")
+    assert image == "apache/dubbo-admin"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), admin["image"]  # a release, never `latest`
+    assert admin["ports"] == ["127.0.0.1:8080:8080"]  # the UI (0.5.0 serves on 8080), loopback only
+    (zookeeper,) = {url for p in pairs() for url in p.config.registries}
+    (zk_host,) = zookeeper.hosts
+    assert services[zk_host.host]["image"].startswith("zookeeper:")
+    assert zk_host.host in admin["depends_on"]
+    env = admin["environment"]
+    assert isinstance(env, dict) and set(ADMIN_ADDRESS_KEYS) <= set(env), env
+    for key in ADMIN_ADDRESS_KEYS:
+        assert RegistryURL.parse(env[key]) == zookeeper, key
 
 
 # -- the topology, as local processes ----------------------------------------------------------------
