@@ -53,11 +53,14 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 native: venv
 	$(PY) scripts/native.py
 
+# Two workers (pytest-xdist): most tests wait on sockets and timers, not the CPU.  --dist loadfile
+# keeps each file's tests on one worker, in order: test_docs.py runs a document's blocks in turn
+# (a sidecar started by one block serves the next).
 test: venv
 	REGPROXY_NATIVE=require $(PY) scripts/native.py
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
 	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks scripts)
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # The inner loop: the tests marked unit and not slow (tests/conftest.py says what the marks mean): no
 # ZooKeeper, no sidecar or other process, no network namespace; the data path as it was last built
