@@ -2,14 +2,17 @@
 
     regproxy ctl [--admin HOST:PORT] [--token T] [--json] COMMAND
 
-Read commands (``status``, ``clusters``, ``routes``, ``publications``, ``subscriptions``) print
-plain-text tables; ``--json`` prints the admin endpoint's JSON instead, for scripts (``status``
-reads two endpoints: ``{"ready": bool, "readyz": <GET /readyz>, "stats": <GET /api/v1/stats>}``).
+Read commands (``status``, ``clusters``, ``routes``, ``publications``, ``subscriptions``,
+``rules``) print plain-text tables; ``--json`` prints the admin endpoint's JSON instead, for scripts
+(``status`` reads two endpoints: ``{"ready": bool, "readyz": <GET /readyz>, "stats": <GET /api/v1/stats>}``).
 A sidecar that is not ready is not an error: ``status`` says why and exits 0. Write commands
 (``drain``, ``reload``, ``loglevel LEVEL``) are accepted from loopback callers, or with the token
 when the sidecar has ``admin_token`` or ``auth_token`` (``--token``, ``REGPROXY_ADMIN_TOKEN`` or
 ``REGPROXY_AUTH_TOKEN``, sent as ``Authorization: Bearer`` on every request, reading ones
 included). Failures go to stderr (the endpoint's err_msg) with exit code 1.
+
+``rules get|apply|delete --registry URL`` are the exception: they read and write Dubbo's dynamic
+rules in the config center itself, not through a sidecar (regproxy.ctl_rules, imported only by them).
 
 Every reply is parsed with the model the admin server built it from (regproxy/api/admin_models.py),
 and the tables read its typed fields: a reply that does not fit is an error naming the field, not
@@ -41,14 +44,17 @@ from regproxy.api.admin_models import (
     Publications,
     Readiness,
     Reloaded,
+    Rules,
     SavedStateSummary,
     Stats,
     Subscriptions,
 )
 from regproxy.api.models import ErrorReply
 from regproxy.config import LOG_LEVELS
+from regproxy.governance.keys import split_rule_id
+from regproxy.registry.registry_url import RegistryURL
 
-__all__ = ["DEFAULT_ADMIN", "TOKEN_ENV", "AdminClient", "CtlError", "format_table", "main"]
+__all__ = ["DEFAULT_ADMIN", "TOKEN_ENV", "AdminClient", "CtlError", "CtlUsageError", "format_table", "main"]
 
 PROG = "regproxy ctl"
 DEFAULT_ADMIN = "127.0.0.1:34901"
@@ -60,6 +66,15 @@ Reply = TypeVar("Reply", bound=BaseModel)
 
 class CtlError(Exception):
     """A failure to report on one line of stderr, exit code 1."""
+
+    exit_code = 1
+
+
+class CtlUsageError(CtlError):
+    """Arguments that cannot work, found out only once the command runs (a file's name that is no
+    rule id, say): exit code 2, as argparse's own usage errors."""
+
+    exit_code = 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +268,16 @@ def render_status(where: str, ready: Readiness, stats: Stats) -> str:
         f"draining: {_cell(detail.draining)}",
         f"serving from cache: {', '.join(cache) if cache else 'nothing'}",
     ]
-    lines = [f"regproxy at {where}: {head}", ", ".join(facts), ""]
+    lines = [f"regproxy at {where}: {head}", ", ".join(facts)]
+    if detail.rules_refused:
+        # Not a readiness problem (the previous good version of each stays in force), but an
+        # operator's: a rule someone wrote is not doing what they meant.
+        lines.append(
+            f"{_plural(len(detail.rules_refused), 'dynamic rule')} refused (the previous good version of "
+            "each stays in force; regproxy ctl rules shows them):"
+        )
+        lines += [f"  {refused}" for refused in detail.rules_refused]
+    lines.append("")
     states = sorted(detail.registries.items())
     lines.append(format_table(["REGISTRY", "STATE"], states) if states else "no registries")
     listeners = (("egress", stats.egress), ("ingress", stats.ingress))
@@ -430,6 +454,37 @@ def cmd_loglevel(client: AdminClient, args: argparse.Namespace) -> Result:
     return data, f"log level: {changed.level} (was {changed.previous})", 0
 
 
+def cmd_rules(client: AdminClient, args: argparse.Namespace) -> Result:
+    if args.rules_command in (None, "list"):
+        data, rules = client.call("GET", "/api/v1/rules", Rules)
+        return data, render_rules(rules), 0
+    # The registry adapters (kazoo, the Nacos SDK) load only for the commands that use them.
+    from regproxy import ctl_rules
+
+    return ctl_rules.COMMANDS[args.rules_command](args)
+
+
+def render_rules(reply: Rules) -> str:
+    if not reply.centers:
+        return "no config center: this sidecar has no registry, or each one says config_center=false"
+    lines = [
+        f"{c.registry}: {_plural(len(c.watched), 'rule')} watched, {len(c.in_force)} in force, "
+        f"{len(c.refused)} refused"
+        for c in reply.centers
+    ]
+    in_force = [[c.registry, r.rule_id, r.source, r.version] for c in reply.centers for r in c.in_force]
+    if in_force:
+        lines += ["", format_table(["REGISTRY", "RULE ID", "SOURCE", "VERSION"], in_force)]
+    refused = [[c.registry, r.rule_id, r.reason, r.message] for c in reply.centers for r in c.refused]
+    if refused:
+        lines += [
+            "",
+            "refused (the previous good version of each, if any, stays in force):",
+            format_table(["REGISTRY", "RULE ID", "REASON", "MESSAGE"], refused),
+        ]
+    return "\n".join(lines)
+
+
 COMMANDS: dict[str, tuple[Callable[[AdminClient, argparse.Namespace], Result], str]] = {
     "status": (cmd_status, "readiness, registry connections and traffic counters"),
     "clusters": (cmd_clusters, "every cluster and its hosts (weight, health, requests)"),
@@ -439,6 +494,11 @@ COMMANDS: dict[str, tuple[Callable[[AdminClient, argparse.Namespace], Result], s
     "drain": (cmd_drain, "withdraw everything, finish requests in flight and exit (as on SIGTERM)"),
     "reload": (cmd_reload, "re-read the config file: routes, clusters, timeouts, log level"),
     "loglevel": (cmd_loglevel, "show the log level, or set it: loglevel debug"),
+    "rules": (
+        cmd_rules,
+        "Dubbo's dynamic rules: those in force and those refused (list, the default), or one read, "
+        "written or deleted in the config center (get, apply, delete)",
+    ),
 }
 
 
@@ -446,40 +506,92 @@ COMMANDS: dict[str, tuple[Callable[[AdminClient, argparse.Namespace], Result], s
 # Command line
 
 
-def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+def _add_common(parser: argparse.ArgumentParser, *, suppress: bool, admin: bool = True) -> None:
     # On the subcommands the defaults are SUPPRESS, so `ctl status --json` and `ctl --json status`
     # both work and a flag given before the subcommand is not reset by the subcommand's parser.
+    # ``admin=False``: a command that talks to a config center, not to a sidecar.
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument(
-        "--admin",
-        metavar="HOST:PORT",
-        default=default(DEFAULT_ADMIN),
-        help=f"the sidecar's admin endpoint (default {DEFAULT_ADMIN})",
-    )
-    parser.add_argument(
-        "--token",
-        default=default(None),
-        help=f"admin_token or auth_token, sent as 'Authorization: Bearer'; prefer the {TOKEN_ENV} "
-        f"(or {AUTH_TOKEN_ENV}) environment variable (a flag shows in the process list)",
-    )
+    if admin:
+        parser.add_argument(
+            "--admin",
+            metavar="HOST:PORT",
+            default=default(DEFAULT_ADMIN),
+            help=f"the sidecar's admin endpoint (default {DEFAULT_ADMIN})",
+        )
+        parser.add_argument(
+            "--token",
+            default=default(None),
+            help=f"admin_token or auth_token, sent as 'Authorization: Bearer'; prefer the {TOKEN_ENV} "
+            f"(or {AUTH_TOKEN_ENV}) environment variable (a flag shows in the process list)",
+        )
     parser.add_argument(
         "--json",
         action="store_true",
         default=default(False),
-        help="print the endpoint's JSON instead of tables",
+        help="print the endpoint's JSON instead of tables" if admin else "print JSON, for scripts",
     )
     parser.add_argument(
-        "--timeout", type=float, metavar="SECONDS", default=default(10.0), help="seconds to wait for a reply"
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=default(10.0),
+        help="seconds to wait for a reply" if admin else "seconds to wait for the registry to connect",
     )
+
+
+def rule_id_arg(text: str) -> str:
+    """A rule id as the config center names it: ``<key><suffix>``, one ZooKeeper node's name."""
+    try:
+        split_rule_id(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if "/" in text or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a rule id has no '/' and no blanks")
+    return text
+
+
+def registry_arg(text: str) -> RegistryURL:
+    try:
+        return RegistryURL.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_rules_commands(rules: argparse.ArgumentParser) -> None:
+    sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
+    listing = "the rules the sidecar has in force and the ones it refused (the default)"
+    _add_common(sub.add_parser("list", help=listing, description=listing), suppress=True)
+    where = "the config center, zookeeper://HOST:PORT or nacos://HOST:PORT (the registry's own URL)"
+    for name, help_text in (
+        ("get", "print a rule as the config center holds it (its node or dataId and version on stderr)"),
+        ("apply", "check a rule file with the sidecar's own parser, then write it to the config center"),
+        ("delete", "delete a rule from the config center"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "apply":
+            p.add_argument("file", metavar="FILE", help="the rule, YAML as Dubbo Admin writes it")
+            p.add_argument(
+                "--id",
+                dest="rule_id",
+                type=rule_id_arg,
+                metavar="RULE_ID",
+                help="<key><suffix> (com.foo.Svc:1.0.0:g.condition-router); default: FILE's name "
+                "without .yaml or .yml",
+            )
+        else:
+            p.add_argument("rule_id", type=rule_id_arg, metavar="RULE_ID", help="<key><suffix>")
+        p.add_argument("--registry", type=registry_arg, required=True, metavar="URL", help=where)
+        _add_common(p, suppress=True, admin=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Query and control a running regproxy through its admin endpoint.",
-        epilog="Exit codes: 0 done, 1 the sidecar could not be reached or refused, 2 bad usage.",
+        epilog="Exit codes: 0 done, 1 the sidecar or the config center could not be reached or refused, "
+        "or the rule asked for is not there, 2 bad usage.",
     )
     _add_common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -494,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="LEVEL",
                 help=f"new level: {', '.join(LOG_LEVELS)} (omit to show the current one)",
             )
+        if name == "rules":
+            _add_rules_commands(p)
         _add_common(p, suppress=True)
     return parser
 
@@ -514,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data, text, code = command(client, args)
     except CtlError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:

@@ -465,6 +465,32 @@ SUBSCRIPTIONS = am.Subscriptions(
     ]
 )
 
+ZK_RULE = "/dubbo/config/dubbo/com.x.A:1:g.condition-router"
+RULES = am.Rules(
+    centers=[
+        am.RuleCenter(
+            registry="zookeeper://zk:2181",
+            watched=["com.x.A:1:g.condition-router", "com.x.A:1:g.configurators", "a.tag-router"],
+            in_force=[
+                am.RuleInForceView(
+                    rule_id="com.x.A:1:g.condition-router", source=ZK_RULE, version="4294967302", text="..."
+                ),
+                am.RuleInForceView(rule_id="a.tag-router", source="state file", version="", text="..."),
+            ],
+            refused=[
+                am.RefusedRuleView(
+                    rule_id="com.x.A:1:g.condition-router",
+                    source=ZK_RULE,
+                    version="4294967309",
+                    reason="condition",
+                    message="conditions[0] 'host = ': no '=>'",
+                )
+            ],
+        ),
+        am.RuleCenter(registry="nacos://n:8848", watched=[], in_force=[], refused=[]),
+    ]
+)
+
 FAKE: dict[str, tuple[int, BaseModel | dict[str, Any]]] = {
     "/readyz": (503, READYZ),
     "/api/v1/stats": (200, STATS),
@@ -472,6 +498,7 @@ FAKE: dict[str, tuple[int, BaseModel | dict[str, Any]]] = {
     "/api/v1/config_dump": (200, ROUTERS),
     "/api/v1/publications": (200, PUBLICATIONS),
     "/api/v1/subscriptions": (200, SUBSCRIPTIONS),
+    "/api/v1/rules": (200, RULES),
     "/api/v1/loglevel": (200, am.LogLevelReply(level="info")),
     # What an older ctl would have taken for clusters (grouped by listener, keyed by name).
     "/odd": (200, {"egress": {"g/com.x.A:1": {"lb": "random", "hosts": []}}}),
@@ -556,6 +583,12 @@ async def test_fake_status_not_ready(
         "uptime 1h2m5s, state restored: yes (2 publications, 1 subscription), draining: no, "
         "serving from cache: g/com.x.A:1"
     )
+    # A refused rule is no reason to be unready, but something to say.
+    assert lines[2:4] == [
+        "1 dynamic rule refused (the previous good version of each stays in force; regproxy ctl rules "
+        "shows them):",
+        "  /dubbo/config/dubbo/com.x.A:1:.condition-router: condition: 'host = ' has no value",
+    ]
     row(out, "zookeeper://zk:2181", "suspended")
     line = row(out, "egress", "1200")
     assert line.split()[1:] == ["1200", "3", "10", "4", "2", "1", "5", "0"]  # errors: every status but 20
@@ -632,6 +665,43 @@ async def test_fake_publications_and_subscriptions(
     code, out, err = await run_inproc(fake, capsys, "subscriptions")
     assert code == 0, err
     assert row(out, "g/com.x.A:1").split() == ["g/com.x.A:1", "zookeeper://zk:2181", "suspended", "2", "yes"]
+
+
+async def test_fake_rules_in_force_and_refused_per_config_center(
+    fake: FakeAdmin, capsys: pytest.CaptureFixture[str], no_token_env: None
+) -> None:
+    for args in (["rules"], ["rules", "list"]):
+        code, out, err = await run_inproc(fake, capsys, *args)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[:2] == [
+            "zookeeper://zk:2181: 3 rules watched, 2 in force, 1 refused",
+            "nacos://n:8848: 0 rules watched, 0 in force, 0 refused",
+        ]
+        assert lines[3].split() == ["REGISTRY", "RULE", "ID", "SOURCE", "VERSION"]
+        assert row(out, ZK_RULE).split() == [
+            "zookeeper://zk:2181", "com.x.A:1:g.condition-router", ZK_RULE, "4294967302"
+        ]  # fmt: skip
+        assert row(out, "a.tag-router").split() == [
+            "zookeeper://zk:2181",
+            "a.tag-router",
+            "state",
+            "file",
+            "-",
+        ]
+        at = lines.index("refused (the previous good version of each, if any, stays in force):")
+        assert lines[at + 1].split() == ["REGISTRY", "RULE", "ID", "REASON", "MESSAGE"]
+        assert lines[at + 2].split() == [
+            "zookeeper://zk:2181", "com.x.A:1:g.condition-router", "condition", "conditions[0]", "'host",
+            "=", "':", "no", "'=>'",
+        ]  # fmt: skip
+    code, out, err = await run_inproc(fake, capsys, "rules", "--json")
+    assert code == 0 and json.loads(out) == as_json(RULES)
+    assert ctl.render_rules(am.Rules(centers=[])) == (
+        "no config center: this sidecar has no registry, or each one says config_center=false"
+    )
+    only_watched = am.Rules(centers=[RULES.centers[1]])
+    assert ctl.render_rules(only_watched) == "nacos://n:8848: 0 rules watched, 0 in force, 0 refused"
 
 
 async def test_fake_token_from_env_and_flag(

@@ -6,7 +6,9 @@ under conf/, is checked against the real thing (tests/docsnippets.py finds and p
   are, and the examples commented out in them too.
 * Shell blocks run, command by command: `curl` against a real sidecar (`regproxy run` with the
   arguments the doc's own Running section gives, on the memory:// registry), its reply compared with
-  the `# {...}` lines under it; `regproxy ctl` against that sidecar; `regproxy run` with
+  the `# {...}` lines under it; `regproxy ctl` against that sidecar, but for `regproxy ctl rules
+  get|apply|delete --registry URL`, which talk to a ZooKeeper or Nacos config center this sidecar
+  does not have (its memory:// is inside its own process), checked with --help; `regproxy run` with
   --print-config and the other long-lived commands with --help (every option the doc names must be
   in it); `make TARGET` with `make -n`; the example applications for real, their printed lines
   compared with the documented ones.
@@ -425,6 +427,11 @@ def check_regproxy(args: list[str], cmd: Command, snippet: Snippet, sidecars: Do
         result = run([*base, *args, *extra], cmd)
         assert_ok(result, cmd, snippet)
         check_help([*base, "run"], cmd, snippet)
+        return
+    if sub == "ctl" and "--registry" in args:
+        # `ctl rules get|apply|delete`: every option the doc names must be the subcommand's.
+        assert "rules" in args, f"{snippet.path}:{cmd.line}: `{cmd.text}`: --registry is ctl rules'"
+        check_help([*base, *args[: args.index("rules") + 2]], cmd, snippet)
         return
     if sub == "ctl":
         _sc, ports = sidecars.get(snippet.path)
