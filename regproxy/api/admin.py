@@ -475,15 +475,19 @@ def subscriptions_view(disc: Discovery | None) -> Subscriptions:
     return Subscriptions(registries=registries)
 
 
-def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
-    """The config dump, whole or cut down by the query (AdminError 400/404 on a bad query)."""
-    unknown = sorted(set(query) - set(CONFIG_DUMP_QUERY))
+def _check_query(query: Mapping[str, str], known: Sequence[str]) -> None:
+    unknown = sorted(set(query) - set(known))
     if unknown:
         raise AdminError(
             400,
             ErrNo.BAD_REQUEST,
-            f"unknown query parameter(s) {', '.join(unknown)} (known: {', '.join(CONFIG_DUMP_QUERY)})",
+            f"unknown query parameter(s) {', '.join(unknown)} (known: {', '.join(known)})",
         )
+
+
+def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
+    """The config dump, whole or cut down by the query (AdminError 400/404 on a bad query)."""
+    _check_query(query, CONFIG_DUMP_QUERY)
     for name in ("router", "cluster", "listener"):
         if name in query and not query[name]:
             raise AdminError(400, ErrNo.BAD_REQUEST, f"{name}: give a name, e.g. ?{name}=egress")
@@ -543,13 +547,7 @@ def rules_view(disc: Discovery | None, query: Mapping[str, str] | None = None) -
     """Every config center's rules; with ``?cluster=NAME`` (and ``method``, ``tag``) also what each
     stage does to that subscription's providers (AdminError 400/404 on a bad query)."""
     query = query or {}
-    unknown = sorted(set(query) - set(RULES_QUERY))
-    if unknown:
-        raise AdminError(
-            400,
-            ErrNo.BAD_REQUEST,
-            f"unknown query parameter(s) {', '.join(unknown)} (known: {', '.join(RULES_QUERY)})",
-        )
+    _check_query(query, RULES_QUERY)
     if ("method" in query or "tag" in query) and "cluster" not in query:
         raise AdminError(400, ErrNo.BAD_REQUEST, "method and tag explain a cluster: give ?cluster=NAME too")
     reply: dict[str, Any] = {"centers": disc.rules_view() if disc is not None else []}

@@ -56,7 +56,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -185,6 +185,9 @@ class _Watched:
     # The kazoo watch callback.  Always the same object, so kazoo's per-path watcher set holds it
     # once however often the path is read again.
     watcher: Callable[[WatchedEvent], None] | None = None
+
+
+W = TypeVar("W", bound=_Watched)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -425,26 +428,44 @@ class ZooKeeperRegistry(Registry):
         binding: _Binding,
     ) -> list[DubboURL]:
         """Bind ``binding`` to the children watch of ``path`` (set up on first use); the URLs now."""
-        w = self._watches.get(path)
-        if w is None:
-            w = _Watch(path, interface=interface, category=category, parse=parse)
-            w.watcher = self._make_watcher(w)
-            self._watches[path] = w
-        assert isinstance(w, _Watch)
+
+        def make() -> _Watch:
+            return _Watch(path, interface=interface, category=category, parse=parse)
+
+        # Every call lists again: cheap, and the caller gets what ZooKeeper has now.
+        w = await self._armed(path, _Watch, make, self._refresh, lambda w: not w.bindings)
+        w.bindings.append(binding)
+        return list(w.urls)
+
+    async def _armed(
+        self,
+        path: str,
+        kind: type[W],
+        make: Callable[[], W],
+        read: Callable[[W], Awaitable[None]],
+        unused: Callable[[W], bool],
+    ) -> W:
+        """The watch of ``path`` (made on first use), read now with the watch set.  A read that fails
+        drops a watch no listener uses yet; one stopped meanwhile raises RegistryUnavailable."""
+        found = self._watches.get(path)
+        if found is None:
+            found = make()
+            found.watcher = self._make_watcher(found)
+            self._watches[path] = found
+        assert isinstance(found, kind)
+        w = found
         w.pending += 1
         try:
-            # Every call lists again: cheap, and the caller gets what ZooKeeper has now.
-            await self._refresh(w)
+            await read(w)
         except BaseException:
-            if not w.bindings and w.pending == 1:
+            if unused(w) and w.pending == 1:
                 self._drop_watch(w)
             raise
         finally:
             w.pending -= 1
         if self._watches.get(path) is not w:  # stopped meanwhile
             raise RegistryUnavailable(f"registry {self.name}: the watch of {path} was cancelled")
-        w.bindings.append(binding)
-        return list(w.urls)
+        return w
 
     def _unbind(self, w: _Watched | None, binding: _Binding) -> None:
         if not isinstance(w, _Watch):
@@ -577,25 +598,15 @@ class ZooKeeperRegistry(Registry):
     async def watch_rule(self, rule_id: str, listener: RuleListener) -> None:
         path = zk_rule_path(_segment(rule_id, "rule id"))
         self._require_connected(f"watch rule {rule_id}")
-        w = self._watches.get(path)
-        if w is None:
-            w = _RuleWatch(path, rule_id=rule_id)
-            w.watcher = self._make_watcher(w)
-            self._watches[path] = w
-        assert isinstance(w, _RuleWatch)
-        w.pending += 1
-        try:
-            # Read again: what changed is delivered to the listeners there are, and the new one gets
-            # what ZooKeeper has now.
-            await self._read_rule_node(w)
-        except BaseException:
-            if not w.listeners and w.pending == 1:
-                self._drop_watch(w)
-            raise
-        finally:
-            w.pending -= 1
-        if self._watches.get(path) is not w:  # stopped meanwhile
-            raise RegistryUnavailable(f"registry {self.name}: the watch of {path} was cancelled")
+        # Read again: what changed is delivered to the listeners there are, and the new one gets
+        # what ZooKeeper has now.
+        w = await self._armed(
+            path,
+            _RuleWatch,
+            lambda: _RuleWatch(path, rule_id=rule_id),
+            self._read_rule_node,
+            lambda w: not w.listeners,
+        )
         w.listeners.append(listener)
         self._deliver_rule(w, [listener])
 
