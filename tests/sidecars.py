@@ -10,10 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    """Prometheus text as (sample name, labels) -> value."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(m: Samples, name: str, **labels: str) -> float:
+    return m[(name, frozenset(labels.items()))]
 
 
 def loopback_listeners(**extra: Any) -> dict[str, Any]:
@@ -140,3 +156,8 @@ class SidecarProc:
     async def admin_get(self, path: str) -> tuple[int, dict[str, Any]]:
         async with aiohttp.ClientSession() as http, http.get(self.admin_url + path) as resp:
             return resp.status, await resp.json(content_type=None)
+
+    async def metrics(self) -> Samples:
+        """The admin port's ``/metrics``, parsed (``samples``)."""
+        async with aiohttp.ClientSession() as http, http.get(self.admin_url + "/metrics") as resp:
+            return samples(await resp.text())

@@ -14,7 +14,6 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from regproxy.api import admin_models
@@ -29,6 +28,7 @@ from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.url import Subscription
 from regproxy.sidecar import Sidecar
 from tests.ports import free_port
+from tests.sidecars import samples, value
 from tests.wait import wait_for
 
 VERSION = "1.0.0"
@@ -140,18 +140,6 @@ async def send_calls(node: Node, n: int = CALLS) -> DubboClient:
         await client.call("com.example.Nope", "x", [])
     assert info.value.status == Status.SERVICE_NOT_FOUND
     return client
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(m: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return m[(name, frozenset(labels.items()))]
 
 
 # --- health ----------------------------------------------------------------------------------------

@@ -111,6 +111,21 @@ async def test_a_consumer_configurator_sets_weight_and_removing_it_restores(
     assert cluster(d).policy is None  # no rule: the planner's common path
 
 
+async def test_a_rule_already_written_applies_from_the_subscription_on() -> None:
+    # The watch set by the subscription reads the rule there is: no change needed to deliver it.
+    made: dict[str, MemoryRegistry] = {}
+    d = new_discovery(made, [REG_A])
+    await d.start()
+    try:
+        for url in (A, B):
+            made["a"].set_provider(url)
+        await made["a"].write_rule(SERVICE_KEY + ".configurators", DISABLE_A)
+        await d.subscribe(SUB, application="web")
+        await wait_for(lambda: set(hosts(d)) == {"10.0.0.2:20882"}, 2, "A disabled by the rule already there")
+    finally:
+        await d.stop()
+
+
 async def test_disabled_provider_leaves_the_cluster(world: tuple[Discovery, MemoryRegistry]) -> None:
     d, reg = world
     await write(reg, SERVICE_KEY + ".configurators", DISABLE_A)
@@ -307,18 +322,3 @@ async def test_explain_shows_each_stage(world: tuple[Discovery, MemoryRegistry])
     }
     with pytest.raises(LookupError, match="no subscription"):
         d.explain("nope", "sayHi")
-
-
-async def test_a_rule_written_before_the_subscription_applies_from_the_start() -> None:
-    """The config center's current content is delivered from inside the watch: it must count."""
-    made: dict[str, MemoryRegistry] = {}
-    d = new_discovery(made, [REG_A])
-    await d.start()
-    try:
-        for url in (A, B):
-            made["a"].set_provider(url)
-        await made["a"].write_rule(SERVICE_KEY + ".configurators", DISABLE_A)
-        await d.subscribe(SUB, application="web")
-        await wait_for(lambda: set(hosts(d)) == {"10.0.0.2:20882"}, 2, "A disabled by the rule already there")
-    finally:
-        await d.stop()

@@ -208,7 +208,7 @@ async def test_ensemble_leader_killed_under_traffic(ensemble: ZooKeeperEnsemble,
     )
     await asyncio.to_thread(reader.start, 15)
     try:
-        async with open_world(ensemble, tmp_path / "world") as world:
+        async with open_world(f"zookeeper://{ensemble.hosts}", tmp_path / "world") as world:
             await _leader_drill(world, ensemble, reader)
     finally:
         await asyncio.to_thread(reader.stop)

@@ -97,6 +97,14 @@ def test_match_ip_expression_throws_where_netutils_does(
         ("*", True),
         ("*.*.*.*", True),
         ("127.0.0.1/32", True),
+        # An eight-group IPv6 pattern: its first group is compared with the whole "127.0.0.1", and
+        # every later one that is not "*" reads past the host's one group (Dubbo: an
+        # ArrayIndexOutOfBoundsException, which the tag router catches as "no match").
+        ("[*:*:*:*:*:*:*:*]:20880", True),
+        ("[*:*:*:*:*:*:*:*]:20881", False),
+        ("[127.0.0.1:*:*:*:*:*:*:*]:20880", True),
+        ("[*:*:*:*:*:*:*:1]:20880", None),
+        ("[*:0-ff:*:*:*:*:*:*]:20880", None),
     ],
 )
 def test_loopback_hosts_match_only_wildcards_and_cidr(pattern: str, matches: bool | None) -> None:

@@ -17,13 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from tests.ports import free_port
-from tests.sidecars import SidecarProc
-from tests.test_admin import samples, value
+from tests.sidecars import SidecarProc, value
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.process]
 
@@ -88,11 +86,6 @@ async def live(sc: SidecarProc) -> dict[str, set[str]]:
     }
 
 
-async def metrics(sc: SidecarProc) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    async with aiohttp.ClientSession() as http, http.get(sc.admin_url + "/metrics") as resp:
-        return samples(await resp.text())
-
-
 def sidecar(name: str, disk: Path, tmp_path: Path, app_port: int) -> SidecarProc:
     sc = SidecarProc(name, disk, registries=["memory://"], app_port=app_port)
     sc.log_path = tmp_path / f"{name}.log"  # not on the small disk: the log would fill it
@@ -144,7 +137,7 @@ async def test_acknowledged_changes_survive_kill_9_and_refused_ones_are_reported
             r.startswith(f"data_dir {small_disk}: state not saved to {state_file}") and "No space left" in r
             for r in ready["reasons"]
         ), ready["reasons"]
-        m = await metrics(first)
+        m = await first.metrics()
         assert value(m, "regproxy_state_save_failures_total") >= 4
         assert value(m, "regproxy_state_save_failing") == 1 and value(m, "regproxy_ready") == 0
         assert value(m, "regproxy_state_saves_total") >= 4
@@ -168,7 +161,7 @@ async def test_acknowledged_changes_survive_kill_9_and_refused_ones_are_reported
             "subscriptions": acknowledged["subscriptions"] | {"com.example.disk.S4"},
         }
         assert saved(small_disk) == everything == await live(second)
-        m = await metrics(second)
+        m = await second.metrics()
         assert value(m, "regproxy_state_save_failing") == 0 and value(m, "regproxy_ready") == 1
         assert (await second.post("/sub", service("S5")))[0] == 200
         assert "com.example.disk.S5" in saved(small_disk)["subscriptions"]

@@ -1,6 +1,6 @@
-"""A small topology for end-to-end tests: a real ZooKeeper, a consumer sidecar and two provider
-sidecars as processes, each provider sidecar beside a demo provider app; steady traffic through
-the consumer's egress."""
+"""A small topology for end-to-end tests: a registry (a real ZooKeeper, or the Nacos double), a
+consumer sidecar and two provider sidecars as processes, each provider sidecar beside a demo
+provider app; steady traffic through the consumer's egress."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
 
 import pytest
@@ -17,7 +18,7 @@ from kazoo.client import KazooClient
 from regproxy.demo.client import DubboClient, DubboError
 from regproxy.demo.provider import Provider, default_services
 from tests.sidecars import SidecarProc
-from tests.zkserver import ZooKeeperEnsemble, ZooKeeperServer
+from tests.zkserver import ZooKeeperServer
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
 VERSION = "1.0.0"  # dubbo-python's default
@@ -39,13 +40,19 @@ def leaves(zk: KazooClient) -> list[tuple[str, dict[str, list[str]]]]:
     return out
 
 
-async def egress_hosts(consumer: SidecarProc, cluster: str = CLUSTER) -> dict[str, int]:
-    """A consumer sidecar's egress cluster as it routes right now: address -> weight ({} before any)."""
+async def egress_cluster(consumer: SidecarProc, cluster: str = CLUSTER) -> dict[str, dict[str, Any]]:
+    """A consumer sidecar's egress cluster as it routes right now: address -> its host in
+    ``/api/v1/clusters`` (weight, metadata...); {} before any."""
     _, body = await consumer.admin_get("/api/v1/clusters")
     for found in body["clusters"]:
         if found["listener"] == "egress" and found["name"] == cluster:
-            return {h["address"]: h["weight"] for h in found["hosts"]}
+            return {h["address"]: h for h in found["hosts"]}
     return {}
+
+
+async def egress_hosts(consumer: SidecarProc, cluster: str = CLUSTER) -> dict[str, int]:
+    """A consumer sidecar's egress cluster as it routes right now: address -> weight ({} before any)."""
+    return {address: h["weight"] for address, h in (await egress_cluster(consumer, cluster)).items()}
 
 
 async def set_weight_by_hand(zk: KazooClient, ingress_port: int, weight: int) -> None:
@@ -97,17 +104,16 @@ class Traffic:
 
 @dataclass
 class World:
-    zk_server: ZooKeeperServer | ZooKeeperEnsemble
     apps: list[Provider]
     provider_sidecars: list[SidecarProc]
     consumer: SidecarProc
 
 
 @asynccontextmanager
-async def open_world(zk_server: ZooKeeperServer | ZooKeeperEnsemble, tmp_path: Path) -> AsyncIterator[World]:
-    """Consumer sidecar "a" and provider sidecar "b" running, "c" ready to start, all registered with
-    ``zk_server`` (a standalone server or every member of an ensemble)."""
-    registry = f"zookeeper://{zk_server.hosts}"
+async def open_world(registry: str, tmp_path: Path) -> AsyncIterator[World]:
+    """Consumer sidecar "a" and provider sidecar "b" running, "c" ready to start, all on the
+    registry URL ``registry`` (``zookeeper://`` a standalone server or every member of an
+    ensemble, ``nacos://``...)."""
     apps: list[Provider] = []
     sidecars: list[SidecarProc] = []
     for name in ("b", "c"):
@@ -118,7 +124,7 @@ async def open_world(zk_server: ZooKeeperServer | ZooKeeperEnsemble, tmp_path: P
     consumer = SidecarProc("a", tmp_path / "a", registries=[registry], app_port=1)
     try:
         await asyncio.gather(consumer.start(), sidecars[0].start())
-        yield World(zk_server, apps, sidecars, consumer)
+        yield World(apps, sidecars, consumer)
     finally:
         for sc in [consumer, *sidecars]:
             await sc.kill()
@@ -131,7 +137,7 @@ async def world(
     zk: KazooClient, zk_server: ZooKeeperServer, tmp_path: Path, needs_process: None
 ) -> AsyncIterator[World]:
     try:
-        async with open_world(zk_server, tmp_path) as w:
+        async with open_world(f"zookeeper://{zk_server.hosts}", tmp_path) as w:
             yield w
     finally:
         if not zk_server.running:  # a drill stopped it and failed before starting it again

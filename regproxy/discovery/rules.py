@@ -207,17 +207,17 @@ class Rules:
             await _quietly(reg.unwatch_rule(rule_id, listener))
         for rule_id in sorted(rule_ids - watched.keys()):
             listener = self._rule_listener(key)
-            # Before the await: the adapter delivers the current content from inside watch_rule,
-            # and the listener takes only what is watched.
+            # Watched before the registry is asked: watch_rule hands the listener what the config
+            # center holds now, before it returns, and the listener drops what is not watched.
             watched[rule_id] = listener
             try:
                 await reg.watch_rule(rule_id, listener)
             except RegistryError as exc:
-                watched.pop(rule_id, None)
+                if watched.get(rule_id) is listener:
+                    del watched[rule_id]
                 log.warning(
                     "registry %s: watching rule %s: %s (tried again on reconnect)", reg.name, rule_id, exc
                 )
-                continue
         overrides = self._overrides.setdefault(key, {})
         for interface in sorted(overrides.keys() - interfaces):
             listener_, _ = overrides.pop(interface)
@@ -236,7 +236,7 @@ class Rules:
     def _rule_listener(self, key: str) -> RuleListener:
         def listener(rule_id: str, text: str | None, source: str, version: str) -> None:
             store = self.stores.get(key)
-            if store is None or rule_id not in self._watched.get(key, {}):
+            if store is None or self._watched.get(key, {}).get(rule_id) is not listener:
                 return  # unwatched meanwhile
             store.update(rule_id, text, origin=self._origins[key], source=source, version=version)
 

@@ -15,7 +15,9 @@ catches every exception).  Two of Dubbo's surprises are kept because Java consum
 * ``NetUtils.isValidV4Address`` is false for loopback addresses (``127.x``) and ``0.0.0.0``, so
   ``matchIpRange`` treats such a host as IPv6, and an IPv4 pattern (``127.0.0.1:20880``,
   ``127.0.0.*``) then fails its format check: a provider on a loopback address matches only ``*``,
-  ``*.*.*.*`` or a CIDR pattern;
+  ``*.*.*.*``, a CIDR pattern, or an eight-group IPv6 pattern whose groups after the first are all
+  ``*`` (``[*:*:*:*:*:*:*:*]:20880`` matches a loopback provider on port 20880: its first group is
+  compared with the whole ``127.0.0.1``, and any other group but ``*`` reads past the host's one);
 * ``matchIpExpression(pattern, address)`` splits ``host:port`` only when the address *ends* with
   ``:``, so a CIDR never matches an address given with its port.
 
@@ -312,8 +314,15 @@ def _match_ip_range(pattern: str, host: str, port: int) -> bool:
     if not _has_expression(p_host):
         return _host_address(_inet(p_host)) == address
     segments = address.split(sep)
-    for m, seg in zip(mask, segments, strict=False):
-        if m == "*" or m == seg:
+    for i, m in enumerate(mask):
+        if m == "*":
+            continue
+        if i >= len(segments):
+            # A loopback host is matched as IPv6 but written as IPv4: one segment against eight.
+            # Dubbo reads ipAddress[i] past its end here (ArrayIndexOutOfBoundsException).
+            raise PatternError(f"{p_host!r} has more groups than the host {address!r}")
+        seg = segments[i]
+        if m == seg:
             continue
         if "-" in m:
             bounds = m.split("-")
