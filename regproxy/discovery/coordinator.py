@@ -39,7 +39,7 @@ from regproxy.discovery.tables import (
     subscription_route,
 )
 from regproxy.governance.configurator import configure_provider
-from regproxy.governance.policy import ClusterPolicy, Probe, configured, explain
+from regproxy.governance.policy import ClusterPolicy, Probe, configured
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, provider_url
@@ -918,7 +918,7 @@ class Discovery:
         policy = st.policy
         if isinstance(policy, ClusterPolicy) and policy.routes:
             probe = Probe(method, {"dubbo.tag": tag} if tag else {})
-            for stage, result in explain(policy, hosts, probe):
+            for stage, result in policy.explain(hosts, probe):
                 entry = (
                     {"stage": stage, "hosts": result}
                     if isinstance(result, list)

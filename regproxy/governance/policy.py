@@ -38,7 +38,6 @@ __all__ = [
     "ServiceRules",
     "configured",
     "enabled",
-    "explain",
     "override_timeouts",
 ]
 
@@ -232,6 +231,35 @@ class ClusterPolicy:
             return known
         return self._route(hosts, request, request.attachments)
 
+    def explain(self, hosts: tuple[Host, ...], request: RequestView) -> list[tuple[str, Any]]:
+        """Each router's output for ``request``, in the chain's order: (stage, the addresses it left
+        or why it left none).  For operators (``/api/v1/rules?cluster=``): not cached, not the data path."""
+        out: list[tuple[str, Any]] = []
+        attachments = request.attachments
+        if self._tag is not None:
+            tag = requested_tag(attachments)
+            hosts = self._tag.route(hosts, tag, force_tag(attachments), params=_params)
+            out.append(("tag router", [h.address for h in hosts] or f"no provider for dubbo.tag={tag!r}"))
+        conditions = self._conditions
+        for stage, rule in (
+            ("service condition rule", conditions.service),
+            ("provider application condition rule", conditions.provider_application),
+            ("consumer application condition rule", conditions.consumer_application),
+        ):
+            if rule is None or not hosts:
+                continue
+            urls = [self._urls[h.address] for h in hosts if h.address in self._urls]
+            routed = rule.route(
+                urls, self.consumer, request.method, (), attachments, draw=self._rng.randrange
+            )
+            if routed.blocked is not None:
+                out.append((stage, str(routed.blocked)))
+                return out
+            keep = {u.address for u in routed.providers}
+            hosts = tuple(h for h in hosts if h.address in keep)
+            out.append((stage, [h.address for h in hosts]))
+        return out
+
     def _route(
         self, hosts: tuple[Host, ...], request: RequestView, attachments: Mapping[str, Any]
     ) -> tuple[Host, ...] | str:
@@ -287,36 +315,6 @@ class Probe:
 
     def arguments(self) -> list[Any]:
         return []
-
-
-def explain(policy: ClusterPolicy, hosts: tuple[Host, ...], request: RequestView) -> list[tuple[str, Any]]:
-    """Each router's output for ``request``, in the chain's order: (stage, the addresses it left
-    or why it left none).  For operators (``/api/v1/rules?cluster=``): not cached, not the data path."""
-    out: list[tuple[str, Any]] = []
-    attachments = request.attachments
-    if policy._tag is not None:
-        tag = requested_tag(attachments)
-        hosts = policy._tag.route(hosts, tag, force_tag(attachments), params=_params)
-        out.append(("tag router", [h.address for h in hosts] or f"no provider for dubbo.tag={tag!r}"))
-    conditions = policy._conditions
-    for stage, rule in (
-        ("service condition rule", conditions.service),
-        ("provider application condition rule", conditions.provider_application),
-        ("consumer application condition rule", conditions.consumer_application),
-    ):
-        if rule is None or not hosts:
-            continue
-        urls = [policy._urls[h.address] for h in hosts if h.address in policy._urls]
-        routed = rule.route(
-            urls, policy.consumer, request.method, (), attachments, draw=policy._rng.randrange
-        )
-        if routed.blocked is not None:
-            out.append((stage, str(routed.blocked)))
-            return out
-        keep = {u.address for u in routed.providers}
-        hosts = tuple(h for h in hosts if h.address in keep)
-        out.append((stage, [h.address for h in hosts]))
-    return out
 
 
 def _params(host: Host) -> Mapping[str, str]:

@@ -7,13 +7,15 @@ reason the request is answered with. No sockets, no event loop, no writes: the F
 request a Plan describes (deadlines, retries, responses) and writes the NoRoute answer.
 
 Stages, in order (``Planner.route``): rule match (service, then version, method and attachments) →
-the route of the table → the cluster → a rule's weighted subset → Dubbo tag routing. The stages the
-governance issues add (overrides, condition routers, tag routers, balancers by name) go between
-them, each a function of what came before.
+the route of the table → the cluster → the config center's routers bound to it (the cluster's
+``policy``: Dubbo's tag router, then its condition rules; regproxy.governance.policy) → a rule's
+weighted subset → Dubbo static tag routing (where the policy does not route tags itself). The
+configurators' weights and timeouts are in the cluster and its policy already.
 
 The common case costs one dict lookup: a request with no rule and no tag routing gets a Plan
 memoised by (service, version, method, and the group where the table matches on it), and by the
-exact bytes of its head (``heads``), until the table or the rules change.
+exact bytes of its head (``heads``), until the table or the rules change.  A policy whose routers
+read only the method keeps that; one with a tag rule memoises per (tag, forced, group).
 """
 
 from __future__ import annotations
