@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -16,7 +17,13 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.retry import KazooRetry
 
-from tests.nacos_sdk import clients, config_clients, nacos  # noqa: F401  (fixtures of the Nacos tests)
+# Before gRPC is imported (the Nacos SDK and its double load it): gRPC's fork handlers off.  Its core
+# registers pthread_atfork handlers that run in every forked child, and uvloop starts children with
+# libuv's fork; with the double's gRPC threads up, such a child died of SIGSEGV before exec in two
+# clean-clone runs.  Nothing here forks a process that goes on to use gRPC.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
+from tests.nacos_sdk import clients, config_clients, nacos  # noqa: F401  (the Nacos tests' fixtures)
 from tests.topology import world  # noqa: F401  (a fixture, shared by the end-to-end tests)
 from tests.zkserver import MAIN_CLASS as ZK_MAIN_CLASS
 from tests.zkserver import ZooKeeperNotInstalled, ZooKeeperServer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,43 @@ def loopback_listeners(**extra: Any) -> dict[str, Any]:
     }
 
 
+class Child:
+    """A child process started with the standard library's subprocess from a worker thread, with
+    the part of asyncio.subprocess.Process the tests use (``pid``, ``returncode``, ``send_signal``,
+    ``kill``, ``await wait()``).
+
+    Not the loop's subprocess: uvloop forks with libuv, and a fork runs the pthread_atfork handlers
+    of every library loaded, gRPC's among them once the Nacos double (tests/peers/nacos) has served
+    in this process: in two clean-clone runs a sidecar so started died of SIGSEGV before exec
+    (tests/conftest.py also turns gRPC's fork handlers off).  _posixsubprocess uses vfork and runs
+    no handler between fork and exec."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @classmethod
+    async def spawn(cls, args: list[str], **kwargs: Any) -> Child:
+        return cls(await asyncio.to_thread(subprocess.Popen, args, **kwargs))
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def send_signal(self, sig: int) -> None:
+        if self._popen.poll() is None:
+            self._popen.send_signal(sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        """The exit status, once the process has exited (cancel-safe: it polls)."""
+        while (code := self._popen.poll()) is None:
+            await asyncio.sleep(0.02)
+        return code
+
+
 class SidecarProc:
     """One `regproxy run` process on free loopback ports, its log in ``data_dir/regproxy.log``."""
 
@@ -71,7 +109,7 @@ class SidecarProc:
         while app_port in ports:
             ports = free_ports(4)
         self.egress, self.ingress, self.api, self.admin = ports
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Child | None = None
         self.log_path = data_dir / "regproxy.log"
 
     @property
@@ -94,8 +132,8 @@ class SidecarProc:
         args += self.extra
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *args, stdout=log, stderr=log, cwd=str(ROOT), env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.proc = await Child.spawn(
+                args, stdout=log, stderr=log, cwd=str(ROOT), env={**os.environ, "PYTHONUNBUFFERED": "1"}
             )
         finally:
             log.close()
