@@ -221,6 +221,29 @@ class Hessian2Reader:
         except _STRAY as exc:
             raise self._stray(exc) from exc
 
+    def enter_map(self) -> None:
+        """Move past the opening of a map (``H``, or ``M`` and its type) to its first key, recording the
+        map and its type as skipping it would.  The caller then goes through the entries (reading or
+        skipping each key and value) up to the closing ``Z``: how a map is edited without decoding its
+        values (regproxy.dubbo.request.with_attachments)."""
+        try:
+            pos = self.pos
+            if pos >= self.end:
+                raise _truncated(pos)
+            tag = self._data[pos]
+            if tag == 0x48:
+                pos += 1
+            elif tag == 0x4D:
+                pos = self._type_at(pos + 1)
+            else:
+                raise _tag_error("expected a map", tag, pos)
+            self._refs.append(_SKIPPED)
+            self.pos = pos
+        except Hessian2Error:
+            raise
+        except _STRAY as exc:
+            raise self._stray(exc) from exc
+
     def skip_value(self) -> None:
         try:
             self._skip()

@@ -10,15 +10,28 @@ usually the same attachments (path, interface, version, timeout) after the argum
 whose head or attachment bytes were seen before costs a slice and a dict lookup instead of a
 decode. Keys are exact byte strings of input that was decoded once, so a hit gives exactly what
 decoding would have.
+
+After the view come the two edits the proxy makes to a request's attachments without re-encoding
+its arguments: the loop marker (``find_via``, ``strip_via``) and setting entries
+(``with_attachments``).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from regproxy.dubbo.hessian2 import Hessian2Error, Hessian2Reader
+from regproxy.dubbo.frame import (
+    FLAG_EVENT,
+    FLAG_REQUEST,
+    HEADER_LEN,
+    HESSIAN2,
+    MAGIC_BYTES,
+    SERIALIZATION_MASK,
+)
+from regproxy.dubbo.hessian2 import Hessian2Error, Hessian2Reader, Hessian2Writer
 
 _PRIMITIVES = frozenset(b"ZBCSIJFD")
 _COUNTS: dict[str, int] = {}  # parameter descriptor -> argument count
@@ -426,3 +439,128 @@ def strip_via(raw: bytes, start: int = 16) -> bytes:
     left as it was: the connection that sends the frame on writes it (UpstreamConnection)."""
     found = find_via(raw, start)
     return raw if found is None else b"".join((raw[: found[0]], b"Z"))
+
+
+# --- setting attachments --------------------------------------------------------------------------
+#
+# What the proxy tells a provider on the consumer's behalf (the ``token`` of a provider URL, issue
+# 18) is written into the request's attachments map as the bytes stand: the arguments before the
+# map are skipped, not decoded, and copied as they are. A key the map holds already gets the new
+# value, as Dubbo's RpcInvocation.setAttachment (a HashMap put) gives it. The new entries go first
+# in the map, so that what was last stays last: the loop marker must end the map (find_via).
+
+_BODY_LEN: Final = struct.Struct(">I")  # the header's last four bytes
+# First bytes of the values that take a place in a hessian2 reader's tables (back-references, class
+# definitions, types): maps, lists, objects and class definitions. Values after one may refer to it
+# by its place, so an entry holding one cannot be taken out of the map.
+_NUMBERED: Final = frozenset(b"CHMOUVWX") | frozenset(range(0x60, 0x80))
+
+
+def _string_tag(tag: int) -> bool:
+    return tag < 0x20 or 0x30 <= tag <= 0x33 or tag == 0x52 or tag == 0x53
+
+
+def _entries(extra: Mapping[str, str]) -> bytes:
+    """``extra``'s keys and values as hessian2 strings, one after another: map entries."""
+    writer = Hessian2Writer()
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"attachment {key!r}: {value!r}: keys and values are strings")
+        if key == VIA_KEY:
+            raise ValueError(f"{VIA_KEY} is the loop marker's, written last by the egress (find_via)")
+        writer.write_string(key)
+        writer.write_string(value)
+    return writer.getvalue()
+
+
+def with_attachments(frame: bytes, extra: Mapping[str, str]) -> bytes:
+    """A whole hessian2 request frame, header and body, with ``extra`` set in its attachments map.
+
+    The arguments' bytes are copied, not decoded; the map's entries are copied too, but for those
+    whose key ``extra`` sets, which are replaced (Dubbo's RpcInvocation.setAttachment overwrites).
+    The new entries open the map (``H``, or ``M`` and its type, as the consumer wrote it), so a loop
+    marker that ended it still does. A request without a map (Dubbo 2.0.x consumers may send
+    none) gets one. Flags, status and request id are kept; the header's body length is written
+    for the new body, which is everything after the header: the loop marker's edits leave that
+    length to the connection that sends the frame, so the one in the header may be stale. Costs
+    one pass over the body.
+
+    Raises ValueError for a frame that is not a hessian2 request invocation (a response, an event
+    such as a heartbeat, another serialization), for a malformed body (Hessian2Error, a ValueError)
+    or a replaced entry whose value is a container or an object (later values may refer back to
+    it), and TypeError for an attachment that is not a string.
+    """
+    n = len(frame)
+    if n < HEADER_LEN or frame[:2] != MAGIC_BYTES:
+        raise ValueError(f"not a Dubbo frame: {n} bytes starting {frame[:2].hex()}")
+    flag = frame[2]
+    if not flag & FLAG_REQUEST:
+        raise ValueError("a response has no attachments to set")
+    if flag & FLAG_EVENT:
+        raise ValueError(
+            "an event (a heartbeat or a readonly notice) is no invocation: it has no attachments"
+        )
+    if flag & SERIALIZATION_MASK != HESSIAN2:
+        raise ValueError(
+            f"serialization id {flag & SERIALIZATION_MASK}: only hessian2 (2) bodies are edited here"
+        )
+    added = _entries(extra)
+    request = RequestBody(frame, HEADER_LEN)
+    start = request._args_end
+    nargs = request.argument_count
+    # One reader for the arguments and the map: the map's type and values may refer back to the
+    # arguments' types, classes and containers. Scalars and strings take no place in its tables,
+    # so the fast skip leaves it as reading them would.
+    reader = Hessian2Reader(frame, start)
+    pos = skip_scalar_args(frame, start, nargs)
+    if pos < 0:
+        for _ in range(nargs):
+            reader.skip_value()
+        pos = reader.pos
+    # The header's first 12 bytes, its body length (written last), then the body's parts.
+    if pos == n:
+        parts = [frame[:12], b"", frame[HEADER_LEN:], b"H", added, b"Z"]
+    else:
+        reader.pos = pos
+        reader.enter_map()
+        first = reader.pos
+        parts = [frame[:12], b"", frame[HEADER_LEN:first], added]
+        kept = first  # where the entries not yet copied start
+        while True:
+            at = reader.pos
+            if at >= n:
+                raise Hessian2Error(f"attachments: the map ends before its 'Z' (offset {n})")
+            tag = frame[at]
+            if tag == 0x5A:
+                break
+            key: str | None = None
+            if _string_tag(tag):
+                short = _short_ascii(frame, at)
+                if short is None:
+                    key = reader.read_string()
+                else:
+                    key, reader.pos = short
+            else:
+                reader.skip_value()  # not a string: no key of ``extra``
+            value_at = reader.pos
+            value_end = skip_scalar_args(frame, value_at, 1)
+            if value_end < 0:
+                reader.skip_value()
+            else:
+                reader.pos = value_end
+            if key is not None and key in extra:
+                if frame[value_at] in _NUMBERED:
+                    raise ValueError(
+                        f"attachment {key!r} holds a container or an object (tag 0x{frame[value_at]:02x}), "
+                        "which later values may refer back to: it is not replaced"
+                    )
+                parts.append(frame[kept:at])
+                kept = reader.pos
+        if at + 1 != n:
+            raise Hessian2Error(f"attachments: {n - at - 1} bytes after the map's 'Z'")
+        parts.append(frame[kept:])
+    size = 0
+    for i in range(2, len(parts)):
+        size += len(parts[i])
+    parts[1] = _BODY_LEN.pack(size)
+    return b"".join(parts)
