@@ -365,10 +365,10 @@ def test_shortestresponse_ties_fall_back_to_a_weighted_draw() -> None:
 # ConsistentHashLoadBalance
 
 
-def reference_pick(addresses: Sequence[str], key: str, nodes: int = 160) -> str:
+def reference_selector(addresses: Sequence[str], nodes: int = 160) -> Callable[[str], str]:
     """ConsistentHashLoadBalance.ConsistentHashSelector written out plainly, independently of the
-    module: a TreeMap of hash(md5(address + i), h) -> address, the key's hash(md5(key), 0), the
-    ceiling entry or else the first."""
+    module: a TreeMap of hash(md5(address + i), h) -> address; a key goes to the ceiling entry of
+    hash(md5(key), 0), or else to the first."""
 
     def md5(text: str) -> bytes:
         return hashlib.md5(text.encode("utf-8")).digest()
@@ -388,8 +388,16 @@ def reference_pick(addresses: Sequence[str], key: str, nodes: int = 160) -> str:
             for h in range(4):
                 tree[dubbo_hash(digest, h)] = address
     positions = sorted(tree)
-    at = bisect.bisect_left(positions, dubbo_hash(md5(key), 0))
-    return tree[positions[at % len(positions)]]
+
+    def select(key: str) -> str:
+        at = bisect.bisect_left(positions, dubbo_hash(md5(key), 0))
+        return tree[positions[at % len(positions)]]
+
+    return select
+
+
+def reference_pick(addresses: Sequence[str], key: str, nodes: int = 160) -> str:
+    return reference_selector(addresses, nodes)(key)
 
 
 THREE = ("10.0.0.1:20880", "10.0.0.2:20880", "10.0.0.3:20880")
@@ -449,6 +457,18 @@ def test_consistenthash_picks_what_java_dubbo_picks(
     assert picked is not None and picked.address == expected
 
 
+def test_consistenthash_a_shared_ring_position_belongs_to_the_later_provider() -> None:
+    # Word 2 of MD5("10.0.145.1:2088022") and word 0 of MD5("10.0.206.1:208807") are both
+    # 1668592229 (found by search), and "key-22" (1660557295) has that position as its ceiling.
+    # TreeMap.put keeps the provider put last, so the list order decides (confirmed with Java 17).
+    first, second = "10.0.145.1:20880", "10.0.206.1:20880"
+    assert reference_pick((first, second), "key-22") == second
+    assert reference_pick((second, first), "key-22") == first
+    for order in ((first, second), (second, first)):
+        picked = ConsistentHashBalancer().pick(tuple(provider(a) for a in order), "find", ["key-22"])
+        assert picked is not None and picked.address == order[1]
+
+
 def test_consistenthash_order_of_providers_does_not_matter_without_collisions() -> None:
     hosts = tuple(provider(a) for a in reversed(THREE))
     picked = ConsistentHashBalancer().pick(hosts, "find", ["hello"])
@@ -496,9 +516,8 @@ def test_consistenthash_sends_each_of_many_keys_always_to_one_provider() -> None
         assert balancer.pick(hosts, "find", [f"key-{k}"]) is first[k]
         assert balancer.pick(rebuilt, "find", [f"key-{k}"]) == first[k]
     assert len(set(first.values())) == 3
-    for k in range(0, 1000, 97):
-        picked = first[k]
-        assert picked is not None and picked.address == reference_pick(THREE, f"key-{k}")
+    reference = reference_selector(THREE)
+    assert [h.address for h in first.values() if h] == [reference(f"key-{k}") for k in range(1000)]
 
 
 def test_consistenthash_removing_a_provider_moves_only_its_keys() -> None:
