@@ -20,6 +20,7 @@ from regproxy.dubbo.hessian2 import JavaObject, Long
 from regproxy.routing import Host
 from regproxy.routing.dubbo_balancers import (
     DUBBO_BALANCERS,
+    MAX_HASH_NODES,
     ConsistentHashBalancer,
     DubboBalancer,
     DubboLoadBalancer,
@@ -563,6 +564,12 @@ def test_consistenthash_refuses_what_it_cannot_hash_like_java() -> None:
     assert balancer.pick(hosts, "find", ["k", 2.5]) is not None  # only argument 0 is hashed
     with pytest.raises(ValueError, match="arguments"):
         balancer.pick(hosts, "find", None)
+
+
+def test_consistenthash_caps_the_virtual_nodes_a_provider_asks_for() -> None:
+    hosts = tuple(provider(a, **{"hash.nodes": str(2**31 - 1)}) for a in THREE)
+    picked = ConsistentHashBalancer().pick(hosts, "find", ["a"])  # at once, not 2**31 digests later
+    assert picked is not None and picked.address == reference_pick(THREE, "a", MAX_HASH_NODES)
 
 
 def test_consistenthash_with_too_few_nodes_has_no_ring() -> None:

@@ -22,33 +22,37 @@ asyncio loop).
 What a host tells a balancer (``routing.model.Host``):
 
 * ``metadata`` stands for the invoker URL's parameters: the provider URL's, after whatever the
-  parameter model layers over them (configurators, the consumer's own parameters).  Dubbo 3.3 looks a
-  parameter up as ``URLParam.getMethodParameter`` does (:func:`method_parameter`).
+  parameter model layers over them (configurators, the consumer's own parameters), looked up as
+  ``URLParam.getMethodParameter`` does (:func:`method_parameter`).
 * ``weight`` is the value of the service-level ``weight`` when the metadata has no usable one (for
   a registry host it is that parameter already, parsed by ``registry.url.DubboURL.weight``).
 * ``healthy`` is Dubbo's ``Invoker.isAvailable()``: only :meth:`DubboBalancer.pick` reads it, as
   only the cluster invoker does.  A host's weight never takes it out of the choice: Dubbo has no such
-  rule, a weight of 0 only makes a weighted draw skip it.
+  rule, a weight of 0 only makes a weighted choice pass it by.
 * ``address`` (``host:port``, the provider URL's ``URL.getAddress()``) keys per-provider state and is
   what the consistent-hash ring hashes.
 
-One balancer instance stands for Dubbo's ``LoadBalance`` extension for one service: Dubbo keys the
-round-robin and consistent-hash state by ``serviceKey + "." + method``; here it is per instance and
-method.
+A host sequence is recognised by identity between picks (its parsed weight parameters and its
+consistent-hash ring are kept for it), so it must not be changed in place: the routing table's
+tuples never are.  One balancer instance stands for Dubbo's ``LoadBalance`` extension for one
+service: Dubbo keys the round-robin and consistent-hash state by ``serviceKey + "." + method``; here
+it is per instance and method.
 
 Where regproxy departs from Dubbo on purpose (everything else is meant to be exact):
 
 * A parameter Java would fail to parse (``weight=abc``: ``Integer.parseInt`` throws and every call
-  of the service fails) counts as absent and its default applies; numbers beyond a Java int or long
-  are clamped.  Sums of weights are not wrapped at 2**31 as Java's ``int`` would.
+  of the service fails) counts as absent and its default applies (for ``weight``, ``Host.weight``);
+  numbers beyond a Java int or long are clamped.  Sums of weights are not wrapped at 2**31 as
+  Java's ``int`` would.
+* ``hash.nodes`` above :data:`MAX_HASH_NODES` counts as that many.
 * State is bounded: at most :data:`MAX_METHODS` methods of round-robin state, the consistent-hash
   rings of the last few provider lists, and shortest-response windows only for providers seen in the
   last window (see :class:`ShortestResponseBalancer`).  Dubbo keeps all of these forever.
 * Dubbo 3.3 consumers that discover providers through ZooKeeper at interface level never see a
-  provider's ``timestamp`` (``CacheableFailbackRegistry.stripOffVariableKeys`` removes it, apache/dubbo
-  PR #16033 restores it), so neither warm-up nor ``RandomLoadBalance``'s "weights declared" test sees
-  it there.  The balancers read ``timestamp`` when the metadata has it; whether it does is the
-  parameter model's choice, not theirs.
+  provider's ``timestamp`` (``CacheableFailbackRegistry.stripOffVariableKeys`` removes it;
+  apache/dubbo#16033, merged in 2026, restores it), so neither warm-up nor ``RandomLoadBalance``'s
+  "weights declared" test sees it there.  The balancers read ``timestamp`` when the metadata has
+  it; whether it does is the parameter model's choice, not theirs.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from .model import Host
 __all__ = [
     "DEFAULT_BALANCER",
     "DUBBO_BALANCERS",
+    "MAX_HASH_NODES",
     "MAX_METHODS",
     "Arguments",
     "Clock",
@@ -101,6 +106,9 @@ RECYCLE_PERIOD_MS = 60_000  # RoundRobinLoadBalance.RECYCLE_PERIOD
 DEFAULT_SLIDE_PERIOD_MS = 30_000  # ShortestResponseLoadBalance.slidePeriod ("shortestResponseSlidePeriod")
 DEFAULT_HASH_NODES = 160  # ConsistentHashLoadBalance: url.getMethodParameter(method, HASH_NODES, 160)
 DEFAULT_HASH_ARGUMENTS = "0"
+# Virtual nodes per provider at most: a provider URL (any registry writer) could ask for 2**31 and
+# stall the event loop building the ring; real configurations use 160 or a few hundred.
+MAX_HASH_NODES = 4096
 DEFAULT_RESELECT_COUNT = 10  # CommonConstants.DEFAULT_RESELECT_COUNT ("dubbo.reselect.count")
 DEFAULT_BALANCER = "random"  # LoadBalance is @SPI(RandomLoadBalance.NAME): DEFAULT_LOADBALANCE
 
@@ -293,7 +301,8 @@ class DubboLoadBalancer(Protocol):
         exclude: Sequence[str] = (),
     ) -> Host | None:
         """The host for one attempt of a call of ``method``; ``exclude``: the addresses earlier
-        attempts of the call went to, in order.  None only when there is no host to choose."""
+        attempts of the call went to, in order.  None when there is no host (or, for consistenthash,
+        no ring)."""
         ...
 
 
@@ -780,11 +789,13 @@ class ConsistentHashBalancer(DubboBalancer):
     (``"0"``): the indexes of the arguments whose Java ``toString`` (:func:`java_string`),
     concatenated, is the key (an index outside the arguments adds nothing).  The key's MD5 gives a
     position (the digest's first little-endian 32-bit word) and the first ring position at or after
-    it, wrapping to the first, gives the provider.  Weights and warm-up play no part.
+    it, wrapping to the first, gives the provider.  Weights and warm-up play no part.  Strings are
+    hashed as UTF-8, the ``getBytes()`` of a consumer on JDK 18+ or under a UTF-8 locale (the same
+    bytes as any charset for ASCII).
 
     The ring is rebuilt when the provider list changes (Dubbo compares ``invokers.hashCode()``); it
-    depends only on the addresses in order and ``hash.nodes``.  A reselect over a sublist builds that
-    sublist's ring, as Dubbo does (which then rebuilds the full one on the next call).  With
+    depends only on the addresses in order and ``hash.nodes``.  A reselect over a sublist balances
+    over that sublist's own ring, as Dubbo's does.  With
     ``hash.nodes`` below 4 the ring is empty: Dubbo fails the call (a NullPointerException in
     ``selectForKey``) and ``pick`` returns None.
 
@@ -823,7 +834,7 @@ class ConsistentHashBalancer(DubboBalancer):
             raise ValueError("consistenthash needs the request's arguments")
         params = hosts[0].metadata
         nodes = _java_int(method_parameter(params, method, "hash.nodes") or str(DEFAULT_HASH_NODES))
-        replicas = DEFAULT_HASH_NODES if nodes is None else nodes
+        replicas = DEFAULT_HASH_NODES if nodes is None else min(nodes, MAX_HASH_NODES)
         ring = self._ring(hosts, replicas)
         if not ring.points:
             return None
