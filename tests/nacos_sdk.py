@@ -10,7 +10,6 @@ reloads that cache at start), and are shut down after the test.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from v2.nacos import ClientConfig, ClientConfigBuilder, NacosConfigService, NacosNamingService
 
+from regproxy.registry.nacos import close_config_service
 from tests.peers.nacos import DEFAULT_GROUP, NacosDouble
 from tests.wait import wait_for
 
@@ -70,14 +70,7 @@ async def close(client: NacosNamingService) -> None:
 
 
 async def close_config(client: NacosConfigService) -> None:
-    # shutdown() sets a stop flag and awaits the listen task, which looks at that flag only after its
-    # 5 s wait for work: it would take up to 5 s.  Cancelling the task first ends the wait now (the
-    # task catches CancelledError there and returns).
-    listen_task = client.grpc_client_proxy.listen_task
-    listen_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await listen_task
-    await client.shutdown()
+    await close_config_service(client, 5.0)
 
 
 @pytest.fixture

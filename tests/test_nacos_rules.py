@@ -8,13 +8,14 @@ A rule is the config dataId = rule id, group ``dubbo``; its version is the md5 N
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from regproxy.governance.keys import RULE_GROUP
 from regproxy.registry.base import RegistryError, RegistryUnavailable
-from regproxy.registry.nacos import NacosRegistry
+from regproxy.registry.nacos import NacosRegistry, close_config_service
 from regproxy.registry.registry_url import RegistryURL
 from tests.peers.nacos import NacosDouble
 from tests.peers.nacos.configs import md5_of
@@ -268,3 +269,33 @@ async def test_errors_are_clear(nacos: NacosDouble, registry: NacosRegistry) -> 
         assert message.startswith(f"registry {registry.name} is suspended (unreachable for ")
         assert message.endswith(f"cannot {what} now"), message
     assert registry.describe()["rules"] == []
+
+
+class _SdkLike:
+    """The parts of the SDK's config client close_config_service touches: a listen task that
+    ends cancelled (the cancellation landed outside its wait), and a shutdown() awaiting it again."""
+
+    def __init__(self) -> None:
+        self.grpc_client_proxy = self
+        self.stop_event = asyncio.Event()
+        self.listen_task = asyncio.ensure_future(asyncio.sleep(3600))
+        self.shut = False
+
+    async def shutdown(self) -> None:
+        await self.listen_task  # raises CancelledError: the task ended cancelled
+        self.shut = True
+
+
+async def test_closing_the_config_client_swallows_only_its_own_task_s_cancellation() -> None:
+    """A listen task that ends cancelled must not surface as the caller's CancelledError (it broke
+    a fixture's teardown once, and with it every later test of that worker)."""
+    sdk = _SdkLike()
+    await close_config_service(sdk, 1.0)
+    assert sdk.stop_event.is_set() and sdk.listen_task.cancelled()
+    # A caller that is cancelled itself still is.
+    other = _SdkLike()
+    closing = asyncio.ensure_future(close_config_service(other, 5.0))
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
