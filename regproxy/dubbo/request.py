@@ -241,7 +241,7 @@ def _fast_map(body: bytes, pos: int) -> dict[str, Any] | None:
     n = len(body)
     try:
         if pos == n:
-            return {}
+            return None  # no map (Dubbo 2.0.x): the reader says so (RequestBody.ends_with_map)
         if pos > n or body[pos] != 0x48:  # 'H': an untyped map
             return None
         pos += 1
@@ -362,6 +362,12 @@ class RequestBody:
     @property
     def attachments_read(self) -> bool:
         return self._attachments is not None
+
+    @property
+    def ends_with_map(self) -> bool:
+        """Whether an attachments map follows the arguments (Dubbo 2.0.x consumers may send none):
+        only then is the body's last byte the map's ``Z``, where the egress's loop marker goes."""
+        return self.attachments is not _EMPTY
 
     @property
     def group(self) -> str:

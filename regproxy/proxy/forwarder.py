@@ -357,13 +357,15 @@ class Forwarder(UpstreamEvents):
             return
         if self.strip_via:
             raw = strip_via(raw)  # none left when handle() took it out already
-        elif self.via is not None and raw[len(raw) - 1] == _Z:
-            marked = self._mark(down, raw, request_id, two_way)
-            if marked is None:
-                return  # a loop: answered
-            raw = marked
         try:
             body = RequestBody(raw, 16)
+            # The egress marks a request in its attachments map; one without a map (Dubbo 2.0.x)
+            # is left as it is: its final Z, if any, is its last argument's.
+            if self.via is not None and raw[len(raw) - 1] == _Z and body.ends_with_map:
+                marked = self._mark(down, raw, request_id, two_way)
+                if marked is None:
+                    return  # a loop: answered
+                raw = marked
             planner = self.planner
             table = self.table.current
             if table is not planner.table:

@@ -219,8 +219,11 @@ class Planner:
         return routed
 
     def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: Plan) -> None:
-        """Let requests with these head bytes (and this group) find ``plan`` without decoding."""
-        if body.head_end < 0 or len(self.heads) >= MAX_PLANS:
+        """Let requests with these head bytes (and this group) find ``plan`` without decoding. Not
+        for a request without an attachments map: the undecoded path takes a final ``Z`` for the
+        map's end (the egress's loop marker goes before it), which in such a request belongs to its
+        last argument."""
+        if body.head_end < 0 or len(self.heads) >= MAX_PLANS or not body.ends_with_map:
             return
         head = raw[16 : body.head_end]
         if group is None:
