@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from regproxy.discovery import Discovery, NotFound, PublishSpec, ingress_table
-from regproxy.registry.base import RegistryUnavailable
+from regproxy.registry.base import RegistryError, RegistryUnavailable
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, provider_url
@@ -106,6 +106,35 @@ async def test_publish_rewrites_address_and_routes_ingress(disc: tuple[Discovery
     # Idempotent: the same URL, one node.
     assert await d.publish(SPEC) == url
     assert len(made["a"].nodes(IFACE)) == 1
+
+
+async def test_a_publication_is_routable_before_any_registry_shows_it(disc: tuple[Discovery, dict]) -> None:
+    """A consumer may see the registration before the registry answers us (a ZooKeeper watch can
+    beat the reply to our create): the ingress must route the service by then, else that consumer's
+    first calls get "no route". A refused registration takes the route away again."""
+    d, made = disc
+    reg = made["a"]
+    routed_at_register: list[bool] = []
+    register = reg.register
+
+    async def watching(url: DubboURL) -> None:
+        routed_at_register.append(d.ingress.current.match(IFACE, "1.0.0", "a", "g") is not None)
+        await register(url)
+
+    reg.register = watching  # type: ignore[method-assign]
+    await d.publish(SPEC)
+    assert routed_at_register == [True]
+
+    other = PublishSpec(interface="com.y.Refused", port=20991, methods=("m",))
+
+    async def refusing(url: DubboURL) -> None:
+        assert d.ingress.current.match("com.y.Refused", "", "m", "") is not None
+        raise RegistryError("refused")
+
+    reg.register = refusing  # type: ignore[method-assign]
+    with pytest.raises(RegistryError):
+        await d.publish(other)
+    assert d.ingress.current.match("com.y.Refused", "", "m", "") is None
 
 
 async def test_publish_without_registry_is_an_error() -> None:

@@ -142,6 +142,8 @@ class Discovery:
         # the removal through the registry a moment later and their requests meanwhile must not fail.
         self.unpublish_grace_s = 3.0
         self._lingering: dict[str, tuple[PublishSpec, float]] = {}  # key -> (spec, loop time to drop)
+        # Publications being registered: routable at the ingress already (see _publish).
+        self._opening: dict[str, PublishSpec] = {}
         # Dubbo's dynamic rules from the registries that are config centers (regproxy.discovery.rules).
         self.rules = Rules(self._on_rule_change)
         # rule id (or OVERRIDES + interface) -> the subscriptions and publications under it, as of
@@ -315,17 +317,27 @@ class Discovery:
         if suspended is not None:
             # Kept, not registered: resume_publications registers it once the app answers again.
             log.warning("publication %s kept but not registered: %s", spec.key, suspended)
-        for key in targets:
-            if key in pub.registered or suspended is not None:
-                continue
-            reg = await self._connected(key)
-            try:
-                await self._register(pub, key, reg)
-            except RegistryError:
-                # All or nothing for the caller: undo what this request did, report the cause.
-                await self._unregister(pub, done)
-                raise
-            done.append(key)
+        # Routable at the ingress before any registry has it: a consumer that sees the registration
+        # at once (a ZooKeeper watch can beat the reply to our create) must not be told "no route".
+        self._opening[spec.key] = spec
+        self._rebuild_ingress()
+        try:
+            for key in targets:
+                if key in pub.registered or suspended is not None:
+                    continue
+                reg = await self._connected(key)
+                try:
+                    await self._register(pub, key, reg)
+                except RegistryError:
+                    # All or nothing for the caller: undo what this request did, report the cause.
+                    await self._unregister(pub, done)
+                    raise
+                done.append(key)
+        except BaseException:
+            del self._opening[spec.key]
+            self._rebuild_ingress()
+            raise
+        del self._opening[spec.key]
         if existing is not None and existing.url != url:
             await self._unregister(existing, existing.registered)
         self.publications[spec.key] = pub
@@ -814,6 +826,7 @@ class Discovery:
 
     def _rebuild_ingress(self) -> None:
         specs = {key: p.spec for key, p in self.publications.items()}
+        specs.update(self._opening)
         if self._lingering:
             now = asyncio.get_running_loop().time()
             for key, (spec, until) in list(self._lingering.items()):
