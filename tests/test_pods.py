@@ -378,6 +378,8 @@ async def test_consumer_pod_calls_two_provider_pods_and_routes_around_a_cut_off_
             f"{sorted({answered_by(c.value) for c in tail})}; pod-b's registration gone {gone_s:.2f} s "
             f"after the cut; the consumer's sidecar logged: {taken_out_by}"
         )
+        common = Counter((c.error or "")[:200] for c in failed).most_common(3)
+        print("pods: the most common failures:", common)
         assert recovered_s <= ROUTE_AROUND_BOUND_S, f"calls failed until {recovered_s:.2f} s after the cut"
         assert len(tail) >= 20 and all(c.ok and answered_by(c.value) == "pod-c" for c in tail)
         # Only calls sent to pod-b before it was taken out fail, and each holds its worker for the call
