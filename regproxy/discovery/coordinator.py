@@ -392,10 +392,12 @@ class Discovery:
             params[TLS_PARAM] = "true"
         return params
 
-    def _provider_url(self, spec: PublishSpec) -> DubboURL:
+    def _provider_url(self, spec: PublishSpec, timestamp_ms: int | None = None) -> DubboURL:
         """The URL ``spec`` is registered with: this sidecar's advertise IP and ingress port, and this
-        process's pid and the time now (a Dubbo provider puts both in the URL it registers)."""
+        process's pid and the time now, or ``timestamp_ms`` (a Dubbo provider puts both in the URL
+        it registers; consumers warm a provider up from its ``timestamp``)."""
         return provider_url(
+            timestamp_ms=timestamp_ms,
             interface=spec.interface,
             ip=self.advertise_ip,
             port=self.ingress_port,
@@ -1004,9 +1006,12 @@ class Discovery:
                 spec = PublishSpec.from_dict(item["spec"])
                 keys = [self._remember(k) for k in item.get("registries", [])]
                 saved_url = DubboURL.parse(item["url"])
-                # Registered anew, as this process: its pid, the time now, and the address and
-                # regproxy.tls of this run (either may have changed since).
-                url = self._provider_url(spec)
+                # Registered anew, as this process: its pid, and the address and regproxy.tls of this
+                # run (either may have changed since). The timestamp stays the publication's: the
+                # sidecar restarted, not the application, and a new one would make every consumer
+                # warm a warm provider up again (AbstractLoadBalance.getWeight, docs/parameters.md).
+                stamp = saved_url.params.get("timestamp", "")
+                url = self._provider_url(spec, int(stamp) if stamp.isdigit() else None)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.error("state file: skipping publication %s: %s", short(repr(item)), exc)
                 continue
