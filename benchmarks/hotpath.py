@@ -35,6 +35,7 @@ from benchmarks.payload import ID, METHOD, SERVICE, request_template, response_t
 from regproxy import native
 from regproxy.config.health import HealthSettings
 from regproxy.discovery import PublishSpec, ingress_table
+from regproxy.discovery.tables import DYNAMIC_LB
 from regproxy.governance.condition import ConditionRouters, parse_condition_rule
 from regproxy.governance.configurator import configure_consumer, parse_configurators
 from regproxy.governance.policy import ClusterPolicy, ServiceRules
@@ -80,7 +81,7 @@ def governed_cluster(name: str, service: str, host: Host, rules: str) -> Cluster
                              "  - name: gray\n    addresses: ['10.0.0.7:20882']\n")  # fmt: skip
     hosts = (Host(host.address, url.weight, metadata=dict(url.params)),)
     policy = ClusterPolicy(ServiceRules(configurators, conditions, tag), consumer, {url.address: url}, hosts)
-    return Cluster(name, "weighted_round_robin", hosts, policy=policy)
+    return Cluster(name, DYNAMIC_LB, hosts, policy=policy)
 
 
 class Transport:
@@ -126,7 +127,7 @@ def build(hop: str, rules: str = "none") -> Harness:
     elif hop == "egress":  # as a subscription makes it: one route to the providers' sidecars
         table = RoutingTable(
             [Route("bench", RouteMatch(service=SERVICE, version=""), "bench")],
-            [Cluster("bench", "weighted_round_robin", (Host(UPSTREAM),))],
+            [Cluster("bench", DYNAMIC_LB, (Host(UPSTREAM),))],
         )
         upstream = UPSTREAM
     else:  # as a publication makes it: the published service (group matched) to the app

@@ -286,7 +286,7 @@ async def test_clusters_with_request_counts(pair: Pair) -> None:
         status, body = await pair.get(f"{pair.consumer.admin}/api/v1/clusters")
         assert status == 200
         (cluster,) = [c for c in body["clusters"] if c["name"] == CLUSTER]
-        assert cluster["listener"] == "egress" and cluster["lb"] == "weighted_round_robin"
+        assert cluster["listener"] == "egress" and cluster["lb"] == "dubbo"
         (host,) = cluster["hosts"]
         ingress = pair.provider.sidecar.ingress.address[1]
         assert host["address"] == f"127.0.0.1:{ingress}"

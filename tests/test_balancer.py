@@ -18,6 +18,7 @@ from regproxy.routing import (
     WeightedRoundRobin,
     make_balancer,
 )
+from regproxy.routing.balancer import DUBBO_LB
 
 
 def hosts(*weights: int) -> tuple[Host, ...]:
@@ -42,7 +43,8 @@ FACTORIES: dict[str, Callable[[], LoadBalancer]] = {
 
 
 def test_factories_cover_every_balancer() -> None:
-    assert set(FACTORIES) == BALANCERS
+    # "dubbo" is Dubbo's cluster layer, made per method by the planner (tests/test_dubbo_cluster.py).
+    assert set(FACTORIES) == BALANCERS - {DUBBO_LB}
 
 
 # --- behaviour shared by every balancer -------------------------------------------------------
@@ -108,9 +110,14 @@ def test_each_balancer_name_makes_a_fresh_balancer_of_its_kind() -> None:
 
 def test_make_balancer_unknown_name() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown load balancer 'fastest' \(choose one of least_request, random"
+        ValueError, match=r"unknown load balancer 'fastest' \(choose one of dubbo, least_request, random"
     ):
         make_balancer("fastest")
+
+
+def test_the_dubbo_name_is_not_made_by_make_balancer() -> None:
+    with pytest.raises(ValueError, match="Dubbo's cluster layer: the planner makes it per method"):
+        make_balancer(DUBBO_LB)
 
 
 def test_least_request_needs_a_counter() -> None:

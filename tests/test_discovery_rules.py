@@ -14,6 +14,7 @@ import pytest
 from regproxy.discovery import Discovery, PublishSpec, ingress_table
 from regproxy.dubbo.encode import encode_request
 from regproxy.dubbo.request import RequestBody
+from regproxy.governance.params import MODE_DEFAULT, MODE_FAILOVER, call_params
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, provider_url
@@ -160,6 +161,55 @@ async def test_timeout_override_reaches_the_policy(world: tuple[Discovery, Memor
     policy = cluster(d).policy
     assert policy is not None
     assert (policy.timeout_ms("sayHi"), policy.timeout_ms("other")) == (120, 250)
+
+
+async def test_each_parameter_says_where_it_came_from() -> None:
+    """The parameter model (regproxy.governance.params): a provider's method-level value beats the
+    consumer's service-level one (ServiceAddressURL.getMethodParameter), the consumer's /sub params
+    beat the provider's service-level ones, a configurator beats both; the hosts' metadata, which
+    the balancers and the planner read, holds the same values."""
+    made: dict[str, MemoryRegistry] = {}
+    d = new_discovery(made, [REG_A])
+    await d.start()
+    try:
+        made["a"].set_provider(provider("10.0.0.1", timeout="300", **{"sayHi.timeout": "150"}, weight="200"))
+        await d.subscribe(SUB, application="web", params={"timeout": "1000", "loadbalance": "roundrobin"})
+        await write(made["a"], SERVICE_KEY + ".configurators", WEIGHT_B.replace("10.0.0.2", "10.0.0.1"))
+        await wait_for(lambda: hosts(d) == {"10.0.0.1:20882": 300}, 2, "the override's weight")
+        (entry,) = d.parameters_of(SUB.cluster_name)
+        values = entry["parameters"]
+        assert values["*"]["timeout"] == {"value": "1000", "source": "consumer"}
+        assert values["*"]["loadbalance"] == {"value": "roundrobin", "source": "consumer"}
+        assert values["*"]["weight"] == {"value": "300", "source": "override"}
+        assert values["*"]["cluster"] == {"value": "failover", "source": "default"}
+        assert values["sayHi"] == {"timeout": {"value": "150", "source": "provider"}}
+        assert "other" not in values  # no value of its own
+        (host,) = cluster(d).hosts
+        assert (host.metadata["timeout"], host.metadata["sayHi.timeout"]) == ("1000", "150")
+        assert host.metadata["loadbalance"] == "roundrobin" and host.metadata["application"] == "shop"
+    finally:
+        await d.stop()
+
+
+async def test_overrides_of_retries_loadbalance_and_cluster_reach_the_call(
+    world: tuple[Discovery, MemoryRegistry],
+) -> None:
+    """A configurator's `retries`, `loadbalance` and `cluster` (issue 17's last three) are what the
+    planner reads of the hosts (governance.params.call_params), as a Dubbo consumer reads them from
+    the overridden invoker URL."""
+    d, reg = world
+    text = WEIGHT_B.replace(
+        '{weight: "300"}', '{loadbalance: consistenthash, retries: "3", cluster: failover, forks: "5"}'
+    ).replace('providerAddresses: ["10.0.0.2:20882"]', 'addresses: ["0.0.0.0"]')
+    await write(reg, SERVICE_KEY + ".configurators", text)
+    await wait_for(lambda: "loadbalance" in cluster(d).hosts[0].metadata, 2, "the override on the hosts")
+    declared = call_params(cluster(d).hosts, "sayHi")
+    assert (declared.loadbalance, declared.mode, declared.retries) == ("consistenthash", MODE_FAILOVER, 3)
+    assert declared.forks == 5 and declared.problems == ()
+    await write(reg, SERVICE_KEY + ".configurators", None)
+    await wait_for(lambda: "loadbalance" not in cluster(d).hosts[0].metadata, 2, "the override gone")
+    declared = call_params(cluster(d).hosts, "sayHi")
+    assert (declared.loadbalance, declared.mode, declared.retries) == ("random", MODE_DEFAULT, None)
 
 
 CONDITION = f"""\

@@ -43,7 +43,17 @@ from regproxy.governance.keys import (
 )
 from tests.peers.nacos import NacosDouble
 from tests.sidecars import SidecarProc, value
-from tests.topology import GREET, VERSION, World, egress_cluster, egress_hosts, leaves, open_world, pub_body
+from tests.topology import (
+    EXACT_SPLIT,
+    GREET,
+    VERSION,
+    World,
+    egress_cluster,
+    egress_hosts,
+    leaves,
+    open_world,
+    pub_body,
+)
 from tests.wait import wait_for
 from tests.zkserver import ZooKeeperServer
 
@@ -307,7 +317,8 @@ async def open_fleet(registry: str, center: ConfigCenter, tmp_path: Path) -> Asy
             app.services.add(GREET, {SLOW: _slow}, version=VERSION)
             status, body = await sc.post("/pub", pub_body(app.port, methods=["sayHi", SLOW]))
             assert status == 200, body
-        sub = {"service": {"interface": GREET, "version": VERSION, "application": CONSUMER_APP}}
+        service = {"interface": GREET, "version": VERSION, "application": CONSUMER_APP, "params": EXACT_SPLIT}
+        sub = {"service": service}
         status, body = await fleet.a.post("/sub", sub)
         assert status == 200, body
         await wait_for(lambda: fleet.hosts_are(fleet.weights(100, 100)), 10, "both providers at the consumer")

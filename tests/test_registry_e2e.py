@@ -16,14 +16,25 @@ from kazoo.client import KazooClient
 
 from regproxy.demo.client import DubboClient, DubboError
 from tests.sidecars import SidecarProc
-from tests.topology import GREET, VERSION, Traffic, World, leaves, pub_body, set_weight_by_hand
+from tests.topology import (
+    EXACT_SPLIT,
+    GREET,
+    VERSION,
+    Traffic,
+    World,
+    leaves,
+    pub_body,
+    set_weight_by_hand,
+)
 from tests.wait import wait_for
 
 
 async def routes_to(consumer: SidecarProc, weights: dict[str, int]) -> bool:
     """Whether the consumer's sidecar has exactly these providers of GREET, with these weights (its
     egress routes by the same list)."""
-    status, body = await consumer.post("/sub", {"service": {"interface": GREET, "version": VERSION}})
+    status, body = await consumer.post(
+        "/sub", {"service": {"interface": GREET, "version": VERSION, "params": EXACT_SPLIT}}
+    )
     assert status == 200, body
     return {p["address"]: p["weight"] for p in body["providers"]} == weights
 
@@ -50,7 +61,7 @@ async def test_publish_subscribe_call_spread_and_weights(world: World, zk: Kazoo
 
     # Consumer sidecar subscribes; dubbo-python's client calls its egress and reaches the app.
     status, sub = await a.post(
-        "/sub", {"service": {"interface": GREET, "version": VERSION, "methods": ["x"]}}
+        "/sub", {"service": {"interface": GREET, "version": VERSION, "methods": ["x"], "params": EXACT_SPLIT}}
     )
     assert status == 200 and sub["err_msg"] == "subscribe success" and sub["cluster"] == f"{GREET}:{VERSION}"
     assert [p["address"] for p in sub["providers"]] == [f"127.0.0.1:{b.ingress}"]

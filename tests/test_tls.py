@@ -41,6 +41,7 @@ from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, Tab
 from regproxy.sidecar import Sidecar
 from regproxy.tls import TLS_PARAM, SidecarTLS
 from tests.pki import Pair, Pki, make_pki
+from tests.topology import EXACT_SPLIT
 from tests.wait import wait_for
 
 GREET = "org.apache.dubbo.samples.api.GreetingsService"
@@ -447,7 +448,7 @@ async def test_mixed_fleet_auto_egress_and_health_checks(
         tls_addr = f"127.0.0.1:{tls_side.ingress.address[1]}"
         plain_addr = f"127.0.0.1:{plain_side.ingress.address[1]}"
         assert consumer.discovery is not None
-        _, providers = await consumer.discovery.subscribe(Subscription(GREET))
+        _, providers = await consumer.discovery.subscribe(Subscription(GREET), params=EXACT_SPLIT)
         params = {p["address"]: p["metadata"].get(TLS_PARAM) for p in providers}
         assert params == {tls_addr: "true", plain_addr: None}
 
@@ -457,7 +458,7 @@ async def test_mixed_fleet_auto_egress_and_health_checks(
                 assert await client.call(GREET, "sayHi", [f"c{i}"]) == f"hi, c{i}"
         finally:
             client.close()
-        assert apps[0].count("sayHi") == 3 and apps[1].count("sayHi") == 3  # round robin over both
+        assert apps[0].count("sayHi") == 3 and apps[1].count("sayHi") == 3  # Dubbo's round robin over both
         assert consumer.egress.forwarder is not None
         pool = consumer.egress.forwarder.pool._conns
         assert pool[tls_addr][0].transport.get_extra_info("ssl_object") is not None

@@ -24,6 +24,11 @@ GREET = "org.apache.dubbo.samples.api.GreetingsService"
 VERSION = "1.0.0"  # dubbo-python's default
 PROVIDERS = f"/dubbo/{GREET}/providers"
 CLUSTER = f"{GREET}:{VERSION}"  # a consumer sidecar's egress cluster for GREET
+# A consumer's reference config (/sub params) for tests that count calls per provider: Dubbo's smooth
+# round robin, without the warm-up that would even out the weights of providers registered moments
+# ago (AbstractLoadBalance.getWeight: 10 minutes by default). Nothing declared, a subscription uses
+# Dubbo's weighted random (regproxy.governance.params).
+EXACT_SPLIT = {"loadbalance": "roundrobin", "warmup": "0"}
 
 
 def pub_body(app_port: int, **service: object) -> dict[str, object]:

@@ -77,6 +77,7 @@ from regproxy.api.http import serve, stop_api
 from regproxy.api.metrics import MetricsSource, metrics_registry
 from regproxy.api.models import ErrNo, ErrorReply
 from regproxy.config import LOG_LEVELS, ConfigError
+from regproxy.governance.params import consumer_own
 from regproxy.registry.base import CONNECTED
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, matches
@@ -272,6 +273,16 @@ def _redact_params(params: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
 
 
+def _redact_effective(providers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``Discovery.parameters_of`` with the values of secret parameters (``token``) as ``***``."""
+    for provider in providers:
+        for values in provider["parameters"].values():
+            for key, entry in values.items():
+                if key in SECRET_PARAMS:
+                    entry["value"] = REDACTED
+    return providers
+
+
 def _redact_url(url: DubboURL) -> str:
     if not SECRET_PARAMS.intersection(k.lower() for k in url.params):
         return str(url)
@@ -444,6 +455,11 @@ def subscriptions_view(disc: Discovery | None) -> Subscriptions:
     if disc is None:
         return Subscriptions(registries=[])
     subs = sorted(disc.subscriptions.values(), key=lambda s: s.sub.cluster_name)
+    effective = {s.sub.cluster_name: _redact_effective(disc.parameters_of(s.sub.cluster_name)) for s in subs}
+
+    def listed(s: Any, key: str) -> set[str]:
+        return {u.address for u in s.providers.get(key, ())}
+
     registries = [
         RegistrySubscriptions(
             registry=_registry_name(disc, key),
@@ -454,6 +470,9 @@ def subscriptions_view(disc: Discovery | None) -> Subscriptions:
                     interface=s.sub.interface,
                     version=s.sub.version,
                     group=s.sub.group,
+                    application=s.consumer.params.get("application", ""),
+                    params=_redact_params(consumer_own(s.consumer.params)),
+                    effective=[p for p in effective[s.sub.cluster_name] if p["address"] in listed(s, key)],
                     watching=key in s.watching,
                     # Providers read from the state file at start, not yet confirmed by a registry.
                     from_cache=s.sub.cluster_name in disc.from_cache,

@@ -300,11 +300,31 @@ class ProviderView(_Reply):
     weight: int
 
 
+class EffectiveValue(_Reply):
+    value: str
+    source: str = Field(description="route, override, consumer, provider or default (docs/parameters.md)")
+
+
+class ProviderParameters(_Reply):
+    address: str
+    parameters: dict[str, dict[str, EffectiveValue]] = Field(
+        description='"*" (service-wide) and each method with a value of its own -> parameter -> value'
+    )
+
+
 class SubscriptionView(_Reply):
     cluster: str = Field(description="the egress cluster: group/interface:version")
     interface: str
     version: str
     group: str
+    application: str = Field("", description="the consumer application: what its consumer:// URL says")
+    params: dict[str, str] = Field(
+        default_factory=dict, description="the consumer's own parameters (/sub params)"
+    )
+    effective: list[ProviderParameters] = Field(
+        default_factory=list,
+        description="each provider's effective Dubbo parameters and their sources (docs/parameters.md)",
+    )
     watching: bool
     from_cache: bool = Field(description="its providers were read from the state file, not yet confirmed")
     holding_empty: bool = Field(
@@ -439,6 +459,11 @@ class ListenerCounters(_Reply):
     unsent_closes: int = 0
     upstream_unsent_refusals: int = 0
     upstream_foreign_frames: int = 0
+    failsafe: int = Field(0, description="failures a declared cluster=failsafe answered with an empty result")
+    refused_tokens: int = Field(0, description="calls the ingress refused for a wrong token (TokenFilter)")
+    refused_executes: int = Field(
+        0, description="calls the ingress refused over `executes` (ExecuteLimitFilter)"
+    )
 
 
 class RegistryCounters(_Reply):

@@ -76,6 +76,10 @@ _LISTENER_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "upstream_foreign_frames",
         "Frames from an upstream that answer no request in flight (requests, ids never sent).",
     ),
+    # Dubbo's cluster layer (docs/parameters.md).
+    ("failsafe", "failsafe_answers", "Failures a declared cluster=failsafe answered with an empty result."),
+    ("refused_tokens", "token_refusals", "Calls the ingress refused for a missing or wrong token."),
+    ("refused_executes", "executes_refusals", "Calls the ingress refused over a publication's executes."),
 )
 
 

@@ -30,7 +30,7 @@ __all__ = [
 
 # Kept in step with regproxy.routing.balancer.BALANCERS; repeated here so that loading a config does not
 # import the routing package (tests/test_config.py checks the two agree).
-LB_NAMES: tuple[str, ...] = ("round_robin", "random", "weighted_round_robin", "least_request")
+LB_NAMES: tuple[str, ...] = ("round_robin", "random", "weighted_round_robin", "least_request", "dubbo")
 
 
 class HostConfig(Model):

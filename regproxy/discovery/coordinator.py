@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import logging
 import operator
 import time
@@ -38,11 +39,12 @@ from regproxy.discovery.tables import (
     subscription_cluster,
     subscription_route,
 )
-from regproxy.governance.configurator import configure_provider
+from regproxy.governance.configurator import configure_consumer, configure_provider
+from regproxy.governance.params import consumer_own, generated_token, layered, parameter_view
 from regproxy.governance.policy import ClusterPolicy, Probe, configured
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.registry_url import RegistryURL
-from regproxy.registry.url import DubboURL, Subscription, consumer_url, provider_url
+from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
 from regproxy.routing import Cluster, Host, Route, RoutingTable, TableHolder
 from regproxy.state import SavedState, StateSaveError, StateStore
 from regproxy.tls import TLS_PARAM
@@ -299,6 +301,9 @@ class Discovery:
 
     async def _publish(self, spec: PublishSpec, targets: list[str]) -> str:
         existing = self.publications.get(spec.key)
+        params = generated_token(spec.params, existing.spec.params if existing is not None else None)
+        if params is not spec.params:
+            spec = dataclasses.replace(spec, params=params)
         if existing is not None and existing.spec == spec and set(targets) <= existing.registered:
             return str(existing.url)  # idempotent: the same URL, nothing re-registered
         base = existing.base if existing is not None and existing.spec == spec else self._provider_url(spec)
@@ -703,10 +708,18 @@ class Discovery:
         on the provider URLs, and the routers bound to the result as the cluster's policy."""
         rules = self.rules.service_rules(st) if self.rules.stores else None
         providers: Mapping[str, Sequence[DubboURL]] = st.providers
+        own = consumer_own(st.consumer.params)
+        if own:
+            # The consumer's reference configuration over each provider's URL (ServiceAddressURL):
+            # what the balancer, the cluster mode and the routers read (governance.params).
+            providers = {
+                key: [dataclasses.replace(url, params=layered(url.params, own)) for url in urls]
+                for key, urls in providers.items()
+            }
         timeouts: dict[str, int] = {}
         if rules is not None and rules.configurators:
             done = configured(
-                st.providers,
+                providers,
                 rules.configurators,
                 application=st.consumer.params.get("application", ""),
                 local_host=self.advertise_ip,
@@ -745,6 +758,36 @@ class Discovery:
             st.cluster_memo = None
         if self.subscriptions:
             self._rebuild_egress()
+
+    def parameters_of(self, cluster: str) -> list[dict[str, Any]]:
+        """Each provider of subscription ``cluster`` with the effective value of every supported
+        parameter and the layer it came from (regproxy.governance.params): service-wide ("*") and
+        for each method with a value of its own. For config_dump; recomputed, not the data path."""
+        st = self.subscriptions.get(cluster)
+        if st is None:
+            raise NotFound(f"no subscription {cluster!r} (see /api/v1/subscriptions)")
+        own = consumer_own(st.consumer.params)
+        rules = self.rules.service_rules(st) if self.rules.stores else None
+        configurators = rules.configurators if rules is not None else ()
+        application = st.consumer.params.get("application", "")
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for key in st.registries:
+            for url in st.providers.get(key, ()):
+                if url.address in seen or not matches(st.sub, url):
+                    continue
+                seen.add(url.address)
+                merged = dataclasses.replace(url, params=layered(url.params, own))
+                override: dict[str, str] = {}
+                if configurators:
+                    after = configure_consumer(
+                        merged, configurators, application=application, local_host=self.advertise_ip
+                    )
+                    override = {k: v for k, v in after.params.items() if merged.params.get(k) != v}
+                methods = [m for m in url.params.get("methods", "").split(",") if m and m != "*"]
+                values = parameter_view(url.params, own, override, methods=methods)
+                out.append({"address": url.address, "parameters": values})
+        return out
 
     def _provider_view(self, st: SubscriptionState) -> list[dict[str, Any]]:
         return [

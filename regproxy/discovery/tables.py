@@ -16,13 +16,18 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 from regproxy.discovery.desired import PublishSpec
+from regproxy.governance.params import provider_guard
 from regproxy.registry.url import DubboURL, Subscription, matches
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable
+from regproxy.routing.balancer import DUBBO_LB
 from regproxy.routing.model import HostPolicy
 
 log = logging.getLogger(__name__)
 
-DYNAMIC_LB = "weighted_round_robin"  # honours provider weights; equal weights give plain round robin
+# Dubbo's cluster layer: the balancer, cluster mode, retries, timeout... the providers' URLs, the
+# consumer's params and the overrides declare (regproxy.governance.params); Dubbo's `random` when
+# nothing is declared, as a Dubbo SDK consumer would.
+DYNAMIC_LB = DUBBO_LB
 
 # A provider left out for being one of this sidecar's own listeners: (registry key, URL, what it is).
 OwnHit = tuple[str, DubboURL, str]
@@ -31,6 +36,8 @@ OwnHit = tuple[str, DubboURL, str]
 def ingress_table(published: Iterable[PublishSpec] = ()) -> RoutingTable:
     """Ingress routes: each service published through this sidecar (interface, version and group) to
     the application port it was published with, and nothing else.
+
+    A publication with ``token`` or ``executes`` gets their checks on its route (``Route.guard``).
 
     There is no catch-all: the ingress is reachable from other hosts, and forwarding whatever
     arrives would let anyone reach any service of the local application (or, with a crafted
@@ -45,7 +52,8 @@ def ingress_table(published: Iterable[PublishSpec] = ()) -> RoutingTable:
         # The group is always matched, though it costs decoding the attachments of every request:
         # a group not published here must not reach the application either.
         match = RouteMatch(service=spec.interface, version=spec.version, group=spec.group)
-        routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0))
+        guard = provider_guard(spec.interface, spec.params)
+        routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0, guard=guard))
     return RoutingTable(routes=routes, clusters=list(clusters.values()))
 
 

@@ -9,10 +9,12 @@ from regproxy.dubbo.frame import FLAG_TWOWAY, Frame
 from regproxy.proxy.stats import Histogram
 
 if TYPE_CHECKING:
+    from regproxy.proxy.cluster import FanOut
     from regproxy.proxy.filters import StreamFilter
     from regproxy.proxy.listener import DownstreamConnection
     from regproxy.proxy.upstream import UpstreamConnection
     from regproxy.routing import Host, LoadBalancer
+    from regproxy.routing.model import ProviderGuard
 
 # At the egress the consumer's timeout is in the attachments, after every argument. Most requests
 # are answered long before any timeout: their deadline is first looked at after this delay, and
@@ -27,18 +29,26 @@ class Plan:
     routed by a rule gets its own."""
 
     __slots__ = (
+        "actives",
         "balancer",
         "counter_key",
+        "fallback_ms",
         "filters",
         "first_look_s",
+        "forks",
+        "guard",
         "hist",
         "hosts",
         "method",
+        "mode",
+        "needs_arguments",
         "only",
         "retries",
         "retry_on",
         "service",
+        "special",
         "timeout_ms",
+        "token",
     )
 
     def __init__(
@@ -52,8 +62,19 @@ class Plan:
         hist: Histogram,
         retry_on: int = 1,
         filters: tuple[StreamFilter, ...] = (),
+        *,
+        fallback_ms: int = 0,
+        mode: int = 0,
+        forks: int = 2,
+        actives: dict[str, int] | None = None,
+        token: bool = False,
+        needs_arguments: bool = False,
+        guard: ProviderGuard | None = None,
     ) -> None:
         self.timeout_ms = timeout_ms  # 0: the consumer's, read late (egress)
+        # When the consumer's request carries no timeout: the providers' declared one, else 0 (the
+        # listener's default). regproxy.governance.params.
+        self.fallback_ms = fallback_ms
         self.first_look_s = timeout_ms / 1000 if timeout_ms else TIMEOUT_PROBE_S
         self.retries = retries
         # The hosts and balancer of the table the request started on: a retry stays on them even
@@ -68,8 +89,19 @@ class Plan:
         # (connect failures before writing always may, while retries last).
         self.retry_on = retry_on
         self.filters = filters  # the rule's stream filters; () for most requests
+        # Dubbo's cluster invoker and consumer filters (regproxy.governance.params MODE_*): the
+        # mode, forking's `forks`, `actives` per provider address, whether to send each provider's
+        # `token`, whether the balancer hashes the arguments (consistenthash).
+        self.mode = mode
+        self.forks = forks
+        self.actives = actives if actives else None
+        self.token = token
+        self.needs_arguments = needs_arguments
+        self.guard = guard  # the ingress: a publication's token and executes (Route.guard)
+        # Anything but a plain send and answer: the forwarder takes its slower path for the plan.
+        self.special = mode >= 3 or bool(actives) or token or needs_arguments or guard is not None
         # A cluster of one usable host: while no host is failing, every balancer would pick it.
-        only = hosts[0] if len(hosts) == 1 else None
+        only = hosts[0] if len(hosts) == 1 and not self.special else None
         self.only = only if only is not None and only.healthy and only.weight > 0 else None
 
 
@@ -83,6 +115,8 @@ class Exchange:
     __slots__ = (
         "downstream",
         "downstream_id",
+        "fan",
+        "holds",
         "plan",
         "raw",
         "retries_left",
@@ -123,6 +157,10 @@ class Exchange:
         self.slot = slot
         self.upstream: UpstreamConnection | None = None
         self.upstream_id = 0
+        # Special plans only (Plan.special): the fan-out this is one branch of (forking, broadcast),
+        # and the provider address whose `actives` slot it holds ("" for none).
+        self.fan: FanOut | None = None
+        self.holds = ""
 
     @property
     def service(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Final
@@ -40,9 +41,12 @@ from regproxy.dubbo.request import (
     memoised_group,
     strip_via,
     via_entry,
+    with_attachments,
 )
+from regproxy.governance.params import MODE_BROADCAST, MODE_FAILSAFE, MODE_FORKING, token_of
 from regproxy.health import HostHealth, NoHealth
 from regproxy.proxy.batch import Batcher
+from regproxy.proxy.cluster import CallCounts, FanOut, failed, failsafe_reply
 from regproxy.proxy.deadlines import DeadlineWheel
 from regproxy.proxy.exchange import Exchange, Plan
 from regproxy.proxy.filters import AccessLog, Delay
@@ -53,7 +57,16 @@ from regproxy.proxy.plan import GroupPlans, HeadMemo, NoRoute, Planner
 from regproxy.proxy.stats import Histogram, ListenerStats
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import Host, TableHolder, service_label
-from regproxy.routing.rules import RETRY_RESET, RETRY_UNAVAILABLE, UNAVAILABLE_STATUSES, RuleSet
+from regproxy.routing.dubbo_balancers import MethodBalancer
+from regproxy.routing.model import ProviderGuard
+from regproxy.routing.rules import (
+    RETRY_ERROR,
+    RETRY_RESET,
+    RETRY_TIMEOUT,
+    RETRY_UNAVAILABLE,
+    UNAVAILABLE_STATUSES,
+    RuleSet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +113,7 @@ class Forwarder(UpstreamEvents):
     after which its deadline is gone and its connection's in-flight count is down; a request is
     retried only when it was never written, or when its rule allows it after a reset.
     """
+
     def __init__(
         self,
         name: str,
@@ -141,12 +155,15 @@ class Forwarder(UpstreamEvents):
         self.in_flight = 0  # two-way requests forwarded and not answered, over all connections
         self._idle: asyncio.Event | None = None  # set when in_flight drops to zero (drain waits)
         self.stats = stats or ListenerStats()
+        # Dubbo's RpcStatus for plans that declare `actives` (regproxy.proxy.cluster).
+        self.calls = CallCounts()
         # Where requests go (pure: regproxy.proxy.plan); the Forwarder only runs what it decides.
         self.planner = Planner(
             self.stats.histogram,
             self.pool.active,
             default_timeout_ms=default_timeout_ms,
             timeout_from_attachment=timeout_from_attachment,
+            calls=self.calls,
         )
         self.deadlines = DeadlineWheel(loop, self._on_deadline)  # type: ignore[arg-type]
         self.access_log: AccessLog | None = None  # off by default: no formatting per request
@@ -376,7 +393,11 @@ class Forwarder(UpstreamEvents):
                 return
             plan = decision
             if not plan.timeout_ms:  # the consumer's timeout: the body is decoded anyway, read it now
-                timeout_ms = (self.timeout_from_attachment and body.timeout_ms()) or self.default_timeout_ms
+                timeout_ms = (
+                    (self.timeout_from_attachment and body.timeout_ms())
+                    or plan.fallback_ms
+                    or self.default_timeout_ms
+                )
             else:
                 timeout_ms = plan.timeout_ms
         except Hessian2Error as exc:
@@ -437,13 +458,35 @@ class Forwarder(UpstreamEvents):
             # Ejected or failing active checks: avoided, but still used when nothing else is left.
             available = self._health.available
             failing += [h.address for h in hosts if not available(h.address)]
+        if plan.needs_arguments:
+            return self._pick_hashed(exch, failing)
         if failing:
             host = plan.balancer.pick(hosts, set(exch.tried).union(failing))
             if host is not None:
                 return host
         return plan.balancer.pick(hosts, exch.tried)
 
+    def _pick_hashed(self, exch: Exchange, failing: list[str]) -> Host | None:
+        """consistenthash: the balancer reads the call's arguments. One that cannot be decoded or
+        turned into Java's string hashes as no argument (Java's toString of an object without one is
+        its identity, which no other consumer could reproduce either)."""
+        plan = exch.plan
+        balancer = plan.balancer
+        assert isinstance(balancer, MethodBalancer)
+        try:
+            arguments: list[object] = RequestBody(exch.raw, 16).arguments()
+            if failing:
+                host = balancer.pick_with(plan.hosts, set(exch.tried).union(failing), arguments)
+                if host is not None:
+                    return host
+            return balancer.pick_with(plan.hosts, exch.tried, arguments)
+        except (Hessian2Error, TypeError, ValueError) as exc:
+            log.debug("%s: hashing %s without its arguments: %s", self.name, exch.label, exc)
+            return balancer.pick_with(plan.hosts, exch.tried, [])
+
     def _dispatch(self, exch: Exchange, last_error: str | None) -> None:
+        if exch.plan.special and not self.pool.closed and self._dispatch_special(exch):
+            return
         host = self._pick(exch) if not self.pool.closed else None
         if host is None:
             if last_error is not None:
@@ -470,6 +513,234 @@ class Forwarder(UpstreamEvents):
         sent[host.address] = sent.get(host.address, 0) + 1
         self.pool.connection(host.address).submit(exch)
 
+    # --- Dubbo's cluster invokers and consumer filters (Plan.special; regproxy.proxy.cluster) ------
+
+    def _dispatch_special(self, exch: Exchange) -> bool:
+        """Send a request of a special plan; False when there is no host (``_dispatch`` answers)."""
+        plan = exch.plan
+        if exch.holds:
+            self._release(exch, False)  # a retry: the slot of the provider before is given back
+        if plan.guard is not None and not exch.tried and self._refused_by_guard(exch, plan.guard):
+            return True
+        if plan.mode >= MODE_FORKING and exch.fan is None:
+            return self._fan_out(exch)
+        host = self._pick(exch)
+        if host is None:
+            return False
+        self._go(exch, host)
+        return True
+
+    def _go(self, exch: Exchange, host: Host) -> None:
+        """Send a request of a special plan to ``host``, or queue it for an `actives` slot there."""
+        plan = exch.plan
+        actives = plan.actives
+        if actives is not None and exch.fan is None:
+            limit = actives.get(host.address, 0)
+            if limit:
+                key = (host.address, plan.method)
+                if not self.calls.begin(key, limit):
+                    # ActiveLimitFilter: wait for a slot on this provider, up to the call's timeout.
+                    waiting = self.calls.waiting.get(key)
+                    if waiting is None:
+                        waiting = self.calls.waiting[key] = deque()
+                    waiting.append(exch)
+                    exch.tried += (host.address,)
+                    return
+                exch.holds = host.address
+        self._send_special(exch, host)
+
+    def _refused_by_guard(self, exch: Exchange, guard: ProviderGuard) -> bool:
+        """The ingress's provider filters for a publication (``Route.guard``): True when ``exch`` was
+        answered here. Dubbo answers both with the RpcException's message, status 70."""
+        method = exch.plan.method
+        if guard.token:
+            try:
+                remote = RequestBody(exch.raw, 16).attachments.get("token")
+            except Hessian2Error:
+                remote = None  # the application says what is wrong with the body
+            if remote != guard.token:
+                self.stats.refused_tokens += 1
+                self._fail(
+                    exch,
+                    Status.SERVICE_ERROR,
+                    f"Invalid token! Forbid invoke remote service interface {guard.service} method "
+                    f"{method}() from consumer {exch.downstream.peer} to provider {self.name}, consumer "
+                    f"incorrect token is {'null' if remote is None else remote}",
+                )
+                return True
+        limit = guard.executes(method)
+        if limit:
+            key = f"executes:{exch.plan.service}"
+            if not self.calls.begin((key, method), limit):
+                self.stats.refused_executes += 1
+                self._fail(
+                    exch,
+                    Status.SERVICE_ERROR,
+                    f"Failed to invoke method {method} in provider {exch.plan.service}, cause: The service "
+                    f'using threads greater than <dubbo:service executes="{limit}" /> limited.',
+                )
+                return True
+            exch.holds = key
+        return False
+
+    def _send_special(self, exch: Exchange, host: Host, queued: bool = False) -> None:
+        """Send with the provider's token; ``queued``: woken from the `actives` queue, where it was
+        already named as tried."""
+        if exch.plan.token:
+            # TokenFilter on the provider: every call carries the token of the provider it goes to.
+            token = token_of(host.metadata)
+            if token:
+                try:
+                    exch.raw = with_attachments(exch.raw, {"token": token})
+                except (ValueError, TypeError) as exc:
+                    log.debug("%s: no token added to %s: %s", self.name, exch.label, exc)
+        if queued:
+            exch.upstream_id = 0
+            sent = self.stats.upstream_requests
+            sent[host.address] = sent.get(host.address, 0) + 1
+            self.pool.connection(host.address).submit(exch)
+            return
+        self._send(exch, host)
+
+    def _release(self, exch: Exchange, ok: bool) -> None:
+        """Give back the `actives` slot ``exch`` holds, and let the next waiting call have it."""
+        address = exch.holds
+        exch.holds = ""
+        key = (address, exch.plan.method)
+        elapsed_ms = int((perf_counter() - exch.started) * 1000)
+        calls = self.calls
+        calls.end(key, elapsed_ms, ok)
+        waiting = calls.waiting.get(key)
+        while waiting:
+            nxt = waiting.popleft()
+            if nxt.two_way and not nxt.slot:
+                continue  # its deadline passed meanwhile: answered
+            limit = nxt.plan.actives.get(address, 0) if nxt.plan.actives is not None else 0
+            if not calls.begin(key, limit):
+                waiting.appendleft(nxt)
+                break
+            nxt.holds = address
+            host = next((h for h in nxt.plan.hosts if h.address == address), None)
+            if host is None:
+                calls.end(key, 0, False)
+                nxt.holds = ""
+                self._fail(
+                    nxt, self.not_written_status, f"provider {address} left while {nxt.label} waited for it"
+                )
+                continue
+            self._send_special(nxt, host, queued=True)
+        if not waiting:
+            calls.waiting.pop(key, None)
+
+    def _waiting_on(self, exch: Exchange) -> bool:
+        """Whether ``exch`` waits for an `actives` slot; taken out of the queue if so."""
+        if not exch.tried:
+            return False
+        waiting = self.calls.waiting.get((exch.tried[-1], exch.plan.method))
+        if waiting is None or exch not in waiting:
+            return False
+        waiting.remove(exch)
+        return True
+
+    def _fan_out(self, exch: Exchange) -> bool:
+        """ForkingClusterInvoker (``forks`` providers chosen by the balancer, all when ``forks`` <= 0
+        or at least their number) and BroadcastClusterInvoker (every provider): one request each, at
+        once. False when there is no provider."""
+        plan = exch.plan
+        hosts = plan.hosts
+        if not hosts:
+            return False
+        chosen: list[Host]
+        if plan.mode == MODE_BROADCAST or plan.forks <= 0 or plan.forks >= len(hosts):
+            chosen = list(hosts)
+        else:
+            chosen = []
+            taken: list[str] = []
+            for _ in range(4 * plan.forks):  # Dubbo loops until it has forks distinct ones
+                exch.tried = tuple(taken)
+                host = self._pick(exch)
+                if host is None:
+                    break
+                if host.address not in taken:
+                    taken.append(host.address)
+                    chosen.append(host)
+                    if len(chosen) >= plan.forks:
+                        break
+        if not chosen:
+            return False
+        fan = FanOut(exch, len(chosen), plan.mode == MODE_BROADCAST)
+        exch.fan = fan
+        for _ in chosen:
+            child = Exchange(exch.downstream, exch.raw, exch.downstream_id, plan, exch.started)
+            child.fan = fan
+            fan.children.append(child)
+        exch.tried = tuple(h.address for h in chosen)
+        for child, host in zip(fan.children, chosen, strict=True):
+            self._send_special(child, host)
+        if not exch.two_way:
+            exch.fan = None  # nothing to collect
+        return True
+
+    def _child_result(self, child: Exchange, result: bytes | tuple[int, str], failure: bool) -> None:
+        """One branch of a fan-out ended; answer the consumer when its answer is decided."""
+        fan = child.fan
+        assert fan is not None
+        child.fan = None  # settled: a late event for it finds nothing
+        answer = fan.settle(result, failure)
+        parent = fan.parent
+        if answer is None or (parent.two_way and not parent.slot):
+            return
+        if isinstance(answer, tuple):
+            status, message = answer
+            if fan.broadcast:
+                message = (
+                    f"broadcast: {fan.failures} of {fan.expected} provider(s) failed; the last: {message}"
+                )
+            else:
+                message = (
+                    f"Failed to forking invoke provider {list(parent.tried)}, but no luck to perform the "
+                    f"invocation. Last error is: {message}"
+                )
+            parent.fan = None
+            self._fail(parent, status, message)
+            return
+        self._answer(parent, answer)
+
+    def _answer(self, exch: Exchange, raw: bytes) -> None:
+        """Answer ``exch`` with a response from elsewhere (a fan-out's branch, a failsafe result)."""
+        if exch.slot:
+            self.deadlines.discard(exch)
+        exch.fan = None
+        status = raw[3]
+        elapsed = perf_counter() - exch.started
+        if self.access_log is not None:
+            self.access_log.record(self.name, exch, status, elapsed)
+        self.stats.answered(status)
+        out = bytearray(raw)
+        patch_request_id(out, 4, exch.downstream_id)
+        exch.downstream.queue(out)
+        exch.plan.hist.observe(elapsed)
+        self._answered(exch)
+
+    def _settle(self, exch: Exchange, raw: bytes) -> bytes | None:
+        """A response to a request of a special plan: its slot given back; a fan-out branch's
+        taken (None); a failsafe failure made an empty result. Else the response to answer with."""
+        if exch.holds:
+            self._release(exch, raw[3] == _OK)
+        fan = exch.fan
+        if fan is not None:
+            # Forking takes the first answer, a business exception included (it completes the call);
+            # broadcast counts that exception as the provider's failure (Result.hasException).
+            self._child_result(exch, raw, failed(raw) if fan.broadcast else raw[3] != _OK)
+            return None
+        if exch.plan.mode == MODE_FAILSAFE and raw[3] != _OK:
+            self.stats.failsafe += 1
+            log.debug(
+                "%s: failsafe: status %d for %s answered with an empty result", self.name, raw[3], exch.label
+            )
+            return failsafe_reply(exch.downstream_id)
+        return raw
+
     def _retry_written(self, exch: Exchange) -> bool:
         """Send a written request again on another host; False when there is none (or no budget)."""
         if exch.retries_left <= 0 or (exch.two_way and not exch.slot) or self.pool.closed:
@@ -479,7 +750,12 @@ class Forwarder(UpstreamEvents):
             return False
         exch.retries_left -= 1
         self.stats.retries += 1
-        self._send(exch, host)
+        if exch.plan.special:
+            if exch.holds:
+                self._release(exch, False)
+            self._go(exch, host)  # the new provider's token and `actives` slot
+        else:
+            self._send(exch, host)
         return True
 
     def _on_deadline(self, exch: Exchange) -> None:
@@ -489,7 +765,7 @@ class Forwarder(UpstreamEvents):
                 timeout_ms = RequestBody(exch.raw, 16).timeout_ms()
             except Hessian2Error:
                 timeout_ms = None  # the provider will say what is wrong with the body
-            exch.timeout_ms = timeout_ms or self.default_timeout_ms
+            exch.timeout_ms = timeout_ms or exch.plan.fallback_ms or self.default_timeout_ms
             remaining = exch.timeout_ms / 1000 - (perf_counter() - exch.started)
             if remaining > 0:
                 self.deadlines.add(exch, remaining)
@@ -499,9 +775,18 @@ class Forwarder(UpstreamEvents):
     def _on_timeout(self, exch: Exchange) -> None:
         if exch.upstream is not None:
             exch.upstream.forget(exch)
+        plan = exch.plan
+        if plan.special and self._timeout_special(exch):
+            return
         if self._health_on and exch.tried:
             self._health.report(exch.tried[-1], False)
         self.stats.timeouts += 1
+        if plan.retry_on & RETRY_TIMEOUT and exch.retries_left > 0 and not self.pool.closed:
+            # Dubbo's failover retries a timeout on another provider, with the whole timeout again.
+            self.deadlines.add(exch, exch.timeout_ms / 1000)
+            if self._retry_written(exch):
+                return
+            self.deadlines.discard(exch)
         where = exch.tried[-1] if exch.tried else "no host"
         self._fail(
             exch,
@@ -510,6 +795,33 @@ class Forwarder(UpstreamEvents):
         )
 
     # --- from the upstream side ---------------------------------------------------------------
+
+    def _timeout_special(self, exch: Exchange) -> bool:
+        """A special plan's deadline passed: True when answered here (an `actives` wait)."""
+        fan = exch.fan
+        if fan is not None:
+            for child in fan.children:  # their answers would come to nothing now
+                child.fan = None
+                if child.upstream is not None:
+                    child.upstream.forget(child)
+            exch.fan = None
+        if exch.holds:
+            self._release(exch, False)
+        elif exch.plan.actives is not None and self._waiting_on(exch):
+            address = exch.tried[-1]
+            limit = exch.plan.actives.get(address, 0)
+            self.stats.timeouts += 1
+            elapsed = int((perf_counter() - exch.started) * 1000)
+            self._fail(
+                exch,
+                self.timeout_status,
+                f"Waiting concurrent invoke timeout in client-side for service: {exch.service}, method: "
+                f"{exch.method}, elapsed: {elapsed}, timeout: {exch.timeout_ms}. concurrent invokes: "
+                f"{self.calls.in_flight(address, exch.method)}. max concurrent invoke limit: {limit} "
+                f"(actives of provider {address})",
+            )
+            return True
+        return False
 
     def on_responses(self, exchs: list[Exchange], raws: list[bytes]) -> None:
         # What does not change within one read is looked up once for all its responses.
@@ -532,6 +844,11 @@ class Forwarder(UpstreamEvents):
         for i in range(len(exchs)):  # an index, not zip(): a C loop once compiled (regproxy.native)
             exch = exchs[i]
             raw = raws[i]
+            if exch.plan.special:
+                settled = self._settle(exch, raw)
+                if settled is None:
+                    continue  # a fan-out's branch: answered, if at all, with the others
+                raw = settled
             status = raw[3]
             if status == _OK:
                 ok += 1
@@ -542,12 +859,13 @@ class Forwarder(UpstreamEvents):
                 if health is not None:
                     health.report(exch.tried[-1], status not in _HOST_FAILURES)
                     ok_host = None
+                retry_on = exch.plan.retry_on
                 if (
-                    exch.plan.retry_on & RETRY_UNAVAILABLE
-                    and status in UNAVAILABLE_STATUSES
-                    and self._retry_written(exch)
-                ):
-                    # The upstream did not run it (see UNAVAILABLE_STATUSES); the route allows retrying.
+                    retry_on & RETRY_ERROR
+                    or (retry_on & RETRY_UNAVAILABLE and status in UNAVAILABLE_STATUSES)
+                ) and self._retry_written(exch):
+                    # The upstream did not run it (see UNAVAILABLE_STATUSES) and the route allows
+                    # retrying; or Dubbo's failover was declared, which retries any failure.
                     continue
                 responses[status] = responses.get(status, 0) + 1
             done.append(exch)
@@ -606,6 +924,9 @@ class Forwarder(UpstreamEvents):
     def _not_written(self, exch: Exchange, reason: str) -> None:
         if self._health_on and exch.tried:
             self._health.report(exch.tried[-1], False)
+        if exch.fan is not None:
+            self._fail(exch, self.not_written_status, f"{reason} ({exch.label})")
+            return
         if exch.two_way and not exch.slot:
             return  # already answered (deadline passed)
         if exch.retries_left > 0:
@@ -711,6 +1032,21 @@ class Forwarder(UpstreamEvents):
     # --- answers made here --------------------------------------------------------------------
 
     def _fail(self, exch: Exchange, status: int, message: str) -> None:
+        plan = exch.plan
+        if plan.special:
+            if exch.holds:
+                self._release(exch, False)
+            if exch.fan is not None and exch.fan.parent is not exch:
+                self._child_result(exch, (status, message), True)
+                return
+            if plan.mode == MODE_FAILSAFE and exch.two_way:
+                # FailsafeClusterInvoker: the failure is logged, the consumer gets an empty result.
+                self.stats.failsafe += 1
+                log.warning(
+                    "%s: failsafe: %s answered with an empty result: %s", self.name, exch.label, message
+                )
+                self._answer(exch, failsafe_reply(exch.downstream_id))
+                return
         if exch.slot:
             self.deadlines.discard(exch)
         if self.access_log is not None:

@@ -21,20 +21,43 @@ read only the method keeps that; one with a tag rule memoises per (tag, forced, 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Final
 
 from regproxy.dubbo.frame import Status
 from regproxy.dubbo.request import RequestBody
+from regproxy.governance.params import (
+    MODE_DEFAULT,
+    MODE_FAILOVER,
+    CallParams,
+    call_params,
+)
+from regproxy.proxy.cluster import CallCounts
 from regproxy.proxy.exchange import Plan
 from regproxy.proxy.filters import StreamFilter, build_filters
 from regproxy.proxy.stats import Histogram
 from regproxy.routing import Host, LoadBalancer, RoutingTable, make_balancer, service_label
-from regproxy.routing.model import HostPolicy
-from regproxy.routing.rules import RETRY_CONNECT, Rule, RuleSet, Subset, TagIndex, subset_hosts
+from regproxy.routing.balancer import DUBBO_LB
+from regproxy.routing.dubbo_balancers import DubboBalancer, MethodBalancer, make_dubbo_balancer
+from regproxy.routing.model import Cluster, HostPolicy, ProviderGuard
+from regproxy.routing.rules import (
+    RETRY_CONNECT,
+    RETRY_FAILOVER,
+    Rule,
+    RuleSet,
+    Subset,
+    TagIndex,
+    subset_hosts,
+)
 
 # Memoised plans and head bytes, at most: a peer inventing services must not grow them without end.
 MAX_PLANS: Final = 4096
+
+
+def _wall_ms() -> int:
+    """``System.currentTimeMillis()``: provider timestamps (warm-up) are wall-clock milliseconds."""
+    return int(time.time() * 1000)
 
 
 class NoRoute:
@@ -79,6 +102,7 @@ class Planner:
         default_timeout_ms: int,
         timeout_from_attachment: bool,
         rng: random.Random | None = None,
+        calls: CallCounts | None = None,
     ) -> None:
         self._histogram = histogram  # the listener's latency histogram of (service, method)
         self._active = active  # requests in flight per address, for the least-request balancer
@@ -87,6 +111,11 @@ class Planner:
         self.rng = rng if rng is not None else random.Random()  # weighted subset choice
         self._rules = RuleSet()
         self._balancers: dict[str, tuple[str, LoadBalancer]] = {}
+        # Dubbo's balancers (clusters with lb "dubbo": subscriptions), one per (cluster, name), as
+        # Dubbo keeps one state per service; and what each method of a host tuple declares.
+        self.calls = calls if calls is not None else CallCounts()
+        self._dubbo: dict[tuple[str, str], DubboBalancer] = {}
+        self._declared: dict[tuple[int, str], tuple[tuple[Host, ...], CallParams]] = {}
         self._filters: dict[Rule, tuple[StreamFilter, ...]] = {}
         self._subsets: dict[tuple[str, Subset], tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
         self._tags: dict[str, tuple[tuple[Host, ...], TagIndex | None]] = {}
@@ -132,6 +161,7 @@ class Planner:
         self._plans = {}
         self._keyed = {}
         self.heads = {}
+        self._declared = {}
 
     # --- decisions ------------------------------------------------------------------------------
 
@@ -191,14 +221,18 @@ class Planner:
             or override_ms
             or (0 if self.timeout_from_attachment else self._default_timeout_ms)
         )
-        plan = Plan(
-            timeout_ms,
-            route.retries,
+        plan = self._make_plan(
+            cluster,
+            cluster.name,
             hosts,
-            self._balancer(cluster.name, cluster.lb),
             service,
             body.method,
-            self._histogram(service, body.method),
+            timeout_ms,
+            route.retries,
+            RETRY_CONNECT,
+            (),
+            False,
+            route.guard,
         )
         if len(self._plans) < MAX_PLANS:
             self._plans[key] = plan
@@ -250,6 +284,7 @@ class Planner:
                 label = service_label(body.path, body.version, body.group)
                 why = f" (rule {rule.name!r} names no cluster)" if rule is not None else ""
                 return NoRoute(Status.SERVICE_NOT_FOUND, f"no route for {label} method {body.method}{why}")
+        local_retries = False  # the local file's rule sets them: they beat what providers declare
         if rule is None:
             assert route is not None
             cluster_name = route.cluster
@@ -262,6 +297,7 @@ class Planner:
             rule_timeout = rule.timeout_ms or (route.timeout_ms if route is not None else None)
             if rule.retries is not None:
                 retries = rule.retries
+                local_retries = True
             elif route is not None:
                 retries = route.retries
             else:
@@ -321,17 +357,101 @@ class Planner:
             bkey = f"{bkey}|{what}"
         # For the label only: free when the attachments were read anyway.
         service = service_label(body.path, body.version, body.group if body.attachments_read else "")
-        return Plan(
-            rule_timeout or 0,
-            retries,
+        return self._make_plan(
+            cluster,
+            bkey,
             hosts,
-            self._balancer(bkey, cluster.lb),
             service,
             body.method,
-            self._histogram(service, body.method),
+            rule_timeout or 0,
+            retries,
             retry_on,
             filters,
+            local_retries,
+            route.guard if route is not None else None,
         )
+
+    def _make_plan(
+        self,
+        cluster: Cluster,
+        bkey: str,
+        hosts: tuple[Host, ...],
+        service: str,
+        method: str,
+        timeout_ms: int,
+        retries: int,
+        retry_on: int,
+        filters: tuple[StreamFilter, ...],
+        local_retries: bool,
+        guard: ProviderGuard | None,
+    ) -> Plan:
+        """The Plan, with what the hosts declare where the cluster follows Dubbo (lb "dubbo": the
+        balancer, cluster mode, retries, timeout, actives and token of regproxy.governance.params;
+        the local file's retries and timeout still come first)."""
+        hist = self._histogram(service, method)
+        if cluster.lb != DUBBO_LB:
+            return Plan(
+                timeout_ms,
+                retries,
+                hosts,
+                self._balancer(bkey, cluster.lb),
+                service,
+                method,
+                hist,
+                retry_on,
+                filters,
+                guard=guard,
+            )
+        declared = self._declared_for(hosts, method)
+        mode = declared.mode
+        if not local_retries and mode != MODE_DEFAULT:
+            # Declared: Dubbo's invoker decides. Failover retries every non-business failure
+            # (`retries`, 2 when only `cluster=failover` says so); the others try one provider.
+            if mode == MODE_FAILOVER:
+                retries = declared.retries if declared.retries is not None else 2
+                retry_on = RETRY_FAILOVER
+            else:
+                retries = 0
+        balancer = MethodBalancer(self._dubbo_balancer(cluster.name, declared.loadbalance), method)
+        return Plan(
+            timeout_ms,
+            retries,
+            hosts,
+            balancer,
+            service,
+            method,
+            hist,
+            retry_on,
+            filters,
+            fallback_ms=declared.timeout_ms or 0,
+            mode=mode,
+            forks=declared.forks,
+            actives=dict(declared.actives) if declared.actives else None,
+            token=declared.token,
+            needs_arguments=balancer.needs_arguments,
+            guard=guard,
+        )
+
+    def _declared_for(self, hosts: tuple[Host, ...], method: str) -> CallParams:
+        key = (id(hosts), method)
+        entry = self._declared.get(key)
+        if entry is None or entry[0] is not hosts:
+            if len(self._declared) >= MAX_PLANS:
+                self._declared = {}
+            entry = self._declared[key] = (hosts, call_params(hosts, method))
+        return entry[1]
+
+    def _dubbo_balancer(self, cluster: str, name: str) -> DubboBalancer:
+        key = (cluster, name)
+        balancer = self._dubbo.get(key)
+        if balancer is None:
+            if len(self._dubbo) >= MAX_PLANS:
+                self._dubbo = {}  # subscriptions come and go; their balancers start over
+            calls = self.calls
+            balancer = self._dubbo[key] = make_dubbo_balancer(
+                name, clock=_wall_ms, rng=self.rng, active=calls.in_flight, stats=calls.stats
+            )
+        return balancer
 
     # --- what the stages keep ---------------------------------------------------------------------
 

@@ -72,6 +72,10 @@ class ListenerStats:
     downstream_connections: int = 0
     rejected_connections: int = 0
     loops: int = 0  # requests answered with the loop error (regproxy.proxy.loops)
+    failsafe: int = 0  # failures a declared `cluster=failsafe` answered with an empty result
+    # The ingress's provider filters (Route.guard): calls refused for a wrong token, over `executes`.
+    refused_tokens: int = 0
+    refused_executes: int = 0
     # Flow control (regproxy.proxy.flow): client connections paused, closed for not reading their
     # answers; requests not written to an upstream that does not read; frames from an upstream
     # that answer no request in flight (requests, never-issued ids).
@@ -112,4 +116,7 @@ class ListenerStats:
             "unsent_closes": self.unsent_closes,
             "upstream_unsent_refusals": self.upstream_unsent_refusals,
             "upstream_foreign_frames": self.upstream_foreign_frames,
+            "failsafe": self.failsafe,
+            "refused_tokens": self.refused_tokens,
+            "refused_executes": self.refused_executes,
         }

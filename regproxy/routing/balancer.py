@@ -18,6 +18,7 @@ from .model import Host
 
 __all__ = [
     "BALANCERS",
+    "DUBBO_LB",
     "LeastRequest",
     "LoadBalancer",
     "Random",
@@ -168,7 +169,13 @@ class LeastRequest:
         return a
 
 
-BALANCERS: frozenset[str] = frozenset({"round_robin", "random", "weighted_round_robin", "least_request"})
+# "dubbo": Dubbo's balancer each provider's `loadbalance` names (regproxy.routing.dubbo_balancers,
+# `random` when none does), with the rest of Dubbo's cluster layer (regproxy.governance.params):
+# what subscriptions use; made by the planner, not by make_balancer.
+DUBBO_LB = "dubbo"
+BALANCERS: frozenset[str] = frozenset(
+    {"round_robin", "random", "weighted_round_robin", "least_request", DUBBO_LB}
+)
 
 
 def make_balancer(name: str, active: Callable[[str], int] | None = None) -> LoadBalancer:
@@ -180,6 +187,8 @@ def make_balancer(name: str, active: Callable[[str], int] | None = None) -> Load
         return Random()
     if name == "weighted_round_robin":
         return WeightedRoundRobin()
+    if name == DUBBO_LB:
+        raise ValueError("load balancer 'dubbo' is Dubbo's cluster layer: the planner makes it per method")
     if name == "least_request":
         if active is None:
             raise ValueError("load balancer 'least_request' needs an active-request counter")

@@ -64,7 +64,7 @@ import random as _random
 import re
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import ClassVar, NamedTuple, Protocol
 
 from .model import Host
@@ -80,6 +80,7 @@ __all__ = [
     "DubboBalancer",
     "DubboLoadBalancer",
     "LeastActiveBalancer",
+    "MethodBalancer",
     "RandomBalancer",
     "RoundRobinBalancer",
     "RpcStats",
@@ -279,6 +280,30 @@ class _Specs(NamedTuple):
     hosts: Sequence[Host]  # held so that identity tells the same list again
     specs: tuple[WeightSpec, ...]
     declared: bool  # weights_declared(hosts[0])
+    # From this time on (ms) no host warms up any more and every weight is its steady one: the
+    # weights and RandomLoadBalance's running totals are worked out once, not at every pick.
+    steady_from: int
+    steady: tuple[int, ...]
+    running: tuple[int, ...]  # the steady weights' running totals
+    same: bool  # every steady weight is the same
+
+
+def _specs_of(hosts: Sequence[Host], method: str) -> _Specs:
+    specs = tuple(weight_spec(h, method) for h in hosts)
+    steady_from = 0
+    for spec in specs:
+        if spec.weight > 0 and spec.timestamp > 0:
+            steady_from = max(steady_from, spec.timestamp + spec.warmup)
+    steady = tuple(max(spec.weight, 0) for spec in specs)
+    running: list[int] = []
+    total = 0
+    same = True
+    for i, weight in enumerate(steady):
+        total += weight
+        running.append(total)
+        if same and total != weight * (i + 1):
+            same = False
+    return _Specs(hosts, specs, weights_declared(hosts[0], method), steady_from, steady, tuple(running), same)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,18 +447,19 @@ class _WeighingBalancer(DubboBalancer):
         cached = self._specs.get(method)
         if cached is not None and cached.hosts is hosts:
             return cached
-        specs = _Specs(
-            hosts, tuple(weight_spec(h, method) for h in hosts), weights_declared(hosts[0], method)
-        )
+        specs = _specs_of(hosts, method)
         self._specs.pop(method, None)
         self._specs[method] = specs
         while len(self._specs) > _MAX_SPEC_LISTS:
             del self._specs[next(iter(self._specs))]
         return specs
 
-    def _weights(self, hosts: Sequence[Host], method: str, now: int) -> list[int]:
+    def _weights(self, hosts: Sequence[Host], method: str, now: int) -> Sequence[int]:
         """Every host's ``getWeight`` at ``now``."""
-        return [weight_at(spec, now) for spec in self._weight_specs(hosts, method).specs]
+        specs = self._weight_specs(hosts, method)
+        if now >= specs.steady_from:
+            return specs.steady
+        return [weight_at(spec, now) for spec in specs.specs]
 
     def _weighted(
         self, hosts: Sequence[Host], indexes: Sequence[int], weights: Sequence[int], total: int
@@ -462,12 +488,19 @@ class RandomBalancer(_WeighingBalancer):
     __slots__ = ()
 
     def _do_select(self, hosts: Sequence[Host], method: str, arguments: Arguments) -> Host | None:
-        if not self._weight_specs(hosts, method).declared:
+        specs = self._weight_specs(hosts, method)
+        if not specs.declared:
+            return hosts[self._below(len(hosts))]
+        now = self._clock()
+        if now >= specs.steady_from:  # no warm-up under way: the totals are known
+            total = specs.running[-1]
+            if total > 0 and not specs.same:
+                return hosts[bisect.bisect_right(specs.running, self._below(total))]
             return hosts[self._below(len(hosts))]
         same = True
         total = 0
         running: list[int] = []
-        for i, weight in enumerate(self._weights(hosts, method, self._clock())):
+        for i, weight in enumerate(self._weights(hosts, method, now)):
             total += weight
             running.append(total)
             if same and total != weight * (i + 1):
@@ -843,6 +876,34 @@ class ConsistentHashBalancer(DubboBalancer):
         position = _ring_points(hashlib.md5(_java_bytes(key)).digest())[0]
         at = bisect.bisect_left(ring.points, position)
         return hosts[ring.owners[at if at < len(ring.points) else 0]]
+
+
+class MethodBalancer:
+    """A Dubbo balancer for one method, as the forwarder calls a ``routing.balancer.LoadBalancer``
+    (``pick(hosts, exclude)``); ``pick_with`` for a balancer that reads the arguments."""
+
+    __slots__ = ("balancer", "method", "needs_arguments")
+
+    def __init__(self, balancer: DubboBalancer, method: str) -> None:
+        self.balancer = balancer
+        self.method = method
+        self.needs_arguments = balancer.needs_arguments
+
+    def pick(self, hosts: Sequence[Host], exclude: Container[str] = ()) -> Host | None:
+        return self.balancer.pick(hosts, self.method, None, _tried(exclude))
+
+    def pick_with(self, hosts: Sequence[Host], exclude: Container[str], arguments: Arguments) -> Host | None:
+        method, arguments = real_invocation(self.method, arguments)
+        return self.balancer.pick(hosts, method, arguments, _tried(exclude))
+
+
+def _tried(exclude: Container[str]) -> Sequence[str]:
+    # The forwarder passes the addresses tried (a tuple, in order) or a set with the failing ones.
+    if isinstance(exclude, tuple | list):
+        return exclude
+    if isinstance(exclude, set | frozenset):
+        return tuple(exclude)
+    return ()
 
 
 def make_dubbo_balancer(

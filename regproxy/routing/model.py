@@ -199,6 +199,24 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderGuard:
+    """A published service's own checks at the ingress, from the parameters it was published with
+    (regproxy.governance.params.provider_guard): Dubbo's provider filters ``TokenFilter`` (``token``:
+    a call must carry it) and ``ExecuteLimitFilter`` (``executes``: calls in flight per method at
+    most; ``limits`` method -> limit, "" for the service's)."""
+
+    service: str  # the interface, as TokenFilter names it
+    token: str = ""
+    limits: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        _set(self, "limits", MappingProxyType(dict(self.limits)))
+
+    def executes(self, method: str) -> int:
+        return self.limits.get(method) or self.limits.get("", 0)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """Send matching requests to ``cluster``.
 
@@ -210,6 +228,7 @@ class Route:
     cluster: str
     timeout_ms: int | None = None
     retries: int = 1
+    guard: ProviderGuard | None = field(default=None, compare=False)  # ingress routes of publications
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -29,8 +29,11 @@ from .model import Host, normalize_version
 __all__ = [
     "FORCE_TAG_KEY",
     "RETRY_CONNECT",
+    "RETRY_ERROR",
+    "RETRY_FAILOVER",
     "RETRY_NAMES",
     "RETRY_RESET",
+    "RETRY_TIMEOUT",
     "RETRY_UNAVAILABLE",
     "TAG_KEY",
     "UNAVAILABLE_STATUSES",
@@ -48,6 +51,12 @@ __all__ = [
 RETRY_CONNECT = 1  # connecting failed: the request was never written; always safe
 RETRY_RESET = 2  # the connection was lost with the request written: it may have run
 RETRY_UNAVAILABLE = 4  # the upstream answered with a status meaning it did not run the call
+# Dubbo's FailoverClusterInvoker, where a provider URL, an override or /sub params declare `retries`
+# (regproxy.governance.params): every non-business failure is retried, timeouts and error statuses
+# included. Not a `retry.on` name of the local file.
+RETRY_TIMEOUT = 8
+RETRY_ERROR = 16  # any status but OK
+RETRY_FAILOVER = RETRY_CONNECT | RETRY_RESET | RETRY_UNAVAILABLE | RETRY_TIMEOUT | RETRY_ERROR
 RETRY_NAMES: Mapping[str, int] = {
     "connect-failure": RETRY_CONNECT,
     "reset": RETRY_RESET,
