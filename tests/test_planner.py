@@ -280,7 +280,15 @@ def test_a_tag_rule_memoises_a_plan_per_tag() -> None:
     gray = decide(p, table, attachments={"dubbo.tag": "gray"})
     assert isinstance(gray, Plan) and [h.address for h in gray.hosts] == [B]
     assert decide(p, table, attachments={"dubbo.tag": "gray"}) is gray and decide(p, table) is again
-    assert not p.heads  # never found by head bytes: the attachments decide
+    # Found by head bytes too, for the forwarder's undecoded path, by the tag in the attachment
+    # bytes seen before (GroupPlans.keyed); new attachment bytes are decoded first.
+    (entry,) = p.heads.values()
+    assert isinstance(entry, GroupPlans) and entry.policy is not None
+    for attachments, plan in (({"dubbo.tag": "gray"}, gray), ({}, again)):
+        raw = encode_request(1, SVC, "m", ["x"], attachments=attachments)
+        assert entry.keyed(raw, RequestBody(raw, 16).head_end) is plan
+    unseen = encode_request(1, SVC, "m", ["x"], attachments={"dubbo.tag": "blue"})
+    assert entry.keyed(unseen, RequestBody(unseen, 16).head_end) is None
 
 
 def test_weighted_subsets_follow_their_weights() -> None:

@@ -200,38 +200,55 @@ def fast_attachments(body: bytes, pos: int, nargs: int) -> dict[str, Any] | None
 
 
 class _LastTail:
-    """The attachment bytes ``memoised_group`` found last, and their group: consecutive requests
-    mostly carry the same attachments, which a compare finds without slicing and hashing them."""
+    """The attachment bytes ``memoised_group`` or ``memoised_attachments`` found last, and what
+    they decode to: consecutive requests mostly carry the same attachments, which a compare finds
+    without slicing and hashing them."""
 
-    __slots__ = ("group", "tail")
+    __slots__ = ("attachments", "group", "tail")
 
     def __init__(self) -> None:
         self.tail: bytes | None = None
+        self.attachments: Mapping[str, Any] = _EMPTY
         self.group = ""
 
 
 _LAST_TAIL: Final = _LastTail()
 
 
-def memoised_group(body: bytes, args_start: int, nargs: int) -> str | None:
-    """The group of a request whose ``nargs`` arguments from ``args_start`` are scalars or short
-    ASCII strings and whose attachment bytes were decoded before; None means "decode it"."""
+def _memoised_tail(body: bytes, args_start: int, nargs: int) -> _LastTail | None:
+    """``_LAST_TAIL`` holding the attachments of a request whose ``nargs`` arguments from
+    ``args_start`` are scalars or short ASCII strings and whose attachment bytes were decoded
+    before; None means "decode it"."""
     pos = skip_scalar_args(body, args_start, nargs)
     if pos < 0:
         return None
     last = _LAST_TAIL.tail
-    # The same bytes have the same group, whatever the memo holds since.
+    # The same bytes decode the same, whatever the memo holds since.
     if last is not None and len(body) - pos == len(last) and body.endswith(last):
-        return _LAST_TAIL.group
+        return _LAST_TAIL
     tail = body[pos:]
     known = _TAILS.get(tail)
     if known is None:
         return None
-    _LAST_TAIL.tail, _LAST_TAIL.group = tail, known[2]
-    return known[2]
+    _LAST_TAIL.tail, _LAST_TAIL.attachments, _LAST_TAIL.group = tail, known[0], known[2]
+    return _LAST_TAIL
 
 
-def _group_of(att: Mapping[str, Any]) -> str:
+def memoised_group(body: bytes, args_start: int, nargs: int) -> str | None:
+    """The group of a request with memoised attachment bytes (``_memoised_tail``); None: decode it."""
+    found = _memoised_tail(body, args_start, nargs)
+    return found.group if found is not None else None
+
+
+def memoised_attachments(body: bytes, args_start: int, nargs: int) -> Mapping[str, Any] | None:
+    """The attachments of a request with memoised attachment bytes (``_memoised_tail``); None:
+    decode it."""
+    found = _memoised_tail(body, args_start, nargs)
+    return found.attachments if found is not None else None
+
+
+def group_of(att: Mapping[str, Any]) -> str:
+    """The ``group`` attachment ("" when absent or not a string)."""
     group = att.get("group")
     return group if isinstance(group, str) else ""
 
@@ -354,7 +371,7 @@ class RequestBody:
             att = _fast_map(body, pos)
             if att is None:
                 return
-            known = (MappingProxyType(att), _timeout_of(att), _group_of(att))
+            known = (MappingProxyType(att), _timeout_of(att), group_of(att))
             if len(tail) <= 1024:
                 _remember(_TAILS, tail, known)
         self._attachments, self._timeout, _group = known
@@ -371,7 +388,7 @@ class RequestBody:
 
     @property
     def group(self) -> str:
-        return _group_of(self.attachments)
+        return group_of(self.attachments)
 
     def timeout_ms(self) -> int | None:
         """The consumer's timeout: `timeout` (ms as a string in 3.x, an int in some clients) or `_TO`."""

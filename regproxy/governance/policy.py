@@ -208,6 +208,10 @@ class ClusterPolicy:
         attachments = request.attachments
         return requested_tag(attachments), force_tag(attachments)
 
+    def key_of(self, attachments: Mapping[str, Any]) -> tuple[str, bool]:
+        """``request_key`` of a request with these attachments, for a method that has one."""
+        return requested_tag(attachments), force_tag(attachments)
+
     def timeout_ms(self, method: str) -> int | None:
         """The timeout configurators set for ``method`` (``<method>.timeout`` before ``timeout``)."""
         if not self._timeouts:

@@ -289,8 +289,11 @@ class Forwarder(UpstreamEvents):
                         memo_head, memo_entry, memo_of = raw[16:end], entry, heads
                 if entry is not None:
                     if isinstance(entry, GroupPlans):
-                        group = memoised_group(raw, end, entry.nargs)
-                        plan = entry.by_group.get(group) if group is not None else None
+                        if entry.policy is None:
+                            group = memoised_group(raw, end, entry.nargs)
+                            plan = entry.by_group.get(group) if group is not None else None
+                        else:
+                            plan = entry.keyed(raw, end)  # a tag rule: by the request's tag
                     else:
                         plan = entry
                     if plan is not None:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from regproxy.dubbo.frame import Status
-from regproxy.dubbo.request import RequestBody
+from regproxy.dubbo.request import RequestBody, group_of, memoised_attachments
 from regproxy.governance.params import (
     MODE_DEFAULT,
     MODE_FAILOVER,
@@ -74,14 +74,36 @@ class NoRoute:
 
 
 class GroupPlans:
-    """The plans of one request head where the table matches on the group: by group, with the
-    head's argument count, so that the group can be found in memoised attachment bytes."""
+    """The plans of one request head that depend on its attachments, with the head's argument
+    count, so that they can be found in memoised attachment bytes: by group where the table matches
+    on the group; by (the policy's key, group) where a policy routes on a little of each request (a
+    tag rule: HostPolicy.key_of), which ``keyed`` looks up."""
 
-    __slots__ = ("by_group", "nargs")
+    __slots__ = ("by_group", "by_key", "nargs", "policy", "seen", "seen_plan")
 
-    def __init__(self, nargs: int) -> None:
+    def __init__(self, nargs: int, policy: HostPolicy | None = None) -> None:
         self.nargs = nargs
         self.by_group: dict[str, Plan] = {}
+        self.policy = policy
+        self.by_key: dict[tuple[object, str], Plan] = {}
+        # The attachments (the memo's mapping for the same bytes) last looked up, and their plan:
+        # a client mostly sends the same ones, found again by identity.
+        self.seen: Mapping[str, Any] | None = None
+        self.seen_plan: Plan | None = None
+
+    def keyed(self, raw: bytes, args_start: int) -> Plan | None:
+        """The plan of a request with this head whose attachment bytes were decoded before; None:
+        decode it (Planner.plan)."""
+        attachments = memoised_attachments(raw, args_start, self.nargs)
+        if attachments is None:
+            return None
+        if attachments is self.seen:
+            return self.seen_plan
+        assert self.policy is not None
+        plan = self.by_key.get((self.policy.key_of(attachments), group_of(attachments)))
+        if plan is not None:  # plans are only added to by_key, never replaced: this one stays right
+            self.seen, self.seen_plan = attachments, plan
+        return plan
 
 
 # A connection's memo of its last request head (DownstreamConnection.last_head): the head bytes,
@@ -176,7 +198,7 @@ class Planner:
         if plan is None:
             keyed = self._keyed.get(key)
             if keyed is not None:
-                return self._keyed_plan(keyed, body, table)
+                return self._keyed_plan(keyed, raw, body, table)
             plan = self._memoisable(key, body, table)
         if plan is not None:
             self._remember_head(raw, body, key[3], plan)
@@ -239,18 +261,30 @@ class Planner:
         return plan
 
     def _keyed_plan(
-        self, keyed: tuple[HostPolicy, dict[object, Plan]], body: RequestBody, table: RoutingTable
+        self,
+        keyed: tuple[HostPolicy, dict[object, Plan]],
+        raw: bytes,
+        body: RequestBody,
+        table: RoutingTable,
     ) -> Plan | NoRoute:
-        """The plan of a request whose hosts depend on its tag: memoised by (tag, forced, group)."""
+        """The plan of a request whose hosts depend on its tag: memoised by (tag, forced, group), and
+        by its head bytes for the Forwarder's undecoded path (GroupPlans.keyed)."""
         policy, plans = keyed
         rkey = (policy.request_key(body), body.group)
         plan = plans.get(rkey)
-        if plan is not None:
-            return plan
-        routed = self.route(body, table)
-        if isinstance(routed, Plan) and len(plans) < 64:  # a peer inventing tags gets no more memo
-            plans[rkey] = routed
-        return routed
+        if plan is None:
+            routed = self.route(body, table)
+            if not isinstance(routed, Plan) or len(plans) >= 64:
+                return routed  # a peer inventing tags gets no more memo
+            plan = plans[rkey] = routed
+        head_end = body.head_end
+        if head_end >= 0 and len(self.heads) < MAX_PLANS and body.ends_with_map:
+            head = raw[16:head_end]
+            entry = self.heads.get(head)
+            if not isinstance(entry, GroupPlans) or entry.policy is not policy:
+                entry = self.heads[head] = GroupPlans(body.argument_count, policy)
+            entry.by_key[rkey] = plan
+        return plan
 
     def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: Plan) -> None:
         """Let requests with these head bytes (and this group) find ``plan`` without decoding. Not
@@ -264,7 +298,7 @@ class Planner:
             self.heads[head] = plan
             return
         entry = self.heads.get(head)
-        if not isinstance(entry, GroupPlans):
+        if not isinstance(entry, GroupPlans) or entry.policy is not None:
             entry = self.heads[head] = GroupPlans(body.argument_count)
         if len(entry.by_group) < 64:  # groups are few; a peer sending endless new ones gets no memo
             entry.by_group[group] = plan

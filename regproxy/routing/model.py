@@ -150,6 +150,11 @@ class HostPolicy(Protocol):
         plan may be memoised under it; None: every request is routed."""
         ...
 
+    def key_of(self, attachments: Mapping[str, Any]) -> object:
+        """``request_key`` from a request's attachments alone, for a method whose requests have a
+        key (the planner's undecoded path: the method is the head's)."""
+        ...
+
     def route(self, hosts: tuple[Host, ...], request: RequestView) -> tuple[Host, ...] | str:
         """The hosts the routers leave for ``request``, or why there are none."""
         ...
