@@ -335,7 +335,7 @@ async def test_leastactive_prefers_the_idle_providers(fleet: Fleet) -> None:
     await fleet.publish({"loadbalance": "leastactive", "actives": "1000"})
     got = await workers(fleet.a.egress, 8, 40, "work")
     log.info("leastactive, b busy %.1f s per call, 8 callers: %s", WORK_S, dict(got))
-    assert got["b"] < 0.1 * 320, got  # weighted random would give it a third
+    assert got["b"] < 0.15 * 320, got  # weighted random would give it a third (measured: 7 %)
 
 
 def dubbo_ring(addresses: Sequence[str], replicas: int = 160) -> tuple[list[int], list[str]]:
