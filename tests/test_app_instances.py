@@ -248,6 +248,7 @@ _SPRING_CLOUD_PAYLOAD = "org.springframework.cloud.zookeeper.discovery.Zookeeper
         (b"", "(data)"),
         (b"[]", "(data)"),
         (b"null", "(data)"),
+        (b"[" * 100_000, "(data)"),  # nesting deeper than the parser goes
         (_mutated(("name",), _DELETE), "name"),
         (_mutated(("name",), 5), "name"),
         (_mutated(("name",), "other-app"), "name"),  # not the folder it was found in
@@ -276,6 +277,7 @@ _SPRING_CLOUD_PAYLOAD = "org.springframework.cloud.zookeeper.discovery.Zookeeper
         (_mutated((*_META, "timestamp"), 1733312345678), "payload.metadata[timestamp]"),
         (_mutated((*_META, "timestamp"), None), "payload.metadata[timestamp]"),
         (_mutated((*_META, ENDPOINTS_KEY), "[{"), _EP),
+        (_mutated((*_META, ENDPOINTS_KEY), "[" * 100_000), _EP),
         (_mutated((*_META, ENDPOINTS_KEY), '{"port":20880}'), _EP),
         (_mutated((*_META, ENDPOINTS_KEY), "[20880]"), f"{_EP}[0]"),
         (_mutated((*_META, ENDPOINTS_KEY), '[{"port":"20880","protocol":"dubbo"}]'), f"{_EP}[0].port"),
@@ -413,6 +415,7 @@ def test_instance_paths() -> None:
     # ZookeeperServiceDiscovery.DEFAULT_GROUP + Curator DiscoveryPathConstructorImpl (base/name/id).
     assert instances_path(APP) == "/services/demo-provider"
     assert instance_path(instance) == "/services/demo-provider/192.168.1.9:20880"
+    assert instance_path(instance, root="/other") == "/other/demo-provider/192.168.1.9:20880"
     for bad in ("", "a/b", "..", "a\nb"):
         with pytest.raises(ValueError, match="ZooKeeper path"):
             instances_path(bad)

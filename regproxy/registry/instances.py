@@ -168,7 +168,7 @@ def _parse_endpoints(text: str) -> tuple[Endpoint, ...]:
         return ()  # ServiceInstanceMetadataUtils.hasEndpoints: blank means none
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise InstanceError(where, f"not JSON ({exc})") from None
     if not isinstance(raw, list):
         raise InstanceError(where, f"must be a JSON list, not {type(raw).__name__}")
@@ -191,7 +191,7 @@ def _parse_url_params(text: str) -> Mapping[str, str] | None:
         return None  # StandardMetadataServiceURLBuilder: blank means "build the URL without metadata"
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise InstanceError(where, f"not JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise InstanceError(where, f"must be a JSON object, not {type(raw).__name__}")
@@ -328,7 +328,7 @@ def parse_curator(data: bytes, *, app: str) -> AppInstance:
         raw = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise InstanceError("(data)", f"not UTF-8 ({exc})") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise InstanceError("(data)", f"not JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise InstanceError("(data)", f"must be a JSON object, not {type(raw).__name__}")
@@ -389,14 +389,18 @@ def _segment(value: str, what: str) -> str:
     return value
 
 
-def instances_path(app: str) -> str:
-    """The folder of ``app``'s instances (Curator ``DiscoveryPathConstructorImpl.getPathForInstances``)."""
-    return f"{SERVICES_ROOT}/{_segment(app, 'application')}"
+def instances_path(app: str, root: str = SERVICES_ROOT) -> str:
+    """The folder of ``app``'s instances (Curator ``DiscoveryPathConstructorImpl.getPathForInstances``).
+
+    ``root`` is the base path (CuratorFrameworkUtils.getRootPath: the registry URL's ``rootPath``, else
+    its ``group`` with a leading ``/``; both default to ``/services``).
+    """
+    return f"{root}/{_segment(app, 'application')}"
 
 
-def instance_path(instance: AppInstance) -> str:
+def instance_path(instance: AppInstance, root: str = SERVICES_ROOT) -> str:
     """The node of one instance: ``/services/<app>/<id>``."""
-    return f"{instances_path(instance.app)}/{_segment(instance.id, 'instance id')}"
+    return f"{instances_path(instance.app, root)}/{_segment(instance.id, 'instance id')}"
 
 
 # -- building the metadata (the provider side) ---------------------------------------------------------------
