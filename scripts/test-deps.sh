@@ -8,10 +8,13 @@
 #   with `docker-compose config -q` (no Docker daemon needed)
 #   iproute2 (`ip`): tests/test_pods.py builds pods from network namespaces, veth pairs and a bridge
 #   curl: tests/test_docs.py runs the docs' curl examples as written against a real sidecar
+#   libhessian-java (Caucho Hessian 4.0.38, /usr/share/java/hessian.jar) and javac (default-jdk-headless):
+#   tests/test_metadata_info.py checks regproxy's hessian2 MetadataInfo against Java's own serializer
 set -euo pipefail
 
 ZK_JAR=/usr/share/java/zookeeper.jar          # from libzookeeper-java, a dependency of `zookeeper`
 ZK_CONF=/etc/zookeeper/conf_example           # from `zookeeper` (log4j config on the classpath)
+HESSIAN_JAR=/usr/share/java/hessian.jar       # from libhessian-java
 
 missing=()
 if [[ ! -f $ZK_JAR || ! -d $ZK_CONF ]] || ! command -v java >/dev/null 2>&1; then
@@ -30,10 +33,18 @@ if ! command -v curl >/dev/null 2>&1; then
     missing+=(curl)
 fi
 
+if [[ ! -f $HESSIAN_JAR ]]; then
+    missing+=(libhessian-java)
+fi
+
+if ! command -v javac >/dev/null 2>&1; then
+    missing+=(default-jdk-headless)
+fi
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)), docker-compose present" \
-        "($(command -v docker-compose)), ip present ($(command -v ip)), curl present ($(command -v curl));" \
-        "nothing to install"
+        "($(command -v docker-compose)), ip present ($(command -v ip)), curl present ($(command -v curl))," \
+        "Hessian present ($HESSIAN_JAR), javac present ($(command -v javac)); nothing to install"
     exit 0
 fi
 
