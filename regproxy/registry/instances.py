@@ -62,6 +62,7 @@ __all__ = [
     "nacos_mapping_config",
     "nacos_mapping_ticket",
     "parse_curator",
+    "path_segment",
     "to_curator",
 ]
 
@@ -162,14 +163,19 @@ def _json_text(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _json_value(text: str, where: str) -> object:
+    """A metadata value that holds JSON, parsed (InstanceError naming ``where`` otherwise)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise InstanceError(where, f"not JSON ({exc})") from None
+
+
 def _parse_endpoints(text: str) -> tuple[Endpoint, ...]:
     where = f"payload.metadata[{ENDPOINTS_KEY}]"
     if not text.strip():
         return ()  # ServiceInstanceMetadataUtils.hasEndpoints: blank means none
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
-        raise InstanceError(where, f"not JSON ({exc})") from None
+    raw = _json_value(text, where)
     if not isinstance(raw, list):
         raise InstanceError(where, f"must be a JSON list, not {type(raw).__name__}")
     endpoints = []
@@ -189,10 +195,7 @@ def _parse_url_params(text: str) -> Mapping[str, str] | None:
     where = f"payload.metadata[{URL_PARAMS_KEY}]"
     if not text.strip():
         return None  # StandardMetadataServiceURLBuilder: blank means "build the URL without metadata"
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
-        raise InstanceError(where, f"not JSON ({exc})") from None
+    raw = _json_value(text, where)
     if not isinstance(raw, dict):
         raise InstanceError(where, f"must be a JSON object, not {type(raw).__name__}")
     for key, value in raw.items():
@@ -382,8 +385,9 @@ def to_curator(instance: AppInstance) -> bytes:
     return _json_text(document).encode("utf-8")
 
 
-def _segment(value: str, what: str) -> str:
-    # Nothing may escape its ZooKeeper folder (see regproxy.registry.zookeeper._segment).
+def path_segment(value: str, what: str) -> str:
+    """``value`` as one name in a ZooKeeper path (ValueError otherwise). Defence in depth: the API
+    validates names, but nothing may ever escape its ZooKeeper folder (also regproxy.registry.zookeeper)."""
     if not value or "/" in value or value in (".", "..") or any(ord(c) < 0x20 for c in value):
         raise ValueError(f"invalid {what} {value!r} for a ZooKeeper path")
     return value
@@ -395,12 +399,12 @@ def instances_path(app: str, root: str = SERVICES_ROOT) -> str:
     ``root`` is the base path (CuratorFrameworkUtils.getRootPath: the registry URL's ``rootPath``, else
     its ``group`` with a leading ``/``; both default to ``/services``).
     """
-    return f"{root}/{_segment(app, 'application')}"
+    return f"{root}/{path_segment(app, 'application')}"
 
 
 def instance_path(instance: AppInstance, root: str = SERVICES_ROOT) -> str:
     """The node of one instance: ``/services/<app>/<id>``."""
-    return f"{instances_path(instance.app, root)}/{_segment(instance.id, 'instance id')}"
+    return f"{instances_path(instance.app, root)}/{path_segment(instance.id, 'instance id')}"
 
 
 # -- building the metadata (the provider side) ---------------------------------------------------------------
@@ -465,7 +469,7 @@ def _java_trim(text: str) -> str:
 
 def mapping_path(interface: str, root: str = DUBBO_ROOT) -> str:
     """ZooKeeper node of ``interface``'s mapping: ``/dubbo/mapping/<interface>`` (ZookeeperMetadataReport)."""
-    return f"{root}/{MAPPING_GROUP}/{_segment(interface, 'interface')}"
+    return f"{root}/{MAPPING_GROUP}/{path_segment(interface, 'interface')}"
 
 
 def nacos_mapping_config(interface: str) -> tuple[str, str]:

@@ -231,8 +231,9 @@ def parse_json(text: str | bytes) -> MetadataInfo:
     )
 
 
-def _service_doc(service: ServiceInfo) -> dict[str, Any]:
-    doc: dict[str, Any] = {
+def _service_fields(service: ServiceInfo) -> dict[str, Any]:
+    """ServiceInfo's serialisable fields, in declaration order."""
+    return {
         "name": service.name,
         "group": service.group,
         "version": service.version,
@@ -241,7 +242,10 @@ def _service_doc(service: ServiceInfo) -> dict[str, Any]:
         "path": service.path,
         "params": dict(service.params),
     }
-    return {key: value for key, value in doc.items() if value is not None}
+
+
+def _service_doc(service: ServiceInfo) -> dict[str, Any]:
+    return {key: value for key, value in _service_fields(service).items() if value is not None}
 
 
 def dump_json(info: MetadataInfo) -> str:
@@ -286,18 +290,7 @@ def to_java_object(info: MetadataInfo) -> JavaObject:
     declaration order (``app``, ``revision``, ``services``; ``name``, ``group``, ``version``,
     ``protocol``, ``port``, ``path``, ``params``)."""
     services = {
-        key: JavaObject(
-            SERVICE_INFO_CLASS,
-            {
-                "name": service.name,
-                "group": service.group,
-                "version": service.version,
-                "protocol": service.protocol,
-                "port": service.port,
-                "path": service.path,
-                "params": dict(service.params),
-            },
-        )
+        key: JavaObject(SERVICE_INFO_CLASS, _service_fields(service))
         for key, service in info.services.items()
     }
     return JavaObject(METADATA_INFO_CLASS, {"app": info.app, "revision": info.revision, "services": services})

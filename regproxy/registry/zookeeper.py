@@ -88,6 +88,7 @@ from regproxy.registry.base import (
     RegistryUnavailable,
     RuleListener,
 )
+from regproxy.registry.instances import path_segment
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.repeats import QuietLog
 from regproxy.registry.url import CONSUMERS, PROVIDERS, DubboURL, Subscription, java_url_decode
@@ -112,15 +113,8 @@ KAZOO_REPEAT_S = 60.0  # while reconnecting, each kind of kazoo log line at most
 _KAZOO_CONNECT_FAILED = ("Connection dropped: ", "Connection time-out: ", "Cannot resolve ")
 
 
-def _segment(value: str, what: str) -> str:
-    # Defence in depth: the API validates names, but nothing may ever escape its ZooKeeper folder.
-    if not value or "/" in value or value in (".", "..") or any(ord(c) < 0x20 for c in value):
-        raise ValueError(f"invalid {what} {value!r} for a ZooKeeper path")
-    return value
-
-
 def providers_path(interface: str) -> str:
-    return f"{ROOT}/{_segment(interface, 'interface')}/{PROVIDERS}"
+    return f"{ROOT}/{path_segment(interface, 'interface')}/{PROVIDERS}"
 
 
 def node_path(url: DubboURL) -> str:
@@ -128,7 +122,7 @@ def node_path(url: DubboURL) -> str:
     category = url.category
     if category not in _CATEGORIES:
         raise ValueError(f"cannot register a URL of category {category!r} (providers or consumers only)")
-    return f"{ROOT}/{_segment(url.interface, 'interface')}/{category}/{url.encoded()}"
+    return f"{ROOT}/{path_segment(url.interface, 'interface')}/{category}/{url.encoded()}"
 
 
 _WORLD = Id("world", "anyone")
@@ -409,14 +403,14 @@ class ZooKeeperRegistry(Registry):
         self._unbind(self._watches.get(providers_path(sub.interface)), (sub, listener))
 
     async def watch_overrides(self, interface: str, listener: ProvidersListener) -> list[DubboURL]:
-        path = legacy_configurators_path(_segment(interface, "interface"))
+        path = legacy_configurators_path(path_segment(interface, "interface"))
         self._require_connected(f"watch the override URLs of {interface}")
         return await self._watch_children(
             interface, path, _OVERRIDES, parse_override_url, (interface, listener)
         )
 
     async def unwatch_overrides(self, interface: str, listener: ProvidersListener) -> None:
-        path = legacy_configurators_path(_segment(interface, "interface"))
+        path = legacy_configurators_path(path_segment(interface, "interface"))
         self._unbind(self._watches.get(path), (interface, listener))
 
     async def _watch_children(
@@ -596,7 +590,7 @@ class ZooKeeperRegistry(Registry):
     # -- dynamic rules (the config center) --------------------------------------------------------
 
     async def watch_rule(self, rule_id: str, listener: RuleListener) -> None:
-        path = zk_rule_path(_segment(rule_id, "rule id"))
+        path = zk_rule_path(path_segment(rule_id, "rule id"))
         self._require_connected(f"watch rule {rule_id}")
         # Read again: what changed is delivered to the listeners there are, and the new one gets
         # what ZooKeeper has now.
@@ -611,7 +605,7 @@ class ZooKeeperRegistry(Registry):
         self._deliver_rule(w, [listener])
 
     async def unwatch_rule(self, rule_id: str, listener: RuleListener) -> None:
-        w = self._watches.get(zk_rule_path(_segment(rule_id, "rule id")))
+        w = self._watches.get(zk_rule_path(path_segment(rule_id, "rule id")))
         if not isinstance(w, _RuleWatch):
             return
         with contextlib.suppress(ValueError):
@@ -620,13 +614,13 @@ class ZooKeeperRegistry(Registry):
             self._drop_watch(w)
 
     async def read_rule(self, rule_id: str) -> tuple[str | None, str, str]:
-        path = zk_rule_path(_segment(rule_id, "rule id"))
+        path = zk_rule_path(path_segment(rule_id, "rule id"))
         self._require_connected(f"read rule {rule_id}")
         text, version = await self._get_rule(path, None)
         return text, path, version
 
     async def write_rule(self, rule_id: str, text: str) -> str:
-        path = zk_rule_path(_segment(rule_id, "rule id"))
+        path = zk_rule_path(path_segment(rule_id, "rule id"))
         self._require_connected(f"write rule {rule_id}")
         data = text.encode()
         for _ in range(3):
@@ -647,7 +641,7 @@ class ZooKeeperRegistry(Registry):
         raise RegistryError(f"registry {self.name}: cannot write {path}: it keeps being deleted and created")
 
     async def delete_rule(self, rule_id: str) -> bool:
-        path = zk_rule_path(_segment(rule_id, "rule id"))
+        path = zk_rule_path(path_segment(rule_id, "rule id"))
         self._require_connected(f"delete rule {rule_id}")
         try:
             await self._op("delete rule", path, lambda c: c.delete_async(path))
