@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from regproxy.discovery import Discovery, PublishSpec, ingress_table
+from regproxy.discovery.views import explain, parameters_of
 from regproxy.dubbo.encode import encode_request
 from regproxy.dubbo.request import RequestBody
 from regproxy.governance.params import MODE_DEFAULT, MODE_FAILOVER, call_params
@@ -176,7 +177,7 @@ async def test_each_parameter_says_where_it_came_from() -> None:
         await d.subscribe(SUB, application="web", params={"timeout": "1000", "loadbalance": "roundrobin"})
         await write(made["a"], SERVICE_KEY + ".configurators", WEIGHT_B.replace("10.0.0.2", "10.0.0.1"))
         await wait_for(lambda: hosts(d) == {"10.0.0.1:20882": 300}, 2, "the override's weight")
-        (entry,) = d.parameters_of(SUB.cluster_name)
+        (entry,) = parameters_of(d, SUB.cluster_name)
         values = entry["parameters"]
         assert values["*"]["timeout"] == {"value": "1000", "source": "consumer"}
         assert values["*"]["loadbalance"] == {"value": "roundrobin", "source": "consumer"}
@@ -355,9 +356,9 @@ async def test_explain_shows_each_stage(world: tuple[Discovery, MemoryRegistry])
     await write(reg, "shop.tag-router", TAG.replace("10.0.0.1:20882", "10.0.0.2:20882"))
     await write(reg, SERVICE_KEY + ".condition-router", CONDITION)
     await wait_for(
-        lambda: len(d.explain(SUB.cluster_name, "sayHi", tag="blue")["stages"]) == 4, 2, "four stages"
+        lambda: len(explain(d, SUB.cluster_name, "sayHi", tag="blue")["stages"]) == 4, 2, "four stages"
     )
-    out = d.explain(SUB.cluster_name, "sayHi", tag="blue")
+    out = explain(d, SUB.cluster_name, "sayHi", tag="blue")
     assert [s["stage"] for s in out["stages"]] == [
         "registry", "configurators", "tag router", "service condition rule"
     ]  # fmt: skip
@@ -371,4 +372,4 @@ async def test_explain_shows_each_stage(world: tuple[Discovery, MemoryRegistry])
         SERVICE_KEY + ".condition-router",
     }
     with pytest.raises(LookupError, match="no subscription"):
-        d.explain("nope", "sayHi")
+        explain(d, "nope", "sayHi")

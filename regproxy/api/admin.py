@@ -77,6 +77,7 @@ from regproxy.api.http import serve, stop_api
 from regproxy.api.metrics import MetricsSource, metrics_registry
 from regproxy.api.models import ErrNo, ErrorReply
 from regproxy.config import LOG_LEVELS, ConfigError
+from regproxy.discovery.views import explain, parameters_of
 from regproxy.governance.params import consumer_own
 from regproxy.registry.base import CONNECTED
 from regproxy.registry.registry_url import RegistryURL
@@ -455,7 +456,7 @@ def subscriptions_view(disc: Discovery | None) -> Subscriptions:
     if disc is None:
         return Subscriptions(registries=[])
     subs = sorted(disc.subscriptions.values(), key=lambda s: s.sub.cluster_name)
-    effective = {s.sub.cluster_name: _redact_effective(disc.parameters_of(s.sub.cluster_name)) for s in subs}
+    effective = {s.sub.cluster_name: _redact_effective(parameters_of(disc, s.sub.cluster_name)) for s in subs}
 
     def listed(s: Any, key: str) -> set[str]:
         return {u.address for u in s.providers.get(key, ())}
@@ -574,7 +575,7 @@ def rules_view(disc: Discovery | None, query: Mapping[str, str] | None = None) -
         if disc is None:
             raise AdminError(404, ErrNo.NOT_FOUND, "no discovery: this sidecar subscribes to nothing")
         try:
-            reply["explain"] = disc.explain(query["cluster"], query.get("method", ""), query.get("tag", ""))
+            reply["explain"] = explain(disc, query["cluster"], query.get("method", ""), query.get("tag", ""))
         except LookupError as exc:  # discovery's NotFound
             raise AdminError(404, ErrNo.NOT_FOUND, str(exc)) from None
     return Rules.model_validate(reply)

@@ -9,11 +9,13 @@ registry or swaps a table:
 * ``persistence``: the state file (snapshot, provider cache, restore checks, coalesced saves);
 * ``screen``: which provider URLs may be routed to (validity, this sidecar's own addresses);
 * ``protection``: empty-provider protection, one policy for every registry;
-* ``coordinator``: Discovery, which owns the registries and the event flow.
+* ``coordinator``: Discovery, which owns the registries and the event flow;
+* ``views``: what the admin API shows of a subscription, worked out from Discovery's state.
 
 Imports go one way: screen and protection import nothing of discovery at run time; desired imports
 protection (the Hold type); tables imports desired; persistence imports desired and screen; the
-coordinator imports them all. Nothing here imports the coordinator but this file.
+coordinator imports them all. Nothing here imports the coordinator but this file (and views, for
+its type only).
 """
 
 from __future__ import annotations

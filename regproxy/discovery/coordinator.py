@@ -39,12 +39,12 @@ from regproxy.discovery.tables import (
     subscription_cluster,
     subscription_route,
 )
-from regproxy.governance.configurator import configure_consumer, configure_provider
-from regproxy.governance.params import consumer_own, generated_token, layered, parameter_view
-from regproxy.governance.policy import ClusterPolicy, Probe, configured
+from regproxy.governance.configurator import configure_provider
+from regproxy.governance.params import consumer_own, generated_token, layered
+from regproxy.governance.policy import ClusterPolicy, configured
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.registry_url import RegistryURL
-from regproxy.registry.url import DubboURL, Subscription, consumer_url, matches, provider_url
+from regproxy.registry.url import DubboURL, Subscription, consumer_url, provider_url
 from regproxy.routing import Cluster, Host, Route, RoutingTable, TableHolder
 from regproxy.state import SavedState, StateSaveError, StateStore
 from regproxy.tls import TLS_PARAM
@@ -759,36 +759,6 @@ class Discovery:
         if self.subscriptions:
             self._rebuild_egress()
 
-    def parameters_of(self, cluster: str) -> list[dict[str, Any]]:
-        """Each provider of subscription ``cluster`` with the effective value of every supported
-        parameter and the layer it came from (regproxy.governance.params): service-wide ("*") and
-        for each method with a value of its own. For config_dump; recomputed, not the data path."""
-        st = self.subscriptions.get(cluster)
-        if st is None:
-            raise NotFound(f"no subscription {cluster!r} (see /api/v1/subscriptions)")
-        own = consumer_own(st.consumer.params)
-        rules = self.rules.service_rules(st) if self.rules.stores else None
-        configurators = rules.configurators if rules is not None else ()
-        application = st.consumer.params.get("application", "")
-        out: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for key in st.registries:
-            for url in st.providers.get(key, ()):
-                if url.address in seen or not matches(st.sub, url):
-                    continue
-                seen.add(url.address)
-                merged = dataclasses.replace(url, params=layered(url.params, own))
-                override: dict[str, str] = {}
-                if configurators:
-                    after = configure_consumer(
-                        merged, configurators, application=application, local_host=self.advertise_ip
-                    )
-                    override = {k: v for k, v in after.params.items() if merged.params.get(k) != v}
-                methods = [m for m in url.params.get("methods", "").split(",") if m and m != "*"]
-                values = parameter_view(url.params, own, override, methods=methods)
-                out.append({"address": url.address, "parameters": values})
-        return out
-
     def _provider_view(self, st: SubscriptionState) -> list[dict[str, Any]]:
         return [
             {"address": h.address, "weight": h.weight, "metadata": dict(h.metadata)}
@@ -955,41 +925,6 @@ class Discovery:
     def rules_view(self) -> list[dict[str, Any]]:
         """Every config center's rules in force and refused, for config_dump and ``ctl rules``."""
         return self.rules.describe({key: reg.name for key, reg in self.registries.items()})
-
-    def explain(self, cluster: str, method: str, tag: str = "") -> dict[str, Any]:
-        """What each stage does to subscription ``cluster``'s providers for a request to ``method``
-        (with ``dubbo.tag`` = ``tag``): the operator's "why does my call go there"."""
-        st = self.subscriptions.get(cluster)
-        if st is None:
-            raise NotFound(f"no subscription {cluster!r} (see /api/v1/subscriptions)")
-        seen: dict[str, DubboURL] = {}
-        for key in st.registries:
-            for url in st.providers.get(key, ()):
-                seen.setdefault(url.address, url)
-        stages: list[dict[str, Any]] = [{"stage": "registry", "hosts": sorted(seen)}]
-        rules = self.rules.service_rules(st) if self.rules.stores else None
-        hosts = self.hosts_of(st)
-        if rules is not None and rules.configurators:
-            stages.append(
-                {"stage": "configurators", "hosts": [f"{h.address} weight {h.weight}" for h in hosts]}
-            )
-        policy = st.policy
-        if isinstance(policy, ClusterPolicy) and policy.routes:
-            probe = Probe(method, {"dubbo.tag": tag} if tag else {})
-            for stage, result in policy.explain(hosts, probe):
-                entry = (
-                    {"stage": stage, "hosts": result}
-                    if isinstance(result, list)
-                    else {"stage": stage, "hosts": [], "message": result}
-                )
-                stages.append(entry)
-        return {
-            "cluster": cluster,
-            "method": method,
-            "tag": tag,
-            "rules": list(rules.sources if rules else ()),
-            "stages": stages,
-        }
 
     def refused_rules(self) -> list[str]:
         """One line per refused rule, for /readyz's detail."""
