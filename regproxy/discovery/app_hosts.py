@@ -32,6 +32,11 @@ migration setting says.  Facts followed (apache/dubbo 3.3, ``dubbo-registry-api`
   here, as an interface-level URL carries them, so that a ``*`` subscription still tells providers'
   groups apart; ``side`` reads ``consumer``, which regproxy's rules already apply as the consumer's
   view of every provider URL (``governance.tag``), so the registered ``side=provider`` is kept.
+  For a consumer that names no protocol, ``InstanceAddressURL.getProtocolServiceKey`` is the service
+  key without one, and ``MetadataInfo.getValidServiceInfo`` then reads the params of whichever
+  ``ServiceInfo`` of that key a ``HashSet`` yields first (``getNoProtocolServiceInfo``); here each URL
+  has the params of its own protocol's ``ServiceInfo`` -- the same ones whenever the provider exports
+  the service alike on every protocol, and a stable choice when it does not.
 
 Deliberate: versions are compared after :func:`~regproxy.routing.normalize_version` ("0.0.0" is no
 version), as :class:`~regproxy.registry.url.Subscription` and ``matches`` do for interface-level URLs.
