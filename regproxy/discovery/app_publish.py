@@ -21,7 +21,8 @@ Facts followed (apache/dubbo 3.3; the class named at each step):
 * The same filter's ``instanceParamsIncluded`` (``heartbeat.timeout, timestamp, ipv6``) are copied
   from each URL into the instance metadata (``MetadataInfo.extractInstanceParams`` then
   ``ServiceInstanceMetadataCustomizer``), the last URL added winning; a consumer warms a provider up
-  from that ``timestamp`` (the service's own was filtered out).  Dubbo refuses at export two URLs with
+  from that ``timestamp``: the service's own was filtered out, and ``InstanceAddressURL
+  .getServiceParameter`` falls back to the instance metadata.  Dubbo refuses at export two URLs with
   different ``ipv6``/``heartbeat.timeout`` values; regproxy has accepted its publications already,
   so the last one wins for those too.
 * The instance metadata a consumer reads (``ServiceInstanceMetadataUtils`` keys): the revision
