@@ -62,7 +62,6 @@ from regproxy.registry.url import DUBBO_PROTOCOL_VERSION, DubboURL, regproxy_rel
 
 __all__ = [
     "INSTANCE_PARAMS_INCLUDED",
-    "METADATA_SERVICE_INTERFACE",
     "SERVICE_PARAMS_EXCLUDED",
     "app_instance",
     "app_publications",
@@ -72,8 +71,6 @@ __all__ = [
     "service_info",
     "service_params",
 ]
-
-METADATA_SERVICE_INTERFACE = "org.apache.dubbo.metadata.MetadataService"  # MetadataService.class
 
 # DefaultMetadataParamsFilter.excludedServiceParams, in its order.
 SERVICE_PARAMS_EXCLUDED = (
