@@ -13,9 +13,6 @@ import json
 import pytest
 
 from regproxy.discovery.app_hosts import (
-    APPLICATION,
-    BOTH,
-    INTERFACE,
     REMOTE_APPLICATION_KEY,
     AppState,
     Fetch,
@@ -26,6 +23,7 @@ from regproxy.discovery.app_hosts import (
     service_matches,
 )
 from regproxy.discovery.tables import hosts_from
+from regproxy.governance.migration import MigrationSetting
 from regproxy.registry.instances import AppInstance
 from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo
 from regproxy.registry.url import DubboURL, Subscription, provider_url
@@ -263,8 +261,8 @@ def test_merge_interface_and_application_settings_pick_one_list() -> None:
     iface = [_iface("10.0.0.1")]
     found = app_urls(SUB, {APP: state(java_instance("10.0.0.2"))}).urls
     # MigrationStep.FORCE_INTERFACE / FORCE_APPLICATION: one invoker's addresses only.
-    assert merge_found(SUB, iface, found, INTERFACE) == (FoundURL(iface[0], interface=True),)
-    assert merge_found(SUB, iface, found, APPLICATION) == found
+    assert merge_found(SUB, iface, found, MigrationSetting.INTERFACE) == (FoundURL(iface[0], interface=True),)
+    assert merge_found(SUB, iface, found, MigrationSetting.APPLICATION) == found
 
 
 def test_merge_both_one_host_per_address_application_level_wins() -> None:
@@ -273,7 +271,7 @@ def test_merge_both_one_host_per_address_application_level_wins() -> None:
     twice = _iface("10.0.0.1", weight="10")
     only_iface = _iface("10.0.0.3")
     found = app_urls(SUB, {APP: state(java_instance("10.0.0.1"), java_instance("10.0.0.2"))}).urls
-    merged = merge_found(SUB, [twice, only_iface], found, BOTH)
+    merged = merge_found(SUB, [twice, only_iface], found, MigrationSetting.BOTH)
     source = Source(APP, JAVA_META.revision or "")
     assert [(f.url.address, f.url.protocol, f.interface, f.application) for f in merged] == [
         ("10.0.0.1:20880", "dubbo", True, source),
@@ -294,7 +292,7 @@ def test_merge_both_an_unusable_application_url_does_not_hide_an_interface_one()
     inst = AppInstance(APP, "10.0.0.1", 20880, _instance_metadata(meta.revision, []))
     found = app_urls(SUB, {APP: state(inst, meta=meta)}).urls
     iface = _iface("10.0.0.1")
-    merged = merge_found(SUB, [iface], found, BOTH)
+    merged = merge_found(SUB, [iface], found, MigrationSetting.BOTH)
     assert merged[-1] == FoundURL(iface, interface=True)
     hosts, _ = hosts_from(SUB, ["zk"], {"zk": [f.url for f in merged]}, {})
     assert [h.address for h in hosts] == ["10.0.0.1:20880"]
@@ -303,4 +301,4 @@ def test_merge_both_an_unusable_application_url_does_not_hide_an_interface_one()
 
 def test_merge_refuses_an_unknown_setting() -> None:
     with pytest.raises(ValueError, match="interface, application, both"):
-        merge_found(SUB, [], [], "force")  # type: ignore[arg-type]
+        merge_found(SUB, [], [], "force")

@@ -50,24 +50,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
 
+from regproxy.governance.migration import DEFAULT_SETTING, MigrationSetting
 from regproxy.registry.instances import AppInstance
 from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo
 from regproxy.registry.url import ANY, DubboURL, Subscription, matches
 from regproxy.routing import normalize_version
 
 __all__ = [
-    "APPLICATION",
-    "BOTH",
-    "INTERFACE",
-    "MIGRATIONS",
     "REMOTE_APPLICATION_KEY",
     "AppState",
     "AppURLs",
     "Fetch",
     "FoundURL",
-    "Migration",
     "Refused",
     "Source",
     "app_urls",
@@ -76,12 +71,6 @@ __all__ = [
 ]
 
 REMOTE_APPLICATION_KEY = "remote.application"  # CommonConstants.REMOTE_APPLICATION_KEY
-
-Migration = Literal["interface", "application", "both"]
-INTERFACE: Final = "interface"  # MigrationStep.FORCE_INTERFACE
-APPLICATION: Final = "application"  # MigrationStep.FORCE_APPLICATION
-BOTH: Final = "both"  # regproxy's own: see merge_found (Dubbo's nearest is APPLICATION_FIRST)
-MIGRATIONS: Final = (INTERFACE, APPLICATION, BOTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +230,7 @@ def merge_found(
     sub: Subscription,
     interface_urls: Iterable[DubboURL],
     application_urls: Iterable[FoundURL],
-    migration: Migration = BOTH,
+    migration: MigrationSetting | str = DEFAULT_SETTING,
 ) -> tuple[FoundURL, ...]:
     """The provider URLs of ``sub`` the migration setting selects, each with how it was found.
 
@@ -259,13 +248,15 @@ def merge_found(
 
     Application-level URLs come first, then the interface-level ones left, each in the given order.
     """
-    if migration not in MIGRATIONS:
-        raise ValueError(f"migration must be one of {', '.join(MIGRATIONS)}, not {migration!r}")
-    interface_list = list(interface_urls) if migration != APPLICATION else []
-    if migration == INTERFACE:
+    if migration not in set(MigrationSetting):
+        choices = ", ".join(MigrationSetting)
+        raise ValueError(f"migration must be one of {choices}, not {migration!r}")
+    setting = MigrationSetting(migration)
+    interface_list = list(interface_urls) if setting != MigrationSetting.APPLICATION else []
+    if setting == MigrationSetting.INTERFACE:
         return tuple(FoundURL(url, interface=True) for url in interface_list)
     app_list = list(application_urls)
-    if migration == APPLICATION:
+    if setting == MigrationSetting.APPLICATION:
         return tuple(app_list)
     taken = {found.url.address for found in app_list if matches(sub, found.url)}
     both = {url.address for url in interface_list} & taken
