@@ -248,6 +248,9 @@ class ZooKeeperRegistry(Registry):
         self._ever_connected = False
         self._recovery: asyncio.Task[None] | None = None
         self._state_changes = 0  # kazoo state events seen: a recovery reports only if none came since
+        # Connection attempts refused since the last connection: kazoo tries the ensemble's members in
+        # turn, so one refusal (a member down) is not the registry being unreachable.
+        self._failed_attempts = 0
         self._stopping = False
         self._last_error = ""
         self._auth: list[tuple[str, str]] = []
@@ -711,7 +714,9 @@ class ZooKeeperRegistry(Registry):
         if self._stopping:
             return
         self.connect_error = why
-        if self._state == CONNECTING:  # never connected yet: no state event says it, we do
+        self._failed_attempts += 1
+        if self._state == CONNECTING and self._failed_attempts >= len(self.url.hosts):
+            # Never connected yet, and every member refused once: no state event says it, we do.
             self._went_unreachable(why)
 
     def _on_kazoo_state(self, state: str) -> None:
@@ -723,6 +728,7 @@ class ZooKeeperRegistry(Registry):
             self._recovery.cancel()
             self._recovery = None
         if state == KazooState.CONNECTED:
+            self._failed_attempts = 0
             self.auth_error = ""  # checked again by the recovery
             self._recovery = asyncio.ensure_future(self._recover(new_session=self._session_lost))
         elif state == KazooState.SUSPENDED:
