@@ -6,6 +6,7 @@ restart.  The same rules through ZooKeeper and through traffic: test_governance_
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -188,6 +189,35 @@ async def test_each_parameter_says_where_it_came_from() -> None:
         (host,) = cluster(d).hosts
         assert (host.metadata["timeout"], host.metadata["sayHi.timeout"]) == ("1000", "150")
         assert host.metadata["loadbalance"] == "roundrobin" and host.metadata["application"] == "shop"
+    finally:
+        await d.stop()
+
+
+async def test_an_unusable_provider_parameter_is_logged_once_and_the_default_applies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A provider URL's ``loadbalance=fastest`` or ``sayHi.retries=two`` does not fail calls (the
+    default applies, governance.params.call_params), and an operator is told, once per change."""
+    made: dict[str, MemoryRegistry] = {}
+    d = new_discovery(made, [REG_A])
+    await d.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="regproxy.discovery.coordinator"):
+            made["a"].set_provider(provider("10.0.0.1", loadbalance="fastest", **{"sayHi.retries": "two"}))
+            await d.subscribe(SUB, application="web")
+            await wait_for(lambda: len(cluster(d).hosts) == 1, 2, "the provider routed")
+            made["a"].set_provider(provider("10.0.0.2", loadbalance="fastest", **{"sayHi.retries": "two"}))
+            await wait_for(lambda: len(cluster(d).hosts) == 2, 2, "the second provider routed")
+        lines = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
+        assert lines == [
+            f"{SUB.cluster_name}: a provider parameter cannot be used, the default applies: "
+            "loadbalance='fastest' is not one of random, roundrobin, leastactive, shortestresponse, "
+            "consistenthash: random used",
+            f"{SUB.cluster_name}: a provider parameter cannot be used, the default applies: "
+            "sayHi: retries='two' is not a number: not declared",
+        ], lines
+        declared = call_params(cluster(d).hosts, "sayHi")
+        assert (declared.loadbalance, declared.retries, declared.mode) == ("random", None, MODE_DEFAULT)
     finally:
         await d.stop()
 

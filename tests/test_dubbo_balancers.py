@@ -23,7 +23,6 @@ from regproxy.routing.dubbo_balancers import (
     MAX_HASH_NODES,
     ConsistentHashBalancer,
     DubboBalancer,
-    DubboLoadBalancer,
     LeastActiveBalancer,
     RandomBalancer,
     RoundRobinBalancer,
@@ -658,7 +657,7 @@ def test_balancers_by_dubbo_name() -> None:
         "shortestresponse": ShortestResponseBalancer,
         "consistenthash": ConsistentHashBalancer,
     }
-    balancer: DubboLoadBalancer = make_dubbo_balancer("consistenthash", clock=Clock())
+    balancer: DubboBalancer = make_dubbo_balancer("consistenthash", clock=Clock())
     assert balancer.needs_arguments and not make_dubbo_balancer("random", clock=Clock()).needs_arguments
 
 
@@ -676,8 +675,8 @@ def test_unknown_names_and_missing_inputs_are_refused(name: str, message: str) -
         make_dubbo_balancer(name, clock=Clock())
 
 
-def test_every_balancer_satisfies_the_protocol() -> None:
-    factories: list[Callable[[], DubboLoadBalancer]] = [
+def test_every_balancer_picks_through_the_cluster_invokers_selection() -> None:
+    factories: list[Callable[[], DubboBalancer]] = [
         lambda: RandomBalancer(Clock()),
         lambda: RoundRobinBalancer(Clock()),
         lambda: LeastActiveBalancer(lambda a, m: 0, Clock()),

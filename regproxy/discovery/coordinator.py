@@ -40,7 +40,7 @@ from regproxy.discovery.tables import (
     subscription_route,
 )
 from regproxy.governance.configurator import configure_provider
-from regproxy.governance.params import consumer_own, generated_token, layered
+from regproxy.governance.params import consumer_own, declaration_problems, generated_token, layered
 from regproxy.governance.policy import ClusterPolicy, configured
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
 from regproxy.registry.registry_url import RegistryURL
@@ -728,6 +728,12 @@ class Discovery:
             if done.disabled:
                 log.debug("%s: %d provider(s) disabled by configurators", st.sub.cluster_name, done.disabled)
         hosts, own = hosts_from(st.sub, st.registries, providers, self.screen.own)
+        problems = declaration_problems(hosts)
+        if problems != st.param_problems:
+            st.param_problems = problems
+            for problem in problems:
+                log.warning("%s: a provider parameter cannot be used, the default applies: %s",
+                            st.sub.cluster_name, problem)  # fmt: skip
         for key, url, what in own:
             self.screen.report_own(st.sub.cluster_name, key, url, what)
         st.policy = None

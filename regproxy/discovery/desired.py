@@ -99,3 +99,6 @@ class SubscriptionState:
     route: Route | None = None  # the subscription's route: fixed by ``sub``, built once
     cluster: Cluster | None = None  # the last cluster built; reused while its hosts are current
     policy: HostPolicy | None = None  # the config center's rules bound to the hosts (hosts_of)
+    # Declared values the hosts' calls cannot use (governance.params.declaration_problems), as last
+    # logged: logged again only when they change.
+    param_problems: tuple[str, ...] = ()

@@ -44,6 +44,7 @@ __all__ = [
     "Source",
     "call_params",
     "consumer_own",
+    "declaration_problems",
     "effective",
     "generated_token",
     "layered",
@@ -261,6 +262,29 @@ def token_of(params: Mapping[str, str]) -> str:
     if token.lower() in ("", "false", "0", "null", "n/a"):
         return ""
     return token
+
+
+# The keys call_params reads from the first host, per method: where a value of one is unusable.
+_DECLARED_PER_METHOD: Final = ("loadbalance", "cluster", "retries", "forks")
+
+
+def declaration_problems(hosts: Sequence[Host]) -> tuple[str, ...]:
+    """Every value ``call_params`` would set aside for these hosts, service-wide and for each method
+    with a declaration of its own, each once ("<method>: ..." for a method's): what the coordinator
+    logs, so that a provider's ``loadbalance=fastest`` is seen rather than silently defaulted."""
+    if not hosts:
+        return ()
+    methods = {""}
+    for key in hosts[0].metadata:
+        method, _, name = key.partition(".")
+        if name in _DECLARED_PER_METHOD and method != "default":
+            methods.add(method)
+    service = call_params(hosts, "").problems
+    out = list(service)
+    for method in sorted(methods - {""}):
+        # A method without its own value reads the service's: that problem is named once, above.
+        out += [f"{method}: {p}" for p in call_params(hosts, method).problems if p not in service]
+    return tuple(out)
 
 
 def generated_token(params: Mapping[str, str], previous: Mapping[str, str] | None) -> Mapping[str, str]:

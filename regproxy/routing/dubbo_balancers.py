@@ -65,7 +65,7 @@ import re
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Container, Mapping, Sequence
-from typing import ClassVar, NamedTuple, Protocol
+from typing import ClassVar, NamedTuple
 
 from .model import Host
 
@@ -78,7 +78,6 @@ __all__ = [
     "Clock",
     "ConsistentHashBalancer",
     "DubboBalancer",
-    "DubboLoadBalancer",
     "LeastActiveBalancer",
     "MethodBalancer",
     "RandomBalancer",
@@ -308,27 +307,6 @@ def _specs_of(hosts: Sequence[Host], method: str) -> _Specs:
 
 # ---------------------------------------------------------------------------------------------------
 # The balancers
-
-
-class DubboLoadBalancer(Protocol):
-    """A Dubbo load balancer with the cluster invoker's selection around it."""
-
-    @property
-    def needs_arguments(self) -> bool:
-        """The balancer reads the request's arguments (the caller must decode them)."""
-        ...
-
-    def pick(
-        self,
-        hosts: Sequence[Host],
-        method: str,
-        arguments: Arguments = None,
-        exclude: Sequence[str] = (),
-    ) -> Host | None:
-        """The host for one attempt of a call of ``method``; ``exclude``: the addresses earlier
-        attempts of the call went to, in order.  None when there is no host (or, for consistenthash,
-        no ring)."""
-        ...
 
 
 class DubboBalancer(ABC):
