@@ -703,6 +703,12 @@ def bad_field_cases() -> list[tuple[str, str, Any, str]]:
             {"weight": "abc"},
             {"weight": -1},
             {"weight": 10001},
+            # The Dubbo parameters regproxy acts on (governance.params.declaration_error).
+            {"timeout": "3s"},
+            {"sayHi.retries": "-1"},
+            {"loadbalance": "fastest"},
+            {"sayHi.cluster": "failback"},
+            {"executes": "many"},
             {f"k{i}": "v" for i in range(129)},
             ["weight", "1"],
             "weight=1",
@@ -711,6 +717,8 @@ def bad_field_cases() -> list[tuple[str, str, Any, str]]:
     for path in ("/sub", "/unsub"):
         for value in ["a,,b", ",a", "a,", "a,*", "a,b/c", "a, b"]:
             cases.append((path, "group", value, "service.group: "))
+        for params in [{"loadbalance": "RoundRobin"}, {"forks": "two"}, {"sayHi.actives": "-5"}]:
+            cases.append((path, "params", params, "service.params: "))
     return cases
 
 
@@ -724,6 +732,22 @@ async def test_a_bad_field_is_400_naming_it_and_reaches_nothing(
     assert reply["err_no"] == ErrNo.BAD_REQUEST
     assert reply["err_msg"].startswith(prefix), reply["err_msg"]
     assert api.fake.calls == []  # nothing reached Discovery
+
+
+async def test_a_dubbo_parameter_regproxy_cannot_use_is_refused_naming_the_choices(api: Api) -> None:
+    status, reply = await api.post("/sub", with_service(SDK_SUB, params={"sayHi.loadbalance": "fastest"}))
+    assert status == 400, reply
+    assert reply["err_msg"] == (
+        "service.params: sayHi.loadbalance must be one of random, roundrobin, leastactive, "
+        "shortestresponse, consistenthash (got 'fastest')"
+    )
+    status, reply = await api.post("/pub", with_service(SDK_PUB, params={"timeout": "3s"}))
+    assert (status, reply["err_msg"]) == (
+        400,
+        "service.params: timeout must be a whole number, 0 or more (got '3s')",
+    )
+    status, reply = await api.post("/pub", with_service(SDK_PUB, params={"timeout": "3000", "forks": "-1"}))
+    assert status == 200, reply  # forks <= 0 means every provider (ForkingClusterInvoker)
 
 
 @pytest.mark.parametrize("path", ["/pub", "/unpub", "/sub", "/unsub"])

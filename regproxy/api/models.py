@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from regproxy.config import MAX_WEIGHT
+from regproxy.governance.params import declaration_error
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.tls import TLS_PARAM
 
@@ -277,6 +278,9 @@ def check_param_value(key: str, value: str) -> str:
         raise ValueError(f"value of {key!r}: control characters are not allowed")
     if key == "weight" and not (value.isascii() and value.isdigit() and int(value) <= MAX_WEIGHT):
         raise ValueError(f"weight must be a whole number 0-{MAX_WEIGHT} (got {_short(value)})")
+    problem = declaration_error(key, value)  # the Dubbo parameters regproxy acts on (docs/parameters.md)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -468,6 +472,8 @@ Application = Annotated[
         }
     ),
 ]
+
+
 def _params_schema(description: str) -> WithJsonSchema:
     return WithJsonSchema(
         {

@@ -44,6 +44,7 @@ __all__ = [
     "Source",
     "call_params",
     "consumer_own",
+    "declaration_error",
     "declaration_problems",
     "effective",
     "generated_token",
@@ -262,6 +263,28 @@ def token_of(params: Mapping[str, str]) -> str:
     if token.lower() in ("", "false", "0", "null", "n/a"):
         return ""
     return token
+
+
+_WHOLE_NUMBERS: Final = ("timeout", "retries", "forks", "actives", "executes", "warmup", "hash.nodes")
+
+
+def declaration_error(key: str, value: str) -> str | None:
+    """Why ``key=value`` cannot be declared through regproxy's API (``/pub`` or ``/sub`` params), for
+    the keys this model reads, service- or method-level; None when it can. Values read from a
+    registry are not refused, only logged (``declaration_problems``): they are another writer's."""
+    for name in (*_WHOLE_NUMBERS, "loadbalance", "cluster"):
+        if key == name or key.endswith("." + name):
+            break
+    else:
+        return None
+    if name == "loadbalance" and value not in DUBBO_BALANCERS:
+        return f"{key} must be one of {', '.join(DUBBO_BALANCERS)} (got {value!r})"
+    if name == "cluster" and value not in CLUSTER_MODES:
+        return f"{key} must be one of {', '.join(CLUSTER_MODES)} (got {value!r})"
+    if name in _WHOLE_NUMBERS and (_int(value) is None or (name != "forks" and int(value) < 0)):
+        least = "a whole number" if name == "forks" else "a whole number, 0 or more"
+        return f"{key} must be {least} (got {value!r})"
+    return None
 
 
 # The keys call_params reads from the first host, per method: where a value of one is unusable.
