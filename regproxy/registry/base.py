@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from regproxy.registry.instances import AppInstance
+from regproxy.registry.metadata_info import MetadataInfo
 from regproxy.registry.url import DubboURL, Subscription
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,10 @@ ProvidersListener = Callable[[list[DubboURL]], None]
 # where it was read (a node path, a dataId), its version (mzxid, md5)).  See ``watch_rule``.
 RuleListener = Callable[[str, "str | None", str, str], None]
 StateListener = Callable[[str], None]
+# Dubbo 3 application-level discovery (regproxy.discovery.apps): the applications an interface maps
+# to (every name, as the mapping holds them now), and the instances of one application (all of them).
+MappingListener = Callable[[tuple[str, ...]], None]
+InstancesListener = Callable[[list[AppInstance]], None]
 T = TypeVar("T")
 
 # Connection states, as reported to state listeners and shown to operators.
@@ -255,3 +261,53 @@ class Registry(ABC):
     async def unwatch_overrides(self, interface: str, listener: ProvidersListener) -> None:
         """Stop calling ``listener`` for ``interface``'s override URLs."""
         return None
+
+    # -- Dubbo 3 application-level discovery (regproxy.registry.instances) --------------------------
+    # Adapters of registries that hold it (ZooKeeper, Nacos) set ``app_discovery`` and override these.
+    # Listeners are called on the event loop with whole values, as provider listeners are; while the
+    # registry is unreachable nothing is delivered, and after a reconnection what changed meanwhile is.
+
+    app_discovery: bool = False
+
+    async def watch_mapping(self, interface: str, listener: MappingListener) -> tuple[str, ...]:
+        """Watch the service-name mapping of ``interface``; return the applications it names now (none
+        when there is no mapping), then call ``listener`` with all of them on each change."""
+        raise RegistryError(f"registry {self.name} holds no application-level discovery")
+
+    async def unwatch_mapping(self, interface: str, listener: MappingListener) -> None:
+        """Stop calling ``listener`` for ``interface``'s mapping."""
+        return None
+
+    async def add_mapping(self, interface: str, app: str) -> None:
+        """Add ``app`` to ``interface``'s mapping unless it is there (a compare-and-set: two
+        applications writing at once both end up in it).  The mapping is never shrunk: Dubbo leaves
+        an application in it when the application stops exporting the interface."""
+        raise RegistryError(f"registry {self.name} holds no application-level discovery")
+
+    async def watch_instances(self, app: str, listener: InstancesListener) -> list[AppInstance]:
+        """Watch the instances of application ``app``; return them now, then call ``listener`` with all
+        of them on each change.  Entries that do not parse are skipped (logged once, counted in
+        ``unparseable``)."""
+        raise RegistryError(f"registry {self.name} holds no application-level discovery")
+
+    async def unwatch_instances(self, app: str, listener: InstancesListener) -> None:
+        """Stop calling ``listener`` for ``app``'s instances; drop the watch when no listener is left."""
+        return None
+
+    async def register_instance(self, instance: AppInstance) -> None:
+        """Register this sidecar's ``instance`` (replacing the one registered at its address, for a new
+        revision) and remember it, so it is re-created after a session loss as provider nodes are."""
+        raise RegistryError(f"registry {self.name} holds no application-level discovery")
+
+    async def unregister_instance(self, instance: AppInstance) -> None:
+        """Remove the instance registered at ``instance``'s application and address, and forget it."""
+        return None
+
+    async def read_metadata(self, app: str, revision: str) -> MetadataInfo | None:
+        """The ``MetadataInfo`` of ``app`` at ``revision`` in the remote metadata report (Dubbo's
+        ``storage-type=remote``), None when there is none.  RegistryError when it does not parse."""
+        raise RegistryError(f"registry {self.name} holds no metadata report")
+
+    async def write_metadata(self, info: MetadataInfo) -> None:
+        """Write ``info`` to the remote metadata report under its application and revision."""
+        raise RegistryError(f"registry {self.name} holds no metadata report")
