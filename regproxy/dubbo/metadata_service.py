@@ -47,7 +47,7 @@ Facts followed (apache/dubbo 3.3; ``.../registry/client/metadata/`` is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from regproxy.dubbo.encode import (
@@ -73,6 +73,7 @@ __all__ = [
     "decode_metadata_response",
     "encode_metadata_request",
     "is_metadata_service_request",
+    "not_exported",
 ]
 
 METADATA_SERVICE: Final = "org.apache.dubbo.metadata.MetadataService"
@@ -180,6 +181,19 @@ def _exported_key(app: str) -> str:
     return f"{app}/{METADATA_SERVICE}:{METADATA_SERVICE_VERSION}"
 
 
+def not_exported(request_id: int, body: RequestBody, apps: Iterable[str]) -> bytes:
+    """The answer to a MetadataService request of a version or group not exported here, when the
+    MetadataServices of ``apps`` are: ``SERVICE_ERROR`` "Not found exported service" listing them
+    (``DubboProtocol.getInvoker``, which lists its ``exporterMap`` keys)."""
+    asked = f"{body.group + '/' if body.group else ''}{body.path}:{body.version}"
+    exported = ", ".join(_exported_key(app) for app in sorted(apps))
+    return encode_error(
+        request_id,
+        Status.SERVICE_ERROR,
+        f"Not found exported service: {asked} in [{exported}], may be version or group mismatch",
+    )
+
+
 def answer_metadata_request(
     frame: Frame, body: RequestBody, app: str, infos: Mapping[str, MetadataInfo]
 ) -> bytes | None:
@@ -198,13 +212,7 @@ def answer_metadata_request(
             "regproxy's MetadataService reads hessian2 (2) only",
         )
     if body.version != METADATA_SERVICE_VERSION or body.group != app:
-        asked = f"{body.group + '/' if body.group else ''}{body.path}:{body.version}"
-        return encode_error(
-            request_id,
-            Status.SERVICE_ERROR,
-            f"Not found exported service: {asked} in [{_exported_key(app)}], "
-            "may be version or group mismatch",
-        )
+        return not_exported(request_id, body, (app,))
     if (body.method, body.param_types) not in _SERVED:
         return encode_error(
             request_id,

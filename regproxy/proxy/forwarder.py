@@ -101,6 +101,11 @@ _VIA_ONE_ID: Final = b"".join((VIA_KEY_BYTES, bytes((VIA_ID_LEN,))))  # key and 
 # The third header byte of a two-way hessian2 request that is not an event: the common case.
 _TWOWAY_HESSIAN2_REQUEST: Final = 0x80 | FLAG_TWOWAY | HESSIAN2
 
+# A service a listener answers itself instead of routing (``Forwarder.local_services``): given the
+# request (whole frame, the loop marker already out) and its body, the whole response frame, or None
+# for no answer (a one-way request).  May raise Hessian2Error for a body it cannot read.
+LocalService = Callable[[bytes, RequestBody], bytes | None]
+
 
 class Forwarder(UpstreamEvents):
     """One listener's requests in flight, from the client connection that sent them to the answer.
@@ -169,6 +174,11 @@ class Forwarder(UpstreamEvents):
         self.access_log: AccessLog | None = None  # off by default: no formatting per request
         self._health: HostHealth = NoHealth()
         self._health_on = False
+        # Services this listener answers itself, by request path: the sidecar installs them (the
+        # ingress's MetadataService, regproxy.discovery.metadata_served), so the data path imports
+        # nothing of discovery.  Consulted in _handle_general only: a path no table routes never
+        # gets a plan, so never takes handle()'s fast path.
+        self.local_services: dict[str, LocalService] = {}
 
     @property
     def default_timeout_ms(self) -> int:
@@ -379,6 +389,11 @@ class Forwarder(UpstreamEvents):
             raw = strip_via(raw)  # none left when handle() took it out already
         try:
             body = RequestBody(raw, 16)
+            if self.local_services:
+                local = self.local_services.get(body.path)
+                if local is not None:
+                    self._answer_locally(down, raw, body, request_id, two_way, local)
+                    return
             # The egress marks a request in its attachments map; one without a map (Dubbo 2.0.x)
             # is left as it is: its final Z, if any, is its last argument's.
             if self.via is not None and raw[len(raw) - 1] == _Z and body.ends_with_map:
@@ -420,6 +435,46 @@ class Forwarder(UpstreamEvents):
             self._run_filters(exch, 0)
         else:
             self._dispatch(exch, None)
+
+    def _answer_locally(
+        self,
+        down: DownstreamConnection,
+        raw: bytes,
+        body: RequestBody,
+        request_id: int,
+        two_way: bool,
+        service: LocalService,
+    ) -> None:
+        """A request for one of ``local_services``: answered here, never routed, counted as an answer
+        made here (by the status it carries).  A handler that fails is an error reply, not a broken
+        connection: BAD_REQUEST for a body it could not read, SERVER_ERROR for anything else."""
+        stats = self.stats
+        if not two_way:
+            stats.oneway += 1
+        try:
+            answer = service(raw, body)
+            status = answer[3] if answer is not None else _OK  # the response header's status byte
+        except Hessian2Error as exc:
+            self.reply_error(down, request_id, two_way, Status.BAD_REQUEST, f"malformed request body: {exc}")
+            return
+        except Exception as exc:
+            log.exception("%s: answering %r here failed", self.name, body)
+            self.reply_error(
+                down,
+                request_id,
+                two_way,
+                Status.SERVER_ERROR,
+                f"answering {body.path}.{body.method} failed: {type(exc).__name__}: {exc}",
+            )
+            return
+        if not two_way:
+            return  # nobody waits for an answer
+        if answer is None:
+            # Every two-way request is answered exactly once: a handler's silence is not an answer.
+            self.reply_error(down, request_id, two_way, Status.SERVER_ERROR, f"{body.path} answered nothing")
+            return
+        stats.answered(status)
+        down.queue(answer)
 
     @property
     def health(self) -> HostHealth:
