@@ -144,6 +144,7 @@ __all__ = [
     "Dubbo3Provider",
     "InstanceRead",
     "NacosBackend",
+    "NoProvider",
     "ProviderAddress",
     "Resolution",
     "Service",
