@@ -31,12 +31,32 @@ last one delivered, so the re-read of every rule after a reconnect delivers just
 meanwhile.  The 2.6-era ``override://`` URLs under ``/dubbo/{interface}/configurators`` are a
 children watch, as providers are.
 
+Dubbo 3 application-level discovery (facts from apache/dubbo 3.3; the class named at each):
+
+* An instance is the ephemeral node ``/services/<app>/<host:port>`` holding Curator's JSON
+  (``ZookeeperServiceDiscovery``, ``CuratorFrameworkUtils``; regproxy.registry.instances).  Ours are
+  remembered with the provider nodes and re-created the same way after a session loss; registering
+  the same address again rewrites the node's data, as Curator's ``updateService`` does for a new
+  revision.  A watch on an application is a children watch of ``/services/<app>`` plus a data watch
+  on each child (Curator's ``ServiceCache``), so a revision change, a setData on the same node, is
+  seen too; after a reconnect every child is read again (kazoo dropped their watches).
+* The service-name mapping is the persistent node ``/dubbo/mapping/<interface>``, application names
+  joined by ``,`` (``ZookeeperMetadataReport``).  Adding one is a compare-and-set on the node's
+  version, retried when another writer was first (``MetadataServiceNameMapping.map``).  A watched
+  mapping is a data watch as a rule's is; its creation and changes are delivered, its deletion is
+  not (``ZookeeperMetadataReport.MappingDataListener`` ignores NodeDeleted): the applications found
+  stay found.
+* The remote metadata report is the persistent node ``/dubbo/metadata/<app>/<revision>`` holding the
+  ``MetadataInfo`` as JSON (``ZookeeperMetadataReport.publishAppMetadata``/``getAppMetadata``).
+
 Credentials (``?username=u&password=p``): kazoo sends them as ``digest`` auth, and the nodes we
-create get the ACL the URL's ``acl`` names (see :func:`acl_profile`).  ZooKeeper's digest scheme
-accepts any password at login (it only names an identity), so a wrong password shows only against
-ACLs already written: on connect we compare our digest with the ``/dubbo`` node's ACL, and a create
-refused with NoAuth is looked at the same way.  A mismatch is state ``auth_failed`` (not ready),
-with the reason in the log and in /readyz; the password itself is never shown.
+create get the ACL the URL's ``acl`` names (see :func:`acl_profile`): our instances that of our
+provider nodes, the mapping and metadata nodes that of the persistent nodes we create.
+ZooKeeper's digest scheme accepts any password at login (it only names an identity), so a wrong
+password shows only against ACLs already written: on connect we compare our digest with the
+``/dubbo`` node's ACL, and a create refused with NoAuth is looked at the same way.  A mismatch is
+state ``auth_failed`` (not ready), with the reason in the log and in /readyz; the password itself
+is never shown.
 
 Outages: kazoo logs every reconnection attempt (one or two lines each 1-2 s); its logger is a
 :class:`~regproxy.registry.repeats.QuietLog` that lets one of each kind through per
@@ -54,13 +74,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     AuthFailedError,
+    BadVersionError,
     ConnectionLoss,
     KazooException,
     NoAuthError,
@@ -82,18 +104,32 @@ from regproxy.registry.base import (
     LOST,
     STOPPED,
     SUSPENDED,
+    InstancesListener,
+    MappingListener,
     ProvidersListener,
     Registry,
     RegistryError,
     RegistryUnavailable,
     RuleListener,
 )
-from regproxy.registry.instances import path_segment
+from regproxy.registry.instances import (
+    DUBBO_ROOT,
+    AppInstance,
+    instance_path,
+    instances_path,
+    mapping_apps,
+    mapping_path,
+    mapping_with,
+    parse_curator,
+    path_segment,
+    to_curator,
+)
+from regproxy.registry.metadata_info import MetadataInfo, dump_json, parse_json
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.repeats import QuietLog
 from regproxy.registry.url import CONSUMERS, PROVIDERS, DubboURL, Subscription, java_url_decode
 
-__all__ = ["ROOT", "ZooKeeperRegistry", "acl_profile", "node_path", "providers_path"]
+__all__ = ["ROOT", "ZooKeeperRegistry", "acl_profile", "metadata_path", "node_path", "providers_path"]
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +137,20 @@ ROOT = "/dubbo"
 _CATEGORIES = frozenset({PROVIDERS, CONSUMERS})
 # kazoo errors that mean "no usable connection/session right now", as opposed to a refused request.
 _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, OperationTimeoutError)  # ConnectionClosedError too
-# kazoo errors _op's callers handle (a node missing or there already), or it explains (no rights).
-_PASSED_THROUGH = (NoNodeError, NodeExistsError, NoAuthError, AuthFailedError)
+# kazoo errors _op's callers handle (a node missing or there already, a version moved on), or it
+# explains (no rights).
+_PASSED_THROUGH = (NoNodeError, NodeExistsError, BadVersionError, NoAuthError, AuthFailedError)
+Item = TypeVar("Item")  # what a children watch delivers: provider or override URLs, or instances
 # A listener of a children watch, with what it was bound with (a Subscription; an interface for
-# override URLs), so that the same listener can be unbound for one of them.
-_Binding = tuple[object, ProvidersListener]
+# override URLs; an application for instances), so that the same listener can be unbound for one of them.
+_Binding = tuple[object, Callable[[list[Item]], None]]
 _OVERRIDES = "configurators"  # the category folder of 2.6-era override URLs (legacy_configurators_path)
+_INSTANCES = "instances"  # the category of an application's instance watch (no folder of that name)
+# MetadataServiceNameMapping.map: a mapping CAS is tried again up to 10 times (DEFAULT_CAS_RETRY_TIMES),
+# each after a random wait below 100 ms (DEFAULT_CAS_RETRY_WAIT_TIME).
+_CAS_ATTEMPTS = 11
+_CAS_WAIT_S = 0.1
+_METADATA = "metadata"  # BaseApplicationMetadataIdentifier's DEFAULT_PATH_TAG
 _RECOVERY_ATTEMPTS = 3  # while connected, steps that timed out are tried again (0.5 s apart)
 KAZOO_REPEAT_S = 60.0  # while reconnecting, each kind of kazoo log line at most once a minute
 # How kazoo's connection handler words a failed connection attempt (kazoo/protocol/connection.py).
@@ -123,6 +167,13 @@ def node_path(url: DubboURL) -> str:
     if category not in _CATEGORIES:
         raise ValueError(f"cannot register a URL of category {category!r} (providers or consumers only)")
     return f"{ROOT}/{path_segment(url.interface, 'interface')}/{category}/{url.encoded()}"
+
+
+def metadata_path(app: str, revision: str) -> str:
+    """Where the remote metadata report holds ``app``'s MetadataInfo at ``revision``:
+    ``/dubbo/metadata/<app>/<revision>`` (ZookeeperMetadataReport.getNodePath of a
+    SubscriberMetadataIdentifier)."""
+    return f"{DUBBO_ROOT}/{_METADATA}/{path_segment(app, 'application')}/{path_segment(revision, 'revision')}"
 
 
 _WORLD = Id("world", "anyone")
@@ -177,25 +228,53 @@ class _Watched:
     task: asyncio.Task[None] | None = None  # the pending event-driven re-read
     dirty: bool = False  # an event arrived while the re-read ran: read again
     # The kazoo watch callback.  Always the same object, so kazoo's per-path watcher set holds it
-    # once however often the path is read again.
+    # once however often the path is read again (and, for instances, on every child's path).
     watcher: Callable[[WatchedEvent], None] | None = None
+
+    def note_event(self, path: str) -> None:
+        """An event fired for ``path`` (this watch's, or one of its children's): nothing to note here."""
 
 
 W = TypeVar("W", bound=_Watched)
 
 
 @dataclass(eq=False, kw_only=True)
-class _Watch(_Watched):
-    """A children watch: an interface's providers, or its 2.6-era override URLs (``category``)."""
+class _Watch(_Watched, Generic[Item]):
+    """A children watch: an interface's providers, or its 2.6-era override URLs (``category``), or an
+    application's instances (:class:`_InstancesWatch`)."""
 
-    interface: str
-    category: str  # PROVIDERS or _OVERRIDES
-    parse: Callable[[str], DubboURL]  # a leaf's name -> its URL; ValueError when it is none
-    bindings: list[_Binding] = field(default_factory=list)
+    interface: str  # the application, for instances
+    category: str  # PROVIDERS, _OVERRIDES or _INSTANCES
+    # A leaf's name -> its item; ValueError when it is none.  None where parse_leaf reads otherwise.
+    parse: Callable[[str], Item] | None = None
+    bindings: list[_Binding[Item]] = field(default_factory=list)
     leaves: frozenset[str] | None = None  # last listed leaf names; None = never read
-    urls: list[DubboURL] = field(default_factory=list)
-    parsed: dict[str, DubboURL] = field(default_factory=dict)  # leaf -> URL of the last listing
+    items: list[Item] = field(default_factory=list)  # what was last delivered
+    parsed: dict[str, Item] = field(default_factory=dict)  # leaf -> item of the last listing
     bad_leaves: set[str] = field(default_factory=set)  # warned about once
+
+    def parse_leaf(self, leaf: str) -> Item:
+        assert self.parse is not None
+        return self.parse(leaf)
+
+
+@dataclass(eq=False, kw_only=True)
+class _InstancesWatch(_Watch[AppInstance]):
+    """An application's instances: the children of ``/services/<app>``, each leaf's data read and
+    watched too, as Curator's ``ServiceCache`` (a ``PathChildrenCache`` with data) does for Dubbo's
+    ``ZookeeperServiceDiscovery``: a new revision rewrites the data of the same node."""
+
+    data: dict[str, bytes] = field(default_factory=dict)  # leaf -> its data as last read
+    stale: set[str] = field(default_factory=set)  # leaves whose data watch fired: read them again
+    rearm: bool = False  # reconnected: kazoo dropped every data watch, so read every leaf again
+
+    def note_event(self, path: str) -> None:
+        leaf = path.removeprefix(self.path + "/")
+        if leaf != path and "/" not in leaf:
+            self.stale.add(leaf)
+
+    def parse_leaf(self, leaf: str) -> AppInstance:
+        return parse_curator(self.data[leaf], app=self.interface)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -207,10 +286,23 @@ class _RuleWatch(_Watched):
     content: tuple[str | None, str] | None = None  # (text, version) last delivered; None = never read
 
 
+@dataclass(eq=False, kw_only=True)
+class _MappingWatch(_Watched):
+    """A data watch on an interface's service-name mapping node (``/dubbo/mapping/<interface>``)."""
+
+    interface: str
+    listeners: list[MappingListener] = field(default_factory=list)
+    # What the listeners were given: the node's applications when last read, None = never read.  A
+    # deletion leaves it as it is (not a change: see the module docstring), so that every listener,
+    # one added since too, holds the same list.
+    apps: tuple[str, ...] | None = None
+
+
 class ZooKeeperRegistry(Registry):
     """A Dubbo ZooKeeper registry, and config center.  All public methods are called on the event loop."""
 
     config_center = True
+    app_discovery = True
 
     def __init__(
         self,
@@ -240,7 +332,9 @@ class ZooKeeperRegistry(Registry):
         self._kazoo_log = QuietLog(
             logging.getLogger("kazoo.client"), KAZOO_REPEAT_S, observe=self._kazoo_logged
         )
-        self._registered: dict[str, DubboURL] = {}  # node path -> url: re-created after a session loss
+        # Node path -> what we registered there (a provider or consumer URL, an application instance):
+        # re-created after a session loss.
+        self._registered: dict[str, DubboURL | AppInstance] = {}
         # Paths to delete once connected again: unregistered (or failed to register) while away.
         self._stale: set[str] = set()
         self._watches: dict[str, _Watched] = {}  # path -> its one watch
@@ -282,15 +376,27 @@ class ZooKeeperRegistry(Registry):
             "name": self.name,
             "state": self.state,
             "session_id": f"0x{sid:x}" if sid else None,
-            "registered": sorted(str(url) for url in self._registered.values()),
+            "registered": sorted(str(n) for n in self._registered.values() if isinstance(n, DubboURL)),
+            "registered_instances": sorted(
+                p for p, n in self._registered.items() if isinstance(n, AppInstance)
+            ),
             "pending_deletes": len(self._stale),
             "watched": {
-                w.interface: {"subscriptions": len(w.bindings), "providers": len(w.urls)}
+                w.interface: {"subscriptions": len(w.bindings), "providers": len(w.items)}
                 for w in self._children_watches(PROVIDERS)
             },
             "overrides": {
-                w.interface: {"listeners": len(w.bindings), "urls": len(w.urls)}
+                w.interface: {"listeners": len(w.bindings), "urls": len(w.items)}
                 for w in self._children_watches(_OVERRIDES)
+            },
+            "instances": {
+                w.interface: {"listeners": len(w.bindings), "instances": len(w.items)}
+                for w in self._children_watches(_INSTANCES)
+            },
+            "mappings": {
+                w.interface: {"listeners": len(w.listeners), "apps": list(w.apps or ())}
+                for w in sorted(self._watches.values(), key=lambda w: w.path)
+                if isinstance(w, _MappingWatch)
             },
             "rules": {
                 w.rule_id: {
@@ -304,7 +410,7 @@ class ZooKeeperRegistry(Registry):
             "last_error": self._last_error,
         }
 
-    def _children_watches(self, category: str) -> list[_Watch]:
+    def _children_watches(self, category: str) -> list[_Watch[Any]]:
         watches = (w for w in self._watches.values() if isinstance(w, _Watch) and w.category == category)
         return sorted(watches, key=lambda w: w.interface)
 
@@ -371,19 +477,34 @@ class ZooKeeperRegistry(Registry):
     async def register(self, url: DubboURL) -> None:
         path = node_path(url)
         self._require_connected(f"register {url.interface}")
+        await self._register_node(path, url)
+
+    async def unregister(self, url: DubboURL) -> None:
+        await self._unregister_node(node_path(url))
+
+    async def register_instance(self, instance: AppInstance) -> None:
+        path = instance_path(instance)
+        self._require_connected(f"register the instance {instance.id} of {instance.app}")
+        await self._register_node(path, instance)
+
+    async def unregister_instance(self, instance: AppInstance) -> None:
+        await self._unregister_node(instance_path(instance))
+
+    async def _register_node(self, path: str, node: DubboURL | AppInstance) -> None:
+        """Create our ephemeral node at ``path`` (or give ours there ``node``'s data) and remember it."""
         try:
-            await self._create_ephemeral(path)
+            await self._create_ephemeral(path, _node_data(node))
         except RegistryUnavailable:
             # The create may still reach the server (a reply lost with the connection): make sure a
-            # node we do not remember is removed once we are connected again.
+            # node we do not remember is removed once we are connected again.  (One we remember
+            # keeps what it was registered with: the recovery writes that back.)
             if path not in self._registered:
                 self._stale.add(path)
             raise
         self._stale.discard(path)
-        self._registered[path] = url
+        self._registered[path] = node
 
-    async def unregister(self, url: DubboURL) -> None:
-        path = node_path(url)
+    async def _unregister_node(self, path: str) -> None:
         self._registered.pop(path, None)
         if not self.connected:
             # Deleted after the reconnect if the session survived; gone with the session otherwise.
@@ -400,7 +521,11 @@ class ZooKeeperRegistry(Registry):
     async def subscribe(self, sub: Subscription, listener: ProvidersListener) -> list[DubboURL]:
         path = providers_path(sub.interface)
         self._require_connected(f"subscribe to {sub.interface}")
-        return await self._watch_children(sub.interface, path, PROVIDERS, _provider, (sub, listener))
+
+        def make() -> _Watch[DubboURL]:
+            return _Watch(path, interface=sub.interface, category=PROVIDERS, parse=_provider)
+
+        return await self._watch_children(path, _Watch, make, (sub, listener))
 
     async def unsubscribe(self, sub: Subscription, listener: ProvidersListener) -> None:
         self._unbind(self._watches.get(providers_path(sub.interface)), (sub, listener))
@@ -408,31 +533,41 @@ class ZooKeeperRegistry(Registry):
     async def watch_overrides(self, interface: str, listener: ProvidersListener) -> list[DubboURL]:
         path = legacy_configurators_path(path_segment(interface, "interface"))
         self._require_connected(f"watch the override URLs of {interface}")
-        return await self._watch_children(
-            interface, path, _OVERRIDES, parse_override_url, (interface, listener)
-        )
+
+        def make() -> _Watch[DubboURL]:
+            return _Watch(path, interface=interface, category=_OVERRIDES, parse=parse_override_url)
+
+        return await self._watch_children(path, _Watch, make, (interface, listener))
 
     async def unwatch_overrides(self, interface: str, listener: ProvidersListener) -> None:
         path = legacy_configurators_path(path_segment(interface, "interface"))
         self._unbind(self._watches.get(path), (interface, listener))
 
+    async def watch_instances(self, app: str, listener: InstancesListener) -> list[AppInstance]:
+        path = instances_path(app)
+        self._require_connected(f"watch the instances of {app}")
+
+        def make() -> _InstancesWatch:
+            return _InstancesWatch(path, interface=app, category=_INSTANCES)
+
+        return await self._watch_children(path, _InstancesWatch, make, (app, listener))
+
+    async def unwatch_instances(self, app: str, listener: InstancesListener) -> None:
+        self._unbind(self._watches.get(instances_path(app)), (app, listener))
+
     async def _watch_children(
         self,
-        interface: str,
         path: str,
-        category: str,
-        parse: Callable[[str], DubboURL],
-        binding: _Binding,
-    ) -> list[DubboURL]:
-        """Bind ``binding`` to the children watch of ``path`` (set up on first use); the URLs now."""
-
-        def make() -> _Watch:
-            return _Watch(path, interface=interface, category=category, parse=parse)
-
+        kind: type[_Watch[Item]],
+        make: Callable[[], _Watch[Item]],
+        binding: _Binding[Item],
+    ) -> list[Item]:
+        """Bind ``binding`` to the children watch of ``path`` (``make`` sets it up on first use); the
+        items now."""
         # Every call lists again: cheap, and the caller gets what ZooKeeper has now.
-        w = await self._armed(path, _Watch, make, self._refresh, lambda w: not w.bindings)
+        w = await self._armed(path, kind, make, self._refresh, lambda w: not w.bindings)
         w.bindings.append(binding)
-        return list(w.urls)
+        return list(w.items)
 
     async def _armed(
         self,
@@ -464,7 +599,7 @@ class ZooKeeperRegistry(Registry):
             raise RegistryUnavailable(f"registry {self.name}: the watch of {path} was cancelled")
         return w
 
-    def _unbind(self, w: _Watched | None, binding: _Binding) -> None:
+    def _unbind(self, w: _Watched | None, binding: _Binding[Any]) -> None:
         if not isinstance(w, _Watch):
             return
         with contextlib.suppress(ValueError):
@@ -483,13 +618,14 @@ class ZooKeeperRegistry(Registry):
         def watcher(event: WatchedEvent) -> None:  # on kazoo's callback thread
             # NONE events are kazoo dropping its watches on a disconnect; the reconnect re-reads.
             if event.type != EventType.NONE:
-                self._to_loop(self._on_watch_event, w)
+                self._to_loop(self._on_watch_event, w, event.path)
 
         return watcher
 
-    def _on_watch_event(self, w: _Watched) -> None:
+    def _on_watch_event(self, w: _Watched, path: str) -> None:
         if self._watches.get(w.path) is not w:
             return  # unwatched: a leftover one-shot watch
+        w.note_event(path)
         if w.task is not None and not w.task.done():
             w.dirty = True  # coalesce: the running re-read reads once more
             return
@@ -520,11 +656,14 @@ class ZooKeeperRegistry(Registry):
         """
         if isinstance(w, _RuleWatch):
             await self._read_rule_node(w)
+        elif isinstance(w, _MappingWatch):
+            await self._read_mapping_node(w)
         elif isinstance(w, _Watch):
             await self._refresh(w, force=force, hold_s=self._removal_hold_s if on_event else 0.0)
 
-    async def _refresh(self, w: _Watch, *, force: bool = False, hold_s: float = 0.0) -> None:
+    async def _refresh(self, w: _Watch[Any], *, force: bool = False, hold_s: float = 0.0) -> None:
         """List ``w.path`` with the watch set; deliver the list when it changed (or ``force``).
+        An instance watch reads (and watches) its leaves' data too, and compares the instances.
 
         ``hold_s``: when the listing lost children, wait that long and list again before delivering.
         """
@@ -552,43 +691,91 @@ class ZooKeeperRegistry(Registry):
                         f"registry {self.name}: {w.path} was deleted as it was created"
                     ) from None
             current = frozenset(leaves)
-            if current == w.leaves and not force:
+            if isinstance(w, _InstancesWatch):
+                fresh = await self._read_leaves(w, current)
+                # A leaf deleted between the listing and its read is left out (its deletion fired).
+                items = self._parse_leaves(w, sorted(current & w.data.keys()), fresh)
+            elif current == w.leaves and not force:
+                return
+            else:
+                items = self._parse_leaves(w, sorted(current))
+            if current == w.leaves and items == w.items and not force:
                 return
             w.leaves = current
-            w.urls = self._parse_leaves(w, sorted(current))
+            w.items = items
             if self._watches.get(w.path) is not w:
                 return
-            snapshot = w.urls
+            snapshot = w.items
             for _, listener in list(w.bindings):
                 try:
                     listener(list(snapshot))
                 except Exception:
                     log.exception("registry %s: listener of %s failed", self.name, w.path)
 
-    def _parse_leaves(self, w: _Watch, leaves: list[str]) -> list[DubboURL]:
-        """URLs of ``leaves``; leaves of the last listing are not parsed again, so an event costs in
-        proportion to what changed, not to how many children the path has."""
-        urls: list[DubboURL] = []
-        known, parsed = w.parsed, {}
+    def _parse_leaves(
+        self, w: _Watch[Item], leaves: list[str], fresh: frozenset[str] = frozenset()
+    ) -> list[Item]:
+        """Items of ``leaves``; leaves of the last listing are not parsed again (unless their data was
+        read again: ``fresh``), so an event costs in proportion to what changed, not to how many
+        children the path has.  A leaf that does not parse is skipped, warned about and counted once
+        (again if it parsed meanwhile: an instance's data can be fixed and broken again)."""
+        items: list[Item] = []
+        known: dict[str, Item] = w.parsed
+        parsed: dict[str, Item] = {}
         for leaf in leaves:
-            url = known.get(leaf)
-            if url is not None:
-                urls.append(url)
-                parsed[leaf] = url
-                continue
-            try:
-                url = w.parse(leaf)
-                urls.append(url)
-                parsed[leaf] = url
-            except ValueError as exc:
-                if leaf not in w.bad_leaves:
-                    w.bad_leaves.add(leaf)
-                    if w.category == PROVIDERS:  # discovery counts these among its invalid providers
-                        self.unparseable += 1
-                    log.warning("registry %s: skipping unparseable %s/%s: %s", self.name, w.path, leaf, exc)
+            if leaf in known and leaf not in fresh:
+                item = known[leaf]
+            else:
+                try:
+                    item = w.parse_leaf(leaf)
+                except ValueError as exc:
+                    if leaf not in w.bad_leaves:
+                        w.bad_leaves.add(leaf)
+                        # Discovery counts these among its invalid providers.
+                        if w.category in (PROVIDERS, _INSTANCES):
+                            self.unparseable += 1
+                        log.warning(
+                            "registry %s: skipping unparseable %s/%s: %s", self.name, w.path, leaf, exc
+                        )
+                    continue
+                w.bad_leaves.discard(leaf)
+            items.append(item)
+            parsed[leaf] = item
         w.bad_leaves.intersection_update(leaves)  # forget leaves that are gone
         w.parsed = parsed
-        return urls
+        return items
+
+    async def _read_leaves(self, w: _InstancesWatch, current: frozenset[str]) -> frozenset[str]:
+        """Read, with the data watch set, the leaves of ``current`` that are new, whose data watch
+        fired, or every one after a reconnect; the leaves read.  Leaves that failed are read again
+        next time, and the first failure is raised once the others are in."""
+        for gone in w.data.keys() - current:
+            del w.data[gone]
+        rearm, w.rearm = w.rearm, False
+        stale, w.stale = w.stale, set()
+        todo = sorted(leaf for leaf in current if rearm or leaf in stale or leaf not in w.data)
+        watcher = w.watcher
+
+        def read(leaf: str) -> Awaitable[Any]:
+            path = f"{w.path}/{leaf}"
+            return self._op("read instance", path, lambda c: c.get_async(path, watch=watcher))
+
+        results = await asyncio.gather(*(read(leaf) for leaf in todo), return_exceptions=True)
+        fresh: set[str] = set()
+        failure: BaseException | None = None
+        for leaf, result in zip(todo, results, strict=True):
+            if isinstance(result, NoNodeError):
+                w.data.pop(leaf, None)  # deleted since the listing: the children watch fired
+            elif isinstance(result, BaseException):
+                w.stale.add(leaf)
+                failure = failure or result
+            else:
+                w.data[leaf] = result[0] or b""
+                fresh.add(leaf)
+        if failure is not None:
+            w.stale |= fresh  # read, but not parsed: the next read parses them
+            raise failure
+        return frozenset(fresh)
 
     # -- dynamic rules (the config center) --------------------------------------------------------
 
@@ -619,7 +806,7 @@ class ZooKeeperRegistry(Registry):
     async def read_rule(self, rule_id: str) -> tuple[str | None, str, str]:
         path = zk_rule_path(path_segment(rule_id, "rule id"))
         self._require_connected(f"read rule {rule_id}")
-        text, version = await self._get_rule(path, None)
+        text, version = await self._get_text(path, None)
         return text, path, version
 
     async def write_rule(self, rule_id: str, text: str) -> str:
@@ -656,7 +843,7 @@ class ZooKeeperRegistry(Registry):
         """Read the rule with its watch set; deliver it when (text, version) changed."""
         assert w.watcher is not None
         async with w.lock:
-            content = await self._get_rule(w.path, w.watcher)
+            content = await self._get_text(w.path, w.watcher)
             if content == w.content:
                 return
             w.content = content
@@ -672,17 +859,18 @@ class ZooKeeperRegistry(Registry):
             except Exception:
                 log.exception("registry %s: rule listener of %s failed", self.name, w.rule_id)
 
-    async def _get_rule(
-        self, path: str, watch: Callable[[WatchedEvent], None] | None
+    async def _get_text(
+        self, path: str, watch: Callable[[WatchedEvent], None] | None, what: str = "rule"
     ) -> tuple[str | None, str]:
-        """(text, mzxid) of the node at ``path``, (None, "") when there is none.
+        """(text, mzxid) of the node at ``path`` (a rule, a mapping: ``what``), (None, "") when there
+        is none.
 
         With ``watch``, it is set on the node: a data watch while it exists, an exists watch while
         it does not, so that its creation fires it too.
         """
         for _ in range(3):
             try:
-                data, stat = await self._op("read rule", path, lambda c: c.get_async(path, watch=watch))
+                data, stat = await self._op(f"read {what}", path, lambda c: c.get_async(path, watch=watch))
             except NoNodeError:
                 if watch is None:
                     return None, ""
@@ -690,11 +878,155 @@ class ZooKeeperRegistry(Registry):
                 # As Curator5ZookeeperClient's NodeCacheListenerImpl: new String(data, UTF_8), which
                 # replaces what is not UTF-8 (the rule's parser then says what is wrong with it).
                 return (data or b"").decode(errors="replace"), str(stat.mzxid)
-            stat = await self._op("watch rule", path, lambda c: c.exists_async(path, watch=watch))
+            stat = await self._op(f"watch {what}", path, lambda c: c.exists_async(path, watch=watch))
             if stat is None:
                 return None, ""
             # Created between the two requests: read it (the exists watch is a data watch now).
         raise RegistryError(f"registry {self.name}: cannot read {path}: it keeps being created and deleted")
+
+    # -- application-level discovery: the service-name mapping, the metadata report ---------------
+
+    async def watch_mapping(self, interface: str, listener: MappingListener) -> tuple[str, ...]:
+        path = mapping_path(interface)
+        self._require_connected(f"watch the mapping of {interface}")
+        w = await self._armed(
+            path,
+            _MappingWatch,
+            lambda: _MappingWatch(path, interface=interface),
+            self._read_mapping_node,
+            lambda w: not w.listeners,
+        )
+        w.listeners.append(listener)
+        return w.apps or ()
+
+    async def unwatch_mapping(self, interface: str, listener: MappingListener) -> None:
+        w = self._watches.get(mapping_path(interface))
+        if not isinstance(w, _MappingWatch):
+            return
+        with contextlib.suppress(ValueError):
+            w.listeners.remove(listener)
+        if not w.listeners and not w.pending:
+            self._drop_watch(w)
+
+    async def _read_mapping_node(self, w: _MappingWatch) -> None:
+        """Read the mapping with its watch set (an exists watch while there is none); deliver the
+        applications when they changed.  A deleted node changes nothing: Dubbo's
+        ``ZookeeperMetadataReport.MappingDataListener`` hears NodeCreated and NodeDataChanged only."""
+        assert w.watcher is not None
+        async with w.lock:
+            text, _version = await self._get_text(w.path, w.watcher, "mapping")
+            if text is None:
+                if w.apps is None:
+                    w.apps = ()
+                return
+            # Curator5ZookeeperClient.doGetContent: empty data is no content, i.e. no application.
+            apps = mapping_apps(text)
+            if apps == w.apps:
+                return
+            first, w.apps = w.apps is None, apps
+            if first or self._watches.get(w.path) is not w:
+                return
+            for listener in list(w.listeners):
+                try:
+                    listener(apps)
+                except Exception:
+                    log.exception("registry %s: mapping listener of %s failed", self.name, w.interface)
+
+    async def add_mapping(self, interface: str, app: str) -> None:
+        path = mapping_path(interface)
+        mapping_with(None, app)  # an application name a mapping cannot hold: ValueError before any request
+        self._require_connected(f"map {interface} to {app}")
+        # MetadataServiceNameMapping.map: read the content and its stat, add the application, write
+        # with the stat's version as ticket (ZookeeperMetadataReport.registerServiceAppMapping;
+        # Curator5ZookeeperClient.createOrUpdatePersistent: a create when there is no node), and
+        # when another writer came first, wait a random while and try again.
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(random.uniform(0.0, _CAS_WAIT_S))
+            try:
+                if await self._map_once(path, app):
+                    return
+            except (NodeExistsError, BadVersionError, NoNodeError):
+                log.debug("registry %s: %s changed while adding %s; trying again", self.name, path, app)
+        raise RegistryError(
+            f"registry {self.name}: cannot add {app} to {path}: other writers changed it "
+            f"{_CAS_ATTEMPTS} times in a row"
+        )
+
+    async def _map_once(self, path: str, app: str) -> bool:
+        """One compare-and-set of the mapping at ``path``; False when only its parent was missing.
+        NodeExistsError, BadVersionError, NoNodeError: another writer changed it since it was read."""
+        try:
+            data, stat = await self._op("read mapping", path, lambda c: c.get_async(path))
+        except NoNodeError:
+            content, version = None, None
+        else:
+            # Curator5ZookeeperClient.doGetConfigItem: new String(data, UTF_8); empty is no content.
+            content, version = (data or b"").decode(errors="replace") or None, stat.version
+        updated = mapping_with(content, app)
+        if updated == content:
+            return True  # there already: Dubbo writes nothing
+        value = updated.encode()
+        if version is not None:
+            await self._set_version(path, value, version, "update mapping")
+            return True
+        try:
+            # Persistent, with the ACL of the other persistent nodes we create.
+            await self._op(
+                "create mapping", path, lambda c: c.create_async(path, value, acl=self._parent_acl)
+            )
+        except NoNodeError:
+            await self._ensure_path(_parent(path))
+            return False
+        return True
+
+    async def read_metadata(self, app: str, revision: str) -> MetadataInfo | None:
+        path = metadata_path(app, revision)
+        self._require_connected(f"read the metadata of {app} revision {revision}")
+        try:
+            data, _stat = await self._op("read metadata", path, lambda c: c.get_async(path))
+        except NoNodeError:
+            return None
+        if not (data or b"").strip():
+            return None  # Curator5ZookeeperClient.doGetContent: empty data is no content
+        try:
+            return parse_json(data)
+        except ValueError as exc:
+            raise RegistryError(f"registry {self.name}: {path} holds no MetadataInfo: {exc}") from None
+
+    async def write_metadata(self, info: MetadataInfo) -> None:
+        if not info.app or not info.revision:
+            raise ValueError(f"a MetadataInfo needs an application and a revision to be written: {info!r}")
+        path = metadata_path(info.app, info.revision)
+        self._require_connected(f"write the metadata of {info.app} revision {info.revision}")
+        value = dump_json(info).encode()
+        for _ in range(3):
+            try:
+                # Persistent, with the ACL of the other persistent nodes we create.
+                await self._op(
+                    "write metadata", path, lambda c: c.create_async(path, value, acl=self._parent_acl)
+                )
+                return
+            except NoNodeError:
+                await self._ensure_path(_parent(path))
+                continue
+            except NodeExistsError:
+                pass
+            # ZookeeperMetadataReport.publishAppMetadata writes only where there is no content: a
+            # revision is the hash of its MetadataInfo, so what is there already says the same.
+            try:
+                data, stat = await self._op("read metadata", path, lambda c: c.get_async(path))
+                if (data or b"").strip():
+                    return
+                await self._set_version(path, value, stat.version)
+                return
+            except (NoNodeError, BadVersionError):
+                continue  # deleted or written meanwhile: look again
+        raise RegistryError(f"registry {self.name}: cannot write {path}: it keeps being deleted and created")
+
+    async def _set_version(self, path: str, value: bytes, version: int, what: str = "write metadata") -> None:
+        """Replace the data at ``path`` if its version is still ``version`` (BadVersionError if not)."""
+        await self._op(what, path, lambda c: c.set_async(path, value, version=version))
 
     # -- connection state -------------------------------------------------------------------------
 
@@ -758,8 +1090,14 @@ class ZooKeeperRegistry(Registry):
                 return
             except RegistryError as exc:
                 log.warning("registry %s: could not check credentials: %s", self.name, exc)
+        for w in self._watches.values():
+            if isinstance(w, _InstancesWatch):
+                w.rearm = True  # kazoo dropped the data watches of its leaves too
         steps: list[Callable[[], Awaitable[None]]] = [
-            *(functools.partial(self._create_ephemeral, p) for p in list(self._registered)),
+            *(
+                functools.partial(self._create_ephemeral, p, _node_data(n))
+                for p, n in self._registered.items()
+            ),
             *(functools.partial(self._delete_stale, p) for p in list(self._stale)),
             *(functools.partial(self._reread, w, force=new_session) for w in list(self._watches.values())),
         ]
@@ -823,19 +1161,20 @@ class ZooKeeperRegistry(Registry):
 
     # -- node operations --------------------------------------------------------------------------
 
-    async def _create_ephemeral(self, path: str) -> None:
-        """Create our ephemeral node at ``path`` (parents persistent).
+    async def _create_ephemeral(self, path: str, data: bytes = b"") -> None:
+        """Create our ephemeral node at ``path`` holding ``data`` (parents persistent).
 
         A node already there that our session owns is fine (a retried create, a same-session
-        reconnect).  One owned by another session (ours before an expiry, not yet reaped) is deleted
-        and created again, as Dubbo does.
+        reconnect); when it holds other data (an instance of an earlier revision) the data is
+        replaced, as Curator's ``ServiceDiscoveryImpl.updateService`` does.  One owned by another
+        session (ours before an expiry, not yet reaped) is deleted and created again, as Dubbo does.
         """
         for _ in range(3):
             try:
                 await self._op(
                     "create",
                     path,
-                    lambda c: c.create_async(path, b"", acl=self._leaf_acl, ephemeral=True),
+                    lambda c: c.create_async(path, data, acl=self._leaf_acl, ephemeral=True),
                 )
                 return
             except NoNodeError:
@@ -843,10 +1182,16 @@ class ZooKeeperRegistry(Registry):
                 continue
             except NodeExistsError:
                 pass
-            stat = await self._op("check", path, lambda c: c.exists_async(path))
-            if stat is None:
+            try:
+                found, stat = await self._op("check", path, lambda c: c.get_async(path))
+            except NoNodeError:
                 continue  # removed meanwhile: create again
             if stat.ephemeralOwner and stat.ephemeralOwner == self.session_id:
+                if (found or b"") != data:
+                    try:
+                        await self._op("update", path, lambda c: c.set_async(path, data))
+                    except NoNodeError:
+                        continue
                 return
             log.info(
                 "registry %s: %s exists (owner 0x%x): deleting and creating it again",
@@ -934,6 +1279,12 @@ class ZooKeeperRegistry(Registry):
             return
         with contextlib.suppress(RuntimeError):  # closed between the check and the call
             loop.call_soon_threadsafe(fn, *args)
+
+
+def _node_data(node: DubboURL | AppInstance) -> bytes:
+    """What our node for ``node`` holds: nothing for a URL (its name says it all), Curator's JSON
+    for an instance (regproxy.registry.instances.to_curator)."""
+    return to_curator(node) if isinstance(node, AppInstance) else b""
 
 
 def _settle(fut: asyncio.Future[Any], result: Any) -> None:
