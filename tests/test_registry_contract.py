@@ -4,11 +4,15 @@ empty-provider protection, against memory:// too: the policy is discovery's, wha
 
 Each test runs a sidecar in-process (its HTTP API, its tables) on the registry under test; the
 registry is changed behind its back the way other processes or operators would change it.
+
+Dubbo 3 application-level discovery (the end of this file) is held to its contract on the Registry
+itself, on every registry that holds it: nothing wires it into a sidecar yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,13 +22,20 @@ from urllib.parse import parse_qs, unquote_plus, urlsplit
 import aiohttp
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from regproxy.api.admin import subscriptions_view
 from regproxy.config import Config
 from regproxy.discovery.protection import Hold
+from regproxy.registry.base import Registry
+from regproxy.registry.instances import AppInstance
+from regproxy.registry.instances import instance_metadata as app_instance_metadata
 from regproxy.registry.memory import MemoryRegistry
+from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo
 from regproxy.registry.nacos import instance_metadata, service_name, to_nacos_weight
+from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import provider_url
+from regproxy.registry.zookeeper import ZooKeeperRegistry
 from regproxy.sidecar import Sidecar
 from tests.peers.nacos.server import NacosDouble
 from tests.ports import free_port
@@ -351,3 +362,94 @@ async def test_hold_zero_applies_the_empty_list_at_once(providers: Providers, tm
         providers.remove("10.1.0.1", 20882)
         await wait_for(lambda: hosts(sc) == {}, 3, "the empty list")
         assert not holding(sc) and sc.discovery.event_counts().get("empty_holds", 0) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dubbo 3 application-level discovery (Registry.watch_mapping ... write_metadata): two registries on
+# one backend, one writing as a Dubbo 3 provider application would, the other watching as a consumer.
+# On every registry with ``app_discovery``: Nacos joins once its adapter implements the operations.
+
+APP = "contract-app"
+
+
+@asynccontextmanager
+async def app_registries(name: str, request: pytest.FixtureRequest) -> AsyncIterator[list[Registry]]:
+    zk: KazooClient | None = None
+    regs: list[Registry]
+    if name == "zookeeper":
+        server: ZooKeeperServer = request.getfixturevalue("zk_server")
+        zk = request.getfixturevalue("zk")
+        with contextlib.suppress(NoNodeError):
+            zk.delete("/services", recursive=True)  # the zk fixture clears /dubbo only
+        url = RegistryURL.parse(f"zookeeper://{server.hosts}")
+        regs = [ZooKeeperRegistry(url, op_timeout_s=2.0, reconnect_max_delay_s=0.5) for _ in range(2)]
+    else:
+        MemoryRegistry.reset_all()
+        regs = [MemoryRegistry(), MemoryRegistry()]
+    try:
+        for reg in regs:
+            await reg.start()
+        await wait_for(lambda: all(r.connected for r in regs), 10, "registries connected")
+        assert all(r.app_discovery for r in regs)
+        yield regs
+    finally:
+        for reg in regs:
+            await reg.stop()
+        if zk is not None:
+            with contextlib.suppress(NoNodeError):
+                zk.delete("/services", recursive=True)
+
+
+@pytest.fixture(params=[pytest.param("zookeeper", marks=pytest.mark.zookeeper), "memory"])
+async def app_pair(request: pytest.FixtureRequest) -> AsyncIterator[list[Registry]]:
+    async with app_registries(request.param, request) as regs:
+        yield regs
+
+
+def app_instance(ip: str, revision: str) -> AppInstance:
+    return AppInstance(app=APP, host=ip, port=20880, metadata=app_instance_metadata(revision))
+
+
+async def test_app_instances_follow_registrations_revisions_and_stops(app_pair: list[Registry]) -> None:
+    provider, consumer = app_pair
+    seen: list[list[AppInstance]] = []
+    assert await consumer.watch_instances(APP, seen.append) == []
+
+    def now() -> list[AppInstance] | None:
+        return seen[-1] if seen else None
+
+    a, b = app_instance("10.1.0.1", "r1"), app_instance("10.1.0.2", "r1")
+    await provider.register_instance(a)
+    await wait_for(lambda: now() == [a], 3, "the registered instance")
+    await provider.register_instance(b)
+    await wait_for(lambda: now() == [a, b], 3, "the second instance")
+    a2 = app_instance("10.1.0.1", "r2")
+    await provider.register_instance(a2)  # a new revision at the same address replaces it
+    await wait_for(lambda: now() == [a2, b], 3, "the new revision")
+    await provider.unregister_instance(b)
+    await wait_for(lambda: now() == [a2], 3, "the unregistered instance to go")
+    await provider.stop()  # ephemeral: a stopped registry's instances go
+    await wait_for(lambda: now() == [], 3, "the stopped registry's instance to go")
+    await consumer.unwatch_instances(APP, seen.append)
+
+
+async def test_mapping_grows_by_compare_and_set_and_is_watched(app_pair: list[Registry]) -> None:
+    one, two = app_pair
+    seen: list[tuple[str, ...]] = []
+    assert await two.watch_mapping(IFACE, seen.append) == ()
+    await asyncio.gather(one.add_mapping(IFACE, "app-a"), two.add_mapping(IFACE, "app-b"))
+    await wait_for(lambda: seen and seen[-1] == ("app-a", "app-b"), 3, "both applications")
+    n = len(seen)
+    await one.add_mapping(IFACE, "app-b")  # there already: no change
+    await asyncio.sleep(0.2)
+    assert len(seen) == n
+    await two.unwatch_mapping(IFACE, seen.append)
+
+
+async def test_metadata_report_round_trip(app_pair: list[Registry]) -> None:
+    writer, reader = app_pair
+    info = MetadataInfo.of(APP, [ServiceInfo(name=IFACE, version=VERSION, group=GROUP, protocol="dubbo")])
+    assert info.revision
+    assert await reader.read_metadata(APP, info.revision) is None
+    await writer.write_metadata(info)
+    assert await reader.read_metadata(APP, info.revision) == info
