@@ -108,6 +108,25 @@ async def test_publish_then_get(nacos: NacosDouble, config_clients: ConfigClient
     assert nacos.config(RULE).content == "x: 1"
 
 
+async def test_compare_and_set_with_dubbos_ticket_for_no_config(
+    nacos: NacosDouble, config_clients: ConfigClients
+) -> None:
+    """Dubbo's mapping writer passes casMd5 "0" when it read no mapping (NacosMetadataReport.getConfigItem).
+    Nacos creates a missing config whatever the casMd5 (``insertOrUpdateCas``: ``addConfigInfo`` when
+    ``findConfigInfoState`` finds none), and refuses "0" once the config exists: its md5 is not "0".
+    So of two writers that both read nothing, the second is refused and reads again."""
+    first, second = await config_clients(nacos), await config_clients(nacos)
+    mapping = "com.x.Greeter"
+    assert await first.publish_config(param(mapping, content="app-a", group="mapping", cas_md5="0"))
+    assert nacos.config(mapping, group="mapping").content == "app-a"
+    with pytest.raises(NacosException, match="Cas publish fail"):
+        await second.publish_config(param(mapping, content="app-b", group="mapping", cas_md5="0"))
+    assert await second.publish_config(
+        param(mapping, content="app-a,app-b", group="mapping", cas_md5=md5("app-a"))
+    )
+    assert nacos.config(mapping, group="mapping").content == "app-a,app-b"
+
+
 async def test_get_of_a_missing_config_is_empty(nacos: NacosDouble, config_clients: ConfigClients) -> None:
     client = await config_clients(nacos)
     assert await get(client, "nothing.here") == ""  # ConfigQueryResponse errorCode 300, not an error
