@@ -27,6 +27,33 @@ once (by md5, which is also the version shown); blank content is a deletion, as 
 restart (tests/test_nacos_config_peer.py), and one that comes while it fetches the previous change.
 So every reconnection reads the watched rules again, and so does each change the SDK reports.
 
+Dubbo 3 application-level discovery (registry/base.py's ``app_discovery`` half), as Dubbo 3.3's Nacos
+modules keep it:
+
+* An application instance is a Nacos instance of service ``<app>`` (``$`` written ``___``, as
+  ``NacosNamingServiceWrapper.handleInnerSymbol`` does) in the registry URL's group, made as
+  ``NacosNamingServiceUtils.toInstance`` makes it: ip and port = the instance address, metadata =
+  ``AppInstance.metadata`` as it is (``dubbo.endpoints`` and ``dubbo.metadata-service.url-params`` are
+  JSON text in a string), healthy, enabled, ephemeral, and neither weight nor instance id of its own
+  (Nacos's defaults: 1.0, and ``ip#port#cluster#group@@service``).  Nacos keeps one entry per service
+  and connection, so a second instance of one application from this sidecar goes with the first in
+  one ``batchRegisterInstance``, as ``NacosNamingServiceWrapper.registerInstance`` does.  Read back,
+  an instance is its address and metadata (``toServiceInstance``), and only those Dubbo's
+  ``NacosServiceDiscovery.getInstances`` takes are delivered (``selectInstances(healthy=true)``:
+  healthy, enabled, weight above 0); one Dubbo could not use (a port of 0, unreadable
+  ``dubbo.endpoints``) is skipped, logged once and counted in ``unparseable``.  Registered instances
+  are re-registered after a reconnection by the client's redo, as provider instances are.
+* The service-name mapping is the config dataId ``<interface>``, group ``mapping``
+  (``NacosMetadataReport.getServiceAppMapping``).  An application is added by compare-and-set
+  (``MetadataServiceNameMapping.map`` over ``NacosMetadataReport.getConfigItem`` and
+  ``registerServiceAppMapping``: casMd5 = the MD5 of the content read, "0" for none), again after a
+  random pause under ``CAS_RETRY_WAIT_S`` while another writer came first, at most ``CAS_RETRIES``
+  times more (Dubbo's defaults).  A watch is a config watch as a rule's; like
+  ``NacosMetadataReport.MappingDataListener`` it ignores a deletion.
+* An application's ``MetadataInfo`` at a revision (``storage-type=remote``) is the config dataId
+  ``<app>``, group ``<revision>``, content its JSON (``NacosMetadataReport.publishAppMetadata`` and
+  ``getAppMetadata``).
+
 Connection: the client reconnects by itself and re-registers its instances and subscriptions (its
 "redo" service); this adapter only reports the state and refuses new work while disconnected. An
 outage is two lines of ours (registry/base.py): unreachable, with the cause the probe or the first
@@ -39,8 +66,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from regproxy.governance.keys import RULE_GROUP
@@ -50,12 +79,23 @@ from regproxy.registry.base import (
     CONNECTING,
     STOPPED,
     SUSPENDED,
+    InstancesListener,
+    MappingListener,
     ProvidersListener,
     Registry,
     RegistryError,
+    RegistryUnavailable,
     RuleListener,
     error_text,
 )
+from regproxy.registry.instances import (
+    AppInstance,
+    mapping_apps,
+    mapping_with,
+    nacos_mapping_config,
+    nacos_mapping_ticket,
+)
+from regproxy.registry.metadata_info import MetadataInfo, MetadataInfoError, dump_json, parse_json
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import ANY, PROVIDERS, DubboURL, Subscription
 
@@ -76,10 +116,24 @@ SDK_LOGGERS = ("naming", "config", "nacos")  # where the SDK's clients add their
 CLIENT_DISCONNECT = -401  # the SDK's NacosException code for a request while it has no connection
 # A watched rule is read again when a push came while it was being read: at most this often.
 SETTLE_READS = 3
+# A mapping publish that lost its compare-and-set is tried again this many times, each after a random
+# pause below CAS_RETRY_WAIT_S (MetadataServiceNameMapping: dubbo.metadata-report.cas-retry-times 10,
+# cas-retry-wait-time 100 ms).
+CAS_RETRIES = 10
+CAS_RETRY_WAIT_S = 0.1
+# The weight of an application instance: NacosNamingServiceUtils.toInstance sets none, so Nacos's
+# Instance default.
+APP_WEIGHT = 1.0
 
 
 def service_name(category: str, interface: str, version: str, group: str) -> str:
     return f"{category}:{interface}:{version}:{group}"
+
+
+def app_service_name(app: str) -> str:
+    """The Nacos service of application ``app``'s instances: its name, ``$`` written ``___``
+    (``NacosNamingServiceWrapper.handleInnerSymbol``, which every register and subscribe goes through)."""
+    return app.replace("$", "___")
 
 
 def to_nacos_weight(dubbo_weight: int) -> float:
@@ -141,11 +195,17 @@ class _Watch:
         return [u for urls in self.services.values() for u in urls]
 
 
-class _RuleWatch:
-    """One watched rule: its listeners, what they were last given, and the SDK's listener."""
+ConfigKey = tuple[str, str]  # (dataId, group) in the registry URL's namespace
 
-    def __init__(self, rule_id: str) -> None:
-        self.rule_id = rule_id
+
+class _ConfigWatch:
+    """One watched config (a rule, a mapping): its listeners, what they were last given, and the
+    SDK's listener.  Listeners are called as rule listeners are; a mapping's are ``_MappingWatcher``s."""
+
+    def __init__(self, data_id: str, group: str, what: str) -> None:
+        self.data_id = data_id
+        self.group = group
+        self.what = what  # "rule <id>", "the mapping of <interface>": for errors and logs
         self.listeners: list[RuleListener] = []
         self.content: str | None = None  # as last delivered
         self.delivered = False  # the current content has been delivered once
@@ -153,9 +213,48 @@ class _RuleWatch:
         self.sdk_listener: Any = None
         self.confirming: asyncio.Task[None] | None = None  # the read after the SDK's call
 
+    @property
+    def key(self) -> ConfigKey:
+        return self.data_id, self.group
+
     def stop_confirming(self) -> None:
         if self.confirming is not None:
             self.confirming.cancel()
+
+
+class _MappingWatcher:
+    """A mapping listener as a config watch calls it: the applications, when they changed.
+
+    Its first call, the content when watched, is what ``watch_mapping`` returns rather than a change;
+    a deletion is ignored, as ``NacosMetadataReport.MappingDataListener.process`` ignores one (Dubbo
+    never shrinks a mapping: one that went is an operator's doing, and the applications stay)."""
+
+    def __init__(self, listener: MappingListener) -> None:
+        self.listener = listener
+        self.apps: tuple[str, ...] | None = None  # as last seen; None before the first call
+
+    def __call__(self, data_id: str, content: str | None, source: str, version: str) -> None:
+        if content is None and self.apps is not None:
+            return
+        apps = mapping_apps(content)
+        if self.apps is None or apps == self.apps:
+            self.apps = apps
+            return
+        self.apps = apps
+        self.listener(apps)
+
+
+class _AppWatch:
+    """One watched application: its listeners, the callback given to the client, and the instances
+    last delivered."""
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+        self.service = app_service_name(app)
+        self.listeners: list[InstancesListener] = []
+        self.instances: list[AppInstance] = []
+        self.callback: Callable[[list[Any]], Awaitable[None]] | None = None
+        self.ready = False  # the first listing is in: pushes from now on are changes
 
 
 async def close_config_service(service: Any, timeout_s: float) -> None:
@@ -180,6 +279,7 @@ async def close_config_service(service: Any, timeout_s: float) -> None:
 
 class NacosRegistry(Registry):
     config_center = True
+    app_discovery = True
 
     def __init__(self, url: RegistryURL, *, op_timeout_s: float = 5.0) -> None:
         if url.scheme != "nacos":
@@ -197,9 +297,15 @@ class NacosRegistry(Registry):
         self._prober: asyncio.Task[None] | None = None
         self._config: Any = None  # the SDK's config client, made on first use (_config_service)
         self._config_lock = asyncio.Lock()  # concurrent first uses make one client
-        self._rules_lock = asyncio.Lock()  # rule watches are added and removed one at a time
-        self._rules: dict[str, _RuleWatch] = {}
+        self._configs_lock = asyncio.Lock()  # config watches are added and removed one at a time
+        self._configs: dict[ConfigKey, _ConfigWatch] = {}  # watched rules and mappings
         self._rereading: asyncio.Task[None] | None = None
+        # Application-level discovery: this sidecar's instances by application and address, changed
+        # one at a time (an application's are registered together), and the watched applications.
+        self._app_registered: dict[str, dict[tuple[str, int], AppInstance]] = {}
+        self._app_lock = asyncio.Lock()
+        self._app_watches: dict[str, _AppWatch] = {}
+        self._app_watches_lock = asyncio.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -331,9 +437,10 @@ class NacosRegistry(Registry):
         for watch in self._watches.values():
             if watch.relist is not None:
                 watch.relist.cancel()
-        for rule in self._rules.values():
-            rule.stop_confirming()
-        self._rules.clear()
+        for config in self._configs.values():
+            config.stop_confirming()
+        self._configs.clear()
+        self._app_watches.clear()
         if self._config is not None:
             await self._close_config(self._config)
             self._config = None
@@ -342,6 +449,9 @@ class NacosRegistry(Registry):
                 for url in list(self._registered.values()):
                     with contextlib.suppress(Exception):
                         await self._deregister(url)
+                for registered in list(self._app_registered.values()):
+                    with contextlib.suppress(Exception):
+                        await self._deregister_app(next(iter(registered.values())))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._client.shutdown(), self._op_timeout_s)
             self._client = None
@@ -373,8 +483,8 @@ class NacosRegistry(Registry):
             redo = self._client.grpc_client_proxy.redo_service
             task = asyncio.get_running_loop().create_task(redo.start_redo_task())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            if self._rules:
-                self._reread_rules_soon()
+            if self._configs:
+                self._reread_configs_soon()
 
     def _unreachable(self, exc: Exception) -> str | None:
         # The client notices a dead server only at its next health check (seconds later);
@@ -513,25 +623,37 @@ class NacosRegistry(Registry):
             watch.services.pop(name, None)
 
     async def _subscribe_service(self, watch: _Watch, name: str) -> None:
-        from v2.nacos import ListInstanceParam, SubscribeServiceParam
-
         async def changed(instances: list[Any]) -> None:
             self._deliver(watch, name, instances)
 
         self._callbacks[name] = changed
-        param = SubscribeServiceParam(service_name=name, group_name=self.group, subscribe_callback=changed)
+        instances = await self._subscribe_nacos(name, changed)
+        watch.services[name] = self._urls(watch.interface, instances)
+
+    async def _unsubscribe_service(self, name: str) -> None:
+        callback = self._callbacks.pop(name, None)
+        if callback is not None:
+            await self._unsubscribe_nacos(name, callback)
+
+    async def _subscribe_nacos(
+        self, name: str, callback: Callable[[list[Any]], Awaitable[None]]
+    ) -> list[Any]:
+        """Subscribe ``callback`` to Nacos service ``name`` in the registry's group (the client calls
+        it with the whole instance list on each change, the first one too) and list the instances now."""
+        from v2.nacos import ListInstanceParam, SubscribeServiceParam
+
+        param = SubscribeServiceParam(service_name=name, group_name=self.group, subscribe_callback=callback)
         await self._call(f"subscribe {name}", self._client.subscribe(param))
         listing = ListInstanceParam(
             service_name=name, group_name=self.group, subscribe=True, healthy_only=None
         )
-        instances = await self._call(f"list {name}", self._client.list_instances(listing))
-        watch.services[name] = self._urls(watch.interface, instances)
+        instances: list[Any] = await self._call(f"list {name}", self._client.list_instances(listing))
+        return instances
 
-    async def _unsubscribe_service(self, name: str) -> None:
+    async def _unsubscribe_nacos(self, name: str, callback: Callable[[list[Any]], Awaitable[None]]) -> None:
         from v2.nacos import SubscribeServiceParam
 
-        callback = self._callbacks.pop(name, None)
-        if callback is None or self._client is None or not self.connected:
+        if self._client is None or not self.connected:
             return
         param = SubscribeServiceParam(service_name=name, group_name=self.group, subscribe_callback=callback)
         with contextlib.suppress(RegistryError):
@@ -543,15 +665,19 @@ class NacosRegistry(Registry):
             try:
                 urls.append(instance_to_url(instance, interface))
             except ValueError as exc:
-                # Every push repeats the whole list: said and counted once per instance (bounded).
-                key = str(exc)
-                if key not in self._bad_instances:
-                    if len(self._bad_instances) >= 4096:
-                        self._bad_instances.clear()
-                    self._bad_instances.add(key)
-                    self.unparseable += 1
-                    log.warning("registry %s: skipping %s", self.name, exc)
+                self._skip_unparseable(str(exc))
         return urls
+
+    def _skip_unparseable(self, what: str) -> None:
+        """An instance that is no provider or application instance, named by ``what``: every push
+        repeats the whole list, so it is said and counted once (bounded)."""
+        if what in self._bad_instances:
+            return
+        if len(self._bad_instances) >= 4096:
+            self._bad_instances.clear()
+        self._bad_instances.add(what)
+        self.unparseable += 1
+        log.warning("registry %s: skipping %s", self.name, what)
 
     def _deliver(self, watch: _Watch, name: str, instances: list[Any]) -> None:
         """A pushed list, delivered as it is: an empty one just after a reconnect (re-subscriptions
@@ -589,12 +715,15 @@ class NacosRegistry(Registry):
             for listener in list(listeners):
                 listener(list(providers))
 
-    # --- the config center: Dubbo's dynamic rules -----------------------------------------------
+    # --- the config center: Dubbo's dynamic rules, and the mappings --------------------------------
+
+    def _config_source(self, data_id: str, group: str) -> str:
+        namespace = config_namespace(self.url.namespace)
+        where = f"nacos dataId {data_id} group {group}"
+        return f"{where} namespace {namespace}" if namespace else where
 
     def _rule_source(self, rule_id: str) -> str:
-        namespace = config_namespace(self.url.namespace)
-        where = f"nacos dataId {rule_id} group {RULE_GROUP}"
-        return f"{where} namespace {namespace}" if namespace else where
+        return self._config_source(rule_id, RULE_GROUP)
 
     async def _config_service(self) -> Any:
         """The SDK's config client, connected on first use; RegistryError when it cannot be."""
@@ -622,144 +751,155 @@ class NacosRegistry(Registry):
         except Exception as exc:
             log.debug("registry %s: closing the config client: %s", self.name, exc)
 
-    async def _get_rule(self, rule_id: str) -> str | None:
-        """The rule's content now, None when there is none (Nacos holds no blank content: the
-        SDK's "" is a config that does not exist)."""
+    async def _get_config(self, data_id: str, group: str, what: str) -> str | None:
+        """The config's content now, None when there is none (Nacos holds no blank content: the
+        SDK's "" is a config that does not exist).  ``what`` names the read in errors."""
         from v2.nacos import ConfigParam
 
         service = await self._config_service()
-        param = ConfigParam(data_id=rule_id, group=RULE_GROUP)
-        text = await self._call(f"read rule {rule_id}", service.get_config(param))
+        param = ConfigParam(data_id=data_id, group=group)
+        text = await self._call(what, service.get_config(param))
         return text if text and text.strip() else None
 
-    async def _read_settled(self, watch: _RuleWatch) -> str | None:
-        """Read a watched rule; again when a push came meanwhile, which may be newer than the read."""
+    async def _get_rule(self, rule_id: str) -> str | None:
+        return await self._get_config(rule_id, RULE_GROUP, f"read rule {rule_id}")
+
+    async def _read_settled(self, watch: _ConfigWatch) -> str | None:
+        """Read a watched config; again when a push came meanwhile, which may be newer than the read."""
         for _ in range(SETTLE_READS):
             pushes = watch.pushes
-            text = await self._get_rule(watch.rule_id)
+            text = await self._get_config(watch.data_id, watch.group, f"read {watch.what}")
             if watch.pushes == pushes:
                 break
         return text
 
     async def watch_rule(self, rule_id: str, listener: RuleListener) -> None:
         self._require_connected(f"watch rule {rule_id}")
-        async with self._rules_lock:
-            watch = self._rules.get(rule_id)
+        await self._watch_config(rule_id, RULE_GROUP, f"rule {rule_id}", listener)
+
+    async def _watch_config(self, data_id: str, group: str, what: str, listener: RuleListener) -> None:
+        """Add ``listener`` to the watch of a config, made if there is none; it is called with the
+        current content before this returns, then on each change (``watch_rule``'s contract)."""
+        async with self._configs_lock:
+            watch = self._configs.get((data_id, group))
             if watch is not None:
                 watch.listeners.append(listener)
-                self._call_rule_listener(watch, listener)
+                self._call_config_listener(watch, listener)
                 return
             service = await self._config_service()
-            watch = self._rules[rule_id] = _RuleWatch(rule_id)
+            watch = self._configs[data_id, group] = _ConfigWatch(data_id, group, what)
             watch.listeners.append(listener)
 
             async def pushed(namespace: str, group: str, data_id: str, content: str) -> None:
-                self._rule_pushed(watch, content)
+                self._config_pushed(watch, content)
 
             watch.sdk_listener = pushed
             try:
-                await self._call(f"watch rule {rule_id}", service.add_listener(rule_id, RULE_GROUP, pushed))
+                await self._call(f"watch {what}", service.add_listener(data_id, group, pushed))
                 # add_listener sends nothing: the SDK's listen task sends listens when it wakes, every
                 # 5 s.  Woken now, as the SDK's own connect does, changes are pushed from now on.
                 service.grpc_client_proxy.execute_config_listen_channel.put_nowait(None)
                 text = await self._read_settled(watch)
             except BaseException:  # a cancelled watch too: no half-made watch stays
-                del self._rules[rule_id]
-                await service.remove_listener(rule_id, RULE_GROUP, pushed)
+                del self._configs[data_id, group]
+                await service.remove_listener(data_id, group, pushed)
                 raise
-            self._offer_rule(watch, text)
+            self._offer_config(watch, text)
 
     async def unwatch_rule(self, rule_id: str, listener: RuleListener) -> None:
-        async with self._rules_lock:
-            watch = self._rules.get(rule_id)
+        await self._unwatch_config((rule_id, RULE_GROUP), listener)
+
+    async def _unwatch_config(self, key: ConfigKey, listener: RuleListener) -> None:
+        async with self._configs_lock:
+            watch = self._configs.get(key)
             if watch is None:
                 return
             if listener in watch.listeners:
                 watch.listeners.remove(listener)
             if watch.listeners:
                 return
-            del self._rules[rule_id]
+            del self._configs[key]
             watch.stop_confirming()
             if self._config is not None:
                 # Local to the SDK: it keeps listening on the server, and drops what is pushed.
-                await self._config.remove_listener(rule_id, RULE_GROUP, watch.sdk_listener)
+                await self._config.remove_listener(watch.data_id, watch.group, watch.sdk_listener)
 
-    def _rule_pushed(self, watch: _RuleWatch, content: str) -> None:
+    def _config_pushed(self, watch: _ConfigWatch, content: str) -> None:
         """The SDK's listener (on the loop, from its listen task): the content after a change."""
         watch.pushes += 1
-        if self._rules.get(watch.rule_id) is not watch or not watch.delivered:
+        if self._configs.get(watch.key) is not watch or not watch.delivered:
             return  # gone; or the first read is under way, and reads again after this push
         if not self.connected:
-            return  # nothing while unreachable: the rules are read again once it is back
-        self._offer_rule(watch, content if content.strip() else None)
+            return  # nothing while unreachable: the configs are read again once it is back
+        self._offer_config(watch, content if content.strip() else None)
         if watch.confirming is None or watch.confirming.done():  # a running one reads again itself
-            watch.confirming = asyncio.get_running_loop().create_task(self._confirm_rule(watch))
+            watch.confirming = asyncio.get_running_loop().create_task(self._confirm_config(watch))
 
-    async def _confirm_rule(self, watch: _RuleWatch) -> None:
-        """Read the rule after the SDK's call, and deliver it if it is newer.  The SDK loses a
+    async def _confirm_config(self, watch: _ConfigWatch) -> None:
+        """Read the config after the SDK's call, and deliver it if it is newer.  The SDK loses a
         change pushed while it fetches the previous one: its fetch then marks the config as in step
         with the server (``ConfigSubscribeManager.update_subscribe_cache``), and it does not listen
         for it again until its full sync every 5 minutes.  The server had the newer content before
         it pushed, so this read, after that fetch, gets it."""
         try:
             text = await self._read_settled(watch)
-        except RegistryError as exc:  # unreachable now: the rules are read again once it is back
-            log.debug("registry %s: reading rule %s after a change: %s", self.name, watch.rule_id, exc)
+        except RegistryError as exc:  # unreachable now: the configs are read again once it is back
+            log.debug("registry %s: reading %s after a change: %s", self.name, watch.what, exc)
             return
-        if self._rules.get(watch.rule_id) is watch:
-            self._offer_rule(watch, text)
+        if self._configs.get(watch.key) is watch:
+            self._offer_config(watch, text)
 
-    def _offer_rule(self, watch: _RuleWatch, text: str | None) -> None:
+    def _offer_config(self, watch: _ConfigWatch, text: str | None) -> None:
         """Deliver ``text`` to the watch's listeners unless it is what they were last given."""
         if watch.delivered and text == watch.content:
             return
         watch.content, watch.delivered = text, True
         for listener in list(watch.listeners):
-            self._call_rule_listener(watch, listener)
+            self._call_config_listener(watch, listener)
 
-    def _call_rule_listener(self, watch: _RuleWatch, listener: RuleListener) -> None:
+    def _call_config_listener(self, watch: _ConfigWatch, listener: RuleListener) -> None:
         version = md5_hex(watch.content) if watch.content is not None else ""
         try:
-            listener(watch.rule_id, watch.content, self._rule_source(watch.rule_id), version)
+            listener(watch.data_id, watch.content, self._config_source(watch.data_id, watch.group), version)
         except Exception:
-            log.exception("registry %s: rule listener for %s failed", self.name, watch.rule_id)
+            log.exception("registry %s: listener for %s failed", self.name, watch.what)
 
-    def _reread_rules_soon(self) -> None:
+    def _reread_configs_soon(self) -> None:
         if self._rereading is not None:
             self._rereading.cancel()
-        self._rereading = asyncio.get_running_loop().create_task(self._reread_rules())
+        self._rereading = asyncio.get_running_loop().create_task(self._reread_configs())
 
-    async def _reread_rules(self) -> None:
-        """After a reconnection: read every watched rule again and deliver what changed.  The SDK
+    async def _reread_configs(self) -> None:
+        """After a reconnection: read every watched config again and deliver what changed.  The SDK
         can miss a push across a quick server restart (tests/test_nacos_config_peer.py), and this
-        read also makes its config client notice and listen again.  A rule whose read fails (the
+        read also makes its config client notice and listen again.  A config whose read fails (the
         config client may still be reconnecting) is tried again while the registry stays connected;
-        the rules in force stay meanwhile."""
-        pending = list(self._rules)
+        the rules and mappings in force stay meanwhile."""
+        pending = list(self._configs)
         attempt = 0
         last_error: RegistryError | None = None
         while pending and self.connected:
-            failed: list[str] = []
-            for rule_id in pending:
-                watch = self._rules.get(rule_id)
+            failed: list[ConfigKey] = []
+            for key in pending:
+                watch = self._configs.get(key)
                 if watch is None:
                     continue
                 try:
                     text = await self._read_settled(watch)
                 except RegistryError as exc:
-                    failed.append(rule_id)
+                    failed.append(key)
                     last_error = exc
                     continue
-                if self._rules.get(rule_id) is watch:
-                    self._offer_rule(watch, text)
+                if self._configs.get(key) is watch:
+                    self._offer_config(watch, text)
             pending = failed
             if not pending:
                 return
             if attempt == len(RETRY_DELAYS_S):  # said once; the retries go on quietly
                 log.warning(
-                    "registry %s: cannot read rules %s again after reconnecting (%s); retrying",
+                    "registry %s: cannot read %s again after reconnecting (%s); retrying",
                     self.name,
-                    ", ".join(pending),
+                    ", ".join(self._configs[k].what for k in pending if k in self._configs),
                     last_error,
                 )
             await asyncio.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
@@ -800,6 +940,254 @@ class NacosRegistry(Registry):
             raise RegistryError(f"registry {self.name}: delete rule {rule_id} refused")
         return True
 
+    # --- application-level discovery: the mapping -------------------------------------------------
+
+    async def watch_mapping(self, interface: str, listener: MappingListener) -> tuple[str, ...]:
+        what = f"the mapping of {interface}"
+        self._require_connected(f"watch {what}")
+        data_id, group = nacos_mapping_config(interface)
+        watcher = _MappingWatcher(listener)
+        await self._watch_config(data_id, group, what, watcher)
+        assert watcher.apps is not None, "a config watch calls its listener before it returns"
+        return watcher.apps
+
+    async def unwatch_mapping(self, interface: str, listener: MappingListener) -> None:
+        key = nacos_mapping_config(interface)
+        watch = self._configs.get(key)
+        watchers = watch.listeners if watch is not None else []
+        for watcher in watchers:
+            if isinstance(watcher, _MappingWatcher) and watcher.listener == listener:
+                await self._unwatch_config(key, watcher)
+                return
+
+    async def add_mapping(self, interface: str, app: str) -> None:
+        from v2.nacos import ConfigParam
+
+        data_id, group = nacos_mapping_config(interface)
+        what = f"add {app} to the mapping of {interface}"
+        self._require_connected(what)
+        read = f"read the mapping of {interface}"
+        service = await self._config_service()
+        content = await self._get_config(data_id, group, read)
+        for _ in range(1 + CAS_RETRIES):
+            try:
+                wanted = mapping_with(content, app)
+            except ValueError as exc:
+                raise RegistryError(f"registry {self.name}: cannot {what}: {exc}") from None
+            if wanted == content:
+                return  # there already: Dubbo writes nothing
+            ticket = nacos_mapping_ticket(content)
+            param = ConfigParam(data_id=data_id, group=group, content=wanted, cas_md5=ticket)
+            try:
+                if await self._call(what, service.publish_config(param)):
+                    return
+                failure = RegistryError(f"registry {self.name}: {what} refused")
+            except RegistryUnavailable:
+                raise
+            except RegistryError as exc:  # Nacos answers a lost compare-and-set with a failure too
+                failure = exc
+            content = await self._get_config(data_id, group, read)
+            if nacos_mapping_ticket(content) == ticket:
+                raise failure  # nobody wrote meanwhile: not a lost race but a refusal
+            log.debug("registry %s: %s: another writer came first; trying again", self.name, what)
+            await asyncio.sleep(random.uniform(0, CAS_RETRY_WAIT_S))
+        raise RegistryError(
+            f"registry {self.name}: cannot {what}: it changed under each of {1 + CAS_RETRIES} attempts"
+        )
+
+    # --- application-level discovery: instances ---------------------------------------------------
+
+    def _app_param(self, instance: AppInstance) -> Any:
+        from v2.nacos import RegisterInstanceParam
+
+        return RegisterInstanceParam(
+            service_name=app_service_name(instance.app),
+            group_name=self.group,
+            ip=instance.host,
+            port=instance.port,
+            weight=APP_WEIGHT,
+            metadata=dict(instance.metadata),
+            ephemeral=True,
+            healthy=True,
+            enabled=True,
+        )
+
+    async def _publish_app(self, instances: list[AppInstance]) -> None:
+        """Make this connection's entry for the instances' application hold exactly ``instances``
+        (one application, at least one): Nacos keeps one entry per service and connection, which a
+        registration replaces, so several go as one batch (NacosNamingServiceWrapper.registerInstance).
+        The client remembers the entry, and registers it again after a reconnection."""
+        from v2.nacos import BatchRegisterInstanceParam
+
+        app = instances[0].app
+        what = f"register the instances of {app}"
+        if len(instances) == 1:
+            ok = await self._call(what, self._client.register_instance(self._app_param(instances[0])))
+        else:
+            batch = BatchRegisterInstanceParam(
+                service_name=app_service_name(app),
+                group_name=self.group,
+                instances=[self._app_param(i) for i in instances],
+            )
+            ok = await self._call(what, self._client.batch_register_instances(batch))
+        if ok is False:
+            raise RegistryError(f"registry {self.name}: {what} refused")
+
+    async def _deregister_app(self, instance: AppInstance) -> None:
+        """Remove this connection's entry for ``instance``'s application (all of its instances)."""
+        from v2.nacos import DeregisterInstanceParam
+
+        param = DeregisterInstanceParam(
+            service_name=app_service_name(instance.app),
+            group_name=self.group,
+            ip=instance.host,
+            port=instance.port,
+            ephemeral=True,
+        )
+        await self._call(
+            f"deregister the instances of {instance.app}", self._client.deregister_instance(param)
+        )
+
+    async def _set_app_instances(
+        self, app: str, instances: dict[tuple[str, int], AppInstance], gone: AppInstance
+    ) -> None:
+        if instances:
+            await self._publish_app(list(instances.values()))
+        else:
+            await self._deregister_app(gone)
+
+    async def register_instance(self, instance: AppInstance) -> None:
+        self._require_connected(f"register an instance of {instance.app}")
+        async with self._app_lock:
+            before = self._app_registered.get(instance.app, {})
+            after = {**before, (instance.host, instance.port): instance}
+            try:
+                await self._publish_app(list(after.values()))
+            except RegistryError:
+                # The client keeps what it was last asked to hold, and would register it again after
+                # each reconnection: it is told what stands instead (best effort).
+                with contextlib.suppress(RegistryError):
+                    await self._set_app_instances(instance.app, before, instance)
+                raise
+            self._app_registered[instance.app] = after
+
+    async def unregister_instance(self, instance: AppInstance) -> None:
+        # Never raises, as unregister: an instance of ours that Nacos still has goes with our
+        # connection anyway.  The client is told even while disconnected: it would register the
+        # instance again once connected otherwise.
+        async with self._app_lock:
+            before = self._app_registered.get(instance.app, {})
+            address = (instance.host, instance.port)
+            if address not in before:
+                return
+            after = {k: v for k, v in before.items() if k != address}
+            if after:
+                self._app_registered[instance.app] = after
+            else:
+                del self._app_registered[instance.app]
+            if self._client is None:
+                return
+            try:
+                await self._set_app_instances(instance.app, after, before[address])
+            except RegistryError as exc:
+                log.warning("%s", exc)
+
+    async def watch_instances(self, app: str, listener: InstancesListener) -> list[AppInstance]:
+        self._require_connected(f"watch the instances of {app}")
+        async with self._app_watches_lock:
+            watch = self._app_watches.get(app)
+            if watch is not None:
+                watch.listeners.append(listener)
+                return list(watch.instances)
+            watch = self._app_watches[app] = _AppWatch(app)
+            watch.listeners.append(listener)
+
+            async def changed(instances: list[Any]) -> None:
+                self._instances_pushed(watch, instances)
+
+            watch.callback = changed
+            try:
+                found = await self._subscribe_nacos(watch.service, changed)
+            except BaseException:
+                del self._app_watches[app]
+                await self._unsubscribe_nacos(watch.service, changed)
+                raise
+            watch.instances, watch.ready = self._app_instances(app, found), True
+            return list(watch.instances)
+
+    async def unwatch_instances(self, app: str, listener: InstancesListener) -> None:
+        async with self._app_watches_lock:
+            watch = self._app_watches.get(app)
+            if watch is None:
+                return
+            if listener in watch.listeners:
+                watch.listeners.remove(listener)
+            if watch.listeners:
+                return
+            del self._app_watches[app]
+            if watch.callback is not None:
+                await self._unsubscribe_nacos(watch.service, watch.callback)
+
+    def _instances_pushed(self, watch: _AppWatch, raw: list[Any]) -> None:
+        """The client's callback: the application's whole instance list after a change (after a
+        reconnection too, when the client's re-subscription finds one)."""
+        if self._app_watches.get(watch.app) is not watch or not watch.ready:
+            return  # gone; or being made, and its listing reads the client's cache this push updated
+        instances = self._app_instances(watch.app, raw)
+        if instances == watch.instances:
+            return  # a change to instances Dubbo would not take (an unhealthy one's metadata, say)
+        watch.instances = instances
+        for listener in list(watch.listeners):
+            try:
+                listener(list(instances))
+            except Exception:
+                log.exception("registry %s: instances listener for %s failed", self.name, watch.app)
+
+    def _app_instances(self, app: str, raw: list[Any] | None) -> list[AppInstance]:
+        """The instances of ``app`` Dubbo would take, by address: NacosServiceDiscovery.getInstances
+        asks ``selectInstances(healthy=true)``, which leaves out unhealthy and disabled instances and
+        those of weight 0; toServiceInstance keeps the address and the metadata."""
+        found: list[AppInstance] = []
+        for instance in raw or ():
+            if not (instance.healthy and instance.enabled and instance.weight > 0):
+                continue
+            try:
+                metadata = dict(instance.metadata or {})
+                found.append(AppInstance(app=app, host=instance.ip, port=instance.port, metadata=metadata))
+            except ValueError as exc:  # InstanceError: what Dubbo would refuse too
+                self._skip_unparseable(f"instance {instance.ip}:{instance.port} of application {app}: {exc}")
+        return sorted(found, key=lambda i: (i.host, i.port))
+
+    # --- application-level discovery: the metadata report -------------------------------------------
+
+    async def read_metadata(self, app: str, revision: str) -> MetadataInfo | None:
+        what = f"read the metadata of {app} revision {revision}"
+        self._require_connected(what)
+        text = await self._get_config(app, revision, what)
+        if text is None:
+            return None
+        try:
+            return parse_json(text)
+        except MetadataInfoError as exc:
+            raise RegistryError(
+                f"registry {self.name}: {self._config_source(app, revision)}: {exc}"
+            ) from None
+
+    async def write_metadata(self, info: MetadataInfo) -> None:
+        from v2.nacos import ConfigParam
+
+        what = f"write the metadata of {info.app} revision {info.revision}"
+        if not info.app or not info.revision:
+            raise RegistryError(
+                f"registry {self.name}: cannot {what}: it needs an application and a revision"
+            )
+        self._require_connected(what)
+        service = await self._config_service()
+        # No type, as NacosMetadataReport.publishAppMetadata writes it (Nacos stores "text").
+        param = ConfigParam(data_id=info.app, group=info.revision, content=dump_json(info))
+        if not await self._call(what, service.publish_config(param)):
+            raise RegistryError(f"registry {self.name}: {what} refused")
+
     def describe(self) -> dict[str, Any]:
         return {
             "state": self.state,
@@ -807,7 +1195,13 @@ class NacosRegistry(Registry):
             "group": self.group,
             "registered": [str(u) for u in self._registered.values()],
             "watched": {i: sorted(w.services) for i, w in self._watches.items()},
-            "rules": sorted(self._rules),
+            "rules": sorted(d for d, g in self._configs if g == RULE_GROUP),
+            "instances": {
+                app: sorted(f"{host}:{port}" for host, port in registered)
+                for app, registered in self._app_registered.items()
+            },
+            "apps": sorted(self._app_watches),
+            "mappings": sorted(d for d, g in self._configs if g != RULE_GROUP),
         }
 
 
