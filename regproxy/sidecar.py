@@ -21,6 +21,11 @@ from regproxy import native
 from regproxy.api.http import build_app, start_api, stop_api
 from regproxy.config import Config, ConfigError
 from regproxy.discovery import Discovery, ingress_table, own_addresses
+from regproxy.discovery.apps import Fetcher
+from regproxy.discovery.metadata_client import fetch_metadata, metadata_ssl
+from regproxy.discovery.metadata_served import MetadataServed
+from regproxy.dubbo.metadata_service import METADATA_SERVICE
+from regproxy.governance.migration import MigrationSetting
 from regproxy.health.app import AppWatch
 from regproxy.health.hosts import Health, egress_view
 from regproxy.netutil import detect_advertise_ip, loopback_ingress_ip
@@ -30,6 +35,8 @@ from regproxy.proxy.flow import FlowLimits
 from regproxy.proxy.loops import LoopGuard
 from regproxy.registry.base import RegistryError
 from regproxy.registry.factory import make_registry
+from regproxy.registry.instances import AppInstance
+from regproxy.registry.metadata_info import MetadataInfo
 from regproxy.rlimits import raise_open_files_limit
 from regproxy.routing import TableHolder
 from regproxy.routing.from_config import rule_set, static_table
@@ -43,6 +50,8 @@ _RESTART_KEYS = (
     "egress", "ingress", "api", "admin", "app_port", "advertise_ip", "data_dir", "registries", "health",
     "api_allow_remote", "admin_allow_remote",
 )  # fmt: skip
+# Application-level discovery is set up with the Discovery coordinator: a change waits for a restart.
+_DISCOVERY_RESTART_KEYS = ("register_mode", "migration", "metadata_storage", "metadata_timeout_ms")
 # After the read-only event, the time for requests already on the wire to arrive before we count
 # what is in flight (one loopback or LAN round trip is far less).
 _READONLY_SETTLE_S = 0.2
@@ -138,6 +147,18 @@ class Sidecar:
     def upstream_tls(self) -> UpstreamTLS | None:
         return self.tls.upstream if self.tls is not None else None
 
+    def _metadata_fetcher(self) -> Fetcher:
+        """How this sidecar asks a Dubbo 3 instance's MetadataService for a revision's MetadataInfo:
+        over TLS when the instance is a sidecar whose ingress speaks only TLS (it says so in its
+        instance metadata: regproxy.discovery.app_registration) or tls.egress is ``always``."""
+        timeout_s = self.config.discovery.metadata_timeout_ms / 1000
+
+        async def fetch(instance: AppInstance, revision: str) -> MetadataInfo:
+            context = metadata_ssl(instance, self.upstream_tls)
+            return await fetch_metadata(instance, revision, timeout_s=timeout_s, ssl=context)
+
+        return fetch
+
     def _settings(
         self,
         host: str,
@@ -197,8 +218,17 @@ class Sidecar:
                 store=StateStore(c.data_dir),
                 ingress_tls=self.ingress.settings.server_ssl is not None,
                 empty_protection_s=c.discovery.empty_protection_s,
+                register_mode=c.discovery.register_mode,
+                migration=MigrationSetting(c.discovery.migration),
+                metadata_storage=c.discovery.metadata_storage,
+                metadata_fetcher=self._metadata_fetcher(),
             )
             self.discovery.unpublish_grace_s = c.drain.grace_s
+            if self.ingress.forwarder is not None:
+                # Dubbo 3 consumers ask this sidecar's instance for its MetadataInfo on the ingress.
+                served = MetadataServed()
+                self.ingress.forwarder.local_services[METADATA_SERVICE] = served
+                self.discovery.app_registrar.served = served
             self._ignore_own_providers()
             await self.discovery.start()
             await self._start_health()
@@ -410,6 +440,10 @@ class Sidecar:
             needs_restart += self.tls.restart_needed(new.tls)
         elif new.tls.enabled:
             needs_restart.append("tls.enabled")
+        discovery_restart = [
+            k for k in _DISCOVERY_RESTART_KEYS if getattr(new.discovery, k) != getattr(old.discovery, k)
+        ]
+        needs_restart += [f"discovery.{k}" for k in discovery_restart]
         tls_restart = any(k.startswith("tls.") for k in needs_restart)
         # Built before anything changes: a bad table or rule set changes nothing.
         table = static_table(new)
@@ -465,6 +499,10 @@ class Sidecar:
         keep = {k: getattr(old, k) for k in needs_restart if k in _RESTART_KEYS}
         if tls_restart:
             keep["tls"] = old.tls
+        if discovery_restart:
+            keep["discovery"] = new.discovery.model_copy(
+                update={k: getattr(old.discovery, k) for k in discovery_restart}
+            )
         self.config = new.model_copy(update=keep)
         log.info("reloaded config: %s", ", ".join(changes) or "no change")
         if needs_restart:

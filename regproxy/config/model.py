@@ -119,6 +119,25 @@ class DiscoveryConfig(Model):
     empty_protection_s: Float = Field(
         5.0, ge=0, le=300, description="keep the last providers this long when a list goes empty (0 = off)"
     )
+    # Dubbo 3 application-level discovery (regproxy/discovery/apps.py, app_registration.py).
+    register_mode: Literal["interface", "instance", "all"] = Field(
+        "all",
+        description="how publications are registered: interface-level nodes, the application instance "
+        "(Dubbo 3), or both (Dubbo 3's default register-mode)",
+    )
+    migration: Literal["interface", "application", "both"] = Field(
+        "both",
+        description="where subscriptions find providers unless the /sub says: interface-level nodes, "
+        "application instances (Dubbo 3), or both (one host per address)",
+    )
+    metadata_storage: Literal["local", "remote"] = Field(
+        "local",
+        description="where this sidecar's Dubbo 3 metadata is read: its ingress's MetadataService "
+        "(local) or also the registry's metadata report (remote)",
+    )
+    metadata_timeout_ms: Int = Field(
+        5000, ge=100, le=60_000, description="longest wait for another instance's MetadataService to answer"
+    )
 
 
 class DrainConfig(Model):

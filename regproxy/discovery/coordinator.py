@@ -26,6 +26,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from regproxy.discovery.app_hosts import REMOTE_APPLICATION_KEY, FoundURL, Source, merge_found
+from regproxy.discovery.app_registration import AppRegistrar, RegisterMode
+from regproxy.discovery.apps import AppDiscovery, Fetcher, provided_by
 from regproxy.discovery.desired import NotFound, Publication, PublishSpec, SubscriptionState
 from regproxy.discovery.persistence import Saver, cached_providers, saved_state
 from regproxy.discovery.protection import DEFAULT_HOLD_S, EmptyProtection
@@ -40,9 +43,11 @@ from regproxy.discovery.tables import (
     subscription_route,
 )
 from regproxy.governance.configurator import configure_provider
+from regproxy.governance.migration import DEFAULT_SETTING, MigrationSetting, MigrationStep
 from regproxy.governance.params import consumer_own, declaration_problems, generated_token, layered
 from regproxy.governance.policy import ClusterPolicy, configured
 from regproxy.registry.base import CONNECTED, CONNECTING, Registry, RegistryError, RegistryUnavailable
+from regproxy.registry.instances import LOCAL, REVISION_KEY, StorageType
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, consumer_url, provider_url
 from regproxy.routing import Cluster, Host, Route, RoutingTable, TableHolder
@@ -104,6 +109,10 @@ class Discovery:
         store: StateStore | None = None,
         ingress_tls: bool = False,
         empty_protection_s: float = DEFAULT_HOLD_S,
+        register_mode: RegisterMode = "all",
+        migration: MigrationSetting = DEFAULT_SETTING,
+        metadata_storage: StorageType = LOCAL,
+        metadata_fetcher: Fetcher | None = None,
     ) -> None:
         self._factory = factory
         self.ingress_tls = ingress_tls  # published as regproxy.tls=true: egresses dial us with TLS
@@ -154,6 +163,13 @@ class Discovery:
         self._rules_task: asyncio.Task[None] | None = None
         self._rules_dirty = False
         self._sub_rule_ids: dict[str, set[str]] = {}  # subscription -> its rule ids at the last sync
+        # Dubbo 3 application-level discovery: this sidecar's instances (app_registrar) and the
+        # subscriptions' application-level addresses (apps); regproxy.discovery.apps says how.
+        self.app_registrar = AppRegistrar(mode=register_mode, storage_type=metadata_storage)
+        if ingress_tls:
+            self.app_registrar.instance_metadata[TLS_PARAM] = "true"
+        self.migration = MigrationSetting(migration)
+        self.apps = AppDiscovery(self._on_app_found, metadata_fetcher or _no_fetcher, events=self.events)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -174,6 +190,7 @@ class Discovery:
             task.cancel()
         for st in self.subscriptions.values():
             self.protection.end(st)
+        await self.apps.stop()
         for reg in list(self.registries.values()):
             try:
                 await reg.stop()
@@ -231,6 +248,8 @@ class Discovery:
             reg = self.registries.pop(key, None)
             self._registry_urls.pop(key, None)
             self.rules.drop(key)
+            self.apps.drop_registry(key)
+            self.app_registrar.forget(key)
             never = key not in self._ever_connected
             self._ever_connected.discard(key)
             if reg is None:
@@ -271,11 +290,12 @@ class Discovery:
                         log.info("published %s to %s", pub.spec.key, reg.name)
                     except RegistryError as exc:
                         log.warning("publishing %s to %s: %s", pub.spec.key, reg.name, exc)
+            await self._sync_apps([key])
             watched = False
             for st in list(self.subscriptions.values()):
                 if key in st.registries and key not in st.watching:
                     try:
-                        await self._watch(st, key, reg)
+                        await self._watch(st, key, reg, wait=False)
                         watched = True
                     except RegistryError as exc:
                         log.warning("subscribing %s on %s: %s", st.sub.cluster_name, reg.name, exc)
@@ -347,6 +367,7 @@ class Discovery:
             await self._unregister(existing, existing.registered)
         self.publications[spec.key] = pub
         self._rebuild_ingress()
+        await self._sync_apps(pub.registries)
         log.info("published %s as %s (app port %d)", spec.key, url, spec.port)
         self._rules_soon()
         return str(url)
@@ -388,6 +409,7 @@ class Discovery:
                 await self._quietly(reg.unregister(old))
                 continue
             await self._quietly(reg.unregister(old))
+        await self._sync_apps(pub.registries)
 
     def _url_params(self, spec: PublishSpec) -> dict[str, str]:
         """The publication's own parameters, and regproxy.tls set by this sidecar alone (the value
@@ -419,7 +441,8 @@ class Discovery:
         first: consumers would see the same address twice until that session expires."""
         if pub.previous is not None:
             await self._quietly(reg.unregister(pub.previous))
-        await reg.register(pub.url)
+        if self.app_registrar.registers_interfaces or not reg.app_discovery:
+            await reg.register(pub.url)
         pub.registered.add(key)
         if pub.registered.issuperset(pub.registries):
             pub.previous = None
@@ -447,6 +470,7 @@ class Discovery:
                 del self.publications[spec.key]
                 self._linger(pub.spec)
             self._rebuild_ingress()
+            await self._sync_apps(keys)
             await self._release_unused(keys)
         self._rules_soon()
         await self._save()
@@ -458,6 +482,7 @@ class Discovery:
             self.withdrawn = True
             for pub in self.publications.values():
                 await self._unregister(pub, pub.registered)
+            await self._sync_apps(self.registries)
             log.info("withdrew %d publication(s) from the registries", len(self.publications))
 
     def published_ports(self) -> set[int]:
@@ -479,6 +504,7 @@ class Discovery:
                     continue
                 count += 1
                 await self._unregister(pub, pub.registered)
+            await self._sync_apps(self.registries)
             log.warning("unpublished %d publication(s) of app port(s) %s: %s", count, sorted(ports), reason)
             return count
 
@@ -509,6 +535,7 @@ class Discovery:
                         continue
                     registered = True
                 count += registered
+            await self._sync_apps(self.registries)
             log.info("published %d publication(s) of app port(s) %s again", count, sorted(ports))
             return count
 
@@ -521,19 +548,24 @@ class Discovery:
         *,
         application: str = "",
         params: Mapping[str, str] | None = None,
+        migration: str = "",
     ) -> tuple[str, list[dict[str, Any]]]:
         """Subscribe ``sub`` for the consumer ``application`` (regproxy's own name when empty) with
-        the consumer's own ``params``: what its ``consumer://`` URL carries and rules match on."""
+        the consumer's own ``params``: what its ``consumer://`` URL carries and rules match on; and
+        ``migration``, where its providers are found (empty: see ``migration_of``)."""
         async with self._lock:
             targets = self._targets(registry)
             st = self.subscriptions.get(sub.cluster_name)
             created = st is None
             consumer = self._consumer_url(sub, application, params)
             if st is None:
-                st = SubscriptionState(sub, [], consumer)
+                st = SubscriptionState(sub, [], consumer, migration=migration)
                 self.subscriptions[sub.cluster_name] = st
-            elif _identity(st.consumer) != _identity(consumer):
-                await self._replace_consumer(st, consumer)
+            else:
+                if _identity(st.consumer) != _identity(consumer):
+                    await self._replace_consumer(st, consumer)
+                if st.migration != migration:
+                    await self._change_migration(st, migration)
             try:
                 for key in targets:
                     if key not in st.registries:
@@ -563,8 +595,35 @@ class Discovery:
                 await self._quietly(reg.register(consumer))
         st.consumer = consumer
         self._forget_cluster(st)
+        for key in list(st.watching):  # provided-by may name other applications now
+            reg = self.registries.get(key)
+            if reg is not None:
+                await self._track_apps(st, key, reg, wait=False)
+                self._offer(st, key, self._merged(st, key))
 
-    async def _watch(self, st: SubscriptionState, key: str, reg: Registry) -> None:
+    async def _change_migration(self, st: SubscriptionState, migration: str) -> None:
+        """The /sub names another migration setting: find the providers the new way from now on."""
+        st.migration = migration
+        for key in list(st.watching):
+            reg = self.registries.get(key)
+            if reg is not None:
+                await self._track_apps(st, key, reg, wait=False)
+                self._offer(st, key, self._merged(st, key))
+        self._forget_cluster(st)
+
+    def migration_of(self, st: SubscriptionState) -> MigrationSetting:
+        """Where ``st``'s providers are found: the /sub's ``migration``; else the Dubbo step its consumer
+        parameters name (``migration.step``, which a Dubbo reference reads before any rule:
+        ``MigrationRule.getStep``); else ``discovery.migration``."""
+        if st.migration:
+            return MigrationSetting(st.migration)
+        step = st.consumer.params.get(MIGRATION_STEP_KEY, "")
+        for setting, nearest in _STEP_SETTINGS:
+            if step == nearest:
+                return setting
+        return self.migration
+
+    async def _watch(self, st: SubscriptionState, key: str, reg: Registry, *, wait: bool = True) -> None:
         listener = st.listeners.get(key)
         if listener is None:
             listener = st.listeners[key] = lambda urls, st=st, key=key: self._on_providers(st, key, urls)
@@ -574,9 +633,43 @@ class Discovery:
         except RegistryError:
             await self._quietly(reg.unsubscribe(st.sub, listener))
             raise
+        st.interface_urls[key] = urls
+        await self._track_apps(st, key, reg, wait=wait)
         st.watching.add(key)
-        self._offer(st, key, urls)
+        self._offer(st, key, self._merged(st, key))
         self.from_cache.discard(st.sub.cluster_name)
+
+    async def _track_apps(self, st: SubscriptionState, key: str, reg: Registry, *, wait: bool) -> None:
+        """Find ``st``'s providers at application level on ``key`` too, unless its setting is
+        ``interface`` or the registry holds no application-level discovery; a refusal leaves the
+        interface-level providers in force (logged)."""
+        name = st.sub.cluster_name
+        if not reg.app_discovery or self.migration_of(st) == MigrationSetting.INTERFACE:
+            await self.apps.untrack(key, name)
+            st.app_found.pop(key, None)
+            return
+        try:
+            await self.apps.track(key, reg, name, st.sub, named=provided_by(st.consumer.params), wait=wait)
+        except (RegistryError, ValueError) as exc:  # ValueError: a name the registry cannot hold
+            log.warning("%s: application-level discovery on %s: %s", name, reg.name, exc)
+
+    def _on_app_found(self, name: str, key: str, found: tuple[FoundURL, ...]) -> None:
+        """New application-level addresses of subscription ``name`` on registry ``key`` (apps)."""
+        st = self.subscriptions.get(name)
+        if st is None or key not in st.registries:
+            return
+        st.app_found[key] = found
+        if key in st.watching:  # else _watch offers them with the interface-level ones
+            self._on_changed(st, key)
+
+    def _merged(self, st: SubscriptionState, key: str) -> list[DubboURL]:
+        """The URLs the subscription's migration setting selects on ``key`` (app_hosts.merge_found),
+        and how each was found (``st.found``)."""
+        merged = merge_found(
+            st.sub, st.interface_urls.get(key, ()), st.app_found.get(key, ()), self.migration_of(st)
+        )
+        st.found[key] = {f.url.address: f for f in merged}
+        return [f.url for f in merged]
 
     async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None:
         async with self._lock:
@@ -602,6 +695,9 @@ class Discovery:
         await self._save()
 
     async def _unwatch(self, st: SubscriptionState, key: str) -> None:
+        await self.apps.untrack(key, st.sub.cluster_name)
+        for held in (st.interface_urls, st.app_found, st.found):
+            held.pop(key, None)
         reg = self.registries.get(key)
         listener = st.listeners.pop(key, None)
         if reg is not None and key in st.watching:
@@ -624,8 +720,13 @@ class Discovery:
         if self.subscriptions.get(st.sub.cluster_name) is not st:
             return  # a late event for a subscription that is gone
         self.events["provider_events"] += 1
+        st.interface_urls[key] = urls
+        self._on_changed(st, key)
+
+    def _on_changed(self, st: SubscriptionState, key: str) -> None:
+        """A registry event changed what ``st`` finds on ``key``: the selection applied (see _offer)."""
         try:
-            applied = self._offer(st, key, urls)
+            applied = self._offer(st, key, self._merged(st, key))
             self.from_cache.discard(st.sub.cluster_name)
             if applied:
                 self._update_cluster(st)
@@ -674,6 +775,7 @@ class Discovery:
         """The registry events counted here, with the entries the adapters could not even parse
         (ZooKeeper node names, Nacos instances) in ``invalid_providers``."""
         counts = dict(self.events)
+        counts.update(self.app_registrar.events)
         unparseable = sum(reg.unparseable for reg in self.registries.values())
         counts["invalid_providers"] = counts.get("invalid_providers", 0) + unparseable
         return counts
@@ -977,11 +1079,22 @@ class Discovery:
                 keys = [self._remember(k) for k in item.get("registries", [])]
                 # Inside the try: a field of the wrong type (an int interface) is refused here.
                 consumer = self._consumer_url(sub, item.get("application", ""), item.get("params") or None)
-                st = SubscriptionState(sub, keys, consumer)
+                st = SubscriptionState(sub, keys, consumer, migration=_migration_item(item))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.error("state file: skipping subscription %s: %s", short(repr(item)), exc)
                 continue
             st.providers.update(cached_providers(sub.cluster_name, saved.providers.get(sub.cluster_name)))
+            for key, urls in st.providers.items():
+                # Found at application level last time: kept as such until discovery says otherwise,
+                # so the interface-level list a reconnection delivers first does not drop them.
+                st.app_found[key] = tuple(
+                    FoundURL(
+                        u,
+                        application=Source(u.params[REMOTE_APPLICATION_KEY], u.params.get(REVISION_KEY, "")),
+                    )
+                    for u in urls
+                    if REMOTE_APPLICATION_KEY in u.params
+                )
             self.subscriptions[sub.cluster_name] = st
             if any(st.providers.values()):
                 self.from_cache.add(sub.cluster_name)
@@ -1030,6 +1143,16 @@ class Discovery:
         except RegistryError as exc:  # RegistryUnavailable included
             log.warning("%s", exc)
 
+    async def _sync_apps(self, keys: Iterable[str]) -> None:
+        """The application-level registrations (app_registration) of registries ``keys`` made to follow
+        the publications registered there (none while draining or suspended: their instances go)."""
+        for key in list(dict.fromkeys(keys)):
+            reg = self.registries.get(key)
+            if reg is None:
+                continue
+            pubs = [(p.spec, p.url) for p in self.publications.values() if key in p.registered]
+            await self.app_registrar.sync(key, reg, pubs, self.application)
+
     # --- views for the API and admin ----------------------------------------------------------
 
     def registry_states(self) -> dict[str, str]:
@@ -1045,6 +1168,24 @@ class Discovery:
             for key, reg in self.registries.items()
             if key in self._configured or ((key in self._ever_connected or reg.connected) and key in in_use)
         }
+
+
+MIGRATION_STEP_KEY = "migration.step"  # a Dubbo reference's own step (MigrationRule.getStep)
+_STEP_SETTINGS = (
+    (MigrationSetting.INTERFACE, MigrationStep.FORCE_INTERFACE),
+    (MigrationSetting.APPLICATION, MigrationStep.FORCE_APPLICATION),
+    (MigrationSetting.BOTH, MigrationStep.APPLICATION_FIRST),
+)
+
+
+def _migration_item(item: Mapping[str, Any]) -> str:
+    """A saved subscription's ``migration`` ("" when absent); ValueError when it is no setting."""
+    value = item.get("migration") or ""
+    return MigrationSetting(value).value if value else ""
+
+
+async def _no_fetcher(instance: Any, revision: str) -> Any:
+    raise ValueError("this sidecar asks no MetadataService (no metadata fetcher configured)")
 
 
 def _identity(consumer: DubboURL) -> dict[str, str]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from regproxy.discovery.app_hosts import FoundURL
 from regproxy.discovery.protection import Hold
 from regproxy.registry.url import DubboURL, Subscription
 from regproxy.routing import Cluster, Host, Route
@@ -102,3 +103,11 @@ class SubscriptionState:
     # Declared values the hosts' calls cannot use (governance.params.declaration_problems), as last
     # logged: logged again only when they change.
     param_problems: tuple[str, ...] = ()
+    # Dubbo 3 application-level discovery (regproxy.discovery.apps).  ``migration`` is the /sub's own
+    # setting ("" = the consumer's migration.step, else discovery.migration); ``providers`` holds, per
+    # registry, what the setting selects of ``interface_urls`` (the registry's interface-level list)
+    # and ``app_found`` (the application-level URLs), and ``found`` how each address was found.
+    migration: str = ""
+    interface_urls: dict[str, list[DubboURL]] = field(default_factory=dict)
+    app_found: dict[str, tuple[FoundURL, ...]] = field(default_factory=dict)
+    found: dict[str, dict[str, FoundURL]] = field(default_factory=dict)

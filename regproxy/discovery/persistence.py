@@ -37,6 +37,7 @@ def saved_state(
                 "group": s.sub.group,
                 "registries": s.registries,
                 **_consumer_identity(s),
+                **({"migration": s.migration} if s.migration else {}),
             }
             for s in subscriptions.values()
         ],
