@@ -28,6 +28,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,8 +40,10 @@ from regproxy.api.admin_models import (
     Clusters,
     ConfigDump,
     Draining,
+    FoundView,
     LogLevelReply,
     LogLevelSet,
+    ProviderView,
     Publications,
     Readiness,
     Reloaded,
@@ -342,16 +345,25 @@ def render_clusters(reply: Clusters) -> str:
     for c in reply.clusters:
         cluster = [c.listener, c.source, c.name, c.lb]
         if not c.hosts:
-            rows.append([*cluster, "(no hosts)", None, None, None, None, None, None])
+            rows.append([*cluster, "(no hosts)", None, None, None, None, None, None, None])
         for h in c.hosts:
             health = "healthy" if h.healthy else "unhealthy"
             rows.append(
                 [*cluster, h.address, h.weight, health, h.ejected, h.active_requests, h.total_requests,
-                 _metadata_summary(h.metadata)]
+                 _found_text(h.found), _metadata_summary(h.metadata)]
             )  # fmt: skip
     headers = ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED", "ACTIVE",
-               "TOTAL", "METADATA"]  # fmt: skip
+               "TOTAL", "FOUND", "METADATA"]  # fmt: skip
     return format_table(headers, rows)
+
+
+def _found_text(found: FoundView | None) -> str | None:
+    """``interface``, or ``application app@revision`` / ``both app@revision`` (its first 8 digits)."""
+    if found is None:
+        return None
+    if found.how == "interface":
+        return found.how
+    return f"{found.how} {found.application}@{(found.revision or '')[:8]}"
 
 
 def cmd_routes(client: AdminClient, args: argparse.Namespace) -> Result:
@@ -409,13 +421,22 @@ def cmd_subscriptions(client: AdminClient, args: argparse.Namespace) -> Result:
 
 def render_subscriptions(reply: Subscriptions) -> str:
     rows = [
-        [s.cluster, reg.registry, reg.state, len(s.providers), s.from_cache]
+        [s.cluster, reg.registry, reg.state, len(s.providers), s.migration, _found_summary(s.providers),
+         s.from_cache]
         for reg in reply.registries
         for s in reg.subscriptions
-    ]
+    ]  # fmt: skip
     if not rows:
         return "no subscriptions"
-    return format_table(["SERVICE", "REGISTRY", "STATE", "PROVIDERS", "FROM CACHE"], rows)
+    return format_table(
+        ["SERVICE", "REGISTRY", "STATE", "PROVIDERS", "MIGRATION", "FOUND", "FROM CACHE"], rows
+    )
+
+
+def _found_summary(providers: Sequence[ProviderView]) -> str:
+    """How many providers were found each way, e.g. "application 2, both 1" (docs/discovery.md)."""
+    counts = Counter(p.found.how if p.found is not None else "interface" for p in providers)
+    return ", ".join(f"{how} {counts[how]}" for how in ("interface", "application", "both") if counts[how])
 
 
 def cmd_drain(client: AdminClient, args: argparse.Namespace) -> Result:

@@ -77,7 +77,7 @@ from regproxy.api.http import serve, stop_api
 from regproxy.api.metrics import MetricsSource, metrics_registry
 from regproxy.api.models import ErrNo, ErrorReply
 from regproxy.config import LOG_LEVELS, ConfigError
-from regproxy.discovery.views import explain, parameters_of
+from regproxy.discovery.views import explain, found_how, parameters_of
 from regproxy.governance.params import consumer_own
 from regproxy.registry.base import CONNECTED
 from regproxy.registry.registry_url import RegistryURL
@@ -335,7 +335,11 @@ def _config_clusters(sc: AdminTarget) -> list[ConfigTableCluster]:
             lb=c.lb,
             hosts=[
                 ConfigHost(
-                    address=h.address, weight=h.weight, healthy=h.healthy, metadata=_redact_params(h.metadata)
+                    address=h.address,
+                    weight=h.weight,
+                    healthy=h.healthy,
+                    metadata=_redact_params(h.metadata),
+                    found=_found(sc, name, c.name, h.address),
                 )
                 for h in c.hosts
             ],
@@ -343,6 +347,13 @@ def _config_clusters(sc: AdminTarget) -> list[ConfigTableCluster]:
         for name, lst in _listeners_of(sc)
         for c in lst.table.current.clusters.values()
     ]
+
+
+def _found(sc: AdminTarget, listener: ListenerName, cluster: str, address: str) -> dict[str, str] | None:
+    """How an egress host of a subscription was found (views.found_how); None elsewhere."""
+    if listener != "egress" or sc.discovery is None:
+        return None
+    return found_how(sc.discovery, cluster, address)
 
 
 def live_clusters(sc: AdminTarget) -> list[LiveCluster]:
@@ -364,6 +375,7 @@ def live_clusters(sc: AdminTarget) -> list[LiveCluster]:
                     total_requests=sent.get(h.address, 0),
                     connections=[Connection.model_validate(c) for c in conns.get(h.address, [])],
                     metadata=_redact_params(h.metadata),
+                    found=_found(sc, name, cluster.name, h.address),
                 )
                 for h in cluster.hosts
             ]
@@ -475,13 +487,19 @@ def subscriptions_view(disc: Discovery | None) -> Subscriptions:
                     params=_redact_params(consumer_own(s.consumer.params)),
                     effective=[p for p in effective[s.sub.cluster_name] if p["address"] in listed(s, key)],
                     watching=key in s.watching,
+                    migration=disc.migration_of(s).value,
+                    applications=disc.apps.view(key, s.sub.cluster_name),
                     # Providers read from the state file at start, not yet confirmed by a registry.
                     from_cache=s.sub.cluster_name in disc.from_cache,
                     # This registry's list lost every provider: the last one is kept for a while
                     # (discovery.empty_protection_s, regproxy/discovery/protection.py).
                     holding_empty=key in s.held,
                     providers=[
-                        ProviderView(address=u.address, weight=u.weight)
+                        ProviderView(
+                            address=u.address,
+                            weight=u.weight,
+                            found=found_how(disc, s.sub.cluster_name, u.address),
+                        )
                         for u in s.providers.get(key, ())
                         if matches(s.sub, u)
                     ],

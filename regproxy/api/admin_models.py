@@ -209,11 +209,27 @@ class Router(_Reply):
     routes: list[RouteView] = Field(description="in the order they are tried")
 
 
+class FoundView(_Reply):
+    """How a subscription's provider was found (Dubbo 3 application-level discovery, docs/discovery.md)."""
+
+    how: Literal["interface", "application", "both"] = Field(
+        description="interface-level node, application instance, or both at one address"
+    )
+    # Left out when found at interface level only.
+    application: str | None = Field(
+        None, exclude_if=lambda v: v is None, description="the provider application (application level)"
+    )
+    revision: str | None = Field(
+        None, exclude_if=lambda v: v is None, description="its metadata revision (application level)"
+    )
+
+
 class ConfigHost(_Reply):
     address: str
     weight: int
     healthy: bool
     metadata: dict[str, str] = Field(description="the provider URL's parameters, secrets as ***")
+    found: FoundView | None = Field(None, description="how it was found; null: not from a subscription")
 
 
 class ConfigTableCluster(_Reply):
@@ -254,6 +270,7 @@ class LiveHost(_Reply):
     total_requests: int = Field(description="requests sent to this host, retries included")
     connections: list[Connection]
     metadata: dict[str, str] = Field(description="the provider URL's parameters, secrets as ***")
+    found: FoundView | None = Field(None, description="how it was found; null: not from a subscription")
 
 
 class LiveCluster(_Reply):
@@ -298,6 +315,7 @@ class Publications(_Reply):
 class ProviderView(_Reply):
     address: str
     weight: int
+    found: FoundView | None = Field(None, description="how it was found")
 
 
 class EffectiveValue(_Reply):
@@ -326,6 +344,15 @@ class SubscriptionView(_Reply):
         description="each provider's effective Dubbo parameters and their sources (docs/parameters.md)",
     )
     watching: bool
+    migration: str = Field(
+        "both",
+        description="where its providers are found: interface, application or both (docs/discovery.md)",
+    )
+    applications: dict[str, Any] | None = Field(
+        None,
+        description="application-level discovery on this registry: the provider applications (from the "
+        "mapping or provided-by), their instances by metadata revision and each revision's metadata state",
+    )
     from_cache: bool = Field(description="its providers were read from the state file, not yet confirmed")
     holding_empty: bool = Field(
         description="this registry's list lost every provider; the last ones are kept for "

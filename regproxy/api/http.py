@@ -77,6 +77,7 @@ class DiscoveryAPI(Protocol):
         *,
         application: str = "",
         params: Mapping[str, str] | None = None,
+        migration: str = "",
     ) -> tuple[str, list[dict[str, Any]]]: ...
 
     async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None: ...
@@ -327,7 +328,11 @@ class _Api:
         cluster, providers = await self._call(
             f"subscribe {sub.cluster_name}",
             self.discovery.subscribe(
-                sub, registry, application=req.service.application, params=req.service.params
+                sub,
+                registry,
+                application=req.service.application,
+                params=req.service.params,
+                migration=req.service.migration,
             ),
         )
         return _json(

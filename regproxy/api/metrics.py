@@ -236,7 +236,9 @@ class SidecarCollector(Collector):
             "provider URLs ignored because they name this sidecar's own egress, API or admin listener; "
             "invalid provider URLs skipped (each counted once); provider events that failed to apply; "
             "provider lists emptied and held back by the empty-provider protection; dynamic rules that "
-            "changed (or were restored).",
+            "changed (or were restored); Dubbo 3 application-level discovery: mapping and instance "
+            "changes, MetadataInfo fetches and failed fetch attempts, this sidecar's instance "
+            "registrations and the ones that failed.",
             labels=["event"],
         )
         pubs = GaugeMetricFamily(_name("publications"), "Services this sidecar publishes.")
@@ -276,6 +278,12 @@ class SidecarCollector(Collector):
                 "provider_event_failures",
                 "empty_holds",
                 "rule_changes",
+                "app_mapping_events",
+                "app_instance_events",
+                "metadata_fetches",
+                "metadata_fetch_failures",
+                "app_registrations",
+                "app_registration_failures",
             ):
                 events.add_metric([kind], counts.get(kind, 0))
             pubs.add_metric([], len(disc.publications))

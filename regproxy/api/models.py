@@ -256,6 +256,9 @@ def check_application(value: str) -> str:
     if len(value) > MAX_APPLICATION:
         raise ValueError(f"longer than {MAX_APPLICATION} characters")
     _check_token(value, "application name")
+    if value in (".", ".."):
+        # The name of a folder: /services/<application> (Dubbo 3's instances, docs/discovery.md).
+        raise ValueError(f"{value!r} is not an application name")
     return value
 
 
@@ -465,7 +468,8 @@ Application = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": f"^{_TOKEN_PATTERN}?$", "maxLength": MAX_APPLICATION},
+                # Neither "." nor "..": a folder's name in ZooKeeper (/services/<application>).
+                {"type": "string", "pattern": f"^(?!\\.$){_TOKEN_PATTERN}?$", "maxLength": MAX_APPLICATION},
                 {"type": "null"},
             ],
             "description": "application name shown in the registry; regproxy's own when empty or null",
@@ -530,6 +534,20 @@ ConsumerParams = Annotated[
         "registers and what condition rules match (e.g. env: gray); numbers and booleans become "
         "strings; names match [A-Za-z0-9._-]+; interface, version, group, methods, application, side "
         "and category are refused"
+    ),
+]
+
+
+Migration = Annotated[
+    Literal["", "interface", "application", "both"],
+    BeforeValidator(_none_to_empty),
+    WithJsonSchema(
+        {
+            "anyOf": [{"enum": ["interface", "application", "both", ""]}, {"type": "null"}],
+            "description": "where the providers are found: interface-level nodes, Dubbo 3 application "
+            'instances, or both (one host per address); "" or null: the consumer\'s migration.step '
+            "param, else regproxy's discovery.migration (docs/discovery.md)",
+        }
     ),
 ]
 
@@ -735,6 +753,7 @@ class SubService(_Strict):
     # rules and application= conditions match on it.
     application: Application = ""
     params: ConsumerParams = Field(default_factory=dict)
+    migration: Migration = ""
 
 
 class PubRequest(_Strict):

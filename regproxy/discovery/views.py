@@ -80,3 +80,37 @@ def parameters_of(disc: Discovery, cluster: str) -> list[dict[str, Any]]:
             values = parameter_view(url.params, own, override, methods=methods)
             out.append({"address": url.address, "parameters": values})
     return out
+
+
+def found_how(disc: Discovery, cluster: str, address: str) -> dict[str, str] | None:
+    """How subscription ``cluster``'s provider at ``address`` was found (merge_found): ``how`` is
+    ``interface``, ``application`` or ``both``, with the application and its metadata revision when
+    found at application level; None when ``cluster`` is no subscription or has no such provider."""
+    st = disc.subscriptions.get(cluster)
+    if st is None:
+        return None
+    for key in st.registries:
+        found = st.found.get(key, {}).get(address)
+        if found is None:
+            continue
+        out: dict[str, str] = {}
+        if found.application is not None:
+            out["how"] = "both" if found.interface else "application"
+            out["application"] = found.application.app
+            out["revision"] = found.application.revision
+        else:
+            out["how"] = "interface"
+        return out
+    return None
+
+
+def found_counts(disc: Discovery, cluster: str, key: str) -> dict[str, int]:
+    """How many of subscription ``cluster``'s providers on registry ``key`` were found each way."""
+    st = disc.subscriptions.get(cluster)
+    counts = {"interface": 0, "application": 0, "both": 0}
+    if st is None:
+        return counts
+    for found in st.found.get(key, {}).values():
+        how = "interface" if found.application is None else "both" if found.interface else "application"
+        counts[how] += 1
+    return counts
