@@ -55,7 +55,8 @@ def zk_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture
 def zk(zk_server: ZooKeeperServer) -> Any:
-    """A plain kazoo client (the "independent reader") on a running server whose /dubbo is empty."""
+    """A plain kazoo client (the "independent reader") on a running server whose /dubbo and /services
+    (Dubbo 3's application instances) are empty."""
     if not zk_server.running:  # a previous test stopped it and failed before starting it again
         zk_server.start()
     # Reconnects quickly after the restart drills (kazoo's default backoff grows to a minute).
@@ -63,8 +64,9 @@ def zk(zk_server: ZooKeeperServer) -> Any:
         hosts=zk_server.hosts, timeout=10.0, connection_retry=KazooRetry(max_tries=-1, max_delay=0.5)
     )
     client.start(timeout=15)
-    with contextlib.suppress(NoNodeError):
-        client.delete("/dubbo", recursive=True)
+    for root in ("/dubbo", "/services"):
+        with contextlib.suppress(NoNodeError):
+            client.delete(root, recursive=True)
     try:
         yield client
     finally:

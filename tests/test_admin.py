@@ -319,7 +319,11 @@ async def test_publications_and_subscriptions(pair: Pair) -> None:
     assert reg["registry"] == "memory://" and reg["state"] == "connected"
     (sub,) = reg["subscriptions"]
     assert sub["cluster"] == CLUSTER and sub["watching"] is True and sub["from_cache"] is False
-    assert sub["providers"] == [{"address": f"127.0.0.1:{ingress}", "weight": 100}]
+    (provider,) = sub["providers"]
+    assert (provider["address"], provider["weight"]) == (f"127.0.0.1:{ingress}", 100)
+    # The provider's sidecar registers it both ways (discovery.register_mode all, docs/discovery.md).
+    assert provider["found"]["how"] == "both" and len(provider["found"]["revision"]) == 32, provider
+    assert sub["migration"] == "both" and sub["applications"]["from"] == "mapping", sub
     # A consumer publishes nothing; a provider subscribes to nothing.
     assert (await pair.get(f"{pair.consumer.admin}/api/v1/publications"))[1]["registries"][0][
         "publications"
@@ -366,12 +370,17 @@ async def test_stats_and_metrics_count_the_requests(pair: Pair) -> None:
         assert value(m, "regproxy_registry_state", registry="memory://", state="connected") == 1
         assert value(m, "regproxy_registry_state", registry="memory://", state="lost") == 0
         assert value(m, "regproxy_registry_events_total", event="provider_events") >= 0
+        # The provider application's MetadataInfo, asked of the provider sidecar's ingress once
+        # (Dubbo 3 application-level discovery, docs/discovery.md).
+        assert value(m, "regproxy_registry_events_total", event="metadata_fetches") == 1
+        assert value(m, "regproxy_registry_events_total", event="metadata_fetch_failures") == 0
         assert value(m, "regproxy_subscriptions") == 1 and value(m, "regproxy_publications") == 0
         assert value(m, "regproxy_ready") == 1 and value(m, "regproxy_draining") == 0
 
-        # The provider sidecar counted the same calls on its ingress (the unknown one never left).
+        # The provider sidecar counted the same calls on its ingress (the unknown one never left), and
+        # the MetadataService request it answered itself.
         m = samples(await pair.text(f"{pair.provider.admin}/metrics"))
-        assert value(m, "regproxy_requests_total", listener="ingress") == CALLS
+        assert value(m, "regproxy_requests_total", listener="ingress") == CALLS + 1
         assert value(m, "regproxy_request_duration_seconds_count", listener="ingress",
                      service=f"{GREET}:{VERSION}", method="sayHi") == CALLS  # fmt: skip
         assert value(m, "regproxy_publications") == 1

@@ -66,6 +66,7 @@ class FakeDiscovery:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, RegistryURL | None]] = []
         self.consumers: list[tuple[str, dict[str, str]]] = []  # (application, params) of each subscribe
+        self.migrations: list[str] = []  # the migration setting of each subscribe
         self.fail: BaseException | None = None
 
     def _record(self, op: str, arg: Any, registry: RegistryURL | None) -> None:
@@ -87,9 +88,11 @@ class FakeDiscovery:
         *,
         application: str = "",
         params: Mapping[str, str] | None = None,
+        migration: str = "",
     ) -> tuple[str, list[dict[str, Any]]]:
         self._record("subscribe", sub, registry)
         self.consumers.append((application, dict(params or {})))
+        self.migrations.append(migration)
         return sub.cluster_name, PROVIDERS
 
     async def unsubscribe(self, sub: Subscription, registry: RegistryURL | None = None) -> None:
@@ -448,6 +451,18 @@ async def test_sub_takes_the_consumer_application_and_params(api: Api) -> None:
     status, reply = await api.post("/sub", with_service(SDK_SUB, application="no spaces allowed"))
     assert status == 400
     assert "application" in reply["err_msg"], reply
+
+
+async def test_sub_takes_a_migration_setting_and_refuses_others(api: Api) -> None:
+    """Where a subscription finds its providers (docs/discovery.md): interface, application, both;
+    absent, null or "" leave it to the consumer's migration.step, then discovery.migration."""
+    for value, passed in (("application", "application"), ("both", "both"), (None, ""), ("", "")):
+        status, _ = await api.post("/sub", with_service(SDK_SUB, migration=value))
+        assert status == 200, value
+        assert api.fake.migrations[-1] == passed
+    status, reply = await api.post("/sub", with_service(SDK_SUB, migration="APPLICATION_FIRST"))
+    assert status == 400
+    assert "service.migration" in reply["err_msg"], reply
 
 
 async def test_sub_ignores_methods(api: Api) -> None:

@@ -247,11 +247,6 @@ async def test_provided_by_replaces_the_mapping(
     assert watched_apps(reg) == {APP}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apps.track: a subscription re-tracked with provided-by keeps the mapping watch it had "
-    "(only untrack drops mapping watches), though no subscription needs it any more",
-)
 async def test_switching_to_provided_by_drops_the_mapping_watch(
     reg: MemoryRegistry, disc: AppDiscovery
 ) -> None:
@@ -265,11 +260,6 @@ async def test_switching_to_provided_by_drops_the_mapping_watch(
     assert watched_mappings(reg) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apps.track compares tuple(named) before building _Tracked(sub, tuple(named)): a generator "
-    "(named is typed Iterable[str]) is used up by the comparison and the new tracking names nothing",
-)
 async def test_named_may_be_any_iterable(reg: MemoryRegistry, disc: AppDiscovery) -> None:
     reg.set_instance(instance("10.0.0.1"))
     reg.set_instance(instance("10.0.0.2", S1, app=APP2))
@@ -568,12 +558,6 @@ async def test_a_new_subscription_whose_revisions_all_fail_gets_nothing(
     assert found.calls == []  # not an empty list: nothing at all
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apps._watch_apps catches RegistryError only: a mapping naming an application the registry "
-    "refuses as a path (ValueError, e.g. 'a/b') kills the mapping task, so the other applications of "
-    "the new mapping are never watched or delivered",
-)
 async def test_a_mapping_naming_an_unusable_application_does_not_stop_the_others(
     reg: MemoryRegistry, disc: AppDiscovery, found: Found
 ) -> None:
@@ -585,11 +569,6 @@ async def test_a_mapping_naming_an_unusable_application_does_not_stop_the_others
     await wait_for(lambda: len(found.addresses()) == 2, 0.5, "APP2's host")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apps.track lets the ValueError of watch_instances through when the mapping already names "
-    "an application the registry refuses as a path; the other applications are not tracked",
-)
 async def test_tracking_with_an_unusable_application_in_the_mapping_finds_the_others(
     reg: MemoryRegistry, disc: AppDiscovery
 ) -> None:

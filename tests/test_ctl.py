@@ -213,8 +213,9 @@ async def test_publications_lists_each_with_its_registry_state_and_url(sidecar: 
 async def test_subscriptions_lists_each_service_with_its_providers(sidecar: SidecarProc) -> None:
     code, out, err = await regproxy_ctl("subscriptions", *admin(sidecar))
     assert code == 0, err
-    assert out.splitlines()[0].split() == ["SERVICE", "REGISTRY", "STATE", "PROVIDERS", "FROM", "CACHE"]
-    row(out, f"{GREET}:1.0.0", "memory://", "connected", "1", "no")
+    assert out.splitlines()[0].split() == [
+        "SERVICE", "REGISTRY", "STATE", "PROVIDERS", "MIGRATION", "FOUND", "FROM", "CACHE"]  # fmt: skip
+    row(out, f"{GREET}:1.0.0", "memory://", "connected", "1", "both", "no")
 
     code, out, err = await regproxy_ctl("subscriptions", "--json", *admin(sidecar))
     assert code == 0, err
@@ -371,11 +372,17 @@ STATS = am.Stats(
 )
 
 
-def host(address: str, weight: int, healthy: bool, active: int, total: int, **metadata: str) -> am.LiveHost:
+def host(
+    address: str, weight: int, healthy: bool, active: int, total: int, found: am.FoundView | None = None,
+    **metadata: str,
+) -> am.LiveHost:
     return am.LiveHost(
         address=address, weight=weight, healthy=healthy, ejected=not healthy, active_requests=active,
-        total_requests=total, connections=[], metadata=metadata,
+        total_requests=total, connections=[], metadata=metadata, found=found,
     )  # fmt: skip
+
+
+BOTH = am.FoundView(how="both", application="a", revision="0123456789abcdef0123456789abcdef")
 
 
 CLUSTERS = am.Clusters(
@@ -386,7 +393,7 @@ CLUSTERS = am.Clusters(
             source="registry",
             lb="least_request",
             hosts=[
-                host("10.0.0.5:20882", 100, True, 2, 700, application="a", side="provider"),
+                host("10.0.0.5:20882", 100, True, 2, 700, BOTH, application="a", side="provider"),
                 host("10.0.0.6:20882", 50, False, 0, 500),
             ],
         ),
@@ -456,7 +463,7 @@ SUBSCRIPTIONS = am.Subscriptions(
                     from_cache=True,
                     holding_empty=False,
                     providers=[
-                        am.ProviderView(address="10.0.0.5:20882", weight=100),
+                        am.ProviderView(address="10.0.0.5:20882", weight=100, found=BOTH),
                         am.ProviderView(address="10.0.0.6:20882", weight=100),
                     ],
                 )
@@ -606,14 +613,15 @@ async def test_clusters_table_has_a_row_per_host_with_numbers_right_aligned(
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED",
-                                "ACTIVE", "TOTAL", "METADATA"]  # fmt: skip
+                                "ACTIVE", "TOTAL", "FOUND", "METADATA"]  # fmt: skip
+    # How a host was found (docs/discovery.md): both ways, its application and revision's first digits.
     assert row(out, "10.0.0.5:20882").split() == [
         "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.5:20882", "100", "healthy", "no", "2",
-        "700", "application=a", "+1",
+        "700", "both", "a@01234567", "application=a", "+1",
     ]  # fmt: skip
     assert row(out, "10.0.0.6:20882").split() == [
         "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.6:20882", "50", "unhealthy", "yes", "0",
-        "500", "-",
+        "500", "-", "-",
     ]  # fmt: skip
     assert row(out, "empty").split()[:5] == ["egress", "config", "empty", "random", "(no"]
     # Numbers are right-aligned: the weight column ends where its header does.
@@ -664,7 +672,9 @@ async def test_fake_publications_and_subscriptions(
         "com.x.P:2", "20880", "nacos://n:8848", "connecting", "no", "10.0.0.9:20882"]  # fmt: skip
     code, out, err = await run_inproc(fake, capsys, "subscriptions")
     assert code == 0, err
-    assert row(out, "g/com.x.A:1").split() == ["g/com.x.A:1", "zookeeper://zk:2181", "suspended", "2", "yes"]
+    assert row(out, "g/com.x.A:1").split() == [
+        "g/com.x.A:1", "zookeeper://zk:2181", "suspended", "2", "both", "interface", "1,", "both", "1", "yes",
+    ]  # fmt: skip
 
 
 async def test_fake_rules_in_force_and_refused_per_config_center(

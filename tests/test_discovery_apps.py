@@ -276,12 +276,6 @@ async def test_a_restart_keeps_application_level_providers_routable(
     assert d.apps.failures == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apps.track lets the ValueError of watch_instances through (a mapping naming an application "
-    "that is no valid path segment) and Discovery._track_apps catches RegistryError only, so the /sub "
-    "fails, though its interface-level provider and the other application are there",
-)
 async def test_a_mapping_naming_an_unusable_application_does_not_fail_the_sub(
     make: Callable[..., Discovery],
 ) -> None:

@@ -47,8 +47,11 @@ OUTAGE_S = 15.0
 
 
 def owners(zk: KazooClient, provider: SidecarProc) -> dict[str, int | None]:
-    """The sessions owning the provider node of ``provider`` and the (one) consumer node; None = absent."""
-    found: dict[str, int | None] = {"provider": None, "consumer": None}
+    """The sessions owning the provider node of ``provider``, its Dubbo 3 application instance
+    (discovery.register_mode all) and the (one) consumer node; None = absent."""
+    found: dict[str, int | None] = {"provider": None, "instance": None, "consumer": None}
+    stat = zk.exists(f"/services/demo-provider/127.0.0.1:{provider.ingress}")
+    found["instance"] = stat.ephemeralOwner if stat else None
     for leaf in zk.get_children(PROVIDERS) if zk.exists(PROVIDERS) else []:
         if urlsplit(unquote_plus(leaf)).netloc == f"127.0.0.1:{provider.ingress}":
             stat = zk.exists(f"{PROVIDERS}/{leaf}")
@@ -159,12 +162,19 @@ async def test_session_expiry_recreates_nodes_and_watches_fire(
             fresh = all(found[k] is not None and found[k] != before[k] for k in found)
             return fresh and all(o in live for o in found.values())
 
-        await wait_for(recreated, 15.0, "both nodes re-created by new sessions")
+        await wait_for(recreated, 15.0, "every node re-created by new sessions")
         recovery = time.monotonic() - expired_at
         await wait_for(lambda: _both_ready(a, b), 5.0, "both sidecars ready")
         ok_through = traffic.ok - ok_before
 
         # The consumer's watch, armed again in its new session, still sees a change made in ZooKeeper.
+        # A hand edit of the interface-level node changes a host found at application level too only
+        # where the subscription uses interface-level URLs (Dubbo's FORCE_INTERFACE; with both, the
+        # application-level URL is the one used, as under Dubbo's APPLICATION_FIRST: docs/discovery.md).
+        status, body = await a.post(
+            "/sub", {"service": {"interface": GREET, "version": VERSION, "migration": "interface"}}
+        )
+        assert status == 200, body
         changed_at = time.monotonic()
         await set_weight_by_hand(zk, b.ingress, 300)
         ingress = f"127.0.0.1:{b.ingress}"

@@ -15,6 +15,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from regproxy.demo.provider import default_services, serve
+from regproxy.registry.instances import parse_curator
 from tests.sidecars import SidecarProc
 from tests.topology import leaves, pub_body
 from tests.wait import wait_for
@@ -72,13 +73,28 @@ async def test_restarted_sidecar_registers_with_its_own_pid_and_the_publications
     the publication through the same code as a killed one, whose node is still there."""
     assert (await sidecar.post("/pub", pub_body(sidecar.app_port)))[0] == 200
     before = await published(sidecar, zk)
-    await sidecar.kill()  # its node stays until the session expires (10 s)
+    instance = f"/services/demo-provider/127.0.0.1:{sidecar.ingress}"  # Dubbo 3's form of it too
+    data, stat = zk.get(instance)
+    await sidecar.kill()  # its nodes stay until the session expires (10 s)
     assert node_of(zk, f"127.0.0.1:{sidecar.ingress}") == [before]
     await sidecar.start()
     # Within 5 s, less than the killed session's 10 s: the killed run's node was removed, not expired.
     after = await published(sidecar, zk)
     assert after["pid"] != before["pid"]
     assert after["timestamp"] == before["timestamp"]
+
+    # The instance too is this run's, with the same revision (pid and timestamp are not in the
+    # MetadataInfo: DefaultMetadataParamsFilter) and the publication's timestamp.
+    def renewed() -> bool:
+        now = zk.exists(instance)
+        return now is not None and now.ephemeralOwner != stat.ephemeralOwner
+
+    await wait_for(renewed, 5, "the instance registered by this run", in_thread=True)
+    new_data, _ = zk.get(instance)
+    assert (
+        parse_curator(new_data, app="demo-provider").metadata
+        == parse_curator(data, app="demo-provider").metadata
+    )
     # The state file now holds the URL registered by this run.
     status, body = await sidecar.post("/pub", pub_body(sidecar.app_port))  # idempotent: the same URL
     assert status == 200 and f"pid={after['pid']}" in body["url"], body

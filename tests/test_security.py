@@ -280,6 +280,13 @@ async def test_hostile_names_never_leave_their_place(zk_sidecar: Sidecar, zk: Ka
         f"/dubbo/{IFACE}/configurators",
         f"/dubbo/{IFACE}/providers",
         f"/dubbo/{IFACE}/providers/{leaf}",
+        # Dubbo 3's application level (discovery.register_mode all): the service-name mapping and the
+        # sidecar's instance of its own application (the publication names none).
+        "/dubbo/mapping",
+        f"/dubbo/mapping/{IFACE}",
+        "/services",
+        "/services/regproxy",
+        f"/services/regproxy/{url.host}:{url.port}",
     ]
 
 
