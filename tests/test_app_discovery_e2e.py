@@ -495,3 +495,34 @@ async def test_on_nacos_a_dubbo3_consumer_finds_a_regproxy_publication(tmp_path:
                 assert result.value == "PublishedOnNacos says hi to nina"
         finally:
             await sc.kill()
+
+
+async def test_on_nacos_one_host_both_ways_and_a_new_revision(tmp_path: Path) -> None:
+    interface = iface("BothOnNacos")
+    async with NacosDouble() as nacos:
+        sc = SidecarProc("nacos-both", tmp_path / "a", registries=[f"nacos://{nacos.address}"], app_port=1)
+        await sc.start()
+        double: Dubbo3Provider | None = None
+        try:
+            await subscribe(sc, interface)
+            backend = NacosBackend(nacos, tmp_path / "d3")
+            double = await Dubbo3Provider(
+                backend, "n-both", [Service(interface)], register_interface=True
+            ).start()
+
+            async def both() -> bool:
+                hosts = await cluster(sc, interface)
+                return list(hosts) == [double.address] and hosts[double.address]["found"]["how"] == "both"
+
+            await wait_for(both, 2.0, "one host found both ways on Nacos")
+            second = await double.set_services([Service(interface, methods=("sayHi", "sayHello"))])
+
+            async def revised() -> bool:
+                host = (await cluster(sc, interface)).get(double.address, {})
+                return host.get("found", {}).get("revision") == second
+
+            await wait_for(revised, 2.0, "the new revision on Nacos")
+        finally:
+            if double is not None:
+                await double.stop()
+            await sc.kill()
