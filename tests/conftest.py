@@ -23,6 +23,8 @@ from kazoo.retry import KazooRetry
 # clean-clone runs.  Nothing here forks a process that goes on to use gRPC.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
+from tests.memory import make_memory, memory_stores  # noqa: F401  (the memory:// tests' fixtures)
+from tests.metadata_fetcher import fast_retries  # noqa: F401  (application-level discovery's tests)
 from tests.nacos_sdk import clients, config_clients, nacos  # noqa: F401  (the Nacos tests' fixtures)
 from tests.topology import world  # noqa: F401  (a fixture, shared by the end-to-end tests)
 from tests.zkserver import MAIN_CLASS as ZK_MAIN_CLASS

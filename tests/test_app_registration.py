@@ -18,7 +18,7 @@ place of the ingress's MetadataService.  What a Dubbo 3.3 provider does, and so 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -31,6 +31,9 @@ from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.metadata_info import MetadataInfo
 from regproxy.registry.url import DubboURL, provider_url
 from regproxy.tls import TLS_PARAM
+
+# Every memory:// store starts empty and is emptied after each test.
+pytestmark = pytest.mark.usefixtures("memory_stores")
 
 KEY = "memory://a"
 DEFAULT_APP = "regproxy"
@@ -87,13 +90,6 @@ class Served:
     def drop(self, app: str) -> None:
         self.ops.append(("drop", app))
         self.apps.pop(app, None)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_stores() -> Iterator[None]:
-    MemoryRegistry.reset_all()
-    yield
-    MemoryRegistry.reset_all()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -33,7 +33,12 @@ from regproxy.registry.instances import REMOTE, REVISION_KEY, AppInstance, insta
 from regproxy.registry.memory import MemoryRegistry
 from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo
 from regproxy.registry.url import Subscription
+from tests.memory import settle
+from tests.metadata_fetcher import Fetcher
 from tests.wait import wait_for
+
+# Every memory:// store starts empty and is emptied after each test.
+pytestmark = pytest.mark.usefixtures("memory_stores")
 
 APP = "shop"
 APP2 = "stock"
@@ -58,29 +63,6 @@ def instance(ip: str, meta: MetadataInfo = R1, *, app: str = APP, remote: bool =
     assert meta.revision
     metadata = instance_metadata(meta.revision, storage_type=REMOTE if remote else "local")
     return AppInstance(app=app, host=ip, port=20880, metadata=metadata)
-
-
-class Fetcher:
-    """The MetadataService of every instance: answers from ``infos``, or raises ``failing``'s error for
-    a revision; ``gate`` (when set) holds every answer until it is set."""
-
-    def __init__(self, *infos: MetadataInfo) -> None:
-        self.infos = {(i.app, i.revision): i for i in infos}
-        self.failing: dict[str | None, str] = {}  # revision -> error
-        self.calls: list[tuple[str, str, str]] = []  # (application, revision, instance id)
-        self.gate: asyncio.Event | None = None
-
-    def count(self, revision: str | None) -> int:
-        return sum(1 for c in self.calls if c[1] == revision)
-
-    async def __call__(self, inst: AppInstance, revision: str) -> MetadataInfo:
-        self.calls.append((inst.app, revision, inst.id))
-        if self.gate is not None:
-            await self.gate.wait()
-        error = self.failing.get(revision)
-        if error is not None:
-            raise OSError(error)
-        return self.infos[(inst.app, revision)]
 
 
 class Found:
@@ -110,25 +92,6 @@ def watched_apps(reg: MemoryRegistry) -> set[str]:
 
 def watched_mappings(reg: MemoryRegistry) -> set[str]:
     return {interface for interface, listeners in reg._mapping_listeners.items() if listeners}
-
-
-async def settle() -> None:
-    # Memory registry events are scheduled with call_soon; a fetch is a task: let both run.
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_stores() -> Iterator[None]:
-    MemoryRegistry.reset_all()
-    yield
-    MemoryRegistry.reset_all()
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(apps_module, "RETRY_FIRST_S", 0.01)
-    monkeypatch.setattr(apps_module, "RETRY_MAX_S", 0.02)
 
 
 @pytest.fixture

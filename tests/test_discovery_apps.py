@@ -12,13 +12,12 @@ processes: tests/test_app_discovery_e2e.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from regproxy.discovery import Discovery, PublishSpec, ingress_table
-from regproxy.discovery import apps as apps_module
 from regproxy.discovery.app_hosts import Source
 from regproxy.discovery.app_publish import app_publications
 from regproxy.discovery.app_registration import RegisterMode
@@ -31,7 +30,11 @@ from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, provider_url
 from regproxy.routing import RoutingTable, TableHolder
 from regproxy.state import StateStore
+from tests.metadata_fetcher import Fetcher
 from tests.wait import wait_for
+
+# Every memory:// store starts empty and is emptied after each test.
+pytestmark = pytest.mark.usefixtures("memory_stores")
 
 IFACE = "com.x.Svc"
 APP = "shop"
@@ -55,21 +58,6 @@ def interface_provider(ip: str) -> DubboURL:
     return provider_url(
         interface=IFACE, ip=ip, port=20880, version="1.0.0", group="g", methods=("m",), pid=1, timestamp_ms=1
     )
-
-
-class Fetcher:
-    """The providers' MetadataService: META for its revision, or ``error`` while set."""
-
-    def __init__(self) -> None:
-        self.error: str | None = None
-        self.calls = 0
-
-    async def __call__(self, inst: AppInstance, revision: str) -> MetadataInfo:
-        self.calls += 1
-        if self.error is not None:
-            raise OSError(self.error)
-        assert revision == REV
-        return META
 
 
 def new_discovery(
@@ -102,22 +90,9 @@ def new_discovery(
     )
 
 
-@pytest.fixture(autouse=True)
-def _fresh_stores() -> Iterator[None]:
-    MemoryRegistry.reset_all()
-    yield
-    MemoryRegistry.reset_all()
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(apps_module, "RETRY_FIRST_S", 0.01)
-    monkeypatch.setattr(apps_module, "RETRY_MAX_S", 0.02)
-
-
 @pytest.fixture
 def fetcher() -> Fetcher:
-    return Fetcher()
+    return Fetcher(META)  # the providers' MetadataService
 
 
 @pytest.fixture
@@ -255,7 +230,7 @@ async def test_a_restart_keeps_application_level_providers_routable(
 
     # Restarted with the registry unreachable, and its MetadataService not answering yet. No empty-
     # provider hold: what keeps the host is the restore alone.
-    fetcher.error = "connection refused"
+    fetcher.failing[REV] = "connection refused"
     d, reg = await started(make, data_dir=tmp_path, down=True, empty_protection_s=0)
     assert not reg.connected
     assert NAME in d.from_cache and routed_addresses(d) == [APP_ONLY]  # before the registry says anything
@@ -266,11 +241,11 @@ async def test_a_restart_keeps_application_level_providers_routable(
     # the host stays, as found at application level.
     reg.simulate_up()
     await wait_for(lambda: KEY in st.watching, 2, "the subscription to be watched again")
-    await wait_for(lambda: fetcher.calls >= 2, 2, "the metadata to be asked for again")
+    await wait_for(lambda: fetcher.count(REV) >= 2, 2, "the metadata to be asked for again")
     assert routed_addresses(d) == [APP_ONLY]
     assert found_how(d, NAME, APP_ONLY) == {"how": "application", "application": APP, "revision": REV}
 
-    fetcher.error = None
+    del fetcher.failing[REV]
     await wait_for(lambda: (APP, REV) in d.apps.metadata, 2, "the metadata")
     assert routed_addresses(d) == [APP_ONLY]
     assert d.apps.failures == {}

@@ -4,15 +4,17 @@ other tests use to play a Dubbo 3 application (``set_instance``, ``set_mapping``
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from regproxy.registry import LOST, STOPPED, SUSPENDED, MemoryRegistry, RegistryError, RegistryUnavailable
 from regproxy.registry.instances import AppInstance, instance_metadata
 from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo
-from regproxy.registry.registry_url import RegistryURL
+from tests.memory import settle
+
+# Every memory:// store starts empty and is emptied after each test.
+pytestmark = pytest.mark.usefixtures("memory_stores")
 
 APP = "demo-provider"
 IFACE = "com.x.AppSvc"
@@ -36,35 +38,8 @@ class Recorder:
         return self.values[-1] if self.values else None
 
 
-async def _settle() -> None:
-    # Listeners are scheduled with call_soon: let the loop run them.
-    for _ in range(3):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_stores() -> Iterator[None]:
-    MemoryRegistry.reset_all()
-    yield
-    MemoryRegistry.reset_all()
-
-
-@pytest.fixture
-async def make() -> AsyncIterator[Callable[..., MemoryRegistry]]:
-    made: list[MemoryRegistry] = []
-
-    def factory(name: str = "") -> MemoryRegistry:
-        reg = MemoryRegistry(RegistryURL.parse("memory://"), name=name)
-        made.append(reg)
-        return reg
-
-    yield factory
-    for reg in made:
-        await reg.stop()
-
-
-async def started(make: Callable[..., MemoryRegistry]) -> MemoryRegistry:
-    reg = make()
+async def started(make_memory: Callable[..., MemoryRegistry]) -> MemoryRegistry:
+    reg = make_memory()
     await reg.start()
     return reg
 
@@ -74,74 +49,74 @@ async def started(make: Callable[..., MemoryRegistry]) -> MemoryRegistry:
 
 
 async def test_registered_instances_reach_the_watchers_of_the_application(
-    make: Callable[..., MemoryRegistry],
+    make_memory: Callable[..., MemoryRegistry],
 ) -> None:
-    provider, consumer = await started(make), await started(make)
+    provider, consumer = await started(make_memory), await started(make_memory)
     assert provider.app_discovery
     a = instance("10.0.0.1")
     await provider.register_instance(a)
     rec = Recorder()
     assert await consumer.watch_instances(APP, rec) == [a]
-    await _settle()
+    await settle()
     assert rec.values == []  # watch_instances returns the current ones; no extra call
 
     b = instance("10.0.0.2")
     await provider.register_instance(b)
     assert rec.values == []  # scheduled on the loop, never called from inside the change
-    await _settle()
+    await settle()
     assert rec.last == [a, b]
 
     a2 = instance("10.0.0.1", "r2")  # the same address, a new revision: replaced
     await provider.register_instance(a2)
-    await _settle()
+    await settle()
     assert rec.last == [a2, b] and consumer.instances(APP) == [a2, b]
 
     await provider.unregister_instance(a2)
-    await _settle()
+    await settle()
     assert rec.last == [b]
     await provider.unregister_instance(a2)  # already gone: fine
 
     await consumer.unwatch_instances(APP, rec)
     n = len(rec.values)
     await provider.unregister_instance(b)
-    await _settle()
+    await settle()
     assert len(rec.values) == n
     assert consumer.instances(APP) == []
 
 
-async def test_test_hooks_play_another_application(make: Callable[..., MemoryRegistry]) -> None:
-    reg = await started(make)
+async def test_test_hooks_play_another_application(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg = await started(make_memory)
     rec, other_app = Recorder(), Recorder()
     await reg.watch_instances(APP, rec)
     await reg.watch_instances("other", other_app)
     theirs = instance("10.0.0.7")
     reg.set_instance(theirs)
-    await _settle()
+    await settle()
     assert rec.last == [theirs] and other_app.values == []  # per application
     assert reg.remove_instance(APP, "10.0.0.7:20880")
     assert not reg.remove_instance(APP, "10.0.0.7:20880")
-    await _settle()
+    await settle()
     assert rec.last == []
 
 
-async def test_stop_removes_own_instances_only(make: Callable[..., MemoryRegistry]) -> None:
-    provider, consumer = await started(make), await started(make)
+async def test_stop_removes_own_instances_only(make_memory: Callable[..., MemoryRegistry]) -> None:
+    provider, consumer = await started(make_memory), await started(make_memory)
     mine, theirs = instance("10.0.0.1"), instance("10.0.0.2")
     await provider.register_instance(mine)
     consumer.set_instance(theirs)
     rec = Recorder()
     await consumer.watch_instances(APP, rec)
     await provider.stop()
-    await _settle()
+    await settle()
     assert rec.last == [theirs]
     with pytest.raises(RegistryUnavailable, match="stopped"):
         await provider.register_instance(mine)
 
 
 async def test_lost_session_drops_own_instances_and_reconnect_recreates_them(
-    make: Callable[..., MemoryRegistry],
+    make_memory: Callable[..., MemoryRegistry],
 ) -> None:
-    provider, consumer = await started(make), await started(make)
+    provider, consumer = await started(make_memory), await started(make_memory)
     mine = instance("10.0.0.1")
     await provider.register_instance(mine)
     theirs = instance("10.0.0.2")
@@ -152,7 +127,7 @@ async def test_lost_session_drops_own_instances_and_reconnect_recreates_them(
 
     provider.simulate_down(lose_session=True)
     assert provider.state == LOST
-    await _settle()
+    await settle()
     assert seen_by_consumer.last == [theirs]  # gone with the session, as ephemeral nodes go
     assert seen_by_provider.values == []  # nothing is delivered while down
     with pytest.raises(RegistryUnavailable):
@@ -161,19 +136,19 @@ async def test_lost_session_drops_own_instances_and_reconnect_recreates_them(
         await provider.watch_instances("another", Recorder())
     late = instance("10.0.0.4")
     consumer.set_instance(late)
-    await _settle()
+    await settle()
     assert seen_by_provider.values == []
 
     provider.simulate_up()
-    await _settle()
+    await settle()
     assert seen_by_consumer.last == [mine, theirs, late]  # re-created
     assert seen_by_provider.last == [mine, theirs, late]  # what changed meanwhile is delivered
 
 
 async def test_unregistered_while_suspended_is_deleted_on_reconnect(
-    make: Callable[..., MemoryRegistry],
+    make_memory: Callable[..., MemoryRegistry],
 ) -> None:
-    provider, consumer = await started(make), await started(make)
+    provider, consumer = await started(make_memory), await started(make_memory)
     mine = instance("10.0.0.1")
     await provider.register_instance(mine)
     provider.simulate_down()
@@ -188,21 +163,21 @@ async def test_unregistered_while_suspended_is_deleted_on_reconnect(
 # the service-name mapping
 
 
-async def test_mapping_add_watch_and_hooks(make: Callable[..., MemoryRegistry]) -> None:
-    one, two = await started(make), await started(make)
+async def test_mapping_add_watch_and_hooks(make_memory: Callable[..., MemoryRegistry]) -> None:
+    one, two = await started(make_memory), await started(make_memory)
     rec = Recorder()
     assert await two.watch_mapping(IFACE, rec) == ()
     await one.add_mapping(IFACE, "app-a")
-    await _settle()
+    await settle()
     assert rec.values == [("app-a",)]
     await one.add_mapping(IFACE, "app-a")  # there already: no change, nothing delivered
-    await _settle()
+    await settle()
     assert rec.values == [("app-a",)]
     assert one.mapping(IFACE) == "app-a"
 
     two.set_mapping(IFACE, "app-a, other ")  # another writer's text
     await two.add_mapping(IFACE, "app-b")
-    await _settle()
+    await settle()
     assert one.mapping(IFACE) == "app-a, other ,app-b"  # appended, the rest kept as it was
     assert rec.last == ("app-a", "app-b", "other")  # sorted, trimmed (ServiceNameMapping.getAppNames)
     with pytest.raises(ValueError):
@@ -211,14 +186,14 @@ async def test_mapping_add_watch_and_hooks(make: Callable[..., MemoryRegistry]) 
     await two.unwatch_mapping(IFACE, rec)
     n = len(rec.values)
     await one.add_mapping(IFACE, "app-c")
-    await _settle()
+    await settle()
     assert len(rec.values) == n
 
 
 async def test_mapping_change_while_down_is_delivered_once_on_reconnect(
-    make: Callable[..., MemoryRegistry],
+    make_memory: Callable[..., MemoryRegistry],
 ) -> None:
-    reg = await started(make)
+    reg = await started(make_memory)
     rec, unchanged = Recorder(), Recorder()
     reg.set_mapping("com.x.Same", "x")
     await reg.watch_mapping(IFACE, rec)
@@ -228,23 +203,23 @@ async def test_mapping_change_while_down_is_delivered_once_on_reconnect(
         await reg.add_mapping(IFACE, "app-a")
     reg.set_mapping(IFACE, "app-a")
     reg.set_mapping(IFACE, "app-a,app-b")
-    await _settle()
+    await settle()
     assert rec.values == []
     reg.simulate_up()
-    await _settle()
+    await settle()
     assert rec.values == [("app-a", "app-b")]
     assert unchanged.values == []  # nothing changed there: nothing delivered
 
 
 async def test_second_mapping_listener_does_not_hide_a_pending_change(
-    make: Callable[..., MemoryRegistry],
+    make_memory: Callable[..., MemoryRegistry],
 ) -> None:
-    reg = await started(make)
+    reg = await started(make_memory)
     first, second = Recorder(), Recorder()
     await reg.watch_mapping(IFACE, first)
     reg.set_mapping(IFACE, "app-a")  # scheduled for `first`
     assert await reg.watch_mapping(IFACE, second) == ("app-a",)
-    await _settle()
+    await settle()
     assert first.values == [("app-a",)]
 
 
@@ -255,8 +230,8 @@ async def test_second_mapping_listener_does_not_hide_a_pending_change(
 INFO = MetadataInfo.of(APP, [ServiceInfo(name=IFACE, protocol="dubbo", port=20880, path=IFACE)])
 
 
-async def test_metadata_round_trip_absent_and_unparseable(make: Callable[..., MemoryRegistry]) -> None:
-    writer, reader = await started(make), await started(make)
+async def test_metadata_round_trip_absent_and_unparseable(make_memory: Callable[..., MemoryRegistry]) -> None:
+    writer, reader = await started(make_memory), await started(make_memory)
     assert INFO.revision
     assert await reader.read_metadata(APP, INFO.revision) is None
     await writer.write_metadata(INFO)
@@ -283,8 +258,8 @@ async def test_metadata_round_trip_absent_and_unparseable(make: Callable[..., Me
         await reader.read_metadata(APP, INFO.revision)
 
 
-async def test_stop_forgets_every_listener(make: Callable[..., MemoryRegistry]) -> None:
-    reg, other = await started(make), await started(make)
+async def test_stop_forgets_every_listener(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg, other = await started(make_memory), await started(make_memory)
     instances, mapping = Recorder(), Recorder()
     await reg.watch_instances(APP, instances)
     await reg.watch_mapping(IFACE, mapping)
@@ -292,14 +267,15 @@ async def test_stop_forgets_every_listener(make: Callable[..., MemoryRegistry]) 
     assert reg.state == STOPPED
     other.set_instance(instance("10.0.0.1"))
     await other.add_mapping(IFACE, "app-a")
-    await _settle()
+    await settle()
     assert instances.values == [] and mapping.values == []
 
 
 async def test_names_the_zookeeper_paths_would_refuse_are_refused_here_too(
-    make: Callable[..., MemoryRegistry],
+    make_memory: Callable[..., MemoryRegistry],
 ) -> None:
-    reg = await started(make)
+
+    reg = await started(make_memory)
     with pytest.raises(ValueError, match="application"):
         await reg.watch_instances("a/b", Recorder())
     with pytest.raises(ValueError, match="interface"):

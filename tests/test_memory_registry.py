@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -19,6 +19,10 @@ from regproxy.registry import (
     provider_url,
 )
 from regproxy.registry.registry_url import RegistryURL
+from tests.memory import settle
+
+# Every memory:// store starts empty and is emptied after each test.
+pytestmark = pytest.mark.usefixtures("memory_stores")
 
 SVC = "com.x.Svc"
 SUB = Subscription(SVC)
@@ -43,91 +47,68 @@ class Recorder:
         return {u.host for u in self.calls[-1]}
 
 
-async def _settle() -> None:
-    # Listeners are scheduled with call_soon: let the loop run them.
-    for _ in range(3):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_stores() -> Iterator[None]:
-    MemoryRegistry.reset_all()
-    yield
-    MemoryRegistry.reset_all()
-
-
-@pytest.fixture
-async def make() -> AsyncIterator[Callable[..., MemoryRegistry]]:
-    made: list[MemoryRegistry] = []
-
-    def factory(name: str = "") -> MemoryRegistry:
-        reg = MemoryRegistry(RegistryURL.parse("memory://"), name=name)
-        made.append(reg)
-        return reg
-
-    yield factory
-    for reg in made:
-        await reg.stop()
-
-
-async def test_register_subscribe_and_full_lists_on_every_change(make: Callable[..., MemoryRegistry]) -> None:
-    provider, consumer = make(), make()
+async def test_register_subscribe_and_full_lists_on_every_change(
+    make_memory: Callable[..., MemoryRegistry],
+) -> None:
+    provider, consumer = make_memory(), make_memory()
     await provider.start()
     await consumer.start()
     await provider.register(_prov("10.0.0.1"))
     rec = Recorder()
     assert {u.host for u in await consumer.subscribe(SUB, rec)} == {"10.0.0.1"}
-    await _settle()
+    await settle()
     assert rec.calls == []  # subscribe() returns the current list; no extra callback
 
     await provider.register(_prov("10.0.0.2"))  # added
-    await _settle()
+    await settle()
     assert rec.last == {"10.0.0.1", "10.0.0.2"}
 
     await provider.unregister(_prov("10.0.0.1"))  # removed
-    await _settle()
+    await settle()
     assert rec.last == {"10.0.0.2"}
 
     consumer.replace_provider(_prov("10.0.0.2"), _prov("10.0.0.2", weight=7))  # changed: one update
-    await _settle()
+    await settle()
     assert len(rec.calls) == 3
     assert [u.weight for u in rec.calls[-1]] == [7]
 
     assert consumer.remove_provider(_prov("10.0.0.2", weight=7))
     assert not consumer.remove_provider(_prov("10.0.0.2", weight=7))
-    await _settle()
+    await settle()
     assert rec.calls[-1] == []
 
 
-async def test_listener_lists_are_unfiltered_and_per_interface(make: Callable[..., MemoryRegistry]) -> None:
-    reg = make()
+async def test_listener_lists_are_unfiltered_and_per_interface(
+    make_memory: Callable[..., MemoryRegistry],
+) -> None:
+    reg = make_memory()
     await reg.start()
     rec, other = Recorder(), Recorder()
     await reg.subscribe(Subscription(SVC, "1.0", "g"), rec)
     await reg.subscribe(Subscription("com.x.Other"), other)
     reg.set_provider(provider_url(interface=SVC, ip="10.0.0.1", port=1, version="2.0", group="h"))
     reg.set_provider(DubboURL("tri", "10.0.0.2", 1, SVC, {"interface": SVC}))
-    await _settle()
+    await settle()
     assert rec.last == {"10.0.0.1", "10.0.0.2"}  # filtering is the caller's (matches())
     assert other.calls == []
 
 
-async def test_consumer_nodes_are_not_providers(make: Callable[..., MemoryRegistry]) -> None:
-    reg = make()
+async def test_consumer_nodes_are_not_providers(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg = make_memory()
     await reg.start()
     rec = Recorder()
     await reg.subscribe(SUB, rec)
     c = consumer_url(interface=SVC, ip="10.0.0.9")
     await reg.register(c)
-    await _settle()
+    await settle()
     assert rec.calls == []
     assert reg.nodes(SVC, "consumers") == [c] and reg.nodes(SVC) == []
     await reg.unregister(c)
     assert reg.nodes(SVC, "consumers") == []
 
 
-async def test_instances_share_a_store_by_name(make: Callable[..., MemoryRegistry]) -> None:
-    a, b, other = make(), make(), make("other")
+async def test_instances_share_a_store_by_name(make_memory: Callable[..., MemoryRegistry]) -> None:
+    a, b, other = make_memory(), make_memory(), make_memory("other")
     for r in (a, b, other):
         await r.start()
     await a.register(_prov("10.0.0.1"))
@@ -135,12 +116,15 @@ async def test_instances_share_a_store_by_name(make: Callable[..., MemoryRegistr
     assert other.nodes(SVC) == []
     assert (a.name, other.name) == ("memory://", "memory://other")
     MemoryRegistry.reset_all()
-    fresh = make()
+    fresh = make_memory()
     assert fresh.nodes(SVC) == []  # a new store after reset_all()
 
 
-async def test_stop_removes_only_own_nodes_and_notifies_others(make: Callable[..., MemoryRegistry]) -> None:
-    provider, consumer = make(), make()
+async def test_stop_removes_only_own_nodes_and_notifies_others(
+    make_memory: Callable[..., MemoryRegistry],
+) -> None:
+
+    provider, consumer = make_memory(), make_memory()
     await provider.start()
     await consumer.start()
     await provider.register(_prov("10.0.0.1"))
@@ -148,43 +132,43 @@ async def test_stop_removes_only_own_nodes_and_notifies_others(make: Callable[..
     rec = Recorder()
     await consumer.subscribe(SUB, rec)
     await provider.stop()
-    await _settle()
+    await settle()
     assert rec.last == {"10.0.0.2"}
     assert provider.state == STOPPED
     with pytest.raises(RegistryUnavailable, match="stopped"):
         await provider.register(_prov("10.0.0.1"))
 
 
-async def test_unsubscribe_stops_updates(make: Callable[..., MemoryRegistry]) -> None:
-    reg = make()
+async def test_unsubscribe_stops_updates(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg = make_memory()
     await reg.start()
     rec, kept = Recorder(), Recorder()
     await reg.subscribe(SUB, rec)
     await reg.subscribe(Subscription(SVC, "1.0"), kept)
     reg.set_provider(_prov("10.0.0.1"))
     await reg.unsubscribe(SUB, rec)  # after the change was scheduled, before it ran
-    await _settle()
+    await settle()
     assert rec.calls == [] and kept.last == {"10.0.0.1"}
     await reg.unsubscribe(SUB, rec)  # unknown: no-op
     await reg.unsubscribe(Subscription(SVC, "1.0"), kept)
     reg.set_provider(_prov("10.0.0.2"))
-    await _settle()
+    await settle()
     assert len(kept.calls) == 1
 
 
-async def test_late_subscriber_never_gets_an_older_list(make: Callable[..., MemoryRegistry]) -> None:
-    reg = make()
+async def test_late_subscriber_never_gets_an_older_list(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg = make_memory()
     await reg.start()
     first, late = Recorder(), Recorder()
     await reg.subscribe(SUB, first)
     reg.set_provider(_prov("10.0.0.1"))  # scheduled for `first` only
     assert {u.host for u in await reg.subscribe(Subscription(SVC, "*"), late)} == {"10.0.0.1"}
-    await _settle()
+    await settle()
     assert first.last == {"10.0.0.1"} and late.calls == []
 
 
-async def test_failing_listener_does_not_stop_others(make: Callable[..., MemoryRegistry]) -> None:
-    reg = make()
+async def test_failing_listener_does_not_stop_others(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg = make_memory()
     await reg.start()
 
     def boom(urls: list[DubboURL]) -> None:
@@ -194,12 +178,12 @@ async def test_failing_listener_does_not_stop_others(make: Callable[..., MemoryR
     await reg.subscribe(SUB, boom)
     await reg.subscribe(Subscription(SVC, "*"), rec)
     reg.set_provider(_prov("10.0.0.1"))
-    await _settle()
+    await settle()
     assert rec.last == {"10.0.0.1"}
 
 
-async def test_not_started_is_unavailable(make: Callable[..., MemoryRegistry]) -> None:
-    reg = make()
+async def test_not_started_is_unavailable(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg = make_memory()
     with pytest.raises(RegistryUnavailable, match="connecting"):
         await reg.subscribe(SUB, Recorder())
     await reg.start()
@@ -211,8 +195,8 @@ def test_rejects_other_schemes() -> None:
         MemoryRegistry(RegistryURL.parse("zookeeper://127.0.0.1:2181"))
 
 
-async def test_simulate_down_suspended(make: Callable[..., MemoryRegistry]) -> None:
-    provider, consumer = make(), make()
+async def test_simulate_down_suspended(make_memory: Callable[..., MemoryRegistry]) -> None:
+    provider, consumer = make_memory(), make_memory()
     states: list[str] = []
     consumer.add_state_listener(states.append)
     await provider.start()
@@ -220,7 +204,7 @@ async def test_simulate_down_suspended(make: Callable[..., MemoryRegistry]) -> N
     rec = Recorder()
     await consumer.subscribe(SUB, rec)
     await consumer.register(_prov("10.0.0.9"))
-    await _settle()
+    await settle()
     assert rec.last == {"10.0.0.9"}
 
     consumer.simulate_down()
@@ -230,20 +214,20 @@ async def test_simulate_down_suspended(make: Callable[..., MemoryRegistry]) -> N
     with pytest.raises(RegistryUnavailable):
         await consumer.subscribe(Subscription("com.x.Other"), Recorder())
     await provider.register(_prov("10.0.0.1"))
-    await _settle()
+    await settle()
     assert len(rec.calls) == 1  # no events while disconnected
     await consumer.unregister(_prov("10.0.0.9"))  # accepted; the node goes when connected again
     assert {u.host for u in provider.nodes(SVC)} == {"10.0.0.1", "10.0.0.9"}
 
     consumer.simulate_up()
-    await _settle()
+    await settle()
     assert consumer.state == CONNECTED
     assert rec.last == {"10.0.0.1"}  # re-read on reconnect
     assert states == [CONNECTED, SUSPENDED, CONNECTED]
 
 
-async def test_simulate_down_lost_session_recreates_nodes(make: Callable[..., MemoryRegistry]) -> None:
-    provider, consumer = make(), make()
+async def test_simulate_down_lost_session_recreates_nodes(make_memory: Callable[..., MemoryRegistry]) -> None:
+    provider, consumer = make_memory(), make_memory()
     states: list[str] = []
     provider.add_state_listener(states.append)
     await provider.start()
@@ -254,21 +238,21 @@ async def test_simulate_down_lost_session_recreates_nodes(make: Callable[..., Me
     await consumer.subscribe(SUB, rec)
 
     provider.simulate_down(lose_session=True)
-    await _settle()
+    await settle()
     assert provider.state == LOST
     assert rec.last == set()  # ephemeral nodes gone with the session
     await provider.unregister(_prov("10.0.0.2"))  # forgotten: not re-created
 
     provider.simulate_up()
-    await _settle()
+    await settle()
     assert rec.last == {"10.0.0.1"}
     assert states == [CONNECTED, LOST, CONNECTED]
     provider.simulate_up()  # not down: no-op
     assert states == [CONNECTED, LOST, CONNECTED]
 
 
-async def test_state_listener_sees_stop(make: Callable[..., MemoryRegistry]) -> None:
-    reg = make()
+async def test_state_listener_sees_stop(make_memory: Callable[..., MemoryRegistry]) -> None:
+    reg = make_memory()
     states: list[str] = []
     reg.add_state_listener(states.append)
     await reg.start()
