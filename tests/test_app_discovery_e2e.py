@@ -227,6 +227,9 @@ async def test_an_address_registered_both_ways_is_one_host(fleet: Fleet) -> None
         return list(hosts) == [double.address] and hosts[double.address]["found"]["how"] == "both"
 
     await wait_for(both, 2.0, "one host found both ways")
+    _, dump = await fleet.a.admin_get(f"/api/v1/config_dump?cluster={interface}")
+    ((host,),) = [c["hosts"] for c in dump["clusters"]]
+    assert host["found"] == {"how": "both", "application": "d3-both-ways", "revision": double.revision}
     _, subs = await fleet.a.admin_get("/api/v1/subscriptions")
     (view,) = [s for r in subs["registries"] for s in r["subscriptions"] if s["interface"] == interface]
     assert view["migration"] == "both"
