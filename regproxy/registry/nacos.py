@@ -412,7 +412,10 @@ class NacosRegistry(Registry):
             # While refused, log in no more often than AUTH_RETRY_S.
             await asyncio.sleep(AUTH_RETRY_S if self._state == AUTH_FAILED else PROBE_S)
             try:
-                await asyncio.wait_for(self._client.list_services(param), self._op_timeout_s)
+                # Not wait_for: in 3.11 it can swallow a cancellation that lands as the call ends, and
+                # this loop would then outlive stop(), which waits for it.
+                async with asyncio.timeout(self._op_timeout_s):
+                    await self._client.list_services(param)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -432,8 +435,12 @@ class NacosRegistry(Registry):
         for task in (self._starter, self._prober, self._rereading):
             if task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Bounded: a task whose cancellation was swallowed below it (the SDK's awaits) must
+                # not keep a sidecar from stopping; it is cancelled again and left to end on its own.
+                await asyncio.wait([task], timeout=self._op_timeout_s)
+                if not task.done():
+                    log.warning("registry %s: %s did not stop when cancelled", self.name, task.get_name())
+                    task.cancel()
         for watch in self._watches.values():
             if watch.relist is not None:
                 watch.relist.cancel()
