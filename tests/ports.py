@@ -5,11 +5,11 @@ could be handed the same one twice (CI once got a sidecar whose app port was its
 posted to a sidecar's API port that another sidecar's ingress had been given too).  Every port
 handed out is remembered, and never handed out again in this process.
 
-They are taken below the kernel's ephemeral range (``ip_local_port_range``), from a share of it of
-this pytest-xdist worker's own: a port taken from the ephemeral range could be given meanwhile to an
-outgoing connection as its source port (a sidecar dialling ZooKeeper or another sidecar's ingress:
-CI once saw a sidecar's egress port taken that way), and two workers could pick the same one.  Where
-that range starts too low to leave room, ports come from the kernel as before.
+They are taken below the kernel's ephemeral range (``ip_local_port_range``) and above the ports tests
+name themselves, from a share of that band of this pytest-xdist worker's own.  A port taken from the
+ephemeral range could be given meanwhile to an outgoing connection as its source port (a sidecar
+dialling ZooKeeper or another sidecar's ingress: CI once saw a sidecar's egress port taken that way),
+and two workers could pick the same one.  Where the band leaves too little room, the kernel picks.
 
 A listener a test opens itself should bind port 0 and read its port back instead (no race at all);
 these are for ports another process, or a config, must be told before anything listens on them.
@@ -25,8 +25,11 @@ from collections.abc import Iterator
 
 # Ports handed out lately in this process: 4096 is far more than one session uses.
 _HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)
-_LOWEST = 10_000  # below: well-known services' ports (ZooKeeper's 2181, Nacos's 8848...)
-_ROOM = 4_096  # the least share worth taking; with less, the kernel picks
+# Between the ports the suite names itself (Dubbo's 20880-20999, the API's 22222-22299; configs that are
+# only printed name 30000) and the ephemeral range.
+_LOWEST = 23_000
+_HIGHEST = 30_000
+_ROOM = 2_048  # the least share worth taking; with less, the kernel picks
 
 
 def _ephemeral_start() -> int:
@@ -42,7 +45,7 @@ def _candidates() -> Iterator[int] | None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
-    share = (_ephemeral_start() - _LOWEST) // count
+    share = (min(_ephemeral_start(), _HIGHEST) - _LOWEST) // count
     if share < _ROOM:
         return None
     first = _LOWEST + index * share
