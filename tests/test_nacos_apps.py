@@ -33,7 +33,8 @@ from regproxy.registry.instances import (
     metadata_service_params,
 )
 from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo, dump_json
-from regproxy.registry.nacos import NacosRegistry
+from regproxy.registry.nacos import NacosRegistry, service_name
+from regproxy.registry.url import provider_url
 from tests.peers.nacos import Failed, NacosDouble
 from tests.peers.nacos.configs import md5_of
 from tests.test_nacos_rules import PUSH_S, RECONNECT_S, connected
@@ -459,3 +460,22 @@ async def test_metadata_that_does_not_parse_is_an_error(nacos: NacosDouble, regi
         await registry.read_metadata(APP, REVISION)
     with pytest.raises(RegistryError, match="needs an application and a revision"):
         await registry.write_metadata(MetadataInfo(APP, None))
+
+
+@pytest.mark.slow
+async def test_a_provider_unregistered_while_disconnected_stays_away(
+    nacos: NacosDouble, registry: NacosRegistry
+) -> None:
+    """As for instances: a provider unpublished during an outage is not registered again by the
+    client's redo once connected (it would take traffic for a service nobody publishes any more)."""
+    url = provider_url(interface=IFACE, ip="10.7.0.1", port=20882, version="1.0", group="g")
+    service = service_name("providers", IFACE, "1.0", "g")
+    await registry.register(url)
+    assert [(i.ip, i.port) for i in nacos.instances(service)] == [("10.7.0.1", 20882)]
+    await registry.watch_instances("elsewhere", Seen())  # its renewal shows the client's redo ran
+    await nacos.stop()
+    await wait_for(lambda: not registry.connected, 10, "the registry noticing the outage")
+    await registry.unregister(url)
+    await nacos.start()
+    await wait_for(lambda: nacos.subscribers("elsewhere") == 1, RECONNECT_S, "the client's redo")
+    assert nacos.instances(service) == []

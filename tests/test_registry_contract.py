@@ -198,7 +198,10 @@ async def running(config: Config) -> AsyncIterator[Sidecar]:
 
 @pytest.fixture
 async def sidecar(backend: Backend, tmp_path: Path) -> AsyncIterator[Sidecar]:
-    async with running(sidecar_config(tmp_path, [backend.url])) as sc:
+    # Nothing answers on the app port here: the app check would rightly take the publications out of
+    # the registry (suspend_publications), which is not what these tests look at.
+    config = sidecar_config(tmp_path, [backend.url], health={"app_check": {"enabled": False}})
+    async with running(config) as sc:
         yield sc
 
 

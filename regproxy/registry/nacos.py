@@ -535,9 +535,11 @@ class NacosRegistry(Registry):
         self._registered[(name, url.host, url.port)] = url
 
     async def unregister(self, url: DubboURL) -> None:
-        # Never raises: an instance of ours that Nacos still has goes with our connection anyway.
+        # Never raises: an instance of ours that Nacos still has goes with our connection anyway.  The
+        # client is told even while disconnected: it registers what it holds again once connected,
+        # and a provider unpublished during an outage would come back (as unregister_instance).
         self._registered.pop((self._service(url), url.host, url.port), None)
-        if self._client is None or not self.connected:
+        if self._client is None:
             return
         try:
             await self._deregister(url)
