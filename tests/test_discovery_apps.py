@@ -12,6 +12,7 @@ processes: tests/test_app_discovery_e2e.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, Subscription, provider_url
 from regproxy.routing import RoutingTable, TableHolder
-from regproxy.state import StateStore
+from regproxy.state import STATE_FILE, StateStore
 from tests.metadata_fetcher import Fetcher
 from tests.wait import wait_for
 
@@ -336,3 +337,21 @@ async def test_a_subscription_finds_a_sidecar_that_registers_instances_only(
         "revision": info.revision,
     }
     assert reg.nodes(IFACE) == []  # found at application level alone
+
+
+async def test_a_state_file_migration_that_is_no_setting_is_dropped_not_the_subscription(
+    make: Callable[..., Discovery], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = await started(make, data_dir=tmp_path)
+    await first.subscribe(SUB, migration="application")
+    await first.stop()
+    path = tmp_path / STATE_FILE
+    saved = json.loads(path.read_text())
+    assert [s["migration"] for s in saved["subscriptions"]] == ["application"]
+    saved["subscriptions"][0]["migration"] = "sideways"  # edited by hand, say
+    path.write_text(json.dumps(saved))
+
+    d, _ = await started(make, data_dir=tmp_path)
+    st = d.subscriptions[NAME]  # kept
+    assert st.migration == "" and d.migration_of(st) == "both"
+    assert "migration 'sideways' is none of interface, application, both" in caplog.text

@@ -57,9 +57,7 @@ async def backends(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     made: list[Backend] = []
     double: NacosDouble | None = None
     if request.param == "zookeeper":
-        zk: KazooClient = request.getfixturevalue("zk")  # /dubbo emptied
-        with contextlib.suppress(NoNodeError):
-            zk.delete("/services", recursive=True)
+        request.getfixturevalue("zk")  # /dubbo and /services emptied
         hosts = request.getfixturevalue("zk_server").hosts
 
         def make() -> Backend:

@@ -75,24 +75,15 @@ class Recorder:
         )
 
 
-def _clear_services(zk: KazooClient) -> None:
-    with contextlib.suppress(NoNodeError):
-        zk.delete("/services", recursive=True)
-
-
 @pytest.fixture
-def services(zk: KazooClient) -> Iterator[KazooClient]:
-    """``zk``, with /services empty too (the ``zk`` fixture only clears /dubbo)."""
-    _clear_services(zk)
-    yield zk
-    _clear_services(zk)
+def services(zk: KazooClient) -> KazooClient:
+    """The independent reader and writer: ``zk`` (which empties /dubbo and /services first)."""
+    return zk
 
 
 @pytest.fixture
 async def registry(services: KazooClient, zk_server: ZooKeeperServer) -> AsyncIterator[ZooKeeperRegistry]:
-    reg = make_registry(zk_server.hosts)
-    await reg.start()
-    await wait_for(lambda: reg.connected, 10, "registry connected")
+    reg = await started(zk_server)
     try:
         yield reg
     finally:

@@ -1179,9 +1179,18 @@ _STEP_SETTINGS = (
 
 
 def _migration_item(item: Mapping[str, Any]) -> str:
-    """A saved subscription's ``migration`` ("" when absent); ValueError when it is no setting."""
+    """A saved subscription's ``migration`` ("" when absent).  One that is no setting is dropped with
+    an ERROR naming it, the subscription kept: the default setting applies to it."""
     value = item.get("migration") or ""
-    return MigrationSetting(value).value if value else ""
+    if value in set(MigrationSetting):
+        return str(value)
+    if value:
+        choices = ", ".join(MigrationSetting)
+        log.error(
+            "state file: subscription %s: migration %s is none of %s; the default applies",
+            short(repr(item.get("interface"))), short(repr(value)), choices,
+        )  # fmt: skip
+    return ""
 
 
 async def _no_fetcher(instance: Any, revision: str) -> Any:
