@@ -643,6 +643,7 @@ async def test_index_and_openapi(api: Api) -> None:
         "port",
         "application",
         "params",
+        "protocol",
     }
     assert schemas["ErrorReply"]["properties"]["err_no"]["enum"] == [int(c) for c in ErrNo if c]
     # Unknown keys are refused, and the document says so (clients generating requests from it,

@@ -457,8 +457,10 @@ def test_matches_truth_table(sub: tuple[str, str], params: dict[str, str], expec
 
 def test_matches_protocol_and_interface() -> None:
     sub = Subscription(SVC)
-    for protocol in ("tri", "rest", "empty", "override"):
+    for protocol in ("rest", "grpc", "empty", "override"):
         assert not matches(sub, DubboURL(protocol, "h", 1, SVC, {"interface": SVC}))
+    # Triple providers are routed too: Triple calls go to them (Host.speaks).
+    assert matches(sub, DubboURL("tri", "h", 1, SVC, {"interface": SVC}))
     assert not matches(sub, DubboURL("dubbo", "h", 1, "com.x.Other", {"interface": "com.x.Other"}))
     assert matches(sub, DubboURL("dubbo", "h", 1, SVC))  # interface from the path
     assert matches(ServiceKey(SVC, "1.0", "g"), _prov(version="1.0", group="g"))  # any key-like works

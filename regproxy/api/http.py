@@ -127,6 +127,7 @@ def publish_spec(req: PubRequest, app_port: int) -> PublishSpec:
         group=s.group,
         application=s.application,
         params=dict(s.params),
+        protocol=s.protocol,
     )
 
 

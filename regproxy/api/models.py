@@ -538,6 +538,19 @@ ConsumerParams = Annotated[
 ]
 
 
+PubProtocol = Annotated[
+    Literal["dubbo", "tri"],
+    BeforeValidator(lambda v: "dubbo" if v in (None, "") else v),
+    WithJsonSchema(
+        {
+            "anyOf": [{"enum": ["dubbo", "tri"]}, {"type": "null"}],
+            "description": "the protocol the application serves this service in on its port: dubbo "
+            "(default) or tri (Triple, gRPC over HTTP/2); the URL registered is dubbo:// or tri:// "
+            "at the ingress, which takes both",
+        }
+    ),
+]
+
 Migration = Annotated[
     Literal["", "interface", "application", "both"],
     BeforeValidator(_none_to_empty),
@@ -742,6 +755,7 @@ class PubService(_Strict):
     port: Port = None
     application: Application = ""
     params: Params = Field(default_factory=dict)
+    protocol: PubProtocol = "dubbo"
 
 
 class SubService(_Strict):

@@ -433,6 +433,7 @@ class Discovery:
             group=spec.group,
             application=spec.application or self.application,
             params=self._url_params(spec),
+            protocol=spec.protocol,
         )
 
     async def _register(self, pub: Publication, key: str, reg: Registry) -> None:

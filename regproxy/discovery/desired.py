@@ -39,10 +39,15 @@ class PublishSpec:
     group: str = ""
     application: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
+    # The protocol the application serves it in: "dubbo" or "tri" (Triple).  One service may be
+    # published in both (two publications, each with its own application port).
+    protocol: str = "dubbo"
 
     @property
     def key(self) -> str:
-        return Subscription(self.interface, self.version, self.group).cluster_name
+        """``group/interface:version``, and ``@tri`` after it for a Triple publication."""
+        key = Subscription(self.interface, self.version, self.group).cluster_name
+        return key if self.protocol == "dubbo" else f"{key}@{self.protocol}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,6 +65,7 @@ class PublishSpec:
             group=d.get("group") or "",
             application=d.get("application") or "",
             params=dict(d.get("params") or {}),
+            protocol=d.get("protocol") or "dubbo",
         )
 
 

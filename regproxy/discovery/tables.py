@@ -12,6 +12,7 @@ calls these and swaps what they return.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -20,7 +21,7 @@ from regproxy.governance.params import provider_guard
 from regproxy.registry.url import DubboURL, Subscription, matches
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable
 from regproxy.routing.balancer import DUBBO_LB
-from regproxy.routing.model import HostPolicy
+from regproxy.routing.model import PROTOCOL_BITS, SPEAKS_ANY, SPEAKS_DUBBO, HostPolicy, speaks_names
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +38,41 @@ def ingress_table(published: Iterable[PublishSpec] = ()) -> RoutingTable:
     """Ingress routes: each service published through this sidecar (interface, version and group) to
     the application port it was published with, and nothing else.
 
+    A service published in both protocols (``dubbo`` on one application port, ``tri`` on another, or
+    both on one port) has one route to a cluster of those ports, each host speaking what was
+    published on it (``Host.speaks``): each call goes to the port that serves its protocol.
+
     A publication with ``token`` or ``executes`` gets their checks on its route (``Route.guard``).
 
     There is no catch-all: the ingress is reachable from other hosts, and forwarding whatever
     arrives would let anyone reach any service of the local application (or, with a crafted
     publication elsewhere, its ports) without it being published. Others get SERVICE_NOT_FOUND.
     """
+    by_service: dict[tuple[str, str, str], list[PublishSpec]] = {}
+    for spec in sorted(published, key=lambda p: p.key):
+        by_service.setdefault((spec.interface, spec.version, spec.group), []).append(spec)
     routes: list[Route] = []
     clusters: dict[str, Cluster] = {}
-    for spec in sorted(published, key=lambda p: p.key):
-        cname = f"app:{spec.port}"
+    for specs in by_service.values():
+        speaks: dict[int, int] = {}
+        for spec in specs:
+            speaks[spec.port] = speaks.get(spec.port, 0) | PROTOCOL_BITS.get(spec.protocol, SPEAKS_DUBBO)
+        # app:PORT for a Dubbo port (as before Triple), app:PORT/tri, app:PORT/dubbo+tri otherwise.
+        cname = "app:" + ",".join(
+            str(port) if bits == SPEAKS_DUBBO else f"{port}/{'+'.join(speaks_names(bits))}"
+            for port, bits in sorted(speaks.items())
+        )
         if cname not in clusters:
-            clusters[cname] = Cluster(name=cname, hosts=(Host(address=f"127.0.0.1:{spec.port}"),))
+            hosts = tuple(Host(address=f"127.0.0.1:{p}", speaks=bits) for p, bits in sorted(speaks.items()))
+            clusters[cname] = Cluster(name=cname, hosts=hosts)
         # The group is always matched, though it costs decoding the attachments of every request:
         # a group not published here must not reach the application either.
-        match = RouteMatch(service=spec.interface, version=spec.version, group=spec.group)
-        guard = provider_guard(spec.interface, spec.params)
-        routes.append(Route(name=f"pub:{spec.key}", match=match, cluster=cname, retries=0, guard=guard))
+        first = specs[0]
+        match = RouteMatch(service=first.interface, version=first.version, group=first.group)
+        # The provider filters are Dubbo's (hessian attachments): the Dubbo publication's.
+        dubbo = next((spec for spec in specs if spec.protocol == "dubbo"), first)
+        guard = provider_guard(dubbo.interface, dubbo.params)
+        routes.append(Route(name=f"pub:{dubbo.key}", match=match, cluster=cname, retries=0, guard=guard))
     return RoutingTable(routes=routes, clusters=list(clusters.values()))
 
 
@@ -65,21 +84,33 @@ def hosts_from(
 ) -> tuple[tuple[Host, ...], list[OwnHit]]:
     """The hosts of subscription ``sub``: the providers of each of its ``registries`` (in that order)
     a Dubbo consumer would use, the first URL of an address winning; and those left out because
-    their address is in ``own`` (this sidecar's own listeners, lowercase)."""
+    their address is in ``own`` (this sidecar's own listeners, lowercase).
+
+    Each host speaks the protocols its address is registered with (``dubbo://``, ``tri://``, or both
+    for one address: a sidecar's ingress, or a Dubbo 3 port that takes both).  The parameters are
+    the first URL's."""
     hosts: dict[str, Host] = {}
     hits: list[OwnHit] = []
     for key in registries:
         for url in providers.get(key, ()):
-            if url.address in hosts:
+            known = hosts.get(url.address)
+            if known is not None and known.speaks == SPEAKS_ANY:
                 continue
             if not matches(sub, url):
-                if url.protocol != "dubbo":
+                if url.protocol not in PROTOCOL_BITS:
                     log.debug("ignoring %s provider %s", url.protocol, url)
+                continue
+            bits = PROTOCOL_BITS[url.protocol]
+            if known is not None:
+                if not known.speaks & bits:
+                    hosts[url.address] = dataclasses.replace(known, speaks=known.speaks | bits)
                 continue
             if own and (what := own.get(url.address.lower())) is not None:
                 hits.append((key, url, what))
                 continue
-            hosts[url.address] = Host(address=url.address, weight=url.weight, metadata=dict(url.params))
+            hosts[url.address] = Host(
+                address=url.address, weight=url.weight, metadata=dict(url.params), speaks=bits
+            )
     return tuple(hosts.values()), hits
 
 

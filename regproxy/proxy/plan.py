@@ -40,7 +40,7 @@ from regproxy.proxy.stats import Histogram
 from regproxy.routing import Host, LoadBalancer, RoutingTable, make_balancer, service_label
 from regproxy.routing.balancer import DUBBO_LB
 from regproxy.routing.dubbo_balancers import DubboBalancer, MethodBalancer, make_dubbo_balancer
-from regproxy.routing.model import Cluster, HostPolicy, ProviderGuard
+from regproxy.routing.model import SPEAKS_DUBBO, Cluster, HostPolicy, ProviderGuard
 from regproxy.routing.rules import (
     RETRY_CONNECT,
     RETRY_FAILOVER,
@@ -125,7 +125,10 @@ class Planner:
         timeout_from_attachment: bool,
         rng: random.Random | None = None,
         calls: CallCounts | None = None,
+        speaks: int = SPEAKS_DUBBO,
     ) -> None:
+        # The caller's protocol (a SPEAKS_* bit): plans keep only the hosts that speak it.
+        self.speaks = speaks
         self._histogram = histogram  # the listener's latency histogram of (service, method)
         self._active = active  # requests in flight per address, for the least-request balancer
         self._default_timeout_ms = default_timeout_ms
@@ -148,6 +151,9 @@ class Planner:
         # the cluster's policy and its plans by the request's key (HostPolicy.request_key) and group.
         self._keyed: dict[tuple[str, str, str, str | None], tuple[HostPolicy, dict[object, Plan]]] = {}
         self.heads: dict[bytes, Plan | GroupPlans] = {}
+        # Host tuples of the table with only the hosts that speak the caller's protocol (see
+        # _speaking_only): by the id of the whole tuple, kept with it.
+        self._speaking: dict[int, tuple[tuple[Host, ...], tuple[Host, ...]]] = {}
         self.table: RoutingTable | None = None
 
     # --- what the decisions depend on -----------------------------------------------------------
@@ -180,6 +186,7 @@ class Planner:
         self.table = table
 
     def _forget(self) -> None:
+        self._speaking = {}
         self._plans = {}
         self._keyed = {}
         self.heads = {}
@@ -421,7 +428,9 @@ class Planner:
     ) -> Plan:
         """The Plan, with what the hosts declare where the cluster follows Dubbo (lb "dubbo": the
         balancer, cluster mode, retries, timeout, actives and token of regproxy.governance.params;
-        the local file's retries and timeout still come first)."""
+        the local file's retries and timeout still come first).  Only the hosts that speak the
+        caller's protocol are in it."""
+        hosts = self._speaking_only(hosts)
         hist = self._histogram(service, method)
         if cluster.lb != DUBBO_LB:
             return Plan(
@@ -465,6 +474,23 @@ class Planner:
             needs_arguments=balancer.needs_arguments,
             guard=guard,
         )
+
+    def _speaking_only(self, hosts: tuple[Host, ...]) -> tuple[Host, ...]:
+        """``hosts`` without those that do not speak the caller's protocol: the same tuple when all
+        do (the common case), else one tuple per input tuple until the table changes, so that what
+        is memoised by the hosts' identity (``_declared_for``) stays memoised."""
+        speaks = self.speaks
+        for host in hosts:
+            if not host.speaks & speaks:
+                break
+        else:
+            return hosts
+        known = self._speaking.get(id(hosts))
+        if known is not None and known[0] is hosts:
+            return known[1]
+        only = tuple(host for host in hosts if host.speaks & speaks)
+        self._speaking[id(hosts)] = (hosts, only)
+        return only
 
     def _declared_for(self, hosts: tuple[Host, ...], method: str) -> CallParams:
         key = (id(hosts), method)

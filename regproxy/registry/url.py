@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import unquote_plus
 
 from regproxy.routing import RouteMatch, ServiceKey, normalize_version, service_label, split_address
@@ -365,8 +365,12 @@ def provider_url(
     params: Mapping[str, str] | None = None,
     pid: int | None = None,
     timestamp_ms: int | None = None,
+    protocol: str = "dubbo",
 ) -> DubboURL:
     """The URL of a provider as a Dubbo 2.7/3.x ``ServiceConfig`` would register it.
+
+    ``protocol`` is the URL's scheme: ``dubbo``, or ``tri`` for a Triple service (Dubbo 3 registers
+    ``tri://`` with the same parameters: ``ServiceConfig.doExportUrlsFor1Protocol``).
 
     ``methods`` are sorted and joined with ","; none gives ``*`` (Dubbo's value for an interface
     without methods).  ``version`` ("0.0.0" = none), ``group`` and ``application`` are left out when
@@ -406,7 +410,7 @@ def provider_url(
     if group:
         p["group"] = group
     p.update(extra)
-    return DubboURL("dubbo", ip, port, interface, p)
+    return DubboURL(protocol, ip, port, interface, p)
 
 
 # The consumer URL parameters regproxy writes itself (consumer_url); the rest are the consumer's own.
@@ -533,17 +537,24 @@ def _group_matches(wanted: str, group: str) -> bool:
     return bool(group) and group in _COMMA_SPLIT.split(wanted)
 
 
+# The provider URL protocols a subscription routes to (see matches).
+ROUTED_PROTOCOLS: Final = frozenset({"dubbo", "tri"})
+
+
 def matches(sub: SubscriptionLike, url: DubboURL) -> bool:
     """Whether a consumer subscribed as ``sub`` would use provider ``url`` (Dubbo's rules).
 
-    * protocol ``dubbo`` only (rest, tri, ... are for other clients; the caller logs them);
+    * protocol ``dubbo`` or ``tri`` (rest, grpc, ... are for other clients; the caller logs them).
+      A Dubbo reference without a ``protocol`` setting takes every protocol it can speak
+      (``RegistryDirectory.toInvokers``); regproxy carries both, and each call goes to the hosts
+      that speak the caller's protocol (``Host.speaks``, regproxy.proxy.plan);
     * category ``providers`` (a missing category means providers); configurators/routers never match;
     * enabled: ``disabled=true`` or ``enabled`` other than "true" drops it (RegistryDirectory);
     * same interface;
     * version: "*" any, else equal after normalizing ("" == "0.0.0");
     * group: "*" any; "" only providers without a group; a comma list any of its groups.
     """
-    if url.protocol != "dubbo" or url.category != PROVIDERS or not url.enabled:
+    if url.protocol not in ROUTED_PROTOCOLS or url.category != PROVIDERS or not url.enabled:
         return False
     if url.interface != sub.interface:
         return False

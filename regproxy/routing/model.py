@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 # Dubbo consumers send "0.0.0" when no version is set; "" and "*" are also seen in the wild.
 NO_VERSION: tuple[str, ...] = ("", "0.0.0", "*")
@@ -90,15 +90,33 @@ def split_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+# The protocols a host takes calls in (``Host.speaks``, bits): Dubbo 2 frames, Triple (gRPC over
+# HTTP/2), or both (a sidecar's ingress, whose port tells them apart by their first bytes, and a
+# static cluster's host, which the operator vouches for).  A planner keeps only the hosts that speak
+# the caller's protocol (regproxy.proxy.plan).
+SPEAKS_DUBBO: Final = 1
+SPEAKS_TRI: Final = 2
+SPEAKS_ANY: Final = SPEAKS_DUBBO | SPEAKS_TRI
+# The URL protocol a provider registers for each (``dubbo://``, ``tri://``).
+PROTOCOL_BITS: Final = {"dubbo": SPEAKS_DUBBO, "tri": SPEAKS_TRI}
+
+
+def speaks_names(speaks: int) -> list[str]:
+    """The protocol names of a ``Host.speaks`` value, for views."""
+    return [name for name, bit in PROTOCOL_BITS.items() if speaks & bit]
+
+
 @dataclass(frozen=True, slots=True)
 class Host:
-    """One upstream endpoint.  ``weight <= 0`` or ``healthy=False`` keeps it out of load balancing."""
+    """One upstream endpoint.  ``weight <= 0`` or ``healthy=False`` keeps it out of load balancing.
+    ``speaks``: the protocols it takes (SPEAKS_* bits)."""
 
     address: str
     weight: int = 100
     healthy: bool = True
     # Read-only view after construction; excluded from hashing because mappings are unhashable.
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+    speaks: int = SPEAKS_ANY
     _host: str = field(init=False, repr=False, compare=False, hash=False)
     _port: int = field(init=False, repr=False, compare=False, hash=False)
 
@@ -108,9 +126,9 @@ class Host:
         _set(self, "_port", port)
         _set(self, "metadata", MappingProxyType(dict(self.metadata)))
 
-    def __reduce__(self) -> tuple[type[Host], tuple[str, int, bool, dict[str, str]]]:
+    def __reduce__(self) -> tuple[type[Host], tuple[str, int, bool, dict[str, str], int]]:
         # mappingproxy cannot be pickled or deep-copied; rebuild from a plain dict instead.
-        return (Host, (self.address, self.weight, self.healthy, dict(self.metadata)))
+        return (Host, (self.address, self.weight, self.healthy, dict(self.metadata), self.speaks))
 
     @property
     def host(self) -> str:
