@@ -27,7 +27,7 @@ from regproxy.discovery.metadata_served import MetadataServed
 from regproxy.dubbo.metadata_service import METADATA_SERVICE
 from regproxy.governance.migration import MigrationSetting
 from regproxy.health.app import AppWatch
-from regproxy.health.hosts import Health, egress_view
+from regproxy.health.hosts import Health, egress_view, speaks_view
 from regproxy.netutil import detect_advertise_ip, loopback_ingress_ip
 from regproxy.proxy.engine import Listener, ListenerSettings
 from regproxy.proxy.filters import AccessLog
@@ -311,6 +311,7 @@ class Sidecar:
                 on_eject=self._count_ejection,
                 on_unreachable=self._drop_upstream,
                 tls=self.upstream_tls,
+                speaks_of=speaks_view(self.egress_table),
             )
             self.health.start()
             if self.egress.forwarder is not None:
@@ -341,8 +342,12 @@ class Sidecar:
         if fwd is not None:
             fwd.rules = self.rules
             fwd.access_log = self._access_log
+            if fwd.triple is not None:
+                fwd.triple.access_log = self._access_log
         if self.ingress.forwarder is not None:
             self.ingress.forwarder.access_log = self._access_log
+            if self.ingress.forwarder.triple is not None:
+                self.ingress.forwarder.triple.access_log = self._access_log
 
     async def stop(self) -> None:
         for runner in (self._api, self._admin):
@@ -686,6 +691,10 @@ def run(
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # h2 and hpack log every frame and header at DEBUG: lines about regproxy's own traffic, not
+    # regproxy, which would swamp a debug log and slow every Triple call.
+    for name in ("h2", "hpack"):
+        logging.getLogger(name).setLevel(logging.INFO)
     _install_uvloop()
     raise_open_files_limit(config.limits.max_connections)
     return asyncio.run(_main(config, loader, config_path, origins))

@@ -27,6 +27,7 @@ from regproxy.governance.migration import MigrationSetting
 from regproxy.registry.instances import AppInstance
 from regproxy.registry.metadata_info import MetadataInfo, ServiceInfo
 from regproxy.registry.url import DubboURL, Subscription, provider_url
+from regproxy.routing.model import SPEAKS_DUBBO, SPEAKS_TRI
 
 APP = "demo-provider"
 IFACE = "com.x.DemoService"
@@ -239,11 +240,17 @@ def test_a_url_that_cannot_be_built_is_refused_alone() -> None:
 
 
 def test_application_level_urls_become_hosts_like_interface_level_ones() -> None:
-    # hosts_from keeps dubbo URLs only (registry.url.matches), so the tri ones are left out there.
+    # The Java instance exports dubbo on 20880 and tri on 50051: each address is a host that speaks
+    # its URL's protocol (Triple calls go to the 50051 ones).
     result = app_urls(SUB, {APP: state(java_instance("10.0.0.1"), java_instance("10.0.0.2"))})
     hosts, own = hosts_from(SUB, ["zk"], {"zk": [f.url for f in result.urls]}, {})
     assert own == []
-    assert [h.address for h in hosts] == ["10.0.0.1:20880", "10.0.0.2:20880"]
+    assert [(h.address, h.speaks) for h in hosts] == [
+        ("10.0.0.1:20880", SPEAKS_DUBBO),
+        ("10.0.0.1:50051", SPEAKS_TRI),
+        ("10.0.0.2:20880", SPEAKS_DUBBO),
+        ("10.0.0.2:50051", SPEAKS_TRI),
+    ]
     assert hosts[0].metadata["application"] == APP
     assert hosts[0].metadata[REMOTE_APPLICATION_KEY] == APP
 
@@ -281,7 +288,11 @@ def test_merge_both_one_host_per_address_application_level_wins() -> None:
         ("10.0.0.3:20880", "dubbo", True, None),
     ]
     hosts, _ = hosts_from(SUB, ["zk"], {"zk": [f.url for f in merged]}, {})
-    assert [h.address for h in hosts] == ["10.0.0.1:20880", "10.0.0.2:20880", "10.0.0.3:20880"]
+    assert [h.address for h in hosts if h.speaks & SPEAKS_DUBBO] == [
+        "10.0.0.1:20880",
+        "10.0.0.2:20880",
+        "10.0.0.3:20880",
+    ]
     assert hosts[0].weight == 100  # the application-level URL's parameters, not weight=10
 
 

@@ -177,8 +177,9 @@ def app_instance(
     app: str, urls: Sequence[DubboURL], revision: str, *, storage_type: StorageType = LOCAL
 ) -> AppInstance:
     """The instance of ``app`` serving ``urls`` (all on one address: the sidecar's ingress), with the
-    MetadataService on that same address and protocol.  ValueError when ``urls`` is empty or holds
-    two addresses."""
+    MetadataService on that same address, over Dubbo: the ingress answers it there whatever the
+    services' protocols (it takes Dubbo and Triple on one port).  ValueError when ``urls`` is empty
+    or holds two addresses."""
     if not urls:
         raise ValueError(f"application {app!r} exports nothing: it has no instance")
     first = urls[0]
@@ -192,7 +193,7 @@ def app_instance(
         revision,
         storage_type=storage_type,
         endpoints=endpoints,
-        metadata_service=metadata_service_url_params(first.protocol, first.port),
+        metadata_service=metadata_service_url_params("dubbo", first.port),
     )
     metadata.update(instance_params(urls))
     return AppInstance(app=app, host=first.host, port=first.port, metadata=metadata)

@@ -490,6 +490,12 @@ class Discovery:
         """The application ports publications point at (what the app checker heartbeats)."""
         return {p.spec.port for p in self.publications.values()}
 
+    def triple_only_ports(self) -> set[int]:
+        """The published ports with only Triple publications (the app checker PINGs them over
+        HTTP/2: a Dubbo heartbeat means nothing there)."""
+        dubbo = {p.spec.port for p in self.publications.values() if p.spec.protocol == "dubbo"}
+        return {p.spec.port for p in self.publications.values()} - dubbo
+
     async def suspend_publications(self, reason: str, *, port: int | None = None) -> int:
         """Take the publications of application ``port`` (None: every published port) out of every
         registry because the application does not answer; they stay desired state, and neither a

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, cast
 from regproxy.config.health import ActiveSettings
 from regproxy.dubbo.encode import heartbeat_reply, heartbeat_request
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FrameParser, ProtocolError, Status
+from regproxy.health.h2ping import H2PingProbe
 from regproxy.health.rounds import Rounds
+from regproxy.routing.model import SPEAKS_DUBBO
 
 if TYPE_CHECKING:
     from regproxy.tls import UpstreamTLS
@@ -175,7 +177,7 @@ class _HostState:
     healthy: bool = True
     failures: int = 0  # consecutive
     successes: int = 0  # consecutive
-    probe: HeartbeatProbe | None = None
+    probe: HeartbeatProbe | H2PingProbe | None = None
     last_error: str | None = None
     checked_at: float | None = None  # wall clock, for people
 
@@ -191,9 +193,12 @@ class ActiveChecker:
         on_change: Callable[[str, bool], None] | None = None,
         tls: UpstreamTLS | None = None,
         on_unreachable: Callable[[str], None] | None = None,
+        speaks_of: Callable[[str], int] | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
+        # What each host speaks (Host.speaks): a Triple-only host gets HTTP/2 PINGs, not heartbeats.
+        self.speaks_of = speaks_of
         self.on_change = on_change
         self.tls = tls
         self.on_unreachable = on_unreachable
@@ -238,7 +243,11 @@ class ActiveChecker:
         if st is None:
             st = self._hosts[address] = _HostState()
         if st.probe is None:
-            st.probe = HeartbeatProbe(address, on_readonly=lambda: self._readonly(address), tls=self.tls)
+            on_readonly = lambda: self._readonly(address)  # noqa: E731 - one closure for either probe
+            if self.speaks_of is not None and not self.speaks_of(address) & SPEAKS_DUBBO:
+                st.probe = H2PingProbe(address, on_readonly=on_readonly)
+            else:
+                st.probe = HeartbeatProbe(address, on_readonly=on_readonly, tls=self.tls)
         try:
             await st.probe.check(self.settings.timeout_s)
         except asyncio.CancelledError:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from regproxy.config.health import AppCheckSettings
 from regproxy.health.active import HeartbeatProbe, failure_reason
+from regproxy.health.h2ping import H2PingProbe
 from regproxy.health.rounds import Rounds
 
 if TYPE_CHECKING:
@@ -31,7 +32,16 @@ Callback = Callable[[], Awaitable[Any]]
 
 
 class AppChecker:
-    def __init__(self, settings: AppCheckSettings, address: str, on_down: Callback, on_up: Callback) -> None:
+    """``triple``: the port serves Triple only, and is checked with HTTP/2 PINGs (health.h2ping)."""
+
+    def __init__(
+        self,
+        settings: AppCheckSettings,
+        address: str,
+        on_down: Callback,
+        on_up: Callback,
+        triple: bool = False,
+    ) -> None:
         self.settings = settings
         self.address = address
         self.on_down = on_down
@@ -41,7 +51,12 @@ class AppChecker:
         self.last_error: str | None = None
         self.checked_at: float | None = None
         self._readonly = False
-        self._probe = HeartbeatProbe(address, on_readonly=self._on_readonly)
+        self.triple = triple
+        self._probe: HeartbeatProbe | H2PingProbe = (
+            H2PingProbe(address, on_readonly=self._on_readonly)
+            if triple
+            else HeartbeatProbe(address, on_readonly=self._on_readonly)
+        )
 
     def _on_readonly(self) -> None:
         self._readonly = True
@@ -116,29 +131,32 @@ class AppWatch:
 
     async def check_once(self) -> None:
         ports = self.discovery.published_ports()
-        for port in [p for p in self.checkers if p not in ports]:
+        triple = self.discovery.triple_only_ports()
+        # A port whose protocols changed (a Dubbo publication added to a Triple port) gets the
+        # other probe.
+        for port in [p for p in self.checkers if p not in ports or self.checkers[p].triple != (p in triple)]:
             await self.checkers.pop(port).stop()
             if port in self.discovery.suspended:  # nothing left to resume, but forget the suspension
                 await self.discovery.resume_publications(port=port)
         for port in ports:
             if port not in self.checkers:
-                self.checkers[port] = self._checker(port)
+                self.checkers[port] = self._checker(port, port in triple)
         if self.checkers:
             await asyncio.gather(*(c.check_once() for c in list(self.checkers.values())))
 
-    def _checker(self, port: int) -> AppChecker:
+    def _checker(self, port: int, triple: bool) -> AppChecker:
         address = f"{self.host}:{port}"
         discovery = self.discovery
 
         async def down() -> None:
-            await discovery.suspend_publications(
-                f"the application on {address} does not answer heartbeats", port=port
-            )
+            what = "HTTP/2 PINGs" if triple else "heartbeats"
+            reason = f"the application on {address} does not answer {what}"
+            await discovery.suspend_publications(reason, port=port)
 
         async def up() -> None:
             await discovery.resume_publications(port=port)
 
-        return AppChecker(self.settings, address, down, up)
+        return AppChecker(self.settings, address, down, up, triple)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return {str(port): c.describe() for port, c in sorted(self.checkers.items())}

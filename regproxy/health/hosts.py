@@ -16,6 +16,7 @@ from regproxy.health.active import ActiveChecker, HostsProvider
 from regproxy.health.outlier import ClustersOf, OutlierDetector
 from regproxy.health.rounds import Rounds
 from regproxy.routing import RoutingTable, TableHolder
+from regproxy.routing.model import SPEAKS_ANY
 
 if TYPE_CHECKING:
     from regproxy.tls import UpstreamTLS
@@ -49,6 +50,25 @@ def egress_view(holder: TableHolder) -> tuple[HostsProvider, ClustersOf]:
     return hosts, clusters_of
 
 
+def speaks_view(holder: TableHolder) -> Callable[[str], int]:
+    """What each host address of a TableHolder's current table speaks (``Host.speaks`` bits, over
+    every cluster it is in), indexed once per table snapshot: the active checks heartbeat a Dubbo
+    host and PING a Triple-only one."""
+    cache: dict[str, Any] = {"table": None, "index": {}}
+
+    def speaks(address: str) -> int:
+        table: RoutingTable = holder.current
+        if cache["table"] is not table:
+            bits: dict[str, int] = {}
+            for cluster in table.clusters.values():
+                for host in cluster.hosts:
+                    bits[host.address] = bits.get(host.address, 0) | host.speaks
+            cache["table"], cache["index"] = table, bits
+        return int(cache["index"].get(address, SPEAKS_ANY))
+
+    return speaks
+
+
 class Health:
     """HostHealth with active heartbeat checks and passive outlier detection.
 
@@ -67,10 +87,13 @@ class Health:
         on_eject: Callable[[str], None] | None = None,
         tls: UpstreamTLS | None = None,
         on_unreachable: Callable[[str], None] | None = None,
+        speaks_of: Callable[[str], int] | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
-        self.active = ActiveChecker(settings.active, hosts_provider, tls=tls, on_unreachable=on_unreachable)
+        self.active = ActiveChecker(
+            settings.active, hosts_provider, tls=tls, on_unreachable=on_unreachable, speaks_of=speaks_of
+        )
         self.outlier = OutlierDetector(settings.outlier, clock, clusters_of, on_eject)
         # Bound once: the data path calls these per request.
         self._unhealthy = self.active.unhealthy

@@ -22,6 +22,7 @@ from regproxy.proxy.loops import LoopGuard
 from regproxy.proxy.upstream import UpstreamEvents, UpstreamPool
 from regproxy.routing import TableHolder
 from regproxy.tls import UpstreamTLS
+from regproxy.triple.forwarder import TripleForwarder
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,18 @@ class Listener:
             guard=self.guard,
             flow=flow,
         )
+        # The same port takes Triple (HTTP/2): the listener hands such connections over at their
+        # first bytes (regproxy.proxy.listener._Vetting).
+        fwd.triple = TripleForwarder(
+            self.name,
+            loop,
+            self.table,
+            guard=self.guard,
+            default_timeout_ms=s.default_timeout_ms,
+            timeout_from_attachment=s.timeout_from_attachment,
+            connect_timeout_s=s.connect_timeout_ms / 1000,
+            max_connections=s.max_connections,
+        )
         self.forwarder = fwd
         try:
             self.server = await loop.create_server(
@@ -150,6 +163,12 @@ class Listener:
                     else:
                         log.info("%s: closing idle connection from %s", self.name, down.peer)
                     down.transport.close()
+            triple = fwd.triple
+            if triple is not None:
+                for tdown in list(triple.downstreams):
+                    if not tdown.exchanges and tdown.last_active < cutoff and tdown.transport is not None:
+                        log.info("%s: closing idle HTTP/2 connection from %s", self.name, tdown.peer)
+                        tdown.close()
 
     def stop_accepting(self) -> None:
         """Close the listening socket; connections already open keep being served."""
@@ -175,5 +194,7 @@ class Listener:
                 if down.transport is not None:
                     down.transport.close()
             await self.forwarder.pool.close()
+            if self.forwarder.triple is not None:
+                await self.forwarder.triple.close()
         if self.server is not None:
             await self.server.wait_closed()

@@ -148,15 +148,20 @@ class AccessLog:
         else:
             self.logger = logging.getLogger("regproxy.access")
 
-    def record(self, listener: str, exch: Exchange, status: int, seconds: float) -> None:
+    def record(
+        self, listener: str, exch: Exchange, status: int, seconds: float, protocol: str = "dubbo"
+    ) -> None:
+        """``status``: the Dubbo status, or for a Triple call (``protocol`` "tri", said at the end of
+        the line) the grpc-status, -1 when the call ended without one (a reset)."""
         self.logger.info(
-            "%s %s %s upstream=%s status=%d duration_ms=%.1f",
+            "%s %s %s upstream=%s status=%d duration_ms=%.1f%s",
             listener,
             exch.service,
             exch.method,
             exch.tried[-1] if exch.tried else "-",
             status,
             seconds * 1000,
+            "" if protocol == "dubbo" else f" protocol={protocol}",
         )
 
     def close(self) -> None:

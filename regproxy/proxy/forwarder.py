@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from typing import Final
+from typing import Any, Final
 
 from regproxy.dubbo.encode import encode_error, heartbeat_reply
 from regproxy.dubbo.frame import (
@@ -179,6 +179,11 @@ class Forwarder(UpstreamEvents):
         # nothing of discovery.  Consulted in _handle_general only: a path no table routes never
         # gets a plan, so never takes handle()'s fast path.
         self.local_services: dict[str, LocalService] = {}
+        # The listener's Triple side (regproxy.triple.forwarder.TripleForwarder), which takes the
+        # connections whose first bytes are the HTTP/2 preface; None: HTTP/2 is refused. Typed Any:
+        # the compiled data path knows nothing of it but these calls. It follows this forwarder's
+        # rules, default timeout and health.
+        self.triple: Any = None
 
     @property
     def default_timeout_ms(self) -> int:
@@ -188,6 +193,8 @@ class Forwarder(UpstreamEvents):
     def default_timeout_ms(self, value: int) -> None:
         """A reload's new default: plans that carry the old one are made again."""
         self.planner.default_timeout_ms = value
+        if self.triple is not None:
+            self.triple.planner.default_timeout_ms = value
 
     @property
     def rules(self) -> RuleSet:
@@ -197,6 +204,8 @@ class Forwarder(UpstreamEvents):
     def rules(self, rules: RuleSet) -> None:
         """Swap the rules; requests in flight keep the hosts, policy and filters they started with."""
         self.planner.rules = rules
+        if self.triple is not None:
+            self.triple.planner.rules = rules
 
     # --- from the downstream side -------------------------------------------------------------
 
@@ -483,6 +492,8 @@ class Forwarder(UpstreamEvents):
     @health.setter
     def health(self, health: HostHealth) -> None:
         self._health = health
+        if self.triple is not None:
+            self.triple.health = health
         # The no-op costs nothing: skip even the calls.
         self._health_on = not isinstance(health, NoHealth)
 
@@ -1045,6 +1056,16 @@ class Forwarder(UpstreamEvents):
         # A chain of egresses (a static cluster naming another sidecar's egress): this one joins it.
         return b"".join((raw[:at], via_entry(b" ".join((chain, own))), b"Z"))
 
+    def to_triple(self, down: DownstreamConnection, data: bytes, loop_reason: str | None) -> None:
+        """``down``'s first bytes are the HTTP/2 preface (regproxy.triple.detect): the Triple side
+        takes the connection over (Dubbo 3's port unification), with the bytes read so far."""
+        transport = down.transport
+        if self.triple is None or transport is None:
+            raise ProtocolError("HTTP/2 (Triple) is not served on this listener")
+        self.connection_closed(down)  # no longer one of this forwarder's connections
+        down.transport = None
+        self.triple.adopt(transport, data, down.peer, loop_reason)
+
     def vet(self, down: DownstreamConnection) -> str | None:
         """Why a new client connection is this sidecar's own, in a loop (see LoopGuard.vet); None
         for every other connection. Called once, at its first bytes."""
@@ -1123,7 +1144,13 @@ class Forwarder(UpstreamEvents):
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no two-way request is in flight; False when ``timeout`` passed first."""
+        """Wait until no two-way request (nor Triple call) is in flight; False when ``timeout``
+        passed first."""
+        if self.triple is not None and self.triple.in_flight:
+            started = self.loop.time()
+            if not await self.triple.wait_idle(timeout):
+                return False
+            timeout = max(0.0, timeout - (self.loop.time() - started))
         if self.in_flight == 0:
             return True
         self._idle = asyncio.Event()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 from regproxy.dubbo.frame import FrameParser, ProtocolError
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
 from regproxy.proxy.flow import FlowLimits
+from regproxy.triple.detect import HTTP2, NEED_MORE, NEITHER, detect
 
 if TYPE_CHECKING:
     from regproxy.proxy.forwarder import Forwarder
@@ -26,6 +27,7 @@ _LINGER_S = 2.0
 # is left. Either alone bounds what one client makes the sidecar hold (regproxy.proxy.flow).
 _BUSY: Final = 1  # its requests in flight reached limits.max_in_flight[_bytes]_per_connection
 _UNSENT: Final = 2  # its unsent answers passed the write buffer's high mark: it does not keep up
+_DUBBO_MAGIC_0: Final = 0xDA  # the first byte of every Dubbo frame
 
 
 class DownstreamEvents(Protocol):
@@ -87,17 +89,41 @@ class _Vetting:
     """Stands in for the parser until a connection's first bytes, when the forwarder looks at where
     it comes from (Forwarder.vet: is it this sidecar's own connection, in a loop?). Not earlier: the
     pool that opened it records its local address when it opens on that side, which may come after
-    the accept here, but always before it writes. Once per connection, nothing per request."""
+    the accept here, but always before it writes. Once per connection, nothing per request.
 
-    __slots__ = ("conn", "parser")
-    buffered = 0
+    The first bytes also say which protocol the connection speaks (regproxy.triple.detect, as Dubbo
+    3's port unification): Dubbo's magic goes on here at once; the HTTP/2 preface is handed to the
+    listener's Triple side (Forwarder.to_triple), with the bytes buffered while it was incomplete;
+    anything else is a broken stream whose error says what it looked like."""
+
+    __slots__ = ("conn", "head", "parser")
 
     def __init__(self, conn: DownstreamConnection, parser: FrameParser) -> None:
         self.conn = conn
         self.parser = parser
+        self.head = b""  # first bytes that may be the start of the HTTP/2 preface
+
+    @property
+    def buffered(self) -> int:
+        return len(self.head)
 
     def feed_raw(self, data: bytes) -> list[bytes]:
+        if not data:
+            return []
         conn = self.conn
+        if self.head or data[0] != _DUBBO_MAGIC_0:
+            data = b"".join((self.head, data))
+            detection = detect(data)
+            kind = detection.protocol
+            if kind == NEED_MORE:
+                self.head = data
+                return []
+            if kind == HTTP2:
+                conn._forwarder.to_triple(conn, data, conn._forwarder.vet(conn))
+                return []
+            if kind == NEITHER:
+                conn._parser = self.parser
+                raise ProtocolError(detection.message)
         reason = conn._forwarder.vet(conn)
         parser: FrameParser | _LoopAnswer = (
             self.parser if reason is None else _LoopAnswer(conn, self.parser, reason)

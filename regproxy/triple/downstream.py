@@ -1,0 +1,149 @@
+"""A client's HTTP/2 connection to a listener (regproxy is the server): Triple calls from a
+consumer (egress) or a peer sidecar (ingress).
+
+It comes to life on a connection the listener has already accepted: the listener reads the first
+bytes, and when they are the HTTP/2 preface (regproxy.triple.detect) hands the transport over
+(``adopt``), as Dubbo 3's port unification does. It turns ``h2``'s events into calls on the
+TripleForwarder (new streams) and on each stream's TripleExchange (DATA, ends, resets, windows);
+everything it writes goes out once per loop pass (TripleForwarder.dirty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import h2.events
+import h2.exceptions
+
+from regproxy.triple import settings
+
+if TYPE_CHECKING:
+    from regproxy.triple.exchange import TripleExchange
+    from regproxy.triple.forwarder import TripleForwarder
+
+log = logging.getLogger(__name__)
+
+
+class TripleDownstream(asyncio.Protocol):
+    """One client connection speaking HTTP/2; ``exchanges`` are its calls in flight by stream id."""
+
+    def __init__(self, fwd: TripleForwarder, peer: str, loop_reason: str | None) -> None:
+        self.fwd = fwd
+        self.peer = peer
+        # Why this connection is the sidecar talking to itself (regproxy.proxy.loops); None mostly.
+        self.loop_reason = loop_reason
+        self.h2 = settings.server_connection()
+        self.transport: asyncio.Transport | None = None
+        self.exchanges: dict[int, TripleExchange] = {}
+        self.write_paused = False
+        self.closed = False
+        self.last_active = fwd.loop.time()
+        self._dirty = False
+
+    def adopt(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Take over ``transport`` from the listener's Dubbo protocol, with the bytes read so far."""
+        self.transport = transport
+        transport.set_protocol(self)
+        settings.start(self.h2)
+        self.dirty()
+        self.data_received(data)
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover - adopted
+        raise RuntimeError("a TripleDownstream is adopted by a listener's connection, never made")
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued a GOAWAY with the error's code: sent, then the connection closes.
+            self.fwd.broken_connection(self, exc)
+            return
+        self.last_active = self.fwd.loop.time()
+        fwd = self.fwd
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                exch = self.exchanges.get(event.stream_id)
+                if exch is not None:
+                    exch.from_down(event.data, event.flow_controlled_length)
+                else:
+                    self.ack(event.stream_id, event.flow_controlled_length)
+            elif isinstance(event, h2.events.RequestReceived):
+                fwd.on_request(self, event.stream_id, event.headers)  # type: ignore[arg-type]
+            elif isinstance(event, h2.events.StreamEnded):
+                exch = self.exchanges.get(event.stream_id)
+                if exch is not None:
+                    exch.down_ended()
+            elif isinstance(event, h2.events.TrailersReceived):
+                # gRPC clients send none; the request ends with them (its StreamEnded follows).
+                pass
+            elif isinstance(event, h2.events.StreamReset):
+                exch = self.exchanges.get(event.stream_id)
+                if exch is not None:
+                    fwd.down_reset(exch, event.error_code)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._window_opened(event.stream_id)
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self._window_opened(0)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                # The client's GOAWAY: no new streams; those it has go on.
+                log.debug("%s: GOAWAY from %s: %s", fwd.name, self.peer, event)
+        self.dirty()
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            exch = self.exchanges.get(stream_id)
+            if exch is not None and not exch.finished:
+                exch.pump_down()
+        else:
+            for exch in list(self.exchanges.values()):
+                if exch.to_down or exch.up_done:
+                    exch.pump_down()
+
+    def pause_writing(self) -> None:
+        """Its socket does not keep up: no DATA is written to it until it does."""
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._window_opened(0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.fwd.down_lost(self)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def ack(self, stream_id: int, size: int) -> None:
+        """``size`` flow-controlled bytes of ``stream_id`` were consumed: its window reopens."""
+        if size <= 0 or self.closed:
+            return
+        try:
+            self.h2.acknowledge_received_data(size, stream_id)
+        except (h2.exceptions.ProtocolError, ValueError):
+            return
+        self.dirty()
+
+    def dirty(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self.fwd.dirty(self)
+
+    def flush(self) -> None:
+        self._dirty = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Flush what is queued (a GOAWAY) and close."""
+        self.flush()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,291 @@
+"""regproxy's HTTP/2 connections to upstream hosts (regproxy is the client), for Triple calls.
+
+One pool per listener. A host gets one connection, multiplexing every call to it, and another
+only when a connection has as many streams as its server allows (or UPSTREAM_STREAMS). A
+connection that failed to open, or lost, fails only the calls on it: each is retried elsewhere
+when the upstream cannot have started it, else answered (TripleForwarder). A host whose connection
+failed is avoided for a short while (``is_failing``), as the Dubbo pool does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import h2.events
+import h2.exceptions
+
+from regproxy.proxy.loops import LoopGuard
+from regproxy.routing import split_address
+from regproxy.triple import settings
+
+if TYPE_CHECKING:
+    from regproxy.triple.exchange import Headers, TripleExchange
+    from regproxy.triple.forwarder import TripleForwarder
+
+log = logging.getLogger(__name__)
+
+# How long a host whose connection could not be opened is avoided by picks (unless nothing else).
+FAILING_S = 2.0
+
+
+class TripleUpstream(asyncio.Protocol):
+    """One HTTP/2 connection to ``address``; ``exchanges`` by upstream stream id, ``waiting`` the
+    calls to open once it is up."""
+
+    def __init__(self, pool: TriplePool, address: str) -> None:
+        self.pool = pool
+        self.address = address
+        self.h2 = settings.client_connection()
+        self.transport: asyncio.Transport | None = None
+        self.exchanges: dict[int, TripleExchange] = {}
+        self.waiting: list[TripleExchange] = []
+        self.ready = False
+        self.closed = False
+        self.draining = False  # a GOAWAY came: no new streams
+        self.write_paused = False
+        self._dirty = False
+        self._end: str | None = None  # its local address in the loop guard
+
+    # --- streams ---------------------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        if self.closed or self.draining:
+            return False
+        limit = min(self.h2.remote_settings.max_concurrent_streams, settings.UPSTREAM_STREAMS)
+        return len(self.exchanges) + len(self.waiting) < limit
+
+    def open(self, exch: TripleExchange, headers: Headers) -> None:
+        """Open a stream for ``exch`` now, or once the connection is up."""
+        if not self.ready:
+            exch.headers = headers
+            self.waiting.append(exch)
+            return
+        self._start(exch, headers)
+
+    def _start(self, exch: TripleExchange, headers: Headers) -> None:
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, headers, end_stream=False)
+        self.exchanges[sid] = exch
+        self.dirty()
+        exch.opened(self, sid)
+
+    def forget(self, stream_id: int) -> None:
+        self.exchanges.pop(stream_id, None)
+        if self.draining and not self.exchanges and not self.waiting:
+            self.close()
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._end = self.pool.guard.opened(transport.get_extra_info("sockname"), self.pool.name, self.address)
+        settings.start(self.h2)
+        self.ready = True
+        waiting, self.waiting = self.waiting, []
+        for exch in waiting:
+            if not exch.finished:
+                self._start(exch, exch.headers)
+        self.dirty()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.pool.fwd.upstream_broken(self, f"HTTP/2 protocol error from {self.address}: {exc}")
+            self.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                exch = self.exchanges.get(event.stream_id)
+                if exch is not None:
+                    exch.from_up(event.data, event.flow_controlled_length)
+                else:
+                    self.ack(event.stream_id, event.flow_controlled_length)
+            elif isinstance(event, h2.events.ResponseReceived):
+                exch = self.exchanges.get(event.stream_id)
+                if exch is not None:
+                    exch.up_headers(event.headers, event.stream_ended is not None)  # type: ignore[arg-type]
+            elif isinstance(event, h2.events.TrailersReceived):
+                exch = self.exchanges.get(event.stream_id)
+                if exch is not None:
+                    exch.up_trailers(event.headers)  # type: ignore[arg-type]
+            elif isinstance(event, h2.events.StreamEnded):
+                exch = self.exchanges.get(event.stream_id)
+                if exch is not None:
+                    exch.up_ended()
+            elif isinstance(event, h2.events.StreamReset):
+                exch = self.exchanges.pop(event.stream_id, None)
+                if exch is not None:
+                    self.pool.fwd.up_reset(exch, event.error_code)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._window_opened(event.stream_id)
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self._window_opened(0)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._goaway(event)
+        self.dirty()
+
+    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """The server's GOAWAY: streams above its last id were never processed (RFC 9113 §6.8) and
+        may go elsewhere; the others finish here."""
+        self.draining = True
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        why = f"{self.address} sent GOAWAY ({event.error_code!s})"
+        for sid in [sid for sid in self.exchanges if sid > last]:
+            exch = self.exchanges.pop(sid)
+            self.pool.fwd.up_unprocessed(exch, why)
+        if not self.exchanges:
+            self.close()
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            exch = self.exchanges.get(stream_id)
+            if exch is not None and not exch.finished:
+                exch.pump_up()
+        else:
+            for exch in list(self.exchanges.values()):
+                if exch.to_up or (exch.down_done and not exch.up_end_sent):
+                    exch.pump_up()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._window_opened(0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        if self._end is not None:
+            self.pool.guard.closed(self._end)
+        self.pool.lost(self, f"connection to {self.address} lost" + (f": {exc}" if exc else ""))
+
+    def connect_failed(self, reason: str) -> None:
+        self.closed = True
+        self.pool.lost(self, reason)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def ack(self, stream_id: int, size: int) -> None:
+        if size <= 0 or self.closed:
+            return
+        try:
+            self.h2.acknowledge_received_data(size, stream_id)
+        except (h2.exceptions.ProtocolError, ValueError):
+            return
+        self.dirty()
+
+    def dirty(self) -> None:
+        if not self._dirty and self.transport is not None:
+            self._dirty = True
+            self.pool.fwd.dirty(self)
+
+    def flush(self) -> None:
+        self._dirty = False
+        if self.transport is not None:
+            data = self.h2.data_to_send()
+            if data:
+                self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
+            self.flush()
+            self.transport.close()
+        self.closed = True
+
+
+class TriplePool:
+    """A listener's upstream HTTP/2 connections, by host address."""
+
+    def __init__(
+        self,
+        fwd: TripleForwarder,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        name: str,
+        guard: LoopGuard,
+        connect_timeout_s: float,
+    ) -> None:
+        self.fwd = fwd
+        self.loop = loop
+        self.name = name
+        self.guard = guard
+        self.connect_timeout_s = connect_timeout_s
+        self.conns: dict[str, list[TripleUpstream]] = {}
+        self.failing: dict[str, float] = {}  # address -> until (loop time)
+        self.closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def is_failing(self, address: str) -> bool:
+        until = self.failing.get(address)
+        if until is None:
+            return False
+        if until <= self.loop.time():
+            del self.failing[address]
+            return False
+        return True
+
+    def active(self, address: str) -> int:
+        """Calls in flight to ``address`` (the least-active balancers read it)."""
+        return sum(len(c.exchanges) + len(c.waiting) for c in self.conns.get(address, ()))
+
+    def open(self, exch: TripleExchange, address: str, headers: Headers) -> None:
+        """Send ``exch`` to ``address``: on a connection with room, else on a new one."""
+        conns = self.conns.setdefault(address, [])
+        for conn in conns:
+            if conn.has_room():
+                conn.open(exch, headers)
+                return
+        conn = TripleUpstream(self, address)
+        conns.append(conn)
+        conn.open(exch, headers)
+        task = self.loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: TripleUpstream) -> None:
+        try:
+            host, port = split_address(conn.address)
+            async with asyncio.timeout(self.connect_timeout_s):
+                await self.loop.create_connection(lambda: conn, host, port)
+        except (OSError, TimeoutError, ValueError) as exc:
+            reason = (
+                f"cannot connect to {conn.address}: timed out after {self.connect_timeout_s:g} s"
+                if isinstance(exc, TimeoutError)
+                else f"cannot connect to {conn.address}: {exc}"
+            )
+            self.failing[conn.address] = self.loop.time() + FAILING_S
+            self.fwd.stats.connect_failures += 1
+            conn.connect_failed(reason)
+
+    def lost(self, conn: TripleUpstream, reason: str) -> None:
+        """``conn`` is gone: its calls are retried or answered (TripleForwarder)."""
+        conns = self.conns.get(conn.address)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.conns[conn.address]
+        waiting, conn.waiting = conn.waiting, []
+        for exch in waiting:
+            self.fwd.up_unprocessed(exch, reason)
+        exchanges, conn.exchanges = conn.exchanges, {}
+        for exch in exchanges.values():
+            self.fwd.up_lost(exch, reason)
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for conns in list(self.conns.values()):
+            for conn in list(conns):
+                conn.close()
