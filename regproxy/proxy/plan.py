@@ -50,6 +50,12 @@ from regproxy.routing.rules import (
     TagIndex,
     subset_hosts,
 )
+from regproxy.triple.request import TripleRequest
+
+# What is routed: a Dubbo request's body, or a Triple call's headers (regproxy.triple.request),
+# which read the same (service, version, method, group, attachments).  A union, not a Protocol:
+# compiled, the Dubbo body's attributes stay native reads.
+Request = RequestBody | TripleRequest
 
 # Memoised plans and head bytes, at most: a peer inventing services must not grow them without end.
 MAX_PLANS: Final = 4096
@@ -194,7 +200,7 @@ class Planner:
 
     # --- decisions ------------------------------------------------------------------------------
 
-    def plan(self, raw: bytes, body: RequestBody, table: RoutingTable) -> Plan | NoRoute:
+    def plan(self, raw: bytes, body: Request, table: RoutingTable) -> Plan | NoRoute:
         """The decision for the request ``raw`` (decoded as ``body``) on ``table``, which must be
         the table of the last ``reset``. A memoisable one is also remembered by ``raw``'s head bytes,
         for the Forwarder's undecoded path."""
@@ -213,7 +219,7 @@ class Planner:
         return self.route(body, table)
 
     def _memoisable(
-        self, key: tuple[str, str, str, str | None], body: RequestBody, table: RoutingTable
+        self, key: tuple[str, str, str, str | None], body: Request, table: RoutingTable
     ) -> Plan | None:
         """The decision for requests like ``body`` when it depends only on the table and ``key`` —
         no rule for the service, no tag routing — memoised; None: every such request takes ``route``."""
@@ -271,7 +277,7 @@ class Planner:
         self,
         keyed: tuple[HostPolicy, dict[object, Plan]],
         raw: bytes,
-        body: RequestBody,
+        body: Request,
         table: RoutingTable,
     ) -> Plan | NoRoute:
         """The plan of a request whose hosts depend on its tag: memoised by (tag, forced, group), and
@@ -293,7 +299,7 @@ class Planner:
             entry.by_key[rkey] = plan
         return plan
 
-    def _remember_head(self, raw: bytes, body: RequestBody, group: str | None, plan: Plan) -> None:
+    def _remember_head(self, raw: bytes, body: Request, group: str | None, plan: Plan) -> None:
         """Let requests with these head bytes (and this group) find ``plan`` without decoding. Not
         for a request without an attachments map: the undecoded path takes a final ``Z`` for the
         map's end (the egress's loop marker goes before it), which in such a request belongs to its
@@ -310,7 +316,7 @@ class Planner:
         if len(entry.by_group) < 64:  # groups are few; a peer sending endless new ones gets no memo
             entry.by_group[group] = plan
 
-    def route(self, body: RequestBody, table: RoutingTable) -> Plan | NoRoute:
+    def route(self, body: Request, table: RoutingTable) -> Plan | NoRoute:
         """Rules, group, subsets and tags: the plan of this one request (not memoised)."""
         rule = None
         if self._rules:
