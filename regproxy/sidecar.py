@@ -532,6 +532,12 @@ class Sidecar:
             "draining": self.draining,
             "egress": self.egress.forwarder.stats.snapshot() if self.egress.forwarder else {},
             "ingress": self.ingress.forwarder.stats.snapshot() if self.ingress.forwarder else {},
+            # Triple calls, counted apart (responses by grpc-status; regproxy.triple.forwarder).
+            "triple": {
+                lst.name: lst.forwarder.triple.stats.snapshot()
+                for lst in (self.egress, self.ingress)
+                if lst.forwarder is not None and lst.forwarder.triple is not None
+            },
             "registry": {
                 "states": d.registry_states() if d is not None else {},
                 "events": d.event_counts() if d is not None else {},

@@ -57,7 +57,7 @@ class World:
     async def metric(self, name: str, listener: str) -> float:
         async with aiohttp.ClientSession() as http, http.get(self.sidecar.admin_url + "/metrics") as resp:
             text = await resp.text()
-        m = re.search(rf'^{name}\{{listener="{listener}"\}} (\S+)$', text, re.M)
+        m = re.search(rf'^{name}\{{listener="{listener}",protocol="dubbo"\}} (\S+)$', text, re.M)
         assert m, f"{name} for {listener} not in /metrics"
         return float(m.group(1))
 

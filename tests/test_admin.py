@@ -345,11 +345,21 @@ async def test_stats_and_metrics_count_the_requests(pair: Pair) -> None:
         assert stats["egress"]["responses"] == {"20": CALLS, "60": 1}
 
         m = samples(await pair.text(f"{pair.consumer.admin}/metrics"))
-        assert value(m, "regproxy_requests_total", listener="egress") == CALLS + 1
-        assert value(m, "regproxy_responses_total", listener="egress", status="20", status_name="OK") == CALLS
-        assert value(m, "regproxy_responses_total", listener="egress", status="60",
+        assert value(m, "regproxy_requests_total", listener="egress", protocol="dubbo") == CALLS + 1
+        assert (
+            value(
+                m,
+                "regproxy_responses_total",
+                listener="egress",
+                protocol="dubbo",
+                status="20",
+                status_name="OK",
+            )
+            == CALLS
+        )
+        assert value(m, "regproxy_responses_total", listener="egress", protocol="dubbo", status="60",
                      status_name="SERVICE_NOT_FOUND") == 1  # fmt: skip
-        hist = {"listener": "egress", "service": f"{GREET}:{VERSION}", "method": "sayHi"}
+        hist = {"listener": "egress", "protocol": "dubbo", "service": f"{GREET}:{VERSION}", "method": "sayHi"}
         assert value(m, "regproxy_request_duration_seconds_count", **hist) == CALLS
         assert value(m, "regproxy_request_duration_seconds_bucket", le="+Inf", **hist) == CALLS
         # >= 0, not > 0: uvloop's loop.time() (what the forwarder times with) ticks in whole ms.
@@ -360,13 +370,18 @@ async def test_stats_and_metrics_count_the_requests(pair: Pair) -> None:
             if name == "regproxy_request_duration_seconds_bucket" and dict(labels)["listener"] == "egress"
         )
         assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
-        assert value(m, "regproxy_downstream_connections", listener="egress") == 1
-        assert value(m, "regproxy_requests_in_flight", listener="egress") == 0
+        assert value(m, "regproxy_downstream_connections", listener="egress", protocol="dubbo") == 1
+        assert value(m, "regproxy_requests_in_flight", listener="egress", protocol="dubbo") == 0
         upstream = f"127.0.0.1:{pair.provider.sidecar.ingress.address[1]}"
-        assert value(m, "regproxy_upstream_requests_total", listener="egress", address=upstream) == CALLS
+        assert (
+            value(
+                m, "regproxy_upstream_requests_total", listener="egress", protocol="dubbo", address=upstream
+            )
+            == CALLS
+        )
         assert sum(v for k, v in m.items() if k[0] == "regproxy_upstream_connections") >= 1
         for name in ("timeouts", "retries", "ejections", "upstream_connect_failures", "protocol_errors"):
-            assert value(m, f"regproxy_{name}_total", listener="egress") == 0
+            assert value(m, f"regproxy_{name}_total", listener="egress", protocol="dubbo") == 0
         assert value(m, "regproxy_registry_state", registry="memory://", state="connected") == 1
         assert value(m, "regproxy_registry_state", registry="memory://", state="lost") == 0
         assert value(m, "regproxy_registry_events_total", event="provider_events") >= 0
@@ -380,8 +395,8 @@ async def test_stats_and_metrics_count_the_requests(pair: Pair) -> None:
         # The provider sidecar counted the same calls on its ingress (the unknown one never left), and
         # the MetadataService request it answered itself.
         m = samples(await pair.text(f"{pair.provider.admin}/metrics"))
-        assert value(m, "regproxy_requests_total", listener="ingress") == CALLS + 1
-        assert value(m, "regproxy_request_duration_seconds_count", listener="ingress",
+        assert value(m, "regproxy_requests_total", listener="ingress", protocol="dubbo") == CALLS + 1
+        assert value(m, "regproxy_request_duration_seconds_count", listener="ingress", protocol="dubbo",
                      service=f"{GREET}:{VERSION}", method="sayHi") == CALLS  # fmt: skip
         assert value(m, "regproxy_publications") == 1
     finally:

@@ -396,7 +396,7 @@ async def loops_metric(sc: SidecarProc) -> float:
     """The egress's regproxy_loops_total, as Prometheus reads it."""
     async with aiohttp.ClientSession() as http, http.get(sc.admin_url + "/metrics") as resp:
         text = await resp.text()
-    m = re.search(r'^regproxy_loops_total\{listener="egress"\} (\S+)$', text, re.M)
+    m = re.search(r'^regproxy_loops_total\{listener="egress",protocol="dubbo"\} (\S+)$', text, re.M)
     assert m, "regproxy_loops_total for the egress is not in /metrics"
     return float(m[1])
 

@@ -82,6 +82,7 @@ from regproxy.governance.params import consumer_own
 from regproxy.registry.base import CONNECTED
 from regproxy.registry.registry_url import RegistryURL
 from regproxy.registry.url import DubboURL, matches
+from regproxy.routing.model import speaks_names
 
 if TYPE_CHECKING:
     from regproxy.config import Config
@@ -338,6 +339,7 @@ def _config_clusters(sc: AdminTarget) -> list[ConfigTableCluster]:
                     address=h.address,
                     weight=h.weight,
                     healthy=h.healthy,
+                    protocols=speaks_names(h.speaks),
                     metadata=_redact_params(h.metadata),
                     found=_found(sc, name, c.name, h.address),
                 )
@@ -364,15 +366,19 @@ def live_clusters(sc: AdminTarget) -> list[LiveCluster]:
         pool = fwd.pool if fwd is not None else None
         conns = pool.describe() if pool is not None else {}
         sent = fwd.stats.upstream_requests if fwd is not None else {}
+        triple = fwd.triple if fwd is not None else None
+        tri_sent = triple.stats.upstream_requests if triple is not None else {}
         for cluster in lst.table.current.clusters.values():
             hosts = [
                 LiveHost(
                     address=h.address,
                     weight=h.weight,
                     healthy=h.healthy,
+                    protocols=speaks_names(h.speaks),
                     ejected=False,  # not set by health checking yet (stats: health.hosts); for scripts
-                    active_requests=pool.active(h.address) if pool is not None else 0,
-                    total_requests=sent.get(h.address, 0),
+                    active_requests=(pool.active(h.address) if pool is not None else 0)
+                    + (triple.pool.active(h.address) if triple is not None else 0),
+                    total_requests=sent.get(h.address, 0) + tri_sent.get(h.address, 0),
                     connections=[Connection.model_validate(c) for c in conns.get(h.address, [])],
                     metadata=_redact_params(h.metadata),
                     found=_found(sc, name, cluster.name, h.address),

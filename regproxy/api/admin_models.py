@@ -224,10 +224,14 @@ class FoundView(_Reply):
     )
 
 
+_PROTOCOLS_DOC = "the protocols it takes calls in: dubbo, tri (Triple), or both"
+
+
 class ConfigHost(_Reply):
     address: str
     weight: int
     healthy: bool
+    protocols: list[str] = Field(default_factory=list, description=_PROTOCOLS_DOC)
     metadata: dict[str, str] = Field(description="the provider URL's parameters, secrets as ***")
     found: FoundView | None = Field(None, description="how it was found; null: not from a subscription")
 
@@ -265,9 +269,10 @@ class LiveHost(_Reply):
     address: str
     weight: int
     healthy: bool
+    protocols: list[str] = Field(default_factory=list, description=_PROTOCOLS_DOC)
     ejected: bool
-    active_requests: int
-    total_requests: int = Field(description="requests sent to this host, retries included")
+    active_requests: int = Field(description="requests (and Triple calls) in flight to this host")
+    total_requests: int = Field(description="requests and Triple calls sent to this host, retries included")
     connections: list[Connection]
     metadata: dict[str, str] = Field(description="the provider URL's parameters, secrets as ***")
     found: FoundView | None = Field(None, description="how it was found; null: not from a subscription")
@@ -535,6 +540,11 @@ class Stats(_Reply):
     draining: bool
     egress: ListenerCounters
     ingress: ListenerCounters
+    triple: dict[ListenerName, ListenerCounters] = Field(
+        default_factory=dict,
+        description="each listener's Triple calls, counted apart from its Dubbo requests (responses by "
+        "grpc-status, -1: ended by a stream reset)",
+    )
     registry: RegistryCounters
     state_save: StateSaveStatus | None = Field(description="null without a data directory")
     health: HealthView

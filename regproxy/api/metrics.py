@@ -23,7 +23,7 @@ The collector sees the sidecar only through :class:`MetricsSource`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -31,14 +31,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from regproxy.dubbo.frame import Status
-from regproxy.proxy.stats import Histogram
+from regproxy.proxy.stats import Histogram, ListenerStats
 from regproxy.registry.base import AUTH_FAILED, CONNECTED, CONNECTING, LOST, STOPPED, SUSPENDED
+from regproxy.triple.status import Code
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from regproxy.discovery import Discovery
     from regproxy.proxy.engine import Listener
+    from regproxy.proxy.forwarder import Forwarder
 
 __all__ = ["REGISTRY_STATES", "MetricsSource", "SidecarCollector", "histogram_buckets", "metrics_registry"]
 
@@ -85,6 +87,23 @@ _LISTENER_COUNTERS: tuple[tuple[str, str, str], ...] = (
 
 def _name(short: str) -> str:
     return f"{PREFIX}_{short}"
+
+
+def _sides(fwd: Forwarder) -> list[tuple[str, ListenerStats, int, Callable[[int], str]]]:
+    """A listener's two protocols: (protocol label, counters, calls in flight, status namer)."""
+    sides: list[tuple[str, ListenerStats, int, Callable[[int], str]]] = [
+        ("dubbo", fwd.stats, fwd.in_flight, _status_name)
+    ]
+    if fwd.triple is not None:
+        sides.append(("tri", fwd.triple.stats, fwd.triple.in_flight, _grpc_status_name))
+    return sides
+
+
+def _grpc_status_name(code: int) -> str:
+    try:
+        return Code(code).name
+    except ValueError:
+        return "RESET" if code == -1 else "UNKNOWN"
 
 
 def _status_name(code: int) -> str:
@@ -152,40 +171,42 @@ class SidecarCollector(Collector):
 
     def _listener_families(self, listeners: list[Listener]) -> Iterator[Metric]:
         counters = {
-            attr: CounterMetricFamily(_name(name), doc, labels=["listener"])
+            attr: CounterMetricFamily(_name(name), doc, labels=["listener", "protocol"])
             for attr, name, doc in _LISTENER_COUNTERS
         }
         responses = CounterMetricFamily(
             _name("responses"),
-            "Responses sent to clients by Dubbo status, regproxy's own error responses included.",
-            labels=["listener", "status", "status_name"],
+            "Responses sent to clients, regproxy's own errors included: by Dubbo status (protocol dubbo), "
+            "by grpc-status (protocol tri; -1 RESET: the call ended in a stream reset).",
+            labels=["listener", "protocol", "status", "status_name"],
         )
         duration = HistogramMetricFamily(
             _name("request_duration_seconds"),
-            "Time from a request's arrival to its response (errors and timeouts included).",
-            labels=["listener", "service", "method"],
+            "Time from a request's arrival to its response (errors and timeouts included); for a Triple "
+            "stream, to its end.",
+            labels=["listener", "protocol", "service", "method"],
         )
         downstream = GaugeMetricFamily(
-            _name("downstream_connections"), "Client connections open.", labels=["listener"]
+            _name("downstream_connections"), "Client connections open.", labels=["listener", "protocol"]
         )
         in_flight = GaugeMetricFamily(
             _name("requests_in_flight"),
-            "Two-way requests forwarded and not yet answered.",
-            labels=["listener"],
+            "Two-way requests (Triple calls) forwarded and not yet answered (ended).",
+            labels=["listener", "protocol"],
         )
         for lst in listeners:
             fwd = lst.forwarder
             assert fwd is not None
-            stats = fwd.stats
             name = lst.name
-            for attr, family in counters.items():
-                family.add_metric([name], getattr(stats, attr))
-            for code, n in sorted(stats.responses.items()):
-                responses.add_metric([name, str(code), _status_name(code)], n)
-            for (service, method), hist in sorted(stats.latency.items()):
-                duration.add_metric([name, service, method], histogram_buckets(hist), hist.sum)
-            downstream.add_metric([name], stats.downstream_connections)
-            in_flight.add_metric([name], fwd.in_flight)
+            for protocol, stats, calls, status_name in _sides(fwd):
+                for attr, family in counters.items():
+                    family.add_metric([name, protocol], getattr(stats, attr))
+                for code, n in sorted(stats.responses.items()):
+                    responses.add_metric([name, protocol, str(code), status_name(code)], n)
+                for (service, method), hist in sorted(stats.latency.items()):
+                    duration.add_metric([name, protocol, service, method], histogram_buckets(hist), hist.sum)
+                downstream.add_metric([name, protocol], stats.downstream_connections)
+                in_flight.add_metric([name, protocol], calls)
         yield from counters.values()
         yield from (responses, duration, downstream, in_flight)
 
@@ -203,7 +224,7 @@ class SidecarCollector(Collector):
         sent = CounterMetricFamily(
             _name("upstream_requests"),
             "Requests sent to an upstream host (each retry counts for the host it went to).",
-            labels=["listener", "address"],
+            labels=["listener", "protocol", "address"],
         )
         for lst in listeners:
             fwd = lst.forwarder
@@ -217,8 +238,9 @@ class SidecarCollector(Collector):
                 for state, n in sorted(by_state.items()):
                     conns.add_metric([lst.name, address, state], n)
                 pending.add_metric([lst.name, address], load)
-            for address, n in sorted(fwd.stats.upstream_requests.items()):
-                sent.add_metric([lst.name, address], n)
+            for protocol, stats, _calls, _status in _sides(fwd):
+                for address, n in sorted(stats.upstream_requests.items()):
+                    sent.add_metric([lst.name, protocol, address], n)
         yield from (conns, pending, sent)
 
     # --- registries ---------------------------------------------------------------------------
