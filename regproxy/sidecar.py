@@ -27,6 +27,7 @@ from regproxy.discovery.metadata_served import MetadataServed
 from regproxy.dubbo.metadata_service import METADATA_SERVICE
 from regproxy.governance.migration import MigrationSetting
 from regproxy.health.app import AppWatch
+from regproxy.health.h2ping import Pinger
 from regproxy.health.hosts import Health, egress_view, speaks_view
 from regproxy.netutil import detect_advertise_ip, loopback_ingress_ip
 from regproxy.proxy.engine import Listener, ListenerSettings
@@ -312,13 +313,20 @@ class Sidecar:
                 on_unreachable=self._drop_upstream,
                 tls=self.upstream_tls,
                 speaks_of=speaks_view(self.egress_table),
+                pinger=self._pinger(self.egress),
             )
             self.health.start()
             if self.egress.forwarder is not None:
                 self.egress.forwarder.health = self.health  # egress only: ingress has just the local app
         # Provider side: withdraw the publications of an app port that stops answering heartbeats.
-        self.app_watch = AppWatch(hs.app_check, self.discovery)
+        self.app_watch = AppWatch(hs.app_check, self.discovery, pinger=self._pinger(self.ingress))
         self.app_watch.start()
+
+    @staticmethod
+    def _pinger(listener: Listener) -> Pinger | None:
+        """HTTP/2 PINGs over ``listener``'s own Triple connections (health.h2ping)."""
+        fwd = listener.forwarder
+        return fwd.triple.pool.ping if fwd is not None and fwd.triple is not None else None
 
     async def _stop_health(self) -> None:
         """What ``_start_health`` started, whatever part of it did, in the reverse order: the app

@@ -461,6 +461,10 @@ def test_matches_protocol_and_interface() -> None:
         assert not matches(sub, DubboURL(protocol, "h", 1, SVC, {"interface": SVC}))
     # Triple providers are routed too: Triple calls go to them (Host.speaks).
     assert matches(sub, DubboURL("tri", "h", 1, SVC, {"interface": SVC}))
+    # As apache-dubbo 3.0.0b1 (Python) registers one: no path, the interface in `service`
+    # (tests/test_triple_peers.py reads such a node from a real ZooKeeper).
+    apache = DubboURL.parse(f"tri://127.0.0.1:50051?service={SVC}")
+    assert apache.interface == SVC and matches(sub, apache)
     assert not matches(sub, DubboURL("dubbo", "h", 1, "com.x.Other", {"interface": "com.x.Other"}))
     assert matches(sub, DubboURL("dubbo", "h", 1, SVC))  # interface from the path
     assert matches(ServiceKey(SVC, "1.0", "g"), _prov(version="1.0", group="g"))  # any key-like works

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from regproxy.config.health import ActiveSettings
 from regproxy.dubbo.encode import heartbeat_reply, heartbeat_request
 from regproxy.dubbo.frame import FLAG_EVENT, FLAG_REQUEST, FrameParser, ProtocolError, Status
-from regproxy.health.h2ping import H2PingProbe
+from regproxy.health.h2ping import H2PingProbe, Pinger
 from regproxy.health.rounds import Rounds
 from regproxy.routing.model import SPEAKS_DUBBO
 
@@ -194,11 +194,14 @@ class ActiveChecker:
         tls: UpstreamTLS | None = None,
         on_unreachable: Callable[[str], None] | None = None,
         speaks_of: Callable[[str], int] | None = None,
+        pinger: Pinger | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
-        # What each host speaks (Host.speaks): a Triple-only host gets HTTP/2 PINGs, not heartbeats.
+        # What each host speaks (Host.speaks): a Triple-only host gets HTTP/2 PINGs through
+        # ``pinger`` (the egress's TriplePool.ping), not heartbeats.
         self.speaks_of = speaks_of
+        self.pinger = pinger
         self.on_change = on_change
         self.tls = tls
         self.on_unreachable = on_unreachable
@@ -244,8 +247,12 @@ class ActiveChecker:
             st = self._hosts[address] = _HostState()
         if st.probe is None:
             on_readonly = lambda: self._readonly(address)  # noqa: E731 - one closure for either probe
-            if self.speaks_of is not None and not self.speaks_of(address) & SPEAKS_DUBBO:
-                st.probe = H2PingProbe(address, on_readonly=on_readonly)
+            if (
+                self.pinger is not None
+                and self.speaks_of is not None
+                and not self.speaks_of(address) & SPEAKS_DUBBO
+            ):
+                st.probe = H2PingProbe(address, self.pinger)
             else:
                 st.probe = HeartbeatProbe(address, on_readonly=on_readonly, tls=self.tls)
         try:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from regproxy.config.health import AppCheckSettings
 from regproxy.health.active import HeartbeatProbe, failure_reason
-from regproxy.health.h2ping import H2PingProbe
+from regproxy.health.h2ping import H2PingProbe, Pinger
 from regproxy.health.rounds import Rounds
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ Callback = Callable[[], Awaitable[Any]]
 
 
 class AppChecker:
-    """``triple``: the port serves Triple only, and is checked with HTTP/2 PINGs (health.h2ping)."""
+    """``pinger``: the port serves Triple only, and is checked with HTTP/2 PINGs through it
+    (health.h2ping)."""
 
     def __init__(
         self,
@@ -40,7 +41,7 @@ class AppChecker:
         address: str,
         on_down: Callback,
         on_up: Callback,
-        triple: bool = False,
+        pinger: Pinger | None = None,
     ) -> None:
         self.settings = settings
         self.address = address
@@ -51,10 +52,10 @@ class AppChecker:
         self.last_error: str | None = None
         self.checked_at: float | None = None
         self._readonly = False
-        self.triple = triple
+        self.triple = pinger is not None
         self._probe: HeartbeatProbe | H2PingProbe = (
-            H2PingProbe(address, on_readonly=self._on_readonly)
-            if triple
+            H2PingProbe(address, pinger)
+            if pinger is not None
             else HeartbeatProbe(address, on_readonly=self._on_readonly)
         )
 
@@ -112,9 +113,19 @@ class AppChecker:
 class AppWatch:
     """One AppChecker per published application port, wired to Discovery's suspend / resume."""
 
-    def __init__(self, settings: AppCheckSettings, discovery: Discovery, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        settings: AppCheckSettings,
+        discovery: Discovery,
+        *,
+        host: str = "127.0.0.1",
+        pinger: Pinger | None = None,
+    ) -> None:
         self.settings = settings
         self.discovery = discovery
+        # PINGs a Triple-only port over the ingress's connection to it (TriplePool.ping); without
+        # one, such ports get heartbeats like the others.
+        self.pinger = pinger
         self.host = host
         self.checkers: dict[int, AppChecker] = {}
         self._rounds = Rounds("app-watch", "app check", self.check_once, settings.interval_s)
@@ -131,7 +142,7 @@ class AppWatch:
 
     async def check_once(self) -> None:
         ports = self.discovery.published_ports()
-        triple = self.discovery.triple_only_ports()
+        triple = self.discovery.triple_only_ports() if self.pinger is not None else set()
         # A port whose protocols changed (a Dubbo publication added to a Triple port) gets the
         # other probe.
         for port in [p for p in self.checkers if p not in ports or self.checkers[p].triple != (p in triple)]:
@@ -156,7 +167,7 @@ class AppWatch:
         async def up() -> None:
             await discovery.resume_publications(port=port)
 
-        return AppChecker(self.settings, address, down, up, triple)
+        return AppChecker(self.settings, address, down, up, self.pinger if triple else None)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return {str(port): c.describe() for port, c in sorted(self.checkers.items())}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from regproxy.config.health import HealthSettings
 from regproxy.health.active import ActiveChecker, HostsProvider
+from regproxy.health.h2ping import Pinger
 from regproxy.health.outlier import ClustersOf, OutlierDetector
 from regproxy.health.rounds import Rounds
 from regproxy.routing import RoutingTable, TableHolder
@@ -88,11 +89,17 @@ class Health:
         tls: UpstreamTLS | None = None,
         on_unreachable: Callable[[str], None] | None = None,
         speaks_of: Callable[[str], int] | None = None,
+        pinger: Pinger | None = None,
     ) -> None:
         self.settings = settings
         self.hosts_provider = hosts_provider
         self.active = ActiveChecker(
-            settings.active, hosts_provider, tls=tls, on_unreachable=on_unreachable, speaks_of=speaks_of
+            settings.active,
+            hosts_provider,
+            tls=tls,
+            on_unreachable=on_unreachable,
+            speaks_of=speaks_of,
+            pinger=pinger,
         )
         self.outlier = OutlierDetector(settings.outlier, clock, clusters_of, on_eject)
         # Bound once: the data path calls these per request.

@@ -224,7 +224,9 @@ class DubboURL:
 
     @property
     def interface(self) -> str:
-        return self.params.get("interface") or self.path
+        # apache-dubbo (the Python SDK, 3.0.0b1) registers ``tri://host:port?service=<interface>``,
+        # with neither a path nor an ``interface`` parameter.
+        return self.params.get("interface") or self.path or self.params.get("service", "")
 
     @property
     def version(self) -> str:

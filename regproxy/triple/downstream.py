@@ -11,9 +11,11 @@ everything it writes goes out once per loop pass (TripleForwarder.dirty).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+import h2.errors
 import h2.events
 import h2.exceptions
 
@@ -24,6 +26,14 @@ if TYPE_CHECKING:
     from regproxy.triple.forwarder import TripleForwarder
 
 log = logging.getLogger(__name__)
+
+# What counts against settings.MAX_CONTROL_PER_S.
+_CONTROL_EVENTS = (
+    h2.events.RemoteSettingsChanged,
+    h2.events.PingReceived,
+    h2.events.StreamReset,
+    h2.events.PriorityUpdated,
+)
 
 
 class TripleDownstream(asyncio.Protocol):
@@ -41,6 +51,9 @@ class TripleDownstream(asyncio.Protocol):
         self.closed = False
         self.last_active = fwd.loop.time()
         self._dirty = False
+        # Frames that are no call's work, in the current second (settings.MAX_CONTROL_PER_S).
+        self._control = 0
+        self._control_since = self.last_active
 
     def adopt(self, transport: asyncio.Transport, data: bytes) -> None:
         """Take over ``transport`` from the listener's Dubbo protocol, with the bytes read so far."""
@@ -64,9 +77,12 @@ class TripleDownstream(asyncio.Protocol):
             # h2 has queued a GOAWAY with the error's code: sent, then the connection closes.
             self.fwd.broken_connection(self, exc)
             return
-        self.last_active = self.fwd.loop.time()
+        self.last_active = now = self.fwd.loop.time()
         fwd = self.fwd
+        control = 0
         for event in events:
+            if isinstance(event, _CONTROL_EVENTS):
+                control += 1
             if isinstance(event, h2.events.DataReceived):
                 exch = self.exchanges.get(event.stream_id)
                 if exch is not None:
@@ -93,7 +109,23 @@ class TripleDownstream(asyncio.Protocol):
             elif isinstance(event, h2.events.ConnectionTerminated):
                 # The client's GOAWAY: no new streams; those it has go on.
                 log.debug("%s: GOAWAY from %s: %s", fwd.name, self.peer, event)
+        if control and self._too_much(control, now):
+            return
         self.dirty()
+
+    def _too_much(self, control: int, now: float) -> bool:
+        """Count frames that are no call's work; past the limit, GOAWAY and close."""
+        if now - self._control_since >= 1.0:
+            self._control, self._control_since = 0, now
+        self._control += control
+        if self._control <= settings.MAX_CONTROL_PER_S:
+            return False
+        self.fwd.flood(self, f"{self._control} SETTINGS, PING and RST_STREAM frames in under a second "
+                             f"(the limit is {settings.MAX_CONTROL_PER_S})")  # fmt: skip
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, b"too many control frames")
+        self.close()
+        return True
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:
@@ -138,8 +170,15 @@ class TripleDownstream(asyncio.Protocol):
     def flush(self) -> None:
         self._dirty = False
         data = self.h2.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        transport = self.transport
+        if data and transport is not None:
+            transport.write(data)
+            if transport.get_write_buffer_size() > settings.MAX_UNSENT:
+                # DATA stops at a closed window, but the answers to its own control frames do not:
+                # a client that sends them and never reads is cut off here.
+                self.fwd.unsent_overflow(self, transport.get_write_buffer_size())
+                self.closed = True
+                transport.abort()
 
     def close(self) -> None:
         """Flush what is queued (a GOAWAY) and close."""

@@ -29,6 +29,7 @@ from regproxy.proxy.stats import ListenerStats
 from regproxy.routing import Host, TableHolder
 from regproxy.routing.model import SPEAKS_TRI
 from regproxy.routing.rules import RETRY_RESET
+from regproxy.triple import settings
 from regproxy.triple.call import parse_call
 from regproxy.triple.downstream import TripleDownstream
 from regproxy.triple.exchange import Headers, TripleExchange
@@ -143,6 +144,18 @@ class TripleForwarder:
                 exch.reset_up()
                 self.finish(exch, int(Code.CANCELLED))
         down.close()
+
+    def flood(self, down: TripleDownstream, what: str) -> None:
+        self.stats.protocol_errors += 1
+        log.warning("%s: closing HTTP/2 connection from %s: %s (GOAWAY ENHANCE_YOUR_CALM)", self.name,
+                    down.peer, what)  # fmt: skip
+
+    def unsent_overflow(self, down: TripleDownstream, unsent: int) -> None:
+        self.stats.unsent_closes += 1
+        log.warning(
+            "%s: closing HTTP/2 connection from %s: %d bytes written to it and not read, the limit is %d: "
+            "the client does not read", self.name, down.peer, unsent, settings.MAX_UNSENT,
+        )  # fmt: skip
 
     def upstream_broken(self, up: TripleUpstream, reason: str) -> None:
         self.stats.protocol_errors += 1

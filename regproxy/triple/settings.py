@@ -12,7 +12,9 @@ regproxy.proxy.flow, per stream):
   RFC 9113 §6.5.2 recommends no fewer than 100). ``h2`` refuses the streams over it with
   REFUSED_STREAM, which a client may retry.
 * So what one connection can make regproxy hold is bounded by MAX_STREAMS × STREAM_WINDOW in each
-  direction, whatever its peer does; header blocks are bounded by MAX_HEADER_LIST.
+  direction, whatever its peer does; header blocks are bounded by MAX_HEADER_LIST; what is written
+  to it and not read, by MAX_UNSENT; the frames it sends that are no call's work, by
+  MAX_CONTROL_PER_S.
 
 Upstream (regproxy as the client) uses the same windows, and at most UPSTREAM_STREAMS streams per
 connection (fewer when the server says so); a host gets more connections when they are full.
@@ -31,6 +33,15 @@ MAX_STREAMS: Final = 100
 CONNECTION_WINDOW: Final = STREAM_WINDOW * MAX_STREAMS
 MAX_HEADER_LIST: Final = 64 * 1024  # what gRPC implementations accept by default (grpc-go: 16 MiB)
 UPSTREAM_STREAMS: Final = 100
+# A client's frames that cost regproxy work and answer nothing of its own calls (SETTINGS, PING,
+# RST_STREAM, and streams refused or reset before they were answered): more than this many in one
+# second and the connection is closed with GOAWAY ENHANCE_YOUR_CALM. The floods of CVE-2019-9512
+# (PING), CVE-2019-9515 (SETTINGS) and CVE-2023-44487 (rapid reset) send thousands a second; no
+# gRPC client comes near this.
+MAX_CONTROL_PER_S: Final = 1000
+# Bytes written to a client's socket and not yet taken by it: past this, it does not read what it
+# asked for (control-frame answers are not flow-controlled) and the connection is closed.
+MAX_UNSENT: Final = 16 * 1024 * 1024
 DEFAULT_WINDOW: Final = 65_535  # RFC 9113 §6.9.2: every window's size before SETTINGS
 
 

@@ -1,8 +1,11 @@
 """regproxy's HTTP/2 connections to upstream hosts (regproxy is the client), for Triple calls.
 
-One pool per listener. A host gets one connection, multiplexing every call to it, and another
-only when a connection has as many streams as its server allows (or UPSTREAM_STREAMS). A
-connection that failed to open, or lost, fails only the calls on it: each is retried elsewhere
+One pool per listener. A host gets one connection, multiplexing every call to it, as gRPC clients
+do; calls beyond the streams its server allows at once (or UPSTREAM_STREAMS) wait for one to end.
+Never a second connection while one is usable: apache-dubbo's Python server (3.0.0b1) serves
+only the connection it accepted last, so a second one would silence the first. For the same
+reason the ingress's app check PINGs the application over this same connection (``ping``).
+A connection that failed to open, or lost, fails only the calls on it: each is retried elsewhere
 when the upstream cannot have started it, else answered (TripleForwarder). A host whose connection
 failed is avoided for a short while (``is_failing``), as the Dubbo pool does.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -49,22 +53,32 @@ class TripleUpstream(asyncio.Protocol):
         self.write_paused = False
         self._dirty = False
         self._end: str | None = None  # its local address in the loop guard
+        self._pings: dict[bytes, asyncio.Future[None]] = {}
+        self.connected: asyncio.Future[None] = pool.loop.create_future()
 
     # --- streams ---------------------------------------------------------------------------------
 
-    def has_room(self) -> bool:
-        if self.closed or self.draining:
-            return False
+    @property
+    def usable(self) -> bool:
+        return not (self.closed or self.draining)
+
+    def _has_room(self) -> bool:
         limit = min(self.h2.remote_settings.max_concurrent_streams, settings.UPSTREAM_STREAMS)
-        return len(self.exchanges) + len(self.waiting) < limit
+        return len(self.exchanges) < limit
 
     def open(self, exch: TripleExchange, headers: Headers) -> None:
-        """Open a stream for ``exch`` now, or once the connection is up."""
-        if not self.ready:
+        """Open a stream for ``exch`` now, or once the connection is up and has room."""
+        if not self.ready or self.waiting or not self._has_room():
             exch.headers = headers
             self.waiting.append(exch)
             return
         self._start(exch, headers)
+
+    def _start_waiting(self) -> None:
+        while self.waiting and self.ready and self.usable and self._has_room():
+            exch = self.waiting.pop(0)
+            if not exch.finished:
+                self._start(exch, exch.headers)
 
     def _start(self, exch: TripleExchange, headers: Headers) -> None:
         sid = self.h2.get_next_available_stream_id()
@@ -75,8 +89,22 @@ class TripleUpstream(asyncio.Protocol):
 
     def forget(self, stream_id: int) -> None:
         self.exchanges.pop(stream_id, None)
-        if self.draining and not self.exchanges and not self.waiting:
+        if self.waiting:
+            self._start_waiting()
+        elif self.draining and not self.exchanges:
             self.close()
+
+    async def ping(self) -> None:
+        """An HTTP/2 PING answered on this connection (ConnectionError when it goes first)."""
+        opaque = os.urandom(8)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[opaque] = fut
+        self.h2.ping(opaque)
+        self.dirty()
+        try:
+            await fut
+        finally:
+            self._pings.pop(opaque, None)
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -88,10 +116,9 @@ class TripleUpstream(asyncio.Protocol):
         self._end = self.pool.guard.opened(transport.get_extra_info("sockname"), self.pool.name, self.address)
         settings.start(self.h2)
         self.ready = True
-        waiting, self.waiting = self.waiting, []
-        for exch in waiting:
-            if not exch.finished:
-                self._start(exch, exch.headers)
+        if not self.connected.done():
+            self.connected.set_result(None)
+        self._start_waiting()
         self.dirty()
 
     def data_received(self, data: bytes) -> None:
@@ -128,16 +155,25 @@ class TripleUpstream(asyncio.Protocol):
                 self._window_opened(event.stream_id)
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._window_opened(0)
+                self._start_waiting()  # MAX_CONCURRENT_STREAMS may have grown
+            elif isinstance(event, h2.events.PingAckReceived):
+                fut = self._pings.pop(event.ping_data, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._goaway(event)
         self.dirty()
 
     def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
         """The server's GOAWAY: streams above its last id were never processed (RFC 9113 §6.8) and
-        may go elsewhere; the others finish here."""
+        may go elsewhere, as may those still waiting; the others finish here."""
         self.draining = True
-        last = event.last_stream_id if event.last_stream_id is not None else 0
         why = f"{self.address} sent GOAWAY ({event.error_code!s})"
+        self._fail_pings(why)
+        waiting, self.waiting = self.waiting, []
+        for exch in waiting:
+            self.pool.fwd.up_unprocessed(exch, why)
+        last = event.last_stream_id if event.last_stream_id is not None else 0
         for sid in [sid for sid in self.exchanges if sid > last]:
             exch = self.exchanges.pop(sid)
             self.pool.fwd.up_unprocessed(exch, why)
@@ -166,11 +202,22 @@ class TripleUpstream(asyncio.Protocol):
         self.transport = None
         if self._end is not None:
             self.pool.guard.closed(self._end)
-        self.pool.lost(self, f"connection to {self.address} lost" + (f": {exc}" if exc else ""))
+        reason = f"connection to {self.address} lost" + (f": {exc}" if exc else "")
+        self._fail_pings(reason)
+        self.pool.lost(self, reason)
 
     def connect_failed(self, reason: str) -> None:
         self.closed = True
+        if not self.connected.done():
+            self.connected.set_exception(ConnectionError(reason))
+            self.connected.exception()  # retrieved: nobody need wait for it
         self.pool.lost(self, reason)
+
+    def _fail_pings(self, why: str) -> None:
+        pings, self._pings = self._pings, {}
+        for fut in pings.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(why))
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -240,18 +287,28 @@ class TriplePool:
         return sum(len(c.exchanges) + len(c.waiting) for c in self.conns.get(address, ()))
 
     def open(self, exch: TripleExchange, address: str, headers: Headers) -> None:
-        """Send ``exch`` to ``address``: on a connection with room, else on a new one."""
+        """Send ``exch`` to ``address``, on its connection (a new one when it has none usable)."""
+        self._connection(address).open(exch, headers)
+
+    def _connection(self, address: str) -> TripleUpstream:
         conns = self.conns.setdefault(address, [])
         for conn in conns:
-            if conn.has_room():
-                conn.open(exch, headers)
-                return
+            if conn.usable:
+                return conn
         conn = TripleUpstream(self, address)
         conns.append(conn)
-        conn.open(exch, headers)
         task = self.loop.create_task(self._connect(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return conn
+
+    async def ping(self, address: str) -> None:
+        """A PING to ``address`` on the connection calls use (made when there is none): whether
+        the host answers HTTP/2, without a connection of its own (see the module's docstring)."""
+        conn = self._connection(address)
+        if not conn.ready:
+            await asyncio.shield(conn.connected)
+        await conn.ping()
 
     async def _connect(self, conn: TripleUpstream) -> None:
         try:
