@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what `make bench` needs besides the venv, when it is missing.  Idempotent: a second run
-# only checks.  Needs root (CI runs as root) or password-less sudo for the install step.
+# Installs what `make bench` and `python -m benchmarks.triple` need besides the venv, when it is
+# missing.  Idempotent: a second run only checks.  Needs root (CI runs as root) or password-less
+# sudo for the install step.
 #
 #   HAProxy (Debian's `haproxy`): the C L4 relay the `haproxy` topology chains twice (and, in
 #   `mode http` with `proto h2`, the gRPC-aware relay of the Triple case, benchmarks/triple.py).
