@@ -55,7 +55,6 @@ import dataclasses
 import datetime
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -133,11 +132,6 @@ def h2load_version() -> str | None:
     return None
 
 
-_REQUESTS = re.compile(
-    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored"
-)
-
-
 @dataclass
 class H2LoadRun:
     """One h2load process: its per-request log and the CPU of the watched processes in its window."""
@@ -145,7 +139,6 @@ class H2LoadRun:
     ok_latencies: list[float]  # seconds, HTTP 200 answers in the window
     not_ok: int  # answers with another status, and streams that failed (status -1 in the log)
     statuses: dict[str, int]
-    requests: dict[str, int]  # h2load's own "requests:" counts
     cpu0: dict[str, tuple[float, float]]
     cpu1: dict[str, tuple[float, float]]
     busy: float  # the machine's busy share in the window
@@ -200,13 +193,10 @@ def run_h2load(args: list[str], log: Path, watch: dict[str, list[int]], timeout:
         statuses[status] = statuses.get(status, 0) + 1
         if status == "200":
             latencies.append(int(micros) / 1e6)
-    m = _REQUESTS.search(output)
-    names = ("total", "started", "done", "succeeded", "failed", "errored")
-    requests = dict(zip(names, map(int, m.groups()), strict=True)) if m else {}
     cores = os.cpu_count() or 1
     busy = 1.0 - (idle1 - idle0) / max(1e-9, (t1 - t0) * cores)
     return H2LoadRun(
-        latencies, sum(n for s, n in statuses.items() if s != "200"), statuses, requests,
+        latencies, sum(n for s, n in statuses.items() if s != "200"), statuses,
         cpu0, cpu1, round(min(1.0, max(0.0, busy)), 3), output,
     )  # fmt: skip
 
