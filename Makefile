@@ -59,6 +59,9 @@ native: venv
 test: venv
 	REGPROXY_NATIVE=require $(PY) scripts/native.py
 	@if [ -f scripts/test-deps.sh ]; then bash scripts/test-deps.sh; fi
+	@# apache-dubbo (Apache's Python SDK, a Triple peer) in a venv of its own: it installs a top-level
+	@# `dubbo` package, as dubbo-python does (tests/peers/triple/venv.py; a no-op once built).
+	$(PY) -m tests.peers.triple.venv
 	$(VENV)/bin/ruff check $(wildcard regproxy tests examples benchmarks scripts)
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 

@@ -10,6 +10,8 @@
 #   curl: tests/test_docs.py runs the docs' curl examples as written against a real sidecar
 #   libhessian-java (Caucho Hessian 4.0.38, /usr/share/java/hessian.jar) and javac (default-jdk-headless):
 #   tests/test_metadata_info.py checks regproxy's hessian2 MetadataInfo against Java's own serializer
+#   haproxy and nghttp2-client (h2load): tests/test_bench_triple_smoke.py runs the Triple benchmark's
+#   topologies (HAProxy in HTTP/2 mode, h2load as the load generator) for a fraction of a second
 set -euo pipefail
 
 ZK_JAR=/usr/share/java/zookeeper.jar          # from libzookeeper-java, a dependency of `zookeeper`
@@ -41,10 +43,19 @@ if ! command -v javac >/dev/null 2>&1; then
     missing+=(default-jdk-headless)
 fi
 
+if ! command -v haproxy >/dev/null 2>&1 && [[ ! -x /usr/sbin/haproxy ]]; then
+    missing+=(haproxy)
+fi
+
+if ! command -v h2load >/dev/null 2>&1; then
+    missing+=(nghttp2-client)
+fi
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)), docker-compose present" \
         "($(command -v docker-compose)), ip present ($(command -v ip)), curl present ($(command -v curl))," \
-        "Hessian present ($HESSIAN_JAR), javac present ($(command -v javac)); nothing to install"
+        "Hessian present ($HESSIAN_JAR), javac present ($(command -v javac)), haproxy and h2load present;" \
+        "nothing to install"
     exit 0
 fi
 

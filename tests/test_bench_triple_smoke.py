@@ -1,8 +1,8 @@
 """The Triple benchmark's pieces run and produce numbers (a fraction of a second per run).
 
 Not a performance test: no figure is compared with a bound here. ``python -m benchmarks.triple``
-measures. The runs need h2load and HAProxy (``benchmarks/setup.sh`` installs both); the regproxy
-topology is left to the benchmark itself until the sidecars carry Triple (issue 20).
+measures. The runs need h2load and HAProxy (scripts/test-deps.sh installs both for `make test`,
+benchmarks/setup.sh for `make bench`).
 """
 
 from __future__ import annotations
@@ -13,19 +13,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks import triple
-from benchmarks.topologies import Provider, TopologyError, haproxy_binary
+from benchmarks.topologies import Provider, haproxy_binary
 from benchmarks.triprovider import RESPONSE_HEADERS, TRAILERS
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _tools() -> bool:
-    try:
-        triple.h2load_binary()
-        haproxy_binary()
-    except TopologyError:
-        return False
-    return True
 
 
 def test_provider_header_blocks_decode_on_any_connection() -> None:
@@ -43,19 +34,21 @@ def test_request_file_is_one_grpc_message() -> None:
 
 
 @pytest.mark.process
-@pytest.mark.skipif(not _tools(), reason="needs h2load (nghttp2-client) and haproxy: run benchmarks/setup.sh")
-def test_direct_and_haproxy_quick_and_report(tmp_path: Path) -> None:
+def test_every_topology_quick_and_report(tmp_path: Path) -> None:
+    triple.h2load_binary()  # TopologyError naming what to install when missing: a failure, not a skip
+    haproxy_binary()
     s = triple.Settings(True, 1, 0.4, 0.1)
     provider = Provider(tmp_path, "triple")
+    names = ("direct", "haproxy", "regproxy")
     try:
         # Setting up includes grpcio calls through each topology (grpc-status 0, the echo, 64 KiB).
-        with triple.topologies_for(tmp_path, provider, "memory://", ("direct", "haproxy")) as (topos, errors):
-            assert not errors and set(topos) == {"direct", "haproxy"}
+        with triple.topologies_for(tmp_path, provider, "memory://", names) as (topos, errors):
+            assert not errors and set(topos) == set(names), errors
             measured = triple.measure(topos, errors, provider, s, ["rpc"], tmp_path)
     finally:
         provider.stop()
     assert not errors
-    for name in ("direct", "haproxy"):
+    for name in names:
         (run,) = measured["rpc"][name]
         r = run.result
         assert r.completed > 0 and r.errors == 0 and not r.failures, r.failures
@@ -63,10 +56,15 @@ def test_direct_and_haproxy_quick_and_report(tmp_path: Path) -> None:
         assert {"generator", "provider"} <= set(r.cpu_s)
     hap = measured["rpc"]["haproxy"][0]
     assert hap.proxies == ["haproxy-front", "haproxy-back"] and hap.proxy_cpu_us > 0
+    assert measured["rpc"]["regproxy"][0].proxy_cpu_us > 0
 
-    names = ("direct", "haproxy", "regproxy")
-    errors = {"regproxy": "TopologyError: not set up in this test"}
     report = triple.build_report({"nproc": 1}, s, measured, errors, names, "memory://")
+    assert report["ratios"]["regproxy_vs_haproxy_qps"] is not None
+
+    # A topology that could not be set up is reported as such.
+    errors = {"regproxy": "TopologyError: not set up in this test"}
+    without = {load: {k: v for k, v in runs.items() if k != "regproxy"} for load, runs in measured.items()}
+    report = triple.build_report({"nproc": 1}, s, without, errors, names, "memory://")
     assert set(report["topologies"]["direct"]["rpc"]) == {
         "max_qps",
         "p50_ms",
