@@ -6,6 +6,7 @@ tests/test_triple_e2e.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,8 +17,10 @@ import pytest
 from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import serve
 from regproxy.proxy.engine import Listener
+from regproxy.proxy.filters import AccessLog
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.routing.model import SPEAKS_DUBBO, SPEAKS_TRI
+from regproxy.routing.rules import RateLimit, Rule, RuleSet, StringMatch
 from tests.ports import free_port
 from tests.triple_stack import (
     GREETER,
@@ -289,3 +292,52 @@ async def test_a_client_breaking_http2_gets_goaway_and_others_go_on(stack: Tripl
     async with stack.channel() as ch:
         assert await method(ch, "greet")(b"still", timeout=5) == b"app0:still"
     assert stack.egress.forwarder.triple.stats.protocol_errors == 1  # type: ignore[union-attr]
+
+
+async def test_a_rate_limit_rule_answers_unavailable_naming_the_rule(stack: TripleStack) -> None:
+    cap = RateLimit(requests_per_second=0.001, burst=2)
+    rule = Rule(name="cap", service=StringMatch("exact", GREETER), rate_limit=cap)
+    stack.egress.forwarder.rules = RuleSet([rule])  # type: ignore[union-attr]
+    async with stack.channel() as ch:
+        assert await method(ch, "greet")(b"1", timeout=5) == b"app0:1"
+        assert await method(ch, "greet")(b"2", timeout=5) == b"app0:2"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(ch, "greet")(b"3", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details().startswith("rate limited by rule 'cap': over 0.001 requests/s (burst 2)")
+    assert stack.apps[0][2].calls == 2
+
+
+async def test_a_rule_matches_a_triple_attachment_header(stack: TripleStack) -> None:
+    # Attachments are the headers (StreamUtils.toAttachments): a rule on `dubbo.tag` sends tagged calls
+    # to a cluster that does not exist here, and says so.
+    rule = Rule(
+        name="gray",
+        service=StringMatch("exact", GREETER),
+        attachments=(("dubbo.tag", StringMatch("exact", "gray")),),
+        cluster="gray-cluster",
+    )
+    stack.egress.forwarder.rules = RuleSet([rule])  # type: ignore[union-attr]
+    async with stack.channel() as ch:
+        assert await method(ch, "greet")(b"plain", timeout=5) == b"app0:plain"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(ch, "greet")(b"x", timeout=5, metadata=(("dubbo.tag", "gray"),))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "rule 'gray' sends" in caught.value.details() and "gray-cluster" in caught.value.details()
+
+
+async def test_the_access_log_has_a_line_per_call_labelled_tri(
+    stack: TripleStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AccessLog(True)
+    stack.egress.forwarder.triple.access_log = log  # type: ignore[union-attr]
+    caplog.set_level(logging.INFO, logger="regproxy.access")
+    async with stack.channel() as ch:
+        await method(ch, "greet")(b"x", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await method(ch, "fail")(b"y", timeout=5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "regproxy.access"]
+    upstream = stack.ingress_address
+    assert lines[0].startswith(f"egress {GREETER} greet upstream={upstream} status=0 duration_ms=")
+    assert lines[1].startswith(f"egress {GREETER} fail upstream={upstream} status=9 duration_ms=")
+    assert all(line.endswith(" protocol=tri") for line in lines), lines
