@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import h2.errors
@@ -21,12 +22,16 @@ from regproxy.proxy.filters import AccessLog
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.routing.model import SPEAKS_DUBBO, SPEAKS_TRI
 from regproxy.routing.rules import RateLimit, Rule, RuleSet, StringMatch
+from regproxy.tls import SidecarTLS
+from tests.pki import make_pki
 from tests.ports import free_port
+from tests.test_tls import tls_config
 from tests.triple_stack import (
     GREETER,
     RawH2,
     TripleStack,
     listener_settings,
+    start_app,
     start_stack,
     stop_stack,
     table,
@@ -341,3 +346,38 @@ async def test_the_access_log_has_a_line_per_call_labelled_tri(
     assert lines[0].startswith(f"egress {GREETER} greet upstream={upstream} status=0 duration_ms=")
     assert lines[1].startswith(f"egress {GREETER} fail upstream={upstream} status=9 duration_ms=")
     assert all(line.endswith(" protocol=tri") for line in lines), lines
+
+
+async def test_triple_between_sidecars_over_mutual_tls(tmp_path: Path) -> None:
+    # The ingress serves mutual TLS only; the egress dials it with TLS, and after the handshake the
+    # ingress tells HTTP/2 from Dubbo as on a plain port.
+    pki = make_pki(tmp_path)
+    server, port, _seen = await start_app("tls-app")
+    ingress_tls = SidecarTLS(tls_config(pki.peer, pki.ca), None)
+    app = (Host(address=f"127.0.0.1:{port}", speaks=SPEAKS_TRI),)
+    ingress_settings = listener_settings(server_ssl=ingress_tls.server_ssl)
+    ingress = Listener("ingress", ingress_settings, TableHolder(table("*", app)))
+    await ingress.start()
+    egress_cfg = tls_config(pki.peer, pki.ca).model_copy(update={"egress": "always", "ingress": False})
+    egress_tls = SidecarTLS(egress_cfg, None)
+    peer = (Host(address=f"127.0.0.1:{ingress.address[1]}"),)
+    egress_settings = listener_settings(upstream_tls=egress_tls.upstream)
+    egress = Listener("egress", egress_settings, TableHolder(table(GREETER, peer)))
+    await egress.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{egress.address[1]}") as ch:
+            assert await method(ch, "greet")(b"secret", timeout=5) == b"tls-app:secret"
+            parts = [m async for m in method(ch, "greetStream", "unary_stream")(b"3", timeout=5)]
+            assert parts == [b"part0", b"part1", b"part2"]
+        # A plaintext HTTP/2 client at the TLS-only ingress is refused before any byte is read.
+        client = await RawH2.connect(ingress.address[1])
+        try:
+            client.request(f"/{GREETER}/greet", b"x")
+            await client.until(lambda: client.closed, timeout=5)
+        finally:
+            await client.close()
+        assert ingress.forwarder.triple.stats.requests == 2  # type: ignore[union-attr]
+    finally:
+        await egress.stop()
+        await ingress.stop()
+        await server.stop(None)

@@ -116,6 +116,7 @@ class Listener:
             timeout_from_attachment=s.timeout_from_attachment,
             connect_timeout_s=s.connect_timeout_ms / 1000,
             max_connections=s.max_connections,
+            tls=s.upstream_tls,
         )
         self.forwarder = fwd
         try:

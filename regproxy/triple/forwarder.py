@@ -29,6 +29,7 @@ from regproxy.proxy.stats import ListenerStats
 from regproxy.routing import Host, TableHolder
 from regproxy.routing.model import SPEAKS_TRI
 from regproxy.routing.rules import RETRY_RESET
+from regproxy.tls import UpstreamTLS
 from regproxy.triple import settings
 from regproxy.triple.call import parse_call
 from regproxy.triple.downstream import TripleDownstream
@@ -83,6 +84,7 @@ class TripleForwarder:
         connect_timeout_s: float,
         max_connections: int = 10000,
         stats: ListenerStats | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.name = name
         self.loop = loop
@@ -92,7 +94,9 @@ class TripleForwarder:
         self.via = guard.id_bytes if name == "egress" else None
         self.max_connections = max_connections
         self.stats = stats if stats is not None else ListenerStats()
-        self.pool = TriplePool(self, loop, name=name, guard=guard, connect_timeout_s=connect_timeout_s)
+        self.pool = TriplePool(
+            self, loop, name=name, guard=guard, connect_timeout_s=connect_timeout_s, tls=tls
+        )
         self.planner = Planner(
             self.stats.histogram,
             self.pool.active,

@@ -27,6 +27,7 @@ from regproxy.routing import split_address
 from regproxy.triple import settings
 
 if TYPE_CHECKING:
+    from regproxy.tls import UpstreamTLS
     from regproxy.triple.exchange import Headers, TripleExchange
     from regproxy.triple.forwarder import TripleForwarder
 
@@ -262,8 +263,12 @@ class TriplePool:
         name: str,
         guard: LoopGuard,
         connect_timeout_s: float,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.fwd = fwd
+        # The egress's mutual TLS to peer sidecars (regproxy.tls), as the Dubbo pool dials them: after
+        # the handshake the HTTP/2 preface goes first, and the ingress tells the protocols apart.
+        self.tls = tls
         self.loop = loop
         self.name = name
         self.guard = guard
@@ -313,8 +318,9 @@ class TriplePool:
     async def _connect(self, conn: TripleUpstream) -> None:
         try:
             host, port = split_address(conn.address)
-            async with asyncio.timeout(self.connect_timeout_s):
-                await self.loop.create_connection(lambda: conn, host, port)
+            tls = self.tls.connect_args(conn.address, host) if self.tls is not None else {}
+            async with asyncio.timeout(self.connect_timeout_s + tls.get("ssl_handshake_timeout", 0)):
+                await self.loop.create_connection(lambda: conn, host, port, **tls)
         except (OSError, TimeoutError, ValueError) as exc:
             reason = (
                 f"cannot connect to {conn.address}: timed out after {self.connect_timeout_s:g} s"
