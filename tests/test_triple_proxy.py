@@ -17,6 +17,8 @@ import pytest
 
 from regproxy.demo.client import DubboClient
 from regproxy.demo.provider import serve
+from regproxy.discovery.desired import PublishSpec
+from regproxy.discovery.tables import ingress_table
 from regproxy.proxy.engine import Listener
 from regproxy.proxy.filters import AccessLog
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
@@ -379,5 +381,29 @@ async def test_triple_between_sidecars_over_mutual_tls(tmp_path: Path) -> None:
         assert ingress.forwarder.triple.stats.requests == 2  # type: ignore[union-attr]
     finally:
         await egress.stop()
+        await ingress.stop()
+        await server.stop(None)
+
+
+async def test_the_ingress_checks_a_published_token_on_triple_calls() -> None:
+    # TokenFilter, as for a Dubbo call: the publication's `token` parameter must come with each call
+    # (an attachment: a header); the egress adds it from the provider's URL (Plan.token).
+    server, port, seen = await start_app("token-app")
+    specs = [PublishSpec(GREETER, port, protocol="tri", params={"token": "s3cret"})]
+    ingress_settings = listener_settings(timeout_from_attachment=False)
+    ingress = Listener("ingress", ingress_settings, TableHolder(ingress_table(specs)))
+    await ingress.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ingress.address[1]}") as ch:
+            good = await method(ch, "greet")(b"a", timeout=5, metadata=(("token", "s3cret"),))
+            assert good == b"token-app:a"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await method(ch, "greet")(b"b", timeout=5, metadata=(("token", "guess"),))
+        assert caught.value.code() == grpc.StatusCode.UNKNOWN
+        details = caught.value.details()
+        assert details.startswith(f"Invalid token! Forbid invoke remote service interface {GREETER}")
+        assert details.endswith("consumer incorrect token is guess")
+        assert seen.calls == 1
+    finally:
         await ingress.stop()
         await server.stop(None)

@@ -225,6 +225,19 @@ class TripleForwarder:
             )
             return
         plan = decision
+        guard = plan.guard
+        if guard is not None and guard.token and call.attachment("token") != guard.token:
+            # TokenFilter on the provider: a call must carry the token it was published with. Dubbo
+            # throws a bare RpcException, which TriRpcStatus.getStatus makes UNKNOWN.
+            stats.refused_tokens += 1
+            remote = call.attachment("token")
+            message = (
+                f"Invalid token! Forbid invoke remote service interface {guard.service} method "
+                f"{call.method}() from consumer {down.peer} to provider {self.name}, consumer incorrect "
+                f"token is {'null' if remote is None else remote}"
+            )
+            self._refuse(down, stream_id, TripleError(message, Code.UNKNOWN))
+            return
         stats.per_service[plan.counter_key] = stats.per_service.get(plan.counter_key, 0) + 1
         exch = TripleExchange(self, down, stream_id, call, self._forwarded(headers, via), plan, started)
         down.exchanges[stream_id] = exch
