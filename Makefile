@@ -84,10 +84,12 @@ fuzz: native
 		--hypothesis-show-statistics tests/test_listener_fuzz.py
 
 # Two providers, a consumer and their three sidecars in one process, on the in-process memory://
-# registry; Ctrl-C stops it.  Options go in DEMO_ARGS, e.g.
+# registry, and a Triple (apache-dubbo) provider and consumer beside them; Ctrl-C stops it.  Options go in DEMO_ARGS, e.g.
 #   make demo DEMO_ARGS="--registry zookeeper://127.0.0.1:2181 --rate 50 --duration 30"
 demo: native
-	$(VENV)/bin/regproxy demo $(DEMO_ARGS)
+	@# apache-dubbo, for the demo's Triple provider and consumer, in a venv of its own (a no-op once built).
+	@$(PY) -m tests.peers.triple.venv >/dev/null
+	$(VENV)/bin/regproxy demo --triple .venv-peers/apache-dubbo/bin/python $(DEMO_ARGS)
 
 # The benchmarks (docs/performance.md): HAProxy and ZooKeeper from Debian when missing (root), then
 # the data-path comparison and, without --quick, the demo-provider case and the control side at

@@ -195,6 +195,7 @@ def _pub_body(
     application: str,
     params: Mapping[str, Any] | None,
     registry: RegistryArg,
+    protocol: str = "dubbo",
 ) -> dict[str, Any]:
     if isinstance(methods, str):  # methods="sayHi" would otherwise become five one-letter methods
         raise TypeError("methods must be a list of method names, not a string")
@@ -207,6 +208,8 @@ def _pub_body(
         "application": application,
         "params": dict(params or {}),
     }
+    if protocol != "dubbo":  # "tri": the application serves it in Triple (docs/triple.md)
+        service["protocol"] = protocol
     return _with_registry({"service": service}, registry)
 
 
@@ -350,10 +353,12 @@ class RegproxyClient:
         application: str = "",
         params: Mapping[str, Any] | None = None,
         registry: RegistryArg = None,
+        protocol: str = "dubbo",
     ) -> str:
         """Publish ``interface`` served by the application on ``port`` (None: the sidecar's
-        --app-port); returns the provider URL the sidecar registered (its own address and ingress)."""
-        body = _pub_body(interface, port, methods, version, group, application, params, registry)
+        --app-port) in ``protocol`` ("dubbo", or "tri" for Triple); returns the provider URL the
+        sidecar registered (its own address and ingress)."""
+        body = _pub_body(interface, port, methods, version, group, application, params, registry, protocol)
         return str(self._post("/pub", body)["url"])
 
     def unpublish(
@@ -367,11 +372,12 @@ class RegproxyClient:
         application: str = "",
         params: Mapping[str, Any] | None = None,
         registry: RegistryArg = None,
+        protocol: str = "dubbo",
     ) -> None:
-        """Withdraw a publication (found by interface, version and group); ERR_NOT_FOUND if absent."""
-        self._post(
-            "/unpub", _pub_body(interface, port, methods, version, group, application, params, registry)
-        )
+        """Withdraw a publication (found by interface, version, group and protocol); ERR_NOT_FOUND if
+        absent."""
+        body = _pub_body(interface, port, methods, version, group, application, params, registry, protocol)
+        self._post("/unpub", body)
 
     def subscribe(
         self, interface: str, *, version: str = "", group: str = "", registry: RegistryArg = None
@@ -462,8 +468,9 @@ class AsyncRegproxyClient:
         application: str = "",
         params: Mapping[str, Any] | None = None,
         registry: RegistryArg = None,
+        protocol: str = "dubbo",
     ) -> str:
-        body = _pub_body(interface, port, methods, version, group, application, params, registry)
+        body = _pub_body(interface, port, methods, version, group, application, params, registry, protocol)
         return str((await self._post("/pub", body))["url"])
 
     async def unpublish(
@@ -477,10 +484,10 @@ class AsyncRegproxyClient:
         application: str = "",
         params: Mapping[str, Any] | None = None,
         registry: RegistryArg = None,
+        protocol: str = "dubbo",
     ) -> None:
-        await self._post(
-            "/unpub", _pub_body(interface, port, methods, version, group, application, params, registry)
-        )
+        body = _pub_body(interface, port, methods, version, group, application, params, registry, protocol)
+        await self._post("/unpub", body)
 
     async def subscribe(
         self, interface: str, *, version: str = "", group: str = "", registry: RegistryArg = None

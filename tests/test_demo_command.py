@@ -151,9 +151,16 @@ def test_make_demo_runs_the_demo(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    assert ".venv/bin/regproxy demo --duration 2 --rate 20" in r.stdout
+    command = ".venv/bin/regproxy demo --triple .venv-peers/apache-dubbo/bin/python --duration 2 --rate 20"
+    assert command in r.stdout
     lines = live_lines(r.stdout)
     assert lines and lines[0][0] > 0 and all(errors == 0 for _c, errors, _by in lines), r.stdout
+    # The Triple provider and consumer (apache-dubbo) beside the Dubbo ones, through the same egress.
+    published = "triple-provider (apache-dubbo, Triple) published through its sidecar as tri://127.0.0.1:"
+    assert published in r.stdout
+    triple = re.findall(r"^  triple  calls +(\d+)  errors +(\d+) .* answered by (.*)$", r.stdout, re.M)
+    assert triple and all(int(errors) == 0 for _c, errors, _by in triple), r.stdout
+    assert any(int(calls) > 0 and by.startswith("triple-provider: ") for calls, _e, by in triple), r.stdout
 
 
 @pytest.mark.process

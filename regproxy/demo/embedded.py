@@ -13,6 +13,12 @@ code as ``regproxy demo-provider --publish`` and ``demo-consumer --subscribe``),
 zookeeper://...`` — is what connects them. The providers sign their answers, which is how the
 live line knows who answered.
 
+With ``--triple PYTHON`` (``make demo`` gives it), a Triple provider and consumer on Apache's Python
+SDK (apache-dubbo, run by ``PYTHON``: regproxy/demo/triple_app.py) join them, with a sidecar of
+their own for the provider, through the same consumer sidecar and on the same ports::
+
+    triple consumer ──▶ consumer sidecar (egress) ──▶ triple provider's sidecar (ingress) ──▶ triple provider
+
 Every listener binds a free loopback port and the sidecars keep their state in a temporary
 directory, so the demo runs beside anything else and leaves nothing behind. It stops on Ctrl-C
 (SIGINT), SIGTERM, after ``--duration`` seconds, or when the reader of its output goes away
@@ -24,11 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +54,7 @@ from regproxy.demo.provider import GREETINGS_SERVICE, Provider, default_services
 from regproxy.demo.runner import run
 from regproxy.registry.base import RegistryError
 from regproxy.registry.registry_url import RegistryURL
-from regproxy.sdk import RegproxyError
+from regproxy.sdk import AsyncRegproxyClient, RegproxyError
 
 log = logging.getLogger("regproxy.demo")
 
@@ -165,6 +173,72 @@ def who_answered(value: Any) -> str:
 # -- the parts ----------------------------------------------------------------------------------------
 
 
+TRIPLE_SERVICE = "org.apache.dubbo.samples.Greeter"
+TRIPLE_PROVIDER = "triple-provider"
+TRIPLE_APP = Path(__file__).with_name("triple_app.py")
+
+
+class TripleApps:
+    """The apache-dubbo provider and consumer (regproxy/demo/triple_app.py), as processes of
+    ``python``: the consumer's per-second JSON lines become the demo's ``triple`` lines."""
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self.procs: list[subprocess.Popen[str]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    def _spawn(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [self.python, str(TRIPLE_APP), *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    async def start_provider(self) -> int:
+        (port,) = free_ports(1)
+        proc = self._spawn("provider", "--port", str(port), "--name", TRIPLE_PROVIDER)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), STARTUP_TIMEOUT_S)
+        if not line.startswith("READY"):
+            raise OSError(f"the Triple provider ({self.python} {TRIPLE_APP}) did not start: {line!r}")
+        return port
+
+    async def start_consumer(self, target: str, rate: float) -> None:
+        proc = self._spawn("consumer", "--target", target, "--rate", f"{rate:g}")
+        self._reader = asyncio.get_running_loop().create_task(self._relay(proc))
+
+    async def _relay(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        while True:
+            line = await asyncio.to_thread(proc.stdout.readline)
+            if not line:
+                return
+            try:
+                w = json.loads(line)
+            except ValueError:
+                continue
+            by = ", ".join(f"{k}: {v}" for k, v in sorted(w["by"].items())) or "nobody"
+            error = f"  last error: {w['error']}" if w.get("error") else ""
+            say(
+                f"  triple  calls {w['calls']:4d}  errors {w['errors']:3d}  p50 {w['p50_ms']:7.2f} ms  "
+                f"p99 {w['p99_ms']:7.2f} ms  answered by {by}{error}"
+            )
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                await asyncio.to_thread(proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
 class Demo:
     def __init__(self, args: argparse.Namespace, stop: asyncio.Event, data_root: Path) -> None:
         self.args = args
@@ -177,6 +251,7 @@ class Demo:
         self.window = Window()
         self._client: DubboClient | None = None
         self._calls: set[asyncio.Task[None]] = set()
+        self.triple = TripleApps(args.triple) if args.triple else None
 
     async def start(self) -> bool:
         """Start everything and connect it through the registry; False when stopped meanwhile."""
@@ -228,6 +303,35 @@ class Demo:
         for cluster, found in clusters.items():
             hosts = ", ".join(p.address for p in found) or "none yet"
             say(f"consumer subscribed to {cluster} through its sidecar: providers {hosts}")
+        if self.triple is not None:
+            return await self._start_triple(Sidecar)
+        return True
+
+    async def _start_triple(self, sidecar_class: Any) -> bool:
+        """The Triple provider beside its own sidecar, published ``"protocol": "tri"``; the consumer
+        sidecar subscribes to it as to any service."""
+        assert self.triple is not None
+        args = self.args
+        port = await self.triple.start_provider()
+        config = sidecar_config(args.registry, self.data_root / TRIPLE_PROVIDER, port, args.log_level)
+        sidecar = sidecar_class(config)
+        await sidecar.start()
+        self.sidecars.insert(0, sidecar)  # stopped after the consumer's
+        async with AsyncRegproxyClient(_url(config.api)) as api:
+            url = await api.publish(TRIPLE_SERVICE, port=port, application=TRIPLE_PROVIDER, protocol="tri")
+        say(f"{TRIPLE_PROVIDER} (apache-dubbo, Triple) published through its sidecar as {url.split('?')[0]}")
+        clusters = await subscribe(
+            _url(self.consumer_sidecar.config.api),
+            [(TRIPLE_SERVICE, "", "")],
+            min_providers=1,
+            timeout=STARTUP_TIMEOUT_S,
+            stop=self.stop,
+        )
+        if clusters is None:
+            return False
+        egress = self.consumer_sidecar.config.egress
+        await self.triple.start_consumer(f"tri://{egress.host}:{egress.port}", args.rate)
+        say(f"triple consumer (apache-dubbo) calling {TRIPLE_SERVICE}.greet through the same egress {egress}")
         return True
 
     def _print_banner(self, provider_sidecars: list[Any]) -> None:
@@ -304,6 +408,8 @@ class Demo:
 
     async def close(self) -> None:
         """Stop the calls, then the consumer's sidecar, the providers' sidecars, the providers."""
+        if self.triple is not None:
+            await self.triple.stop()
         for task in list(self._calls):
             task.cancel()
         if self._calls:
@@ -355,6 +461,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (default: Ctrl-C)"
     )
     parser.add_argument("--rate", type=float, default=10.0, metavar="N", help="calls per second (default 10)")
+    parser.add_argument(
+        "--triple",
+        metavar="PYTHON",
+        help="also run a Triple provider and consumer on apache-dubbo (Apache's Python SDK), with the "
+        "interpreter PYTHON that has it (make demo builds .venv-peers/apache-dubbo)",
+    )
     parser.add_argument(
         "--log-level",
         default="warning",
