@@ -407,3 +407,29 @@ async def test_the_ingress_checks_a_published_token_on_triple_calls() -> None:
     finally:
         await ingress.stop()
         await server.stop(None)
+
+
+async def test_draining_sends_goaway_once_the_streams_in_flight_finish(stack: TripleStack) -> None:
+    # Dubbo's read-only event, in HTTP/2: a GOAWAY. Not while a call is answering: h2 (apache-dubbo's
+    # client is built on it) takes any frame after a GOAWAY as a protocol error.
+    busy = await RawH2.connect(stack.egress_port)
+    idle = await RawH2.connect(stack.egress_port)
+    try:
+        done = idle.request(f"/{GREETER}/greet", b"x")
+        await idle.until(lambda: idle.ended(done))
+        sid = busy.request(f"/{GREETER}/drip", b"5", **{"grpc-timeout": "5S"})
+        await busy.until(lambda: b"drop0" in busy.data(sid))
+        stack.egress.announce_readonly()
+
+        def goaway(client: RawH2) -> list[h2.events.ConnectionTerminated]:
+            return [e for e in client.events if isinstance(e, h2.events.ConnectionTerminated)]
+
+        await idle.until(lambda: bool(goaway(idle)))
+        (sent,) = goaway(idle)
+        assert sent.error_code == h2.errors.ErrorCodes.NO_ERROR and sent.last_stream_id == 2**31 - 1
+        assert not goaway(busy)
+        await busy.until(lambda: bool(goaway(busy)))
+        assert busy.data(sid).count(b"drop") == 5 and busy.trailers(sid)["grpc-status"] == "0"
+    finally:
+        await busy.close()
+        await idle.close()

@@ -177,13 +177,18 @@ class Listener:
             self.server.close()
 
     def announce_readonly(self) -> None:
-        """Dubbo's read-only event on every client connection: send no new requests here."""
+        """Dubbo's read-only event on every client connection, and a GOAWAY on every HTTP/2 one:
+        send no new requests here."""
         if self.forwarder is not None:
             for i, down in enumerate(list(self.forwarder.downstreams)):
                 if down.closing:
                     continue  # half-closed after a broken stream: nothing more may be written
                 down.queue(readonly_event(i + 1))
                 down.flush()
+            triple = self.forwarder.triple
+            if triple is not None:
+                for tdown in list(triple.downstreams):
+                    tdown.announce_goaway()
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import h2.errors
 import h2.events
 import h2.exceptions
+import hyperframe.frame
 
 from regproxy.triple import settings
 
@@ -51,6 +52,7 @@ class TripleDownstream(asyncio.Protocol):
         self.closed = False
         self.last_active = fwd.loop.time()
         self._dirty = False
+        self.goaway_due = False  # announce_goaway once its calls in flight have ended
         # Frames that are no call's work, in the current second (settings.MAX_CONTROL_PER_S).
         self._control = 0
         self._control_since = self.last_active
@@ -179,6 +181,26 @@ class TripleDownstream(asyncio.Protocol):
                 self.fwd.unsent_overflow(self, transport.get_write_buffer_size())
                 self.closed = True
                 transport.abort()
+
+    def announce_goaway(self) -> None:
+        """Tell the client to open no new stream here: the first GOAWAY of a graceful shutdown (RFC
+        9113 §6.8: last stream id 2^31-1, NO_ERROR), HTTP/2's counterpart of Dubbo's read-only event.
+
+        Sent once no call of the connection is in flight (``goaway_due``; TripleForwarder.finish
+        sends it when the last one ends): h2, which apache-dubbo's client is built on, takes any
+        frame after a GOAWAY as a protocol error and would break the streams still answering.
+        Written as a bare frame for the same reason on this side: h2 would close the connection's
+        state with it."""
+        self.goaway_due = True
+        if self.closed or self.transport is None or self.exchanges:
+            return
+        self.goaway_due = False
+        self.flush()
+        frame = hyperframe.frame.GoAwayFrame(0)
+        frame.last_stream_id = 2**31 - 1
+        frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+        frame.additional_data = b"regproxy is draining"
+        self.transport.write(frame.serialize())
 
     def close(self) -> None:
         """Flush what is queued (a GOAWAY) and close."""

@@ -463,6 +463,9 @@ class TripleForwarder:
             exch.deadline = None
         down = exch.down
         down.exchanges.pop(exch.down_id, None)
+        if down.goaway_due and not down.exchanges:
+            down.dirty()  # the end of this call goes out first
+            self.loop.call_soon(down.announce_goaway)
         if not exch.down_done and not down.closed:
             # The answer is complete but the client still sends: it may stop (gRPC servers do so).
             exch.reset_down(h2.errors.ErrorCodes.NO_ERROR)
