@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 VIA_HEADER = b"regproxy-via"
 # Headers regproxy sets itself on what it forwards (the rest go as they came).
 _REWRITTEN = frozenset({b":authority", b":scheme", b"grpc-timeout", VIA_HEADER})
+# How much later than the deadline it was sent the ingress ends a call (see on_request).
+INGRESS_GRACE_MS = 50
 # Dubbo's SERVER_THREADPOOL_EXHAUSTED, what a rate-limit rule answers a Dubbo call with.
 _RATE_LIMIT_STATUS = 100
 
@@ -242,12 +244,25 @@ class TripleForwarder:
         exch = TripleExchange(self, down, stream_id, call, self._forwarded(headers, via), plan, started)
         down.exchanges[stream_id] = exch
         self.in_flight += 1
-        timeout_ms = (call.timeout_ms if self.egress or call.timeout_ms else None) or plan.timeout_ms or None
-        if timeout_ms is None and self.egress and plan.fallback_ms:
-            timeout_ms = plan.fallback_ms  # the provider's declared timeout, as a Dubbo consumer reads it
+        timeout_ms: int | None
+        if self.egress:
+            # As for a Dubbo call: the route's or rule's timeout (or the config center's override)
+            # first, then the caller's own, then the providers' declared one; else none (a stream
+            # may rightly last long: gRPC's "no deadline").
+            timeout_ms = plan.timeout_ms or call.timeout_ms
+            if timeout_ms is None:
+                timeout_ms = plan.fallback_ms or None
+        else:
+            # The ingress: the deadline the egress sent, passed on as it is; never the ingress's
+            # default bound, which a stream may outlive.
+            timeout_ms = call.timeout_ms
         if timeout_ms is not None:
             exch.timeout_ms = timeout_ms
-            exch.deadline = self.loop.call_later(timeout_ms / 1000, self._on_deadline, exch)
+            # The ingress ends it a little later than the egress does, so that the hop nearer the
+            # caller answers (its message names the egress): a backstop for a caller that comes
+            # straight to the ingress.
+            grace = 0 if self.egress else INGRESS_GRACE_MS
+            exch.deadline = self.loop.call_later((timeout_ms + grace) / 1000, self._on_deadline, exch)
         if plan.filters:
             self._run_filters(exch, 0)
         else:
