@@ -157,6 +157,25 @@ async def test_a_deadline_that_expires_mid_stream_is_the_sidecars(fleet: Fleet) 
     assert len(ended) == 1 and ended[0]["outcome"] == "cancelled" and ended[0]["sent"] < N_SLOW, ends
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_ingress_ends_a_call_a_little_after_its_deadline(fleet: Fleet) -> None:
+    # Straight to a provider's ingress, no egress in front: apache-dubbo's server reads no deadline,
+    # so the ingress's backstop (the deadline plus INGRESS_GRACE_MS) answers.
+    target = f"tri://127.0.0.1:{fleet.providers[0].ingress}"
+    since = fleet.servers[0].mark()
+    result = _ok(
+        await procs.run_client(
+            "ad", "deadline", "--n", str(N_SLOW), "--grpc-timeout-ms", "300", "--wait-s", "5", target=target
+        )
+    )
+    assert result["error"]["code"] == "DEADLINE_EXCEEDED", result
+    assert result["error"]["message"].startswith("regproxy ingress: deadline of 300 ms exceeded"), result
+    assert 2 <= result["received"] <= 4, result
+    # And the application's stream is cancelled (waited for here, so no later test sees it end).
+    end = await _stream_end(fleet.servers[0], since)
+    assert end["outcome"] == "cancelled", end
+
+
 async def _stream_end(server: procs.ServerProc, since: int) -> dict[str, Any]:
     return await server.wait_event(lambda e: e["event"] == "stream_end", since=since, timeout=3.0)
 
