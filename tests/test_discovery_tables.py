@@ -12,8 +12,9 @@ from regproxy.discovery.tables import (
     subscription_cluster,
     subscription_route,
 )
-from regproxy.registry.url import Subscription
+from regproxy.registry.url import DubboURL, Subscription
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable
+from regproxy.routing.model import SPEAKS_ANY, SPEAKS_DUBBO, SPEAKS_TRI
 from tests.test_discovery import IFACE, remote
 
 SUB = Subscription(IFACE, "1.0.0", "g")
@@ -75,3 +76,48 @@ def test_egress_table_keeps_static_routes_first() -> None:
     route = table.match(IFACE, "1.0.0", "m", "g")
     assert route is not None and route.cluster == SUB.cluster_name
     assert egress_table(static, []).routes == static.routes
+
+
+def test_a_host_speaks_what_its_address_is_registered_with_and_its_ext_protocol() -> None:
+    def url(protocol: str, port: int, **params: str) -> DubboURL:
+        return DubboURL(protocol, "10.9.9.9", port, IFACE, {"interface": IFACE, "version": "1.0.0",
+                                                           "group": "g", **params})  # fmt: skip
+
+    providers = {
+        "a": [
+            url("dubbo", 1, weight="7"),
+            url("tri", 1, weight="99"),  # the same address: one host that takes both, the first's params
+            url("dubbo", 2),
+            url("tri", 3),
+            # Dubbo 3.3's port unification (ServiceConfig, RegistryDirectory.getEffectiveProtocol).
+            url("dubbo", 4, **{"ext.protocol": "tri,"}),
+            url("rest", 5),
+        ]
+    }
+    hosts, _ = hosts_from(SUB, ["a"], providers, {})
+    assert [(h.address, h.speaks, h.weight) for h in hosts] == [
+        ("10.9.9.9:1", SPEAKS_ANY, 7),
+        ("10.9.9.9:2", SPEAKS_DUBBO, 100),
+        ("10.9.9.9:3", SPEAKS_TRI, 100),
+        ("10.9.9.9:4", SPEAKS_ANY, 100),
+    ]
+
+
+def test_a_service_published_in_both_protocols_has_one_ingress_route() -> None:
+    # Two application ports: each call goes to the port of its protocol (Host.speaks).
+    table = ingress_table([PublishSpec(IFACE, 20880), PublishSpec(IFACE, 50051, protocol="tri")])
+    route = table.match(IFACE, "", "m", "")
+    assert route is not None and route.cluster == "app:20880,50051/tri"
+    hosts = table.clusters["app:20880,50051/tri"].hosts
+    assert [(h.address, h.speaks) for h in hosts] == [
+        ("127.0.0.1:20880", SPEAKS_DUBBO),
+        ("127.0.0.1:50051", SPEAKS_TRI),
+    ]
+    # One port that takes both (a Dubbo 3 application with port unification).
+    table = ingress_table([PublishSpec(IFACE, 20880), PublishSpec(IFACE, 20880, protocol="tri")])
+    assert [(h.address, h.speaks) for h in table.clusters["app:20880/dubbo+tri"].hosts] == [
+        ("127.0.0.1:20880", SPEAKS_ANY)
+    ]
+    # A Dubbo-only publication keeps its cluster name; another service's Triple-only port is apart.
+    table = ingress_table([PublishSpec(IFACE, 20880), PublishSpec("com.y.Other", 20880, protocol="tri")])
+    assert set(table.clusters) == {"app:20880", "app:20880/tri"}

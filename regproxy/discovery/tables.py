@@ -87,8 +87,10 @@ def hosts_from(
     their address is in ``own`` (this sidecar's own listeners, lowercase).
 
     Each host speaks the protocols its address is registered with (``dubbo://``, ``tri://``, or both
-    for one address: a sidecar's ingress, or a Dubbo 3 port that takes both).  The parameters are
-    the first URL's."""
+    for one address: a sidecar's ingress, or a Dubbo 3 port that takes both), and those its URL's
+    ``ext.protocol`` names (Dubbo 3.3's port unification: ``ServiceConfig`` registers the URL of a
+    port that also serves other protocols with them there, and ``RegistryDirectory
+    .getEffectiveProtocol`` lets a consumer use any of them).  The parameters are the first URL's."""
     hosts: dict[str, Host] = {}
     hits: list[OwnHit] = []
     for key in registries:
@@ -100,7 +102,7 @@ def hosts_from(
                 if url.protocol not in PROTOCOL_BITS:
                     log.debug("ignoring %s provider %s", url.protocol, url)
                 continue
-            bits = PROTOCOL_BITS[url.protocol]
+            bits = PROTOCOL_BITS[url.protocol] | _ext_bits(url)
             if known is not None:
                 if not known.speaks & bits:
                     hosts[url.address] = dataclasses.replace(known, speaks=known.speaks | bits)
@@ -112,6 +114,17 @@ def hosts_from(
                 address=url.address, weight=url.weight, metadata=dict(url.params), speaks=bits
             )
     return tuple(hosts.values()), hits
+
+
+def _ext_bits(url: DubboURL) -> int:
+    """The protocols a provider URL's ``ext.protocol`` adds (comma-separated, unknown ones left out)."""
+    ext = url.params.get("ext.protocol")
+    if not ext:
+        return 0
+    bits = 0
+    for name in ext.split(","):
+        bits |= PROTOCOL_BITS.get(name.strip().lower(), 0)
+    return bits
 
 
 def route_order(sub: Subscription) -> tuple[bool, bool, str]:
