@@ -491,6 +491,7 @@ class ListenerCounters(_Reply):
     unsent_closes: int = 0
     upstream_unsent_refusals: int = 0
     upstream_foreign_frames: int = 0
+    refused_streams: int = Field(0, description="Triple streams refused over SETTINGS_MAX_CONCURRENT_STREAMS")
     failsafe: int = Field(0, description="failures a declared cluster=failsafe answered with an empty result")
     refused_tokens: int = Field(0, description="calls the ingress refused for a wrong token (TokenFilter)")
     refused_executes: int = Field(

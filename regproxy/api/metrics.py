@@ -78,6 +78,11 @@ _LISTENER_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "upstream_foreign_frames",
         "Frames from an upstream that answer no request in flight (requests, ids never sent).",
     ),
+    (
+        "refused_streams",
+        "refused_streams",
+        "Triple streams refused (REFUSED_STREAM) over the concurrent streams a client was told.",
+    ),
     # Dubbo's cluster layer (docs/parameters.md).
     ("failsafe", "failsafe_answers", "Failures a declared cluster=failsafe answered with an empty result."),
     ("refused_tokens", "token_refusals", "Calls the ingress refused for a missing or wrong token."),

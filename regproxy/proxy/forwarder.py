@@ -1069,7 +1069,9 @@ class Forwarder(UpstreamEvents):
     def vet(self, down: DownstreamConnection) -> str | None:
         """Why a new client connection is this sidecar's own, in a loop (see LoopGuard.vet); None
         for every other connection. Called once, at its first bytes."""
-        return self.guard.vet(down.peer, self.name)
+        transport = down.transport
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        return self.guard.vet(down.peer, self.name, local)
 
     def refuse_loop(self, down: DownstreamConnection, frames: list[bytes], reason: str) -> None:
         """Answer every request on a connection found to be a loop, forward none."""

@@ -51,31 +51,40 @@ class LoopGuard:
         self.id_bytes = self.id.encode("ascii")
         # What an egress writes before a request's final Z when the request carries no marker yet.
         self.via_suffix = via_entry(self.id_bytes) + b"Z"
-        # Local "ip:port" of each open upstream connection -> (listener whose pool opened it, address).
-        self._ends: dict[str, tuple[str, str]] = {}
+        # Local "ip:port" of each open upstream connection -> (listener whose pool opened it, address,
+        # the "ip:port" it is connected to).
+        self._ends: dict[str, tuple[str, str, str]] = {}
         self._reported: dict[str, tuple[float, int]] = {}  # key -> (last line, requests since)
         self._clock = clock
 
     # --- connections ---------------------------------------------------------------------------
 
-    def opened(self, sockname: object, listener: str, address: str) -> str | None:
+    def opened(self, sockname: object, listener: str, address: str, peername: object = None) -> str | None:
         """An upstream connection of ``listener``'s pool to ``address`` is open with local address
-        ``sockname``; the key to pass to ``closed`` (None: not an IP socket)."""
+        ``sockname`` and remote ``peername``; the key to pass to ``closed`` (None: not an IP socket)."""
         key = _address(sockname)
         if key is not None:
-            self._ends[key] = (listener, address)
+            self._ends[key] = (listener, address, _address(peername) or address)
         return key
 
     def closed(self, key: str) -> None:
         self._ends.pop(key, None)
 
-    def vet(self, peer: str, listener: str) -> str | None:
-        """Why a connection ``listener`` accepted from ``peer`` ("ip:port") is this sidecar talking to
-        itself in a loop; None when it is not (almost always: one dict lookup)."""
+    def vet(self, peer: str, listener: str, local: object = None) -> str | None:
+        """Why a connection ``listener`` accepted from ``peer`` ("ip:port") on its local address
+        ``local`` (a socket address) is this sidecar talking to itself in a loop; None when it is not
+        (almost always: one dict lookup).
+
+        Both ends must match: the kernel gives connections to different destinations the same local
+        port, so a client may connect from the very ip:port of one of this sidecar's upstream
+        connections to somewhere else."""
         end = self._ends.get(peer)
         if end is None:
             return None
-        opener, address = end
+        opener, address, remote = end
+        here = _address(local)
+        if here is not None and here != remote:
+            return None
         if opener == "ingress":
             return (
                 f"the ingress's connection to the application at {address} arrived at this sidecar's "

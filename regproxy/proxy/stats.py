@@ -83,6 +83,8 @@ class ListenerStats:
     unsent_closes: int = 0
     upstream_unsent_refusals: int = 0
     upstream_foreign_frames: int = 0
+    # Triple: streams refused over SETTINGS_MAX_CONCURRENT_STREAMS (regproxy.triple.settings).
+    refused_streams: int = 0
 
     def answered(self, status: int) -> None:
         responses = self.responses
@@ -116,6 +118,7 @@ class ListenerStats:
             "unsent_closes": self.unsent_closes,
             "upstream_unsent_refusals": self.upstream_unsent_refusals,
             "upstream_foreign_frames": self.upstream_foreign_frames,
+            "refused_streams": self.refused_streams,
             "failsafe": self.failsafe,
             "refused_tokens": self.refused_tokens,
             "refused_executes": self.refused_executes,

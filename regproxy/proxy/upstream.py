@@ -509,7 +509,9 @@ class UpstreamPool:
         self._failed_until.pop(conn.address, None)
         # Before anything is written on it: the listener that accepts it looks at its first bytes.
         if self.guard is not None and conn.transport is not None:
-            conn.local = self.guard.opened(conn.transport.get_extra_info("sockname"), self.name, conn.address)
+            transport = conn.transport
+            local, remote = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+            conn.local = self.guard.opened(local, self.name, conn.address, remote)
 
     def discard(self, conn: UpstreamConnection, *, failed: bool = False) -> None:
         if conn.local is not None and self.guard is not None:

@@ -21,6 +21,7 @@ import h2.exceptions
 import hyperframe.frame
 
 from regproxy.triple import settings
+from regproxy.triple.connection import H2Side
 
 if TYPE_CHECKING:
     from regproxy.triple.exchange import TripleExchange
@@ -28,30 +29,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What counts against settings.MAX_CONTROL_PER_S.
+# What may count against settings.MAX_CONTROL_PER_S (TripleDownstream._costly says which do).
 _CONTROL_EVENTS = (
     h2.events.RemoteSettingsChanged,
     h2.events.PingReceived,
     h2.events.StreamReset,
     h2.events.PriorityUpdated,
+    h2.events.DataReceived,
 )
 
 
-class TripleDownstream(asyncio.Protocol):
+class TripleDownstream(H2Side):
     """One client connection speaking HTTP/2; ``exchanges`` are its calls in flight by stream id."""
 
     def __init__(self, fwd: TripleForwarder, peer: str, loop_reason: str | None) -> None:
-        self.fwd = fwd
+        super().__init__(fwd, settings.server_connection())
         self.peer = peer
         # Why this connection is the sidecar talking to itself (regproxy.proxy.loops); None mostly.
         self.loop_reason = loop_reason
-        self.h2 = settings.server_connection()
-        self.transport: asyncio.Transport | None = None
         self.exchanges: dict[int, TripleExchange] = {}
-        self.write_paused = False
-        self.closed = False
         self.last_active = fwd.loop.time()
-        self._dirty = False
         self.goaway_due = False  # announce_goaway once its calls in flight have ended
         # Frames that are no call's work, in the current second (settings.MAX_CONTROL_PER_S).
         self._control = 0
@@ -81,10 +78,10 @@ class TripleDownstream(asyncio.Protocol):
             return
         self.last_active = now = self.fwd.loop.time()
         fwd = self.fwd
-        control = 0
         for event in events:
-            if isinstance(event, _CONTROL_EVENTS):
-                control += 1
+            # Counted one by one: a single read may hold thousands of frames.
+            if isinstance(event, _CONTROL_EVENTS) and self._costly(event) and self._too_much(now):
+                return
             if isinstance(event, h2.events.DataReceived):
                 exch = self.exchanges.get(event.stream_id)
                 if exch is not None:
@@ -109,21 +106,44 @@ class TripleDownstream(asyncio.Protocol):
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._window_opened(0)
             elif isinstance(event, h2.events.ConnectionTerminated):
-                # The client's GOAWAY: no new streams; those it has go on.
+                # The client's GOAWAY. RFC 9113 lets its open streams finish, but h2 sends nothing
+                # after one: the calls in flight cannot be answered, so they end here.
                 log.debug("%s: GOAWAY from %s: %s", fwd.name, self.peer, event)
-        if control and self._too_much(control, now):
-            return
+                fwd.end_calls(self, "the client sent GOAWAY")
+                self.close()
+                return
         self.dirty()
 
-    def _too_much(self, control: int, now: float) -> bool:
-        """Count frames that are no call's work; past the limit, GOAWAY and close."""
+    def _costly(self, event: h2.events.Event) -> bool:
+        """Whether a frame counts against MAX_CONTROL_PER_S: SETTINGS, PING, PRIORITY, an empty DATA
+        frame that does not end its stream (the floods of CVE-2019-9512/9515/9518; WINDOW_UPDATE is
+        not counted: a reader of a large stream sends many), and RST_STREAM (rapid reset,
+        CVE-2023-44487) of a call in flight, except one an egress forwarded: one egress connection
+        carries the cancellations of all its clients, each of whom its own egress counts. A reset of a
+        stream already over costs nothing."""
+        if isinstance(event, h2.events.StreamReset):
+            exch = self.exchanges.get(event.stream_id)
+            return exch is not None and not exch.from_egress
+        if isinstance(event, h2.events.DataReceived):
+            return not event.data and event.stream_ended is None
+        return True
+
+    def refused(self, now: float) -> bool:
+        """A stream was refused (MAX_STREAMS): counted as a control frame; True when that was one too
+        many and the connection is closing."""
+        return self._too_much(now)
+
+    def _too_much(self, now: float) -> bool:
+        """Count one frame that is no call's work; past the limit, GOAWAY and close."""
         if now - self._control_since >= 1.0:
             self._control, self._control_since = 0, now
-        self._control += control
+        self._control += 1
         if self._control <= settings.MAX_CONTROL_PER_S:
             return False
-        self.fwd.flood(self, f"{self._control} SETTINGS, PING and RST_STREAM frames in under a second "
-                             f"(the limit is {settings.MAX_CONTROL_PER_S})")  # fmt: skip
+        self.fwd.flood(self, f"{self._control} frames that are no call's work (SETTINGS, PING, PRIORITY, "
+                             "empty DATA, RST_STREAM, refused streams) in under a second, the limit is "
+                             f"{settings.MAX_CONTROL_PER_S}")  # fmt: skip
+        self.fwd.end_calls(self, "the client flooded the connection")
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, b"too many control frames")
         self.close()
@@ -139,14 +159,6 @@ class TripleDownstream(asyncio.Protocol):
                 if exch.to_down or exch.up_done:
                     exch.pump_down()
 
-    def pause_writing(self) -> None:
-        """Its socket does not keep up: no DATA is written to it until it does."""
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._window_opened(0)
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
@@ -154,33 +166,15 @@ class TripleDownstream(asyncio.Protocol):
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def ack(self, stream_id: int, size: int) -> None:
-        """``size`` flow-controlled bytes of ``stream_id`` were consumed: its window reopens."""
-        if size <= 0 or self.closed:
-            return
-        try:
-            self.h2.acknowledge_received_data(size, stream_id)
-        except (h2.exceptions.ProtocolError, ValueError):
-            return
-        self.dirty()
-
-    def dirty(self) -> None:
-        if not self._dirty:
-            self._dirty = True
-            self.fwd.dirty(self)
-
     def flush(self) -> None:
-        self._dirty = False
-        data = self.h2.data_to_send()
+        super().flush()
         transport = self.transport
-        if data and transport is not None:
-            transport.write(data)
-            if transport.get_write_buffer_size() > settings.MAX_UNSENT:
-                # DATA stops at a closed window, but the answers to its own control frames do not:
-                # a client that sends them and never reads is cut off here.
-                self.fwd.unsent_overflow(self, transport.get_write_buffer_size())
-                self.closed = True
-                transport.abort()
+        if transport is not None and transport.get_write_buffer_size() > settings.MAX_UNSENT:
+            # DATA stops at a closed window, but the answers to its own control frames do not: a
+            # client that sends them and never reads is cut off here.
+            self.fwd.unsent_overflow(self, transport.get_write_buffer_size())
+            self.closed = True
+            transport.abort()
 
     def announce_goaway(self) -> None:
         """Tell the client to open no new stream here: the first GOAWAY of a graceful shutdown (RFC

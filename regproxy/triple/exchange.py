@@ -73,6 +73,7 @@ class TripleExchange:
         "down_headers_sent",
         "down_id",
         "finished",
+        "from_egress",
         "fwd",
         "headers",
         "plan",
@@ -120,6 +121,9 @@ class TripleExchange:
         self.down_done = False  # the client ended its side (all of the request is here)
         self.down_headers_sent = False
         self.finished = False
+        # At the ingress: the call came through an egress (it carried regproxy-via), so its client's
+        # resets were counted there (TripleDownstream._costly).
+        self.from_egress = False
         self.status = -1  # the grpc-status the call ended with (-1: none, e.g. a reset)
         self.to_up: deque[bytes] = deque()
         self.to_down: deque[bytes] = deque()
@@ -172,31 +176,18 @@ class TripleExchange:
         if up is None or not self.up_id or self.up_end_sent:
             return
         conn = up.h2
-        sid = self.up_id
-        queue = self.to_up
         sent = 0
         try:
-            while queue and not up.write_paused:
-                window = conn.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                chunk = queue[0]
-                n = min(len(chunk), window, conn.max_outbound_frame_size)
-                if n == len(chunk):
-                    queue.popleft()
-                else:
-                    queue[0] = chunk[n:]
-                    chunk = chunk[:n]
-                conn.send_data(sid, chunk)
-                sent += n
+            for chunk in up.send_queued(self.up_id, self.to_up):
+                sent += len(chunk)
                 if self.replay is not None:
-                    if self.replay_bytes + n <= REPLAY_LIMIT:
+                    if self.replay_bytes + len(chunk) <= REPLAY_LIMIT:
                         self.replay.append(chunk)
-                        self.replay_bytes += n
+                        self.replay_bytes += len(chunk)
                     else:
                         self.replay = None
-            if not queue and self.down_done:
-                conn.end_stream(sid)
+            if not self.to_up and self.down_done:
+                conn.end_stream(self.up_id)
                 self.up_end_sent = True
         except h2.exceptions.StreamClosedError:
             pass  # the upstream reset it: its StreamReset event ends the call
@@ -257,24 +248,11 @@ class TripleExchange:
         down = self.down
         conn = down.h2
         sid = self.down_id
-        queue = self.to_down
         sent = 0
         try:
-            while queue and not down.write_paused:
-                window = conn.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                chunk = queue[0]
-                n = min(len(chunk), window, conn.max_outbound_frame_size)
-                if n == len(chunk):
-                    queue.popleft()
-                else:
-                    queue[0] = chunk[n:]
-                    chunk = chunk[:n]
-                conn.send_data(sid, chunk)
-                sent += n
+            sent = sum(len(chunk) for chunk in down.send_queued(sid, self.to_down))
             ended = False
-            if not queue and self.up_done:
+            if not self.to_down and self.up_done:
                 if self.trailers is not None:
                     conn.send_headers(sid, self.trailers, end_stream=True)
                 else:

@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 # ``regproxy.via`` attachment): an egress that finds its own id answers the call with the loop
 # error; the ingress takes the header out before the application sees it.
 VIA_HEADER = b"regproxy-via"
-# Headers regproxy sets itself on what it forwards (the rest go as they came).
-_REWRITTEN = frozenset({b":authority", b":scheme", b"grpc-timeout", VIA_HEADER})
+# Headers regproxy sets itself on what it forwards (the rest go as they came). ``host`` goes: it
+# would contradict the :authority set for the host (RFC 9113 §8.3.1), which h2 refuses.
+_REWRITTEN = frozenset({b":authority", b":scheme", b"grpc-timeout", b"host", VIA_HEADER})
 # How much later than the deadline it was sent the ingress ends a call (see on_request).
 INGRESS_GRACE_MS = 50
 # Dubbo's SERVER_THREADPOOL_EXHAUSTED, what a rate-limit rule answers a Dubbo call with.
@@ -135,9 +136,15 @@ class TripleForwarder:
         if down in self.downstreams:
             self.downstreams.discard(down)
             self.stats.downstream_connections -= 1
+        self.end_calls(down, "the client's connection closed")
+
+    def end_calls(self, down: TripleDownstream, why: str) -> None:
+        """The client's calls cannot be answered any more: each is cancelled upstream and ends."""
         for exch in list(down.exchanges.values()):
             if not exch.finished:
-                exch.reset_up()  # the caller is gone: cancel its calls upstream
+                log.debug("%s: %s cancelled: %s", self.name, exch.label, why)
+                exch.reset_up()
+                down.closed = True  # nothing more is written to it
                 self.finish(exch, int(Code.CANCELLED))
 
     def broken_connection(self, down: TripleDownstream, exc: h2.exceptions.ProtocolError) -> None:
@@ -145,10 +152,7 @@ class TripleForwarder:
         self.stats.protocol_errors += 1
         log.warning("%s: closing HTTP/2 connection from %s: %s: %s", self.name, down.peer,
                     type(exc).__name__, exc)  # fmt: skip
-        for exch in list(down.exchanges.values()):
-            if not exch.finished:
-                exch.reset_up()
-                self.finish(exch, int(Code.CANCELLED))
+        self.end_calls(down, "the client broke HTTP/2")
         down.close()
 
     def flood(self, down: TripleDownstream, what: str) -> None:
@@ -184,6 +188,14 @@ class TripleForwarder:
 
     def on_request(self, down: TripleDownstream, stream_id: int, headers: Headers) -> None:
         stats = self.stats
+        if len(down.exchanges) >= settings.MAX_STREAMS:
+            # Over the SETTINGS_MAX_CONCURRENT_STREAMS it was told: a stream error (settings.py).
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                down.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            down.dirty()
+            stats.refused_streams += 1
+            down.refused(self.loop.time())
+            return
         stats.requests += 1
         started = perf_counter()
         if down.loop_reason is not None:
@@ -242,6 +254,7 @@ class TripleForwarder:
             return
         stats.per_service[plan.counter_key] = stats.per_service.get(plan.counter_key, 0) + 1
         exch = TripleExchange(self, down, stream_id, call, self._forwarded(headers, via), plan, started)
+        exch.from_egress = bool(via) and self.via is None
         down.exchanges[stream_id] = exch
         self.in_flight += 1
         timeout_ms: int | None
@@ -367,6 +380,18 @@ class TripleForwarder:
         sent = self.stats.upstream_requests
         sent[host.address] = sent.get(host.address, 0) + 1
         headers = self._attempt_headers(exch, host)
+        size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 §6.5.2
+        if size > settings.MAX_HEADER_LIST:
+            # What the caller sent, and what regproxy adds, is over what an upstream (another
+            # sidecar's listener) takes: refused here, rather than the upstream cutting the
+            # connection every call shares.
+            message = (
+                f"regproxy {self.name}: the call's headers come to {size} bytes with what regproxy adds "
+                f"(:authority, grpc-timeout, regproxy-via), over the {settings.MAX_HEADER_LIST} an "
+                "upstream takes"
+            )
+            self.fail(exch, TripleError(message, Code.RESOURCE_EXHAUSTED))
+            return
         self.pool.open(exch, host.address, headers)
 
     def _attempt_headers(self, exch: TripleExchange, host: Host) -> Headers:

@@ -25,6 +25,7 @@ import h2.exceptions
 from regproxy.proxy.loops import LoopGuard
 from regproxy.routing import split_address
 from regproxy.triple import settings
+from regproxy.triple.connection import H2Side
 
 if TYPE_CHECKING:
     from regproxy.tls import UpstreamTLS
@@ -37,22 +38,18 @@ log = logging.getLogger(__name__)
 FAILING_S = 2.0
 
 
-class TripleUpstream(asyncio.Protocol):
+class TripleUpstream(H2Side):
     """One HTTP/2 connection to ``address``; ``exchanges`` by upstream stream id, ``waiting`` the
     calls to open once it is up."""
 
     def __init__(self, pool: TriplePool, address: str) -> None:
+        super().__init__(pool.fwd, settings.client_connection())
         self.pool = pool
         self.address = address
-        self.h2 = settings.client_connection()
-        self.transport: asyncio.Transport | None = None
         self.exchanges: dict[int, TripleExchange] = {}
         self.waiting: list[TripleExchange] = []
         self.ready = False
-        self.closed = False
         self.draining = False  # a GOAWAY came: no new streams
-        self.write_paused = False
-        self._dirty = False
         self._end: str | None = None  # its local address in the loop guard
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self.connected: asyncio.Future[None] = pool.loop.create_future()
@@ -114,7 +111,8 @@ class TripleUpstream(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._end = self.pool.guard.opened(transport.get_extra_info("sockname"), self.pool.name, self.address)
+        local, remote = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        self._end = self.pool.guard.opened(local, self.pool.name, self.address, remote)
         settings.start(self.h2)
         self.ready = True
         if not self.connected.done():
@@ -191,13 +189,6 @@ class TripleUpstream(asyncio.Protocol):
                 if exch.to_up or (exch.down_done and not exch.up_end_sent):
                     exch.pump_up()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._window_opened(0)
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
@@ -221,27 +212,6 @@ class TripleUpstream(asyncio.Protocol):
                 fut.set_exception(ConnectionError(why))
 
     # --- writes ----------------------------------------------------------------------------------
-
-    def ack(self, stream_id: int, size: int) -> None:
-        if size <= 0 or self.closed:
-            return
-        try:
-            self.h2.acknowledge_received_data(size, stream_id)
-        except (h2.exceptions.ProtocolError, ValueError):
-            return
-        self.dirty()
-
-    def dirty(self) -> None:
-        if not self._dirty and self.transport is not None:
-            self._dirty = True
-            self.pool.fwd.dirty(self)
-
-    def flush(self) -> None:
-        self._dirty = False
-        if self.transport is not None:
-            data = self.h2.data_to_send()
-            if data:
-                self.transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None:
