@@ -434,3 +434,27 @@ async def test_draining_sends_goaway_once_the_streams_in_flight_finish(stack: Tr
         await busy.close()
         await idle.close()
 
+
+
+async def test_an_application_going_away_ends_the_calls_on_its_connection_with_a_status(
+    stack: TripleStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # grpcio's graceful stop sends GOAWAY and would let the call finish; h2 (regproxy's HTTP/2) takes
+    # every frame after a GOAWAY as a protocol error, so the call on that connection ends here, with
+    # a status naming the cause, and nothing escapes into the loop.
+    server = stack.apps[0][0]
+    async with stack.channel() as ch:
+        call = method(ch, "drip", "unary_stream")(b"20", timeout=10)
+        assert await call.read() == b"drop0"
+        stopping = asyncio.get_running_loop().create_task(server.stop(grace=3))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        await stopping
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = caught.value.details()
+    # grpcio's GOAWAY comes with a PING in one read, which h2 refuses as a whole: the connection's end
+    # is what the call learns.
+    assert details.startswith("regproxy ingress: "), details
+    assert "sent GOAWAY" in details or " lost " in details, details
+    assert not [r for r in caplog.records if "Fatal error" in r.getMessage() or r.exc_info]

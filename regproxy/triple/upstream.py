@@ -165,7 +165,9 @@ class TripleUpstream(H2Side):
 
     def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
         """The server's GOAWAY: streams above its last id were never processed (RFC 9113 §6.8) and
-        may go elsewhere, as may those still waiting; the others finish here."""
+        may go elsewhere, as may those still waiting. RFC 9113 lets the others finish, but h2 takes
+        every frame after a GOAWAY as a protocol error: they are lost with the connection (retried
+        where their route allows it after a reset: TripleForwarder.up_lost)."""
         self.draining = True
         why = f"{self.address} sent GOAWAY ({event.error_code!s})"
         self._fail_pings(why)
@@ -173,11 +175,13 @@ class TripleUpstream(H2Side):
         for exch in waiting:
             self.pool.fwd.up_unprocessed(exch, why)
         last = event.last_stream_id if event.last_stream_id is not None else 0
-        for sid in [sid for sid in self.exchanges if sid > last]:
-            exch = self.exchanges.pop(sid)
-            self.pool.fwd.up_unprocessed(exch, why)
-        if not self.exchanges:
-            self.close()
+        exchanges, self.exchanges = self.exchanges, {}
+        for sid, exch in exchanges.items():
+            if sid > last:
+                self.pool.fwd.up_unprocessed(exch, why)
+            else:
+                self.pool.fwd.up_lost(exch, why)
+        self.close()
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:
