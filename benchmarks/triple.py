@@ -69,7 +69,7 @@ from typing import Any
 from benchmarks import procstat
 from benchmarks.loadgen import LoadResult, LoadSpec, percentiles
 from benchmarks.payload import METHOD, SERVICE
-from benchmarks.run import NOISY_CORES, Run, judge, machine_info, median, progress
+from benchmarks.run import NOISY_CORES, Run, _fmt_num, judge, machine_info, median, progress
 from benchmarks.topologies import (
     HOST,
     ROOT,
@@ -427,10 +427,6 @@ def build_report(
     }
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
     m = report["machine"]
     st = report["run"]["settings"]
@@ -458,7 +454,8 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
             hop = None if cpu is None else cpu / HOPS
             w(
                 f"{load:8}{name:10}{f['max_qps']:>11,.0f}{f['p50_ms']:>9.3f}{f['p99_ms']:>9.3f}"
-                f"{_fmt(cpu, '.1f'):>14}{_fmt(kernel, '.1f'):>8}{_fmt(hop, '.1f'):>9}  {f['limited_by']}\n"
+                f"{_fmt_num(cpu, '.1f'):>14}{_fmt_num(kernel, '.1f'):>8}{_fmt_num(hop, '.1f'):>9}"
+                f"  {f['limited_by']}\n"
             )
     for name, figures in report["topologies"].items():
         if "error" in figures:
@@ -475,7 +472,7 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
         ("added p50 per hop, one call at a time: regproxy", added.get("regproxy"), " ms"),
     ]
     for label, value, unit in rows:
-        w(f"  {label:50}{_fmt(value, '.3f'):>8}{unit}\n")
+        w(f"  {label:50}{_fmt_num(value, '.3f'):>8}{unit}\n")
     if report["checks"]:
         w("\nchecks:\n")
         for line in report["checks"]:

@@ -27,12 +27,12 @@ from regproxy.routing.rules import RateLimit, Rule, RuleSet, StringMatch
 from regproxy.tls import SidecarTLS
 from tests.pki import make_pki
 from tests.ports import free_port
+from tests.test_proxy_e2e import settings
 from tests.test_tls import tls_config
 from tests.triple_stack import (
     GREETER,
     RawH2,
     TripleStack,
-    listener_settings,
     start_app,
     start_stack,
     stop_stack,
@@ -268,7 +268,7 @@ async def test_calls_spread_over_two_applications_and_a_dead_host_is_passed_over
 
 
 async def test_a_call_to_its_own_egress_is_a_loop() -> None:
-    egress = Listener("egress", listener_settings(), TableHolder(table(GREETER, ())))
+    egress = Listener("egress", settings(), TableHolder(table(GREETER, ())))
     await egress.start()
     try:
         own = Host(address=f"127.0.0.1:{egress.address[1]}", speaks=SPEAKS_TRI)
@@ -357,13 +357,13 @@ async def test_triple_between_sidecars_over_mutual_tls(tmp_path: Path) -> None:
     server, port, _seen = await start_app("tls-app")
     ingress_tls = SidecarTLS(tls_config(pki.peer, pki.ca), None)
     app = (Host(address=f"127.0.0.1:{port}", speaks=SPEAKS_TRI),)
-    ingress_settings = listener_settings(server_ssl=ingress_tls.server_ssl)
+    ingress_settings = settings(server_ssl=ingress_tls.server_ssl)
     ingress = Listener("ingress", ingress_settings, TableHolder(table("*", app)))
     await ingress.start()
     egress_cfg = tls_config(pki.peer, pki.ca).model_copy(update={"egress": "always", "ingress": False})
     egress_tls = SidecarTLS(egress_cfg, None)
     peer = (Host(address=f"127.0.0.1:{ingress.address[1]}"),)
-    egress_settings = listener_settings(upstream_tls=egress_tls.upstream)
+    egress_settings = settings(upstream_tls=egress_tls.upstream)
     egress = Listener("egress", egress_settings, TableHolder(table(GREETER, peer)))
     await egress.start()
     try:
@@ -390,7 +390,7 @@ async def test_the_ingress_checks_a_published_token_on_triple_calls() -> None:
     # (an attachment: a header); the egress adds it from the provider's URL (Plan.token).
     server, port, seen = await start_app("token-app")
     specs = [PublishSpec(GREETER, port, protocol="tri", params={"token": "s3cret"})]
-    ingress_settings = listener_settings(timeout_from_attachment=False)
+    ingress_settings = settings(timeout_from_attachment=False)
     ingress = Listener("ingress", ingress_settings, TableHolder(ingress_table(specs)))
     await ingress.start()
     try:
@@ -433,7 +433,6 @@ async def test_draining_sends_goaway_once_the_streams_in_flight_finish(stack: Tr
     finally:
         await busy.close()
         await idle.close()
-
 
 
 async def test_an_application_going_away_ends_the_calls_on_its_connection_with_a_status(

@@ -23,9 +23,10 @@ import h2.config
 import h2.connection
 import h2.events
 
-from regproxy.proxy.engine import Listener, ListenerSettings
+from regproxy.proxy.engine import Listener
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.routing.model import SPEAKS_TRI
+from tests.test_proxy_e2e import settings
 
 GREETER = "org.apache.dubbo.samples.Greeter"
 BIG = 16 << 20
@@ -117,19 +118,6 @@ async def start_app(name: str = "app") -> tuple[grpc.aio.Server, int, Seen]:
     return server, port, seen
 
 
-def listener_settings(**kw: Any) -> ListenerSettings:
-    base: dict[str, Any] = dict(
-        host="127.0.0.1",
-        port=0,
-        max_body=8 * 1024 * 1024,
-        default_timeout_ms=3000,
-        connect_timeout_ms=500,
-        connections_per_host=1,
-    )
-    base.update(kw)
-    return ListenerSettings(**base)
-
-
 def table(
     service: str, hosts: tuple[Host, ...], *, timeout_ms: int | None = None, retries: int = 1
 ) -> RoutingTable:
@@ -171,14 +159,12 @@ class TripleStack:
 async def start_stack(apps: int = 1, *, egress_timeout_ms: int | None = None) -> TripleStack:
     started = [await start_app(f"app{i}") for i in range(apps)]
     app_hosts = tuple(Host(address=f"127.0.0.1:{port}", speaks=SPEAKS_TRI) for _, port, _ in started)
-    ingress = Listener(
-        "ingress", listener_settings(timeout_from_attachment=False), TableHolder(table("*", app_hosts))
-    )
+    ingress = Listener("ingress", settings(timeout_from_attachment=False), TableHolder(table("*", app_hosts)))
     await ingress.start()
     holder = TableHolder(
         table(GREETER, (Host(address=f"127.0.0.1:{ingress.address[1]}"),), timeout_ms=egress_timeout_ms)
     )
-    egress = Listener("egress", listener_settings(), holder)
+    egress = Listener("egress", settings(), holder)
     await egress.start()
     return TripleStack(started, ingress, egress, holder)
 
