@@ -189,8 +189,8 @@ class TripleExchange:
             if not self.to_up and self.down_done:
                 conn.end_stream(self.up_id)
                 self.up_end_sent = True
-        except h2.exceptions.StreamClosedError:
-            pass  # the upstream reset it: its StreamReset event ends the call
+        except h2.exceptions.ProtocolError:
+            pass  # the upstream reset it, or went away: its event ends the call
         if sent:
             self.down.ack(self.down_id, sent)
         up.dirty()
@@ -206,7 +206,7 @@ class TripleExchange:
         down = self.down
         try:
             down.h2.send_headers(self.down_id, headers, end_stream=ended)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # the client reset it, or the connection is ending
             self.fwd.finish(self, -1)
             return
         finally:
@@ -258,8 +258,8 @@ class TripleExchange:
                 else:
                     conn.end_stream(sid)
                 ended = True
-        except h2.exceptions.StreamClosedError:
-            self.fwd.finish(self, -1)  # the client reset it meanwhile
+        except h2.exceptions.ProtocolError:
+            self.fwd.finish(self, -1)  # the client reset it meanwhile, or the connection is ending
             return
         finally:
             down.dirty()
