@@ -19,6 +19,8 @@ from aiohttp import web
 
 from regproxy import native
 from regproxy.api.http import build_app, start_api, stop_api
+from regproxy.api.timeseries import INTERVAL_S as TIMESERIES_INTERVAL_S
+from regproxy.api.timeseries import Counters, SeriesKey, TimeSeries, by_service
 from regproxy.config import Config, ConfigError
 from regproxy.discovery import Discovery, ingress_table, own_addresses
 from regproxy.discovery.apps import Fetcher
@@ -139,6 +141,9 @@ class Sidecar:
         self.draining = False
         self._stopped = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
+        # The last 15 minutes of each service's rates and latency, for the status page.
+        self.timeseries = TimeSeries()
+        self._sampler: asyncio.Task[None] | None = None
         self._api: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self.health: Health | None = None
@@ -253,6 +258,7 @@ class Sidecar:
                 c.admin.port,
             )
             self._ignore_own_providers()  # again, with the API's and admin's ports as bound
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
         except BaseException:
             await self.stop()
             raise
@@ -358,6 +364,9 @@ class Sidecar:
                 self.ingress.forwarder.triple.access_log = self._access_log
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
         for runner in (self._api, self._admin):
             if runner is not None:
                 await stop_api(runner)
@@ -531,6 +540,29 @@ class Sidecar:
         if not isinstance(value, int):
             raise ValueError(f"unknown log level {level!r} (debug, info, warning, error or critical)")
         logging.getLogger().setLevel(value)
+
+    def service_counters(self) -> dict[SeriesKey, Counters]:
+        """Each listener's and protocol's cumulative counters by service (api.timeseries)."""
+        out: dict[SeriesKey, Counters] = {}
+        for lst in (self.egress, self.ingress):
+            fwd = lst.forwarder
+            if fwd is None:
+                continue
+            sides = [("dubbo", fwd.stats)]
+            if fwd.triple is not None:
+                sides.append(("tri", fwd.triple.stats))
+            for protocol, stats in sides:
+                histograms = [(svc, h.buckets, h.counts) for (svc, _m), h in list(stats.latency.items())]
+                per = by_service(stats.per_service, stats.per_service_errors, histograms)
+                for service, counters in per.items():
+                    out[(lst.name, protocol, service)] = counters
+        return out
+
+    async def _sample_forever(self) -> None:
+        """The status page's history: a sample a second (api.timeseries)."""
+        while True:
+            await asyncio.sleep(TIMESERIES_INTERVAL_S)
+            self.timeseries.sample(time.time(), self.service_counters())
 
     def stats(self) -> dict[str, Any]:
         d = self.discovery

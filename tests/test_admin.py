@@ -503,7 +503,7 @@ REPLY_MODELS: dict[str, type[BaseModel]] = {
 }
 GETS = (
     "/", "/healthz", "/readyz", "/api/v1/config_dump", "/api/v1/clusters", "/api/v1/publications",
-    "/api/v1/subscriptions", "/api/v1/rules", "/api/v1/stats", "/api/v1/loglevel",
+    "/api/v1/subscriptions", "/api/v1/rules", "/api/v1/stats", "/api/v1/timeseries", "/api/v1/loglevel",
     "/api/v1/config_dump?allrouters&alllisteners", f"/api/v1/config_dump?cluster={CLUSTER}",
 )  # fmt: skip
 

@@ -66,16 +66,19 @@ from regproxy.api.admin_models import (
     Router,
     RouteView,
     Rules,
+    ServiceSeries,
     SidecarInfo,
     Stats,
     Subscriptions,
     SubscriptionView,
+    TimeSeriesReply,
 )
 from regproxy.api.admin_openapi import build_admin_openapi
 from regproxy.api.auth import check_bearer, is_loopback, warn_if_remote
 from regproxy.api.http import serve, stop_api
 from regproxy.api.metrics import MetricsSource, metrics_registry
 from regproxy.api.models import ErrNo, ErrorReply
+from regproxy.api.timeseries import HISTORY_S, INTERVAL_S, TimeSeries
 from regproxy.config import LOG_LEVELS, ConfigError
 from regproxy.discovery.views import explain, found_how, parameters_of
 from regproxy.governance.params import consumer_own
@@ -123,6 +126,11 @@ ENDPOINTS: tuple[tuple[Literal["GET", "POST"], str, str], ...] = (
     ("GET", "/api/v1/publications", "services published, per registry"),
     ("GET", "/api/v1/subscriptions", "services subscribed and their providers, per registry"),
     ("GET", "/api/v1/stats", "counters as JSON"),
+    (
+        "GET",
+        "/api/v1/timeseries",
+        "each service's requests/s, errors/s, p50 and p99, a point a second; ?seconds=N",
+    ),
     ("GET", "/metrics", "Prometheus metrics"),
     ("GET", "/openapi.json", "this API as an OpenAPI 3.1 document"),
     ("GET", "/api/v1/loglevel", "current log level"),
@@ -151,6 +159,9 @@ class AdminTarget(MetricsSource, Protocol):
     def set_log_level(self, level: str) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    @property
+    def timeseries(self) -> TimeSeries: ...
 
     def start_drain(self) -> object: ...
 
@@ -674,6 +685,28 @@ class _Admin:
     async def stats(self, request: web.Request) -> web.Response:
         return _json(200, Stats.model_validate(self.sc.stats()))
 
+    async def timeseries(self, request: web.Request) -> web.Response:
+        raw = request.query.get("seconds")
+        seconds: float | None = None
+        if raw is not None:
+            try:
+                seconds = float(raw)
+                if not 0 < seconds <= HISTORY_S:
+                    raise ValueError
+            except ValueError:
+                message = f"seconds: expected more than 0 and at most {HISTORY_S}, got {raw!r}"
+                raise AdminError(400, ErrNo.BAD_REQUEST, message) from None
+        series = [
+            ServiceSeries(
+                listener=listener,  # type: ignore[arg-type]
+                protocol=protocol,  # type: ignore[arg-type]
+                service=service,
+                points=[(p.t, p.rps, p.eps, p.p50_ms, p.p99_ms) for p in points],
+            )
+            for (listener, protocol, service), points in self.sc.timeseries.points(seconds)
+        ]
+        return _json(200, TimeSeriesReply(interval_s=INTERVAL_S, history_s=HISTORY_S, series=series))
+
     async def metrics(self, request: web.Request) -> web.Response:
         # A few hundred lines at most, built from in-memory counters: cheaper than a thread hop.
         return web.Response(
@@ -817,6 +850,7 @@ def build_admin_app(sidecar: AdminTarget) -> web.Application:
     r.add_get("/api/v1/publications", admin.publications)
     r.add_get("/api/v1/subscriptions", admin.subscriptions)
     r.add_get("/api/v1/stats", admin.stats)
+    r.add_get("/api/v1/timeseries", admin.timeseries)
     r.add_get("/api/v1/loglevel", admin.get_loglevel)
     r.add_post("/api/v1/loglevel", admin.set_loglevel)
     r.add_post("/api/v1/drain", admin.drain)

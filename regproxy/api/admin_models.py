@@ -477,6 +477,9 @@ class ListenerCounters(_Reply):
     heartbeats: int = 0
     responses: dict[str, int] = Field(default_factory=dict, description="by Dubbo status")
     per_service: dict[str, int] = Field(default_factory=dict, description="by group/interface:version.method")
+    per_service_errors: dict[str, int] = Field(
+        default_factory=dict, description="of per_service, those answered with an error"
+    )
     latency: dict[str, Latency] = Field(default_factory=dict, description="by group/interface:version.method")
     upstream_requests: dict[str, int] = Field(default_factory=dict, description="by upstream address")
     timeouts: int = 0
@@ -549,6 +552,24 @@ class Stats(_Reply):
     registry: RegistryCounters
     state_save: StateSaveStatus | None = Field(description="null without a data directory")
     health: HealthView
+
+
+class ServiceSeries(_Reply):
+    listener: ListenerName
+    protocol: Literal["dubbo", "tri"]
+    service: str = Field(description="group/interface:version")
+    points: list[tuple[float, float, float, float | None, float | None]] = Field(
+        description="[time (Unix seconds), requests/s, errors/s, p50 ms, p99 ms] per interval, oldest "
+        "first; the latencies are null for an interval in which no call ended"
+    )
+
+
+class TimeSeriesReply(_Reply):
+    """The last minutes of each service's rates and latency, a point per interval (api.timeseries)."""
+
+    interval_s: float
+    history_s: int = Field(description="how much history is kept")
+    series: list[ServiceSeries]
 
 
 # --------------------------------------------------------------------------------------------------

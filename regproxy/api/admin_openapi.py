@@ -29,6 +29,7 @@ from regproxy.api.admin_models import (
     Rules,
     Stats,
     Subscriptions,
+    TimeSeriesReply,
 )
 from regproxy.api.models import ERR_NO_DOC, ErrorReply
 from regproxy.config import LOG_LEVELS
@@ -41,7 +42,7 @@ _JSON = "application/json"
 # Every reply model the document refers to.
 _REPLY_MODELS: tuple[type[BaseModel], ...] = (
     Index, Alive, Readiness, ConfigDump, Clusters, Publications, Subscriptions, Rules, Stats,
-    LogLevelReply, LogLevelSet, Draining, Reloaded, ErrorReply, ConfigRefused,
+    LogLevelReply, LogLevelSet, Draining, Reloaded, ErrorReply, ConfigRefused, TimeSeriesReply,
 )  # fmt: skip
 
 
@@ -150,6 +151,12 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
                 _reply("the rules", Rules),
             ),
             "/api/v1/stats": _get("stats", "counters as JSON", _reply("the counters", Stats)),
+            "/api/v1/timeseries": _get(
+                "timeseries",
+                "each service's requests/s, errors/s, p50 and p99 latency, a point a second, for the last "
+                "15 minutes at most (?seconds=N: the last N)",
+                _reply("the history", TimeSeriesReply),
+            ),
             "/api/v1/loglevel": {
                 **_get("get_loglevel", "current log level", _reply("the level", LogLevelReply)),
                 "post": {

@@ -937,6 +937,8 @@ class Forwarder(UpstreamEvents):
                     # retrying; or Dubbo's failover was declared, which retries any failure.
                     continue
                 responses[status] = responses.get(status, 0) + 1
+                errors = self.stats.per_service_errors
+                errors[exch.plan.counter_key] = errors.get(exch.plan.counter_key, 0) + 1
             done.append(exch)
             elapsed = now - exch.started
             if exch.plan.hist is hist and elapsed == latency:
@@ -1137,6 +1139,8 @@ class Forwarder(UpstreamEvents):
             return
         self.reply_error(exch.downstream, exch.downstream_id, True, status, message)
         exch.plan.hist.observe(perf_counter() - exch.started)
+        errors = self.stats.per_service_errors
+        errors[plan.counter_key] = errors.get(plan.counter_key, 0) + 1
         self._answered(exch)
 
     def _answered(self, exch: Exchange) -> None:

@@ -61,6 +61,9 @@ class ListenerStats:
     heartbeats: int = 0
     responses: dict[int, int] = field(default_factory=dict)  # by Dubbo status, including our own errors
     per_service: dict[str, int] = field(default_factory=dict)  # by "group/interface:version.method"
+    # The requests of per_service answered with an error (any status but OK; for Triple, any
+    # grpc-status but 0, or a reset): the status page's errors a second per service.
+    per_service_errors: dict[str, int] = field(default_factory=dict)
     # (service "group/interface:version", method) -> time from request to response, errors included
     latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)
     upstream_requests: dict[str, int] = field(default_factory=dict)  # by upstream address
@@ -104,6 +107,7 @@ class ListenerStats:
             "heartbeats": self.heartbeats,
             "responses": {str(k): v for k, v in sorted(self.responses.items())},
             "per_service": dict(self.per_service),
+            "per_service_errors": dict(self.per_service_errors),
             "latency": {f"{svc}.{m}": h.snapshot() for (svc, m), h in self.latency.items()},
             "upstream_requests": dict(self.upstream_requests),
             "timeouts": self.timeouts,

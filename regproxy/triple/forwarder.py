@@ -515,6 +515,9 @@ class TripleForwarder:
         elapsed = perf_counter() - exch.started
         exch.plan.hist.observe(elapsed)
         self._count(status)
+        if status != 0:
+            errors = self.stats.per_service_errors
+            errors[exch.plan.counter_key] = errors.get(exch.plan.counter_key, 0) + 1
         if exch.up_answered and exch.tried:
             self.health.report(exch.tried[-1], True)
         if self.access_log is not None:
