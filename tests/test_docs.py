@@ -697,7 +697,14 @@ def test_one_set_of_versions() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     copies = re.findall(r"^COPY\s+(.*)$", dockerfile, re.MULTILINE)
     assert any("constraints.txt" in c.split() for c in copies), copies
-    pip_lines = re.findall(r"pip install[^\n&]*", dockerfile)
+    # The image's pip installs: in the Dockerfile, or in the scripts its RUN lines call (its stages'
+    # steps are scripts/docker-build.sh, which tests/test_docker_build_steps.py runs too).
+    run_scripts = sorted(set(re.findall(r"^RUN\s.*?(\S+\.sh)\b", dockerfile, re.MULTILINE)))
+    steps = [
+        dockerfile,
+        *((ROOT / "scripts" / Path(s).name).read_text(encoding="utf-8") for s in run_scripts),
+    ]
+    pip_lines = [line for text in steps for line in re.findall(r"pip install[^\n&]*", text)]
     assert pip_lines and all(re.search(r"-c \S*constraints\.txt", line) for line in pip_lines), pip_lines
     ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     assert "!constraints.txt" in ignore, ".dockerignore keeps constraints.txt out of the build context"
