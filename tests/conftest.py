@@ -4,7 +4,6 @@ is marked with what it needs (below), and a ``unit`` test is held to needing not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import subprocess
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 import uvloop
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 from kazoo.retry import KazooRetry
 
 # Before gRPC is imported (the Nacos SDK and its double load it): gRPC's fork handlers off.  Its core
@@ -28,7 +26,7 @@ from tests.metadata_fetcher import fast_retries  # noqa: F401  (application-leve
 from tests.nacos_sdk import clients, config_clients, nacos  # noqa: F401  (the Nacos tests' fixtures)
 from tests.topology import world  # noqa: F401  (a fixture, shared by the end-to-end tests)
 from tests.zkserver import MAIN_CLASS as ZK_MAIN_CLASS
-from tests.zkserver import ZooKeeperNotInstalled, ZooKeeperServer
+from tests.zkserver import ZooKeeperNotInstalled, ZooKeeperServer, delete_trees
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Callable[[], Any]]:
@@ -66,9 +64,7 @@ def zk(zk_server: ZooKeeperServer) -> Any:
         hosts=zk_server.hosts, timeout=10.0, connection_retry=KazooRetry(max_tries=-1, max_delay=0.5)
     )
     client.start(timeout=15)
-    for root in ("/dubbo", "/services"):
-        with contextlib.suppress(NoNodeError):
-            client.delete(root, recursive=True)
+    delete_trees(client)
     try:
         yield client
     finally:

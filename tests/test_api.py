@@ -239,6 +239,26 @@ async def test_pub_params_coerced_to_strings(api: Api) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("protocol", "expected"), [("tri", "tri"), ("dubbo", "dubbo"), (None, "dubbo"), ("", "dubbo")]
+)
+async def test_pub_protocol_is_dubbo_or_tri(api: Api, protocol: Any, expected: str) -> None:
+    # Triple publications (docs/triple.md): the spec carries the protocol, and so does its key.
+    status, _ = await api.post("/pub", with_service(SDK_PUB, protocol=protocol))
+    assert status == 200
+    assert api.last[1].protocol == expected
+    assert api.last[1].key.endswith("@tri") is (expected == "tri")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "TRI", 1, ["tri"]])
+async def test_an_unknown_pub_protocol_is_refused_by_name(api: Api, protocol: Any) -> None:
+    status, reply = await api.post("/pub", with_service(SDK_PUB, protocol=protocol))
+    assert (status, reply["err_no"]) == (400, ErrNo.BAD_REQUEST), reply
+    assert reply["err_msg"].startswith("service.protocol: "), reply["err_msg"]
+    assert "'dubbo' or 'tri'" in reply["err_msg"], reply["err_msg"]
+    assert api.fake.calls == []
+
+
 async def test_null_fields_mean_empty(api: Api) -> None:
     body = {"service": {"interface": "com.x.Svc", "version": None, "group": None, "methods": None}}
     status, _ = await api.post("/pub", {**body, "registry": None})

@@ -22,7 +22,6 @@ consumer does (mapping → instances → MetadataInfo → call).  What each test
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -49,7 +48,7 @@ from tests.peers.nacos import NacosDouble
 from tests.sidecars import SidecarProc, value
 from tests.topology import GREET, VERSION, egress_cluster
 from tests.wait import wait_for
-from tests.zkserver import ZooKeeperServer
+from tests.zkserver import ZooKeeperServer, delete_trees
 
 pytestmark = [pytest.mark.process, pytest.mark.asyncio(loop_scope="module")]
 
@@ -84,12 +83,6 @@ async def call(sc: SidecarProc, interface: str, method: str = "sayHi", *, versio
         return await client.call(interface, method, ["world"], version=version or None, timeout=5)
     finally:
         client.close()
-
-
-def _delete(zk: KazooClient, *paths: str) -> None:
-    for path in paths:
-        with contextlib.suppress(NoNodeError):
-            zk.delete(path, recursive=True)
 
 
 async def children(zk: KazooClient, path: str) -> list[str]:
@@ -143,7 +136,7 @@ async def fleet(zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFac
         zk_server.start()
     zk = KazooClient(hosts=zk_server.hosts, timeout=10.0)
     await asyncio.to_thread(zk.start, 15)
-    await asyncio.to_thread(_delete, zk, "/dubbo", "/services")
+    await asyncio.to_thread(delete_trees, zk)
     fleet = Fleet(zk_server, zk, tmp_path_factory.mktemp("app-discovery"))
     await fleet.app.start("127.0.0.1", 0)
     try:

@@ -28,7 +28,6 @@ Figures are logged: ``-o log_cli=true --log-cli-level=INFO``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -41,7 +40,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 
 from regproxy.demo.client import DubboClient, DubboError, RemoteException
 from regproxy.demo.provider import Provider, default_services
@@ -50,7 +48,7 @@ from regproxy.registry.url import DubboURL
 from tests.sidecars import SidecarProc
 from tests.topology import GREET, VERSION, egress_cluster, pub_body
 from tests.wait import wait_for
-from tests.zkserver import ZooKeeperServer
+from tests.zkserver import ZooKeeperServer, delete_trees
 
 pytestmark = [pytest.mark.process, pytest.mark.asyncio(loop_scope="module")]
 
@@ -170,7 +168,7 @@ async def fleet(zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFac
     zk = KazooClient(hosts=zk_server.hosts, timeout=10.0)
     await asyncio.to_thread(zk.start, 15)
     try:
-        await asyncio.to_thread(_delete, zk, "/dubbo")
+        await asyncio.to_thread(delete_trees, zk, "/dubbo")
     finally:
         await asyncio.to_thread(zk.stop)
         zk.close()
@@ -205,11 +203,6 @@ async def fleet(zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFac
             await sc.kill()
         for app in apps:
             await app.close(grace=0.1)
-
-
-def _delete(zk: KazooClient, path: str) -> None:
-    with contextlib.suppress(NoNodeError):
-        zk.delete(path, recursive=True)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ apache-dubbo provider that registers itself with no sidecar.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ from urllib.parse import unquote
 import pytest
 import pytest_asyncio
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 
 from tests.peers.triple import greeter, procs
 from tests.sidecars import SidecarProc, value
 from tests.wait import wait_for
-from tests.zkserver import ZooKeeperServer
+from tests.zkserver import ZooKeeperServer, delete_trees
 
 pytestmark = [pytest.mark.process, pytest.mark.zookeeper]
 
@@ -88,9 +86,7 @@ async def fleet(zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFac
         zk_server.start()
     zk = KazooClient(hosts=zk_server.hosts, timeout=10.0)
     await asyncio.to_thread(zk.start, 15)
-    for root in ("/dubbo", "/services"):
-        with contextlib.suppress(NoNodeError):
-            await asyncio.to_thread(zk.delete, root, recursive=True)
+    await asyncio.to_thread(delete_trees, zk)
     await asyncio.to_thread(zk.stop)
     fleet = Fleet(zk_server, tmp_path_factory.mktemp("triple"))
     try:

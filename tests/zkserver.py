@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kazoo.client import KazooClient
 
@@ -422,6 +423,20 @@ class ZooKeeperServer:
 # regproxy.  java.util.Random is the 48-bit linear congruential generator its Javadoc specifies.
 _SUPER_SECRET = 0xB3415C00
 _LCG_MULT, _LCG_ADD, _LCG_MASK = 0x5DEECE66D, 0xB, (1 << 48) - 1
+
+
+# Where Dubbo's nodes live: interface-level (/dubbo) and application-level instances (/services).
+DUBBO_ROOTS = ("/dubbo", "/services")
+
+
+def delete_trees(client: Any, *paths: str) -> None:
+    """Delete each of ``paths`` (DUBBO_ROOTS when none is given) with all below it, through a
+    started kazoo ``client``; one that does not exist is no error."""
+    from kazoo.exceptions import NoNodeError
+
+    for path in paths or DUBBO_ROOTS:
+        with contextlib.suppress(NoNodeError):
+            client.delete(path, recursive=True)
 
 
 def session_password(session_id: int) -> bytes:
