@@ -81,6 +81,7 @@ from benchmarks.topologies import (
     TopologyError,
 )
 from benchmarks.triprovider import read_answered
+from regproxy.triple.messages import pack_message
 
 LOADS: dict[str, tuple[int, int]] = {"rpc": (16, 1), "single": (1, 1), "channel": (1, 16)}
 DEFAULT_LOADS = ("rpc", "single")
@@ -95,11 +96,6 @@ REQUEST_HEADERS = {"content-type": "application/grpc", "te": "trailers", "grpc-t
 # Through every hop before a topology is measured: two small messages, and one larger than a frame
 # (16 KiB) and than a stream's default window (64 KiB - 1).
 CHECK_MESSAGES = (MESSAGE, b"\x0a\x03one", b"\x0a\x80\x80\x04" + b"x" * 65_536)
-
-
-def grpc_frame(message: bytes) -> bytes:
-    """One gRPC length-prefixed message: flag 0 (not compressed), length (4 bytes, big-endian)."""
-    return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 @dataclass(frozen=True)
@@ -148,7 +144,7 @@ class H2LoadRun:
 def h2load_args(port: int, load: str, duration: float, workdir: Path, log: Path | None) -> list[str]:
     data = workdir / "triple-request.bin"
     if not data.exists():
-        data.write_bytes(grpc_frame(MESSAGE))
+        data.write_bytes(pack_message(MESSAGE))
     clients, streams = LOADS[load]
     args = [h2load_binary(), "-c", str(clients), "-m", str(streams), "-t", "1",
             "-D", f"{round(duration * 1000)}ms", "-d", str(data)]  # fmt: skip

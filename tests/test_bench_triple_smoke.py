@@ -29,7 +29,7 @@ def test_provider_header_blocks_decode_on_any_connection() -> None:
 
 
 def test_request_file_is_one_grpc_message() -> None:
-    framed = triple.grpc_frame(triple.MESSAGE)
+    framed = triple.pack_message(triple.MESSAGE)
     assert framed[0] == 0 and int.from_bytes(framed[1:5], "big") == len(triple.MESSAGE) == len(framed) - 5
 
 

@@ -63,7 +63,8 @@ from regproxy.routing.model import SPEAKS_TRI
 from regproxy.triple import settings as h2_settings
 from regproxy.triple.detect import HTTP2_PREFACE
 from regproxy.triple.forwarder import TripleForwarder
-from tests.triple_stack import GREETER, GRPC_OPTIONS, TripleStack, grpc_message, start_stack, stop_stack
+from regproxy.triple.messages import pack_message
+from tests.triple_stack import GREETER, GRPC_OPTIONS, TripleStack, start_stack, stop_stack
 from tests.wait import wait_for
 
 EXAMPLES = int(os.environ.get("REGPROXY_H2FUZZ_EXAMPLES", "100"))
@@ -325,7 +326,7 @@ class RawConn:
         block = self.block(headers if headers is not None else request_headers(path))
         out = self.header_frames(stream, block, end_stream=body is None and end)
         if body is not None:
-            out += frame(DATA, END_STREAM if end else 0, stream, grpc_message(body))
+            out += frame(DATA, END_STREAM if end else 0, stream, pack_message(body))
         return stream, out
 
     def request(self, path: str, body: bytes | None = b"", **kw: Any) -> int:

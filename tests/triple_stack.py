@@ -13,7 +13,6 @@ as it is asked) and ``drip`` (one message every 100 ms, ``n`` of them). Messages
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ import h2.events
 from regproxy.proxy.engine import Listener
 from regproxy.routing import Cluster, Host, Route, RouteMatch, RoutingTable, TableHolder
 from regproxy.routing.model import SPEAKS_TRI
+from regproxy.triple.messages import pack_message
 from tests.test_proxy_e2e import settings
 
 GREETER = "org.apache.dubbo.samples.Greeter"
@@ -179,11 +179,6 @@ async def stop_stack(stack: TripleStack) -> None:
 # --- a raw HTTP/2 client ------------------------------------------------------------------------
 
 
-def grpc_message(payload: bytes) -> bytes:
-    """One gRPC length-prefixed message (uncompressed)."""
-    return struct.pack(">BI", 0, len(payload)) + payload
-
-
 def request_headers(path: str, **extra: str) -> list[tuple[str, str]]:
     headers = [
         (":method", "POST"),
@@ -253,7 +248,7 @@ class RawH2:
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(sid, request_headers(path, **headers), end_stream=body is None and end)
         if body is not None:
-            self.conn.send_data(sid, grpc_message(body), end_stream=end)
+            self.conn.send_data(sid, pack_message(body), end_stream=end)
         self.flush()
         return sid
 

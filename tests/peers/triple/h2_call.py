@@ -14,6 +14,8 @@ import h2.config
 import h2.connection
 import h2.events
 
+from regproxy.triple.messages import pack_message
+
 
 @dataclass
 class RawResponse:
@@ -30,11 +32,6 @@ class RawResponse:
             if k == name:
                 return v
         return None
-
-
-def frame(message: bytes) -> bytes:
-    """A gRPC length-prefixed message, uncompressed."""
-    return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 def unframe(data: bytes) -> list[bytes]:
@@ -89,7 +86,7 @@ class Connection:
         ]  # fmt: skip
         conn.send_headers(sid, headers)
         # Small messages only: within the initial window, no flow-control loop needed.
-        conn.send_data(sid, b"".join(frame(m) for m in messages), end_stream=True)
+        conn.send_data(sid, b"".join(pack_message(m) for m in messages), end_stream=True)
         sock.sendall(conn.data_to_send())
         deadline = time.monotonic() + timeout
         done = False
