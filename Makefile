@@ -18,7 +18,7 @@ BOOT_PY := $(shell for p in python3.11 python3; do \
 help:
 	@echo "make venv     create $(VENV): regproxy and its test extras, pinned by constraints.txt"
 	@echo "make native   compile the data path with mypyc, when its sources changed (docs/performance.md)"
-	@echo "make test     venv, the apache-dubbo peer venv, Debian's zookeeper, docker-compose, iproute2, curl, libhessian-java, default-jdk-headless, haproxy and nghttp2-client when missing, ruff, pytest on two workers (what CI runs; ~8 min on 2 cores)"
+	@echo "make test     venv, the apache-dubbo peer venv, Debian's zookeeper, docker-compose, iproute2, curl, libhessian-java, default-jdk-headless, haproxy, nghttp2-client, chromium and chromium-driver when missing, ruff, pytest on two workers (what CI runs; ~8 min on 2 cores)"
 	@echo "make test-fast  the unit tests only: no ZooKeeper, no processes, no system packages, no compiling (< 1 min)"
 	@echo "make lint     ruff only"
 	@echo "make fuzz     long fuzzing of the Dubbo listeners (FUZZ_EXAMPLES=200000 per property, ~21 min)"

@@ -12,6 +12,8 @@
 #   tests/test_metadata_info.py checks regproxy's hessian2 MetadataInfo against Java's own serializer
 #   haproxy and nghttp2-client (h2load): tests/test_bench_triple_smoke.py runs the Triple benchmark's
 #   topologies (HAProxy in HTTP/2 mode, h2load as the load generator) for a fraction of a second
+#   chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): tests/test_status_page.py
+#   opens the admin port's status page in headless Chromium through selenium
 set -euo pipefail
 
 ZK_JAR=/usr/share/java/zookeeper.jar          # from libzookeeper-java, a dependency of `zookeeper`
@@ -51,10 +53,19 @@ if ! command -v h2load >/dev/null 2>&1; then
     missing+=(nghttp2-client)
 fi
 
+if [[ ! -x /usr/bin/chromium ]]; then
+    missing+=(chromium)
+fi
+
+if [[ ! -x /usr/bin/chromedriver ]]; then
+    missing+=(chromium-driver)
+fi
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "test-deps: ZooKeeper present ($ZK_JAR, java: $(command -v java)), docker-compose present" \
         "($(command -v docker-compose)), ip present ($(command -v ip)), curl present ($(command -v curl))," \
-        "Hessian present ($HESSIAN_JAR), javac present ($(command -v javac)), haproxy and h2load present;" \
+        "Hessian present ($HESSIAN_JAR), javac present ($(command -v javac)), haproxy and h2load present," \
+        "chromium and chromedriver present;" \
         "nothing to install"
     exit 0
 fi

@@ -91,7 +91,9 @@ def _restore_log_level() -> Iterator[None]:
 #              own server is the zookeeper mark's, not this one's.
 #   netns      builds network namespaces (root and iproute2): declared in the test module; given
 #              process here too (`ip`, and what runs in the namespaces)
-#   browser    drives a web browser (no test does yet)
+#   browser    drives a web browser (headless Chromium through chromedriver): given here to every
+#              test using tests/browser.py's browser fixture; implies process (the browser and its
+#              driver are processes)
 #   slow       takes a second or more on its own (2 cores): declared on the test; every process test
 #              gets it here (a Python process importing regproxy takes about a second)
 #   unit       none of zookeeper, process, netns, browser: given here to every test that has none of
@@ -103,7 +105,12 @@ def _restore_log_level() -> Iterator[None]:
 
 NEEDS = ("zookeeper", "process", "netns", "browser")
 # By fixture: a test gets the marks of every fixture it uses, directly or through other fixtures.
-FIXTURE_NEEDS = {"zk_server": ("zookeeper",), "zk": ("zookeeper",), "needs_process": ("process",)}
+FIXTURE_NEEDS = {
+    "zk_server": ("zookeeper",),
+    "zk": ("zookeeper",),
+    "needs_process": ("process",),
+    "browser": ("browser",),  # tests/browser.py
+}
 
 
 @pytest.fixture
@@ -118,8 +125,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if fixture in fixtures:
                 for need in needs:
                     item.add_marker(need)
-        if item.get_closest_marker("netns"):
-            item.add_marker("process")  # `ip`, and what runs in the namespaces
+        if item.get_closest_marker("netns") or item.get_closest_marker("browser"):
+            item.add_marker("process")  # `ip` and what runs in the namespaces; chromium and its driver
         if item.get_closest_marker("process"):
             item.add_marker("slow")  # starting a Python process that imports regproxy takes a second
         if not any(item.get_closest_marker(need) for need in NEEDS):
