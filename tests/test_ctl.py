@@ -377,8 +377,10 @@ def host(
     **metadata: str,
 ) -> am.LiveHost:
     return am.LiveHost(
-        address=address, weight=weight, healthy=healthy, ejected=not healthy, active_requests=active,
-        total_requests=total, connections=[], metadata=metadata, found=found,
+        address=address, weight=weight, healthy=healthy, ejected=not healthy,
+        state="available" if healthy else "unhealthy", reason=None if healthy else "marked unhealthy in the "
+        "routing table", effective_weight=weight, active_requests=active, total_requests=total, errors=0,
+        connections=[], metadata=metadata, found=found,
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ Reading (GET; with ``auth_token`` set, every path but the probes needs ``Authori
 * ``/healthz`` (alive), ``/readyz`` (200 ready / 503 not, with the reasons);
 * ``/api/v1/config_dump`` with ``?allrouters ?allclusters ?alllisteners ?router=NAME ?cluster=NAME
   ?listener=NAME`` (the query names operators of Envoy- and MOSN-style sidecars already script
-  against; several may be combined);
+  against) and ``?sidecar`` (this process: version, data path, uptime); several may be combined;
 * ``/api/v1/clusters``, ``/api/v1/publications``, ``/api/v1/subscriptions``, ``/api/v1/stats``;
 * ``/metrics`` (Prometheus text), ``/api/v1/loglevel``.
 
@@ -35,6 +35,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from regproxy import native
 from regproxy.api.admin_models import (
     Alive,
     Clusters,
@@ -47,6 +48,7 @@ from regproxy.api.admin_models import (
     Connection,
     Draining,
     Endpoint,
+    HostState,
     Index,
     ListenerName,
     ListenerView,
@@ -82,9 +84,11 @@ from regproxy.api.timeseries import HISTORY_S, INTERVAL_S, TimeSeries
 from regproxy.config import LOG_LEVELS, ConfigError
 from regproxy.discovery.views import explain, found_how, parameters_of
 from regproxy.governance.params import consumer_own
+from regproxy.health.hosts import Health
 from regproxy.registry.base import CONNECTED
 from regproxy.registry.registry_url import RegistryURL
-from regproxy.registry.url import DubboURL, matches
+from regproxy.registry.url import DubboURL, matches, regproxy_release
+from regproxy.routing.dubbo_balancers import dubbo_weight
 from regproxy.routing.model import speaks_names
 
 if TYPE_CHECKING:
@@ -115,14 +119,16 @@ SECRET_PARAMS = frozenset(
     {"password", "token", "secret", "secretkey", "secret_key", "accesskey", "access_key"}
 )
 LISTENERS: tuple[ListenerName, ...] = ("egress", "ingress")
-CONFIG_DUMP_QUERY = ("allrouters", "allclusters", "alllisteners", "router", "cluster", "listener")
+CONFIG_DUMP_QUERY = (
+    "sidecar", "allrouters", "allclusters", "alllisteners", "router", "cluster", "listener",
+)  # fmt: skip
 
 ENDPOINTS: tuple[tuple[Literal["GET", "POST"], str, str], ...] = (
     ("GET", "/healthz", "alive"),
     ("GET", "/readyz", "ready: registries connected, state restored, not draining (503 otherwise)"),
     ("GET", "/api/v1/config_dump", "effective config and live tables; ?allrouters ?router=NAME ..."),
     ("GET", "/api/v1/rules", "dynamic rules in force and refused; ?cluster=NAME&method=M&tag=T: each stage"),
-    ("GET", "/api/v1/clusters", "clusters and hosts with weight, health, requests"),
+    ("GET", "/api/v1/clusters", "clusters and hosts with weight, health, state, requests, errors"),
     ("GET", "/api/v1/publications", "services published, per registry"),
     ("GET", "/api/v1/subscriptions", "services subscribed and their providers, per registry"),
     ("GET", "/api/v1/stats", "counters as JSON"),
@@ -369,33 +375,75 @@ def _found(sc: AdminTarget, listener: ListenerName, cluster: str, address: str) 
     return found_how(sc.discovery, cluster, address)
 
 
+def host_state(
+    table_healthy: bool, health: Mapping[str, Any] | None, consecutive_failures: int
+) -> tuple[HostState, str | None]:
+    """A host's state and, unless available, why, in words.
+
+    ``health`` is the host's entry of ``Health.describe()`` (what /api/v1/stats shows under
+    ``health.hosts``; None without health checking): the active check's ``healthy`` and
+    ``last_error``, the outlier detector's ``ejected``, ``ejected_for_s`` and ``ejections``.
+    ``consecutive_failures`` is the outlier setting that ejects a host.  Unhealthy wins over
+    ejected: an ejection ends on a timer, a host that fails its checks stays out until it answers.
+    """
+    if health is not None and health.get("healthy") is False:
+        error = health.get("last_error")
+        # No last error while unhealthy: it has answered again, but not healthy_threshold times yet.
+        return "unhealthy", error or "failing its active health checks (answering again, not healthy yet)"
+    if not table_healthy:
+        return "unhealthy", "marked unhealthy in the routing table"
+    if health is not None and health.get("ejected"):
+        left = health.get("ejected_for_s") or 0.0
+        return "ejected", (
+            f"ejected after {consecutive_failures} consecutive failures, back in {left:.1f} s "
+            f"(ejection {health.get('ejections', 0)} of this host)"
+        )
+    return "available", None
+
+
 def live_clusters(sc: AdminTarget) -> list[LiveCluster]:
     """Every cluster with its hosts and what the forwarder knows of them right now."""
     out: list[LiveCluster] = []
+    # The balancers' clock (proxy.plan's System.currentTimeMillis()): provider timestamps are wall-clock ms.
+    now_ms = int(time.time() * 1000)
     for name, lst in _listeners_of(sc):
         fwd = lst.forwarder
         pool = fwd.pool if fwd is not None else None
         conns = pool.describe() if pool is not None else {}
         sent = fwd.stats.upstream_requests if fwd is not None else {}
+        failed = fwd.stats.upstream_errors if fwd is not None else {}
         triple = fwd.triple if fwd is not None else None
         tri_sent = triple.stats.upstream_requests if triple is not None else {}
+        tri_failed = triple.stats.upstream_errors if triple is not None else {}
+        # The health the forwarder picks hosts with (the egress's; NoHealth elsewhere or when off),
+        # described as /api/v1/stats's health.hosts is: one source for both views.
+        health = fwd.health if fwd is not None else None
+        described = health.describe() if isinstance(health, Health) else {}
+        threshold = health.settings.outlier.consecutive_failures if isinstance(health, Health) else 0
         for cluster in lst.table.current.clusters.values():
-            hosts = [
-                LiveHost(
-                    address=h.address,
-                    weight=h.weight,
-                    healthy=h.healthy,
-                    protocols=speaks_names(h.speaks),
-                    ejected=False,  # not set by health checking yet (stats: health.hosts); for scripts
-                    active_requests=(pool.active(h.address) if pool is not None else 0)
-                    + (triple.pool.active(h.address) if triple is not None else 0),
-                    total_requests=sent.get(h.address, 0) + tri_sent.get(h.address, 0),
-                    connections=[Connection.model_validate(c) for c in conns.get(h.address, [])],
-                    metadata=_redact_params(h.metadata),
-                    found=_found(sc, name, cluster.name, h.address),
+            hosts: list[LiveHost] = []
+            for h in cluster.hosts:
+                entry = described.get(h.address)
+                state, reason = host_state(h.healthy, entry, threshold)
+                hosts.append(
+                    LiveHost(
+                        address=h.address,
+                        weight=h.weight,
+                        healthy=h.healthy,
+                        protocols=speaks_names(h.speaks),
+                        ejected=bool(entry is not None and entry.get("ejected")),
+                        state=state,
+                        reason=reason,
+                        effective_weight=dubbo_weight(h, "", now_ms),
+                        active_requests=(pool.active(h.address) if pool is not None else 0)
+                        + (triple.pool.active(h.address) if triple is not None else 0),
+                        total_requests=sent.get(h.address, 0) + tri_sent.get(h.address, 0),
+                        errors=failed.get(h.address, 0) + tri_failed.get(h.address, 0),
+                        connections=[Connection.model_validate(c) for c in conns.get(h.address, [])],
+                        metadata=_redact_params(h.metadata),
+                        found=_found(sc, name, cluster.name, h.address),
+                    )
                 )
-                for h in cluster.hosts
-            ]
             out.append(
                 LiveCluster(
                     name=cluster.name,
@@ -548,14 +596,7 @@ def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
             raise AdminError(400, ErrNo.BAD_REQUEST, f"{name}: give a name, e.g. ?{name}=egress")
     if not query:
         return ConfigDump(
-            sidecar=SidecarInfo(
-                config_path=sc.config_path,
-                advertise_ip=sc.advertise_ip,
-                started_at=sc.started_at,
-                uptime_s=round(time.time() - sc.started_at, 3),
-                draining=sc.draining,
-                log_level=sc.log_level,
-            ),
+            sidecar=_sidecar_info(sc),
             config=sc.config.redacted_dict(),
             routers=_routers(sc),
             clusters=_config_clusters(sc),
@@ -564,6 +605,7 @@ def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
             subscriptions=subscriptions_view(sc.discovery),
             rules=rules_view(sc.discovery),
         )
+    sidecar = _sidecar_info(sc) if "sidecar" in query else None
     routers: dict[ListenerName, Router] | None = None
     clusters: list[ConfigTableCluster] | None = None
     listeners: list[ListenerView] | None = None
@@ -592,7 +634,20 @@ def config_dump(sc: AdminTarget, query: Mapping[str, str]) -> ConfigDump:
                 raise AdminError(
                     404, ErrNo.NOT_FOUND, f"no listener named {name!r} (listeners: {', '.join(LISTENERS)})"
                 )
-    return ConfigDump(routers=routers, clusters=clusters, listeners=listeners)
+    return ConfigDump(sidecar=sidecar, routers=routers, clusters=clusters, listeners=listeners)
+
+
+def _sidecar_info(sc: AdminTarget) -> SidecarInfo:
+    return SidecarInfo(
+        config_path=sc.config_path,
+        advertise_ip=sc.advertise_ip,
+        started_at=sc.started_at,
+        uptime_s=round(time.time() - sc.started_at, 3),
+        draining=sc.draining,
+        log_level=sc.log_level,
+        version=regproxy_release(),
+        data_path=native.describe(),  # the words of the start-up line
+    )
 
 
 RULES_QUERY = ("cluster", "method", "tag")

@@ -39,6 +39,7 @@ __all__ = [
     "Endpoint",
     "HealthView",
     "HostHealth",
+    "HostState",
     "Index",
     "Latency",
     "ListenerCounters",
@@ -187,6 +188,10 @@ class SidecarInfo(_Reply):
     uptime_s: float
     draining: bool
     log_level: LogLevel
+    version: str = Field(description="regproxy's package version")
+    data_path: str = Field(
+        description="which data path runs: compiled with mypyc, or pure Python and why (as logged at start)"
+    )
 
 
 class RouteMatchView(_Reply):
@@ -265,14 +270,33 @@ class Connection(_Reply):
     readonly: bool = Field(description="the host sent the read-only event: it is shutting down")
 
 
+HostState = Literal["available", "unhealthy", "ejected"]
+
+
 class LiveHost(_Reply):
     address: str
     weight: int
-    healthy: bool
+    healthy: bool = Field(description="as the routing table has it (false: kept out of load balancing)")
     protocols: list[str] = Field(default_factory=list, description=_PROTOCOLS_DOC)
-    ejected: bool
+    ejected: bool = Field(description="outlier detection has taken it out for a while (health.outlier)")
+    state: HostState = Field(
+        description="unhealthy: failing its active health checks, or healthy false in the routing table; "
+        "ejected: taken out by outlier detection; available otherwise (unhealthy wins over ejected)"
+    )
+    reason: str | None = Field(
+        description="why it is unhealthy or ejected, for people (the check's last error; the failures, "
+        "when it comes back); null when available"
+    )
+    effective_weight: int = Field(
+        description="the weight Dubbo's load balancers give it now (service level): weight, scaled down "
+        "while it warms up (its timestamp and warmup parameters; AbstractLoadBalance.getWeight)"
+    )
     active_requests: int = Field(description="requests (and Triple calls) in flight to this host")
     total_requests: int = Field(description="requests and Triple calls sent to this host, retries included")
+    errors: int = Field(
+        description="requests and Triple calls answered with an error whose last try went to this host "
+        "(its error statuses, timeouts, failed connects, lost connections)"
+    )
     connections: list[Connection]
     metadata: dict[str, str] = Field(description="the provider URL's parameters, secrets as ***")
     found: FoundView | None = Field(None, description="how it was found; null: not from a subscription")
@@ -397,7 +421,7 @@ class ConfigDump(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    sidecar: SidecarInfo | SkipJsonSchema[None] = _part("this process")
+    sidecar: SidecarInfo | SkipJsonSchema[None] = _part("this process; ?sidecar")
     config: dict[str, Any] | SkipJsonSchema[None] = _part(
         "the configuration in effect, as the config file spells it, credentials as ***"
     )
@@ -482,6 +506,10 @@ class ListenerCounters(_Reply):
     )
     latency: dict[str, Latency] = Field(default_factory=dict, description="by group/interface:version.method")
     upstream_requests: dict[str, int] = Field(default_factory=dict, description="by upstream address")
+    upstream_errors: dict[str, int] = Field(
+        default_factory=dict,
+        description="requests answered with an error, by the upstream address of their last try",
+    )
     timeouts: int = 0
     retries: int = 0
     connect_failures: int = 0

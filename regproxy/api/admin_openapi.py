@@ -85,7 +85,7 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
     flag = {"type": "string", "description": "a flag: present (any value, or none) or absent"}
     dump_params = [
         {"name": n, "in": "query", "required": False, "allowEmptyValue": True, "schema": flag}
-        for n in ("allrouters", "allclusters", "alllisteners")
+        for n in ("sidecar", "allrouters", "allclusters", "alllisteners")
     ] + [
         {"name": n, "in": "query", "required": False, "schema": name_query, "description": f"one {n} by name"}
         for n in ("router", "cluster", "listener")
@@ -134,7 +134,7 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
             ),
             "/api/v1/clusters": _get(
                 "clusters",
-                "clusters and hosts with weight, health, requests",
+                "clusters and hosts with weight, health, state, requests, errors",
                 _reply("the clusters", Clusters),
             ),
             "/api/v1/publications": _get(

@@ -11,7 +11,8 @@ Families (all prefixed ``regproxy_``; ``listener`` is ``egress`` or ``ingress``)
 * requests, one-way requests, heartbeats, responses by Dubbo status, request duration histogram
   per service and method, timeouts, retries, connect failures, protocol errors, ejections;
 * client (downstream) connections open and refused; requests in flight;
-* upstream connections per address and state, requests in flight and sent per upstream address;
+* upstream connections per address and state, requests in flight, sent and answered with an error
+  per upstream address;
 * registry state (one gauge per registry and state, 1 for the current one), registry events,
   publications, subscriptions, subscriptions served from the state file's cache;
 * state file writes that succeeded and that failed, and whether the last one failed;
@@ -231,6 +232,12 @@ class SidecarCollector(Collector):
             "Requests sent to an upstream host (each retry counts for the host it went to).",
             labels=["listener", "protocol", "address"],
         )
+        failed = CounterMetricFamily(
+            _name("upstream_errors"),
+            "Requests (Triple calls) answered with an error whose last try went to this upstream host: "
+            "an error status from it, a timeout waiting for it, a failed connect, a lost connection.",
+            labels=["listener", "protocol", "address"],
+        )
         for lst in listeners:
             fwd = lst.forwarder
             assert fwd is not None
@@ -246,7 +253,9 @@ class SidecarCollector(Collector):
             for protocol, stats, _calls, _status in _sides(fwd):
                 for address, n in sorted(stats.upstream_requests.items()):
                     sent.add_metric([lst.name, protocol, address], n)
-        yield from (conns, pending, sent)
+                for address, n in sorted(stats.upstream_errors.items()):
+                    failed.add_metric([lst.name, protocol, address], n)
+        yield from (conns, pending, sent, failed)
 
     # --- registries ---------------------------------------------------------------------------
 

@@ -939,6 +939,8 @@ class Forwarder(UpstreamEvents):
                 responses[status] = responses.get(status, 0) + 1
                 errors = self.stats.per_service_errors
                 errors[exch.plan.counter_key] = errors.get(exch.plan.counter_key, 0) + 1
+                if exch.tried:
+                    self._host_error(exch.tried[-1])
             done.append(exch)
             elapsed = now - exch.started
             if exch.plan.hist is hist and elapsed == latency:
@@ -1141,7 +1143,14 @@ class Forwarder(UpstreamEvents):
         exch.plan.hist.observe(perf_counter() - exch.started)
         errors = self.stats.per_service_errors
         errors[plan.counter_key] = errors.get(plan.counter_key, 0) + 1
+        if exch.tried:  # none tried (no route, no host, refused by a filter): no host's error
+            self._host_error(exch.tried[-1])
         self._answered(exch)
+
+    def _host_error(self, address: str) -> None:
+        """An error answered from ``address`` (the last host the exchange tried): error paths only."""
+        by_host = self.stats.upstream_errors
+        by_host[address] = by_host.get(address, 0) + 1
 
     def _answered(self, exch: Exchange) -> None:
         exch.downstream.answered(1, len(exch.raw))

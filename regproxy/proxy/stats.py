@@ -67,6 +67,9 @@ class ListenerStats:
     # (service "group/interface:version", method) -> time from request to response, errors included
     latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)
     upstream_requests: dict[str, int] = field(default_factory=dict)  # by upstream address
+    # The requests of per_service_errors whose exchange had tried a host, by the last host tried (an
+    # error with no host tried, e.g. no route, is nobody's): the admin API's errors per host.
+    upstream_errors: dict[str, int] = field(default_factory=dict)
     timeouts: int = 0
     retries: int = 0
     connect_failures: int = 0
@@ -110,6 +113,7 @@ class ListenerStats:
             "per_service_errors": dict(self.per_service_errors),
             "latency": {f"{svc}.{m}": h.snapshot() for (svc, m), h in self.latency.items()},
             "upstream_requests": dict(self.upstream_requests),
+            "upstream_errors": dict(self.upstream_errors),
             "timeouts": self.timeouts,
             "retries": self.retries,
             "connect_failures": self.connect_failures,

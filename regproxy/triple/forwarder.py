@@ -518,6 +518,9 @@ class TripleForwarder:
         if status != 0:
             errors = self.stats.per_service_errors
             errors[exch.plan.counter_key] = errors.get(exch.plan.counter_key, 0) + 1
+            if exch.tried:  # by the last host tried; none tried (no route, no host): nobody's
+                by_host = self.stats.upstream_errors
+                by_host[exch.tried[-1]] = by_host.get(exch.tried[-1], 0) + 1
         if exch.up_answered and exch.tried:
             self.health.report(exch.tried[-1], True)
         if self.access_log is not None:
