@@ -11,6 +11,7 @@ answering the page meanwhile.
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,12 +66,11 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
-    """The whole page as ``build/test-artifacts/<name>.png``; its path."""
+    """The whole page, beyond the window too, as ``build/test-artifacts/<name>.png``; its path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, max(900, min(int(height) + 40, 6000)))
-    assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 
@@ -110,7 +110,9 @@ return {
     now: text(r.querySelector(".now")), painted: painted(r.querySelector("canvas.rates")),
     latency_painted: painted(r.querySelector("canvas.latency")),
   })),
-  routes: rows("#routes tr[data-route]", (r) => ({ name: r.dataset.route, cluster: text(r.cells[3]) })),
+  routes: rows("#routes tr[data-route]", (r) => ({
+    name: r.dataset.route, from: text(r.cells[2]), cluster: text(r.cells[4]),
+  })),
   in_force: rows("#rules-in-force tr[data-rule]", (r) => ({
     rule: r.dataset.rule, source: text(r.cells[1]), state: text(r.cells[3]),
   })),

@@ -658,6 +658,35 @@ def test_check_caller_without_token() -> None:
     assert refused is not None and refused.status == 403
 
 
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        # the status page, opened at a loopback address, posting to the port that served it
+        ("http://127.0.0.1:34901", "127.0.0.1:34901", True),
+        ("http://localhost:34901", "localhost:34901", True),
+        ("http://LOCALHOST:34901", "localhost:34901", True),
+        ("http://[::1]:34901", "[::1]:34901", True),
+        ("http://127.0.0.1", "127.0.0.1", True),
+        # another page: another port, another scheme, another name
+        ("http://127.0.0.1:8080", "127.0.0.1:34901", False),
+        ("https://127.0.0.1:34901", "127.0.0.1:34901", False),
+        ("http://localhost:34901", "127.0.0.1:34901", False),
+        ("null", "127.0.0.1:34901", False),
+        # DNS rebinding: evil.example resolves to 127.0.0.1, and its page is same-origin with itself
+        ("http://evil.example:34901", "evil.example:34901", False),
+        ("http://10.0.0.5:34901", "10.0.0.5:34901", False),  # not a loopback address
+        ("http://127.0.0.1:34901", None, False),
+    ],
+)
+def test_check_caller_lets_the_status_page_change_only_from_loopback(
+    origin: str, host: str | None, allowed: bool
+) -> None:
+    refused = check_caller(remote="127.0.0.1", authorization=None, origin=origin, token=None, host=host)
+    assert (refused is None) is allowed
+    if not allowed:
+        assert refused is not None and refused.status == 403 and "Origin" in refused.message
+
+
 @pytest.mark.parametrize("remote", ["127.0.0.1", "10.1.2.3", "2001:db8::1"])
 def test_check_caller_with_token_applies_to_everyone(remote: str) -> None:
     def check(authorization: str | None) -> int | None:

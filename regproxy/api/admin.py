@@ -1,7 +1,9 @@
 """The admin HTTP API (aiohttp, default 127.0.0.1:34901): what the sidecar is doing, and a few controls.
 
-Reading (GET; with ``auth_token`` set, every path but the probes needs ``Authorization: Bearer TOKEN``):
+Reading (GET; with ``auth_token`` set, every path but the probes and the status page's static files
+needs ``Authorization: Bearer TOKEN``):
 
+* ``/``: the status page for a web browser (regproxy/api/status_page.py), the endpoint list otherwise;
 * ``/healthz`` (alive), ``/readyz`` (200 ready / 503 not, with the reasons);
 * ``/api/v1/config_dump`` with ``?allrouters ?allclusters ?alllisteners ?router=NAME ?cluster=NAME
   ?listener=NAME`` (the query names operators of Envoy- and MOSN-style sidecars already script
@@ -10,9 +12,10 @@ Reading (GET; with ``auth_token`` set, every path but the probes needs ``Authori
 * ``/metrics`` (Prometheus text), ``/api/v1/loglevel``.
 
 Changing (POST): ``/api/v1/loglevel``, ``/api/v1/drain``, ``/api/v1/reload``.  Without a token
-(``admin_token``, else ``auth_token``) only loopback callers may use them, and not from a web browser
-(see :func:`check_caller`); with one every caller must send ``Authorization: Bearer TOKEN``.  The
-checks run in a middleware before a body is read, so a new route cannot forget them.
+(``admin_token``, else ``auth_token``) only loopback callers may use them, and from a web browser only
+through the status page opened at a loopback address (see :func:`check_caller`); with one every
+caller must send ``Authorization: Bearer TOKEN``.  The checks run in a middleware before a body is
+read, so a new route cannot forget them.
 
 Replies are JSON built from the models in regproxy/api/admin_models.py, which the OpenAPI document
 and ``regproxy ctl`` share; errors have the pub/sub API's shape ``{"err_no": N, "err_msg": "..."}``
@@ -80,6 +83,9 @@ from regproxy.api.auth import check_bearer, is_loopback, warn_if_remote
 from regproxy.api.http import serve, stop_api
 from regproxy.api.metrics import MetricsSource, metrics_registry
 from regproxy.api.models import ErrNo, ErrorReply
+from regproxy.api.status_page import ASSET_PATHS, wants_html
+from regproxy.api.status_page import asset as status_asset
+from regproxy.api.status_page import page as status_page
 from regproxy.api.timeseries import HISTORY_S, INTERVAL_S, TimeSeries
 from regproxy.config import LOG_LEVELS, ConfigError
 from regproxy.discovery.views import explain, found_how, parameters_of
@@ -219,6 +225,7 @@ def check_caller(
     origin: str | None,
     token: str | None,
     key: str = "admin_token",
+    host: str | None = None,
 ) -> AdminError | None:
     """Why a changing request must be refused, or None when it may go ahead.
 
@@ -226,8 +233,9 @@ def check_caller(
       caller, loopback included; none or another scheme -> 401, a wrong token -> 403.
     * Without: loopback callers only (403 otherwise).  A request carrying ``Origin`` comes from a
       web browser, and a page on any site can make the browser POST to 127.0.0.1 (or rebind a DNS
-      name to it): refused too, since nothing else authenticates it.  curl, ``regproxy ctl`` and
-      other programs send no Origin.
+      name to it): refused too, since nothing else authenticates it, unless it comes from this
+      port's own status page (:func:`_own_page`).  curl, ``regproxy ctl`` and other programs send
+      no Origin.
 
     ``X-Forwarded-For`` is ignored on purpose: behind a local reverse proxy every caller would look
     like loopback, so such a setup needs the token.
@@ -244,7 +252,7 @@ def check_caller(
             f"only loopback callers may change this sidecar (caller {remote or 'unknown'}); "
             "set admin_token or auth_token to allow others",
         )
-    if origin is not None:
+    if origin is not None and not _own_page(origin, host):
         return AdminError(
             403,
             ErrNo.FORBIDDEN,
@@ -252,6 +260,29 @@ def check_caller(
             "unless admin_token or auth_token is set",
         )
     return None
+
+
+def _own_page(origin: str, host: str | None) -> bool:
+    """Whether a browser's request comes from the status page this admin port served, opened at a
+    loopback address: the ``Origin`` is ``http://`` + the ``Host`` the request was sent to, and that
+    host is 127.0.0.1, [::1] or localhost.
+
+    Same origin alone is not enough: a page of another site whose name was rebound to 127.0.0.1
+    (DNS rebinding) is same-origin with itself, but its Host is its own name, not a loopback one.
+    """
+    if host is None or origin.lower() != f"http://{host}".lower():
+        return False
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() == "localhost" or is_loopback(name.strip("[]"))
+
+
+def _public(request: web.Request) -> bool:
+    """Readable without auth_token: the probes (the kubelet has no token) and the status page's
+    static files, which hold no data (everything on it comes from the API; status_page)."""
+    path = request.path
+    if path in PROBE_PATHS or path in ASSET_PATHS:
+        return True
+    return path == "/" and wants_html(request.headers.get("Accept"))
 
 
 def _refusal(sc: AdminTarget, request: web.Request) -> AdminError | None:
@@ -267,8 +298,9 @@ def _refusal(sc: AdminTarget, request: web.Request) -> AdminError | None:
             origin=headers.get("Origin"),
             token=cfg.admin_token if cfg.admin_token is not None else cfg.auth_token,
             key=key,
+            host=headers.get("Host"),
         )
-    if cfg.auth_token is not None and request.path not in PROBE_PATHS:
+    if cfg.auth_token is not None and not _public(request):
         auth = headers.get("Authorization")
         refusal = check_bearer(auth, cfg.auth_token, key="auth_token", api="admin")
         # admin_token may do more than auth_token here, so it may read too (one token for ctl).
@@ -712,8 +744,14 @@ class _Admin:
     # --- reading ------------------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.Response:
-        endpoints = [Endpoint(method=m, path=p, summary=s) for m, p, s in ENDPOINTS]
-        return _json(200, Index(name="regproxy admin API", endpoints=endpoints))
+        # One path, two readers: a browser gets the status page, a program the endpoint list.
+        if wants_html(request.headers.get("Accept")):
+            reply = status_page()
+        else:
+            endpoints = [Endpoint(method=m, path=p, summary=s) for m, p, s in ENDPOINTS]
+            reply = _json(200, Index(name="regproxy admin API", endpoints=endpoints))
+        reply.headers["Vary"] = "Accept"
+        return reply
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json(200, Alive(status="alive", uptime_s=round(time.time() - self.sc.started_at, 3)))
@@ -895,6 +933,8 @@ def build_admin_app(sidecar: AdminTarget) -> web.Application:
     app[ADMIN_KEY] = admin
     r = app.router
     r.add_get("/", admin.index)
+    for path in ASSET_PATHS:
+        r.add_get(path, status_asset)
     r.add_get("/healthz", admin.healthz)
     r.add_get("/readyz", admin.readyz)
     r.add_get("/metrics", admin.metrics)

@@ -346,6 +346,7 @@ class Demo:
         say(f"  consumer    its sidecar: egress {c.egress}  api {_url(c.api)}  admin {_url(c.admin)}")
         admin = _url(c.admin)
         say("Look inside the consumer's sidecar while it runs:")
+        say(f"  {admin}/                     the status page: open it in a web browser")
         say(f"  {admin}/api/v1/clusters      clusters and their hosts (the two providers)")
         say(f"  {admin}/api/v1/config_dump   effective config and live routing table")
         say(f"  {admin}/metrics              Prometheus metrics")
