@@ -6,7 +6,9 @@ listens on (dead hosts).
   (regproxy.health.hosts.Health, the same ``describe()`` as /api/v1/stats's ``health.hosts``);
 * ``effective_weight``: Dubbo's ``AbstractLoadBalance.getWeight`` (warm-up after the provider's
   ``timestamp``, over ``warmup`` ms) at the balancers' wall clock;
-* ``errors``: ``ListenerStats.upstream_errors``, also ``regproxy_upstream_errors_total`` in /metrics.
+* ``errors``: ``ListenerStats.upstream_errors``, also ``regproxy_upstream_errors_total`` in /metrics;
+  and the latency per host beside them (``upstream_latency``,
+  ``regproxy_upstream_request_duration_seconds``).
 """
 
 from __future__ import annotations
@@ -180,6 +182,14 @@ async def test_a_dead_host_is_ejected_with_its_errors_and_the_good_one_has_none(
         labels = {"listener": "egress", "protocol": "dubbo", "address": DEAD}
         assert m[("regproxy_upstream_errors_total", frozenset(labels.items()))] == failed
         assert not [k for k in m if k[0] == "regproxy_upstream_errors_total" and ("address", good) in k[1]]
+        # Latency per host: every call once, by the host that answered it or failed it (a refused
+        # connect is answered by the forwarder's _fail: the dead host's latency too).
+        duration = "regproxy_upstream_request_duration_seconds_count"
+        assert m[(duration, frozenset(labels.items()))] == failed
+        good_labels = frozenset({**labels, "address": good}.items())
+        assert m[(duration, good_labels)] == ok["total_requests"]
+        assert stats["egress"]["upstream_latency"][good]["count"] == ok["total_requests"]
+        assert stats["egress"]["upstream_latency"][DEAD]["count"] == failed
     finally:
         client.close()
 
@@ -198,6 +208,9 @@ async def test_an_error_status_the_host_answers_counts_for_it(provider: Provider
             assert err.value.status == Status.SERVICE_ERROR
         h = (await hosts_of(get, "one"))[good]
         assert (h["total_requests"], h["errors"], h["state"]) == (3, 2, "available"), h
+        # All three answered by the host, its errors too: three in its latency histogram.
+        latency = (await get("/api/v1/stats"))["egress"]["upstream_latency"][good]
+        assert latency["count"] == 3 and 0 < latency["sum"] < 1, latency
     finally:
         client.close()
 
@@ -307,5 +320,8 @@ async def test_triple_errors_count_for_the_host_tried_and_not_without_one() -> N
         (app,) = ingress.stats.upstream_requests
         assert ingress.stats.upstream_errors == {app: 1}
         assert egress.stats.snapshot()["upstream_errors"] == {stack.ingress_address: 1}
+        # Both calls that reached a host are in its latency; the one with no route in nobody's.
+        assert {a: h.count for a, h in egress.stats.upstream_latency.items()} == {stack.ingress_address: 2}
+        assert {a: h.count for a, h in ingress.stats.upstream_latency.items()} == {app: 2}
     finally:
         await stop_stack(stack)

@@ -16,8 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from regproxy.demo.client import DubboCallError
 from regproxy.governance.keys import CONDITION_ROUTER, service_rule_key
 from regproxy.registry.memory import MemoryRegistry
 from tests.test_admin import GREET, VERSION, Pair, pair, send_calls  # noqa: F401  (pair: the fixture)
@@ -196,6 +198,9 @@ def test_checker_notices_what_is_not_exported() -> None:
 async def test_every_queried_metric_and_label_is_exported(pair: Pair) -> None:  # noqa: F811
     client = await send_calls(pair.consumer)
     try:
+        # An error the provider answers (no such method), so that the per-host error series exist.
+        with pytest.raises(DubboCallError):
+            await client.call(GREET, "noSuchMethod", [], version=VERSION)
         # A condition rule that does not parse, for the consumer's subscription: refused and counted
         # (regproxy_rule_errors_total{source, reason}); the memory:// store is shared by both sidecars.
         disc = pair.consumer.sidecar.discovery

@@ -510,6 +510,11 @@ class ListenerCounters(_Reply):
         default_factory=dict,
         description="requests answered with an error, by the upstream address of their last try",
     )
+    upstream_latency: dict[str, Latency] = Field(
+        default_factory=dict,
+        description="request to response (errors and timeouts included), by the upstream address of their "
+        "last try",
+    )
     timeouts: int = 0
     retries: int = 0
     connect_failures: int = 0

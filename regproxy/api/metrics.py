@@ -238,6 +238,12 @@ class SidecarCollector(Collector):
             "an error status from it, a timeout waiting for it, a failed connect, a lost connection.",
             labels=["listener", "protocol", "address"],
         )
+        duration = HistogramMetricFamily(
+            _name("upstream_request_duration_seconds"),
+            "Time from a request's arrival to its response (errors and timeouts included; for a Triple "
+            "stream, to its end), by the upstream host its last try went to.",
+            labels=["listener", "protocol", "address"],
+        )
         for lst in listeners:
             fwd = lst.forwarder
             assert fwd is not None
@@ -255,7 +261,9 @@ class SidecarCollector(Collector):
                     sent.add_metric([lst.name, protocol, address], n)
                 for address, n in sorted(stats.upstream_errors.items()):
                     failed.add_metric([lst.name, protocol, address], n)
-        yield from (conns, pending, sent, failed)
+                for address, hist in sorted(stats.upstream_latency.items()):
+                    duration.add_metric([lst.name, protocol, address], histogram_buckets(hist), hist.sum)
+        yield from (conns, pending, sent, failed, duration)
 
     # --- registries ---------------------------------------------------------------------------
 

@@ -892,7 +892,10 @@ class Forwarder(UpstreamEvents):
             return True
         return False
 
-    def on_responses(self, exchs: list[Exchange], raws: list[bytes]) -> None:
+    def host_latency(self, address: str) -> Histogram:
+        return self.stats.host_histogram(address)
+
+    def on_responses(self, exchs: list[Exchange], raws: list[bytes], host_hist: Histogram) -> None:
         # What does not change within one read is looked up once for all its responses.
         health = self._health if self._health_on else None
         responses = self.stats.responses
@@ -948,6 +951,7 @@ class Forwarder(UpstreamEvents):
             else:
                 if hist is not None:
                     hist.observe(latency, same_latency)
+                    host_hist.observe(latency, same_latency)  # one host answered this whole read
                 hist, latency, same_latency = exch.plan.hist, elapsed, 1
             if access_log is not None:
                 access_log.record(self.name, exch, status, elapsed)
@@ -965,6 +969,7 @@ class Forwarder(UpstreamEvents):
             size += len(exch.raw)
         if hist is not None:
             hist.observe(latency, same_latency)
+            host_hist.observe(latency, same_latency)
         if down is not None:
             down.queue(out)
             down.answered(count, size)
@@ -1140,11 +1145,14 @@ class Forwarder(UpstreamEvents):
             log.warning("%s: one-way request dropped: %s", self.name, message)
             return
         self.reply_error(exch.downstream, exch.downstream_id, True, status, message)
-        exch.plan.hist.observe(perf_counter() - exch.started)
+        elapsed = perf_counter() - exch.started
+        exch.plan.hist.observe(elapsed)
         errors = self.stats.per_service_errors
         errors[plan.counter_key] = errors.get(plan.counter_key, 0) + 1
         if exch.tried:  # none tried (no route, no host, refused by a filter): no host's error
             self._host_error(exch.tried[-1])
+            # A timeout counts in the host's latency too: what its slowness cost the caller.
+            self.stats.host_histogram(exch.tried[-1]).observe(elapsed)
         self._answered(exch)
 
     def _host_error(self, address: str) -> None:

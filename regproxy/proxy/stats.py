@@ -70,6 +70,9 @@ class ListenerStats:
     # The requests of per_service_errors whose exchange had tried a host, by the last host tried (an
     # error with no host tried, e.g. no route, is nobody's): the admin API's errors per host.
     upstream_errors: dict[str, int] = field(default_factory=dict)
+    # upstream address -> time from request to response (errors and timeouts included) of the
+    # requests whose last try went to that host: latency per host, beside ``latency`` per service.
+    upstream_latency: dict[str, Histogram] = field(default_factory=dict)
     timeouts: int = 0
     retries: int = 0
     connect_failures: int = 0
@@ -103,6 +106,13 @@ class ListenerStats:
             hist = self.latency[(service, method)] = Histogram()
         return hist
 
+    def host_histogram(self, address: str) -> Histogram:
+        """The latency histogram of ``address``; an upstream connection keeps it (host_latency)."""
+        hist = self.upstream_latency.get(address)
+        if hist is None:
+            hist = self.upstream_latency[address] = Histogram()
+        return hist
+
     def snapshot(self) -> dict[str, object]:
         return {
             "requests": self.requests,
@@ -114,6 +124,7 @@ class ListenerStats:
             "latency": {f"{svc}.{m}": h.snapshot() for (svc, m), h in self.latency.items()},
             "upstream_requests": dict(self.upstream_requests),
             "upstream_errors": dict(self.upstream_errors),
+            "upstream_latency": {address: h.snapshot() for address, h in self.upstream_latency.items()},
             "timeouts": self.timeouts,
             "retries": self.retries,
             "connect_failures": self.connect_failures,

@@ -32,6 +32,7 @@ from regproxy.dubbo.frame import (
 )
 from regproxy.native import mypyc_attr
 from regproxy.proxy.batch import EARLY_FLUSH_FRAMES, BatchedWriter, Batcher
+from regproxy.proxy.stats import Histogram
 
 if TYPE_CHECKING:
     from regproxy.proxy.exchange import Exchange
@@ -107,8 +108,14 @@ class ConnState(Enum):
 class UpstreamEvents:
     """What the pool reports back to the forwarder (which owns responses to downstream)."""
 
-    def on_responses(self, exchs: list[Exchange], raws: list[bytes]) -> None:
-        """The responses one read brought (``raws``), each with its exchange (no longer pending)."""
+    def on_responses(self, exchs: list[Exchange], raws: list[bytes], latency: Histogram) -> None:
+        """The responses one read brought (``raws``), each with its exchange (no longer pending);
+        ``latency``: the histogram of the host they came from (``host_latency``)."""
+
+    def host_latency(self, address: str) -> Histogram:
+        """The latency histogram of the requests answered by ``address``; a connection to it takes
+        it once, so a read's responses are counted without looking the host up."""
+        return Histogram()
 
     def on_not_written(self, exch: Exchange, reason: str) -> None: ...
     def on_lost(self, exch: Exchange, reason: str) -> None: ...
@@ -127,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         "_pool",
         "address",
         "full",
+        "latency",
         "local",
         "pending",
         "readonly",
@@ -149,6 +157,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
         # Its peer left limits.max_unsent_bytes_per_connection unread: new requests are not written.
         self.full = False
         self.local: str | None = None  # "ip:port" of our end while open, when the pool has a LoopGuard
+        self.latency = pool.events.host_latency(address)
 
     @property
     def load(self) -> int:
@@ -279,7 +288,7 @@ class UpstreamConnection(asyncio.Protocol, BatchedWriter):
                 foreign = f"it answered request id {upstream_id}, which was never sent on it"
                 break
         if exchs:
-            events.on_responses(exchs, raws)
+            events.on_responses(exchs, raws, self.latency)
             if len(exchs) >= EARLY_FLUSH_FRAMES:
                 self._batcher.flush()
         if foreign is not None:

@@ -514,6 +514,8 @@ class TripleForwarder:
         exch.to_down.clear()
         elapsed = perf_counter() - exch.started
         exch.plan.hist.observe(elapsed)
+        if exch.tried:
+            self.stats.host_histogram(exch.tried[-1]).observe(elapsed)
         self._count(status)
         if status != 0:
             errors = self.stats.per_service_errors
