@@ -339,22 +339,27 @@ def cmd_clusters(client: AdminClient, args: argparse.Namespace) -> Result:
 
 
 def render_clusters(reply: Clusters) -> str:
+    """A row per host: its weights (declared, and what Dubbo's warm-up makes of it now), state, load
+    and errors; then why each host that is out is out."""
     if not reply.clusters:
         return "no clusters"
     rows: list[list[Any]] = []
+    out: list[str] = []
     for c in reply.clusters:
         cluster = [c.listener, c.source, c.name, c.lb]
         if not c.hosts:
-            rows.append([*cluster, "(no hosts)", None, None, None, None, None, None, None])
+            rows.append([*cluster, "(no hosts)", None, None, None, None, None, None, None, None])
         for h in c.hosts:
-            health = "healthy" if h.healthy else "unhealthy"
             rows.append(
-                [*cluster, h.address, h.weight, health, h.ejected, h.active_requests, h.total_requests,
-                 _found_text(h.found), _metadata_summary(h.metadata)]
+                [*cluster, h.address, h.weight, h.effective_weight, h.state, h.active_requests,
+                 h.total_requests, h.errors, _found_text(h.found), _metadata_summary(h.metadata)]
             )  # fmt: skip
-    headers = ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED", "ACTIVE",
-               "TOTAL", "FOUND", "METADATA"]  # fmt: skip
-    return format_table(headers, rows)
+            if h.reason:
+                out.append(f"  {h.address} ({c.listener} {c.name}): {h.state}: {h.reason}")
+    headers = ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "EFFECTIVE", "STATE", "ACTIVE",
+               "TOTAL", "ERRORS", "FOUND", "METADATA"]  # fmt: skip
+    table = format_table(headers, rows)
+    return "\n".join([table, "", "Out of load balancing:", *out]) if out else table
 
 
 def _found_text(found: FoundView | None) -> str | None:

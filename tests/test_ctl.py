@@ -160,9 +160,9 @@ async def test_clusters_lists_static_registry_and_local_clusters_with_their_host
     code, out, err = await regproxy_ctl("clusters", *admin(sidecar))
     assert code == 0, err
     header = out.splitlines()[0].split()
-    assert header[:4] == ["LISTENER", "SOURCE", "CLUSTER", "LB"] and "EJECTED" in header
+    assert header[:4] == ["LISTENER", "SOURCE", "CLUSTER", "LB"] and "STATE" in header
     line = row(out, "egress", "config", "static-echo", "round_robin", "127.0.0.1:1")
-    assert " 7 " in line and "healthy" in line
+    assert " 7 " in line and "available" in line
     line = row(out, "egress", "registry", f"{GREET}:1.0.0", f"127.0.0.1:{sidecar.ingress}")
     assert "application=app version=1.0.0" in line
     row(out, "ingress", "local", f"127.0.0.1:{sidecar.app_port}")
@@ -372,14 +372,18 @@ STATS = am.Stats(
 )
 
 
+EJECTED_WHY = "ejected after 5 consecutive failures, back in 9.5 s (ejection 1 of this host)"
+
+
 def host(
     address: str, weight: int, healthy: bool, active: int, total: int, found: am.FoundView | None = None,
     **metadata: str,
 ) -> am.LiveHost:
     return am.LiveHost(
         address=address, weight=weight, healthy=healthy, ejected=not healthy,
-        state="available" if healthy else "unhealthy", reason=None if healthy else "marked unhealthy in the "
-        "routing table", effective_weight=weight, active_requests=active, total_requests=total, errors=0,
+        state="available" if healthy else "ejected",
+        reason=None if healthy else EJECTED_WHY, effective_weight=weight // 2, active_requests=active,
+        total_requests=total, errors=0 if healthy else 6,
         connections=[], metadata=metadata, found=found,
     )  # fmt: skip
 
@@ -614,17 +618,22 @@ async def test_clusters_table_has_a_row_per_host_with_numbers_right_aligned(
     code, out, err = await run_inproc(fake, capsys, "clusters")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "HEALTH", "EJECTED",
-                                "ACTIVE", "TOTAL", "FOUND", "METADATA"]  # fmt: skip
+    assert lines[0].split() == ["LISTENER", "SOURCE", "CLUSTER", "LB", "HOST", "WEIGHT", "EFFECTIVE", "STATE",
+                                "ACTIVE", "TOTAL", "ERRORS", "FOUND", "METADATA"]  # fmt: skip
     # How a host was found (docs/discovery.md): both ways, its application and revision's first digits.
     assert row(out, "10.0.0.5:20882").split() == [
-        "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.5:20882", "100", "healthy", "no", "2",
-        "700", "both", "a@01234567", "application=a", "+1",
+        "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.5:20882", "100", "50", "available", "2",
+        "700", "0", "both", "a@01234567", "application=a", "+1",
     ]  # fmt: skip
-    assert row(out, "10.0.0.6:20882").split() == [
-        "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.6:20882", "50", "unhealthy", "yes", "0",
-        "500", "-", "-",
+    assert row(out, "10.0.0.6:20882", "least_request").split() == [
+        "egress", "registry", "g/com.x.A:1", "least_request", "10.0.0.6:20882", "50", "25", "ejected", "0",
+        "500", "6", "-", "-",
     ]  # fmt: skip
+    # Why a host is out, under the table.
+    assert out.splitlines()[-2:] == [
+        "Out of load balancing:",
+        f"  10.0.0.6:20882 (egress g/com.x.A:1): ejected: {EJECTED_WHY}",
+    ]
     assert row(out, "empty").split()[:5] == ["egress", "config", "empty", "random", "(no"]
     # Numbers are right-aligned: the weight column ends where its header does.
     weight_end = lines[0].index("WEIGHT") + len("WEIGHT")
