@@ -339,6 +339,13 @@ async def test_page_asks_for_the_token_and_its_buttons_use_it(
         view = await until(browser, lambda v: v["ready"] == "false", "not ready: draining")
         assert "draining" in view["reasons"] and view["facts"]["draining"] == "yes"
         screenshot(browser, "status-page-draining")
+
+        # The sidecar gone: the page says it cannot read the API, and keeps what it last showed.
+        await node.sidecar.stop()
+        view = await until(
+            browser, lambda v: (v["message"] or "").startswith("could not read the admin API"), "a stale page"
+        )
+        assert view["facts"]["draining"] == "yes"
     finally:
         await asyncio.to_thread(browser.execute_script, "sessionStorage.clear()")
         await node.sidecar.stop()

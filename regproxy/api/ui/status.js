@@ -243,6 +243,9 @@ function renderClusters(clusters) {
     );
   }
   list.replaceChildren(...(blocks.length ? blocks : [el("p", { class: "muted" }, "no cluster")]));
+  // Forget the totals of hosts no longer shown (a page left open while providers come and go).
+  const shown = new Set(clusters.flatMap((c) => c.hosts.map((h) => `${c.listener}|${c.name}|${h.address}`)));
+  for (const key of state.hostTotals.keys()) if (!shown.has(key)) state.hostTotals.delete(key);
 }
 
 // --- rules ------------------------------------------------------------------------------------------
@@ -462,7 +465,10 @@ async function settle(reads) {
 async function refresh() {
   const slow = state.tick % SLOW_EVERY === 0;
   state.tick += 1;
-  const since = state.seriesSince ? Math.min(60, Math.max(5, Date.now() / 1000 - state.seriesSince + 2)) : Number($("window").value);
+  // The seconds since the newest point held (all of the window at first, or after the tab was hidden
+  // a while): the history is not fetched again every time.
+  const windowS = Number($("window").value);
+  const since = state.seriesSince ? Math.min(windowS, Math.max(5, Date.now() / 1000 - state.seriesSince + 2)) : windowS;
   const [[stats, clusters, series], failed] = await settle([
     read("/api/v1/stats"),
     read("/api/v1/clusters"),
