@@ -103,10 +103,13 @@ def test_regproxy_topology_quick_and_report(gen: LoadGenerator, provider: Provid
 
 
 async def test_in_process_cost_benchmarks_run() -> None:
-    from benchmarks import changecost, hotpath
+    from benchmarks import changecost, hotpath, statuspage
 
     cost = await changecost.measure(20, 10)
     assert cost["services"] == 20 and cost["change_ms"] > 0 and cost["save_ms"] > 0
+    page = await statuspage.measure(20, 3)
+    assert set(page["reads_ms"]) == set(statuspage.FAST + statuspage.SLOW) and page["every_s"] == 2.0
+    assert page["fast_round_ms"] > 0 and 0 < page["core_percent"] < 1
     for hop in ("egress", "ingress"):
         for depth in (1, 16):  # it checks the responses on its own
             assert await hotpath.run(2000, hop, depth, profile=False, rows=0) > 0

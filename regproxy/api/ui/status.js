@@ -10,6 +10,10 @@
 "use strict";
 
 const FAST_MS = 2000; // stats, clusters, time series
+// The reads run on the sidecar's event loop, between the requests it forwards: with thousands of
+// hosts a round takes milliseconds, so the page waits at least this many times as long as its last
+// round took (docs/operations.md, Status page).
+const BUSY_FACTOR = 100;
 const SLOW_EVERY = 3; // everything else, every third refresh
 const TOKEN_KEY = "regproxy.token";
 const COLORS = { rps: "#2b6cb0", eps: "#c53030", p50: "#2f855a", p99: "#b7791f" };
@@ -18,6 +22,7 @@ const state = {
   tick: 0,
   generation: 0, // bumped by restart(): a refresh of an older loop draws nothing more
   timer: null,
+  every: FAST_MS, // ms between refreshes (BUSY_FACTOR)
   stopped: false, // waiting for a token
   series: new Map(), // "listener|protocol|service" -> {listener, protocol, service, points: Map(t -> point)}
   seriesSince: 0, // newest point time held (0: fetch the whole window)
@@ -499,7 +504,7 @@ async function refresh() {
     mergeSeries(series);
     renderCharts();
   }
-  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}, every ${(state.every / 1000).toFixed(1)} s`;
   failed.push(...state.slowFailed);
   if (failed.length) throw new Error(failed.join("; "));
 }
@@ -508,8 +513,10 @@ async function loop() {
   state.timer = null;
   if (state.stopped) return;
   const generation = state.generation;
+  const started = performance.now();
   try {
     await refresh();
+    state.every = Math.max(FAST_MS, BUSY_FACTOR * (performance.now() - started));
     if (generation !== state.generation) return; // restarted meanwhile: that loop goes on
     if ($("message").dataset.kind === "stale") $("message").hidden = true;
   } catch (e) {
@@ -521,7 +528,7 @@ async function loop() {
     say(`could not read the admin API: ${e.message}`, "error");
     $("message").dataset.kind = "stale";
   }
-  if (!document.hidden) state.timer = setTimeout(loop, FAST_MS);
+  if (!document.hidden) state.timer = setTimeout(loop, state.every);
 }
 
 function restart() {
