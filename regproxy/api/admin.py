@@ -286,8 +286,9 @@ def _public(request: web.Request) -> bool:
 
 
 def _refusal(sc: AdminTarget, request: web.Request) -> AdminError | None:
-    """Why ``request`` may not go ahead.  auth_token guards every path but the probes; admin_token
-    (or auth_token when it is unset) guards the changing ones."""
+    """Why ``request`` may not go ahead.  auth_token guards every path but the probes and the status
+    page's files (:func:`_public`); admin_token (or auth_token when it is unset) guards the changing
+    ones."""
     cfg = sc.config
     headers = request.headers
     if request.method not in SAFE_METHODS:

@@ -2,10 +2,11 @@
 
 The page is static: the same three files (``ui/status.html``, ``.js``, ``.css``, shipped with the
 package) for every sidecar, with no data of its own.  Its script reads everything from the admin
-API (``/api/v1/...``) with ``fetch``, every two seconds, so it shows what ``regproxy ctl`` shows and
-asks for nothing else.  That is why the files are served without the ``auth_token`` the API
-asks for: the data is still behind it, and the page asks for the token when the API answers 401 (it
-keeps it in the tab's ``sessionStorage`` and sends it as ``Authorization: Bearer``).
+API (``/api/v1/...``) with ``fetch``, every two seconds (longer when the reads are slow: status.js),
+so it shows what ``regproxy ctl`` shows and asks for nothing else.  That is why the files are served
+without the ``auth_token`` the API asks for: the data is still behind it, and the page asks for the
+token when the API answers 401 (it keeps it in the tab's ``sessionStorage`` and sends it as
+``Authorization: Bearer``).
 
 ``GET /`` stays the JSON index for programs: the page is served when the caller's ``Accept`` names
 ``text/html`` before ``application/json`` (what a browser's navigation sends), the index otherwise.
