@@ -320,7 +320,7 @@ def _duration(seconds: float) -> str:
     return f"{m}m{s}s" if m else f"{s}s"
 
 
-def _metadata_summary(meta: Mapping[str, str], limit: int = 60) -> str:
+def _metadata_summary(meta: Mapping[str, str] | None, limit: int = 60) -> str:
     if not meta:
         return "-"
     shown = [k for k in ("application", "version", "group", "release", "zone") if meta.get(k)]

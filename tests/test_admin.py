@@ -294,6 +294,14 @@ async def test_clusters_with_request_counts(pair: Pair) -> None:
         assert (host["active_requests"], host["total_requests"]) == (0, CALLS)
         assert host["connections"] and all(c["state"] == "open" for c in host["connections"])
         assert host["metadata"]["interface"] == GREET and host["metadata"]["token"] == "***"
+        # ?brief (the status page's read): the same without the metadata; anything else is refused.
+        status, brief = await pair.get(f"{pair.consumer.admin}/api/v1/clusters?brief")
+        assert status == 200
+        (short,) = [c for c in brief["clusters"] if c["name"] == CLUSTER]
+        assert short["hosts"][0]["metadata"] is None
+        assert {**short["hosts"][0], "metadata": host["metadata"]} == host
+        status, refused = await pair.get(f"{pair.consumer.admin}/api/v1/clusters?verbose")
+        assert status == 400 and "unknown query parameter(s) verbose (known: brief)" in refused["err_msg"]
         # The provider side: its ingress cluster for the published app port.
         status, body = await pair.get(f"{pair.provider.admin}/api/v1/clusters")
         (app_cluster,) = [c for c in body["clusters"] if c["name"] == f"app:{pair.app.port}"]

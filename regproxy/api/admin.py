@@ -434,8 +434,12 @@ def host_state(
     return "available", None
 
 
-def live_clusters(sc: AdminTarget) -> list[LiveCluster]:
-    """Every cluster with its hosts and what the forwarder knows of them right now."""
+CLUSTERS_QUERY = ("brief",)
+
+
+def live_clusters(sc: AdminTarget, *, brief: bool = False) -> list[LiveCluster]:
+    """Every cluster with its hosts and what the forwarder knows of them right now; ``brief``: without
+    each host's metadata (null), most of the reply's size and cost with a provider's parameters."""
     out: list[LiveCluster] = []
     # The balancers' clock (proxy.plan's System.currentTimeMillis()): provider timestamps are wall-clock ms.
     now_ms = int(time.time() * 1000)
@@ -473,7 +477,7 @@ def live_clusters(sc: AdminTarget) -> list[LiveCluster]:
                         total_requests=sent.get(h.address, 0) + tri_sent.get(h.address, 0),
                         errors=failed.get(h.address, 0) + tri_failed.get(h.address, 0),
                         connections=[Connection.model_validate(c) for c in conns.get(h.address, [])],
-                        metadata=_redact_params(h.metadata),
+                        metadata=None if brief else _redact_params(h.metadata),
                         found=_found(sc, name, cluster.name, h.address),
                     )
                 )
@@ -765,7 +769,8 @@ class _Admin:
         return _json(200, config_dump(self.sc, request.query))
 
     async def clusters(self, request: web.Request) -> web.Response:
-        return _json(200, Clusters(clusters=live_clusters(self.sc)))
+        _check_query(request.query, CLUSTERS_QUERY)
+        return _json(200, Clusters(clusters=live_clusters(self.sc, brief="brief" in request.query)))
 
     async def publications(self, request: web.Request) -> web.Response:
         return _json(200, publications_view(self.sc.discovery))

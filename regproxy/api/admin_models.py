@@ -298,7 +298,9 @@ class LiveHost(_Reply):
         "(its error statuses, timeouts, failed connects, lost connections)"
     )
     connections: list[Connection]
-    metadata: dict[str, str] = Field(description="the provider URL's parameters, secrets as ***")
+    metadata: dict[str, str] | None = Field(
+        description="the provider URL's parameters, secrets as ***; null with ?brief"
+    )
     found: FoundView | None = Field(None, description="how it was found; null: not from a subscription")
 
 

@@ -136,6 +136,17 @@ def build_admin_openapi(*, max_body: int) -> dict[str, Any]:
                 "clusters",
                 "clusters and hosts with weight, health, state, requests, errors",
                 _reply("the clusters", Clusters),
+                parameters=[
+                    {
+                        "name": "brief",
+                        "in": "query",
+                        "required": False,
+                        "allowEmptyValue": True,
+                        "schema": flag,
+                        "description": "hosts without their metadata (null)",
+                    }
+                ],
+                responses={"400": _error("an unknown query parameter (err_no 1)")},
             ),
             "/api/v1/publications": _get(
                 "publications", "services published, per registry", _reply("the publications", Publications)

@@ -9,7 +9,7 @@
 // token, keeps it in this tab's sessionStorage and sends it as `Authorization: Bearer`.
 "use strict";
 
-const FAST_MS = 2000; // stats, clusters, time series
+const FAST_MS = 2000; // clusters, time series
 // The reads run on the sidecar's event loop, between the requests it forwards: with thousands of
 // hosts a round takes milliseconds, so the page waits at least this many times as long as its last
 // round took (docs/operations.md, Status page).
@@ -474,14 +474,15 @@ async function refresh() {
   // a while): the history is not fetched again every time.
   const windowS = Number($("window").value);
   const since = state.seriesSince ? Math.min(windowS, Math.max(5, Date.now() / 1000 - state.seriesSince + 2)) : windowS;
-  const [[stats, clusters, series], failed] = await settle([
-    read("/api/v1/stats"),
-    read("/api/v1/clusters"),
+  const [[clusters, series], failed] = await settle([
+    read("/api/v1/clusters?brief"), // without each host's parameters, which the page does not show
     read(`/api/v1/timeseries?seconds=${Math.ceil(since)}`),
   ]);
-  if (stats) state.stats = stats;
   if (slow) {
-    const [[dump, ready, pubs, subs, rules, routers], slowFailed] = await settle([
+    // stats gives the sidecar's id and its applications' checks here: they change slowly, and its
+    // health view costs as much as a cluster's per host.
+    const [[stats, dump, ready, pubs, subs, rules, routers], slowFailed] = await settle([
+      read("/api/v1/stats"),
       read("/api/v1/config_dump?sidecar"),
       api("/readyz").then((r) => r.body), // 503 when not ready: the body says why
       read("/api/v1/publications"),
@@ -490,6 +491,7 @@ async function refresh() {
       read("/api/v1/config_dump?allrouters"),
     ]);
     state.slowFailed = slowFailed; // shown until the next slow round, not only for this one
+    if (stats) state.stats = stats;
     if (subs) {
       state.subscriptions = new Map();
       for (const reg of subs.registries) for (const s of reg.subscriptions) state.subscriptions.set(s.cluster, s);
