@@ -12,7 +12,7 @@ Families (all prefixed ``regproxy_``; ``listener`` is ``egress`` or ``ingress``)
   per service and method, timeouts, retries, connect failures, protocol errors, ejections;
 * client (downstream) connections open and refused; requests in flight;
 * upstream connections per address and state, requests in flight, sent and answered with an error
-  per upstream address;
+  per upstream address, and their latency histogram;
 * registry state (one gauge per registry and state, 1 for the current one), registry events,
   publications, subscriptions, subscriptions served from the state file's cache;
 * state file writes that succeeded and that failed, and whether the last one failed;
