@@ -27,8 +27,8 @@ from selenium.webdriver.common.by import By
 from regproxy.api.status_page import ASSET_PATHS, wants_html
 from regproxy.governance.keys import CONDITION_ROUTER, service_rule_key
 from regproxy.registry.memory import MemoryRegistry
-from tests.browser import browser, click_and_answer, cluster_hosts, screenshot, until  # noqa: F401
-from tests.test_admin import CLUSTER, GREET, TOKEN, VERSION, Node, Pair, pair, start_node  # noqa: F401
+from tests.browser import browser, click_and_answer, cluster_hosts, screenshot, until  # noqa: F401  (browser: the fixture)
+from tests.test_admin import CLUSTER, GREET, TOKEN, VERSION, Pair, pair, start_node  # noqa: F401  (pair: the fixture)
 from tests.topology import EXACT_SPLIT, Traffic, World, pub_body
 from tests.wait import wait_for
 
