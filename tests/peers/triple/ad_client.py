@@ -84,10 +84,6 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     return {"code": None, "message": str(exc), "type": type(exc).__name__}
 
 
-def _ms(start: float) -> float:
-    return round((time.monotonic() - start) * 1000, 1)
-
-
 def _wait_for_providers(registry: str, count: int, timeout: float = 15.0) -> None:
     from kazoo.client import KazooClient
 
@@ -264,8 +260,10 @@ def deadline(client: Any, args: argparse.Namespace, rec: _StatusRecorder) -> dic
             break
         if msg is EOF:
             break
-        arrivals.append(_ms(start))
-    out: dict[str, Any] = {"received": len(arrivals), "arrivals_ms": arrivals, "end_ms": _ms(start)}
+        arrivals.append(greeter.ms_since(start))
+    out: dict[str, Any] = {
+        "received": len(arrivals), "arrivals_ms": arrivals, "end_ms": greeter.ms_since(start)
+    }  # fmt: skip
     if err := rec.last_error():
         out["error"] = err
         end = "error"
@@ -326,15 +324,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", type=int, default=1, help="with --registry: wait for this many first")
     p.add_argument("--app", default="greeter-consumer", help="application name")
     p.add_argument("--wait-s", type=float, default=10.0, help="the longest wait for one message")
-    p.add_argument("scenario", choices=sorted(SCENARIOS))
-    p.add_argument("--count", type=int, default=10, help="unary: calls")
-    p.add_argument("--n", type=int, default=5, help="messages in a stream")
-    p.add_argument("--size", type=int, default=1000, help="client-stream: bytes per message")
-    p.add_argument("--mb", type=float, default=4, help="big: MB (10**6 bytes) in the message")
-    p.add_argument("--text", default="boom", help="fail: the error text asked for")
+    greeter.add_scenario_arguments(p, SCENARIOS)
     p.add_argument("--grpc-timeout-ms", type=int, help="deadline: send grpc-timeout (module docstring)")
-    p.add_argument("--after", type=int, default=3, help="cancel: messages read before cancelling")
-    p.add_argument("--how", choices=("rst", "exit"), default="rst", help="cancel: RST_STREAM or exit")
     return p
 
 
@@ -349,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         out = SCENARIOS[args.scenario](client, args, recorder)
     except Exception as exc:
         out = {"ok": False, "error": error_of(exc)}
-    greeter.emit({"scenario": args.scenario, "elapsed_ms": _ms(start), **out})
+    greeter.emit({"scenario": args.scenario, "elapsed_ms": greeter.ms_since(start), **out})
     # The SDK has no way to close a client; its threads would keep the process up otherwise.
     sys.stdout.flush()
     os._exit(0)

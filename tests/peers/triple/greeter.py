@@ -27,8 +27,11 @@ slowStream             server stream   UInt32Value(n)            n × StringValu
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import wrappers_pb2
@@ -106,3 +109,20 @@ def emit(obj: dict[str, Any]) -> None:
 def ready_line(port: int) -> str:
     """What a server prints once it accepts connections (procs.py waits for it)."""
     return f"READY {port}"
+
+
+def ms_since(start: float) -> float:
+    """Milliseconds since ``start`` (time.monotonic()), as the clients report durations."""
+    return round((time.monotonic() - start) * 1000, 1)
+
+
+def add_scenario_arguments(p: argparse.ArgumentParser, scenarios: Iterable[str]) -> None:
+    """The scenario and its knobs, the same for both clients (ad_client.py, grpc_client.py)."""
+    p.add_argument("scenario", choices=sorted(scenarios))
+    p.add_argument("--count", type=int, default=10, help="unary: calls")
+    p.add_argument("--n", type=int, default=5, help="messages in a stream")
+    p.add_argument("--size", type=int, default=1000, help="client-stream: bytes per message")
+    p.add_argument("--mb", type=float, default=4, help="big: MB (10**6 bytes) in the message")
+    p.add_argument("--text", default="boom", help="fail: the error text asked for")
+    p.add_argument("--after", type=int, default=3, help="cancel: messages read before cancelling")
+    p.add_argument("--how", choices=("rst", "exit"), default="rst", help="cancel: RST_STREAM or exit")

@@ -47,10 +47,6 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     return {"code": None, "message": str(exc), "type": type(exc).__name__}
 
 
-def _ms(start: float) -> float:
-    return round((time.monotonic() - start) * 1000, 1)
-
-
 class Stub:
     """The Greeter's methods on one channel, each sending ``metadata``."""
 
@@ -138,12 +134,12 @@ def deadline(stub: Stub, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         for _msg in stub.slow_stream(args.n, timeout=timeout, metadata=stub.metadata):
-            arrivals.append(_ms(start))
+            arrivals.append(greeter.ms_since(start))
         out["end"] = "completed"
     except grpc.RpcError as exc:
         out["end"] = "error"
         out["error"] = error_of(exc)
-    out.update(received=len(arrivals), arrivals_ms=arrivals, end_ms=_ms(start))
+    out.update(received=len(arrivals), arrivals_ms=arrivals, end_ms=greeter.ms_since(start))
     out["ok"] = (
         out["end"] == "error" and out["error"]["code"] == "DEADLINE_EXCEEDED" and len(arrivals) < args.n
     )
@@ -192,15 +188,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="host:port (or tri://host:port)")
     p.add_argument("--header", action="append", default=[], help="K=V metadata on every call")
     p.add_argument("--wait-s", type=float, default=10.0, help="deadline of every call but `deadline`'s")
-    p.add_argument("scenario", choices=sorted(SCENARIOS))
-    p.add_argument("--count", type=int, default=10, help="unary: calls")
-    p.add_argument("--n", type=int, default=5, help="messages in a stream")
-    p.add_argument("--size", type=int, default=1000, help="client-stream: bytes per message")
-    p.add_argument("--mb", type=float, default=4, help="big: MB (10**6 bytes) in the message")
-    p.add_argument("--text", default="boom", help="fail: the error text asked for")
+    greeter.add_scenario_arguments(p, SCENARIOS)
     p.add_argument("--timeout-ms", type=int, help="deadline: the call's deadline")
-    p.add_argument("--after", type=int, default=3, help="cancel: messages read before cancelling")
-    p.add_argument("--how", choices=("rst", "exit"), default="rst", help="cancel: RST_STREAM or exit")
     return p
 
 
@@ -217,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             out = SCENARIOS[args.scenario](Stub(channel, _metadata(args.header)), args)
         except Exception as exc:
             out = {"ok": False, "error": error_of(exc)}
-    greeter.emit({"scenario": args.scenario, "elapsed_ms": _ms(start), **out})
+    greeter.emit({"scenario": args.scenario, "elapsed_ms": greeter.ms_since(start), **out})
     return 0
 
 
