@@ -48,7 +48,7 @@ from tests.peers.nacos import NacosDouble
 from tests.sidecars import SidecarProc, value
 from tests.topology import GREET, VERSION, egress_cluster
 from tests.wait import wait_for
-from tests.zkserver import ZooKeeperServer, delete_trees
+from tests.zkserver import ZooKeeperServer, emptied
 
 pytestmark = [pytest.mark.process, pytest.mark.asyncio(loop_scope="module")]
 
@@ -132,11 +132,7 @@ class Fleet:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def fleet(zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    if not zk_server.running:
-        zk_server.start()
-    zk = KazooClient(hosts=zk_server.hosts, timeout=10.0)
-    await asyncio.to_thread(zk.start, 15)
-    await asyncio.to_thread(delete_trees, zk)
+    zk = await emptied(zk_server)
     fleet = Fleet(zk_server, zk, tmp_path_factory.mktemp("app-discovery"))
     await fleet.app.start("127.0.0.1", 0)
     try:

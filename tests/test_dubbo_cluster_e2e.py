@@ -39,7 +39,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from kazoo.client import KazooClient
 
 from regproxy.demo.client import DubboClient, DubboError, RemoteException
 from regproxy.demo.provider import Provider, default_services
@@ -48,7 +47,7 @@ from regproxy.registry.url import DubboURL
 from tests.sidecars import SidecarProc
 from tests.topology import GREET, VERSION, egress_cluster, pub_body
 from tests.wait import wait_for
-from tests.zkserver import ZooKeeperServer, delete_trees
+from tests.zkserver import ZooKeeperServer, emptied
 
 pytestmark = [pytest.mark.process, pytest.mark.asyncio(loop_scope="module")]
 
@@ -163,15 +162,9 @@ async def burst(
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def fleet(zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    if not zk_server.running:  # a drill before this module stopped it and failed before starting it again
-        zk_server.start()
-    zk = KazooClient(hosts=zk_server.hosts, timeout=10.0)
-    await asyncio.to_thread(zk.start, 15)
-    try:
-        await asyncio.to_thread(delete_trees, zk, "/dubbo")
-    finally:
-        await asyncio.to_thread(zk.stop)
-        zk.close()
+    zk = await emptied(zk_server, "/dubbo")
+    await asyncio.to_thread(zk.stop)
+    zk.close()
     registry = f"zookeeper://{zk_server.hosts}"
     root = tmp_path_factory.mktemp("dubbo-cluster")
     apps: list[Provider] = []

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import pytest
 import pytest_asyncio
 from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NodeExistsError
 
 from regproxy.demo.client import DubboCallError, DubboClient, DubboError
 from regproxy.demo.provider import Provider
@@ -55,7 +55,7 @@ from tests.topology import (
     pub_body,
 )
 from tests.wait import wait_for
-from tests.zkserver import ZooKeeperServer
+from tests.zkserver import ZooKeeperServer, emptied
 
 pytestmark = [pytest.mark.process, pytest.mark.asyncio(loop_scope="module")]
 
@@ -337,13 +337,8 @@ async def open_fleet(registry: str, center: ConfigCenter, tmp_path: Path) -> Asy
 async def zk_fleet(
     zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Fleet]:
-    if not zk_server.running:  # a drill before this module stopped it and failed before starting it again
-        zk_server.start()
-    zk = KazooClient(hosts=zk_server.hosts, timeout=10.0)  # the operator's client
-    await asyncio.to_thread(zk.start, 15)
+    zk = await emptied(zk_server, "/dubbo")  # the operator's client
     try:
-        with contextlib.suppress(NoNodeError):
-            zk.delete("/dubbo", recursive=True)
         registry = f"zookeeper://{zk_server.hosts}"
         async with open_fleet(registry, ZooKeeperCenter(zk), tmp_path_factory.mktemp("governance")) as fleet:
             yield fleet

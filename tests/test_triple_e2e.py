@@ -26,7 +26,7 @@ from kazoo.client import KazooClient
 from tests.peers.triple import greeter, procs
 from tests.sidecars import SidecarProc, value
 from tests.wait import wait_for
-from tests.zkserver import ZooKeeperServer, delete_trees
+from tests.zkserver import ZooKeeperServer, emptied
 
 pytestmark = [pytest.mark.process, pytest.mark.zookeeper]
 
@@ -82,11 +82,7 @@ class Fleet:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def fleet(zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    if not zk_server.running:
-        zk_server.start()
-    zk = KazooClient(hosts=zk_server.hosts, timeout=10.0)
-    await asyncio.to_thread(zk.start, 15)
-    await asyncio.to_thread(delete_trees, zk)
+    zk = await emptied(zk_server)
     await asyncio.to_thread(zk.stop)
     fleet = Fleet(zk_server, tmp_path_factory.mktemp("triple"))
     try:

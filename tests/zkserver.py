@@ -30,6 +30,7 @@ it straight, as pods connect to a ZooKeeper service.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -437,6 +438,18 @@ def delete_trees(client: Any, *paths: str) -> None:
     for path in paths or DUBBO_ROOTS:
         with contextlib.suppress(NoNodeError):
             client.delete(path, recursive=True)
+
+
+async def emptied(server: ZooKeeperServer, *paths: str) -> KazooClient:
+    """A module fixture's start on the session's ZooKeeper: the server running (a drill before may
+    have stopped it and failed before starting it again), a started kazoo client, and ``paths``
+    (DUBBO_ROOTS when none is given) deleted through it.  The caller stops the client."""
+    if not server.running:
+        server.start()
+    client = KazooClient(hosts=server.hosts, timeout=10.0)
+    await asyncio.to_thread(client.start, 15)
+    await asyncio.to_thread(delete_trees, client, *paths)
+    return client
 
 
 def session_password(session_id: int) -> bytes:
