@@ -47,6 +47,18 @@ def loopback_listeners(**extra: Any) -> dict[str, Any]:
     }
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM ``proc``, SIGKILL it if it has not exited ``timeout`` seconds later; its exit status.
+    Blocks (a sync fixture's or a worker thread's)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 class Child:
     """A child process started with the standard library's subprocess from a worker thread, with
     the part of asyncio.subprocess.Process the tests use (``pid``, ``returncode``, ``send_signal``,

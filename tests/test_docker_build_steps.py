@@ -16,7 +16,6 @@ import fnmatch
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 
 from regproxy import native
 from tests.ports import free_ports
+from tests.sidecars import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = "python3.11"  # the Python of the image (python:3.11-slim)
@@ -186,10 +186,5 @@ def test_the_image_build_steps_give_a_sidecar_running_the_compiled_data_path(tmp
             f.startswith(str(site)) and f.endswith(".so") for f in code
         ), code
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
     print(f"stage times: {', '.join(f'{n} {s:.0f} s' for n, s in timings.items())}", file=sys.stderr)

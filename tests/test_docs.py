@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -58,7 +57,7 @@ from tests.docsnippets import (
 )
 from tests.pki import make_pki
 from tests.ports import free_port
-from tests.sidecars import SidecarProc
+from tests.sidecars import SidecarProc, terminate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -201,13 +200,8 @@ class DocSidecars:
 
     def stop_background(self, key: str) -> None:
         proc = self.background.pop(key, None)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            terminate(proc, 15)
 
     def close(self) -> None:
         for key in list(self.background):

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from tests.peers.triple import greeter
 from tests.peers.triple.venv import ROOT, apache_dubbo_python
 from tests.ports import free_port
+from tests.sidecars import terminate
 
 Kind = Literal["ad", "grpc", "capture"]
 ClientKind = Literal["ad", "grpc"]
@@ -149,13 +149,7 @@ class ServerProc:
     def stop_now(self, timeout: float = 5.0) -> int:
         """SIGTERM (every peer server exits at once on it), SIGKILL after ``timeout``; the exit status.
         Blocks: for sync fixtures (``stop`` is the same for a coroutine)."""
-        if self._popen.poll() is None:
-            self._popen.send_signal(signal.SIGTERM)
-            try:
-                return self._popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._popen.kill()
-        return self._popen.wait()
+        return terminate(self._popen, timeout)
 
     async def stop(self, timeout: float = 5.0) -> int:
         return await asyncio.to_thread(self.stop_now, timeout)
