@@ -112,11 +112,16 @@ async def test_page_files_are_served_with_a_strict_policy_and_without_the_token(
                     assert r.status == 200, path
                     assert r.headers["X-Content-Type-Options"] == "nosniff"
                     assert (await r.read()) == (UI / path.rsplit("/", 1)[1]).read_bytes()
+            # Nothing else is served under /ui/, and its files are read-only: JSON errors, as elsewhere.
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with http.get(node.admin + "/ui/other.js", headers=auth) as r:
+                assert r.status == 404 and (await r.json())["err_msg"] == "no such endpoint (see GET /)"
+            async with http.post(node.admin + "/ui/status.js", headers=auth) as r:
+                assert r.status == 405 and r.headers["Allow"] == "GET, HEAD", await r.text()
             async with http.get(node.admin + "/", headers={"Accept": "application/json"}) as r:
                 assert r.status == 401  # the index is the API's: the token is needed
             async with http.get(node.admin + "/api/v1/stats", headers={"Accept": BROWSER_ACCEPT}) as r:
                 assert r.status == 401
-            auth = {"Authorization": f"Bearer {TOKEN}"}
             async with http.get(node.admin + "/", headers=auth) as r:
                 assert r.status == 200 and (await r.json())["name"] == "regproxy admin API"
     finally:
